@@ -1,0 +1,59 @@
+"""Names shared by every component: API group, labels, annotations, conditions, ports.
+
+One place, so the operator, the agent, the gateway and the sim-kubelet cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "vllm-sleep.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+MODEL_DEPLOYMENT_KIND: Final = "ModelDeployment"
+MODEL_DEPLOYMENT_PLURAL: Final = "modeldeployments"
+GPU_POOL_KIND: Final = "GPUPool"
+GPU_POOL_PLURAL: Final = "gpupools"
+
+# Labels on everything the operator creates.
+LABEL_MODEL: Final = f"{GROUP}/model"  # ModelDeployment name
+LABEL_SERVED_MODEL: Final = f"{GROUP}/served-model"  # value of "model" clients send (sanitised)
+LABEL_REPLICA: Final = f"{GROUP}/replica"  # replica index, "0".."n-1"
+LABEL_COMPONENT: Final = f"{GROUP}/component"  # "model-server" | "demand-lease" | ...
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "vllm-sleep-operator"
+
+# Annotations.
+ANNOTATION_SERVED_MODEL: Final = f"{GROUP}/served-model-name"  # exact served name (labels are limited)
+ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"  # hash of the pod-shaping spec; change => replace
+
+# Pod condition used as readiness gate: True only while the engine is awake and admitting.
+CONDITION_AWAKE: Final = f"{GROUP}/awake"
+
+FINALIZER: Final = f"{GROUP}/finalizer"
+
+# Ports inside every model pod. vLLM binds 127.0.0.1:VLLM_PORT, so only the agent is reachable.
+PUBLIC_PORT: Final = 8000  # agent: OpenAI allowlist
+VLLM_PORT: Final = 8001  # vLLM itself, loopback only
+CONTROL_PORT: Final = 8002  # agent: authenticated sleep/wake/state for the operator
+
+CONTAINER_VLLM: Final = "vllm"
+CONTAINER_AGENT: Final = "agent"
+
+# Environment of the agent: the control token comes from the per-model Secret.
+ENV_CONTROL_TOKEN: Final = "VLLM_SLEEP_CONTROL_TOKEN"
+SECRET_TOKEN_KEY: Final = "token"
+
+
+def demand_lease_name(model_deployment: str) -> str:
+    """The coordination.k8s.io Lease a client renews to ask for a model to be woken."""
+    return f"{model_deployment}-demand"
+
+
+def token_secret_name(model_deployment: str) -> str:
+    return f"{model_deployment}-control-token"
+
+
+def pod_name(model_deployment: str, replica: int) -> str:
+    return f"{model_deployment}-{replica}"

@@ -1,0 +1,153 @@
+"""A real Kubernetes control plane as local processes: etcd, apiserver, controller-manager, scheduler.
+
+All on free 127.0.0.1 ports, state on tmpfs, RBAC on, token authentication. What is deliberately
+absent: kubelet (the sim-kubelet plays it for simulated GPU nodes), kube-proxy, and the endpoint
+controllers (pods have 127.x IPs, which the apiserver refuses in EndpointSlices; nothing in this
+project routes through them — see docs/local-cluster.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import pki
+from .processes import ClusterError, free_port, http_ok, pid_alive, spawn, stop_pids, wait_ready
+
+STATE_FILE = "state.json"
+SERVICE_CIDR = "10.96.0.0/16"  # never dialled: there is no kube-proxy; pods are found by watch
+
+
+@dataclass
+class ClusterState:
+    """What a running cluster is, persisted so `dev status/down` and tests can find it."""
+
+    state_dir: str
+    kubeconfig: str
+    api_url: str
+    ports: dict[str, int]
+    pids: dict[str, int] = field(default_factory=dict)  # start order
+    kubelet_admin_url: str | None = None
+
+    def save(self) -> None:
+        Path(self.state_dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ClusterState | None:
+        path = state_dir / STATE_FILE
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def alive(self) -> dict[str, bool]:
+        return {name: pid_alive(pid) for name, pid in self.pids.items()}
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.state_dir) / "logs"
+
+
+def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> ClusterState:
+    """Start etcd, apiserver, KCM and scheduler; return once all are ready."""
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    (state_dir / "pki").mkdir(parents=True)
+    logs = state_dir / "logs"
+    ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler")}
+    sa_key, sa_pub = pki.write_service_account_keys(state_dir)
+    ids = {i.name: i for i in pki.identities()}
+    tokens = pki.write_token_file(state_dir, list(ids.values()))
+    api_url = f"https://127.0.0.1:{ports['apiserver']}"
+    ca = state_dir / "pki" / "apiserver.crt"
+    kubeconfigs = {
+        name: pki.write_kubeconfig(state_dir / f"{name}.kubeconfig", api_url, ca, ident)
+        for name, ident in ids.items()
+    }
+    state = ClusterState(
+        state_dir=str(state_dir),
+        kubeconfig=str(kubeconfigs["admin"]),
+        api_url=api_url,
+        ports=ports,
+    )
+    k8s, etcd_bin = bins["k8s"], bins["etcd"]
+
+    def launch(name: str, argv: list[str], probe_url: str, token: str | None = None, expect: bytes | None = None) -> None:
+        proc = spawn(name, argv, logs)
+        state.pids[name] = proc.pid
+        state.save()  # record pids before waiting, so `down` can clean up a failed start
+        try:
+            wait_ready(name, proc, http_ok(probe_url, token, expect), logs, timeout)
+        except ClusterError:
+            stop(state)
+            raise
+
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+    launch(
+        "etcd",
+        [
+            str(etcd_bin / "etcd"), "--name=vso", f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=vso={peer_url}", "--unsafe-no-fsync", "--log-level=warn",
+            "--listen-metrics-urls=", "--quota-backend-bytes=4294967296",
+        ],
+        f"{etcd_url}/health",
+        expect=b'"health":"true"',
+    )
+    launch(
+        "kube-apiserver",
+        [
+            str(k8s / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            "--advertise-address=127.0.0.1", f"--cert-dir={state_dir / 'pki'}",
+            f"--token-auth-file={tokens}", "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
+            "--allow-privileged=true", "--profiling=false", "--v=1",
+        ],
+        f"{api_url}/readyz",
+        token=ids["admin"].token,
+    )
+    common = [
+        "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false", "--v=1",
+    ]
+    kcm_cfg = str(kubeconfigs["kcm"])
+    launch(
+        "kube-controller-manager",
+        [
+            str(k8s / "kube-controller-manager"), f"--kubeconfig={kcm_cfg}",
+            f"--authentication-kubeconfig={kcm_cfg}", f"--authorization-kubeconfig={kcm_cfg}",
+            f"--secure-port={ports['kcm']}", "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca}",
+            # Loopback pod IPs cannot be published in EndpointSlices; turn those controllers off.
+            "--controllers=*,-endpoints-controller,-endpointslice-controller,"
+            "-endpointslice-mirroring-controller",
+            *common,
+        ],
+        f"https://127.0.0.1:{ports['kcm']}/healthz",
+    )
+    sched_cfg = str(kubeconfigs["scheduler"])
+    launch(
+        "kube-scheduler",
+        [
+            str(k8s / "kube-scheduler"), f"--kubeconfig={sched_cfg}",
+            f"--authentication-kubeconfig={sched_cfg}", f"--authorization-kubeconfig={sched_cfg}",
+            f"--secure-port={ports['scheduler']}", *common,
+        ],
+        f"https://127.0.0.1:{ports['scheduler']}/readyz",
+    )
+    state.save()
+    return state
+
+
+def stop(state: ClusterState) -> None:
+    """Stop everything, newest first (the apiserver drains badly once etcd is gone)."""
+    stop_pids(list(reversed(state.pids.values())))
+    left = [n for n, alive in state.alive().items() if alive]
+    if left:
+        print(f"warning: still running after SIGKILL: {left}", file=sys.stderr)

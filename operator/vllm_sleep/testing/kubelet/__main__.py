@@ -1,0 +1,66 @@
+"""`python -m vllm_sleep.testing.kubelet`: run the sim-kubelet (started by `vllm-sleep dev up`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+from kubernetes_asyncio import client, config
+
+from .kubelet import SimKubelet
+from .nodes import NodeSpec
+from .quantity import parse_bytes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sim-kubelet", description=__doc__)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--gpu-nodes", type=int, default=2)
+    p.add_argument("--gpus-per-node", type=int, default=2)
+    p.add_argument("--gpu-memory", default="80Gi")
+    p.add_argument("--node-prefix", default="gpu-node")
+    p.add_argument("--time-scale", type=float, default=0.05)
+    p.add_argument("--admin-port", type=int, required=True)
+    return p
+
+
+async def run(args: argparse.Namespace) -> None:
+    await config.load_kube_config(config_file=args.kubeconfig)
+    api = client.ApiClient()
+    nodes = [
+        NodeSpec(f"{args.node_prefix}-{i}", args.gpus_per_node, parse_bytes(args.gpu_memory))
+        for i in range(args.gpu_nodes)
+    ]
+    kubelet = SimKubelet(api, nodes, args.time_scale)
+    runner = web.AppRunner(kubelet.admin_app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", args.admin_port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(kubelet.run())
+    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if task.done() and task.exception():
+        raise task.exception()  # type: ignore[misc]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await kubelet.stop()
+    await runner.cleanup()
+    await api.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(parser().parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The sim-kubelet: one process that is kubelet for every simulated GPU node.
+
+Watches Pods bound to its nodes and runs a PodWorker for each; deletes a terminating pod once its
+containers stopped (kubelet's final delete with grace 0); exposes an admin API on 127.0.0.1 for
+tests and the demo: `/healthz`, `/pods`, `/violations` (contract violations of all engines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..sim import EngineHost
+from .ips import IPPool
+from .nodes import GPU_RESOURCE, NodeRegistrar, NodeSpec
+from .pods import PodWorker
+
+log = logging.getLogger(__name__)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SimKubelet:
+    def __init__(self, api: client.ApiClient, nodes: list[NodeSpec], time_scale: float) -> None:
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._nodes = {n.name: n for n in nodes}
+        self._registrar = NodeRegistrar(api, nodes)
+        self.host = EngineHost(time_scale=time_scale)
+        self._time_scale = time_scale
+        self._ips = IPPool()
+        self.workers: dict[str, PodWorker] = {}  # by pod uid
+        self._worker_tasks: dict[str, asyncio.Task[None]] = {}
+        self._deleting: set[str] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self.ready = False  # nodes registered and the first pod list processed
+
+    async def run(self) -> None:
+        self._http = aiohttp.ClientSession()
+        await self._registrar.register()
+        self.ready = True
+        while True:
+            try:
+                await self._watch()
+            except (ApiException, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                log.warning("pod watch ended (%s); relisting", e)
+                await asyncio.sleep(1)
+
+    async def _watch(self) -> None:
+        listing = await self._core.list_pod_for_all_namespaces(_preload_content=False)
+        data = await listing.json()
+        seen = set()
+        for pod in data.get("items", []):
+            seen.add(pod["metadata"]["uid"])
+            await self._on_pod(pod)
+        for uid in set(self.workers) - seen:  # deleted while we were not watching
+            await self._forget(uid)
+        rv = data["metadata"]["resourceVersion"]
+        w = watch.Watch()
+        async with w.stream(
+            self._core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=300,
+            allow_watch_bookmarks=True,
+        ) as stream:
+            async for event in stream:
+                pod = event["raw_object"]
+                if event["type"] == "ERROR":
+                    raise ApiException(status=pod.get("code", 500), reason=pod.get("message"))
+                if event["type"] == "BOOKMARK":
+                    continue
+                if event["type"] == "DELETED":
+                    await self._forget(pod["metadata"]["uid"])
+                else:
+                    await self._on_pod(pod)
+
+    async def _on_pod(self, pod: dict[str, Any]) -> None:
+        node = pod.get("spec", {}).get("nodeName")
+        if node not in self._nodes:
+            return
+        uid = pod["metadata"]["uid"]
+        if pod["metadata"].get("deletionTimestamp"):
+            if uid not in self._deleting:
+                self._deleting.add(uid)
+                asyncio.create_task(self._terminate(pod))
+            return
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        worker = self.workers.get(uid)
+        if worker:
+            worker.update(pod)
+            return
+        ip = self._ips.allocate(uid)
+        assert self._http is not None
+        worker = PodWorker(
+            pod, ip, self.host, self._write_status, self._device_for, self._read_secret,
+            self._http, now, restart_backoff=max(0.2, 2.0 * self._time_scale),
+        )
+        self.workers[uid] = worker
+        self._worker_tasks[uid] = asyncio.create_task(worker.run(), name=f"pod {worker.key}")
+
+    async def _terminate(self, pod: dict[str, Any]) -> None:
+        md = pod["metadata"]
+        await self._forget(md["uid"])
+        with contextlib.suppress(ApiException):
+            await self._core.delete_namespaced_pod(
+                md["name"], md["namespace"], grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=md["uid"])),
+            )
+        self._deleting.discard(md["uid"])
+
+    async def _forget(self, uid: str) -> None:
+        worker = self.workers.pop(uid, None)
+        task = self._worker_tasks.pop(uid, None)
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if worker:
+            await worker.stop()
+        self._ips.release(uid)
+
+    async def _write_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
+        md = pod["metadata"]
+        try:
+            await self._core.patch_namespaced_pod_status(md["name"], md["namespace"], {"status": status})
+        except ApiException as e:
+            if e.status != 404:  # a pod deleted meanwhile needs no status
+                raise
+
+    async def _read_secret(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
+
+    async def _device_for(self, pod: dict[str, Any]) -> object | None:
+        """The simulated GPU a pod's engine shares memory on: its DRA allocation, else a slot."""
+        node = self._nodes[pod["spec"]["nodeName"]]
+        for name in await self._claim_devices(pod):
+            return self.host.device(f"{node.name}/{name}", total_bytes=node.gpu_memory_bytes)
+        wants_gpu = any(
+            GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {})
+            for c in pod["spec"].get("containers") or []
+        )
+        if not wants_gpu:
+            return None
+        # Device plugin without DRA: pick the device with the fewest pods on it (time slicing).
+        counts = {d: 0 for d in node.device_names()}
+        for w in self.workers.values():
+            if w.pod["spec"].get("nodeName") == node.name and w.device_name in counts:
+                counts[w.device_name] += 1
+        choice = min(counts, key=lambda d: counts[d])
+        worker = self.workers.get(pod["metadata"]["uid"])
+        if worker:
+            worker.device_name = choice
+        return self.host.device(f"{node.name}/{choice}", total_bytes=node.gpu_memory_bytes)
+
+    async def _claim_devices(self, pod: dict[str, Any]) -> list[str]:
+        ns = pod["metadata"]["namespace"]
+        names = [c.get("resourceClaimName") for c in pod["spec"].get("resourceClaims") or []]
+        names += [s.get("resourceClaimName") for s in pod.get("status", {}).get("resourceClaimStatuses") or []]
+        objs = client.CustomObjectsApi(self._api)
+        out: list[str] = []
+        for name in filter(None, names):
+            with contextlib.suppress(ApiException):
+                claim = await objs.get_namespaced_custom_object("resource.k8s.io", "v1", ns, "resourceclaims", name)
+                results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+                out += [r["device"] for r in results]
+        return out
+
+    # --- admin API -------------------------------------------------------------------------
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._admin_health)
+        app.router.add_get("/pods", self._admin_pods)
+        app.router.add_get("/violations", self._admin_violations)
+        return app
+
+    async def _admin_health(self, _req: web.Request) -> web.Response:
+        return web.json_response({"ok": self.ready}, status=200 if self.ready else 503)
+
+    async def _admin_pods(self, _req: web.Request) -> web.Response:
+        out = []
+        for w in self.workers.values():
+            out.append({
+                "pod": w.key, "ip": w.pod_ip, "node": w.pod["spec"].get("nodeName"),
+                "engines": {n: getattr(e, "state", None) for n, e in w.engines.items()},
+            })
+        return web.json_response({"pods": out})
+
+    async def _admin_violations(self, _req: web.Request) -> web.Response:
+        items = [_violation_json(v) for v in self.host.violations()]
+        return web.json_response({"count": len(items), "violations": items})
+
+    async def stop(self) -> None:
+        for uid in list(self.workers):
+            await self._forget(uid)
+        await self._registrar.stop()
+        await self.host.stop_all()
+        if self._http:
+            await self._http.close()
+
+
+def _violation_json(v: Any) -> dict[str, Any]:
+    if hasattr(v, "model_dump"):
+        d: dict[str, Any] = v.model_dump(mode="json")
+        return d
+    if hasattr(v, "__dict__"):
+        return {k: str(val) for k, val in vars(v).items()}
+    return {"violation": str(v)}

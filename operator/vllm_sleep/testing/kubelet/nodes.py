@@ -1,0 +1,200 @@
+"""Simulated GPU nodes: Node objects, their heartbeat Leases, and DRA devices.
+
+The sim-kubelet is the node agent and the DRA driver at once: it registers Nodes the way kubelet
+does (create with status), renews their Leases in kube-node-lease so the node lifecycle
+controller keeps them Ready, and publishes a DeviceClass and one ResourceSlice per node so the
+real kube-scheduler allocates ResourceClaims to simulated GPUs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+DRIVER = "gpu.sim.vllm-sleep.io"
+DEVICE_CLASS = "sim-gpu.vllm-sleep.io"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+KUBELET_VERSION = "v1.36.3"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    gpus: int
+    gpu_memory_bytes: int
+    cpu: str = "96"
+    memory: str = "1Ti"
+    pods: int = 250
+
+    def device_names(self) -> list[str]:
+        return [f"gpu-{i}" for i in range(self.gpus)]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def node_manifest(spec: NodeSpec) -> dict[str, object]:
+    capacity = {
+        "cpu": spec.cpu,
+        "memory": spec.memory,
+        "pods": str(spec.pods),
+        GPU_RESOURCE: str(spec.gpus),
+    }
+    ts = now()
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": spec.name,
+            "labels": {
+                "kubernetes.io/hostname": spec.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "vllm-sleep.io/simulated": "true",
+                "nvidia.com/gpu.product": GPU_PRODUCT,
+                "nvidia.com/gpu.count": str(spec.gpus),
+                "nvidia.com/gpu.memory": str(spec.gpu_memory_bytes // 2**20),  # MiB, as GFD does
+            },
+        },
+        "spec": {"taints": [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": spec.name},
+            ],
+            "conditions": _conditions(ts),
+            "nodeInfo": {
+                "kubeletVersion": KUBELET_VERSION,
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": "vllm-sleep-sim://1",
+                "kernelVersion": "",
+                "osImage": "simulated",
+                "kubeProxyVersion": "",
+                "machineID": spec.name,
+                "systemUUID": spec.name,
+                "bootID": spec.name,
+            },
+        },
+    }
+
+
+def _conditions(ts: str) -> list[dict[str, str]]:
+    ok = [
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+        ("PIDPressure", "False", "KubeletHasSufficientPID"),
+        ("Ready", "True", "KubeletReady"),
+    ]
+    return [
+        {"type": t, "status": s, "reason": r, "message": r, "lastHeartbeatTime": ts,
+         "lastTransitionTime": ts}
+        for t, s, r in ok
+    ]
+
+
+def device_class() -> dict[str, object]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceClass",
+        "metadata": {"name": DEVICE_CLASS},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]},
+    }
+
+
+def resource_slice(spec: NodeSpec) -> dict[str, object]:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{spec.name}-{DRIVER}"},
+        "spec": {
+            "driver": DRIVER,
+            "nodeName": spec.name,
+            "pool": {"name": spec.name, "generation": 1, "resourceSliceCount": 1},
+            "devices": [
+                {
+                    "name": dev,
+                    "attributes": {
+                        "productName": {"string": GPU_PRODUCT},
+                        "index": {"int": i},
+                    },
+                    "capacity": {"memory": {"value": str(spec.gpu_memory_bytes)}},
+                }
+                for i, dev in enumerate(spec.device_names())
+            ],
+        },
+    }
+
+
+class NodeRegistrar:
+    """Registers nodes and keeps them alive until stopped."""
+
+    def __init__(self, api: client.ApiClient, nodes: list[NodeSpec], heartbeat: float = 10.0) -> None:
+        self._api = api
+        self._nodes = nodes
+        self._heartbeat = heartbeat
+        self._task: asyncio.Task[None] | None = None
+
+    async def register(self) -> None:
+        core = client.CoreV1Api(self._api)
+        for spec in self._nodes:
+            body = node_manifest(spec)
+            try:
+                await core.create_node(body)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                await core.patch_node_status(spec.name, {"status": body["status"]})
+        await self._publish_dra()
+        await self._renew_leases()
+        self._task = asyncio.create_task(self._beat(), name="node-heartbeat")
+
+    async def _publish_dra(self) -> None:
+        objs = client.CustomObjectsApi(self._api)
+        for body, plural in [(device_class(), "deviceclasses")] + [
+            (resource_slice(s), "resourceslices") for s in self._nodes
+        ]:
+            try:
+                await objs.create_cluster_custom_object("resource.k8s.io", "v1", plural, body)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+
+    async def _renew_leases(self) -> None:
+        coord = client.CoordinationV1Api(self._api)
+        for spec in self._nodes:
+            body = {
+                "metadata": {"name": spec.name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": spec.name, "leaseDurationSeconds": 40, "renewTime": now()},
+            }
+            try:
+                await coord.patch_namespaced_lease(spec.name, "kube-node-lease", body)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                await coord.create_namespaced_lease("kube-node-lease", body)
+
+    async def _beat(self) -> None:
+        core = client.CoreV1Api(self._api)
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            with contextlib.suppress(ApiException, OSError, asyncio.TimeoutError):
+                await self._renew_leases()
+                ts = now()
+                for spec in self._nodes:
+                    await core.patch_node_status(spec.name, {"status": {"conditions": _conditions(ts)}})
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
