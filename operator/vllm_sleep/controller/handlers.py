@@ -1,0 +1,81 @@
+"""kopf handlers: short adapters from Kubernetes events to the per-model controllers.
+
+Nothing here decides anything. A daemon per ModelDeployment runs its ModelController; events on
+the objects it depends on (its pods, its demand Lease, its own spec) just kick that controller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from ..api.names import GROUP, LABEL_COMPONENT, LABEL_MODEL, MODEL_DEPLOYMENT_PLURAL, VERSION
+from .context import Context
+from .kube import parse_time
+from .model import ModelController
+
+log = logging.getLogger(__name__)
+
+DEMAND_COMPONENT = "demand-lease"
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress in annotations, not status: status belongs to the model's own schema, and the
+        # operator never writes spec (GitOps tools own it).
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 270
+        settings.peering.standalone = True
+
+    @kopf.daemon(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry, cancellation_timeout=15)
+    async def model_daemon(
+        body: kopf.Body, name: str, namespace: str, stopped: kopf.DaemonStopped, **_: Any
+    ) -> None:
+        def emit(kind: str, reason: str, message: str) -> None:
+            kopf.event(body, type=kind, reason=reason, message=message)
+
+        controller = ModelController(ctx, namespace, name, emit)
+        ctx.controllers[(namespace, name)] = controller
+        renew = await ctx.kube.read_lease_renew_time(namespace, f"{name}-demand")
+        if renew is not None:
+            ctx.signal_demand(namespace, name, renew)
+        try:
+            await controller.run(lambda: dict(body), lambda: stopped.is_set())
+        finally:
+            if ctx.controllers.get((namespace, name)) is controller:
+                del ctx.controllers[(namespace, name)]
+
+    @kopf.on.event(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry)
+    def model_changed(name: str, namespace: str, type: str, **_: Any) -> None:
+        _kick(ctx, namespace, name)
+        if type == "DELETED":
+            ctx.demand.pop((namespace, name), None)
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_MODEL: kopf.PRESENT}, registry=registry)
+    def pod_changed(labels: dict[str, str], namespace: str, **_: Any) -> None:
+        _kick(ctx, namespace, labels[LABEL_MODEL])
+
+    @kopf.on.event(
+        "coordination.k8s.io", "v1", "leases",
+        labels={LABEL_COMPONENT: DEMAND_COMPONENT, LABEL_MODEL: kopf.PRESENT},
+        registry=registry,
+    )
+    def demand(labels: dict[str, str], namespace: str, spec: dict[str, Any], **_: Any) -> None:
+        renew = parse_time(spec.get("renewTime"))
+        if renew is not None:
+            ctx.signal_demand(namespace, labels[LABEL_MODEL], renew)
+
+
+def _kick(ctx: Context, namespace: str, name: str) -> None:
+    controller = ctx.controllers.get((namespace, name))
+    if controller is not None:
+        controller.kick.set()

@@ -1,0 +1,112 @@
+"""The few Kubernetes writes the operator makes, in one place (and so one RBAC story)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..api.names import CONDITION_AWAKE, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
+
+
+def rfc3339(ts: float | None = None) -> str:
+    dt = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_micro(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.objects = client.CustomObjectsApi(api)
+
+    async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
+        """Create a child object; True if created, False if it already existed."""
+        kind = manifest["kind"]
+        ns = manifest["metadata"]["namespace"]
+        create = {
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
+            "Secret": self.core.create_namespaced_secret,
+            "Lease": self.coord.create_namespaced_lease,
+        }[kind]
+        try:
+            await create(ns, manifest)
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            secret = await self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw else None
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        resp = await self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        data = await resp.json()
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            await self.core.delete_namespaced_pod(name, namespace, body=body)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    async def set_routed(self, namespace: str, pod: str, routed: bool, reason: str) -> None:
+        """Flip the pod's readiness gate; Ready (and so every router) follows it."""
+        cond = {
+            "type": CONDITION_AWAKE,
+            "status": "True" if routed else "False",
+            "reason": reason,
+            "lastTransitionTime": rfc3339(),
+        }
+        await self.core.patch_namespaced_pod_status(pod, namespace, {"status": {"conditions": [cond]}})
+
+    async def annotate_pod(self, namespace: str, pod: str, annotations: dict[str, str | None]) -> None:
+        try:
+            await self.core.patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": annotations}})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self.objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, MODEL_DEPLOYMENT_PLURAL, name, {"status": status}
+        )
+
+    async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
+        try:
+            lease = await self.coord.read_namespaced_lease(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        renew = lease.spec.renew_time if lease.spec else None
+        return renew.timestamp() if renew else None

@@ -1,0 +1,102 @@
+"""`vllm-sleep operator`: the one place that wires the operator process together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+import httpx
+import kopf
+from aiohttp import web
+from kubernetes_asyncio import client, config
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..metrics import OperatorMetrics
+from .agents import AgentClient
+from .context import Context, Settings
+from .handlers import register
+from .kube import Kube
+
+DEFAULT_AGENT_IMAGE = "ghcr.io/vllm-sleep/vllm-sleep-operator:0.1.0"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-sleep operator", description="Run the operator.")
+    p.add_argument("--namespace", action="append", default=[], help="watch only these (repeatable)")
+    p.add_argument(
+        "--agent-image",
+        default=os.environ.get("VLLM_SLEEP_AGENT_IMAGE", DEFAULT_AGENT_IMAGE),
+        help="image of the agent sidecar (normally the operator's own image)",
+    )
+    p.add_argument("--metrics-bind", default=os.environ.get("VLLM_SLEEP_METRICS_BIND", "127.0.0.1:8080"),
+                   help="host:port for /metrics (0.0.0.0:8080 in a pod)")
+    p.add_argument("--health-bind", default=os.environ.get("VLLM_SLEEP_HEALTH_BIND", "127.0.0.1:8081"),
+                   help="host:port for kopf's /healthz liveness endpoint")
+    p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument("--log-level", default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"))
+    return p
+
+
+async def _load_kube_config() -> None:
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+    else:
+        await config.load_kube_config()
+
+
+async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
+    async def handler(_req: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    host, _, port = bind.rpartition(":")
+    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    return runner
+
+
+async def run(args: argparse.Namespace) -> None:
+    from .children import Children
+    from .spec import drain_timeout_for_pod, parse_model, policy_for
+
+    await _load_kube_config()
+    api = client.ApiClient()
+    metrics = OperatorMetrics()
+    settings = Settings(agent_image=args.agent_image, resync_seconds=args.resync_seconds)
+    kube = Kube(api)
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500)) as http:
+        ctx = Context(
+            settings=settings,
+            kube=kube,
+            agents=AgentClient(http),
+            metrics=metrics,
+            children=Children(kube, settings),
+            parse=parse_model,
+            policy=policy_for,
+            drain_timeout=drain_timeout_for_pod,
+        )
+        registry = kopf.OperatorRegistry()
+        register(registry, ctx)
+        runner = await _serve_metrics(metrics, args.metrics_bind)
+        kwargs: dict[str, Any] = {"clusterwide": not args.namespace, "namespaces": args.namespace}
+        try:
+            await kopf.operator(
+                registry=registry,
+                liveness_endpoint=f"http://{args.health_bind}/healthz",
+                **kwargs,
+            )
+        finally:
+            await runner.cleanup()
+            await api.close()
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(args))
+    return 0

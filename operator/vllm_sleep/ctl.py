@@ -1,0 +1,135 @@
+"""`vllm-sleep status | wake NAME | sleep NAME`: what a platform engineer types.
+
+`wake` renews the model's demand Lease, exactly as the gateway does for a held request, so there
+is one wake path. `sleep` stamps the annotation `vllm-sleep.io/sleep-request` on the
+ModelDeployment (metadata, not spec: GitOps owns spec); the operator honours it unless newer
+demand arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .api.names import (
+    GROUP,
+    LABEL_COMPONENT,
+    LABEL_MODEL,
+    MODEL_DEPLOYMENT_KIND,
+    MODEL_DEPLOYMENT_PLURAL,
+    VERSION,
+    demand_lease_name,
+)
+
+SLEEP_REQUEST = f"{GROUP}/sleep-request"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-sleep")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status", help="ModelDeployments and their state")
+    st.add_argument("-n", "--namespace")
+    st.add_argument("-A", "--all-namespaces", action="store_true")
+    for name in ("wake", "sleep"):
+        c = sub.add_parser(name)
+        c.add_argument("model", help="ModelDeployment name")
+        c.add_argument("-n", "--namespace", default=None)
+        c.add_argument("--wait", action="store_true", help="wait until the model reaches the state")
+        c.add_argument("--timeout", type=float, default=300.0)
+    return p
+
+
+def _clients() -> tuple[Any, Any, Any, str]:
+    from kubernetes import client, config
+
+    config.load_kube_config()
+    _, active = config.list_kube_config_contexts()
+    ns = active.get("context", {}).get("namespace", "default")
+    api = client.ApiClient()
+    return client.CustomObjectsApi(api), client.CoordinationV1Api(api), client, ns
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    objs, coord, client, default_ns = _clients()
+    ns = getattr(args, "namespace", None) or default_ns
+    try:
+        if args.cmd == "status":
+            return _status(objs, None if args.all_namespaces else ns)
+        mdep = objs.get_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model)
+    except client.ApiException as e:
+        print(f"error: {e.status} {e.reason}: {getattr(e, 'body', '')}", file=sys.stderr)
+        return 1
+    if args.cmd == "wake":
+        renew_demand(coord, client, ns, mdep, holder=f"vllm-sleep-cli@{socket.gethostname()}")
+        print(f"demand signalled for {ns}/{args.model}")
+        return _wait(objs, ns, args.model, "Awake", args.timeout) if args.wait else 0
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    objs.patch_namespaced_custom_object(
+        GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model, {"metadata": {"annotations": {SLEEP_REQUEST: stamp}}}
+    )
+    print(f"sleep requested for {ns}/{args.model}")
+    return _wait(objs, ns, args.model, "Asleep", args.timeout) if args.wait else 0
+
+
+def renew_demand(coord: Any, client: Any, namespace: str, mdep: dict[str, Any], holder: str) -> None:
+    name = mdep["metadata"]["name"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = {
+        "metadata": {
+            "name": demand_lease_name(name),
+            "namespace": namespace,
+            "labels": {LABEL_COMPONENT: "demand-lease", LABEL_MODEL: name},
+            "ownerReferences": [{
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": MODEL_DEPLOYMENT_KIND, "name": name,
+                "uid": mdep["metadata"]["uid"],
+            }],
+        },
+        "spec": {"holderIdentity": holder, "renewTime": now, "leaseDurationSeconds": 60},
+    }
+    try:
+        coord.patch_namespaced_lease(demand_lease_name(name), namespace, {"spec": body["spec"]})
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+        coord.create_namespaced_lease(namespace, body)
+
+
+def _wait(objs: Any, ns: str, name: str, phase: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = objs.get_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, name)
+        if (obj.get("status") or {}).get("phase") == phase:
+            print(f"{ns}/{name} is {phase}")
+            return 0
+        time.sleep(0.5)
+    print(f"timed out waiting for {ns}/{name} to be {phase}", file=sys.stderr)
+    return 1
+
+
+def _status(objs: Any, ns: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    if ns:
+        items = objs.list_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL)["items"]
+    else:
+        items = objs.list_cluster_custom_object(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL)["items"]
+    table = Table(title="ModelDeployments")
+    for col in ("NAMESPACE", "NAME", "MODEL", "STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "LAST WAKE"):
+        table.add_column(col)
+    for it in items:
+        spec, status = it.get("spec") or {}, it.get("status") or {}
+        wake = status.get("lastWakeSeconds")
+        table.add_row(
+            it["metadata"]["namespace"], it["metadata"]["name"], spec.get("servedModelName") or it["metadata"]["name"],
+            status.get("phase", "-"), status.get("awake", "-"),
+            (spec.get("placement") or {}).get("pool") or "-", status.get("lastActivityTime") or "-",
+            f"{wake:.2f}s" if isinstance(wake, int | float) else "-",
+        )
+    Console().print(table)
+    return 0

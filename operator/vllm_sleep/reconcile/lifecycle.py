@@ -1,0 +1,211 @@
+"""The sleep/wake decision for one model: observed replicas + policy + time -> actions. Pure.
+
+Everything the operator decides about a model's replicas is here, with time as an argument, so
+it is testable without a cluster and replayable after a restart: the inputs are the agents'
+reports (the truth about each engine) and the model's status (the operator's memory), never
+anything held only in the operator's process.
+
+Protocol (DESIGN.md "Protocols"): to sleep, first take the replica out of routing (readiness
+gate False), then ask its agent to drain and sleep; to wake, ask the agent, and only once it
+confirms put the replica back into routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Policy(StrEnum):
+    AUTO = "Auto"
+    ALWAYS_AWAKE = "AlwaysAwake"
+    ASLEEP = "Asleep"
+
+
+class AgentState(StrEnum):
+    """What a pod's agent reports (docs/interfaces.md)."""
+
+    UNREACHABLE = "unreachable"  # no answer: pod starting, agent restarting, network
+    LOADING = "loading"
+    AWAKE = "awake"
+    DRAINING = "draining"
+    SLEEPING = "sleeping"
+    ASLEEP = "asleep"
+    WAKING = "waking"
+    FAILED = "failed"
+
+
+TRANSITIONING = {AgentState.DRAINING, AgentState.SLEEPING, AgentState.WAKING}
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    policy: Policy
+    level: int  # 1 or 2
+    idle_timeout: float  # seconds
+    min_awake: float  # seconds; never sleep a replica younger than this after a wake
+    wake_on_request: bool = True
+
+
+@dataclass(frozen=True)
+class ReplicaObservation:
+    pod: str
+    agent: AgentState
+    routed: bool = False  # the pod's vllm-sleep.io/awake condition is True
+    inflight: int = 0
+    held: int = 0  # requests waiting in the agent for an awake engine
+    last_activity: float | None = None  # unix seconds of the last inference request
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaMemory:
+    """Per-replica facts the operator keeps in status (restart-safe memory)."""
+
+    woken_at: float | None = None  # when the last wake completed
+    slept_at: float | None = None  # when the last sleep completed
+    prewarmed: bool = False  # the first (slow) sleep after load happened
+
+
+@dataclass(frozen=True)
+class Sleep:
+    pod: str
+    level: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wake:
+    pod: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """Set the pod's readiness gate: True puts it into routing, False takes it out."""
+
+    pod: str
+    routed: bool
+
+
+Action = Sleep | Wake | Route
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: list[Action] = field(default_factory=list)
+    next_check_in: float | None = None  # seconds until a timer (idle, minAwake) may fire
+
+
+def decide(
+    policy: ModelPolicy,
+    replicas: list[ReplicaObservation],
+    memory: dict[str, ReplicaMemory],
+    demand_at: float | None,
+    now: float,
+    sleep_request: float | None = None,
+) -> Decision:
+    """Actions for every replica. `demand_at`: newest demand Lease renewal; `sleep_request`:
+    newest explicit request to sleep (`vllm-sleep sleep NAME`), honoured unless newer demand."""
+    actions: list[Action] = []
+    timers: list[float] = []
+    for r in replicas:
+        if r.deleting:
+            continue
+        mem = memory.get(r.pod, ReplicaMemory())
+        acts, timer = _decide_replica(policy, r, mem, demand_at, now, sleep_request)
+        actions += acts
+        if timer is not None:
+            timers.append(timer)
+    return Decision(actions, min(timers) if timers else None)
+
+
+def _decide_replica(
+    policy: ModelPolicy,
+    r: ReplicaObservation,
+    mem: ReplicaMemory,
+    demand_at: float | None,
+    now: float,
+    sleep_request: float | None,
+) -> tuple[list[Action], float | None]:
+    if r.agent == AgentState.AWAKE:
+        if _asked_to_sleep(policy, r, mem, demand_at, sleep_request):
+            return _sleep(r, policy.level, "sleep requested"), None
+        return _awake(policy, r, mem, demand_at, now)
+    if r.agent == AgentState.ASLEEP:
+        unroute: list[Action] = [Route(r.pod, False)] if r.routed else []
+        if _wants_wake(policy, r, mem, demand_at):
+            return [*unroute, Wake(r.pod, _wake_reason(policy, r))], None
+        return unroute, None
+    # Loading, failed, unreachable or mid-transition: never route; act once it settles.
+    return ([Route(r.pod, False)] if r.routed else []), None
+
+
+def _awake(
+    policy: ModelPolicy, r: ReplicaObservation, mem: ReplicaMemory, demand_at: float | None, now: float
+) -> tuple[list[Action], float | None]:
+    if policy.policy == Policy.ALWAYS_AWAKE:
+        return ([] if r.routed else [Route(r.pod, True)]), None
+    if policy.policy == Policy.ASLEEP:
+        return _sleep(r, policy.level, "policy is Asleep"), None
+    if not mem.prewarmed and mem.woken_at is None and r.held == 0 and r.inflight == 0:
+        # Pre-warm: the first sleep after load is the slow one (pinned host buffers are
+        # allocated), so pay it now, off any request's critical path, unless someone is
+        # asking for the model right now (recent demand).
+        recent = demand_at is not None and now - demand_at <= policy.idle_timeout
+        if not recent:
+            return _sleep(r, policy.level, "pre-warm after load"), None
+    route: list[Action] = [] if r.routed else [Route(r.pod, True)]
+    if r.inflight > 0 or r.held > 0:
+        return route, policy.idle_timeout
+    since = max(t for t in (r.last_activity, mem.woken_at, demand_at, 0.0) if t is not None)
+    idle_at = since + policy.idle_timeout
+    young_until = (mem.woken_at or 0.0) + policy.min_awake
+    due = max(idle_at, young_until)
+    if now >= due:
+        return _sleep(r, policy.level, f"idle for {now - since:.0f}s"), None
+    return route, due - now
+
+
+def _asked_to_sleep(
+    policy: ModelPolicy,
+    r: ReplicaObservation,
+    mem: ReplicaMemory,
+    demand_at: float | None,
+    sleep_request: float | None,
+) -> bool:
+    if sleep_request is None or policy.policy == Policy.ALWAYS_AWAKE:
+        return False
+    if r.inflight or r.held:
+        return False  # the request is honoured once the work in progress is done
+    newer_than = [t for t in (mem.woken_at, demand_at) if t is not None]
+    return all(sleep_request > t for t in newer_than)
+
+
+def _sleep(r: ReplicaObservation, level: int, reason: str) -> list[Action]:
+    # Leave routing first, then sleep: a request never races a sleeping engine.
+    return [Route(r.pod, False), Sleep(r.pod, level, reason)] if r.routed else [Sleep(r.pod, level, reason)]
+
+
+def _wants_wake(
+    policy: ModelPolicy, r: ReplicaObservation, mem: ReplicaMemory, demand_at: float | None
+) -> bool:
+    if policy.policy == Policy.ALWAYS_AWAKE:
+        return True
+    if policy.policy == Policy.ASLEEP or not policy.wake_on_request:
+        return False
+    return r.held > 0 or _demand_since(demand_at, mem.slept_at)
+
+
+def _demand_since(demand_at: float | None, since: float | None) -> bool:
+    if demand_at is None:
+        return False
+    return since is None or demand_at > since
+
+
+def _wake_reason(policy: ModelPolicy, r: ReplicaObservation) -> str:
+    if policy.policy == Policy.ALWAYS_AWAKE:
+        return "policy is AlwaysAwake"
+    if r.held > 0:
+        return f"{r.held} request(s) held at the pod"
+    return "demand"

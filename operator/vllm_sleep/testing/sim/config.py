@@ -1,0 +1,182 @@
+"""SimConfig: one engine's settings from a `vllm serve` command line plus VLLM_SIM_* env.
+
+A real `vllm serve` command line cannot carry simulator settings, so the operator and the
+sim-kubelet pass them in the environment; simulator flags exist for standalone use and win over
+env. VLLM_SERVER_DEV_MODE is parsed exactly as vLLM does (`bool(int(value))`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .args import SIM_FLAGS, parse_argv
+from .timing import TIMING_FIELDS, Timings, default_timings
+from .units import GiB, parse_bytes, parse_token_count
+
+log = logging.getLogger(__name__)
+
+Profile = Literal["0.33", "legacy"]
+PROFILES: tuple[Profile, ...] = ("0.33", "legacy")
+DEFAULT_WEIGHTS = 16 * GiB
+DEFAULT_DEVICE_MEMORY = 80 * GiB
+DEFAULT_RESIDUAL = 1 * GiB  # CUDA context + NCCL + CUDA graphs left on the GPU while asleep
+
+
+class SimConfigError(ValueError):
+    """Bad arguments or environment: the simulated `vllm serve` refuses to start."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    model: str = "sim-model"
+    served_model_names: tuple[str, ...] = ()
+    host: str | None = None  # None = all interfaces, like vLLM
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    enable_sleep_mode: bool = False
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int = 8192
+    max_num_seqs: int = 256
+    enable_server_load_tracking: bool = False
+    dev_mode: bool = False
+    profile: Profile = "0.33"
+    device_memory: int = DEFAULT_DEVICE_MEMORY  # only for an engine without a shared device
+    weights_bytes: int = DEFAULT_WEIGHTS
+    residual_bytes: int | None = None  # None: 1 GiB + 2 % of the weights
+    time_scale: float = 1.0  # multiplied with the host's scale
+    default_max_tokens: int = 16
+    profiling_fraction: float = 0.3  # the last 30 % of the load is vLLM's memory profiling
+    timing_overrides: Mapping[str, float] = field(default_factory=dict)
+    ignored_args: tuple[str, ...] = ()
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return self.served_model_names or (self.model,)
+
+    @property
+    def legacy(self) -> bool:
+        return self.profile == "legacy"
+
+    @property
+    def residual(self) -> int:
+        if self.residual_bytes is not None:
+            return self.residual_bytes
+        return DEFAULT_RESIDUAL + self.weights_bytes // 50
+
+    @property
+    def timings(self) -> Timings:
+        return default_timings(self.weights_bytes).with_overrides(dict(self.timing_overrides))
+
+    @classmethod
+    def from_cli(cls, argv: list[str], env: Mapping[str, str]) -> SimConfig:
+        try:
+            return _from_cli(argv, env)
+        except SimConfigError:
+            raise
+        except ValueError as e:
+            raise SimConfigError(str(e)) from e
+
+
+def parse_dev_mode(env: Mapping[str, str]) -> bool:
+    """vLLM envs.py: `bool(int(os.getenv("VLLM_SERVER_DEV_MODE", "0")))`; "true" is a crash."""
+    raw = env.get("VLLM_SERVER_DEV_MODE", "0")
+    try:
+        return bool(int(raw))
+    except ValueError as e:
+        raise SimConfigError(
+            f"VLLM_SERVER_DEV_MODE={raw!r}: vLLM parses it as bool(int(value)), so it must be "
+            f"an integer such as 1 or 0 ({e})"
+        ) from e
+
+
+def guess_weights_bytes(model: str) -> int | None:
+    """'meta-llama/Llama-3.1-8B-Instruct' -> 8e9 params x 2 bytes (bf16)."""
+    m = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", model.rsplit("/", 1)[-1])
+    return int(float(m.group(1)) * 1e9 * 2) if m else None
+
+
+def _setting(flag: str, parsed_last: str | None, env: Mapping[str, str], *env_names: str) -> str | None:
+    if parsed_last is not None:
+        return parsed_last
+    for name in env_names:
+        if env.get(name, "") != "":
+            return env[name]
+    return None
+
+
+def _env_name(flag: str) -> str:
+    return "VLLM_SIM_" + flag.removeprefix("--").replace("-", "_").upper()
+
+
+def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
+    p = parse_argv(argv)
+    for extra in p.ignored:
+        log.warning("vllm-sleep sim: ignoring vLLM argument %r (not simulated)", extra)
+    model = p.last("--model") or (p.positionals[0] if p.positionals else None)
+    if p.positionals[1:] or (p.last("--model") and p.positionals):
+        log.warning("vllm-sleep sim: ignoring extra positional arguments %r", p.positionals[1:])
+    model = model or env.get("VLLM_SIM_MODEL") or "sim-model"
+
+    def sim(flag: str, *extra_env: str) -> str | None:
+        return _setting(flag, p.last(flag), env, _env_name(flag), *extra_env)
+
+    profile = sim("--profile") or "0.33"
+    if profile not in PROFILES:
+        raise SimConfigError(f"--profile/VLLM_SIM_PROFILE must be one of {PROFILES}, got {profile!r}")
+    weights_raw = sim("--weights-size", "VLLM_SIM_WEIGHTS_BYTES")
+    weights = parse_bytes(weights_raw) if weights_raw else (guess_weights_bytes(model) or DEFAULT_WEIGHTS)
+    util = float(p.last("--gpu-memory-utilization") or 0.9)
+    if not 0 < util <= 1:
+        raise SimConfigError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
+    overrides: dict[str, float] = {}
+    for name in TIMING_FIELDS:
+        flag = "--" + name.replace("_", "-") + "-seconds"
+        if flag in SIM_FLAGS and (raw := sim(flag)) is not None:
+            overrides[name] = float(raw)
+    residual_raw = sim("--residual-memory", "VLLM_SIM_RESIDUAL_BYTES")
+    device_raw = sim("--device-memory")
+    api_keys = tuple(p.values.get("--api-key", ())) or ((env["VLLM_API_KEY"],) if env.get("VLLM_API_KEY") else ())
+    cfg = SimConfig(
+        model=model,
+        served_model_names=tuple(p.values.get("--served-model-name", ())),
+        host=p.last("--host"),
+        port=int(p.last("--port") or 8000),
+        api_keys=api_keys,
+        enable_sleep_mode=_truthy(p.last("--enable-sleep-mode")),
+        gpu_memory_utilization=util,
+        max_model_len=parse_token_count(p.last("--max-model-len") or "8192"),
+        max_num_seqs=int(p.last("--max-num-seqs") or 256),
+        enable_server_load_tracking=_truthy(p.last("--enable-server-load-tracking")),
+        dev_mode=parse_dev_mode(env),
+        profile=profile,  # type: ignore[arg-type]
+        device_memory=parse_bytes(device_raw) if device_raw else DEFAULT_DEVICE_MEMORY,
+        weights_bytes=weights,
+        residual_bytes=parse_bytes(residual_raw) if residual_raw else None,
+        time_scale=float(sim("--time-scale") or 1.0),
+        default_max_tokens=int(sim("--default-max-tokens") or 16),
+        profiling_fraction=float(sim("--profiling-fraction") or 0.3),
+        timing_overrides=overrides,
+        ignored_args=tuple(p.ignored),
+    )
+    _validate(cfg)
+    return cfg
+
+
+def _truthy(raw: str | None) -> bool:
+    return raw is not None and raw.lower() not in ("false", "0", "no")
+
+
+def _validate(cfg: SimConfig) -> None:
+    if not 0 < cfg.port < 65536:
+        raise SimConfigError(f"--port out of range: {cfg.port}")
+    if cfg.time_scale < 0:
+        raise SimConfigError("--time-scale must be >= 0")
+    if not 0 <= cfg.profiling_fraction <= 1:
+        raise SimConfigError("--profiling-fraction must be in [0, 1]")
+    if cfg.default_max_tokens < 1 or cfg.max_model_len < 1 or cfg.max_num_seqs < 1:
+        raise SimConfigError("--default-max-tokens, --max-model-len and --max-num-seqs must be >= 1")
+    cfg.timings  # noqa: B018 - raises on negative or unknown timing overrides

@@ -1,0 +1,95 @@
+"""E2E wiring: CRDs applied from crds/, the operator (and gateway) as real processes.
+
+Everything goes through public interfaces: YAML into the apiserver, HTTP to pods and the
+gateway. The operator runs as a separate process with its own kubeconfig, exactly as
+`vllm-sleep operator` would run in a pod.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import Kube
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Kube) -> None:
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.vllm-sleep.io")
+
+
+class Proc:
+    """A project process (operator, gateway) with its log, restartable for crash tests."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.log = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a node failure or OOM kill."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    logs = tmp_path_factory.mktemp("operator")
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "PYTHONUNBUFFERED": "1"}
+    argv = [
+        sys.executable, "-m", "vllm_sleep.cli", "operator",
+        f"--metrics-bind=127.0.0.1:{_free_port()}", f"--health-bind=127.0.0.1:{_free_port()}",
+        "--resync-seconds=5",
+    ]
+    proc = Proc("operator", argv, env, logs)
+    proc.start()
+    time.sleep(1.0)
+    assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
+    yield proc
+    proc.stop()
+    print(f"--- operator log tail ---\n{proc.tail(200)}")
+
+
+@pytest.fixture
+def kubelet_admin(kube: Kube) -> httpx.Client:
+    if not kube.kubelet_admin_url:
+        pytest.skip("needs the sim-kubelet's admin API (local control plane)")
+    return httpx.Client(base_url=kube.kubelet_admin_url, timeout=10)

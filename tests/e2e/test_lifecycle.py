@@ -1,0 +1,117 @@
+"""One model's whole lifecycle through public interfaces (issue 5's acceptance).
+
+The simulator runs vLLM's `legacy` (<=0.16) behaviour: a request that reached a sleeping engine
+would crash it, and the sim-kubelet's violation log would show it. Every test ends asserting
+zero violations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from conftest import Kube
+
+from .conftest import Proc
+from .helpers import apply, chat, events, model_manifest, model_pods, wait_for, wait_phase
+
+DEV_PATHS = [
+    ("POST", "/sleep?level=1"),
+    ("POST", "/wake_up"),
+    ("GET", "/is_sleeping"),
+    ("POST", "/collective_rpc"),
+    ("POST", "/reset_prefix_cache"),
+    ("POST", "/pause"),
+    ("GET", "/server_info"),
+]
+
+
+def violations(kubelet_admin: httpx.Client, namespace: str) -> list[dict[str, object]]:
+    data = kubelet_admin.get("/violations").json()
+    return [v for v in data["violations"] if namespace in str(v)]
+
+
+def pod_url(kube: Kube, namespace: str, name: str) -> str:
+    pods = wait_for(lambda: [p for p in model_pods(kube, namespace, name) if p.status.pod_ip], what="pod IP")
+    return f"http://{pods[0].status.pod_ip}:8000"
+
+
+def test_apply_prewarm_wake_on_request_idle_sleep(
+    kube: Kube, namespace: str, operator: Proc, kubelet_admin: httpx.Client
+) -> None:
+    apply(kube, model_manifest("llama", namespace, sleep={"idleTimeout": "3s"}))
+    obj = wait_phase(kube, namespace, "llama", "Asleep", timeout=120)
+    assert obj["status"]["replicas"][0]["state"] == "Asleep"
+    reasons = [e.reason for e in events(kube, namespace, "llama")]
+    assert "Slept" in reasons, reasons  # the pre-warm sleep
+
+    url = pod_url(kube, namespace, "llama")
+    # A request at the pod while asleep is held by the agent; the operator sees it and wakes.
+    r = httpx.post(f"{url}/v1/chat/completions", json=chat("llama"), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"]
+    wait_phase(kube, namespace, "llama", "Awake", timeout=30)
+    # Idle for idleTimeout -> asleep again.
+    wait_phase(kube, namespace, "llama", "Asleep", timeout=60)
+    assert "Woke" in [e.reason for e in events(kube, namespace, "llama")]
+    assert violations(kubelet_admin, namespace) == []
+
+
+def test_dev_endpoints_unreachable_and_control_port_needs_token(
+    kube: Kube, namespace: str, operator: Proc
+) -> None:
+    apply(kube, model_manifest("guarded", namespace))
+    wait_phase(kube, namespace, "guarded", "Asleep", timeout=120)
+    url = pod_url(kube, namespace, "guarded")
+    for method, path in DEV_PATHS:
+        r = httpx.request(method, url + path, timeout=10)
+        assert r.status_code == 404, (path, r.status_code, r.text)
+    ip = url.split("//")[1].split(":")[0]
+    with pytest.raises(httpx.ConnectError):  # vLLM itself is not on the pod IP at all
+        httpx.get(f"http://{ip}:8001/health", timeout=5)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = httpx.post(f"http://{ip}:8002/wake", headers=headers, timeout=10)
+        assert r.status_code == 401
+
+
+def test_many_requests_with_sleeps_and_wakes_interleaved_never_reach_a_sleeping_engine(
+    kube: Kube, namespace: str, operator: Proc, kubelet_admin: httpx.Client
+) -> None:
+    apply(kube, model_manifest("busy", namespace, sleep={"idleTimeout": "1s"}))
+    wait_phase(kube, namespace, "busy", "Asleep", timeout=120)
+    url = pod_url(kube, namespace, "busy")
+
+    async def run() -> list[int]:
+        codes: list[int] = []
+        rng = random.Random(7)
+        async with httpx.AsyncClient(timeout=120) as client:
+            async def one(i: int) -> None:
+                r = await client.post(f"{url}/v1/chat/completions", json=chat("busy", f"req {i}", max_tokens=2))
+                codes.append(r.status_code)
+
+            sent = 0
+            while sent < 1000:
+                burst = rng.randint(20, 120)
+                await asyncio.gather(*(one(sent + k) for k in range(burst)))
+                sent += burst
+                # Pauses longer than idleTimeout let the model fall asleep between bursts.
+                await asyncio.sleep(rng.choice([0.0, 0.1, 2.5]))
+        return codes
+
+    codes = asyncio.run(run())
+    assert len(codes) >= 1000
+    assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    assert sum(e.reason == "Woke" for e in events(kube, namespace, "busy")) >= 2
+    assert violations(kubelet_admin, namespace) == []
+
+
+def test_kubectl_get_shows_state_columns(kube: Kube, namespace: str, operator: Proc) -> None:
+    apply(kube, model_manifest("cols", namespace))
+    wait_phase(kube, namespace, "cols", "Asleep", timeout=120)
+    out = kube.kubectl("get", "mdep", "-n", namespace).stdout
+    header = out.splitlines()[0].split()
+    assert header[:6] == ["NAME", "STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"], out
+    assert "Asleep" in out.splitlines()[1]
