@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all venv build lint fmt crds test test-unit test-contract test-cluster test-e2e demo dev-up dev-down bench clean
+.PHONY: all venv build lint fmt crds manifests test test-unit test-contract test-cluster test-e2e demo dev-up dev-down bench clean
 
 all: test
 
@@ -34,6 +34,9 @@ fmt: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/python -m vllm_sleep.api.crdgen
+
+manifests: crds
+	$(BIN)/python -m vllm_sleep.packaging.manifests
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)

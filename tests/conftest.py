@@ -46,10 +46,16 @@ class Kube:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, check=check, input=input, timeout=120,
+            capture_output=True,
+            text=True,
+            check=check,
+            input=input,
+            timeout=120,
         )
 
 
@@ -59,8 +65,15 @@ def _start_own(tmp_root: Path) -> tuple[Kube, object]:
 
     bins = build.ensure_all()
     state = controlplane.start(tmp_root, bins)
-    start_sim_kubelet(state, gpu_nodes=2, gpus_per_node=2, time_scale=float(os.environ.get("VLLM_SLEEP_TIME_SCALE", "0.02")))
-    kube = Kube(Path(state.kubeconfig), str(bins["k8s"] / "kubectl"), state.kubelet_admin_url, tmp_root)
+    start_sim_kubelet(
+        state,
+        gpu_nodes=2,
+        gpus_per_node=2,
+        time_scale=float(os.environ.get("VLLM_SLEEP_TIME_SCALE", "0.02")),
+    )
+    kube = Kube(
+        Path(state.kubeconfig), str(bins["k8s"] / "kubectl"), state.kubelet_admin_url, tmp_root
+    )
     return kube, state
 
 

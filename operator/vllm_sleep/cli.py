@@ -15,7 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("vllm_sleep.gateway.main", "run the OpenAI-compatible gateway"),
     "agent": ("vllm_sleep.agent.main", "run the per-pod sleep guard (sidecar)"),
     "sim": ("vllm_sleep.testing.sim.main", "run the vLLM simulator (`vllm serve` compatible)"),
-    "dev": ("vllm_sleep.testing.cluster.main", "local control plane: build | up | down | status | env"),
+    "dev": (
+        "vllm_sleep.testing.cluster.main",
+        "local control plane: build | up | down | status | env",
+    ),
     "demo": ("vllm_sleep.demo", "run the demo on the local cluster"),
     "status": ("vllm_sleep.ctl", "show ModelDeployments and their state"),
     "wake": ("vllm_sleep.ctl", "wake a model (renews its demand Lease)"),

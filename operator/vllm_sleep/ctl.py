@@ -60,7 +60,9 @@ def main(argv: list[str]) -> int:
     try:
         if args.cmd == "status":
             return _status(objs, None if args.all_namespaces else ns)
-        mdep = objs.get_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model)
+        mdep = objs.get_namespaced_custom_object(
+            GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model
+        )
     except client.ApiException as e:
         print(f"error: {e.status} {e.reason}: {getattr(e, 'body', '')}", file=sys.stderr)
         return 1
@@ -70,13 +72,20 @@ def main(argv: list[str]) -> int:
         return _wait(objs, ns, args.model, "Awake", args.timeout) if args.wait else 0
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     objs.patch_namespaced_custom_object(
-        GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model, {"metadata": {"annotations": {SLEEP_REQUEST: stamp}}}
+        GROUP,
+        VERSION,
+        ns,
+        MODEL_DEPLOYMENT_PLURAL,
+        args.model,
+        {"metadata": {"annotations": {SLEEP_REQUEST: stamp}}},
     )
     print(f"sleep requested for {ns}/{args.model}")
     return _wait(objs, ns, args.model, "Asleep", args.timeout) if args.wait else 0
 
 
-def renew_demand(coord: Any, client: Any, namespace: str, mdep: dict[str, Any], holder: str) -> None:
+def renew_demand(
+    coord: Any, client: Any, namespace: str, mdep: dict[str, Any], holder: str
+) -> None:
     name = mdep["metadata"]["name"]
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = {
@@ -84,10 +93,14 @@ def renew_demand(coord: Any, client: Any, namespace: str, mdep: dict[str, Any], 
             "name": demand_lease_name(name),
             "namespace": namespace,
             "labels": {LABEL_COMPONENT: "demand-lease", LABEL_MODEL: name},
-            "ownerReferences": [{
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": MODEL_DEPLOYMENT_KIND, "name": name,
-                "uid": mdep["metadata"]["uid"],
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": MODEL_DEPLOYMENT_KIND,
+                    "name": name,
+                    "uid": mdep["metadata"]["uid"],
+                }
+            ],
         },
         "spec": {"holderIdentity": holder, "renewTime": now, "leaseDurationSeconds": 60},
     }
@@ -116,19 +129,34 @@ def _status(objs: Any, ns: str | None) -> int:
     from rich.table import Table
 
     if ns:
-        items = objs.list_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL)["items"]
+        items = objs.list_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL)[
+            "items"
+        ]
     else:
         items = objs.list_cluster_custom_object(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL)["items"]
     table = Table(title="ModelDeployments")
-    for col in ("NAMESPACE", "NAME", "MODEL", "STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "LAST WAKE"):
+    for col in (
+        "NAMESPACE",
+        "NAME",
+        "MODEL",
+        "STATE",
+        "AWAKE",
+        "POOL",
+        "LAST-ACTIVITY",
+        "LAST WAKE",
+    ):
         table.add_column(col)
     for it in items:
         spec, status = it.get("spec") or {}, it.get("status") or {}
         wake = status.get("lastWakeSeconds")
         table.add_row(
-            it["metadata"]["namespace"], it["metadata"]["name"], spec.get("servedModelName") or it["metadata"]["name"],
-            status.get("phase", "-"), status.get("awake", "-"),
-            (spec.get("placement") or {}).get("pool") or "-", status.get("lastActivityTime") or "-",
+            it["metadata"]["namespace"],
+            it["metadata"]["name"],
+            spec.get("servedModelName") or it["metadata"]["name"],
+            status.get("phase", "-"),
+            status.get("awake", "-"),
+            (spec.get("placement") or {}).get("pool") or "-",
+            status.get("lastActivityTime") or "-",
             f"{wake:.2f}s" if isinstance(wake, int | float) else "-",
         )
     Console().print(table)

@@ -27,13 +27,22 @@ class OperatorMetrics:
             registry=r,
         )
         self.models_by_phase = Gauge(
-            "vllm_sleep_models", "ModelDeployments by phase", ["namespace", "model", "phase"], registry=r
+            "vllm_sleep_models",
+            "ModelDeployments by phase",
+            ["namespace", "model", "phase"],
+            registry=r,
         )
         self.reconcile_errors = Counter(
-            "vllm_sleep_reconcile_errors_total", "Errors while reconciling a model", ["namespace", "model"], registry=r
+            "vllm_sleep_reconcile_errors_total",
+            "Errors while reconciling a model",
+            ["namespace", "model"],
+            registry=r,
         )
         self.demand_signals = Counter(
-            "vllm_sleep_demand_signals_total", "Demand Lease renewals seen", ["namespace", "model"], registry=r
+            "vllm_sleep_demand_signals_total",
+            "Demand Lease renewals seen",
+            ["namespace", "model"],
+            registry=r,
         )
 
     def set_phase(self, namespace: str, model: str, phase: str, all_phases: list[str]) -> None:

@@ -40,17 +40,25 @@ WIDGET_CRD = {
         "group": "test.vllm-sleep.io",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "properties": {"size": {"type": "integer", "minimum": 1}},
-                    "required": ["size"],
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {"size": {"type": "integer", "minimum": 1}},
+                                "required": ["size"],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -65,8 +73,15 @@ def test_crd_schema_is_enforced_by_the_server(kube: Kube, namespace: str) -> Non
     objs = client.CustomObjectsApi(api)
 
     def create(spec: dict[str, object]) -> dict[str, object]:
-        body = {"apiVersion": "test.vllm-sleep.io/v1", "kind": "Widget", "metadata": {"generateName": "w-"}, "spec": spec}
-        return objs.create_namespaced_custom_object("test.vllm-sleep.io", "v1", namespace, "widgets", body)
+        body = {
+            "apiVersion": "test.vllm-sleep.io/v1",
+            "kind": "Widget",
+            "metadata": {"generateName": "w-"},
+            "spec": spec,
+        }
+        return objs.create_namespaced_custom_object(
+            "test.vllm-sleep.io", "v1", namespace, "widgets", body
+        )
 
     # The CRD becomes servable a moment after creation.
     wait_for(lambda: _try(lambda: create({"size": 3})), what="CRD to be served")
@@ -89,7 +104,9 @@ def _try(fn):  # type: ignore[no-untyped-def]
 def _token_client(kube: Kube, namespace: str, sa: str) -> client.ApiClient:
     core = client.CoreV1Api(kube.api_client)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": sa}})
-    tr = core.create_namespaced_service_account_token(sa, namespace, {"spec": {"expirationSeconds": 3600}})
+    tr = core.create_namespaced_service_account_token(
+        sa, namespace, {"spec": {"expirationSeconds": 3600}}
+    )
     cfg = client.Configuration()
     base = kube.api_client.configuration
     cfg.host, cfg.ssl_ca_cert, cfg.verify_ssl = base.host, base.ssl_ca_cert, base.verify_ssl
@@ -103,19 +120,35 @@ def test_rbac_denies_then_allows_a_service_account(kube: Kube, namespace: str) -
         client.CoreV1Api(sa_api).list_namespaced_config_map(namespace)
     assert denied.value.status == 403
     rbac = client.RbacAuthorizationV1Api(kube.api_client)
-    rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": "cm-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
-    })
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "cm-reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-    })
-    wait_for(lambda: _try(lambda: client.CoreV1Api(sa_api).list_namespaced_config_map(namespace)) is not None,
-             what="RBAC to allow the Role")
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "cm-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "cm-reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "cm-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
+    wait_for(
+        lambda: (
+            _try(lambda: client.CoreV1Api(sa_api).list_namespaced_config_map(namespace)) is not None
+        ),
+        what="RBAC to allow the Role",
+    )
     with pytest.raises(client.ApiException) as still_denied:  # the Role grants reads only
-        client.CoreV1Api(sa_api).create_namespaced_config_map(namespace, {"metadata": {"name": "x"}})
+        client.CoreV1Api(sa_api).create_namespaced_config_map(
+            namespace, {"metadata": {"name": "x"}}
+        )
     assert still_denied.value.status == 403
 
 
@@ -123,15 +156,24 @@ def test_deleting_an_owner_garbage_collects_dependents(kube: Kube, namespace: st
     core = client.CoreV1Api(kube.api_client)
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "dependent", "ownerReferences": [ref]}})
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "dependent", "ownerReferences": [ref]}}
+    )
     core.delete_namespaced_config_map("owner", namespace)
-    wait_for(lambda: _try(lambda: core.read_namespaced_config_map("dependent", namespace)) is None,
-             timeout=60, what="dependent to be collected")
+    wait_for(
+        lambda: _try(lambda: core.read_namespaced_config_map("dependent", namespace)) is None,
+        timeout=60,
+        what="dependent to be collected",
+    )
 
 
 def test_scheduler_binds_a_pod_to_a_node_that_fits(kube: Kube, namespace: str) -> None:
     core = client.CoreV1Api(kube.api_client)
-    nodes = [n for n in core.list_node().items if n.metadata.labels.get("vllm-sleep.io/simulated") == "true"]
+    nodes = [
+        n
+        for n in core.list_node().items
+        if n.metadata.labels.get("vllm-sleep.io/simulated") == "true"
+    ]
     if not nodes:
         pytest.skip("no simulated GPU nodes in this cluster")
     gpus = int(nodes[0].status.allocatable["nvidia.com/gpu"])
@@ -140,21 +182,33 @@ def test_scheduler_binds_a_pod_to_a_node_that_fits(kube: Kube, namespace: str) -
         return {
             "metadata": {"name": name},
             "spec": {
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                "containers": [{"name": "c", "image": "none", "command": ["sleep", "inf"],
-                                "resources": {"limits": {"nvidia.com/gpu": str(gpu)}}}],
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": "none",
+                        "command": ["sleep", "inf"],
+                        "resources": {"limits": {"nvidia.com/gpu": str(gpu)}},
+                    }
+                ],
             },
         }
 
     core.create_namespaced_pod(namespace, pod("fits", 1))
     core.create_namespaced_pod(namespace, pod("too-big", gpus + 1))
-    node = wait_for(lambda: core.read_namespaced_pod("fits", namespace).spec.node_name, what="binding")
+    node = wait_for(
+        lambda: core.read_namespaced_pod("fits", namespace).spec.node_name, what="binding"
+    )
     assert node in {n.metadata.name for n in nodes}
     time.sleep(1)
     big = core.read_namespaced_pod("too-big", namespace)
     assert big.spec.node_name is None
     conds = {c.type: c for c in big.status.conditions or []}
-    assert conds["PodScheduled"].status == "False" and conds["PodScheduled"].reason == "Unschedulable"
+    assert (
+        conds["PodScheduled"].status == "False" and conds["PodScheduled"].reason == "Unschedulable"
+    )
 
 
 def test_dev_down_leaves_no_process(tmp_path: Path, kube: Kube) -> None:

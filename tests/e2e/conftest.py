@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def crds(kube: Kube) -> None:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.vllm-sleep.io")
+    kube.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.vllm-sleep.io"
+    )
 
 
 class Proc:
@@ -39,7 +41,9 @@ class Proc:
 
     def start(self) -> None:
         out = self.log.open("ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as in a node failure or OOM kill."""
@@ -70,13 +74,36 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def service_account_kubeconfig(kube: Kube, sa: str, path: Path) -> Path:
+    """A kubeconfig holding only a token of `sa` (installed from deploy/base/rbac.yaml), so the
+    process runs with exactly the RBAC the chart and deploy/ grant, never as admin."""
+    import yaml
+
+    kube.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / "namespace.yaml"))
+    kube.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / "rbac.yaml"))
+    token = kube.kubectl(
+        "create", "token", sa, "-n", "vllm-sleep-system", "--duration=6h"
+    ).stdout.strip()
+    admin = yaml.safe_load(kube.kubeconfig.read_text())
+    admin["users"] = [{"name": sa, "user": {"token": token}}]
+    for ctx in admin["contexts"]:
+        ctx["context"]["user"] = sa
+    path.write_text(yaml.safe_dump(admin))
+    return path
+
+
 @pytest.fixture(scope="session")
 def operator(kube: Kube, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     logs = tmp_path_factory.mktemp("operator")
-    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "PYTHONUNBUFFERED": "1"}
+    kubeconfig = service_account_kubeconfig(kube, "vllm-sleep-operator", logs / "kubeconfig")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     argv = [
-        sys.executable, "-m", "vllm_sleep.cli", "operator",
-        f"--metrics-bind=127.0.0.1:{_free_port()}", f"--health-bind=127.0.0.1:{_free_port()}",
+        sys.executable,
+        "-m",
+        "vllm_sleep.cli",
+        "operator",
+        f"--metrics-bind=127.0.0.1:{_free_port()}",
+        f"--health-bind=127.0.0.1:{_free_port()}",
         "--resync-seconds=5",
     ]
     proc = Proc("operator", argv, env, logs)

@@ -41,7 +41,12 @@ def apply(kube: Kube, manifest: dict[str, Any]) -> None:
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
 
-def wait_for(pred: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2, what: str = "condition") -> T:
+def wait_for(
+    pred: Callable[[], T | None],
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -68,7 +73,9 @@ def phase(kube: Kube, namespace: str, name: str) -> str | None:
     return (get_model(kube, namespace, name).get("status") or {}).get("phase")
 
 
-def wait_phase(kube: Kube, namespace: str, name: str, want: str, timeout: float = 90.0) -> dict[str, Any]:
+def wait_phase(
+    kube: Kube, namespace: str, name: str, want: str, timeout: float = 90.0
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = get_model(kube, namespace, name)
         return obj if (obj.get("status") or {}).get("phase") == want else None
@@ -79,18 +86,24 @@ def wait_phase(kube: Kube, namespace: str, name: str, want: str, timeout: float 
 def model_pods(kube: Kube, namespace: str, name: str) -> list[Any]:
     from kubernetes import client
 
-    pods = client.CoreV1Api(kube.api_client).list_namespaced_pod(namespace, label_selector=f"vllm-sleep.io/model={name}")
+    pods = client.CoreV1Api(kube.api_client).list_namespaced_pod(
+        namespace, label_selector=f"vllm-sleep.io/model={name}"
+    )
     return [p for p in pods.items if not p.metadata.deletion_timestamp]
 
 
 def events(kube: Kube, namespace: str, name: str) -> list[Any]:
     from kubernetes import client
 
-    evs = client.CoreV1Api(kube.api_client).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+    evs = client.CoreV1Api(kube.api_client).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
     return list(evs.items)
 
 
-def chat(model: str, content: str = "hello", max_tokens: int = 4, stream: bool = False) -> dict[str, Any]:
+def chat(
+    model: str, content: str = "hello", max_tokens: int = 4, stream: bool = False
+) -> dict[str, Any]:
     return {
         "model": model,
         "messages": [{"role": "user", "content": content}],

@@ -35,7 +35,9 @@ def violations(kubelet_admin: httpx.Client, namespace: str) -> list[dict[str, ob
 
 
 def pod_url(kube: Kube, namespace: str, name: str) -> str:
-    pods = wait_for(lambda: [p for p in model_pods(kube, namespace, name) if p.status.pod_ip], what="pod IP")
+    pods = wait_for(
+        lambda: [p for p in model_pods(kube, namespace, name) if p.status.pod_ip], what="pod IP"
+    )
     return f"http://{pods[0].status.pod_ip}:8000"
 
 
@@ -88,8 +90,11 @@ def test_many_requests_with_sleeps_and_wakes_interleaved_never_reach_a_sleeping_
         codes: list[int] = []
         rng = random.Random(7)
         async with httpx.AsyncClient(timeout=120) as client:
+
             async def one(i: int) -> None:
-                r = await client.post(f"{url}/v1/chat/completions", json=chat("busy", f"req {i}", max_tokens=2))
+                r = await client.post(
+                    f"{url}/v1/chat/completions", json=chat("busy", f"req {i}", max_tokens=2)
+                )
                 codes.append(r.status_code)
 
             sent = 0

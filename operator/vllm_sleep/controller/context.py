@@ -31,9 +31,13 @@ class Context:
     policy: Callable[[Any], ModelPolicy]
     drain_timeout: Callable[[dict[str, Any]], float] = lambda _pod: 120.0
     demand: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, model) -> renewTime
-    controllers: dict[tuple[str, str], Any] = field(default_factory=dict)  # (ns, model) -> ModelController
+    controllers: dict[tuple[str, str], Any] = field(
+        default_factory=dict
+    )  # (ns, model) -> ModelController
 
-    def record_transition(self, namespace: str, model: str, what: str, level: int, seconds: float) -> None:
+    def record_transition(
+        self, namespace: str, model: str, what: str, level: int, seconds: float
+    ) -> None:
         self.metrics.transitions.labels(namespace, model, what, "ok").inc()
         self.metrics.transition_seconds.labels(what, str(level)).observe(seconds)
 

@@ -7,6 +7,7 @@ the objects it depends on (its pods, its demand Lease, its own spec) just kick t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -36,10 +37,13 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         settings.watching.server_timeout = 270
         settings.peering.standalone = True
 
-    @kopf.daemon(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry, cancellation_timeout=15)
+    @kopf.daemon(
+        GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry, cancellation_timeout=15
+    )
     async def model_daemon(
-        body: kopf.Body, name: str, namespace: str, stopped: kopf.DaemonStopped, **_: Any
+        body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any
     ) -> None:
+        assert namespace is not None  # ModelDeployment is namespaced
         def emit(kind: str, reason: str, message: str) -> None:
             kopf.event(body, type=kind, reason=reason, message=message)
 
@@ -55,27 +59,29 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                 del ctx.controllers[(namespace, name)]
 
     @kopf.on.event(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry)
-    def model_changed(name: str, namespace: str, type: str, **_: Any) -> None:
+    def model_changed(name: str, namespace: str | None, type: str, **_: Any) -> None:
         _kick(ctx, namespace, name)
-        if type == "DELETED":
+        if type == "DELETED" and namespace:
             ctx.demand.pop((namespace, name), None)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_MODEL: kopf.PRESENT}, registry=registry)
-    def pod_changed(labels: dict[str, str], namespace: str, **_: Any) -> None:
+    def pod_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
         _kick(ctx, namespace, labels[LABEL_MODEL])
 
     @kopf.on.event(
-        "coordination.k8s.io", "v1", "leases",
+        "coordination.k8s.io",
+        "v1",
+        "leases",
         labels={LABEL_COMPONENT: DEMAND_COMPONENT, LABEL_MODEL: kopf.PRESENT},
         registry=registry,
     )
-    def demand(labels: dict[str, str], namespace: str, spec: dict[str, Any], **_: Any) -> None:
+    def demand(labels: Mapping[str, str], namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
         renew = parse_time(spec.get("renewTime"))
-        if renew is not None:
+        if renew is not None and namespace:
             ctx.signal_demand(namespace, labels[LABEL_MODEL], renew)
 
 
-def _kick(ctx: Context, namespace: str, name: str) -> None:
-    controller = ctx.controllers.get((namespace, name))
+def _kick(ctx: Context, namespace: str | None, name: str) -> None:
+    controller = ctx.controllers.get((namespace or "", name))
     if controller is not None:
         controller.kick.set()

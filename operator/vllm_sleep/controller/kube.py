@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,12 +42,13 @@ class Kube:
         """Create a child object; True if created, False if it already existed."""
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
-        create = {
+        creators: dict[str, Callable[..., Awaitable[Any]]] = {
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "Secret": self.core.create_namespaced_secret,
             "Lease": self.coord.create_namespaced_lease,
-        }[kind]
+        }
+        create = creators[kind]
         try:
             await create(ns, manifest)
         except ApiException as e:
@@ -66,13 +68,17 @@ class Kube:
         return base64.b64decode(raw).decode() if raw else None
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        resp = await self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        resp: Any = await self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False
+        )
         data = await resp.json()
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        body = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
         try:
             await self.core.delete_namespaced_pod(name, namespace, body=body)
         except ApiException as e:
@@ -87,11 +93,17 @@ class Kube:
             "reason": reason,
             "lastTransitionTime": rfc3339(),
         }
-        await self.core.patch_namespaced_pod_status(pod, namespace, {"status": {"conditions": [cond]}})
+        await self.core.patch_namespaced_pod_status(
+            pod, namespace, {"status": {"conditions": [cond]}}
+        )
 
-    async def annotate_pod(self, namespace: str, pod: str, annotations: dict[str, str | None]) -> None:
+    async def annotate_pod(
+        self, namespace: str, pod: str, annotations: dict[str, str | None]
+    ) -> None:
         try:
-            await self.core.patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": annotations}})
+            await self.core.patch_namespaced_pod(
+                pod, namespace, {"metadata": {"annotations": annotations}}
+            )
         except ApiException as e:
             if e.status != 404:
                 raise

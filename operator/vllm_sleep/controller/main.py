@@ -31,10 +31,16 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("VLLM_SLEEP_AGENT_IMAGE", DEFAULT_AGENT_IMAGE),
         help="image of the agent sidecar (normally the operator's own image)",
     )
-    p.add_argument("--metrics-bind", default=os.environ.get("VLLM_SLEEP_METRICS_BIND", "127.0.0.1:8080"),
-                   help="host:port for /metrics (0.0.0.0:8080 in a pod)")
-    p.add_argument("--health-bind", default=os.environ.get("VLLM_SLEEP_HEALTH_BIND", "127.0.0.1:8081"),
-                   help="host:port for kopf's /healthz liveness endpoint")
+    p.add_argument(
+        "--metrics-bind",
+        default=os.environ.get("VLLM_SLEEP_METRICS_BIND", "127.0.0.1:8080"),
+        help="host:port for /metrics (0.0.0.0:8080 in a pod)",
+    )
+    p.add_argument(
+        "--health-bind",
+        default=os.environ.get("VLLM_SLEEP_HEALTH_BIND", "127.0.0.1:8081"),
+        help="host:port for kopf's /healthz liveness endpoint",
+    )
     p.add_argument("--resync-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"))
     return p
@@ -49,7 +55,9 @@ async def _load_kube_config() -> None:
 
 async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
     async def handler(_req: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", handler)
@@ -69,7 +77,9 @@ async def run(args: argparse.Namespace) -> None:
     metrics = OperatorMetrics()
     settings = Settings(agent_image=args.agent_image, resync_seconds=args.resync_seconds)
     kube = Kube(api)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500)) as http:
+    async with httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500)
+    ) as http:
         ctx = Context(
             settings=settings,
             kube=kube,
@@ -97,6 +107,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(run(args))
     return 0

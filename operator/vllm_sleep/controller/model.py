@@ -48,7 +48,9 @@ class ModelController:
         self._token: str | None = None
         self._last_status: dict[str, Any] | None = None
 
-    async def run(self, get_body: Callable[[], dict[str, Any]], stopped: Callable[[], bool]) -> None:
+    async def run(
+        self, get_body: Callable[[], dict[str, Any]], stopped: Callable[[], bool]
+    ) -> None:
         try:
             while not stopped():
                 body = get_body()
@@ -68,7 +70,11 @@ class ModelController:
                 task.cancel()
 
     async def _wait(self, seconds: float | None) -> None:
-        timeout = self.ctx.settings.resync_seconds if seconds is None else min(seconds, self.ctx.settings.resync_seconds)
+        timeout = (
+            self.ctx.settings.resync_seconds
+            if seconds is None
+            else min(seconds, self.ctx.settings.resync_seconds)
+        )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.kick.wait(), timeout=max(timeout, 0.05))
         self.kick.clear()
@@ -113,7 +119,9 @@ class ModelController:
             deleting=bool(pod["metadata"].get("deletionTimestamp")),
         )
 
-    async def _execute(self, action: Route | Sleep | Wake, pod: dict[str, Any], token: str, level: int) -> None:
+    async def _execute(
+        self, action: Route | Sleep | Wake, pod: dict[str, Any], token: str, level: int
+    ) -> None:
         name = pod["metadata"]["name"]
         if isinstance(action, Route):
             reason = "EngineAwake" if action.routed else "EngineNotAwake"
@@ -124,28 +132,45 @@ class ModelController:
         ip = pod.get("status", {}).get("podIP")
         if not ip:
             return
-        coro = self._sleep(pod, ip, token, action) if isinstance(action, Sleep) else self._wake(pod, ip, token, level, action)
-        task = asyncio.create_task(coro, name=f"{action.__class__.__name__.lower()} {self.namespace}/{name}")
+        coro = (
+            self._sleep(pod, ip, token, action)
+            if isinstance(action, Sleep)
+            else self._wake(pod, ip, token, level, action)
+        )
+        task = asyncio.create_task(
+            coro, name=f"{action.__class__.__name__.lower()} {self.namespace}/{name}"
+        )
         self.transitions[name] = task
-        task.add_done_callback(lambda _t, n=name: (self.transitions.pop(n, None), self.kick.set()))
+
+        def finished(_task: asyncio.Task[None], pod: str = name) -> None:
+            self.transitions.pop(pod, None)
+            self.kick.set()
+
+        task.add_done_callback(finished)
 
     async def _sleep(self, pod: dict[str, Any], ip: str, token: str, action: Sleep) -> None:
         name = pod["metadata"]["name"]
         started = time.monotonic()
         self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
         try:
-            report = await self.ctx.agents.sleep(ip, token, action.level, self.ctx.drain_timeout(pod))
+            report = await self.ctx.agents.sleep(
+                ip, token, action.level, self.ctx.drain_timeout(pod)
+            )
         except AgentError as e:
             self._failed("sleep", name, e)
             return
         seconds = time.monotonic() - started
-        await self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True))
+        await self.ctx.kube.annotate_pod(
+            self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True)
+        )
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.last_sleep_seconds = seconds
         self.watchers.set_report(name, report)
         self.emit("Normal", "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s")
 
-    async def _wake(self, pod: dict[str, Any], ip: str, token: str, level: int, action: Wake) -> None:
+    async def _wake(
+        self, pod: dict[str, Any], ip: str, token: str, level: int, action: Wake
+    ) -> None:
         name = pod["metadata"]["name"]
         started = time.monotonic()
         self.emit("Normal", "Waking", f"{name}: {action.reason}")
@@ -158,7 +183,9 @@ class ModelController:
         # Route at once: requests held by the gateway flow as soon as the gate opens.
         await self.ctx.kube.set_routed(self.namespace, name, True, "EngineAwake")
         await self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(woken_at=time.time()))
-        self.ctx.record_transition(self.namespace, self.name, "wake", report.level or level, seconds)
+        self.ctx.record_transition(
+            self.namespace, self.name, "wake", report.level or level, seconds
+        )
         self.last_wake_seconds = seconds
         self.watchers.set_report(name, report)
         self.emit("Normal", "Woke", f"{name}: awake in {seconds:.2f}s")

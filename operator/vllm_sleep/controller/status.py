@@ -49,7 +49,16 @@ def model_status(
         "awake": f"{summary.awake}/{desired}",
         "replicas": replicas,
         "observedGeneration": generation,
-        "conditions": _conditions(previous, summary.phase, summary.awake, desired, summary.failed, summary.reason, children, now),
+        "conditions": _conditions(
+            previous,
+            summary.phase,
+            summary.awake,
+            desired,
+            summary.failed,
+            summary.reason,
+            children,
+            now,
+        ),
     }
     if activity:
         status["lastActivityTime"] = rfc3339(max(activity))
@@ -79,8 +88,14 @@ def _state(obs: ReplicaObservation) -> str:
 
 
 def _conditions(
-    previous: dict[str, Any], phase: Phase, awake: int, desired: int, failed: int, reason: str,
-    children: dict[str, Any], now: float,
+    previous: dict[str, Any],
+    phase: Phase,
+    awake: int,
+    desired: int,
+    failed: int,
+    reason: str,
+    children: dict[str, Any],
+    now: float,
 ) -> list[dict[str, Any]]:
     old = {c.get("type"): c for c in previous.get("conditions") or []}
     problem = children.get("problem")
@@ -88,16 +103,37 @@ def _conditions(
     def cond(ctype: str, ok: bool, why: str, message: str) -> dict[str, Any]:
         status = "True" if ok else "False"
         prior = old.get(ctype)
-        since = prior["lastTransitionTime"] if prior and prior.get("status") == status else rfc3339(now)
-        return {"type": ctype, "status": status, "reason": why, "message": message, "lastTransitionTime": since}
+        since = (
+            prior["lastTransitionTime"] if prior and prior.get("status") == status else rfc3339(now)
+        )
+        return {
+            "type": ctype,
+            "status": status,
+            "reason": why,
+            "message": message,
+            "lastTransitionTime": since,
+        }
 
     # Ready: the model can serve a request now or after a wake (asleep is a healthy state).
     ready = phase in (Phase.AWAKE, Phase.ASLEEP, Phase.WAKING, Phase.DRAINING) and not problem
     return [
         cond("Ready", ready, phase.value, reason),
-        cond("Awake", awake > 0, "ReplicasAwake" if awake else "NoReplicaAwake", f"{awake}/{desired} replicas awake"),
-        cond("Scheduled", not children.get("unscheduled"), "PodsScheduled" if not children.get("unscheduled") else "Unschedulable",
-             children.get("unscheduled") or "all pods placed"),
-        cond("Degraded", bool(problem or failed), "Problem" if problem else ("ReplicasFailed" if failed else "AsExpected"),
-             problem or (f"{failed} replica(s) failed" if failed else "no problems")),
+        cond(
+            "Awake",
+            awake > 0,
+            "ReplicasAwake" if awake else "NoReplicaAwake",
+            f"{awake}/{desired} replicas awake",
+        ),
+        cond(
+            "Scheduled",
+            not children.get("unscheduled"),
+            "PodsScheduled" if not children.get("unscheduled") else "Unschedulable",
+            children.get("unscheduled") or "all pods placed",
+        ),
+        cond(
+            "Degraded",
+            bool(problem or failed),
+            "Problem" if problem else ("ReplicasFailed" if failed else "AsExpected"),
+            problem or (f"{failed} replica(s) failed" if failed else "no problems"),
+        ),
     ]

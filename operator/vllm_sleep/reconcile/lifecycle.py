@@ -142,7 +142,11 @@ def _decide_replica(
 
 
 def _awake(
-    policy: ModelPolicy, r: ReplicaObservation, mem: ReplicaMemory, demand_at: float | None, now: float
+    policy: ModelPolicy,
+    r: ReplicaObservation,
+    mem: ReplicaMemory,
+    demand_at: float | None,
+    now: float,
 ) -> tuple[list[Action], float | None]:
     if policy.policy == Policy.ALWAYS_AWAKE:
         return ([] if r.routed else [Route(r.pod, True)]), None
@@ -184,7 +188,11 @@ def _asked_to_sleep(
 
 def _sleep(r: ReplicaObservation, level: int, reason: str) -> list[Action]:
     # Leave routing first, then sleep: a request never races a sleeping engine.
-    return [Route(r.pod, False), Sleep(r.pod, level, reason)] if r.routed else [Sleep(r.pod, level, reason)]
+    return (
+        [Route(r.pod, False), Sleep(r.pod, level, reason)]
+        if r.routed
+        else [Sleep(r.pod, level, reason)]
+    )
 
 
 def _wants_wake(

@@ -105,8 +105,15 @@ def test_wake_on_request_false_ignores_demand() -> None:
 
 
 def test_transitioning_or_unreachable_replicas_are_left_alone_but_unrouted() -> None:
-    for state in (AgentState.WAKING, AgentState.SLEEPING, AgentState.DRAINING, AgentState.UNREACHABLE):
-        assert decide(AUTO, [obs(state, routed=True)], {}, NOW, NOW).actions == [Route("m-0", False)]
+    for state in (
+        AgentState.WAKING,
+        AgentState.SLEEPING,
+        AgentState.DRAINING,
+        AgentState.UNREACHABLE,
+    ):
+        assert decide(AUTO, [obs(state, routed=True)], {}, NOW, NOW).actions == [
+            Route("m-0", False)
+        ]
         assert decide(AUTO, [obs(state, routed=False)], {}, NOW, NOW).actions == []
 
 
@@ -137,11 +144,18 @@ memories = st.builds(
 )
 
 
-@given(policies, st.lists(observations, max_size=3, unique_by=lambda r: r.pod),
-       st.dictionaries(st.sampled_from(["a-0", "a-1", "a-2"]), memories),
-       st.one_of(st.none(), st.floats(NOW - 5000, NOW)))
-def test_safety_properties(policy: ModelPolicy, replicas: list[ReplicaObservation],
-                           memory: dict[str, ReplicaMemory], demand: float | None) -> None:
+@given(
+    policies,
+    st.lists(observations, max_size=3, unique_by=lambda r: r.pod),
+    st.dictionaries(st.sampled_from(["a-0", "a-1", "a-2"]), memories),
+    st.one_of(st.none(), st.floats(NOW - 5000, NOW)),
+)
+def test_safety_properties(
+    policy: ModelPolicy,
+    replicas: list[ReplicaObservation],
+    memory: dict[str, ReplicaMemory],
+    demand: float | None,
+) -> None:
     d = decide(policy, replicas, memory, demand, NOW)
     by_pod = {r.pod: r for r in replicas}
     for i, a in enumerate(d.actions):

@@ -68,7 +68,7 @@ class Component:
 def _staging_replaces(src: Path, k8s_version: str) -> str:
     """Kubernetes' go.mod requires its staging modules at v0.0.0; map each to its release."""
     info = _go_json(["mod", "download", "-json", f"k8s.io/kubernetes@{k8s_version}"], src)
-    text = Path(info["GoMod"]).read_text()
+    text = Path(str(info["GoMod"])).read_text()
     staging = sorted(set(re.findall(r"^\s+(k8s\.io/[\w.-]+) v0\.0\.0$", text, re.M)))
     if not staging:
         raise BuildError(f"no staging modules found in k8s.io/kubernetes@{k8s_version} go.mod")

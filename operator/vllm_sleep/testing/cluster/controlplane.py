@@ -74,7 +74,13 @@ def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> Clu
     )
     k8s, etcd_bin = bins["k8s"], bins["etcd"]
 
-    def launch(name: str, argv: list[str], probe_url: str, token: str | None = None, expect: bytes | None = None) -> None:
+    def launch(
+        name: str,
+        argv: list[str],
+        probe_url: str,
+        token: str | None = None,
+        expect: bytes | None = None,
+    ) -> None:
         proc = spawn(name, argv, logs)
         state.pids[name] = proc.pid
         state.save()  # record pids before waiting, so `down` can clean up a failed start
@@ -89,11 +95,18 @@ def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> Clu
     launch(
         "etcd",
         [
-            str(etcd_bin / "etcd"), "--name=vso", f"--data-dir={state_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=vso={peer_url}", "--unsafe-no-fsync", "--log-level=warn",
-            "--listen-metrics-urls=", "--quota-backend-bytes=4294967296",
+            str(etcd_bin / "etcd"),
+            "--name=vso",
+            f"--data-dir={state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=vso={peer_url}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+            "--listen-metrics-urls=",
+            "--quota-backend-bytes=4294967296",
         ],
         f"{etcd_url}/health",
         expect=b'"health":"true"',
@@ -101,29 +114,44 @@ def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> Clu
     launch(
         "kube-apiserver",
         [
-            str(k8s / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
-            "--advertise-address=127.0.0.1", f"--cert-dir={state_dir / 'pki'}",
-            f"--token-auth-file={tokens}", "--authorization-mode=Node,RBAC",
+            str(k8s / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            "--advertise-address=127.0.0.1",
+            f"--cert-dir={state_dir / 'pki'}",
+            f"--token-auth-file={tokens}",
+            "--authorization-mode=Node,RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
-            "--allow-privileged=true", "--profiling=false", "--v=1",
+            f"--service-account-key-file={sa_pub}",
+            f"--service-account-signing-key-file={sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
         ],
         f"{api_url}/readyz",
         token=ids["admin"].token,
     )
     common = [
-        "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false", "--v=1",
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
     ]
     kcm_cfg = str(kubeconfigs["kcm"])
     launch(
         "kube-controller-manager",
         [
-            str(k8s / "kube-controller-manager"), f"--kubeconfig={kcm_cfg}",
-            f"--authentication-kubeconfig={kcm_cfg}", f"--authorization-kubeconfig={kcm_cfg}",
-            f"--secure-port={ports['kcm']}", "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca}",
+            str(k8s / "kube-controller-manager"),
+            f"--kubeconfig={kcm_cfg}",
+            f"--authentication-kubeconfig={kcm_cfg}",
+            f"--authorization-kubeconfig={kcm_cfg}",
+            f"--secure-port={ports['kcm']}",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={sa_key}",
+            f"--root-ca-file={ca}",
             # Loopback pod IPs cannot be published in EndpointSlices; turn those controllers off.
             "--controllers=*,-endpoints-controller,-endpointslice-controller,"
             "-endpointslice-mirroring-controller",
@@ -135,9 +163,12 @@ def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> Clu
     launch(
         "kube-scheduler",
         [
-            str(k8s / "kube-scheduler"), f"--kubeconfig={sched_cfg}",
-            f"--authentication-kubeconfig={sched_cfg}", f"--authorization-kubeconfig={sched_cfg}",
-            f"--secure-port={ports['scheduler']}", *common,
+            str(k8s / "kube-scheduler"),
+            f"--kubeconfig={sched_cfg}",
+            f"--authentication-kubeconfig={sched_cfg}",
+            f"--authorization-kubeconfig={sched_cfg}",
+            f"--secure-port={ports['scheduler']}",
+            *common,
         ],
         f"https://127.0.0.1:{ports['scheduler']}/readyz",
     )

@@ -25,9 +25,11 @@ def go_env(name: str) -> str:
             "and helm from Go modules; install Go >= 1.26 (https://go.dev/dl/) and retry."
         )
     out = subprocess.run(
-        ["go", "env", name], capture_output=True, text=True, env={**os.environ, "GOTOOLCHAIN": "local"}
+        ["go", "env", name],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GOTOOLCHAIN": "local"},
     )
     if out.returncode != 0:
         raise GoError(f"`go env {name}` failed: {out.stderr.strip()}")
     return out.stdout.strip()
-

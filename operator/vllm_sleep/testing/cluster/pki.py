@@ -63,7 +63,9 @@ def write_token_file(state: Path, ids: list[Identity]) -> Path:
     lines = []
     for i in ids:
         groups = ",".join(i.groups)
-        lines.append(f'{i.token},{i.user},{i.user},"{groups}"' if groups else f"{i.token},{i.user},{i.user}")
+        lines.append(
+            f'{i.token},{i.user},{i.user},"{groups}"' if groups else f"{i.token},{i.user},{i.user}"
+        )
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path
@@ -74,7 +76,10 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, ident: Identity) ->
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "vllm-sleep-dev", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+            {
+                "name": "vllm-sleep-dev",
+                "cluster": {"server": server, "certificate-authority": str(ca_file)},
+            }
         ],
         "users": [{"name": ident.user, "user": {"token": ident.token}}],
         "contexts": [

@@ -46,7 +46,9 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def spawn(name: str, argv: list[str], logs: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    name: str, argv: list[str], logs: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(

@@ -18,17 +18,24 @@ def start_sim_kubelet(
 ) -> None:
     port = free_port()
     argv = [
-        sys.executable, "-m", "vllm_sleep.testing.kubelet",
-        f"--kubeconfig={state.state_dir}/kubelet.kubeconfig", f"--gpu-nodes={gpu_nodes}",
-        f"--gpus-per-node={gpus_per_node}", f"--gpu-memory={gpu_memory}",
-        f"--time-scale={time_scale}", f"--admin-port={port}",
+        sys.executable,
+        "-m",
+        "vllm_sleep.testing.kubelet",
+        f"--kubeconfig={state.state_dir}/kubelet.kubeconfig",
+        f"--gpu-nodes={gpu_nodes}",
+        f"--gpus-per-node={gpus_per_node}",
+        f"--gpu-memory={gpu_memory}",
+        f"--time-scale={time_scale}",
+        f"--admin-port={port}",
     ]
     proc = spawn("sim-kubelet", argv, state.logs)
     state.pids["sim-kubelet"] = proc.pid
     state.kubelet_admin_url = f"http://127.0.0.1:{port}"
     state.save()
     try:
-        wait_ready("sim-kubelet", proc, http_ok(f"{state.kubelet_admin_url}/healthz"), state.logs, timeout)
+        wait_ready(
+            "sim-kubelet", proc, http_ok(f"{state.kubelet_admin_url}/healthz"), state.logs, timeout
+        )
     except ClusterError:
         stop(state)
         raise

@@ -45,7 +45,9 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(kubelet.run())
-    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
     if task.done() and task.exception():
         raise task.exception()  # type: ignore[misc]
     task.cancel()
@@ -57,7 +59,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(run(parser().parse_args(argv)))
     return 0
 

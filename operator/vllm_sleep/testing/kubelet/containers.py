@@ -71,7 +71,11 @@ def classify(argv: list[str]) -> tuple[str, list[str]]:
         return "engine", argv[2:]
     if words[:2] == ["vllm-sleep", "sim"]:
         return "engine", argv[2:]
-    if len(words) >= 3 and words[0].startswith("python") and argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]:
+    if (
+        len(words) >= 3
+        and words[0].startswith("python")
+        and argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    ):
         return "engine", argv[3:]
     if words[:2] == ["vllm-sleep", "agent"]:
         return "agent", argv[2:]

@@ -43,6 +43,7 @@ class SimKubelet:
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._deleting: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()  # terminations in progress
         self._http: aiohttp.ClientSession | None = None
         self.ready = False  # nodes registered and the first pod list processed
 
@@ -53,7 +54,7 @@ class SimKubelet:
         while True:
             try:
                 await self._watch()
-            except (ApiException, aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, ApiException, aiohttp.ClientError) as e:
                 log.warning("pod watch ended (%s); relisting", e)
                 await asyncio.sleep(1)
 
@@ -69,7 +70,9 @@ class SimKubelet:
         rv = data["metadata"]["resourceVersion"]
         w = watch.Watch()
         async with w.stream(
-            self._core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=300,
+            self._core.list_pod_for_all_namespaces,
+            resource_version=rv,
+            timeout_seconds=300,
             allow_watch_bookmarks=True,
         ) as stream:
             async for event in stream:
@@ -91,7 +94,9 @@ class SimKubelet:
         if pod["metadata"].get("deletionTimestamp"):
             if uid not in self._deleting:
                 self._deleting.add(uid)
-                asyncio.create_task(self._terminate(pod))
+                task = asyncio.create_task(self._terminate(pod))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             return
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return
@@ -102,8 +107,15 @@ class SimKubelet:
         ip = self._ips.allocate(uid)
         assert self._http is not None
         worker = PodWorker(
-            pod, ip, self.host, self._write_status, self._device_for, self._read_secret,
-            self._http, now, restart_backoff=max(0.2, 2.0 * self._time_scale),
+            pod,
+            ip,
+            self.host,
+            self._write_status,
+            self._device_for,
+            self._read_secret,
+            self._http,
+            now,
+            restart_backoff=max(0.2, 2.0 * self._time_scale),
         )
         self.workers[uid] = worker
         self._worker_tasks[uid] = asyncio.create_task(worker.run(), name=f"pod {worker.key}")
@@ -113,8 +125,12 @@ class SimKubelet:
         await self._forget(md["uid"])
         with contextlib.suppress(ApiException):
             await self._core.delete_namespaced_pod(
-                md["name"], md["namespace"], grace_period_seconds=0,
-                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=md["uid"])),
+                md["name"],
+                md["namespace"],
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=md["uid"])
+                ),
             )
         self._deleting.discard(md["uid"])
 
@@ -132,7 +148,9 @@ class SimKubelet:
     async def _write_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         md = pod["metadata"]
         try:
-            await self._core.patch_namespaced_pod_status(md["name"], md["namespace"], {"status": status})
+            await self._core.patch_namespaced_pod_status(
+                md["name"], md["namespace"], {"status": status}
+            )
         except ApiException as e:
             if e.status != 404:  # a pod deleted meanwhile needs no status
                 raise
@@ -172,13 +190,20 @@ class SimKubelet:
     async def _claim_devices(self, pod: dict[str, Any]) -> list[str]:
         ns = pod["metadata"]["namespace"]
         names = [c.get("resourceClaimName") for c in pod["spec"].get("resourceClaims") or []]
-        names += [s.get("resourceClaimName") for s in pod.get("status", {}).get("resourceClaimStatuses") or []]
+        names += [
+            s.get("resourceClaimName")
+            for s in pod.get("status", {}).get("resourceClaimStatuses") or []
+        ]
         objs = client.CustomObjectsApi(self._api)
         out: list[str] = []
         for name in filter(None, names):
             with contextlib.suppress(ApiException):
-                claim = await objs.get_namespaced_custom_object("resource.k8s.io", "v1", ns, "resourceclaims", name)
-                results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+                claim = await objs.get_namespaced_custom_object(
+                    "resource.k8s.io", "v1", ns, "resourceclaims", name
+                )
+                results = (
+                    ((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}
+                ).get("results") or []
                 out += [r["device"] for r in results]
         return out
 
@@ -197,10 +222,14 @@ class SimKubelet:
     async def _admin_pods(self, _req: web.Request) -> web.Response:
         out = []
         for w in self.workers.values():
-            out.append({
-                "pod": w.key, "ip": w.pod_ip, "node": w.pod["spec"].get("nodeName"),
-                "engines": {n: getattr(e, "state", None) for n, e in w.engines.items()},
-            })
+            out.append(
+                {
+                    "pod": w.key,
+                    "ip": w.pod_ip,
+                    "node": w.pod["spec"].get("nodeName"),
+                    "engines": {n: getattr(e, "state", None) for n, e in w.engines.items()},
+                }
+            )
         return web.json_response({"pods": out})
 
     async def _admin_violations(self, _req: web.Request) -> web.Response:

@@ -96,8 +96,14 @@ def _conditions(ts: str) -> list[dict[str, str]]:
         ("Ready", "True", "KubeletReady"),
     ]
     return [
-        {"type": t, "status": s, "reason": r, "message": r, "lastHeartbeatTime": ts,
-         "lastTransitionTime": ts}
+        {
+            "type": t,
+            "status": s,
+            "reason": r,
+            "message": r,
+            "lastHeartbeatTime": ts,
+            "lastTransitionTime": ts,
+        }
         for t, s, r in ok
     ]
 
@@ -138,7 +144,9 @@ def resource_slice(spec: NodeSpec) -> dict[str, object]:
 class NodeRegistrar:
     """Registers nodes and keeps them alive until stopped."""
 
-    def __init__(self, api: client.ApiClient, nodes: list[NodeSpec], heartbeat: float = 10.0) -> None:
+    def __init__(
+        self, api: client.ApiClient, nodes: list[NodeSpec], heartbeat: float = 10.0
+    ) -> None:
         self._api = api
         self._nodes = nodes
         self._heartbeat = heartbeat
@@ -174,7 +182,11 @@ class NodeRegistrar:
         for spec in self._nodes:
             body = {
                 "metadata": {"name": spec.name, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": spec.name, "leaseDurationSeconds": 40, "renewTime": now()},
+                "spec": {
+                    "holderIdentity": spec.name,
+                    "leaseDurationSeconds": 40,
+                    "renewTime": now(),
+                },
             }
             try:
                 await coord.patch_namespaced_lease(spec.name, "kube-node-lease", body)
@@ -191,7 +203,9 @@ class NodeRegistrar:
                 await self._renew_leases()
                 ts = now()
                 for spec in self._nodes:
-                    await core.patch_node_status(spec.name, {"status": {"conditions": _conditions(ts)}})
+                    await core.patch_node_status(
+                        spec.name, {"status": {"conditions": _conditions(ts)}}
+                    )
 
     async def stop(self) -> None:
         if self._task:

@@ -58,7 +58,12 @@ class PodWorker:
         self.view = PodView(pod_ip=pod_ip, host_ip="127.0.0.1", start_time=now())
         for c in spec.get("initContainers") or []:
             self.view.init_containers.append(
-                ContainerView(c["name"], c.get("image", ""), sidecar=c.get("restartPolicy") == "Always", init=True)
+                ContainerView(
+                    c["name"],
+                    c.get("image", ""),
+                    sidecar=c.get("restartPolicy") == "Always",
+                    init=True,
+                )
             )
         for c in spec.get("containers") or []:
             self.view.containers.append(ContainerView(c["name"], c.get("image", "")))
@@ -79,12 +84,19 @@ class PodWorker:
         self._tasks.append(asyncio.create_task(self._status_loop()))
         spec = self.pod["spec"]
         device = await self._resolve_device(self.pod)
-        for c, view in zip(spec.get("initContainers") or [], self.view.init_containers, strict=True):
+        for c, view in zip(
+            spec.get("initContainers") or [], self.view.init_containers, strict=True
+        ):
             if view.sidecar:
                 self._tasks.append(asyncio.create_task(self._supervise(c, view, device)))
                 await self._wait_started(view)
             else:  # a plain init container: runs to completion (simulated as instant success)
-                view.terminated = {"exitCode": 0, "reason": "Completed", "startedAt": self._now(), "finishedAt": self._now()}
+                view.terminated = {
+                    "exitCode": 0,
+                    "reason": "Completed",
+                    "startedAt": self._now(),
+                    "finishedAt": self._now(),
+                }
                 self._dirty.set()
         for c, view in zip(spec.get("containers") or [], self.view.containers, strict=True):
             self._tasks.append(asyncio.create_task(self._supervise(c, view, device)))
@@ -97,7 +109,9 @@ class PodWorker:
                 return
             await asyncio.sleep(0.05)
 
-    async def _supervise(self, c: dict[str, Any], view: ContainerView, device: object | None) -> None:
+    async def _supervise(
+        self, c: dict[str, Any], view: ContainerView, device: object | None
+    ) -> None:
         name = c["name"]
         while True:
             try:
@@ -121,7 +135,12 @@ class PodWorker:
             await proc.exited().wait()
             probe.cancel()
             view.running = view.ready = False
-            view.last_terminated = {"exitCode": 1, "reason": "Error", "startedAt": view.started_at, "finishedAt": self._now()}
+            view.last_terminated = {
+                "exitCode": 1,
+                "reason": "Error",
+                "startedAt": view.started_at,
+                "finishedAt": self._now(),
+            }
             view.restart_count += 1
             self._procs[name] = None
             await rt.stop_quietly(proc)
@@ -171,7 +190,7 @@ class PodWorker:
         try:
             async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 return 200 <= resp.status < 400
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
     async def _status_loop(self) -> None:
@@ -195,7 +214,9 @@ class PodWorker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        names = [v.name for v in self.view.containers] + [v.name for v in reversed(self.view.init_containers)]
+        names = [v.name for v in self.view.containers] + [
+            v.name for v in reversed(self.view.init_containers)
+        ]
         for name in names:
             await rt.stop_quietly(self._procs.get(name))
 

@@ -60,7 +60,11 @@ class PodView:
 
 
 def _condition(ctype: str, ok: bool, now: str, reason: str | None = None) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": ctype, "status": "True" if ok else "False", "lastProbeTime": None}
+    cond: dict[str, Any] = {
+        "type": ctype,
+        "status": "True" if ok else "False",
+        "lastProbeTime": None,
+    }
     cond["lastTransitionTime"] = now
     if reason and not ok:
         cond["reason"] = reason
@@ -69,13 +73,17 @@ def _condition(ctype: str, ok: bool, now: str, reason: str | None = None) -> dic
 
 def gates_open(pod: dict[str, Any]) -> bool:
     gates = [g.get("conditionType") for g in (pod.get("spec", {}).get("readinessGates") or [])]
-    conds = {c.get("type"): c.get("status") for c in (pod.get("status", {}).get("conditions") or [])}
+    conds = {
+        c.get("type"): c.get("status") for c in (pod.get("status", {}).get("conditions") or [])
+    }
     return all(conds.get(g) == "True" for g in gates)
 
 
 def compute(pod: dict[str, Any], view: PodView, now: str) -> dict[str, Any]:
     """The status patch for `pod` given what its containers do."""
-    inits_done = all(c.running if c.sidecar else c.terminated is not None for c in view.init_containers)
+    inits_done = all(
+        c.running if c.sidecar else c.terminated is not None for c in view.init_containers
+    )
     all_containers = [c for c in view.init_containers if c.sidecar] + view.containers
     containers_ready = inits_done and all(c.ready for c in all_containers)
     ready = containers_ready and gates_open(pod)
@@ -121,7 +129,7 @@ def comparable(status: dict[str, Any]) -> dict[str, Any]:
         "podIP": status.get("podIP"),
         "conditions": [(c["type"], c["status"]) for c in status.get("conditions", [])],
         "containers": [
-            (c["name"], c["ready"], c["restartCount"], sorted(c["state"])) for c in
-            status.get("containerStatuses", []) + status.get("initContainerStatuses", [])
+            (c["name"], c["ready"], c["restartCount"], sorted(c["state"]))
+            for c in status.get("containerStatuses", []) + status.get("initContainerStatuses", [])
         ],
     }
