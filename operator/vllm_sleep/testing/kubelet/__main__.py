@@ -37,7 +37,7 @@ async def run(args: argparse.Namespace) -> None:
         for i in range(args.gpu_nodes)
     ]
     kubelet = SimKubelet(api, nodes, args.time_scale)
-    runner = web.AppRunner(kubelet.admin_app())
+    runner = web.AppRunner(kubelet.admin_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.admin_port).start()
     stop = asyncio.Event()

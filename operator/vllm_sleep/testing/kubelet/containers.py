@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from ..sim import EngineHost, SimConfig
 from .ips import localize
 
 
@@ -119,11 +118,13 @@ def _localize_url(url: str, pod_ip: str) -> str:
 
 
 async def start_engine(
-    host: EngineHost, args: list[str], env: Mapping[str, str], pod_ip: str, device: object | None
+    host: Any, args: list[str], env: Mapping[str, str], pod_ip: str, device: object | None
 ) -> EngineProcess:
     # vLLM's default --host is all interfaces; in a pod that includes the pod IP.
     if not any(a == "--host" or a.startswith("--host=") for a in args):
         args = [*args, "--host", "0.0.0.0"]
+    from ..sim import SimConfig
+
     config = SimConfig.from_cli(localize_args(args, pod_ip), env)
     engine = await host.start_engine(config, device=device)  # type: ignore[arg-type]
     return EngineProcess(engine)

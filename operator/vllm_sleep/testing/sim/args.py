@@ -13,33 +13,70 @@ from dataclasses import dataclass, field
 
 # vLLM flags this simulator reads, by arity. "+" takes one or more values (argparse nargs="+").
 VALUE_FLAGS = {
-    "--model", "--host", "--port", "--gpu-memory-utilization", "--max-model-len",
-    "--max-num-seqs", "--kv-cache-memory",
+    "--model",
+    "--host",
+    "--port",
+    "--gpu-memory-utilization",
+    "--max-model-len",
+    "--max-num-seqs",
+    "--kv-cache-memory",
 }
 MULTI_FLAGS = {"--served-model-name", "--api-key"}
 BOOL_FLAGS = {"--enable-sleep-mode", "--enable-server-load-tracking"}
 
 # Simulator-only flags (all take a value). Each also has a VLLM_SIM_* env twin (see config.py).
 SIM_FLAGS = {
-    "--profile", "--device-memory", "--weights-size", "--residual-memory", "--time-scale",
-    "--default-max-tokens", "--profiling-fraction",
-    "--load-seconds", "--first-sleep-seconds", "--sleep-seconds", "--wake-seconds",
-    "--level2-sleep-seconds", "--reload-seconds", "--remap-seconds", "--ttft-seconds",
-    "--itl-seconds", "--call-overhead-seconds",
+    "--profile",
+    "--device-memory",
+    "--weights-size",
+    "--residual-memory",
+    "--time-scale",
+    "--default-max-tokens",
+    "--profiling-fraction",
+    "--load-seconds",
+    "--first-sleep-seconds",
+    "--sleep-seconds",
+    "--wake-seconds",
+    "--level2-sleep-seconds",
+    "--reload-seconds",
+    "--remap-seconds",
+    "--ttft-seconds",
+    "--itl-seconds",
+    "--call-overhead-seconds",
 }
 
 # Boolean vLLM flags we ignore: without this list `--trust-remote-code MODEL` would eat MODEL.
 KNOWN_VLLM_BOOLEANS = {
-    "--trust-remote-code", "--enforce-eager", "--enable-prefix-caching", "--enable-chunked-prefill",
-    "--disable-log-requests", "--disable-log-stats", "--enable-log-requests",
-    "--enable-auto-tool-choice", "--enable-lora", "--disable-custom-all-reduce",
-    "--disable-frontend-multiprocessing", "--enable-prompt-tokens-details",
-    "--enable-request-id-headers", "--disable-fastapi-docs", "--enable-expert-parallel",
-    "--headless", "--enable-nccl-comm-suspend", "--sleep-mode-offload-cudagraph",
-    "--enable-cumem-allocator", "--async-scheduling", "--skip-tokenizer-init",
-    "--disable-uvicorn-access-log", "--enable-force-include-usage", "--enable-tokenizer-info-endpoint",
-    "--return-tokens-as-token-ids", "--disable-sliding-window", "--enable-eplb", "--allow-credentials",
-    "--enable-ssl-refresh", "--api-server-count-auto",
+    "--trust-remote-code",
+    "--enforce-eager",
+    "--enable-prefix-caching",
+    "--enable-chunked-prefill",
+    "--disable-log-requests",
+    "--disable-log-stats",
+    "--enable-log-requests",
+    "--enable-auto-tool-choice",
+    "--enable-lora",
+    "--disable-custom-all-reduce",
+    "--disable-frontend-multiprocessing",
+    "--enable-prompt-tokens-details",
+    "--enable-request-id-headers",
+    "--disable-fastapi-docs",
+    "--enable-expert-parallel",
+    "--headless",
+    "--enable-nccl-comm-suspend",
+    "--sleep-mode-offload-cudagraph",
+    "--enable-cumem-allocator",
+    "--async-scheduling",
+    "--skip-tokenizer-init",
+    "--disable-uvicorn-access-log",
+    "--enable-force-include-usage",
+    "--enable-tokenizer-info-endpoint",
+    "--return-tokens-as-token-ids",
+    "--disable-sliding-window",
+    "--enable-eplb",
+    "--allow-credentials",
+    "--enable-ssl-refresh",
+    "--api-server-count-auto",
 }
 _NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 

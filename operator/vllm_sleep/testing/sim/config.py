@@ -99,7 +99,9 @@ def guess_weights_bytes(model: str) -> int | None:
     return int(float(m.group(1)) * 1e9 * 2) if m else None
 
 
-def _setting(flag: str, parsed_last: str | None, env: Mapping[str, str], *env_names: str) -> str | None:
+def _setting(
+    flag: str, parsed_last: str | None, env: Mapping[str, str], *env_names: str
+) -> str | None:
     if parsed_last is not None:
         return parsed_last
     for name in env_names:
@@ -126,9 +128,13 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
 
     profile = sim("--profile") or "0.33"
     if profile not in PROFILES:
-        raise SimConfigError(f"--profile/VLLM_SIM_PROFILE must be one of {PROFILES}, got {profile!r}")
+        raise SimConfigError(
+            f"--profile/VLLM_SIM_PROFILE must be one of {PROFILES}, got {profile!r}"
+        )
     weights_raw = sim("--weights-size", "VLLM_SIM_WEIGHTS_BYTES")
-    weights = parse_bytes(weights_raw) if weights_raw else (guess_weights_bytes(model) or DEFAULT_WEIGHTS)
+    weights = (
+        parse_bytes(weights_raw) if weights_raw else (guess_weights_bytes(model) or DEFAULT_WEIGHTS)
+    )
     util = float(p.last("--gpu-memory-utilization") or 0.9)
     if not 0 < util <= 1:
         raise SimConfigError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
@@ -139,7 +145,9 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
             overrides[name] = float(raw)
     residual_raw = sim("--residual-memory", "VLLM_SIM_RESIDUAL_BYTES")
     device_raw = sim("--device-memory")
-    api_keys = tuple(p.values.get("--api-key", ())) or ((env["VLLM_API_KEY"],) if env.get("VLLM_API_KEY") else ())
+    api_keys = tuple(p.values.get("--api-key", ())) or (
+        (env["VLLM_API_KEY"],) if env.get("VLLM_API_KEY") else ()
+    )
     cfg = SimConfig(
         model=model,
         served_model_names=tuple(p.values.get("--served-model-name", ())),
@@ -152,7 +160,7 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
         max_num_seqs=int(p.last("--max-num-seqs") or 256),
         enable_server_load_tracking=_truthy(p.last("--enable-server-load-tracking")),
         dev_mode=parse_dev_mode(env),
-        profile=profile,  # type: ignore[arg-type]
+        profile=profile,
         device_memory=parse_bytes(device_raw) if device_raw else DEFAULT_DEVICE_MEMORY,
         weights_bytes=weights,
         residual_bytes=parse_bytes(residual_raw) if residual_raw else None,
@@ -171,12 +179,14 @@ def _truthy(raw: str | None) -> bool:
 
 
 def _validate(cfg: SimConfig) -> None:
-    if not 0 < cfg.port < 65536:
+    if not 0 <= cfg.port < 65536:  # 0: any free port (tests)
         raise SimConfigError(f"--port out of range: {cfg.port}")
     if cfg.time_scale < 0:
         raise SimConfigError("--time-scale must be >= 0")
     if not 0 <= cfg.profiling_fraction <= 1:
         raise SimConfigError("--profiling-fraction must be in [0, 1]")
     if cfg.default_max_tokens < 1 or cfg.max_model_len < 1 or cfg.max_num_seqs < 1:
-        raise SimConfigError("--default-max-tokens, --max-model-len and --max-num-seqs must be >= 1")
+        raise SimConfigError(
+            "--default-max-tokens, --max-model-len and --max-num-seqs must be >= 1"
+        )
     cfg.timings  # noqa: B018 - raises on negative or unknown timing overrides

@@ -27,7 +27,9 @@ MEM_TAGS: tuple[MemTag, ...] = ("weights", "kv_cache")
 
 
 class SimEngine:
-    def __init__(self, cfg: SimConfig, device: GPUDevice, host_memory: HostMemory, clock: Clock) -> None:
+    def __init__(
+        self, cfg: SimConfig, device: GPUDevice, host_memory: HostMemory, clock: Clock
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.host_memory = host_memory
@@ -59,6 +61,20 @@ class SimEngine:
         self.kv_dev = share - self.residual - self.weights_dev
 
     # --- what the outside sees -------------------------------------------------------------
+    def __repr__(self) -> str:
+        return self.name
+
+    @property
+    def url(self) -> str:
+        """Where to dial this engine (an all-interfaces bind is dialled on 127.0.0.1)."""
+        host = self.cfg.host if self.cfg.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.bound_port or self.cfg.port}"
+
+    async def wait_loaded(self) -> EngineState:
+        """Until the load finished ("awake") or startup failed ("failed")."""
+        await self.ready.wait()
+        return self.state
+
     @property
     def state(self) -> EngineState:
         if self.phase != "running":
@@ -76,18 +92,31 @@ class SimEngine:
     def level(self) -> int | None:
         if self.phase != "running" or self.state == "awake":
             return None
-        return 0 if not self.asleep_tags else (2 if self.weights_discarded or not self.offloaded else 1)
+        return (
+            0
+            if not self.asleep_tags
+            else (2 if self.weights_discarded or not self.offloaded else 1)
+        )
 
     def snapshot(self) -> dict[str, object]:
         running, waiting = self.sched.running, self.sched.waiting
         return {
-            "name": self.name, "state": self.state, "level": self.level,
-            "profile": self.cfg.profile, "is_sleeping": self.is_sleeping,
-            "asleep_tags": sorted(self.asleep_tags), "weights_discarded": self.weights_discarded,
-            "transition": self.transition, "paused": self.sched.api_pause.name.lower(),
-            "running": running, "waiting": waiting, "device": self.device.snapshot(),
-            "held_bytes": self.device.held_by(self), "pinned_host_bytes": self.host_memory.pinned.get(self, 0),
-            "violations": len(self.violations), "port": self.bound_port,
+            "name": self.name,
+            "state": self.state,
+            "level": self.level,
+            "profile": self.cfg.profile,
+            "is_sleeping": self.is_sleeping,
+            "asleep_tags": sorted(self.asleep_tags),
+            "weights_discarded": self.weights_discarded,
+            "transition": self.transition,
+            "paused": self.sched.api_pause.name.lower(),
+            "running": running,
+            "waiting": waiting,
+            "device": self.device.snapshot(),
+            "held_bytes": self.device.held_by(self),
+            "pinned_host_bytes": self.host_memory.pinned.get(self, 0),
+            "violations": len(self.violations),
+            "port": self.bound_port,
         }
 
     def record(self, kind: ViolationKind, message: str) -> Violation:
@@ -108,12 +137,13 @@ class SimEngine:
         others = [e for e in self.device.transitions if e is not self]
         if others:
             names = ", ".join(getattr(e, "name", str(e)) for e in others)
-            self.record("concurrent_transition", f"{what} on {self.device.name} while {names} is changing memory")
-        self.transition = what
+            self.record(
+                "concurrent_transition",
+                f"{what} on {self.device.name} while {names} is changing memory",
+            )
         self.device.transitions.add(self)
 
     def end_transition(self) -> None:
-        self.transition = None
         self.device.transitions.discard(self)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -123,6 +153,7 @@ class SimEngine:
     async def _load(self) -> None:
         cfg, t = self.cfg, self.cfg.timings
         dev = self.device
+        self.transition = "startup"
         self.begin_transition("startup")
         try:
             if dev.free_bytes < self.share:
@@ -139,12 +170,15 @@ class SimEngine:
             finally:
                 dev.unsubscribe(self._on_device_change)
             if self._profiling_disturbed:
-                return self.fail("profiling_race", self._profiling_message(free_before, dev.free_bytes))
+                return self.fail(
+                    "profiling_race", self._profiling_message(free_before, dev.free_bytes)
+                )
             dev.set_held(self, self.share)  # the KV cache, sized at startup
         except OutOfMemory as e:
             return self.fail("startup_oom", f"CUDA out of memory during startup: {e}")
         finally:
             self.end_transition()
+            self.transition = None
         self.phase = "running"
         self.ready.set()
         log.info("%s: loaded, holds %.2f GiB on %s", self.name, gib(self.share), dev.name)
@@ -152,7 +186,9 @@ class SimEngine:
     def _on_device_change(self, _dev: GPUDevice, owner: object, delta: int) -> None:
         if owner is not self and self._profiling_disturbed is None:
             who = getattr(owner, "name", str(owner))
-            self._profiling_disturbed = f"{who} {'released' if delta < 0 else 'allocated'} {gib(abs(delta)):.2f} GiB"
+            self._profiling_disturbed = (
+                f"{who} {'released' if delta < 0 else 'allocated'} {gib(abs(delta)):.2f} GiB"
+            )
 
     def _free_memory_message(self) -> str:
         d = self.device
@@ -185,7 +221,9 @@ class SimEngine:
         log.error("%s: engine core died: %s", self.name, message)
         self._exit("dead", "engine_crash", message)
 
-    def _exit(self, phase: Literal["dead", "failed"], kind: ViolationKind | None, message: str) -> None:
+    def _exit(
+        self, phase: Literal["dead", "failed"], kind: ViolationKind | None, message: str
+    ) -> None:
         if kind is not None:
             self.record(kind, message)
         self.phase = phase
@@ -222,9 +260,13 @@ class SimEngine:
         if self.sched.dead:
             raise EngineDead()
         if self.asleep_tags:
-            self.crash(f"CUDA error: an illegal memory access was encountered (step of {req.id} with "
-                       f"{', '.join(sorted(self.asleep_tags))} unmapped)")
+            self.crash(
+                f"CUDA error: an illegal memory access was encountered (step of {req.id} with "
+                f"{', '.join(sorted(self.asleep_tags))} unmapped)"
+            )
             raise EngineDead()
         if self.weights_discarded and not req.garbage:
             req.garbage = True
-            self.record("garbage_weights", f"{req.id} served by level-2 weights that were never reloaded")
+            self.record(
+                "garbage_weights", f"{req.id} served by level-2 weights that were never reloaded"
+            )

@@ -16,8 +16,26 @@ if TYPE_CHECKING:
     from .engine import SimEngine
 
 WORDS = (
-    "the", "model", "is", "sleeping", "quietly", "while", "weights", "rest", "in", "host",
-    "memory", "and", "wakes", "when", "a", "request", "arrives", "at", "gateway", "GPU",
+    "the",
+    "model",
+    "is",
+    "sleeping",
+    "quietly",
+    "while",
+    "weights",
+    "rest",
+    "in",
+    "host",
+    "memory",
+    "and",
+    "wakes",
+    "when",
+    "a",
+    "request",
+    "arrives",
+    "at",
+    "gateway",
+    "GPU",
 )
 GARBAGE = "!"  # zeroed/uninitialised weights decode to token 0 over and over
 

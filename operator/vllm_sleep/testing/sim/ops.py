@@ -6,8 +6,9 @@ HTTP layer turns into vLLM's 500 ("Call to `<method>` method failed: ...").
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Literal
 
 from .engine import MEM_TAGS, MemTag, SimEngine
@@ -27,17 +28,26 @@ class UtilityError(Exception):
         self.method = method
 
 
-def _alive(engine: SimEngine) -> None:
+@contextlib.asynccontextmanager
+async def _transition(engine: SimEngine, what: str) -> AsyncIterator[None]:
+    """Marks the engine as changing state, so requests arriving now count as violations."""
     if engine.phase != "running":
         raise EngineDead()
+    engine.transition = what
+    try:
+        yield
+    finally:
+        engine.transition = None
 
 
 async def sleep(engine: SimEngine, level: int, mode: Mode = "abort") -> None:
-    async with engine.utility_lock:
-        _alive(engine)
+    async with engine.utility_lock, _transition(engine, "sleep"):
         legacy, sched = engine.cfg.legacy, engine.sched
         if sched.running and (legacy or mode == "abort"):
-            engine.record("inflight_at_sleep", f"/sleep?level={level} (mode={mode}) arrived with {sched.running} request(s) running")
+            engine.record(
+                "inflight_at_sleep",
+                f"/sleep?level={level} (mode={mode}) arrived with {sched.running} request(s) running",
+            )
         with engine.metrics.operation("sleep", enabled=not legacy):
             if not legacy:
                 # ≥0.17: pause the scheduler first; is_sleeping is true from here on.
@@ -81,8 +91,7 @@ async def _release(engine: SimEngine, *, offload: bool) -> None:
 
 async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
     """Returns True when fully awake afterwards (the /wake_up "status")."""
-    async with engine.utility_lock:
-        _alive(engine)
+    async with engine.utility_lock, _transition(engine, "wake"):
         legacy = engine.cfg.legacy
         with engine.metrics.operation("wake", enabled=not legacy):
             mem_tags = tags if legacy or tags is None else [t for t in tags if t != "scheduling"]
@@ -94,7 +103,9 @@ async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
                 await _remap(engine, set(asleep))
             elif bad := [t for t in mem_tags if t not in asleep]:
                 for tag in bad:  # one unknown tag and nothing at all is woken
-                    log.warning("%s: Tag %s is not in sleeping tags %s", engine.name, tag, sorted(asleep))
+                    log.warning(
+                        "%s: Tag %s is not in sleeping tags %s", engine.name, tag, sorted(asleep)
+                    )
                 await engine.clock.sleep(engine.cfg.timings.call_overhead)
             elif mem_tags:
                 await _remap(engine, {t for t in MEM_TAGS if t in mem_tags})
@@ -126,13 +137,14 @@ async def _remap(engine: SimEngine, tags: set[MemTag]) -> None:
 
 
 async def release_kv_cache_memory(engine: SimEngine) -> None:
-    async with engine.utility_lock:
-        _alive(engine)
+    async with engine.utility_lock, _transition(engine, "release_kv_cache_memory"):
         name = "release_kv_cache_memory"
         if not engine.sched.pause:
             raise UtilityError(name, "release_kv_cache_memory requires a completed pause first")
         if engine.asleep_tags:
-            raise UtilityError(name, "release_kv_cache_memory requires all executor memory to be resident")
+            raise UtilityError(
+                name, "release_kv_cache_memory requires all executor memory to be resident"
+            )
         with engine.metrics.operation(name):
             engine.begin_transition(name)
             try:
@@ -145,16 +157,14 @@ async def release_kv_cache_memory(engine: SimEngine) -> None:
 
 
 async def reload_weights(engine: SimEngine) -> None:
-    async with engine.utility_lock:
-        _alive(engine)
+    async with engine.utility_lock, _transition(engine, "reload"):
         if "weights" in engine.asleep_tags:
-            raise UtilityError("collective_rpc", "RuntimeError: reload_weights needs resident weights; wake them with /wake_up?tags=weights first")
-        engine.transition = "reload"
-        try:
-            await engine.clock.sleep(engine.cfg.timings.reload)
-            engine.weights_discarded = False
-        finally:
-            engine.transition = None
+            raise UtilityError(
+                "collective_rpc",
+                "RuntimeError: reload_weights needs resident weights; wake them with /wake_up?tags=weights first",
+            )
+        await engine.clock.sleep(engine.cfg.timings.reload)
+        engine.weights_discarded = False
 
 
 async def pause(engine: SimEngine, mode: Mode) -> None:

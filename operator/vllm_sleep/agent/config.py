@@ -1,0 +1,115 @@
+"""AgentConfig: every setting of one agent, from code (the sim-kubelet) or the command line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ..api.names import CONTROL_PORT, ENV_CONTROL_TOKEN, PUBLIC_PORT, VLLM_PORT
+
+
+class AgentConfigError(ValueError):
+    """Bad arguments, environment or token: the agent refuses to start."""
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    listen_host: str = "0.0.0.0"
+    public_port: int = Field(PUBLIC_PORT, ge=0, le=65535)  # 0: pick a free port (tests)
+    control_port: int = Field(CONTROL_PORT, ge=0, le=65535)
+    upstream: str = f"http://127.0.0.1:{VLLM_PORT}"
+    control_token: SecretStr
+    # Inference requests arriving while the engine is not awake wait this long for it.
+    hold_timeout: float = Field(30.0, ge=0)
+    max_held: int = Field(1024, ge=0)
+    retry_after: int = Field(5, ge=1)  # seconds, in 503 answers
+    # Drain bound for POST /sleep without ?drain_timeout=.
+    drain_timeout: float = Field(60.0, ge=0)
+    # A stream whose client went away is aborted by vLLM a moment after the agent closes it;
+    # wait this long after such an abandon before sleeping (≤0.16 crashes on any running work).
+    settle_time: float = Field(0.5, ge=0)
+    # /sleep, /wake_up and the level-2 reload: a first sleep of a 70B model takes ~45 s.
+    vllm_timeout: float = Field(900.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0)  # while loading or failed: /health polls
+    health_interval: float = Field(5.0, gt=0)  # while awake or asleep
+    health_failures: int = Field(3, ge=1)  # consecutive failed polls before "failed"
+    access_log: bool = False
+
+    @field_validator("upstream")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream must be an http(s) URL with a host, got {v!r}")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"upstream must not carry a path or query, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("control_token")
+    @classmethod
+    def _non_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("the control token is empty")
+        return v
+
+    @classmethod
+    def from_cli(cls, argv: list[str], env: Mapping[str, str]) -> AgentConfig:
+        """Parse `vllm-sleep agent` arguments; the token comes from --token-file or the env."""
+        ns = _parser().parse_args(argv)
+        values = {k: v for k, v in vars(ns).items() if v is not None and k != "token_file"}
+        values["control_token"] = _read_token(ns.token_file, env)
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise AgentConfigError(str(e)) from e
+
+
+def _read_token(token_file: str | None, env: Mapping[str, str]) -> str:
+    if token_file:
+        try:
+            # Secret volumes end files with a newline when written by hand; never part of a token.
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise AgentConfigError(f"--token-file {token_file}: {e}") from e
+    else:
+        token = env.get(ENV_CONTROL_TOKEN, "").strip()
+    if not token:
+        raise AgentConfigError(
+            f"no control token: set {ENV_CONTROL_TOKEN} or pass --token-file (the control port "
+            "never runs unauthenticated)"
+        )
+    return token
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # Raise instead of exiting: the sim-kubelet parses agent command lines in-process.
+        raise AgentConfigError(f"vllm-sleep agent: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vllm-sleep agent", description="the per-pod sleep guard (sidecar)")
+    p.add_argument("--listen-host", help="address for both ports (default 0.0.0.0)")
+    p.add_argument("--public-port", type=int, help=f"OpenAI allowlist port ({PUBLIC_PORT})")
+    p.add_argument("--control-port", type=int, help=f"operator control port ({CONTROL_PORT})")
+    p.add_argument("--upstream", help=f"vLLM base URL (http://127.0.0.1:{VLLM_PORT})")
+    p.add_argument("--token-file", help=f"control token file (default: ${ENV_CONTROL_TOKEN})")
+    p.add_argument("--hold-timeout", type=float, help="seconds a request waits for a wake (30)")
+    p.add_argument("--max-held", type=int, help="requests held at once, beyond: 503 (1024)")
+    p.add_argument("--retry-after", type=int, help="Retry-After seconds on 503 (5)")
+    p.add_argument("--drain-timeout", type=float, help="default drain bound for /sleep (60)")
+    p.add_argument("--settle-time", type=float, help="pause after an abandoned stream (0.5)")
+    p.add_argument("--vllm-timeout", type=float, help="timeout of vLLM sleep/wake calls (900)")
+    p.add_argument("--poll-interval", type=float, help="/health poll while loading (1)")
+    p.add_argument("--health-interval", type=float, help="/health poll when up (5)")
+    p.add_argument("--health-failures", type=int, help="failed polls before 'failed' (3)")
+    p.add_argument(
+        "--access-log", action="store_true", default=None, help="log every public request"
+    )
+    return p

@@ -1,0 +1,63 @@
+"""The agent's view of its engine, with a version number for the operator's long-poll.
+
+Every change the operator must react to bumps `version` and wakes long-pollers: a state change,
+and held requests appearing (that is demand: the operator should wake the engine). Activity
+timestamps and in-flight counts do not bump it; they would turn the long-poll into a busy loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+
+class EngineState(StrEnum):
+    LOADING = "loading"  # vLLM not answering /health yet (model load), state unknown
+    AWAKE = "awake"  # confirmed awake: inference requests are forwarded
+    DRAINING = "draining"  # sleep requested: new requests held, waiting for in-flight ones
+    SLEEPING = "sleeping"  # vLLM /sleep running
+    ASLEEP = "asleep"  # confirmed by /is_sleeping
+    WAKING = "waking"  # vLLM wake sequence running
+    FAILED = "failed"  # vLLM unhealthy or its state unknowable; re-detected when it recovers
+
+
+TRANSITIONS = frozenset({EngineState.DRAINING, EngineState.SLEEPING, EngineState.WAKING})
+
+
+class StateBoard:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.state = EngineState.LOADING
+        self.level: int | None = None  # sleep level while asleep (None: awake or unknown)
+        self.since = clock()
+        self.version = 1
+        self.epoch = 0  # counts state changes only (version also counts demand signals)
+        self.engine_alive = False
+        self.engine_version: str | None = None
+        self.last_error: str | None = None
+        self._changed = asyncio.Event()
+
+    def set(self, state: EngineState, *, level: int | None = None) -> None:
+        if state is self.state and level == self.level:
+            return
+        if state is not self.state:
+            self.since = self._clock()
+        self.state, self.level = state, level
+        self.epoch += 1
+        self.bump()
+
+    def bump(self) -> None:
+        self.version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, version: int, timeout: float) -> None:
+        """Return when `version` is stale, or after `timeout` seconds."""
+        if version != self.version or timeout <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass

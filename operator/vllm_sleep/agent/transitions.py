@@ -1,0 +1,216 @@
+"""Sleep and wake, executed for the operator: drain, call vLLM, confirm, re-admit.
+
+One transition at a time (others get 409). Each runs in its own task so that an operator
+hanging up mid-way (timeout, restart) cannot leave the engine half-transitioned with the gate
+in the wrong position: the task finishes and the state tells the operator what happened.
+
+The gate is opened only after `/is_sleeping` confirmed the engine awake, and closed before the
+engine is asked to sleep; if the truth is unknowable the state becomes `failed`, which refuses
+requests, rather than guessing: on ≤0.16 one request reaching a sleeping engine kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..vllm import VLLMClient, VLLMError, VLLMHTTPError
+from .gate import Gate
+from .metrics import AgentMetrics
+from .state import EngineState, StateBoard
+
+log = logging.getLogger(__name__)
+
+AGENT_LEVELS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # the control API's HTTP status
+    message: str = ""
+    vllm_status: int | None = None
+    vllm_body: str | None = None
+
+    @classmethod
+    def from_error(cls, status: int, what: str, e: VLLMError) -> Outcome:
+        if isinstance(e, VLLMHTTPError):
+            return cls(status, f"{what}: {e}", e.status, e.body[:2000])
+        return cls(status, f"{what}: {e}")
+
+
+OK = Outcome(200)
+
+
+class Transitions:
+    def __init__(
+        self,
+        board: StateBoard,
+        gate: Gate,
+        vllm: VLLMClient,
+        metrics: AgentMetrics,
+        *,
+        settle_time: float,
+    ) -> None:
+        self._board, self._gate, self._vllm, self._metrics = board, gate, vllm, metrics
+        self._settle_time = settle_time
+        self._task: asyncio.Task[Outcome] | None = None
+
+    async def sleep(self, level: int, drain_timeout: float) -> Outcome:
+        if self._board.state is EngineState.ASLEEP:
+            return self._count("sleep", "noop", OK)  # idempotent; the level stays what it is
+        if self._board.state is not EngineState.AWAKE or self._busy():
+            return self._conflict("sleep")
+        return await self._run(self._sleep(level, drain_timeout))
+
+    async def wake(self) -> Outcome:
+        if self._board.state is EngineState.AWAKE:
+            return self._count("wake", "noop", OK)
+        if self._board.state is not EngineState.ASLEEP or self._busy():
+            return self._conflict("wake")
+        return await self._run(self._wake())
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- sequences ----------------------------------------------------------------------------
+
+    async def _sleep(self, level: int, drain_timeout: float) -> Outcome:
+        started = time.monotonic()
+        try:
+            features = await self._vllm.features()
+        except VLLMError as e:
+            return self._count("sleep", "error", Outcome.from_error(502, "reading /version", e))
+        if level == 2 and not features.http_reload_weights:
+            msg = f"level 2 needs vLLM ≥0.10.2 (reload over HTTP); engine is {features.version}"
+            return self._count("sleep", "error", Outcome(400, msg))
+        self._board.set(EngineState.DRAINING)
+        self._gate.hold()
+        if not await self._gate.wait_idle(drain_timeout):
+            self._board.set(EngineState.AWAKE)
+            self._gate.open()
+            msg = f"{self._gate.inflight} request(s) still in flight after {drain_timeout:g}s"
+            return self._count("sleep", "drain_timeout", Outcome(504, msg))
+        self._metrics.drain_seconds.observe(time.monotonic() - started)
+        await self._settle()
+        self._board.set(EngineState.SLEEPING)
+        error: VLLMError | None = None
+        try:
+            # After the drain nothing is in flight, so the mode has nothing to act on; "wait" is
+            # the choice that cannot lose a request the agent did not see (≥0.17 only).
+            await self._vllm.sleep(level, mode="wait")
+        except VLLMError as e:
+            error = e
+            log.warning("vLLM sleep(level=%d) failed: %s", level, e)
+        sleeping = await self._confirm()
+        if sleeping is None:
+            return self._count("sleep", "error", self._unknown("sleep", error))
+        if sleeping:
+            self._board.set(EngineState.ASLEEP, level=level)
+            if error is not None:
+                # e.g. our timeout fired while vLLM kept going; asleep is what matters for safety.
+                return self._count("sleep", "error", Outcome.from_error(502, "/sleep", error))
+            self._metrics.transition_seconds.labels("sleep").observe(time.monotonic() - started)
+            return self._count("sleep", "ok", OK)
+        self._board.set(EngineState.AWAKE)
+        self._gate.open()
+        if error is not None:
+            return self._count("sleep", "error", Outcome.from_error(502, "/sleep", error))
+        msg = "vLLM /sleep returned but /is_sleeping is false"
+        return self._count("sleep", "error", Outcome(502, msg))
+
+    async def _wake(self) -> Outcome:
+        started = time.monotonic()
+        level = self._board.level
+        self._board.set(EngineState.WAKING, level=level)
+        error: VLLMError | None = None
+        try:
+            await self._wake_sequence(level)
+        except VLLMError as e:
+            error = e
+            log.warning("vLLM wake (level %s) failed: %s", level, e)
+        sleeping = await self._confirm()
+        if sleeping is None:
+            return self._count("wake", "error", self._unknown("wake", error))
+        if sleeping:
+            self._board.set(EngineState.ASLEEP, level=level)
+            outcome = (
+                Outcome.from_error(502, "wake", error)
+                if error is not None
+                else Outcome(502, "vLLM woke but /is_sleeping is still true")
+            )
+            return self._count("wake", "error", outcome)
+        # Awake and confirmed. An error with is_sleeping false means a client-side timeout on a
+        # step vLLM then finished: every tag is resident, which is what the sequence was for.
+        self._board.set(EngineState.AWAKE)
+        self._gate.open()
+        self._metrics.transition_seconds.labels("wake").observe(time.monotonic() - started)
+        return self._count("wake", "ok", OK)
+
+    async def _wake_sequence(self, level: int | None) -> None:
+        features = await self._vllm.features()
+        if level in (0, 1) or (level is None and not features.http_reload_weights):
+            # Unknown level on <0.10.2: level 2 cannot be woken over HTTP there, so it was 1.
+            await self._vllm.wake_up()
+        else:
+            # Level 2, or unknown (restarted agent, no gauge before 0.12): the level-2 sequence
+            # is correct for both levels, a plain wake after level 2 serves garbage weights.
+            await self._vllm.wake_up(["weights"])
+            await self._vllm.reload_weights()
+            await self._vllm.wake_up(["kv_cache"])
+        if not features.sleep_resets_prefix_cache:
+            # ≤0.10.0 kept the prefix cache across sleep: its hits now point at discarded KV.
+            await self._vllm.reset_prefix_cache()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _confirm(self) -> bool | None:
+        """`/is_sleeping`; None when the engine cannot say (unreachable, 5xx, nonsense)."""
+        try:
+            return await self._vllm.is_sleeping()
+        except VLLMHTTPError as e:
+            if e.not_found:
+                return False  # dev mode off: this engine cannot sleep at all
+            log.error("/is_sleeping failed: %s", e)
+        except VLLMError as e:
+            log.error("/is_sleeping failed: %s", e)
+        return None
+
+    def _unknown(self, what: str, error: VLLMError | None) -> Outcome:
+        self._gate.refuse()
+        self._board.engine_alive = False
+        self._board.set(EngineState.FAILED)
+        self._board.last_error = f"{what}: engine state unknown ({error or '/is_sleeping failed'})"
+        return Outcome(502, self._board.last_error)
+
+    async def _settle(self) -> None:
+        if self._gate.last_abandoned is None:
+            return
+        wait = self._settle_time - (time.monotonic() - self._gate.last_abandoned)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _run(self, sequence: Coroutine[Any, Any, Outcome]) -> Outcome:
+        self._task = asyncio.create_task(sequence)
+        return await asyncio.shield(self._task)
+
+    def _busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _conflict(self, kind: str) -> Outcome:
+        self._metrics.transitions.labels(kind, "conflict").inc()
+        return Outcome(409, f"cannot {kind} while {self._board.state.value}")
+
+    def _count(self, kind: str, result: str, outcome: Outcome) -> Outcome:
+        self._metrics.transitions.labels(kind, result).inc()
+        if outcome.status >= 400:
+            self._board.last_error = outcome.message
+        return outcome
