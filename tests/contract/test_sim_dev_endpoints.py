@@ -32,11 +32,17 @@ async def client(engine: SimEngine) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def gauge(metrics: str, state: str) -> float:
-    line = next(x for x in metrics.splitlines() if x.startswith("vllm:engine_sleep_state") and f'sleep_state="{state}"' in x)
+    line = next(
+        x
+        for x in metrics.splitlines()
+        if x.startswith("vllm:engine_sleep_state") and f'sleep_state="{state}"' in x
+    )
     return float(line.rsplit(" ", 1)[1])
 
 
-async def test_sleep_default_level_1_answers_json_after_release(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_sleep_default_level_1_answers_json_after_release(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     r = await client.post("/sleep")
     assert r.status_code == 200
     assert r.json() == {"status": "sleeping", "level": 1}
@@ -52,11 +58,18 @@ async def test_sleep_ignores_the_body(client: httpx.AsyncClient, engine: SimEngi
     assert engine.level == 1 and not engine.weights_discarded
 
 
-@pytest.mark.parametrize(("query", "param"), [
-    ("level=3", "query.level"), ("level=-1", "query.level"), ("level=one", "query.level"),
-    ("level=1&mode=drain", "query.mode"),
-])
-async def test_sleep_bad_params_are_400(client: httpx.AsyncClient, engine: SimEngine, query: str, param: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("level=3", "query.level"),
+        ("level=-1", "query.level"),
+        ("level=one", "query.level"),
+        ("level=1&mode=drain", "query.mode"),
+    ],
+)
+async def test_sleep_bad_params_are_400(
+    client: httpx.AsyncClient, engine: SimEngine, query: str, param: str
+) -> None:
     r = await client.post(f"/sleep?{query}")
     assert r.status_code == 400
     err = r.json()["error"]
@@ -64,7 +77,9 @@ async def test_sleep_bad_params_are_400(client: httpx.AsyncClient, engine: SimEn
     assert engine.state == "awake"
 
 
-async def test_sleep_when_already_asleep_is_200_and_sets_gauge_to_requested_level(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_sleep_when_already_asleep_is_200_and_sets_gauge_to_requested_level(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     r = await client.post("/sleep?level=2")
     assert r.status_code == 200 and r.json() == {"status": "sleeping", "level": 2}
@@ -73,7 +88,9 @@ async def test_sleep_when_already_asleep_is_200_and_sets_gauge_to_requested_leve
     assert gauge(metrics, "discard_all") == 1 and gauge(metrics, "weights_offloaded") == 0
 
 
-async def test_sleep_level_0_pauses_scheduling_only(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_sleep_level_0_pauses_scheduling_only(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     held = engine.device.held_by(engine)
     assert (await client.post("/sleep?level=0")).json() == {"status": "sleeping", "level": 0}
     assert (await client.get("/is_sleeping")).json()["is_sleeping"] is True
@@ -85,7 +102,9 @@ async def test_sleep_level_0_pauses_scheduling_only(client: httpx.AsyncClient, e
     assert (await client.get("/is_sleeping")).json()["is_sleeping"] is False
 
 
-async def test_wake_up_without_tags_wakes_everything(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_wake_up_without_tags_wakes_everything(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     r = await client.post("/wake_up")
     assert r.status_code == 200 and r.json() == {"status": "awake", "tags": None}
@@ -93,12 +112,16 @@ async def test_wake_up_without_tags_wakes_everything(client: httpx.AsyncClient, 
     assert gauge((await client.get("/metrics")).text, "awake") == 1
 
 
-async def test_partial_wake_answers_sleeping_and_keeps_gauge(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_partial_wake_answers_sleeping_and_keeps_gauge(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     r = await client.post("/wake_up", params={"tags": "weights"})
     assert r.json() == {"status": "sleeping", "tags": ["weights"]}
     assert engine.asleep_tags == {"kv_cache"}
-    assert gauge((await client.get("/metrics")).text, "weights_offloaded") == 1  # ≥0.31: full wake only
+    assert (
+        gauge((await client.get("/metrics")).text, "weights_offloaded") == 1
+    )  # ≥0.31: full wake only
     r = await client.post("/wake_up", params=[("tags", "kv_cache")])
     assert r.json() == {"status": "awake", "tags": ["kv_cache"]}
 
@@ -109,8 +132,12 @@ async def test_wake_up_with_repeated_tags(client: httpx.AsyncClient, engine: Sim
     assert r.json() == {"status": "awake", "tags": ["weights", "kv_cache"]}
 
 
-@pytest.mark.parametrize("query", ["tags=bogus", "tags=weights,kv_cache", "tags=weights&tags=bogus"])
-async def test_wake_up_unknown_tag_wakes_nothing(client: httpx.AsyncClient, engine: SimEngine, query: str) -> None:
+@pytest.mark.parametrize(
+    "query", ["tags=bogus", "tags=weights,kv_cache", "tags=weights&tags=bogus"]
+)
+async def test_wake_up_unknown_tag_wakes_nothing(
+    client: httpx.AsyncClient, engine: SimEngine, query: str
+) -> None:
     await client.post("/sleep?level=1")
     r = await client.post(f"/wake_up?{query}")
     assert r.status_code == 200 and r.json()["status"] == "sleeping"
@@ -130,9 +157,13 @@ async def test_is_sleeping_true_while_paused(client: httpx.AsyncClient) -> None:
     assert (await client.get("/is_sleeping")).json() == {"is_sleeping": False}
 
 
-async def test_release_kv_cache_memory_needs_a_pause(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_release_kv_cache_memory_needs_a_pause(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     r = await client.post("/release_kv_cache_memory")
-    assert r.status_code == 500 and "requires a completed pause first" in r.json()["error"]["message"]
+    assert (
+        r.status_code == 500 and "requires a completed pause first" in r.json()["error"]["message"]
+    )
     await client.post("/sleep?level=0")
     r = await client.post("/release_kv_cache_memory")
     assert r.status_code == 200 and r.json() == {"status": "kv_cache_released"}
@@ -143,7 +174,10 @@ async def test_release_kv_cache_memory_needs_a_pause(client: httpx.AsyncClient, 
 async def test_release_kv_cache_memory_needs_resident_memory(client: httpx.AsyncClient) -> None:
     await client.post("/sleep?level=1")
     r = await client.post("/release_kv_cache_memory")
-    assert r.status_code == 500 and "requires all executor memory to be resident" in r.json()["error"]["message"]
+    assert (
+        r.status_code == 500
+        and "requires all executor memory to be resident" in r.json()["error"]["message"]
+    )
 
 
 async def test_reset_prefix_cache(client: httpx.AsyncClient) -> None:
@@ -152,11 +186,17 @@ async def test_reset_prefix_cache(client: httpx.AsyncClient) -> None:
     assert (await client.post("/reset_mm_cache")).status_code == 200
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b"{not json", "JSON decode error"), (b"[1]", "Request body must be a JSON object"),
-    (b"{}", "Missing 'method' in request body"),
-])
-async def test_collective_rpc_bad_bodies_are_400(client: httpx.AsyncClient, body: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "JSON decode error"),
+        (b"[1]", "Request body must be a JSON object"),
+        (b"{}", "Missing 'method' in request body"),
+    ],
+)
+async def test_collective_rpc_bad_bodies_are_400(
+    client: httpx.AsyncClient, body: bytes, message: str
+) -> None:
     r = await client.post("/collective_rpc", content=body)
     assert r.status_code == 400 and message in r.json()["error"]["message"]
 
@@ -165,7 +205,9 @@ async def test_collective_rpc_reload_weights_and_unknown_method(client: httpx.As
     r = await client.post("/collective_rpc", json={"method": "reload_weights"})
     assert r.status_code == 200 and r.json() == {"results": [None]}
     r = await client.post("/collective_rpc", json={"method": "no_such"})
-    assert r.status_code == 500 and r.json()["error"]["message"].startswith("Call to `collective_rpc` method failed")
+    assert r.status_code == 500 and r.json()["error"]["message"].startswith(
+        "Call to `collective_rpc` method failed"
+    )
 
 
 async def test_server_info(client: httpx.AsyncClient) -> None:
@@ -197,9 +239,16 @@ async def test_sleep_mode_metrics_are_created_lazily(client: httpx.AsyncClient) 
 
 
 DEV_PATHS = [
-    ("POST", "/sleep"), ("POST", "/wake_up"), ("GET", "/is_sleeping"), ("POST", "/collective_rpc"),
-    ("POST", "/reset_prefix_cache"), ("GET", "/server_info"), ("POST", "/release_kv_cache_memory"),
-    ("POST", "/pause"), ("POST", "/resume"), ("GET", "/is_paused"),
+    ("POST", "/sleep"),
+    ("POST", "/wake_up"),
+    ("GET", "/is_sleeping"),
+    ("POST", "/collective_rpc"),
+    ("POST", "/reset_prefix_cache"),
+    ("GET", "/server_info"),
+    ("POST", "/release_kv_cache_memory"),
+    ("POST", "/pause"),
+    ("POST", "/resume"),
+    ("GET", "/is_paused"),
 ]
 
 

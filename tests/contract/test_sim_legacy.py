@@ -53,7 +53,9 @@ async def assert_exited(engine: SimEngine) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_sleep_and_wake_answer_empty_200(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_sleep_and_wake_answer_empty_200(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     r = await client.post("/sleep?level=1")
     assert (r.status_code, r.content) == (200, b"")
     assert (await client.get("/is_sleeping")).json() == {"is_sleeping": True}
@@ -69,7 +71,9 @@ async def test_non_int_level_is_plain_500(client: httpx.AsyncClient, engine: Sim
 
 
 @pytest.mark.parametrize("level", ["0", "3"])
-async def test_levels_other_than_1_discard_the_weights(client: httpx.AsyncClient, engine: SimEngine, level: str) -> None:
+async def test_levels_other_than_1_discard_the_weights(
+    client: httpx.AsyncClient, engine: SimEngine, level: str
+) -> None:
     assert (await client.post(f"/sleep?level={level}")).status_code == 200
     assert engine.weights_discarded and engine.asleep_tags == {"weights", "kv_cache"}
 
@@ -81,7 +85,9 @@ async def test_partial_wake_resets_gauge(client: httpx.AsyncClient) -> None:
     assert 'sleep_state="awake"} 1.0' in text  # ≤0.30: reset after any wake
 
 
-async def test_request_while_asleep_gets_empty_500_and_kills_the_engine(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_request_while_asleep_gets_empty_500_and_kills_the_engine(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     r = await client.post("/v1/chat/completions", json=CHAT)
     assert (r.status_code, r.content) == (500, b"")
@@ -90,7 +96,9 @@ async def test_request_while_asleep_gets_empty_500_and_kills_the_engine(client: 
     assert engine.device.held_by(engine) == 0
 
 
-async def test_streaming_request_while_asleep_gets_an_error_chunk(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_streaming_request_while_asleep_gets_an_error_chunk(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         assert r.status_code == 200
@@ -99,8 +107,12 @@ async def test_streaming_request_while_asleep_gets_an_error_chunk(client: httpx.
     await assert_exited(engine)
 
 
-async def test_inflight_request_when_sleep_arrives_crashes(client: httpx.AsyncClient, engine: SimEngine) -> None:
-    task = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1000}))
+async def test_inflight_request_when_sleep_arrives_crashes(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
+    task = asyncio.create_task(
+        client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1000})
+    )
     async with asyncio.timeout(5):
         while engine.sched.running != 1:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
@@ -113,7 +125,9 @@ async def test_inflight_request_when_sleep_arrives_crashes(client: httpx.AsyncCl
 
 async def test_pause_holds_instead_of_503(client: httpx.AsyncClient, engine: SimEngine) -> None:
     await client.post("/pause?wait_for_inflight_requests=true")
-    task = asyncio.create_task(client.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}))
+    task = asyncio.create_task(
+        client.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1})
+    )
     await asyncio.sleep(0.05)
     assert not task.done()
     await client.post("/resume")

@@ -27,7 +27,9 @@ async def test_startup_fails_when_free_memory_is_below_the_share(host: EngineHos
     b = await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu)
     assert a.state == "awake" and b.state == "failed" and b.dead.is_set()
     assert b.failure is not None
-    assert b.failure.startswith("Free memory on device [cuda:0] (32.00/80.00 GiB) on startup is less than desired GPU memory utilization (0.6, 48.00 GiB)")
+    assert b.failure.startswith(
+        "Free memory on device [cuda:0] (32.00/80.00 GiB) on startup is less than desired GPU memory utilization (0.6, 48.00 GiB)"
+    )
     assert [v.kind for v in host.violations()] == ["startup_oom"]
     assert gpu.held_by(b) == 0
     with pytest.raises(httpx.TransportError):
@@ -37,7 +39,9 @@ async def test_startup_fails_when_free_memory_is_below_the_share(host: EngineHos
 
 async def test_sleeping_engine_keeps_residual_and_pins_host_memory(host: EngineHost) -> None:
     gpu = host.device("node-0/gpu-0", 80 * GiB)
-    a = await start(host, "a", "--gpu-memory-utilization", "0.5", "--weights-size", "16Gi", device=gpu)
+    a = await start(
+        host, "a", "--gpu-memory-utilization", "0.5", "--weights-size", "16Gi", device=gpu
+    )
     assert gpu.held_by(a) == 40 * GiB
     async with httpx.AsyncClient(base_url=a.url) as c:
         await c.post("/sleep?level=1")
@@ -66,7 +70,10 @@ async def test_wake_fails_with_cuda_oom_when_a_neighbour_holds_the_memory(host: 
         await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu)
         r = await c.post("/wake_up")
         assert r.status_code == 500
-        assert r.json()["error"]["message"] == "Call to `wake_up` method failed: CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:62"
+        assert (
+            r.json()["error"]["message"]
+            == "Call to `wake_up` method failed: CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:62"
+        )
         assert (await c.get("/is_sleeping")).json() == {"is_sleeping": True}
         assert (await c.get("/health")).status_code == 200  # it stays alive, asleep
     assert a.state == "sleeping" and gpu.held_by(a) == a.residual
@@ -75,7 +82,9 @@ async def test_wake_fails_with_cuda_oom_when_a_neighbour_holds_the_memory(host: 
 
 async def test_legacy_wake_oom_is_an_empty_500(host: EngineHost) -> None:
     gpu = host.device("node-0/gpu-0", 80 * GiB)
-    a = await start(host, "a", "--gpu-memory-utilization", "0.6", device=gpu, env={"VLLM_SIM_PROFILE": "legacy"})
+    a = await start(
+        host, "a", "--gpu-memory-utilization", "0.6", device=gpu, env={"VLLM_SIM_PROFILE": "legacy"}
+    )
     async with httpx.AsyncClient(base_url=a.url) as c:
         await c.post("/sleep?level=1")
         await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu)
@@ -87,11 +96,24 @@ async def test_legacy_wake_oom_is_an_empty_500(host: EngineHost) -> None:
 async def test_sleep_during_neighbour_profiling_fails_the_starting_engine(host: EngineHost) -> None:
     gpu = host.device("node-0/gpu-0", 80 * GiB)
     a = await start(host, "a", "--gpu-memory-utilization", "0.4", device=gpu)
-    b = await start(host, "b", "--gpu-memory-utilization", "0.4", "--load-seconds", "150", "--profiling-fraction", "1", device=gpu, wait=False)
+    b = await start(
+        host,
+        "b",
+        "--gpu-memory-utilization",
+        "0.4",
+        "--load-seconds",
+        "150",
+        "--profiling-fraction",
+        "1",
+        device=gpu,
+        wait=False,
+    )
     async with httpx.AsyncClient(base_url=a.url) as c:
         assert (await c.post("/sleep?level=1")).status_code == 200
     assert await b.wait_loaded() == "failed"
-    assert b.failure is not None and b.failure.startswith("Error in memory profiling. Initial free memory")
+    assert b.failure is not None and b.failure.startswith(
+        "Error in memory profiling. Initial free memory"
+    )
     assert sorted(v.kind for v in host.violations()) == ["concurrent_transition", "profiling_race"]
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from vllm_sleep.testing.sim import EngineHost, SimEngine
-from vllm_sleep.testing.sim.testkit import start
+from vllm_sleep.testing.sim.testkit import start, until
 
 pytestmark = pytest.mark.contract
 
@@ -27,7 +27,15 @@ async def host() -> AsyncIterator[EngineHost]:
 
 @pytest.fixture
 async def engine(host: EngineHost) -> SimEngine:
-    return await start(host, "org/model-8B", "--enable-sleep-mode", "--served-model-name", "m", "--itl-seconds", "5")
+    return await start(
+        host,
+        "org/model-8B",
+        "--enable-sleep-mode",
+        "--served-model-name",
+        "m",
+        "--itl-seconds",
+        "5",
+    )
 
 
 @pytest.fixture
@@ -40,20 +48,20 @@ def kinds(engine: SimEngine) -> list[str]:
     return [v.kind for v in engine.violations]
 
 
-async def until(pred: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.005)
-
-
-async def test_chat_completion_usage_and_max_tokens(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_chat_completion_usage_and_max_tokens(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 7})
     body = r.json()
     assert r.status_code == 200 and body["object"] == "chat.completion"
-    assert body["usage"]["completion_tokens"] == 7 and body["choices"][0]["finish_reason"] == "length"
+    assert (
+        body["usage"]["completion_tokens"] == 7 and body["choices"][0]["finish_reason"] == "length"
+    )
     assert len(body["choices"][0]["message"]["content"].split()) == 7
     again = (await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 7})).json()
-    assert again["choices"][0]["message"]["content"] == body["choices"][0]["message"]["content"]  # deterministic
+    assert (
+        again["choices"][0]["message"]["content"] == body["choices"][0]["message"]["content"]
+    )  # deterministic
     assert kinds(engine) == []
 
 
@@ -75,16 +83,26 @@ async def test_streaming_with_include_usage(client: httpx.AsyncClient) -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
 
 
-@pytest.mark.parametrize(("path", "body", "status", "param"), [
-    ("/v1/chat/completions", {**CHAT, "model": "other"}, 404, "model"),
-    ("/v1/chat/completions", {**CHAT, "n": 2}, 400, "n"),
-    ("/v1/chat/completions", {**CHAT, "max_tokens": 0}, 400, "max_tokens"),
-    ("/v1/chat/completions", {"model": "m"}, 400, "messages"),
-    ("/v1/completions", {"model": "m"}, 400, "prompt"),
-    ("/v1/completions", {"model": "m", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
-    ("/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 100000}, 400, "prompt"),
-])
-async def test_bad_requests_get_openai_errors(client: httpx.AsyncClient, path: str, body: dict[str, Any], status: int, param: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/v1/chat/completions", {**CHAT, "model": "other"}, 404, "model"),
+        ("/v1/chat/completions", {**CHAT, "n": 2}, 400, "n"),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": 0}, 400, "max_tokens"),
+        ("/v1/chat/completions", {"model": "m"}, 400, "messages"),
+        ("/v1/completions", {"model": "m"}, 400, "prompt"),
+        (
+            "/v1/completions",
+            {"model": "m", "prompt": "x", "stream_options": {"include_usage": True}},
+            400,
+            "stream_options",
+        ),
+        ("/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 100000}, 400, "prompt"),
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], status: int, param: str
+) -> None:
     r = await client.post(path, json=body)
     assert r.status_code == status
     assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == status
@@ -99,11 +117,15 @@ async def test_api_key_guards_v1_but_not_dev_routes(host: EngineHost) -> None:
     engine = await start(host, "m", "--api-key", "sekret")
     async with httpx.AsyncClient(base_url=engine.url) as c:
         assert (await c.get("/v1/models")).status_code == 401
-        assert (await c.get("/v1/models", headers={"Authorization": "Bearer sekret"})).status_code == 200
+        assert (
+            await c.get("/v1/models", headers={"Authorization": "Bearer sekret"})
+        ).status_code == 200
         assert (await c.get("/is_sleeping")).status_code == 200  # dev routes are unprotected (§1)
 
 
-async def test_request_while_asleep_is_queued_until_full_wake(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_request_while_asleep_is_queued_until_full_wake(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     task = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2}))
     await until(lambda: engine.sched.waiting == 1)
@@ -116,16 +138,25 @@ async def test_request_while_asleep_is_queued_until_full_wake(client: httpx.Asyn
     assert kinds(engine) == ["request_while_asleep"]
 
 
-async def test_waiting_gauge_does_not_count_requests_queued_while_asleep(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_waiting_gauge_does_not_count_requests_queued_while_asleep(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
-    task = asyncio.create_task(client.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}))
+    task = asyncio.create_task(
+        client.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1})
+    )
     await until(lambda: engine.sched.waiting == 1)
-    assert 'vllm:num_requests_waiting{model_name="m",engine="0"} 0' in (await client.get("/metrics")).text
+    assert (
+        'vllm:num_requests_waiting{model_name="m",engine="0"} 0'
+        in (await client.get("/metrics")).text
+    )
     await client.post("/wake_up")
     await task
 
 
-async def test_repeated_sleep_abort_aborts_queued_requests(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_repeated_sleep_abort_aborts_queued_requests(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
     await until(lambda: engine.sched.waiting == 1)
@@ -135,8 +166,12 @@ async def test_repeated_sleep_abort_aborts_queued_requests(client: httpx.AsyncCl
     assert r.json()["usage"]["completion_tokens"] == 0
 
 
-async def test_sleep_mode_abort_aborts_inflight(client: httpx.AsyncClient, engine: SimEngine) -> None:
-    task = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1000}))
+async def test_sleep_mode_abort_aborts_inflight(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
+    task = asyncio.create_task(
+        client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1000})
+    )
     await until(lambda: engine.sched.running == 1)
     assert (await client.post("/sleep?level=1&mode=abort")).status_code == 200
     r = await task
@@ -144,7 +179,9 @@ async def test_sleep_mode_abort_aborts_inflight(client: httpx.AsyncClient, engin
     assert kinds(engine) == ["inflight_at_sleep"]
 
 
-async def test_sleep_mode_wait_drains_inflight_first(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_sleep_mode_wait_drains_inflight_first(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     task = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3}))
     await until(lambda: engine.sched.running == 1)
     sleep = asyncio.create_task(client.post("/sleep?level=1&mode=wait"))
@@ -159,7 +196,9 @@ async def test_sleep_mode_wait_drains_inflight_first(client: httpx.AsyncClient, 
     assert "inflight_at_sleep" not in kinds(engine)
 
 
-async def test_sleep_mode_keep_freezes_and_resumes(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_sleep_mode_keep_freezes_and_resumes(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     task = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3}))
     await until(lambda: engine.sched.running == 1)
     await client.post("/sleep?level=1&mode=keep")
@@ -169,18 +208,24 @@ async def test_sleep_mode_keep_freezes_and_resumes(client: httpx.AsyncClient, en
     assert (await task).json()["choices"][0]["finish_reason"] == "length"
 
 
-async def test_level2_wake_with_reload_serves_good_tokens(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_level2_wake_with_reload_serves_good_tokens(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=2")
     assert engine.device.held_by(engine) == engine.residual
     await client.post("/wake_up?tags=weights")
-    assert (await client.post("/collective_rpc", json={"method": "reload_weights"})).status_code == 200
+    assert (
+        await client.post("/collective_rpc", json={"method": "reload_weights"})
+    ).status_code == 200
     assert (await client.post("/wake_up?tags=kv_cache")).json()["status"] == "awake"
     r = await client.post("/v1/chat/completions", json=CHAT)
     assert "!" not in r.json()["choices"][0]["message"]["content"]
     assert kinds(engine) == []
 
 
-async def test_level2_wake_without_reload_serves_garbage(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_level2_wake_without_reload_serves_garbage(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=2")
     await client.post("/wake_up")
     r = await client.post("/v1/chat/completions", json=CHAT)
@@ -194,7 +239,9 @@ async def test_reload_before_weights_wake_fails(client: httpx.AsyncClient) -> No
     assert r.status_code == 500
 
 
-async def test_pause_rejects_new_requests_with_503(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_pause_rejects_new_requests_with_503(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/pause?mode=abort")
     r = await client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 503 and r.json()["error"]["type"] == "ServiceUnavailableError"
@@ -217,14 +264,18 @@ async def test_request_during_wake_is_a_violation(host: EngineHost) -> None:
 async def test_load_tracking_counts_inflight(host: EngineHost) -> None:
     engine = await start(host, "m", "--enable-server-load-tracking", "--itl-seconds", "5")
     async with httpx.AsyncClient(base_url=engine.url, timeout=30) as c:
-        task = asyncio.create_task(c.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 3}))
+        task = asyncio.create_task(
+            c.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 3})
+        )
         await until(lambda: engine.sched.running == 1)
         assert (await c.get("/load")).json() == {"server_load": 1}
         await task
         assert (await c.get("/load")).json() == {"server_load": 0}
 
 
-async def test_client_disconnect_removes_queued_request(client: httpx.AsyncClient, engine: SimEngine) -> None:
+async def test_client_disconnect_removes_queued_request(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     await client.post("/sleep?level=1")
     task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
     await until(lambda: engine.sched.waiting == 1)

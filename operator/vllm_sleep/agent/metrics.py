@@ -70,7 +70,9 @@ class AgentMetrics:
             f"{_PREFIX}_requests_inflight", "Inference requests vLLM is working on.", registry=r
         ).set_function(lambda: gate.inflight)
         Gauge(
-            f"{_PREFIX}_requests_held", "Inference requests waiting for an awake engine.", registry=r
+            f"{_PREFIX}_requests_held",
+            "Inference requests waiting for an awake engine.",
+            registry=r,
         ).set_function(lambda: gate.held)
         r.register(_StateCollector(board))
 

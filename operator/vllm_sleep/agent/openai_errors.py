@@ -21,14 +21,18 @@ _TYPES = {
 
 
 def error_body(
-    status: int, message: str, *, code: str | int | None = None, **extra: object
+    status: int,
+    message: str,
+    *,
+    code: str | int | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     err: dict[str, object] = {
         "message": message,
         "type": _TYPES.get(status, "Error"),
         "param": None,
         "code": status if code is None else code,
-        **extra,
+        **(extra or {}),
     }
     return {"error": err}
 
@@ -39,11 +43,11 @@ def error_response(
     *,
     code: str | int | None = None,
     headers: Mapping[str, str] | None = None,
-    **extra: object,
+    extra: Mapping[str, object] | None = None,
 ) -> web.Response:
     return web.Response(
         status=status,
-        body=json.dumps(error_body(status, message, code=code, **extra)).encode(),
+        body=json.dumps(error_body(status, message, code=code, extra=extra)).encode(),
         content_type="application/json",
         headers=headers,
     )

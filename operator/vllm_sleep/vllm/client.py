@@ -128,7 +128,9 @@ class VLLMClient:
         features = await self.features()
         if level == 0 and not features.sleep_mode_param:
             # ≤0.16 sends level 0 to the worker unchecked, which discards everything.
-            raise VLLMUnsupported("/sleep", f"level 0 needs vLLM ≥0.17 (engine: {features.version})")
+            raise VLLMUnsupported(
+                "/sleep", f"level 0 needs vLLM ≥0.17 (engine: {features.version})"
+            )
         params: list[tuple[str, str]] = [("level", str(level))]
         if mode is not None and features.sleep_mode_param:
             params.append(("mode", mode))
@@ -140,7 +142,7 @@ class VLLMClient:
         vLLM answers 200 even when a tag is not asleep (nothing happens), so success here does
         not mean awake: confirm with `is_sleeping()`.
         """
-        params = [("tags", t) for t in tags or ()]
+        params: list[tuple[str, str]] = [("tags", str(t)) for t in tags or ()]
         await self._call("POST", "/wake_up", params=params, timeout=self._long)
 
     async def reload_weights(self) -> None:
@@ -173,7 +175,7 @@ class VLLMClient:
             resp = await self._http.request(
                 method,
                 self.base_url + path,
-                params=params,
+                params=tuple(params or ()),  # tuples: repeated keys stay repeated
                 json=json,
                 timeout=timeout or self._timeout,
             )

@@ -15,25 +15,66 @@ def cfg(*argv: str, **env: str) -> SimConfig:
 
 
 def test_vllm_serve_arguments() -> None:
-    c = cfg("org/Llama-3.1-8B", "--host", "127.0.0.1", "--port=8001", "--served-model-name", "a", "b",
-            "--enable-sleep-mode", "--gpu-memory-utilization", "0.45", "--max-model-len", "8k", "--api-key", "k")
-    assert (c.model, c.host, c.port, c.served_names) == ("org/Llama-3.1-8B", "127.0.0.1", 8001, ("a", "b"))
+    c = cfg(
+        "org/Llama-3.1-8B",
+        "--host",
+        "127.0.0.1",
+        "--port=8001",
+        "--served-model-name",
+        "a",
+        "b",
+        "--enable-sleep-mode",
+        "--gpu-memory-utilization",
+        "0.45",
+        "--max-model-len",
+        "8k",
+        "--api-key",
+        "k",
+    )
+    assert (c.model, c.host, c.port, c.served_names) == (
+        "org/Llama-3.1-8B",
+        "127.0.0.1",
+        8001,
+        ("a", "b"),
+    )
     assert c.enable_sleep_mode and c.gpu_memory_utilization == 0.45 and c.max_model_len == 8000
     assert c.api_keys == ("k",) and c.profile == "0.33" and not c.dev_mode
 
 
 def test_model_flag_and_defaults() -> None:
     c = cfg("--model", "m")
-    assert c.model == "m" and c.served_names == ("m",) and c.port == 8000 and c.gpu_memory_utilization == 0.9
+    assert (
+        c.model == "m"
+        and c.served_names == ("m",)
+        and c.port == 8000
+        and c.gpu_memory_utilization == 0.9
+    )
     assert c.host is None  # all interfaces, like vLLM
 
 
 def test_unknown_flags_are_ignored_in_every_form() -> None:
-    c = cfg("--trust-remote-code", "m", "--tensor-parallel-size", "1", "--dtype=bfloat16", "--enforce-eager",
-            "--no-enable-prefix-caching", "--seed", "-1", "--port", "9000")
+    c = cfg(
+        "--trust-remote-code",
+        "m",
+        "--tensor-parallel-size",
+        "1",
+        "--dtype=bfloat16",
+        "--enforce-eager",
+        "--no-enable-prefix-caching",
+        "--seed",
+        "-1",
+        "--port",
+        "9000",
+    )
     assert c.model == "m" and c.port == 9000
-    assert c.ignored_args == ("--trust-remote-code", "--tensor-parallel-size 1", "--dtype=bfloat16",
-                              "--enforce-eager", "--no-enable-prefix-caching", "--seed -1")
+    assert c.ignored_args == (
+        "--trust-remote-code",
+        "--tensor-parallel-size 1",
+        "--dtype=bfloat16",
+        "--enforce-eager",
+        "--no-enable-prefix-caching",
+        "--seed -1",
+    )
 
 
 @given(st.lists(st.from_regex(r"--x-[a-z]{1,8}=[a-z0-9]{0,6}", fullmatch=True), max_size=5))
@@ -41,7 +82,9 @@ def test_inline_unknown_flags_never_eat_the_model(flags: list[str]) -> None:
     assert cfg(*flags, "the-model", *flags).model == "the-model"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("0", False), (" 1", True), ("2", True)])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("0", False), (" 1", True), ("2", True)]
+)
 def test_dev_mode_is_bool_of_int(raw: str, expected: bool) -> None:
     assert parse_dev_mode({"VLLM_SERVER_DEV_MODE": raw}) is expected
 
@@ -53,12 +96,25 @@ def test_dev_mode_text_is_a_startup_error(raw: str) -> None:
 
 
 def test_sim_settings_from_env_and_flags_win() -> None:
-    env = {"VLLM_SIM_PROFILE": "legacy", "VLLM_SIM_WEIGHTS_BYTES": "16Gi", "VLLM_SIM_TIME_SCALE": "0.5",
-           "VLLM_SIM_LOAD_SECONDS": "7", "VLLM_SIM_DEVICE_MEMORY": "40Gi", "VLLM_SIM_RESIDUAL_BYTES": "2Gi"}
+    env = {
+        "VLLM_SIM_PROFILE": "legacy",
+        "VLLM_SIM_WEIGHTS_BYTES": "16Gi",
+        "VLLM_SIM_TIME_SCALE": "0.5",
+        "VLLM_SIM_LOAD_SECONDS": "7",
+        "VLLM_SIM_DEVICE_MEMORY": "40Gi",
+        "VLLM_SIM_RESIDUAL_BYTES": "2Gi",
+    }
     c = SimConfig.from_cli(["m"], env)
-    assert (c.profile, c.weights_bytes, c.time_scale, c.timings.load) == ("legacy", 16 * GiB, 0.5, 7.0)
+    assert (c.profile, c.weights_bytes, c.time_scale, c.timings.load) == (
+        "legacy",
+        16 * GiB,
+        0.5,
+        7.0,
+    )
     assert c.device_memory == 40 * GiB and c.residual == 2 * GiB
-    c = SimConfig.from_cli(["m", "--profile", "0.33", "--weights-size", "8G", "--load-seconds", "3"], env)
+    c = SimConfig.from_cli(
+        ["m", "--profile", "0.33", "--weights-size", "8G", "--load-seconds", "3"], env
+    )
     assert (c.profile, c.weights_bytes, c.timings.load) == ("0.33", 8 * 10**9, 3.0)
 
 
@@ -69,10 +125,17 @@ def test_weights_guessed_from_the_model_name() -> None:
     assert cfg("gpt2").weights_bytes == 16 * GiB
 
 
-@pytest.mark.parametrize("argv", [
-    ["m", "--profile", "0.5"], ["m", "--gpu-memory-utilization", "1.5"], ["m", "--port"],
-    ["m", "--weights-size", "lots"], ["m", "--wake-seconds", "-1"], ["m", "--served-model-name"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["m", "--profile", "0.5"],
+        ["m", "--gpu-memory-utilization", "1.5"],
+        ["m", "--port"],
+        ["m", "--weights-size", "lots"],
+        ["m", "--wake-seconds", "-1"],
+        ["m", "--served-model-name"],
+    ],
+)
 def test_bad_arguments_raise_config_errors(argv: list[str]) -> None:
     with pytest.raises(SimConfigError):
         SimConfig.from_cli(argv, {})

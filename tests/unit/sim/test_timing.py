@@ -34,7 +34,16 @@ def test_overrides_validate() -> None:
         t.with_overrides({"nap": 1.0})
 
 
-@pytest.mark.parametrize(("text", "n"), [("16Gi", 16 * GiB), ("80G", 80 * 10**9), ("1073741824", GiB), ("1.5Gi", 3 * GiB // 2), ("512Mi", 2**29)])
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [
+        ("16Gi", 16 * GiB),
+        ("80G", 80 * 10**9),
+        ("1073741824", GiB),
+        ("1.5Gi", 3 * GiB // 2),
+        ("512Mi", 2**29),
+    ],
+)
 def test_parse_bytes(text: str, n: int) -> None:
     assert parse_bytes(text) == n
 

@@ -13,10 +13,10 @@ from typing import Literal
 
 from .clock import Clock
 from .config import SimConfig
-from .memory import GPUDevice, HostMemory, OutOfMemory
+from .memory import GPUDevice, HostMemory
 from .metrics_state import EngineMetrics
 from .scheduler import EngineDead, Scheduler, SimRequest
-from .units import gib
+from .startup import load
 from .violations import Violation, ViolationKind
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ class SimEngine:
         self.bound_port: int | None = None
         self.close_server: Callable[[], Awaitable[None]] | None = None
         self._load_task: asyncio.Task[None] | None = None
-        self._profiling_disturbed: str | None = None
         self.failure: str | None = None  # why startup failed
+        self._close_task: asyncio.Task[None] | None = None
         share = int(device.total_bytes * cfg.gpu_memory_utilization)
         self.share = share
         self.residual = min(cfg.residual, share)
@@ -133,6 +133,13 @@ class SimEngine:
         held += 0 if "kv_cache" in asleep else self.kv_dev
         return held
 
+    def hold(self, n_bytes: int, *, check: bool = True) -> None:
+        """Set this engine's device memory; an exited process holds nothing, whatever its
+        in-flight operations still try to do."""
+        if self.phase in ("dead", "failed"):
+            raise EngineDead()
+        self.device.set_held(self, n_bytes, check=check)
+
     def begin_transition(self, what: str) -> None:
         others = [e for e in self.device.transitions if e is not self]
         if others:
@@ -148,65 +155,7 @@ class SimEngine:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def begin_loading(self) -> None:
-        self._load_task = asyncio.create_task(self._load(), name=f"load {self.name}")
-
-    async def _load(self) -> None:
-        cfg, t = self.cfg, self.cfg.timings
-        dev = self.device
-        self.transition = "startup"
-        self.begin_transition("startup")
-        try:
-            if dev.free_bytes < self.share:
-                return self.fail("startup_oom", self._free_memory_message())
-            dev.set_held(self, self.residual)  # CUDA context first
-            await self.clock.sleep(t.load * (1 - cfg.profiling_fraction))
-            dev.set_held(self, self.residual + self.weights_dev)
-            # Profiling: vLLM asserts free memory did not change under it (§6).
-            free_before = dev.free_bytes
-            self._profiling_disturbed = None
-            dev.subscribe(self._on_device_change)
-            try:
-                await self.clock.sleep(t.load * cfg.profiling_fraction)
-            finally:
-                dev.unsubscribe(self._on_device_change)
-            if self._profiling_disturbed:
-                return self.fail(
-                    "profiling_race", self._profiling_message(free_before, dev.free_bytes)
-                )
-            dev.set_held(self, self.share)  # the KV cache, sized at startup
-        except OutOfMemory as e:
-            return self.fail("startup_oom", f"CUDA out of memory during startup: {e}")
-        finally:
-            self.end_transition()
-            self.transition = None
-        self.phase = "running"
-        self.ready.set()
-        log.info("%s: loaded, holds %.2f GiB on %s", self.name, gib(self.share), dev.name)
-
-    def _on_device_change(self, _dev: GPUDevice, owner: object, delta: int) -> None:
-        if owner is not self and self._profiling_disturbed is None:
-            who = getattr(owner, "name", str(owner))
-            self._profiling_disturbed = (
-                f"{who} {'released' if delta < 0 else 'allocated'} {gib(abs(delta)):.2f} GiB"
-            )
-
-    def _free_memory_message(self) -> str:
-        d = self.device
-        return (
-            f"Free memory on device [cuda:{d.index}] ({gib(d.free_bytes):.2f}/{gib(d.total_bytes):.2f} GiB) "
-            f"on startup is less than desired GPU memory utilization "
-            f"({self.cfg.gpu_memory_utilization}, {gib(self.share):.2f} GiB). Decrease GPU memory "
-            f"utilization or reduce GPU memory used by other processes."
-        )
-
-    def _profiling_message(self, before: int, now: int) -> str:
-        return (
-            f"Error in memory profiling. Initial free memory {gib(before):.2f} GiB, current free "
-            f"memory {gib(now):.2f} GiB. This happens when other processes sharing the same "
-            f"container release GPU memory while vLLM is profiling during initialization. To fix "
-            f"this, ensure consistent GPU memory allocation or isolate vLLM in its own container. "
-            f"({self._profiling_disturbed})"
-        )
+        self._load_task = asyncio.create_task(load(self), name=f"load {self.name}")
 
     def fail(self, kind: ViolationKind, message: str) -> None:
         """Startup failed: the process exits with this error."""
@@ -235,7 +184,7 @@ class SimEngine:
         self.dead.set()
         if self.close_server is not None:
             # Let the responses already written (500s) go out, then stop listening.
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._close()))
+            self._close_task = asyncio.get_running_loop().create_task(self._close())
 
     async def _close(self) -> None:
         closer, self.close_server = self.close_server, None

@@ -75,10 +75,10 @@ def render_metrics(engine: SimEngine) -> str:
     if m.op_duration:  # ≥0.32, created lazily by the first sleep/wake/release
         samples: list[tuple[str, float]] = []
         for op, h in sorted(m.op_duration.items()):
-            cumulative = 0
             for bound, count in zip(BUCKETS, h.counts, strict=True):
-                cumulative = count
-                samples.append((_labels(operation=op, le=str(bound)), cumulative))
+                samples.append(
+                    (_labels(operation=op, le=str(bound)), count)
+                )  # observe() keeps counts cumulative
             samples.append((_labels(operation=op, le="+Inf"), h.n))
         name = "vllm:sleep_mode_operation_duration_seconds"
         out.append(f"# HELP {name} Duration of sleep mode operations.")

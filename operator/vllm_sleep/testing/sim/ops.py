@@ -84,7 +84,7 @@ async def _release(engine: SimEngine, *, offload: bool) -> None:
             await engine.clock.sleep(t.level2_sleep)
             engine.weights_discarded, engine.offloaded = True, False
         engine.asleep_tags = set(MEM_TAGS)
-        engine.device.set_held(engine, engine.resident_bytes(), check=False)
+        engine.hold(engine.resident_bytes(), check=False)
     finally:
         engine.end_transition()
 
@@ -123,7 +123,7 @@ async def _remap(engine: SimEngine, tags: set[MemTag]) -> None:
     engine.begin_transition("wake")
     try:
         try:
-            engine.device.set_held(engine, engine.resident_bytes(after))  # cuMem map first
+            engine.hold(engine.resident_bytes(after))  # cuMem map first
         except OutOfMemory as e:
             engine.record("wake_oom", f"{CUDA_OOM}: {e}")
             raise UtilityError("wake_up", CUDA_OOM) from e
@@ -150,7 +150,7 @@ async def release_kv_cache_memory(engine: SimEngine) -> None:
             try:
                 await engine.clock.sleep(engine.cfg.timings.remap)
                 engine.asleep_tags = {"kv_cache"}
-                engine.device.set_held(engine, engine.resident_bytes(), check=False)
+                engine.hold(engine.resident_bytes(), check=False)
             finally:
                 engine.end_transition()
             engine.sleep_gauge = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .config import SimConfig
 from .engine import EngineState, SimEngine
@@ -47,3 +47,10 @@ async def wait_for_state(
         while engine.state not in states:  # noqa: ASYNC110 - derived from several fields
             await asyncio.sleep(0.005)
     return engine.state
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition on simulator state (tests only; the state has no single event)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - see docstring
+            await asyncio.sleep(0.005)

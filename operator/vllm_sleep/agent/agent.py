@@ -1,0 +1,141 @@
+"""Agent: one pod's sleep guard, runnable in-process (the sim-kubelet runs many in one loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+
+from ..vllm import VLLMClient
+from .config import AgentConfig
+from .control import ControlAPI
+from .gate import Gate
+from .metrics import AgentMetrics
+from .proxy import PublicProxy
+from .state import StateBoard
+from .supervisor import Supervisor
+from .transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+# vLLM (uvicorn) closes idle keep-alive connections after 5 s; a pooled connection must be
+# dropped before that, or a request can be written into a socket the server is closing.
+UPSTREAM_KEEPALIVE = 4.0
+SHUTDOWN_GRACE = 2.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.board = StateBoard()
+        self.gate = Gate(max_held=config.max_held, on_first_held=self.board.bump)
+        self.metrics = AgentMetrics(self.gate, self.board)
+        self.vllm = VLLMClient(config.upstream, transition_timeout=config.vllm_timeout)
+        self.transitions = Transitions(
+            self.board, self.gate, self.vllm, self.metrics, settle_time=config.settle_time
+        )
+        self.supervisor = Supervisor(
+            self.board,
+            self.gate,
+            self.vllm,
+            poll_interval=config.poll_interval,
+            health_interval=config.health_interval,
+            health_failures=config.health_failures,
+        )
+        self.control = ControlAPI(config, self.board, self.gate, self.transitions, self.metrics)
+        self._session: aiohttp.ClientSession | None = None
+        self._runners: list[web.BaseRunner] = []
+        self._supervisor_task: asyncio.Task[None] | None = None
+        self.public_port: int | None = None  # bound ports, known after start()
+        self.control_port: int | None = None
+
+    @property
+    def public_url(self) -> str:
+        return f"http://{_url_host(self.config.listen_host)}:{self.public_port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{_url_host(self.config.listen_host)}:{self.control_port}"
+
+    def snapshot(self) -> dict[str, object]:
+        """What GET /state answers."""
+        return self.control.snapshot()
+
+    async def start(self) -> None:
+        """Bind both ports and start watching the engine; returns once listening."""
+        cfg = self.config
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
+            # Pass bytes through untouched: no decompression, no invented headers.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+        )
+        proxy = PublicProxy(
+            cfg, self.gate, self.board, self.metrics, self._session, self.supervisor.poke
+        )
+        access_log = logging.getLogger("aiohttp.access") if cfg.access_log else None
+        try:
+            public = web.ServerRunner(
+                web.Server(proxy.handle), access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE
+            )
+            self.public_port = await self._serve(public, cfg.public_port)
+            control = web.AppRunner(
+                self.control.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+            )
+            self.control_port = await self._serve(control, cfg.control_port)
+        except BaseException:
+            await self.stop()
+            raise
+        self._supervisor_task = asyncio.create_task(self.supervisor.run(), name="agent-supervisor")
+        log.info(
+            "agent listening: public %s, control %s, upstream %s",
+            self.public_url,
+            self.control_url,
+            cfg.upstream,
+        )
+
+    async def stop(self) -> None:
+        """Stop serving. Held requests get 503; the engine is left as it is."""
+        if self._supervisor_task is not None:
+            self._supervisor_task.cancel()
+            try:
+                await self._supervisor_task
+            except asyncio.CancelledError:
+                pass
+            self._supervisor_task = None
+        await self.transitions.cancel()
+        self.gate.shutdown()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.vllm.aclose()
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _serve(self, runner: web.BaseRunner, port: int) -> int:
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.listen_host, port, reuse_address=True)
+        await site.start()
+        sockname = runner.addresses[-1]
+        return int(sockname[1])
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

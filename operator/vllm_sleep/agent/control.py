@@ -1,0 +1,151 @@
+"""The control port: the operator's authenticated API (docs/interfaces.md, "Agent control API").
+
+Every route needs `Authorization: Bearer <token>` except `/metrics` (the agent's own counters,
+no secrets, scraped by Prometheus) and `/healthz` (the agent process itself is up).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .config import AgentConfig
+from .gate import Gate
+from .metrics import AgentMetrics
+from .openai_errors import error_body, error_response
+from .state import StateBoard
+from .transitions import AGENT_LEVELS, Outcome, Transitions
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT = 300.0  # a long-poll longer than this only ties up a connection
+_PUBLIC_PATHS = frozenset({"/metrics", "/healthz"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ControlAPI:
+    def __init__(
+        self,
+        config: AgentConfig,
+        board: StateBoard,
+        gate: Gate,
+        transitions: Transitions,
+        metrics: AgentMetrics,
+    ) -> None:
+        self._config = config
+        self._token = config.control_token.get_secret_value().encode()
+        self._board, self._gate = board, gate
+        self._transitions, self._metrics = transitions, metrics
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/state", self.state)
+        app.router.add_post("/sleep", self.sleep)
+        app.router.add_post("/wake", self.wake)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    def snapshot(self) -> dict[str, object]:
+        b, g = self._board, self._gate
+        now_mono, now_wall = time.monotonic(), time.time()
+
+        def wall(mono: float | None) -> float | None:
+            return None if mono is None else round(now_wall - (now_mono - mono), 3)
+
+        return {
+            "state": b.state.value,
+            "level": b.level,
+            "inflight": g.inflight,
+            "held": g.held,
+            "last_activity": wall(g.last_activity),
+            "since": wall(b.since),
+            "version": b.version,
+            "engine_alive": b.engine_alive,
+            "engine_version": b.engine_version,
+            "last_error": b.last_error,
+        }
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in _PUBLIC_PATHS and not self._authorized(request):
+            return error_response(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            return await handler(request)
+        except web.HTTPException as e:  # the router's 404/405, in the same JSON shape
+            return error_response(e.status, e.reason)
+        except Exception:
+            log.exception("control %s %s failed", request.method, request.path)
+            return error_response(500, "internal error in the pod agent")
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: the time taken must not tell an attacker how much of a guess matched.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self._token
+        )
+
+    async def state(self, request: web.Request) -> web.Response:
+        try:
+            wait = _number(request.query.get("wait", "0"), "wait", 0.0, MAX_WAIT)
+            raw_version = request.query.get("version")
+            version = int(raw_version) if raw_version is not None else None
+        except ValueError as e:
+            return error_response(400, str(e))
+        if version is not None and wait > 0:
+            await self._board.wait_change(version, wait)
+        return web.json_response(self.snapshot())
+
+    async def sleep(self, request: web.Request) -> web.Response:
+        try:
+            level = int(request.query.get("level", "1"))
+            if level not in AGENT_LEVELS:
+                raise ValueError(f"level must be one of {AGENT_LEVELS}, got {level}")
+            drain = _number(
+                request.query.get("drain_timeout", str(self._config.drain_timeout)),
+                "drain_timeout",
+                0.0,
+                math.inf,
+            )
+        except ValueError as e:
+            return error_response(400, str(e))
+        return self._answer(await self._transitions.sleep(level, drain))
+
+    async def wake(self, _request: web.Request) -> web.Response:
+        return self._answer(await self._transitions.wake())
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def _answer(self, outcome: Outcome) -> web.Response:
+        if outcome.status == 200:
+            return web.json_response(self.snapshot())
+        extra: dict[str, object] = {}
+        if outcome.vllm_status is not None:
+            extra = {"vllm_status": outcome.vllm_status, "vllm_body": outcome.vllm_body}
+        body = error_body(outcome.status, outcome.message, extra=extra)
+        body["state"] = self.snapshot()  # what the engine is now, so the caller needs no poll
+        return web.Response(
+            status=outcome.status, body=json.dumps(body).encode(), content_type="application/json"
+        )
+
+
+def _number(raw: str, name: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not (low <= value) or math.isnan(value):
+        raise ValueError(f"{name} must be >= {low:g}, got {raw!r}")
+    return min(value, high)

@@ -1,0 +1,44 @@
+"""`vllm-sleep agent ...`: run one agent until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from .agent import Agent
+from .config import AgentConfig, AgentConfigError
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(
+        level=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if any(a in ("-h", "--help") for a in argv):
+        from .config import _parser
+
+        _parser().print_help()
+        return 0
+    try:
+        config = AgentConfig.from_cli(argv, os.environ)
+    except AgentConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(config))
+    except OSError as e:  # port taken, address not available
+        print(f"vllm-sleep agent: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(config: AgentConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(config):
+        await stop.wait()

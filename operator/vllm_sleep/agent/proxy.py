@@ -1,0 +1,207 @@
+"""The public port: the allowlist, the hold, and a streaming pass-through to vLLM.
+
+Bodies are streamed both ways and never parsed: the agent does not need the model name or the
+`stream` flag, only the route. Small bodies with a known length are read whole (one write
+instead of a chunk loop); everything else, and every SSE stream, goes through chunk by chunk as
+it arrives. An inference request holds its in-flight slot until vLLM's last byte was read or the
+client went away, so `inflight` counts exactly what the engine is working on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import AgentConfig
+from .gate import Admission, Gate, Mode
+from .metrics import AgentMetrics
+from .openai_errors import error_response
+from .routes import Route, RouteKind, match
+from .state import StateBoard
+
+log = logging.getLogger(__name__)
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Host is the upstream's; Content-Length is recomputed for the body actually sent; aiohttp's
+# server already answered Expect: 100-continue.
+_DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length", "expect"}
+_DROP_RESPONSE = _HOP_BY_HOP | {"content-length"}
+BUFFER_LIMIT = 1 << 20  # = aiohttp's default client_max_size for request.read()
+_CHUNK = 1 << 16
+
+
+class PublicProxy:
+    def __init__(
+        self,
+        config: AgentConfig,
+        gate: Gate,
+        board: StateBoard,
+        metrics: AgentMetrics,
+        session: aiohttp.ClientSession,
+        on_upstream_down: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._gate, self._board, self._metrics = gate, board, metrics
+        self._session = session
+        self._on_upstream_down = on_upstream_down
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except Exception:  # the agent answers, whatever happened; it never takes the pod down
+            log.exception("public %s %s failed", request.method, request.path)
+            return error_response(500, "internal error in the pod agent")
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        m = match(request.method, request.path)
+        if m.route is None:
+            self._metrics.requests.labels("denied").inc()
+            return error_response(404, f"{request.path} is not served on this port")
+        if not m.allowed:
+            self._metrics.requests.labels("denied").inc()
+            allow = ", ".join(sorted(m.route.methods))
+            return error_response(
+                405, f"{request.method} not allowed on {m.route.path}", headers={"Allow": allow}
+            )
+        if m.route.kind is RouteKind.PASSTHROUGH:
+            self._metrics.requests.labels("passthrough").inc()
+            return await self._forward(request, m.route, inference=False)
+        self._metrics.requests.labels("inference").inc()
+        held = self._gate.mode is not Mode.OPEN
+        started = time.monotonic()
+        admission = await self._gate.acquire(self._config.hold_timeout)
+        if held:
+            self._metrics.hold_seconds.labels(admission.value).observe(time.monotonic() - started)
+        if admission is not Admission.ADMITTED:
+            return self._reject(admission)
+        try:
+            return await self._forward(request, m.route, inference=True)
+        finally:
+            self._gate.release()
+
+    def _reject(self, admission: Admission) -> web.Response:
+        self._metrics.rejected.labels(admission.value).inc()
+        state = self._board.state.value
+        messages = {
+            Admission.TIMEOUT: (
+                f"the model is not awake (state: {state}); it did not become ready within "
+                f"{self._config.hold_timeout:g}s, retry later"
+            ),
+            Admission.FULL: "too many requests are waiting for the model to wake, retry later",
+            Admission.REFUSED: f"the model's engine is unavailable (state: {state}), retry later",
+        }
+        return error_response(
+            503,
+            messages[admission],
+            code=admission.value,
+            headers={"Retry-After": str(self._config.retry_after)},
+        )
+
+    async def _forward(
+        self, request: web.BaseRequest, route: Route, *, inference: bool
+    ) -> web.StreamResponse:
+        url = self._config.upstream + route.path  # the table's path, never the client's
+        if request.rel_url.raw_query_string:
+            url += "?" + request.rel_url.raw_query_string
+        headers = _request_headers(request)
+        data: bytes | aiohttp.StreamReader | None = None
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length <= BUFFER_LIMIT:
+                data = await request.read()
+            else:
+                data = request.content  # streamed upstream with chunked encoding
+        try:
+            async with self._session.request(
+                request.method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+            ) as upstream:
+                return await self._relay(request, upstream, inference=inference)
+        except (TimeoutError, aiohttp.ClientConnectorError) as e:
+            self._metrics.upstream_errors.inc()
+            self._on_upstream_down()
+            return error_response(
+                503,
+                f"vLLM is not reachable: {type(e).__name__}",
+                code="engine_unreachable",
+                headers={"Retry-After": str(self._config.retry_after)},
+            )
+        except aiohttp.ClientError as e:
+            self._metrics.upstream_errors.inc()
+            return error_response(502, f"vLLM failed mid-request: {type(e).__name__}: {e}")
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, *, inference: bool
+    ) -> web.StreamResponse:
+        headers = _response_headers(upstream.headers)
+        length = upstream.content_length
+        streaming = upstream.content_type == "text/event-stream"
+        if length is not None and length <= BUFFER_LIMIT and not streaming:
+            body = await upstream.read()
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None:
+            resp.content_length = length
+        await resp.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+        except ConnectionResetError:
+            # The client left. Leaving the `async with` closes the upstream connection, which is
+            # how vLLM learns to abort the request; note it so a sleep waits for that to land.
+            if inference:
+                self._gate.note_abandoned()
+            return resp
+        except aiohttp.ClientError as e:
+            # vLLM broke off mid-body (engine death); the status line is already sent, so the
+            # only honest signal left is an incomplete response: drop the connection.
+            self._metrics.upstream_errors.inc()
+            log.warning("vLLM broke off %s: %s", request.path, e)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp
+
+
+def _request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        if name.lower() not in _DROP_REQUEST:
+            out.add(name, value)
+    peer = request.remote
+    if peer:
+        prior = request.headers.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    return out
+
+
+def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in _DROP_RESPONSE:
+            out.add(name, value)
+    return out
