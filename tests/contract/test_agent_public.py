@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aiohttp import web
 
 from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.testing.sim import EngineHost, SimEngine
@@ -46,11 +47,15 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def config(engine: SimEngine, **overrides: object) -> AgentConfig:
+    return config_for(engine.url, **overrides)
+
+
+def config_for(upstream: str, **overrides: object) -> AgentConfig:
     values: dict[str, object] = {
         "listen_host": "127.0.2.1",
         "public_port": 0,
         "control_port": 0,
-        "upstream": engine.url,
+        "upstream": upstream,
         "control_token": TOKEN,
         "hold_timeout": 10.0,
         "poll_interval": 0.01,
@@ -131,7 +136,12 @@ async def test_inference_is_forwarded_when_awake(agent: Agent, http: httpx.Async
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+    ],
 )
 async def test_control_port_needs_the_token(
     agent: Agent, http: httpx.AsyncClient, headers: dict[str, str]
@@ -223,3 +233,88 @@ async def test_large_request_bodies_stream_through(agent: Agent, http: httpx.Asy
     # server caps bodies at 1 MiB) answers comes back unchanged.
     assert resp.status_code in (200, 400, 413), resp.text
     assert agent.gate.inflight == 0
+
+
+async def test_garbage_on_the_wire_does_not_hurt(agent: Agent, http: httpx.AsyncClient) -> None:
+    host, port = agent.public_url.removeprefix("http://").split(":")
+    for junk in (
+        b"\x00\xff\xfe garbage\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",  # cut off
+        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+    ):
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(junk)
+        await writer.drain()
+        writer.close()
+        await asyncio.sleep(0)
+    bad_json = await http.post(
+        agent.public_url + "/v1/completions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert 400 <= bad_json.status_code < 500  # vLLM's own validation answer, passed through
+    resp = await http.post(agent.public_url + "/v1/completions", json=COMPLETION)
+    assert resp.status_code == 200
+    async with asyncio.timeout(5):
+        while agent.gate.inflight:  # noqa: ASYNC110 - the cut-off request may still be ending
+            await asyncio.sleep(0.01)
+
+
+async def test_abandoned_stream_frees_its_slot_and_sleep_stays_safe(
+    agent: Agent, engine: SimEngine, http: httpx.AsyncClient
+) -> None:
+    body = {**COMPLETION, "max_tokens": 5000, "stream": True}
+    async with http.stream("POST", agent.public_url + "/v1/completions", json=body) as resp:
+        async for _ in resp.aiter_raw():
+            break  # read one chunk, then hang up mid-stream
+    async with asyncio.timeout(10):
+        while agent.gate.inflight:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert agent.gate.last_abandoned is not None
+    resp = await http.post(agent.control_url + "/sleep?level=1", headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert not engine.violations
+
+
+async def test_upstream_dying_mid_stream_cuts_the_client_off(http: httpx.AsyncClient) -> None:
+    # A hand-made upstream: the simulator's engines end streams cleanly even when stopped.
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: {}\n\n")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()  # engine death: no terminating chunk
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", _health)
+    app.router.add_get("/is_sleeping", _awake)
+    app.router.add_post("/v1/completions", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.3.2", 0).start()
+    upstream = f"http://127.0.3.2:{runner.addresses[0][1]}"
+    try:
+        async with Agent(config_for(upstream)) as agent:
+            await wait_state(agent, "awake")
+            lines: list[str] = []
+            with pytest.raises(httpx.HTTPError):  # incomplete chunked body, never a clean end
+                async with http.stream(
+                    "POST", agent.public_url + "/v1/completions", json=COMPLETION
+                ) as resp:
+                    async for line in resp.aiter_lines():
+                        lines.append(line)
+            assert lines[:1] == ["data: {}"]
+            assert agent.gate.inflight == 0
+    finally:
+        await runner.cleanup()
+
+
+async def _health(_request: web.Request) -> web.Response:
+    return web.Response()
+
+
+async def _awake(_request: web.Request) -> web.Response:
+    return web.json_response({"is_sleeping": False})

@@ -30,8 +30,8 @@ DEV_PATHS = [
 
 
 def violations(kubelet_admin: httpx.Client, namespace: str) -> list[dict[str, object]]:
-    data = kubelet_admin.get("/violations").json()
-    return [v for v in data["violations"] if namespace in str(v)]
+    data = kubelet_admin.get("/violations", params={"namespace": namespace}).json()
+    return list(data["violations"])
 
 
 def pod_url(kube: Kube, namespace: str, name: str) -> str:

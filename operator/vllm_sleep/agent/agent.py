@@ -79,9 +79,9 @@ class Agent:
         )
         access_log = logging.getLogger("aiohttp.access") if cfg.access_log else None
         try:
-            public = web.ServerRunner(
-                web.Server(proxy.handle), access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE
-            )
+            # The low-level server: no router or middleware chain on the data path.
+            server = web.Server(proxy.handle, access_log=access_log)
+            public = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
             self.public_port = await self._serve(public, cfg.public_port)
             control = web.AppRunner(
                 self.control.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE

@@ -61,7 +61,7 @@ class AgentConfig(BaseModel):
     @classmethod
     def from_cli(cls, argv: list[str], env: Mapping[str, str]) -> AgentConfig:
         """Parse `vllm-sleep agent` arguments; the token comes from --token-file or the env."""
-        ns = _parser().parse_args(argv)
+        ns = build_parser().parse_args(argv)
         values = {k: v for k, v in vars(ns).items() if v is not None and k != "token_file"}
         values["control_token"] = _read_token(ns.token_file, env)
         try:
@@ -93,7 +93,7 @@ class _Parser(argparse.ArgumentParser):
         raise AgentConfigError(f"vllm-sleep agent: {message}")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vllm-sleep agent", description="the per-pod sleep guard (sidecar)")
     p.add_argument("--listen-host", help="address for both ports (default 0.0.0.0)")
     p.add_argument("--public-port", type=int, help=f"OpenAI allowlist port ({PUBLIC_PORT})")

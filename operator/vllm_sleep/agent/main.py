@@ -9,7 +9,7 @@ import signal
 import sys
 
 from .agent import Agent
-from .config import AgentConfig, AgentConfigError
+from .config import AgentConfig, AgentConfigError, build_parser
 
 
 def main(argv: list[str]) -> int:
@@ -18,9 +18,7 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if any(a in ("-h", "--help") for a in argv):
-        from .config import _parser
-
-        _parser().print_help()
+        build_parser().print_help()
         return 0
     try:
         config = AgentConfig.from_cli(argv, os.environ)

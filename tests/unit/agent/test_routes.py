@@ -16,8 +16,14 @@ def test_inference_routes(path: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/models"), ("GET", "/health"), ("HEAD", "/health"), ("GET", "/metrics"),
-     ("GET", "/version"), ("POST", "/tokenize"), ("POST", "/detokenize")],
+    [
+        ("GET", "/v1/models"),
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("GET", "/version"),
+        ("POST", "/tokenize"),
+        ("POST", "/detokenize"),
+    ],
 )
 def test_passthrough_routes(method: str, path: str) -> None:
     m = match(method, path)
@@ -26,9 +32,22 @@ def test_passthrough_routes(method: str, path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/sleep", "/wake_up", "/is_sleeping", "/collective_rpc", "/reset_prefix_cache", "/pause",
-     "/resume", "/server_info", "/load", "/v1/chat/completions/", "/V1/completions",
-     "/v1/../sleep", "", "/v1/models/m"],
+    [
+        "/sleep",
+        "/wake_up",
+        "/is_sleeping",
+        "/collective_rpc",
+        "/reset_prefix_cache",
+        "/pause",
+        "/resume",
+        "/server_info",
+        "/load",
+        "/v1/chat/completions/",
+        "/V1/completions",
+        "/v1/../sleep",
+        "",
+        "/v1/models/m",
+    ],
 )
 def test_everything_else_is_unknown(path: str) -> None:
     assert match("POST", path).route is None
@@ -39,6 +58,7 @@ def test_known_path_wrong_method() -> None:
     m = match("GET", "/v1/chat/completions")
     assert m.route is not None and not m.allowed
     assert not match("DELETE", "/health").allowed
+    assert not match("HEAD", "/health").allowed  # kubelet probes GET; HEAD gains nothing
 
 
 def test_no_dev_route_in_the_table() -> None:

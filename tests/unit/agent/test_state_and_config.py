@@ -31,9 +31,21 @@ def test_setting_the_same_state_is_not_news() -> None:
 
 def test_from_cli_parses_everything() -> None:
     cfg = AgentConfig.from_cli(
-        ["--listen-host", "127.0.0.5", "--public-port", "9000", "--control-port=9002",
-         "--upstream", "http://127.0.0.1:8001/", "--hold-timeout", "2.5", "--max-held", "7",
-         "--drain-timeout", "3"],
+        [
+            "--listen-host",
+            "127.0.0.5",
+            "--public-port",
+            "9000",
+            "--control-port=9002",
+            "--upstream",
+            "http://127.0.0.1:8001/",
+            "--hold-timeout",
+            "2.5",
+            "--max-held",
+            "7",
+            "--drain-timeout",
+            "3",
+        ],
         {"VLLM_SLEEP_CONTROL_TOKEN": "s3cr3t\n"},
     )
     assert (cfg.listen_host, cfg.public_port, cfg.control_port) == ("127.0.0.5", 9000, 9002)
@@ -45,7 +57,11 @@ def test_from_cli_parses_everything() -> None:
 
 def test_defaults_match_the_pod_layout() -> None:
     cfg = AgentConfig.from_cli([], {"VLLM_SLEEP_CONTROL_TOKEN": "t"})
-    assert (cfg.public_port, cfg.control_port, cfg.upstream) == (8000, 8002, "http://127.0.0.1:8001")
+    assert (cfg.public_port, cfg.control_port, cfg.upstream) == (
+        8000,
+        8002,
+        "http://127.0.0.1:8001",
+    )
 
 
 def test_token_file_wins_over_env(tmp_path: Path) -> None:

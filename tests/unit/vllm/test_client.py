@@ -68,7 +68,9 @@ async def test_sleep_sends_level_and_mode_in_the_query_and_no_body(
 @pytest.mark.parametrize("version", ["0.16.0", None])
 async def test_mode_is_not_sent_to_old_or_unknown_versions(version: str | None) -> None:
     fake = FakeVLLM(version)
-    async with VLLMClient("http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))) as c:
+    async with VLLMClient(
+        "http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    ) as c:
         await c.sleep(1, mode="wait")
     (req,) = fake.sent("/sleep")
     assert req.url.params.multi_items() == [("level", "1")]
@@ -76,7 +78,9 @@ async def test_mode_is_not_sent_to_old_or_unknown_versions(version: str | None) 
 
 async def test_level_zero_is_refused_before_017() -> None:
     fake = FakeVLLM("0.16.0")
-    async with VLLMClient("http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))) as c:
+    async with VLLMClient(
+        "http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    ) as c:
         with pytest.raises(VLLMUnsupported):
             await c.sleep(0)
     assert not fake.sent("/sleep")
@@ -103,7 +107,9 @@ async def test_reload_weights_is_a_collective_rpc(client: VLLMClient, fake: Fake
 
 async def test_reload_weights_needs_0_10_2() -> None:
     fake = FakeVLLM("0.10.1")
-    async with VLLMClient("http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))) as c:
+    async with VLLMClient(
+        "http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    ) as c:
         with pytest.raises(VLLMUnsupported):
             await c.reload_weights()
 
@@ -134,7 +140,9 @@ async def test_transport_errors_are_unreachable_and_health_is_false() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    async with VLLMClient("http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(refuse))) as c:
+    async with VLLMClient(
+        "http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+    ) as c:
         assert await c.health() is False
         with pytest.raises(VLLMUnreachable):
             await c.is_sleeping()
@@ -149,7 +157,9 @@ async def test_health_is_liveness_only(client: VLLMClient, fake: FakeVLLM) -> No
 
 async def test_version_is_cached_and_404_means_unknown(fake: FakeVLLM) -> None:
     fake.version = None
-    async with VLLMClient("http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))) as c:
+    async with VLLMClient(
+        "http://v", http=httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    ) as c:
         assert await c.version() is None
         assert await c.version() is None
         assert len(fake.sent("/version")) == 1

@@ -57,7 +57,7 @@ def test_sleep_gauge_levels(states: dict[str, int], expected: SleepGauge) -> Non
 
 
 def test_sleep_gauge_absent_or_garbage() -> None:
-    assert parse_sleep_gauge("vllm:num_requests_running{engine=\"0\"} 0.0\n") is None
+    assert parse_sleep_gauge('vllm:num_requests_running{engine="0"} 0.0\n') is None
     assert parse_sleep_gauge("vllm:engine_sleep_state{broken 1\n") is None
     assert parse_sleep_gauge("") is None
 

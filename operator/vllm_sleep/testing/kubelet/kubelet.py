@@ -41,6 +41,7 @@ class SimKubelet:
         self._time_scale = time_scale
         self._ips = IPPool()
         self.workers: dict[str, PodWorker] = {}  # by pod uid
+        self.past_workers: list[PodWorker] = []  # deleted pods, kept for their violation record
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._deleting: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()  # terminations in progress
@@ -143,6 +144,7 @@ class SimKubelet:
                 await task
         if worker:
             await worker.stop()
+            self.past_workers = [*self.past_workers[-5000:], worker]
         self._ips.release(uid)
 
     async def _write_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
@@ -232,8 +234,16 @@ class SimKubelet:
             )
         return web.json_response({"pods": out})
 
-    async def _admin_violations(self, _req: web.Request) -> web.Response:
-        items = [_violation_json(v) for v in self.host.violations()]
+    async def _admin_violations(self, req: web.Request) -> web.Response:
+        """Every contract violation of every engine, tagged with its pod (`?namespace=` filters)."""
+        want = req.query.get("namespace")
+        items = []
+        for w in [*self.past_workers, *self.workers.values()]:
+            if want and w.pod["metadata"]["namespace"] != want:
+                continue
+            for engine in w.engine_history:
+                for v in getattr(engine, "violations", []):
+                    items.append({**_violation_json(v), "pod": w.key})
         return web.json_response({"count": len(items), "violations": items})
 
     async def stop(self) -> None:

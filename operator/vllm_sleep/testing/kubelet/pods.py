@@ -68,6 +68,7 @@ class PodWorker:
         for c in spec.get("containers") or []:
             self.view.containers.append(ContainerView(c["name"], c.get("image", "")))
         self.engines: dict[str, Any] = {}  # container name -> SimEngine, for the admin API
+        self.engine_history: list[Any] = []  # every engine this pod ever ran (restarts included)
         self.device_name: str | None = None  # time-slicing slot when the pod has no DRA claim
 
     @property
@@ -157,6 +158,7 @@ class PodWorker:
         if kind == "engine":
             proc = await rt.start_engine(self._host, args, env, self.pod_ip, device)
             self.engines[c["name"]] = proc.engine
+            self.engine_history.append(proc.engine)
             return proc
         return await rt.start_agent(args, env, self.pod_ip)
 
