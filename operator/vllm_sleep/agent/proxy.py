@@ -78,7 +78,7 @@ class PublicProxy:
         m = match(request.method, request.path)
         if m.route is None:
             self._denied.inc()
-            return error_response(404, f"{request.path} is not served on this port")
+            return error_response(404, f"{request.path[:200]} is not served on this port")
         if not m.allowed:
             self._denied.inc()
             allow = ", ".join(sorted(m.route.methods))

@@ -24,7 +24,9 @@ class Children:
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self._kube = kube
         self._settings = settings
-        self._ensured: set[tuple[str, str, str]] = set()  # (ns, name, uid) with Secret/Lease/Service
+        self._ensured: set[tuple[str, str, str]] = (
+            set()
+        )  # (ns, name, uid) with Secret/Lease/Service
 
     async def ensure(self, body: dict[str, Any], model: Any) -> dict[str, Any]:
         """Make sure the per-model objects exist; returns facts for status (e.g. problems)."""
@@ -32,7 +34,9 @@ class Children:
         key = (md["namespace"], md["name"], md["uid"])
         if key not in self._ensured:
             owner = builders.owner_from_body(body)
-            await self._kube.create_if_missing(builders.control_token_secret(owner, secrets.token_urlsafe(32)))
+            await self._kube.create_if_missing(
+                builders.control_token_secret(owner, secrets.token_urlsafe(32))
+            )
             await self._kube.create_if_missing(builders.demand_lease(owner))
             await self._kube.create_if_missing(builders.model_service(owner, model.spec))
             self._ensured.add(key)
@@ -43,7 +47,10 @@ class Children:
     ) -> list[dict[str, Any]]:
         """Create missing replicas, delete surplus/outdated/ended ones; return the live pods."""
         owner = builders.owner_from_body(body)
-        desired = {i: builders.model_pod(owner, model.spec, i, agent_image=self._settings.agent_image) for i in range(model.spec.replicas)}
+        desired = {
+            i: builders.model_pod(owner, model.spec, i, agent_image=self._settings.agent_image)
+            for i in range(model.spec.replicas)
+        }
         live: list[dict[str, Any]] = []
         have: set[int] = set()
         for pod in pods:
@@ -57,7 +64,11 @@ class Children:
             phase = pod.get("status", {}).get("phase")
             outdated = want is not None and _hash(want) != _hash(pod)
             if want is None or outdated or phase in ("Succeeded", "Failed"):
-                why = "surplus replica" if want is None else ("spec changed" if outdated else f"pod {phase}")
+                why = (
+                    "surplus replica"
+                    if want is None
+                    else ("spec changed" if outdated else f"pod {phase}")
+                )
                 log.info("deleting pod %s/%s: %s", meta["namespace"], meta["name"], why)
                 await self._kube.delete_pod(meta["namespace"], meta["name"], meta.get("uid"))
                 continue

@@ -44,6 +44,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any
     ) -> None:
         assert namespace is not None  # ModelDeployment is namespaced
+
         def emit(kind: str, reason: str, message: str) -> None:
             kopf.event(body, type=kind, reason=reason, message=message)
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.names import GROUP
-from ..reconcile.lifecycle import ReplicaMemory
+from ..reconcile.lifecycle import AgentState, ReplicaMemory
+from .agents import AgentReport
 
 WOKEN_AT = f"{GROUP}/woken-at"
 SLEPT_AT = f"{GROUP}/slept-at"
 PREWARMED = f"{GROUP}/prewarmed"
 
 
-def memory_from_pod(pod: dict[str, Any]) -> ReplicaMemory:
+def memory_from_pod(pod: dict[str, Any], report: AgentReport | None = None) -> ReplicaMemory:
     ann = pod["metadata"].get("annotations") or {}
-    return ReplicaMemory(
-        woken_at=_float(ann.get(WOKEN_AT)),
-        slept_at=_float(ann.get(SLEPT_AT)),
-        prewarmed=ann.get(PREWARMED) == "true",
-    )
+    slept_at = _float(ann.get(SLEPT_AT))
+    prewarmed = ann.get(PREWARMED) == "true"
+    if report is not None and report.state == AgentState.ASLEEP:
+        # An engine found asleep without our annotations (slept by a previous operator that
+        # died, or by hand): the agent's own clock says since when; it needs no pre-warm.
+        slept_at = slept_at if slept_at is not None else report.since
+        prewarmed = True
+    return ReplicaMemory(woken_at=_float(ann.get(WOKEN_AT)), slept_at=slept_at, prewarmed=prewarmed)
 
 
 def memory_patch(

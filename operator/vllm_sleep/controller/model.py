@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..api.names import LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
+from ..api.names import GROUP, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
 from ..reconcile.lifecycle import (
     TRANSITIONING,
     AgentState,
@@ -27,11 +27,14 @@ from ..reconcile.lifecycle import (
 )
 from .agents import UNREACHABLE, AgentError, AgentReport
 from .context import Context
+from .kube import parse_time
 from .memory import memory_from_pod, memory_patch
 from .status import model_status
 from .watchers import AgentWatchers
 
 log = logging.getLogger(__name__)
+
+SLEEP_REQUEST_ANNOTATION = f"{GROUP}/sleep-request"  # set by `vllm-sleep sleep NAME`
 
 Emit = Callable[[str, str, str], None]  # (type, reason, message) -> posts a k8s Event
 
@@ -88,14 +91,21 @@ class ModelController:
         self.watchers.sync(pods, token)
         now = time.time()
         observations = [self._observe(p) for p in pods]
-        memory = {p["metadata"]["name"]: memory_from_pod(p) for p in pods}
+        memory = {p["metadata"]["name"]: memory_from_pod(p, self.watchers.report(p)) for p in pods}
         demand = self.ctx.demand.get((self.namespace, self.name))
         policy = self.ctx.policy(model)
-        decision: Decision = decide(policy, observations, memory, demand, now)
+        annotations = body["metadata"].get("annotations") or {}
+        sleep_request = parse_time(annotations.get(SLEEP_REQUEST_ANNOTATION))
+        decision: Decision = decide(policy, observations, memory, demand, now, sleep_request)
         by_name = {p["metadata"]["name"]: p for p in pods}
         for action in decision.actions:
             await self._execute(action, by_name[action.pod], token, policy.level)
-        status = model_status(body, model, pods, observations, self._reports(pods), now, children)
+        facts = dict(children)
+        if self.last_sleep_seconds is not None:
+            facts["lastSleepSeconds"] = self.last_sleep_seconds
+        if self.last_wake_seconds is not None:
+            facts["lastWakeSeconds"] = self.last_wake_seconds
+        status = model_status(body, model, pods, observations, self._reports(pods), now, facts)
         await self._write_status(status)
         return decision.next_check_in
 
@@ -151,6 +161,11 @@ class ModelController:
     async def _sleep(self, pod: dict[str, Any], ip: str, token: str, action: Sleep) -> None:
         name = pod["metadata"]["name"]
         started = time.monotonic()
+        # Memory first, action second: if the operator dies mid-sleep, its successor knows the
+        # pre-warm happened and that only demand newer than this moment should wake the replica.
+        await self.ctx.kube.annotate_pod(
+            self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True)
+        )
         self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
         try:
             report = await self.ctx.agents.sleep(
@@ -160,9 +175,6 @@ class ModelController:
             self._failed("sleep", name, e)
             return
         seconds = time.monotonic() - started
-        await self.ctx.kube.annotate_pod(
-            self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True)
-        )
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.last_sleep_seconds = seconds
         self.watchers.set_report(name, report)
@@ -173,6 +185,8 @@ class ModelController:
     ) -> None:
         name = pod["metadata"]["name"]
         started = time.monotonic()
+        # Recorded before the call (see _sleep): the idle timer of a wake counts from its start.
+        await self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(woken_at=time.time()))
         self.emit("Normal", "Waking", f"{name}: {action.reason}")
         try:
             report = await self.ctx.agents.wake(ip, token)
@@ -182,7 +196,6 @@ class ModelController:
         seconds = time.monotonic() - started
         # Route at once: requests held by the gateway flow as soon as the gate opens.
         await self.ctx.kube.set_routed(self.namespace, name, True, "EngineAwake")
-        await self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(woken_at=time.time()))
         self.ctx.record_transition(
             self.namespace, self.name, "wake", report.level or level, seconds
         )
