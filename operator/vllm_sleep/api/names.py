@@ -57,3 +57,18 @@ def token_secret_name(model_deployment: str) -> str:
 
 def pod_name(model_deployment: str, replica: int) -> str:
     return f"{model_deployment}-{replica}"
+
+
+# Values of LABEL_COMPONENT on the objects the operator creates.
+COMPONENT_MODEL_SERVER: Final = "model-server"
+COMPONENT_SERVICE: Final = "service"
+COMPONENT_CONTROL_TOKEN: Final = "control-token"
+COMPONENT_DEMAND_LEASE: Final = "demand-lease"
+
+# Environment of the vLLM container that the operator owns (users may not set them).
+ENV_VLLM_DEV_MODE: Final = "VLLM_SERVER_DEV_MODE"  # enables /sleep, /wake_up, /is_sleeping
+ENV_SIM_WEIGHTS_BYTES: Final = "VLLM_SIM_WEIGHTS_BYTES"  # simulator only; real vLLM ignores it
+
+SHORT_NAME_MODEL_DEPLOYMENT: Final = "mdep"
+SHORT_NAME_GPU_POOL: Final = "gpool"
+CATEGORY: Final = "vllm-sleep"

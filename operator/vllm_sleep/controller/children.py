@@ -13,7 +13,13 @@ import secrets
 from typing import Any
 
 from ..api.names import ANNOTATION_SPEC_HASH, LABEL_REPLICA
-from ..reconcile import builders
+from ..reconcile.builders import (
+    control_token_secret,
+    demand_lease,
+    model_pod,
+    model_service,
+    owner_from_body,
+)
 from .context import Settings
 from .kube import Kube
 
@@ -33,12 +39,12 @@ class Children:
         md = body["metadata"]
         key = (md["namespace"], md["name"], md["uid"])
         if key not in self._ensured:
-            owner = builders.owner_from_body(body)
+            owner = owner_from_body(body)
             await self._kube.create_if_missing(
-                builders.control_token_secret(owner, secrets.token_urlsafe(32))
+                control_token_secret(owner, secrets.token_urlsafe(32))
             )
-            await self._kube.create_if_missing(builders.demand_lease(owner))
-            await self._kube.create_if_missing(builders.model_service(owner, model.spec))
+            await self._kube.create_if_missing(demand_lease(owner))
+            await self._kube.create_if_missing(model_service(owner, model.spec))
             self._ensured.add(key)
         return {}
 
@@ -46,9 +52,9 @@ class Children:
         self, body: dict[str, Any], model: Any, pods: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """Create missing replicas, delete surplus/outdated/ended ones; return the live pods."""
-        owner = builders.owner_from_body(body)
+        owner = owner_from_body(body)
         desired = {
-            i: builders.model_pod(owner, model.spec, i, agent_image=self._settings.agent_image)
+            i: model_pod(owner, model.spec, i, agent_image=self._settings.agent_image)
             for i in range(model.spec.replicas)
         }
         live: list[dict[str, Any]] = []

@@ -17,7 +17,6 @@ from .kube import Kube
 class Settings:
     agent_image: str
     resync_seconds: float = 30.0  # upper bound between passes even when nothing kicks
-    default_drain_timeout: float = 120.0
 
 
 @dataclass
@@ -29,7 +28,7 @@ class Context:
     children: Any  # controller.children.Children
     parse: Callable[[dict[str, Any]], Any]  # body -> api model (raises ValueError with a message)
     policy: Callable[[Any], ModelPolicy]
-    drain_timeout: Callable[[dict[str, Any]], float] = lambda _pod: 120.0
+    drain_timeout: Callable[[Any], float] = lambda _model: 120.0  # model -> seconds
     demand: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, model) -> renewTime
     controllers: dict[tuple[str, str], Any] = field(
         default_factory=dict

@@ -12,14 +12,21 @@ from typing import Any
 
 import kopf
 
-from ..api.names import GROUP, LABEL_COMPONENT, LABEL_MODEL, MODEL_DEPLOYMENT_PLURAL, VERSION
+from ..api.names import (
+    COMPONENT_DEMAND_LEASE,
+    GROUP,
+    LABEL_COMPONENT,
+    LABEL_MODEL,
+    MODEL_DEPLOYMENT_PLURAL,
+    VERSION,
+)
 from .context import Context
 from .kube import parse_time
 from .model import ModelController
 
 log = logging.getLogger(__name__)
 
-DEMAND_COMPONENT = "demand-lease"
+DEMAND_COMPONENT = COMPONENT_DEMAND_LEASE
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:

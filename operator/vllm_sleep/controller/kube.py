@@ -110,7 +110,13 @@ class Kube:
 
     async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self.objects.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, MODEL_DEPLOYMENT_PLURAL, name, {"status": status}
+            GROUP,
+            VERSION,
+            namespace,
+            MODEL_DEPLOYMENT_PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",  # a dict is not a JSON patch
         )
 
     async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:

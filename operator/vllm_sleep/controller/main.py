@@ -70,7 +70,7 @@ async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
 
 async def run(args: argparse.Namespace) -> None:
     from .children import Children
-    from .spec import drain_timeout_for_pod, parse_model, policy_for
+    from .spec import drain_timeout_for, parse_model, policy_for
 
     await _load_kube_config()
     api = client.ApiClient()
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace) -> None:
             children=Children(kube, settings),
             parse=parse_model,
             policy=policy_for,
-            drain_timeout=drain_timeout_for_pod,
+            drain_timeout=drain_timeout_for,
         )
         registry = kopf.OperatorRegistry()
         register(registry, ctx)

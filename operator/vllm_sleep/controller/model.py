@@ -94,6 +94,7 @@ class ModelController:
         memory = {p["metadata"]["name"]: memory_from_pod(p, self.watchers.report(p)) for p in pods}
         demand = self.ctx.demand.get((self.namespace, self.name))
         policy = self.ctx.policy(model)
+        self._drain_timeout = self.ctx.drain_timeout(model)
         annotations = body["metadata"].get("annotations") or {}
         sleep_request = parse_time(annotations.get(SLEEP_REQUEST_ANNOTATION))
         decision: Decision = decide(policy, observations, memory, demand, now, sleep_request)
@@ -168,9 +169,7 @@ class ModelController:
         )
         self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
         try:
-            report = await self.ctx.agents.sleep(
-                ip, token, action.level, self.ctx.drain_timeout(pod)
-            )
+            report = await self.ctx.agents.sleep(ip, token, action.level, self._drain_timeout)
         except AgentError as e:
             self._failed("sleep", name, e)
             return
@@ -226,6 +225,7 @@ class ModelController:
         self._last_status = status
         self.ctx.set_phase(self.namespace, self.name, str(status.get("phase")))
 
+    _drain_timeout: float = 120.0
     last_sleep_seconds: float | None = None
     last_wake_seconds: float | None = None
 

@@ -126,7 +126,7 @@ async def start_engine(
     from ..sim import SimConfig
 
     config = SimConfig.from_cli(localize_args(args, pod_ip), env)
-    engine = await host.start_engine(config, device=device)  # type: ignore[arg-type]
+    engine = await host.start_engine(config, device=device)
     return EngineProcess(engine)
 
 

@@ -60,7 +60,7 @@ class SimKubelet:
                 await asyncio.sleep(1)
 
     async def _watch(self) -> None:
-        listing = await self._core.list_pod_for_all_namespaces(_preload_content=False)
+        listing: Any = await self._core.list_pod_for_all_namespaces(_preload_content=False)
         data = await listing.json()
         seen = set()
         for pod in data.get("items", []):

@@ -157,7 +157,7 @@ class NodeRegistrar:
         for spec in self._nodes:
             body = node_manifest(spec)
             try:
-                await core.create_node(body)
+                await core.create_node(body)  # type: ignore[arg-type]  # dicts are accepted
             except ApiException as e:
                 if e.status != 409:
                     raise
@@ -193,7 +193,7 @@ class NodeRegistrar:
             except ApiException as e:
                 if e.status != 404:
                     raise
-                await coord.create_namespaced_lease("kube-node-lease", body)
+                await coord.create_namespaced_lease("kube-node-lease", body)  # type: ignore[arg-type]
 
     async def _beat(self) -> None:
         core = client.CoreV1Api(self._api)

@@ -112,7 +112,6 @@ def compute(pod: dict[str, Any], view: PodView, now: str) -> dict[str, Any]:
         "startTime": view.start_time,
         "conditions": conditions,
         "containerStatuses": [c.status() for c in view.containers],
-        "qosClass": "BestEffort",
     }
     if view.init_containers:
         status["initContainerStatuses"] = [c.status() for c in view.init_containers]

@@ -1,0 +1,121 @@
+"""The GPUPool kind (cluster-scoped): shared GPU capacity and how models share a device."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel
+from .common import Condition, Toleration
+from .model_deployment import ObjectMeta
+from .quantity import Quantity
+
+
+class Sharing(StrEnum):
+    DRA = "DRA"  # one named ResourceClaim per device, referenced by every pod placed there
+    TIME_SLICING = "TimeSlicing"  # the device plugin's shared resource (no DRA)
+    EXCLUSIVE = "Exclusive"  # one model pod per device: sleep frees memory but no one uses it
+
+
+class GPUPoolSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.sharing != 'Exclusive' || self.slotsPerDevice == 1",
+                    "sharing Exclusive allows one model per device: slotsPerDevice must be 1",
+                    field_path=".slotsPerDevice",
+                ),
+            ]
+        }
+    )
+
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        description="Nodes of this pool; copied into every model pod placed in it.",
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 4096}},
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    device_memory: Quantity = Field(
+        description="Memory of one device (e.g. 80Gi); gpuMemoryUtilization is a share of it.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))",
+                    "must be greater than zero",
+                )
+            ]
+        },
+    )
+    host_offload_budget: Quantity | None = Field(
+        default=None,
+        description=(
+            "Per node: host memory level-1 sleepers may pin for their weights. Past it, models "
+            "sleep at level 2. Unset: no limit beyond the pods' memory requests."
+        ),
+    )
+    sharing: Sharing = Sharing.DRA
+    device_class_name: str = Field(
+        default="gpu.nvidia.com",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="DRA DeviceClass of the pool's devices (sharing DRA).",
+    )
+    device_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Extended resource for TimeSlicing/Exclusive (e.g. nvidia.com/gpu.shared).",
+    )
+    slots_per_device: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most model replicas placed on one device (awake or asleep).",
+    )
+    sleep_residual: Quantity = Field(
+        default_factory=lambda: Quantity.parse("1Gi"),
+        description=(
+            "Device memory assumed held by a sleeping engine (CUDA context, graphs) until its "
+            "first sleep is measured."
+        ),
+        json_schema_extra={"default": "1Gi"},
+    )
+
+
+class DeviceStatus(ApiModel):
+    node: str
+    device: str
+    claim: str | None = None  # ResourceClaim name (DRA)
+    models: list[str] = Field(default_factory=list)  # namespace/name of replicas placed here
+    awake: list[str] = Field(default_factory=list)
+    committed_bytes: int | None = Field(default=None, ge=0)
+
+
+class GPUPoolStatus(ApiModel):
+    nodes: int | None = Field(default=None, ge=0)
+    devices: int | None = Field(default=None, ge=0)
+    models: int | None = Field(default=None, ge=0)
+    device_states: list[DeviceStatus] = Field(default_factory=list)
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
+class GPUPool(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    metadata: ObjectMeta
+    spec: GPUPoolSpec
+    status: GPUPoolStatus | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> GPUPool:
+        return cls.model_validate(dict(body))

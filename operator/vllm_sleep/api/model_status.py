@@ -1,0 +1,60 @@
+"""ModelDeployment status: written by the operator only (status subresource)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from .base import ApiModel
+from .common import Condition
+
+
+class ModelPhase(StrEnum):
+    """The model as a whole; docs/api.md explains each."""
+
+    PENDING = "Pending"  # no pod exists yet (or none is scheduled)
+    LOADING = "Loading"  # pods start, vLLM loads weights, or the first (pre-warm) sleep runs
+    AWAKE = "Awake"  # at least one replica is awake and routed
+    DRAINING = "Draining"  # replicas leave routing, finish in-flight requests, go to sleep
+    ASLEEP = "Asleep"  # every replica asleep (or replicas: 0)
+    WAKING = "Waking"  # a wake is in progress; requests are held
+    FAILED = "Failed"  # every replica failed
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"  # can serve now or after a wake (asleep counts as ready)
+    AWAKE = "Awake"  # at least one replica awake
+    SCHEDULED = "Scheduled"  # every replica has a node and device
+    DEGRADED = "Degraded"  # something needs a human: failed replicas, spec problems
+
+
+class ReplicaStatus(ApiModel):
+    pod: str
+    node: str | None = None
+    device: str | None = None
+    # Starting | Loading | Loaded | Awake | Draining | Sleeping | Asleep | Waking | Failed |
+    # Terminating. A string, not an enum, so a newer operator can add states.
+    state: str = Field(max_length=64)
+    since: datetime | None = None
+    level: int | None = Field(default=None, ge=0, le=2)
+
+
+class ModelDeploymentStatus(ApiModel):
+    phase: ModelPhase | None = None
+    awake: str | None = Field(
+        default=None, max_length=32, description='Awake replicas over desired, e.g. "1/2".'
+    )
+    replicas: list[ReplicaStatus] = Field(default_factory=list)
+    last_activity_time: datetime | None = None
+    last_sleep_seconds: float | None = Field(default=None, ge=0)
+    last_wake_seconds: float | None = Field(default=None, ge=0)
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )

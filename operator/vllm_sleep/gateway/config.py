@@ -1,0 +1,114 @@
+"""GatewayConfig: every knob of `vllm-sleep gateway`, from flags with environment defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vllm_sleep.api.names import PUBLIC_PORT
+
+from .routing import DEFAULT_MAX_QUEUED, DEFAULT_WAKE_TIMEOUT
+
+MIB = 1 << 20
+
+
+class GatewayConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen_host: str = "0.0.0.0"
+    port: int = 8080  # 0 = a free port (tests)
+    gateway_id: str = ""  # holderIdentity on demand Leases; "" = derived from the pod name
+    namespaces: tuple[str, ...] = ()  # watched namespaces; () = all
+    kubeconfig: str | None = None  # None = in-cluster, then ~/.kube/config
+    api_keys_file: str | None = None
+    max_body_bytes: int = 32 * MIB
+    retry_after: int = 10  # seconds, in Retry-After of every 429/503 the gateway makes
+    demand_interval: float = 10.0  # at most one Lease renewal per model per interval
+    backend_port: int = PUBLIC_PORT
+    connect_timeout: float = 3.0
+    read_timeout: float | None = None  # between two upstream reads; None = no limit
+    default_wake_timeout: float = DEFAULT_WAKE_TIMEOUT
+    default_max_queued: int = DEFAULT_MAX_QUEUED
+    access_log: bool = False
+
+    @property
+    def identity(self) -> str:
+        return self.gateway_id or f"gateway-{socket.gethostname()}"
+
+    @classmethod
+    def from_cli(cls, argv: list[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+        env = os.environ if env is None else env
+        parser = build_parser(env)
+        try:
+            ns = parser.parse_args(argv)
+        except SystemExit as e:
+            raise GatewayConfigError(f"invalid arguments: {' '.join(argv)}") from e
+        if ns.max_body_bytes <= 0 or ns.max_queued < 0 or ns.wake_timeout <= 0:
+            raise GatewayConfigError(
+                "--max-body-bytes, --wake-timeout must be > 0, --max-queued >= 0"
+            )
+        if ns.demand_interval <= 0 or ns.connect_timeout <= 0 or ns.retry_after < 0:
+            raise GatewayConfigError("--demand-interval/--connect-timeout must be > 0")
+        namespaces = tuple(n for part in ns.namespace for n in part.split(",") if n)
+        return cls(
+            listen_host=ns.host,
+            port=ns.port,
+            gateway_id=ns.id or env.get("POD_NAME", "") or f"gateway-{uuid.uuid4().hex[:8]}",
+            namespaces=namespaces,
+            kubeconfig=ns.kubeconfig,
+            api_keys_file=ns.api_keys_file,
+            max_body_bytes=ns.max_body_bytes,
+            retry_after=ns.retry_after,
+            demand_interval=ns.demand_interval,
+            backend_port=ns.backend_port,
+            connect_timeout=ns.connect_timeout,
+            read_timeout=ns.read_timeout or None,
+            default_wake_timeout=ns.wake_timeout,
+            default_max_queued=ns.max_queued,
+            access_log=ns.access_log,
+        )
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    p = argparse.ArgumentParser(
+        prog="vllm-sleep gateway", description="OpenAI-compatible front door for every model."
+    )
+    a = p.add_argument
+    a("--host", default=env.get("VLLM_SLEEP_GATEWAY_HOST", "0.0.0.0"))
+    a("--port", type=int, default=int(env.get("VLLM_SLEEP_GATEWAY_PORT", "8080")))
+    a("--id", default=env.get("VLLM_SLEEP_GATEWAY_ID", ""), help="holderIdentity on demand Leases")
+    a("--namespace", action="append", default=[], help="watch only these (repeat or comma list)")
+    a("--kubeconfig", default=env.get("KUBECONFIG") or None)
+    a(
+        "--api-keys-file",
+        default=env.get("VLLM_SLEEP_API_KEYS_FILE") or None,
+        help="one accepted API key per line; /v1/* then needs Authorization: Bearer <key>",
+    )
+    a("--max-body-bytes", type=int, default=32 * MIB)
+    a("--retry-after", type=int, default=10, help="seconds, sent with every 429/503")
+    a("--demand-interval", type=float, default=10.0, help="min seconds between Lease renewals")
+    a("--backend-port", type=int, default=PUBLIC_PORT, help="the agent's public port on pods")
+    a("--connect-timeout", type=float, default=3.0)
+    a("--read-timeout", type=float, default=0.0, help="0 = none (long generations)")
+    a(
+        "--wake-timeout",
+        type=float,
+        default=DEFAULT_WAKE_TIMEOUT,
+        help="hold bound when a ModelDeployment sets no spec.wake.timeout",
+    )
+    a(
+        "--max-queued",
+        type=int,
+        default=DEFAULT_MAX_QUEUED,
+        help="per-model hold queue when a ModelDeployment sets no spec.wake.maxQueued",
+    )
+    a("--access-log", action="store_true")
+    return p

@@ -1,0 +1,46 @@
+"""OpenAI-shaped error responses: every OpenAI SDK already knows how to surface them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from aiohttp import web
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_timeout",
+}
+
+
+def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
+    err = {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": code}
+    return json.dumps({"error": err}).encode()
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: str,
+    *,
+    param: str | None = None,
+    retry_after: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    out = dict(headers or {})
+    if retry_after is not None:
+        out["Retry-After"] = str(retry_after)
+    return web.Response(
+        status=status,
+        body=error_body(status, message, code, param),
+        content_type="application/json",
+        headers=out,
+    )

@@ -1,0 +1,104 @@
+"""Pure translation of Kubernetes objects (plain dicts from the API) into router input."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
+
+from .routing import ModelKey, ModelSpec, PodState, WakePolicy
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from "120s", "1m30s", "500ms", or a number of seconds; None when unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    if not isinstance(value, str) or not value:
+        return None
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(value):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    if pos != len(value):
+        try:
+            total = float(value)
+        except ValueError:
+            return None
+    return total if total > 0 else None
+
+
+def _conditions(status: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for c in status.get("conditions") or ():
+        if isinstance(c, Mapping) and isinstance(c.get("type"), str):
+            out[c["type"]] = str(c.get("status"))
+    return out
+
+
+def pod_state(pod: Mapping[str, Any], port: int) -> PodState | None:
+    """The router's view of a model pod; None when it is not a model pod at all."""
+    meta = pod.get("metadata") or {}
+    model = (meta.get("labels") or {}).get(LABEL_MODEL)
+    if not model or not meta.get("name") or not meta.get("namespace"):
+        return None
+    status = pod.get("status") or {}
+    ip = status.get("podIP") or ""
+    conds = _conditions(status)
+    awake = (
+        bool(ip)
+        and not meta.get("deletionTimestamp")  # terminating pods take no new requests
+        and status.get("phase") == "Running"
+        and conds.get(CONDITION_AWAKE) == "True"
+        and conds.get("Ready") == "True"
+    )
+    host = f"[{ip}]" if ":" in ip else ip
+    url = f"http://{host}:{port}" if ip else ""
+    return PodState(meta["namespace"], meta["name"], model, url, awake)
+
+
+def model_spec(obj: Mapping[str, Any], defaults: WakePolicy) -> ModelSpec | None:
+    """A ModelDeployment as the router needs it; invalid wake fields fall back to defaults."""
+    meta = obj.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if not name or not namespace:
+        return None
+    spec = obj.get("spec") or {}
+    wake = spec.get("wake") or {}
+    served = spec.get("servedModelName")
+    on_request = wake.get("onRequest")
+    max_queued = wake.get("maxQueued")
+    policy = WakePolicy(
+        on_request=on_request if isinstance(on_request, bool) else defaults.on_request,
+        timeout=parse_duration(wake.get("timeout")) or defaults.timeout,
+        max_queued=max_queued
+        if isinstance(max_queued, int) and not isinstance(max_queued, bool) and max_queued >= 0
+        else defaults.max_queued,
+    )
+    phase = (obj.get("status") or {}).get("phase") or "Pending"
+    return ModelSpec(
+        key=ModelKey(namespace, name),
+        served_name=served if isinstance(served, str) and served else name,
+        phase=str(phase),
+        wake=policy,
+        uid=str(meta.get("uid") or ""),
+        created=_unix(meta.get("creationTimestamp")),
+    )
+
+
+def _unix(stamp: object) -> int:
+    if not isinstance(stamp, str):
+        return 0
+    try:
+        return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0

@@ -1,0 +1,67 @@
+"""`vllm-sleep gateway ...`: wire the Kubernetes seams into a Gateway and serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .config import GatewayConfig, GatewayConfigError, build_parser
+from .demand import LeaseDemand
+from .gateway import Gateway
+from .kube_source import KubernetesSource, kube_client
+from .metrics import GatewayMetrics
+from .routing import WakePolicy
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(
+        level=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if any(a in ("-h", "--help") for a in argv):
+        build_parser().print_help()
+        return 0
+    try:
+        config = GatewayConfig.from_cli(argv, os.environ)
+    except GatewayConfigError as e:
+        print(f"vllm-sleep gateway: {e}", file=sys.stderr)
+        return 2
+    try:
+        _event_loop_runner()(_run(config))
+    except OSError as e:  # port taken, address not available, unreadable keys file
+        print(f"vllm-sleep gateway: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    # The proxy path is event-loop bound (see docs/benchmarks.md); uvloop's faster loop is
+    # used when the image has it, and the gateway behaves the same without it.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run  # type: ignore[no-any-return]
+
+
+async def _run(config: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api = await kube_client(config.kubeconfig)
+    metrics = GatewayMetrics()
+    defaults = WakePolicy(timeout=config.default_wake_timeout, max_queued=config.default_max_queued)
+    source = KubernetesSource(
+        api, metrics, namespaces=config.namespaces, port=config.backend_port, defaults=defaults
+    )
+    try:
+        async with Gateway(config, source, LeaseDemand(api, config.identity), metrics=metrics):
+            await stop.wait()
+    finally:
+        await api.close()

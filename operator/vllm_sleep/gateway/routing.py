@@ -1,0 +1,231 @@
+"""The gateway's pure core: model table, replica choice, hold-queue and demand accounting.
+
+No I/O and no clock: the server feeds it watch events and the current time. Everything a request
+needs to decide (route, hold, refuse) is answered here in O(replicas of one model), so the data
+path never scans the whole cluster. Tested with hypothesis in tests/unit/gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+DEFAULT_WAKE_TIMEOUT = 120.0
+DEFAULT_MAX_QUEUED = 256
+
+
+@dataclass(frozen=True, order=True)
+class ModelKey:
+    """A ModelDeployment: the unit of pods, demand Leases and hold queues."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class WakePolicy:
+    on_request: bool = True
+    timeout: float = DEFAULT_WAKE_TIMEOUT
+    max_queued: int = DEFAULT_MAX_QUEUED
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: ModelKey
+    served_name: str  # what clients send as "model"
+    phase: str = "Unknown"  # status.phase, shown in /v1/models
+    wake: WakePolicy = field(default_factory=WakePolicy)
+    uid: str = ""  # owner of the demand Lease
+    created: int = 0  # unix seconds, for /v1/models
+
+
+@dataclass(frozen=True)
+class PodState:
+    """One model pod as the router needs it; `awake` already folds condition, Ready, deletion."""
+
+    namespace: str
+    name: str
+    model: str  # ModelDeployment name (label vllm-sleep.io/model)
+    url: str  # http://<podIP>:8000, "" when the pod has no IP yet
+    awake: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Replica:
+    pod: tuple[str, str]  # (namespace, name)
+    url: str
+
+
+@dataclass
+class _Model:
+    spec: ModelSpec | None = None
+    pods: dict[tuple[str, str], PodState] = field(default_factory=dict)
+    queued: int = 0
+    last_demand: float | None = None
+
+
+class ModelTable:
+    """Models, their pods, in-flight counts per pod and held requests per model."""
+
+    def __init__(self) -> None:
+        self._models: dict[ModelKey, _Model] = {}
+        self._served: dict[str, ModelKey] = {}
+        self._inflight: dict[tuple[str, str], int] = {}
+        self._turn = 0  # rotates among equally loaded replicas
+
+    # -- watch input ---------------------------------------------------------------------------
+
+    def upsert_model(self, spec: ModelSpec) -> None:
+        self._models.setdefault(spec.key, _Model()).spec = spec
+        self._reindex()
+
+    def remove_model(self, key: ModelKey) -> None:
+        entry = self._models.get(key)
+        if entry is not None:
+            entry.spec = None
+            self._gc(key)
+        self._reindex()
+
+    def upsert_pod(self, pod: PodState) -> ModelKey:
+        key = ModelKey(pod.namespace, pod.model)
+        entry = self._models.setdefault(key, _Model())
+        entry.pods[pod.key] = pod
+        if pod.awake and pod.url:
+            # The demand was answered: the next time the model sleeps and a request waits,
+            # it must signal at once rather than wait out the throttle interval.
+            entry.last_demand = None
+        return key
+
+    def remove_pod(self, namespace: str, name: str) -> ModelKey | None:
+        for key, entry in self._models.items():
+            if entry.pods.pop((namespace, name), None) is not None:
+                self._gc(key)
+                return key
+        return None
+
+    def replace_all(
+        self, specs: Iterable[ModelSpec] | None, pods: Iterable[PodState] | None
+    ) -> None:
+        """A relist: the given kind's state is replaced wholesale (None leaves it alone)."""
+        if specs is not None:
+            fresh = {s.key: s for s in specs}
+            for key, entry in list(self._models.items()):
+                entry.spec = fresh.pop(key, None)
+                self._gc(key)
+            for spec in fresh.values():
+                self._models.setdefault(spec.key, _Model()).spec = spec
+            self._reindex()
+        if pods is not None:
+            for entry in self._models.values():
+                entry.pods.clear()
+            for pod in pods:
+                self.upsert_pod(pod)
+            for key in list(self._models):
+                self._gc(key)
+
+    def _gc(self, key: ModelKey) -> None:
+        entry = self._models.get(key)
+        if entry is not None and entry.spec is None and not entry.pods and entry.queued == 0:
+            del self._models[key]
+
+    def _reindex(self) -> None:
+        # Two ModelDeployments serving the same name (in different namespaces) are ambiguous;
+        # the first by (namespace, name) wins so every gateway replica picks the same one.
+        served: dict[str, ModelKey] = {}
+        for key in sorted(self._models):
+            spec = self._models[key].spec
+            if spec is not None:
+                served.setdefault(spec.served_name, key)
+        self._served = served
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def lookup(self, served_name: str) -> ModelSpec | None:
+        key = self._served.get(served_name)
+        return None if key is None else self._models[key].spec
+
+    def lookup_key(self, key: ModelKey) -> ModelSpec | None:
+        entry = self._models.get(key)
+        return None if entry is None else entry.spec
+
+    def specs(self) -> list[ModelSpec]:
+        return [self._models[k].spec for k in sorted(self._served.values())]  # type: ignore[misc]
+
+    def awake_replicas(self, key: ModelKey) -> list[Replica]:
+        entry = self._models.get(key)
+        if entry is None:
+            return []
+        return [Replica(p.key, p.url) for p in entry.pods.values() if p.awake and p.url]
+
+    def choose(
+        self, key: ModelKey, exclude: frozenset[tuple[str, str]] = frozenset()
+    ) -> Replica | None:
+        """Least in-flight awake replica not in `exclude`; ties rotate."""
+        candidates = [r for r in self.awake_replicas(key) if r.pod not in exclude]
+        if not candidates:
+            return None
+        low = min(self._inflight.get(r.pod, 0) for r in candidates)
+        best = [r for r in candidates if self._inflight.get(r.pod, 0) == low]
+        self._turn += 1
+        return best[self._turn % len(best)]
+
+    def inflight(self, pod: tuple[str, str]) -> int:
+        return self._inflight.get(pod, 0)
+
+    def acquire(self, replica: Replica) -> None:
+        self._inflight[replica.pod] = self._inflight.get(replica.pod, 0) + 1
+
+    def release(self, replica: Replica) -> None:
+        left = self._inflight.get(replica.pod, 0) - 1
+        if left > 0:
+            self._inflight[replica.pod] = left
+        else:
+            self._inflight.pop(replica.pod, None)
+
+    # -- hold queue ----------------------------------------------------------------------------
+
+    def queued(self, key: ModelKey) -> int:
+        entry = self._models.get(key)
+        return 0 if entry is None else entry.queued
+
+    def try_enqueue(self, key: ModelKey, limit: int) -> bool:
+        entry = self._models.setdefault(key, _Model())
+        if entry.queued >= limit:
+            return False
+        entry.queued += 1
+        return True
+
+    def dequeue(self, key: ModelKey) -> None:
+        entry = self._models.get(key)
+        if entry is not None and entry.queued > 0:
+            entry.queued -= 1
+            self._gc(key)
+
+    def held_models(self) -> list[ModelKey]:
+        return [k for k, e in self._models.items() if e.queued > 0]
+
+    # -- demand throttle -----------------------------------------------------------------------
+
+    def demand_due(self, key: ModelKey, now: float, interval: float) -> bool:
+        """True (and recorded) when a held model should renew its demand Lease now.
+
+        One signal per model per `interval` however many requests wait: the Lease write is
+        the only API call the gateway makes, and it must not scale with traffic.
+        """
+        entry = self._models.get(key)
+        if entry is None or entry.queued == 0:
+            return False
+        if entry.last_demand is not None and now - entry.last_demand < interval:
+            return False
+        entry.last_demand = now
+        return True
+
+    def demand_failed(self, key: ModelKey, now: float, interval: float, retry: float) -> None:
+        """Make the next attempt due after `retry` seconds instead of a full interval."""
+        entry = self._models.get(key)
+        if entry is not None:
+            entry.last_demand = now - interval + retry

@@ -1,0 +1,137 @@
+"""The two containers of a model pod: vLLM (loopback only) and the agent sidecar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import names
+from ..api.model_deployment import ModelDeploymentSpec
+from .builders_owner import Owner
+
+VLLM_HOST = "127.0.0.1"  # unreachable from outside the pod: the dev endpoints stay private
+HEALTH_PATH = "/health"  # the agent's public /health reflects vLLM's (200 while asleep)
+AGENT_HEALTH_PATH = "/healthz"  # the agent process itself, on the control port
+
+
+def _http_probe(
+    path: str, port: int | str, period: int, failures: int, timeout: int
+) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def vllm_container(
+    spec: ModelDeploymentSpec,
+    served: str,
+    memory: tuple[str | None, str | None],
+    gpu_limits: dict[str, str],
+) -> dict[str, Any]:
+    res = spec.resources
+    args = [
+        spec.model,
+        "--host",
+        VLLM_HOST,
+        "--port",
+        str(names.VLLM_PORT),
+        "--enable-sleep-mode",
+        "--served-model-name",
+        served,
+        "--gpu-memory-utilization",
+        f"{res.gpu_memory_utilization:g}",
+    ]
+    if res.gpus > 1:
+        args += ["--tensor-parallel-size", str(res.gpus)]
+    env = [{"name": names.ENV_VLLM_DEV_MODE, "value": "1"}]
+    if res.weights_size is not None:
+        # Read only by the simulator (a real vLLM ignores it), so the same ModelDeployment
+        # behaves like the real model's size on the project image.
+        env.append({"name": names.ENV_SIM_WEIGHTS_BYTES, "value": str(res.weights_size.bytes())})
+    env += [e.to_wire() for e in spec.env]
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = dict(gpu_limits)
+    if res.cpu is not None:
+        requests["cpu"] = str(res.cpu)  # no CPU limit: throttling stalls tokenisation and streams
+    mem_request, mem_limit = memory
+    if mem_request is not None:
+        requests["memory"] = mem_request
+    if mem_limit is not None:
+        limits["memory"] = mem_limit
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    container: dict[str, Any] = {
+        "name": names.CONTAINER_VLLM,
+        "image": spec.image,
+        # Explicit so that any image with a `vllm` entry point works, whatever its ENTRYPOINT.
+        "command": ["vllm", "serve"],
+        "args": [*args, *spec.args],
+        "env": env,
+        "resources": resources,
+        # Probes dial the pod IP, where vLLM does not listen: they go through the agent's public
+        # port. They sit on this container, not the agent's: a sidecar's startup probe must pass
+        # before the main containers start, and vLLM's health cannot pass before vLLM runs.
+        "startupProbe": _http_probe(HEALTH_PATH, names.PUBLIC_PORT, 10, 360, 5),  # 1h to load
+        "readinessProbe": _http_probe(HEALTH_PATH, names.PUBLIC_PORT, 10, 3, 5),
+        "livenessProbe": _http_probe(HEALTH_PATH, names.PUBLIC_PORT, 15, 8, 10),
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    return container
+
+
+def agent_container(owner: Owner, spec: ModelDeploymentSpec, agent_image: str) -> dict[str, Any]:
+    """The agent as a native sidecar: starts before vLLM, runs for the pod's whole life."""
+    wake = spec.wake
+    return {
+        "name": names.CONTAINER_AGENT,
+        "image": spec.agent_image or agent_image,
+        "restartPolicy": "Always",
+        "command": ["vllm-sleep", "agent"],
+        "args": [
+            "--listen-host",
+            "0.0.0.0",
+            "--public-port",
+            str(names.PUBLIC_PORT),
+            "--control-port",
+            str(names.CONTROL_PORT),
+            "--upstream",
+            f"http://{VLLM_HOST}:{names.VLLM_PORT}",
+            "--hold-timeout",
+            f"{wake.timeout.total_seconds():g}",
+            "--max-held",
+            str(wake.max_queued),
+        ],
+        "ports": [
+            {"name": "http", "containerPort": names.PUBLIC_PORT, "protocol": "TCP"},
+            {"name": "control", "containerPort": names.CONTROL_PORT, "protocol": "TCP"},
+        ],
+        "env": [
+            {
+                "name": names.ENV_CONTROL_TOKEN,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": names.token_secret_name(owner.name),
+                        "key": names.SECRET_TOKEN_KEY,
+                    }
+                },
+            }
+        ],
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        "startupProbe": _http_probe(AGENT_HEALTH_PATH, "control", 1, 30, 2),
+        "livenessProbe": _http_probe(AGENT_HEALTH_PATH, "control", 10, 3, 5),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }

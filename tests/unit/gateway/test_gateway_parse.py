@@ -1,0 +1,191 @@
+"""Pure input parsing: request bodies, durations, Pods and ModelDeployments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
+from vllm_sleep.gateway.inbound import BadRequest, parse_model
+from vllm_sleep.gateway.kube_parse import model_spec, parse_duration, pod_state
+from vllm_sleep.gateway.routing import ModelKey, WakePolicy
+
+DEFAULTS = WakePolicy(on_request=True, timeout=120.0, max_queued=256)
+
+
+def test_model_is_read_from_a_json_object() -> None:
+    assert parse_model(b'{"model": "llama", "messages": []}') == "llama"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "invalid_body"),
+        (b"{", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"[1, 2]", "invalid_body"),
+        (b'{"messages": []}', "missing_model"),
+        (b'{"model": 3}', "invalid_model"),
+        (b'{"model": ""}', "invalid_model"),
+        (b"[" * 100_000, "invalid_json"),
+    ],
+)
+def test_bad_bodies_are_named(body: bytes, code: str) -> None:
+    result = parse_model(body)
+    assert isinstance(result, BadRequest) and result.code == code
+
+
+@given(st.binary(max_size=300))
+def test_parse_model_never_raises(body: bytes) -> None:
+    parse_model(body)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+    )
+)
+def test_parse_model_never_raises_on_any_json(doc: Any) -> None:
+    parse_model(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("120s", 120.0),
+        ("2m", 120.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("1h", 3600.0),
+        (45, 45.0),
+        ("7.5", 7.5),
+        ("0s", None),
+        ("abc", None),
+        ("1x", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (-3, None),
+    ],
+)
+def test_durations(text: object, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def make_pod(**over: Any) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "metadata": {"name": "m-0", "namespace": "ns", "labels": {LABEL_MODEL: "m"}},
+        "status": {
+            "phase": "Running",
+            "podIP": "127.0.9.3",
+            "conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": CONDITION_AWAKE, "status": "True"},
+            ],
+        },
+    }
+    for k, v in over.items():
+        section, field = k.split("__")
+        pod[section][field] = v
+    return pod
+
+
+def test_an_awake_ready_pod_is_routable_on_the_agent_port() -> None:
+    p = pod_state(make_pod(), 8000)
+    assert p is not None and p.awake and p.url == "http://127.0.9.3:8000" and p.model == "m"
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"metadata__deletionTimestamp": "2026-01-01T00:00:00Z"},
+        {"status__podIP": ""},
+        {"status__phase": "Pending"},
+        {"status__conditions": [{"type": "Ready", "status": "True"}]},
+        {
+            "status__conditions": [
+                {"type": CONDITION_AWAKE, "status": "True"},
+                {"type": "Ready", "status": "False"},
+            ]
+        },
+        {
+            "status__conditions": [
+                {"type": CONDITION_AWAKE, "status": "False"},
+                {"type": "Ready", "status": "True"},
+            ]
+        },
+    ],
+)
+def test_pods_that_must_not_take_requests(over: dict[str, Any]) -> None:
+    p = pod_state(make_pod(**over), 8000)
+    assert p is not None and not p.awake
+
+
+def test_unlabelled_pod_is_ignored() -> None:
+    assert pod_state(make_pod(metadata__labels={}), 8000) is None
+
+
+def test_model_spec_defaults_and_fields() -> None:
+    obj: dict[str, Any] = {
+        "metadata": {
+            "name": "m",
+            "namespace": "ns",
+            "uid": "u1",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {},
+    }
+    spec = model_spec(obj, DEFAULTS)
+    assert spec is not None
+    assert (spec.key, spec.served_name, spec.wake, spec.uid) == (
+        ModelKey("ns", "m"),
+        "m",
+        DEFAULTS,
+        "u1",
+    )
+    assert spec.created > 0
+    obj["spec"] = {
+        "servedModelName": "llama",
+        "wake": {"onRequest": False, "timeout": "30s", "maxQueued": 4},
+    }
+    obj["status"] = {"phase": "Asleep"}
+    spec = model_spec(obj, DEFAULTS)
+    assert spec is not None
+    assert (spec.served_name, spec.phase) == ("llama", "Asleep")
+    assert spec.wake == WakePolicy(on_request=False, timeout=30.0, max_queued=4)
+
+
+def test_model_spec_bad_wake_values_fall_back() -> None:
+    obj = {
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {"wake": {"onRequest": "yes", "timeout": "soon", "maxQueued": -1}},
+    }
+    spec = model_spec(obj, DEFAULTS)
+    assert spec is not None and spec.wake == DEFAULTS
+
+
+def test_decode_body_handles_gzip_deflate_and_bombs() -> None:
+    import gzip
+    import zlib
+
+    from vllm_sleep.gateway.inbound import decode_body
+
+    raw = b'{"model": "m"}'
+    assert decode_body(raw, "", 100) == raw
+    assert decode_body(gzip.compress(raw), "gzip", 100) == raw
+    assert decode_body(zlib.compress(raw), "deflate", 100) == raw
+    raw_deflate = zlib.compressobj(wbits=-15)
+    assert decode_body(raw_deflate.compress(raw) + raw_deflate.flush(), "deflate", 100) == raw
+    bomb = decode_body(gzip.compress(b"0" * 1_000_000), "gzip", 1000)
+    assert isinstance(bomb, BadRequest) and bomb.status == 413
+    bad = decode_body(b"\x00junk", "gzip", 100)
+    assert isinstance(bad, BadRequest) and bad.status == 400
+    truncated = decode_body(gzip.compress(raw)[:10], "gzip", 100)
+    assert isinstance(truncated, BadRequest) and truncated.status == 400
+    br = decode_body(raw, "br", 100)
+    assert isinstance(br, BadRequest) and br.status == 415

@@ -1,0 +1,188 @@
+"""Manifest builders: golden files for the shapes, properties for the rules.
+
+Goldens live in tests/unit/golden/; regenerate with `UPDATE_GOLDEN=1 pytest tests/unit/reconcile`
+and review the diff: every changed line changes what runs in users' clusters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vllm_sleep.api import GPUPoolSpec, ModelDeploymentSpec, names
+from vllm_sleep.reconcile import builders
+from vllm_sleep.reconcile.builders import GpuAttachment, Owner
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+OWNER = Owner(name="llama-8b", namespace="team-a", uid="0b5c0d3e-uid")
+AGENT = "ghcr.io/vllm-sleep/vllm-sleep-operator:0.1.0"
+
+
+def check_golden(name: str, obj: dict[str, Any]) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump(obj, sort_keys=False, width=100)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs; review, then UPDATE_GOLDEN=1"
+
+
+def spec(**over: Any) -> ModelDeploymentSpec:
+    base: dict[str, Any] = {
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "image": "vllm/vllm-openai:v0.33.0",
+        "resources": {"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi"},
+    }
+    base.update(over)
+    return ModelDeploymentSpec.model_validate(base)
+
+
+FULL = {
+    "servedModelName": "llama-3.1-8b",
+    "args": ["--max-model-len=8192", "--enable-prefix-caching"],
+    "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+    "imagePullPolicy": "IfNotPresent",
+    "resources": {
+        "gpuMemoryUtilization": 0.9,
+        "weightsSize": "140Gi",
+        "gpus": 2,
+        "cpu": "8",
+        "memory": "32Gi",
+    },
+    "wake": {"timeout": "5m", "maxQueued": 64},
+    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "serviceAccountName": "models",
+    "imagePullSecrets": [{"name": "registry"}],
+    "priorityClassName": "inference",
+    "podLabels": {"team": "a", names.LABEL_MODEL: "spoofed"},
+    "podAnnotations": {"prometheus.io/scrape": "true"},
+    "agentImage": "registry.example/vllm-sleep:dev",
+}
+POOL = {"deviceMemory": "80Gi", "nodeSelector": {"pool": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "over", "replica", "gpu"),
+    [
+        ("pod-minimal", {}, 0, None),
+        ("pod-full", FULL, 1, None),
+        ("pod-level2", {"sleep": {"level": 2}, "resources": {"gpuMemoryUtilization": 0.3}}, 0, None),
+        ("pod-dra", {}, 0, GpuAttachment(GPUPoolSpec.model_validate(POOL), claim="h100-node-0-gpu-0")),
+        (
+            "pod-timeslicing",
+            {},
+            0,
+            GpuAttachment(
+                GPUPoolSpec.model_validate(
+                    {**POOL, "sharing": "TimeSlicing", "deviceResourceName": "nvidia.com/gpu.shared"}
+                )
+            ),
+        ),
+    ],
+)  # fmt: skip
+def test_pod_golden(
+    name: str, over: dict[str, Any], replica: int, gpu: GpuAttachment | None
+) -> None:
+    check_golden(name, builders.model_pod(OWNER, spec(**over), replica, agent_image=AGENT, gpu=gpu))
+
+
+def test_children_golden() -> None:
+    check_golden("service", builders.model_service(OWNER, spec(servedModelName="org/llama")))
+    check_golden("secret", builders.control_token_secret(OWNER, "t0ken"))
+    check_golden("lease", builders.demand_lease(OWNER))
+
+
+def _vllm(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["spec"]["containers"] if c["name"] == names.CONTAINER_VLLM)
+
+
+def test_level1_memory_includes_pinned_weights() -> None:
+    pod = builders.model_pod(
+        OWNER, spec(resources={"gpuMemoryUtilization": 0.5, "weightsSize": "16Gi", "memory": "8Gi"}), 0, agent_image=AGENT
+    )  # fmt: skip
+    res = _vllm(pod)["resources"]
+    assert res["requests"]["memory"] == res["limits"]["memory"] == "24Gi"
+    level2 = builders.model_pod(
+        OWNER,
+        spec(sleep={"level": 2}, resources={"gpuMemoryUtilization": 0.5, "weightsSize": "16Gi", "memory": "8Gi"}),
+        0,
+        agent_image=AGENT,
+    )  # fmt: skip
+    assert _vllm(level2)["resources"]["limits"]["memory"] == "8Gi"
+
+
+def test_vllm_is_bound_to_loopback_with_sleep_mode() -> None:
+    c = _vllm(builders.model_pod(OWNER, spec(), 0, agent_image=AGENT))
+    argv = [*c["command"], *c["args"]]
+    assert argv[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == str(names.VLLM_PORT)
+    assert "--enable-sleep-mode" in argv
+    assert {"name": "VLLM_SERVER_DEV_MODE", "value": "1"} in c["env"]
+    assert {"name": "VLLM_SIM_WEIGHTS_BYTES", "value": str(16 * 2**30)} in c["env"]
+
+
+def test_operator_labels_win_over_pod_labels() -> None:
+    pod = builders.model_pod(OWNER, spec(**FULL), 0, agent_image=AGENT)
+    assert pod["metadata"]["labels"][names.LABEL_MODEL] == "llama-8b"
+    assert pod["metadata"]["labels"]["team"] == "a"
+
+
+def test_spec_hash_tracks_the_pod_shape_only() -> None:
+    def h(**over: Any) -> str:
+        pod = builders.model_pod(OWNER, spec(**over), 0, agent_image=AGENT)
+        return str(pod["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH])
+
+    base = h()
+    assert base == h()  # deterministic
+    assert base == h(replicas=3, sleep={"idleTimeout": "1h"}, placement={"priority": 9})
+    assert base != h(image="vllm/vllm-openai:v0.34.0")
+    assert base != h(sleep={"level": 2})
+    assert base != h(args=["--max-model-len=4096"])
+
+
+def test_spec_hash_ignores_its_own_annotation() -> None:
+    pod = builders.model_pod(OWNER, spec(), 0, agent_image=AGENT)
+    assert builders.spec_hash(pod) == pod["metadata"]["annotations"][names.ANNOTATION_SPEC_HASH]
+
+
+def test_dra_pool_needs_a_claim() -> None:
+    with pytest.raises(ValueError, match="ResourceClaim"):
+        builders.model_pod(
+            OWNER, spec(), 0, agent_image=AGENT, gpu=GpuAttachment(GPUPoolSpec.model_validate(POOL))
+        )
+
+
+def test_owner_from_body_and_reference() -> None:
+    body = {
+        "apiVersion": "vllm-sleep.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "ns", "uid": "u"},
+    }
+    owner = builders.owner_from_body(body)
+    ref = builders.owner_reference(owner)
+    assert ref["controller"] is True and ref["uid"] == "u" and ref["kind"] == "ModelDeployment"
+    for manifest in (
+        builders.model_pod(owner, spec(), 0, agent_image=AGENT),
+        builders.model_service(owner, spec()),
+        builders.control_token_secret(owner, "x"),
+        builders.demand_lease(owner),
+    ):
+        assert manifest["metadata"]["ownerReferences"] == [ref]
+        assert manifest["metadata"]["namespace"] == "ns"
+
+
+def test_names_follow_names_py() -> None:
+    assert builders.demand_lease(OWNER)["metadata"]["name"] == "llama-8b-demand"
+    assert builders.control_token_secret(OWNER, "x")["metadata"]["name"] == "llama-8b-control-token"
+    assert (
+        builders.model_pod(OWNER, spec(), 2, agent_image=AGENT)["metadata"]["name"] == "llama-8b-2"
+    )
+    with pytest.raises(ValueError):
+        builders.control_token_secret(OWNER, "")
