@@ -120,3 +120,41 @@ def kubelet_admin(kube: Kube) -> httpx.Client:
     if not kube.kubelet_admin_url:
         pytest.skip("needs the sim-kubelet's admin API (local control plane)")
     return httpx.Client(base_url=kube.kubelet_admin_url, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    kube: Kube, crds: None, operator: Proc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The gateway as a process with its ServiceAccount's RBAC; yields its base URL."""
+    logs = tmp_path_factory.mktemp("gateway")
+    kubeconfig = service_account_kubeconfig(kube, "vllm-sleep-gateway", logs / "kubeconfig")
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm_sleep.cli",
+        "gateway",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--kubeconfig={kubeconfig}",
+        "--demand-interval=1",
+    ]
+    proc = Proc("gateway", argv, env, logs)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"gateway not ready:\n{proc.tail()}")
+    yield url
+    proc.stop()
+    print(f"--- gateway log tail ---\n{proc.tail(100)}")
