@@ -122,12 +122,28 @@ def kubelet_admin(kube: Kube) -> httpx.Client:
     return httpx.Client(base_url=kube.kubelet_admin_url, timeout=10)
 
 
-@pytest.fixture(scope="session")
-def gateway(
-    kube: Kube, crds: None, operator: Proc, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The gateway as a process with its ServiceAccount's RBAC; yields its base URL."""
-    logs = tmp_path_factory.mktemp("gateway")
+class GatewayProc(Proc):
+    """A gateway process on a fixed port (kept across restarts); `url` is its base URL."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_dir: Path, url: str) -> None:
+        super().__init__("gateway", argv, env, log_dir)
+        self.url = url
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"gateway not ready:\n{self.tail()}")
+
+
+def start_gateway(kube: Kube, logs: Path) -> GatewayProc:
+    """Start a gateway with its ServiceAccount's RBAC and wait until it listed everything."""
     kubeconfig = service_account_kubeconfig(kube, "vllm-sleep-gateway", logs / "kubeconfig")
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -141,20 +157,18 @@ def gateway(
         f"--kubeconfig={kubeconfig}",
         "--demand-interval=1",
     ]
-    proc = Proc("gateway", argv, env, logs)
+    proc = GatewayProc(argv, env, logs, f"http://127.0.0.1:{port}")
     proc.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise AssertionError(f"gateway not ready:\n{proc.tail()}")
-    yield url
+    proc.wait_ready()
+    return proc
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    kube: Kube, crds: None, operator: Proc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The gateway as a process with its ServiceAccount's RBAC; yields its base URL."""
+    proc = start_gateway(kube, tmp_path_factory.mktemp("gateway"))
+    yield proc.url
     proc.stop()
     print(f"--- gateway log tail ---\n{proc.tail(100)}")

@@ -31,7 +31,9 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.board = StateBoard()
-        self.gate = Gate(max_held=config.max_held, on_first_held=self.board.bump)
+        self.gate = Gate(
+            max_held=config.max_held, on_first_held=self.board.bump, on_idle=self.board.bump
+        )
         self.metrics = AgentMetrics(self.gate, self.board)
         self.vllm = VLLMClient(config.upstream, transition_timeout=config.vllm_timeout)
         self.transitions = Transitions(

@@ -35,10 +35,12 @@ class Gate:
         *,
         max_held: int,
         on_first_held: Callable[[], None] = lambda: None,
+        on_idle: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_held = max_held
         self._on_first_held = on_first_held
+        self._on_idle = on_idle
         self._clock = clock
         self.mode = Mode.HOLD
         self.inflight = 0
@@ -104,6 +106,9 @@ class Gate:
         self.touch()
         if self.inflight == 0:
             self._idle.set()
+            # The idle edge: the operator's idle timer starts here, so it must hear of it
+            # (once per burst, not per request).
+            self._on_idle()
 
     async def wait_idle(self, timeout: float) -> bool:
         """True once nothing is in flight; False if `timeout` passed first."""

@@ -1,8 +1,9 @@
 """The agent's view of its engine, with a version number for the operator's long-poll.
 
 Every change the operator must react to bumps `version` and wakes long-pollers: a state change,
-and held requests appearing (that is demand: the operator should wake the engine). Activity
-timestamps and in-flight counts do not bump it; they would turn the long-poll into a busy loop.
+held requests appearing (that is demand: the operator should wake the engine), and the engine
+going idle (in-flight back to zero: the idle timer starts). Other activity and in-flight changes
+do not bump it; they would turn the long-poll into a busy loop.
 """
 
 from __future__ import annotations

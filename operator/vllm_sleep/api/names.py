@@ -25,8 +25,12 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "vllm-sleep-operator"
 
 # Annotations.
-ANNOTATION_SERVED_MODEL: Final = f"{GROUP}/served-model-name"  # exact served name (labels are limited)
-ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"  # hash of the pod-shaping spec; change => replace
+ANNOTATION_SERVED_MODEL: Final = (
+    f"{GROUP}/served-model-name"  # exact served name (labels are limited)
+)
+ANNOTATION_SPEC_HASH: Final = (
+    f"{GROUP}/spec-hash"  # hash of the pod-shaping spec; change => replace
+)
 
 # Pod condition used as readiness gate: True only while the engine is awake and admitting.
 CONDITION_AWAKE: Final = f"{GROUP}/awake"

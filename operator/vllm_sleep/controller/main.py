@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resync-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--debug", action="store_true", help="debug logs of the operator's own decisions"
+    )
     return p
 
 
@@ -110,5 +113,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
+    if args.debug:
+        logging.getLogger("vllm_sleep").setLevel(logging.DEBUG)
     asyncio.run(run(args))
     return 0

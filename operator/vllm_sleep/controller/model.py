@@ -48,6 +48,7 @@ class ModelController:
         self.kick = asyncio.Event()  # set by demand, pod changes, agent reports, finished tasks
         self.watchers = AgentWatchers(ctx.agents, self.kick)
         self.transitions: dict[str, asyncio.Task[None]] = {}  # pod name -> running sleep/wake
+        self.transition_kind: dict[str, str] = {}  # pod name -> "sleep" | "wake"
         self._token: str | None = None
         self._last_status: dict[str, Any] | None = None
 
@@ -58,7 +59,9 @@ class ModelController:
             while not stopped():
                 body = get_body()
                 try:
+                    log.debug("%s/%s: reconcile pass", self.namespace, self.name)
                     next_in = await self.reconcile_once(body)
+                    log.debug("%s/%s: next pass in %s s", self.namespace, self.name, next_in)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # never let one bad pass kill the model's actor
@@ -99,6 +102,8 @@ class ModelController:
         sleep_request = parse_time(annotations.get(SLEEP_REQUEST_ANNOTATION))
         decision: Decision = decide(policy, observations, memory, demand, now, sleep_request)
         by_name = {p["metadata"]["name"]: p for p in pods}
+        if decision.actions:
+            log.info("%s/%s: %s", self.namespace, self.name, decision.actions)
         for action in decision.actions:
             await self._execute(action, by_name[action.pod], token, policy.level)
         facts = dict(children)
@@ -117,9 +122,13 @@ class ModelController:
         name = pod["metadata"]["name"]
         report = self.watchers.report(pod)
         state = report.state
-        if name in self.transitions and state not in TRANSITIONING:
-            # Our own request is in flight and the agent has not reported it yet.
-            state = AgentState.SLEEPING if state == AgentState.AWAKE else AgentState.WAKING
+        kind = self.transition_kind.get(name)
+        if kind is not None and state not in TRANSITIONING:
+            # Our own request is in flight and the agent's report predates it (or its end).
+            if kind == "sleep" and state == AgentState.AWAKE:
+                state = AgentState.SLEEPING
+            elif kind == "wake" and state == AgentState.ASLEEP:
+                state = AgentState.WAKING
         return ReplicaObservation(
             pod=name,
             agent=state,
@@ -152,9 +161,11 @@ class ModelController:
             coro, name=f"{action.__class__.__name__.lower()} {self.namespace}/{name}"
         )
         self.transitions[name] = task
+        self.transition_kind[name] = "sleep" if isinstance(action, Sleep) else "wake"
 
         def finished(_task: asyncio.Task[None], pod: str = name) -> None:
             self.transitions.pop(pod, None)
+            self.transition_kind.pop(pod, None)
             self.kick.set()
 
         task.add_done_callback(finished)

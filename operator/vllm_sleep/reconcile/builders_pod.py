@@ -158,4 +158,3 @@ def _label_value(text: str) -> str:
     """A served model name as a label value (<= 63, [A-Za-z0-9._-], alphanumeric ends)."""
     value = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in text)
     return value[:63].strip("._-")
-
