@@ -109,14 +109,16 @@ class Kube:
                 raise
 
     async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await self.objects.patch_namespaced_custom_object_status(
+        # The generated client would send a dict as a JSON patch; status wants a merge patch.
+        patch: Any = self.objects.patch_namespaced_custom_object_status
+        await patch(
             GROUP,
             VERSION,
             namespace,
             MODEL_DEPLOYMENT_PLURAL,
             name,
             {"status": status},
-            _content_type="application/merge-patch+json",  # a dict is not a JSON patch
+            _content_type="application/merge-patch+json",
         )
 
     async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
