@@ -114,6 +114,8 @@ def main(argv: list[str]) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
+    # kopf logs every successful event handler at INFO; ours only kick a model's loop.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.debug:
         logging.getLogger("vllm_sleep").setLevel(logging.DEBUG)
     asyncio.run(run(args))

@@ -15,12 +15,16 @@ import yaml
 from ..api.names import API_VERSION, MODEL_DEPLOYMENT_KIND
 from ..api.quantity import parse_quantity
 from ..testing.sim.timing import ITL_S, Timings, default_timings
+from ..testing.sim.units import GiB
 
 NAMESPACE = "demo"
-IMAGE = "vllm/vllm-openai:v0.33.0"  # the sim-kubelet runs any `vllm serve` container as the simulator
+IMAGE = (
+    "vllm/vllm-openai:v0.33.0"  # the sim-kubelet runs any `vllm serve` container as the simulator
+)
 DEFAULT_TIME_SCALE = 0.1  # 10x faster than a GPU: a 16Gi load takes ~4 s instead of ~39 s
 FAST_TIME_SCALE = 0.05
 DEFAULT_IDLE_TIMEOUT = "20s"
+DEVICE_GIB = 80.0  # the simulated H100s the demo cluster registers
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,11 @@ class DemoModel:
     @property
     def weights_bytes(self) -> int:
         return int(parse_quantity(self.weights))
+
+    def gpu_gib(self, device_gib: float = DEVICE_GIB) -> tuple[float, float]:
+        """GPU memory held awake (the engine's share) and asleep (the residual: CUDA context
+        etc., the simulator's default of 1 GiB + 2 % of the weights, testing/sim/config.py)."""
+        return device_gib * self.gpu_memory_utilization, 1.0 + 0.02 * self.weights_bytes / GiB
 
     @property
     def timings(self) -> Timings:

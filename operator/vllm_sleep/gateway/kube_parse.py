@@ -54,12 +54,18 @@ def pod_state(pod: Mapping[str, Any], port: int) -> PodState | None:
     status = pod.get("status") or {}
     ip = status.get("podIP") or ""
     conds = _conditions(status)
+    # Ready = ContainersReady and every readiness gate; the pod's only gate is the awake
+    # condition, checked here directly. Reading ContainersReady rather than Ready routes the
+    # moment the operator marks the pod awake, not one kubelet status round trip later (the
+    # kubelet folds the gate into Ready only after it sees the condition). Ready is the fallback
+    # for a status without ContainersReady.
+    containers_ready = conds.get("ContainersReady", conds.get("Ready"))
     awake = (
         bool(ip)
         and not meta.get("deletionTimestamp")  # terminating pods take no new requests
         and status.get("phase") == "Running"
         and conds.get(CONDITION_AWAKE) == "True"
-        and conds.get("Ready") == "True"
+        and containers_ready == "True"
     )
     host = f"[{ip}]" if ":" in ip else ip
     url = f"http://{host}:{port}" if ip else ""

@@ -34,6 +34,23 @@ class _Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
 
+def _check_status(status: int, raw: bytes) -> None:
+    """Raise for an error answer: 410 relists at once, anything else backs off.
+
+    With `_preload_content=False` the generated client returns error answers (403 from RBAC,
+    429 while the apiserver's storage initializes, 410) as if they succeeded; a watch answered
+    with one would otherwise end at once and be resumed in a tight loop.
+    """
+    if status == 410:
+        raise _Gone()
+    if status != 200:
+        try:
+            message = json.loads(raw).get("message") or ""
+        except (ValueError, AttributeError):
+            message = raw[:200].decode(errors="replace")
+        raise RuntimeError(f"HTTP {status}: {message}")
+
+
 async def kube_client(kubeconfig: str | None) -> Any:
     """An ApiClient from the kubeconfig, else in-cluster, else ~/.kube/config."""
     from kubernetes_asyncio import client, config
@@ -111,7 +128,9 @@ class KubernetesSource:
         while True:
             try:
                 resp = await fn(**kw, _preload_content=False)
-                doc = json.loads(await resp.read())
+                raw = await resp.read()
+                _check_status(resp.status, raw)
+                doc = json.loads(raw)
                 rv = doc["metadata"]["resourceVersion"]
                 self._replace(kind, ns, doc.get("items") or [])
                 synced.set()
@@ -142,6 +161,8 @@ class KubernetesSource:
             _preload_content=False,
         )
         try:
+            if resp.status != 200:  # (the client raises only when it preloads the content)
+                _check_status(resp.status, await resp.read())
             while line := await resp.content.readline():
                 event = json.loads(line)
                 obj = event.get("object") or {}

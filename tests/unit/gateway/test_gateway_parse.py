@@ -84,6 +84,7 @@ def make_pod(**over: Any) -> dict[str, Any]:
             "phase": "Running",
             "podIP": "127.0.9.3",
             "conditions": [
+                {"type": "ContainersReady", "status": "True"},
                 {"type": "Ready", "status": "True"},
                 {"type": CONDITION_AWAKE, "status": "True"},
             ],
@@ -119,11 +120,37 @@ def test_an_awake_ready_pod_is_routable_on_the_agent_port() -> None:
                 {"type": "Ready", "status": "True"},
             ]
         },
+        {
+            "status__conditions": [
+                {"type": CONDITION_AWAKE, "status": "True"},
+                {"type": "ContainersReady", "status": "False"},
+                {"type": "Ready", "status": "False"},
+            ]
+        },
+        {
+            "status__conditions": [
+                {"type": CONDITION_AWAKE, "status": "False"},
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ]
+        },
     ],
 )
 def test_pods_that_must_not_take_requests(over: dict[str, Any]) -> None:
     p = pod_state(make_pod(**over), 8000)
     assert p is not None and not p.awake
+
+
+def test_routable_once_marked_awake_before_the_kubelet_folds_the_gate_into_ready() -> None:
+    lagging = make_pod(
+        status__conditions=[
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "False"},  # readiness gate not re-evaluated yet
+            {"type": CONDITION_AWAKE, "status": "True"},
+        ]
+    )
+    p = pod_state(lagging, 8000)
+    assert p is not None and p.awake
 
 
 def test_unlabelled_pod_is_ignored() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..sim import EngineHost
-from .ips import IPPool
+from .ips import IPPool, address_free
 from .nodes import GPU_RESOURCE, NodeRegistrar, NodeSpec
 from .pods import PodWorker
 
@@ -39,7 +40,8 @@ class SimKubelet:
         self._registrar = NodeRegistrar(api, nodes)
         self.host = EngineHost(time_scale=time_scale)
         self._time_scale = time_scale
-        self._ips = IPPool()
+        # Other local clusters share 127/8: skip taken addresses, start somewhere random.
+        self._ips = IPPool(probe=address_free, start=random.randrange(60000))
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self.past_workers: list[PodWorker] = []  # deleted pods, kept for their violation record
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}

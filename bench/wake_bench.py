@@ -1,0 +1,380 @@
+"""Wake through the gateway: how much a wake-on-request adds over the engine's own wake.
+
+    .venv/bin/python bench/wake_bench.py [--cycles 20] [--time-scale 0.1]
+                                         [--out bench/results/wake.json]
+
+Starts its own local cluster (control plane + sim-kubelet on tmpfs, cached binaries), the
+operator and the gateway as processes with their ServiceAccounts' RBAC, and one model
+(`idleTimeout: 1s`). Each cycle waits until the model is asleep (agent and gateway agree), sends
+one chat request (1 token) through the gateway and times it, then sends the same request again
+while awake (the request's own cost). Meanwhile the bench follows, with wall-clock arrival
+times on this host: the demand Lease (watch), the agent's state (long-poll of its control
+`/state`: `waking` since / `awake` since), and the pod (watch: condition `vllm-sleep.io/awake`,
+then `Ready`).
+
+    added = (through the gateway while asleep) - (agent-reported wake) - (same request awake)
+
+and the phases of the added time: gateway -> Lease seen, Lease -> agent starts waking (the
+operator's reaction), agent awake -> awake condition seen (the operator's condition patch),
+condition -> Ready seen (the kubelet's readiness-gate update), Ready -> response (the gateway's
+pod watch and the forward, minus the request's own cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NS, MODEL = "bench", "wake"
+AWAKE_COND = "vllm-sleep.io/awake"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+class Cluster:
+    def __init__(self, time_scale: float) -> None:
+        from vllm_sleep.testing.cluster import build, controlplane
+        from vllm_sleep.testing.cluster.simnodes import start_sim_kubelet
+
+        self._cp = controlplane
+        bins = build.ensure_all()
+        root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        self.dir = root / f"vso-wake-bench-{os.getpid()}"
+        self.state = controlplane.start(self.dir, bins)
+        start_sim_kubelet(self.state, gpu_nodes=1, gpus_per_node=1, time_scale=time_scale)
+        self.kubectl_bin = str(bins["k8s"] / "kubectl")
+        self.kubeconfig = self.state.kubeconfig
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            input=input,
+            timeout=120,
+        ).stdout
+
+    def sa_kubeconfig(self, sa: str) -> str:
+        token = self.kubectl(
+            "create", "token", sa, "-n", "vllm-sleep-system", "--duration=6h"
+        ).strip()
+        cfg = yaml.safe_load(Path(self.kubeconfig).read_text())
+        cfg["users"] = [{"name": sa, "user": {"token": token}}]
+        for ctx in cfg["contexts"]:
+            ctx["context"]["user"] = sa
+        path = self.dir / f"{sa}.kubeconfig"
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+
+    def spawn(self, name: str, argv: list[str], kubeconfig: str) -> None:
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1"}
+        log = (self.dir / f"{name}.log").open("ab")
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "vllm_sleep.cli", *argv],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+        self._cp.stop(self.state)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Timeline:
+    """Wall-clock arrival times of what the bench observes, appended by background tasks."""
+
+    def __init__(self) -> None:
+        self.lease: list[float] = []  # a new renewTime seen
+        self.agent: list[tuple[str, float]] = []  # (state, since) from the agent
+        self.awake_cond: list[float] = []  # awake condition turned True
+        self.ready: list[float] = []  # Ready turned True (with awake True)
+
+    @staticmethod
+    def first_after(xs: list[float], t: float) -> float | None:
+        return next((x for x in xs if x >= t), None)
+
+
+async def follow_watches(api: Any, tl: Timeline) -> None:
+    from kubernetes_asyncio import client, watch
+
+    core, coord = client.CoreV1Api(api), client.CoordinationV1Api(api)
+
+    async def pods() -> None:
+        was: dict[str, bool] = {AWAKE_COND: False, "Ready": False}
+        while True:
+            async with watch.Watch().stream(
+                core.list_namespaced_pod, NS, label_selector=f"vllm-sleep.io/model={MODEL}"
+            ) as stream:
+                async for ev in stream:
+                    now = time.time()
+                    conds = {c.type: c.status for c in (ev["object"].status.conditions or [])}
+                    awake = conds.get(AWAKE_COND) == "True"
+                    ready = awake and conds.get("Ready") == "True"
+                    if awake and not was[AWAKE_COND]:
+                        tl.awake_cond.append(now)
+                    if ready and not was["Ready"]:
+                        tl.ready.append(now)
+                    was = {AWAKE_COND: awake, "Ready": ready}
+
+    async def leases() -> None:
+        last = None
+        while True:
+            async with watch.Watch().stream(coord.list_namespaced_lease, NS) as stream:
+                async for ev in stream:
+                    renew = ev["object"].spec.renew_time
+                    if renew is not None and renew != last:
+                        last = renew
+                        tl.lease.append(time.time())
+
+    await asyncio.gather(pods(), leases())
+
+
+async def follow_agent(session: aiohttp.ClientSession, url: str, token: str, tl: Timeline) -> None:
+    version = None
+    headers = {"Authorization": f"Bearer {token}"}
+    while True:
+        params = {"wait": "30"} if version is None else {"wait": "30", "version": str(version)}
+        try:
+            async with session.get(f"{url}/state", params=params, headers=headers) as r:
+                s = await r.json()
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.2)
+            continue
+        if s["version"] != version:
+            tl.agent.append((s["state"], s["since"]))
+            version = s["version"]
+
+
+async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
+    from kubernetes_asyncio import client, config
+
+    api = await config.new_client_from_config(config_file=cluster.kubeconfig)
+    core = client.CoreV1Api(api)
+    objs = client.CustomObjectsApi(api)
+    gateway = f"http://127.0.0.1:{args.gateway_port}"
+    tl = Timeline()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+
+        async def phase() -> str | None:
+            obj = await objs.get_namespaced_custom_object(
+                "vllm-sleep.io", "v1alpha1", NS, "modeldeployments", MODEL
+            )
+            return (obj.get("status") or {}).get("phase")
+
+        async def gateway_view() -> dict[str, Any]:
+            async with http.get(f"{gateway}/v1/models") as r:
+                data = (await r.json())["data"]
+            return next((m for m in data if m["id"] == MODEL), {})
+
+        async def until(pred: Any, what: str, timeout: float = 180) -> None:
+            deadline = time.monotonic() + timeout
+            while not await pred():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(what)
+                await asyncio.sleep(0.05)
+
+        await until(lambda: _eq(phase(), "Asleep"), "first pre-warm sleep")
+        pod = (
+            await core.list_namespaced_pod(NS, label_selector=f"vllm-sleep.io/model={MODEL}")
+        ).items[0]
+        secret = await core.read_namespaced_secret(f"{MODEL}-control-token", NS)
+        token = base64.b64decode(secret.data["token"]).decode()
+        tasks = [
+            asyncio.create_task(follow_watches(api, tl)),
+            asyncio.create_task(follow_agent(http, f"http://{pod.status.pod_ip}:8002", token, tl)),
+        ]
+
+        async def asleep_everywhere() -> bool:
+            view = await gateway_view()
+            agent_asleep = bool(tl.agent) and tl.agent[-1][0] == "asleep"
+            return agent_asleep and view.get("awake_replicas") == 0 and await phase() == "Asleep"
+
+        async def timed() -> float:
+            t = time.perf_counter()
+            async with http.post(f"{gateway}/v1/chat/completions", json=body) as r:
+                await r.read()
+                assert r.status == 200, (r.status, await r.text())
+            return time.perf_counter() - t
+
+        cycles: list[dict[str, float]] = []
+        missed = 0
+        for i in range(args.cycles + 1):  # cycle 0 warms the path up and is not counted
+            await until(asleep_everywhere, f"cycle {i}: asleep")
+            await asyncio.sleep(0.5)  # let every watch settle
+            t0 = time.time()
+            total = await timed()
+            awake_cost = min([await timed() for _ in range(3)])
+            await asyncio.sleep(0.2)  # the pod watch catches up with Ready
+            waking = next((s for st, s in tl.agent if st == "waking" and s >= t0 - 0.01), None)
+            awake = next((s for st, s in tl.agent if st == "awake" and s >= t0), None)
+            if waking is None or awake is None:  # the long-poll missed a state: not counted
+                print(f"cycle {i:2d}: agent states missed: {tl.agent[-3:]}", flush=True)
+                missed += 1
+                continue
+            lease = Timeline.first_after(tl.lease, t0)
+            cond = Timeline.first_after(tl.awake_cond, t0)
+            ready = Timeline.first_after(tl.ready, t0)
+            assert lease and cond and ready, (lease, cond, ready)
+            wake = awake - waking
+            row = {
+                "total": total,
+                "engine_wake": wake,
+                "request_awake": awake_cost,
+                "added": total - wake - awake_cost,
+                "to_lease": lease - t0,
+                "lease_to_waking": waking - lease,
+                "awake_to_condition": cond - awake,
+                "condition_to_ready": ready - cond,
+                "ready_to_response": (t0 + total) - ready - awake_cost,
+            }
+            if i:
+                cycles.append(row)
+            print(
+                f"cycle {i:2d}: total {total * 1e3:7.1f} ms  wake {wake * 1e3:6.1f}  "
+                f"added {row['added'] * 1e3:6.1f}  (lease {row['to_lease'] * 1e3:5.1f}, "
+                f"operator {row['lease_to_waking'] * 1e3:5.1f}, "
+                f"condition {row['awake_to_condition'] * 1e3:5.1f}, "
+                f"ready {row['condition_to_ready'] * 1e3:5.1f}, "
+                f"forward {row['ready_to_response'] * 1e3:5.1f})",
+                flush=True,
+            )
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await api.close()
+    summary = {
+        k: {
+            "p50_ms": round(pct([c[k] for c in cycles], 50) * 1e3, 2),
+            "p99_ms": round(pct([c[k] for c in cycles], 99) * 1e3, 2),
+            "mean_ms": round(statistics.mean(c[k] for c in cycles) * 1e3, 2),
+        }
+        for k in cycles[0]
+    }
+    return {"summary": summary, "cycles": cycles, "missed_cycles": missed}
+
+
+async def _eq(coro: Any, want: str) -> bool:
+    return bool(await coro == want)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cycles", type=int, default=20)
+    p.add_argument("--time-scale", type=float, default=0.1)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "wake.json")
+    args = p.parse_args()
+    args.gateway_port = free_port()
+    cluster = Cluster(args.time_scale)
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
+        for f in ("namespace.yaml", "rbac.yaml"):
+            cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
+        cluster.kubectl("create", "namespace", NS)
+        cluster.spawn(
+            "operator",
+            [
+                "operator",
+                f"--metrics-bind=127.0.0.1:{free_port()}",
+                f"--health-bind=127.0.0.1:{free_port()}",
+            ],
+            cluster.sa_kubeconfig("vllm-sleep-operator"),
+        )
+        gw_cfg = cluster.sa_kubeconfig("vllm-sleep-gateway")
+        cluster.spawn(
+            "gateway",
+            [
+                "gateway",
+                "--host=127.0.0.1",
+                f"--port={args.gateway_port}",
+                f"--kubeconfig={gw_cfg}",
+            ],
+            gw_cfg,
+        )
+        manifest = {
+            "apiVersion": "vllm-sleep.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": MODEL, "namespace": NS},
+            "spec": {
+                "model": "meta-llama/Llama-3.1-8B-Instruct",
+                "image": "vllm/vllm-openai:v0.33.0",
+                "replicas": 1,
+                "env": [{"name": "VLLM_SIM_PROFILE", "value": "legacy"}],
+                "resources": {"gpuMemoryUtilization": 0.4, "weightsSize": "2Gi"},
+                "sleep": {"level": 1, "idleTimeout": "1s", "policy": "Auto"},
+            },
+        }
+        for _ in range(50):  # the ServiceAccount admission needs the namespace's default SA
+            try:
+                cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.2)
+        result = asyncio.run(run(args, cluster))
+    finally:
+        cluster.close()
+    result["setup"] = {
+        "cycles": args.cycles,
+        "time_scale": args.time_scale,
+        "weights": "2Gi, level 1",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "uvloop": _has_uvloop(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

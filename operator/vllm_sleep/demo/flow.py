@@ -1,0 +1,219 @@
+"""The demo's steps against any cluster running the operator and the gateway.
+
+Each step takes the cluster, a console and the config, so the e2e test runs the same code against
+the test session's cluster (with a quiet console) that `vllm-sleep demo` runs on the terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from ..api.duration import parse_duration
+from .chat import ChatResult, ChatThread, Event
+from .kube import Cluster, DemoError
+from .models import (
+    CHAT_MODEL,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_TIME_SCALE,
+    MODELS,
+    NAMESPACE,
+    manifest,
+)
+from .track import Tracker
+from .view import live_view
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class DemoConfig:
+    namespace: str = NAMESPACE
+    time_scale: float = DEFAULT_TIME_SCALE  # total: the sim-kubelet's scale x the engine's
+    idle_timeout: str = DEFAULT_IDLE_TIMEOUT
+    chat_model: str = CHAT_MODEL.name
+    prompt: str = "Why does a sleeping model answer so quickly?"
+    max_tokens: int = 40
+    wait_idle: bool = True  # False: ask for the sleep (`vllm-sleep sleep`) instead of waiting
+    load_timeout: float = 240.0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in MODELS)
+
+    @property
+    def idle_seconds(self) -> float:
+        return parse_duration(self.idle_timeout).total_seconds()
+
+
+@dataclass
+class Report:
+    """What happened, for the summary (and the e2e test's assertions)."""
+
+    ready_after: float | None = None  # apply -> every model Asleep (pre-warmed)
+    chat: ChatResult = field(default_factory=ChatResult)
+    phases_during_request: list[str] = field(default_factory=list)
+    last_wake: float | None = None  # the operator's measured wake (status.lastWakeSeconds)
+    asleep_again_after: float | None = None  # last token -> Asleep
+    violations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def deploy(cluster: Cluster, cfg: DemoConfig, host_scale: float) -> list[str]:
+    cluster.ensure_namespace(cfg.namespace)
+    docs = [
+        manifest(
+            m,
+            cfg.namespace,
+            total_scale=cfg.time_scale,
+            host_scale=host_scale,
+            idle_timeout=cfg.idle_timeout,
+        )
+        for m in MODELS
+    ]
+    return cluster.apply(docs).splitlines()
+
+
+def watch_until(
+    cluster: Cluster,
+    cfg: DemoConfig,
+    console: Console,
+    done: Callable[[Tracker], bool],
+    *,
+    title: str,
+    timeout: float,
+    footer: Callable[[Tracker], str] = lambda _t: "",
+    tracker: Tracker | None = None,
+) -> Tracker:
+    """Poll the models and redraw the table until `done`; fail on a Failed model or timeout."""
+    tracker = tracker or Tracker(cfg.names, time.monotonic())
+    deadline = time.monotonic() + timeout
+
+    def render() -> Any:
+        return live_view(tracker, title, cfg.time_scale, footer(tracker))
+
+    try:
+        with Live(render(), console=console, refresh_per_second=8, transient=False) as live:
+            while True:
+                tracker.update(cluster.models(cfg.namespace), time.monotonic())
+                live.update(render())
+                if done(tracker):
+                    return tracker
+                if tracker.failed():
+                    raise DemoError(
+                        f"model(s) failed: {tracker.failed()}; see `kubectl describe mdep"
+                        f" -n {cfg.namespace}` and the operator log"
+                    )
+                if time.monotonic() > deadline:
+                    raise DemoError(f"timed out after {timeout:.0f}s: {title}")
+                time.sleep(POLL_SECONDS)
+    finally:
+        if not console.is_terminal:  # Live ends its last line itself only on a terminal
+            console.line()
+
+
+def wait_prewarmed(cluster: Cluster, cfg: DemoConfig, console: Console, report: Report) -> Tracker:
+    """Loading -> pre-warm (first sleep) -> Asleep, for every model."""
+    t0 = time.monotonic()
+    tracker = watch_until(
+        cluster,
+        cfg,
+        console,
+        lambda t: t.all_in("Asleep"),
+        title="Models loading, pre-warming, going to sleep",
+        timeout=cfg.load_timeout,
+        footer=lambda t: f"  {time.monotonic() - t0:.1f} s since apply",
+    )
+    report.ready_after = time.monotonic() - t0
+    return tracker
+
+
+def request_through_gateway(
+    cluster: Cluster,
+    cfg: DemoConfig,
+    console: Console,
+    gateway_url: str,
+    report: Report,
+) -> ChatResult:
+    """Send one streaming chat to the sleeping model: the table shows the wake while the gateway
+    holds the request, then the tokens stream in."""
+    chat = ChatThread(gateway_url, cfg.chat_model, cfg.prompt, cfg.max_tokens)
+    first: list[Event] = []
+    t0 = time.monotonic()
+
+    def first_token(t: Tracker) -> bool:
+        phase = t.phase(cfg.chat_model)
+        if phase and (
+            not report.phases_during_request or report.phases_during_request[-1] != phase
+        ):
+            report.phases_during_request.append(phase)
+        if not first and not chat.events.empty():
+            first.append(chat.events.get())
+        return bool(first)
+
+    chat.start()
+    watch_until(
+        cluster,
+        cfg,
+        console,
+        first_token,
+        title=f"POST /v1/chat/completions  model={cfg.chat_model}  (gateway holds it while "
+        "the model wakes)",
+        timeout=cfg.load_timeout,
+        footer=lambda _t: f"  waiting for the first token: {time.monotonic() - t0:.1f} s",
+    )
+    event = first[0]
+    if event.kind == "done":  # no token at all: an error answer
+        chat.join()
+        raise DemoError(f"chat request failed: HTTP {chat.result.status} {chat.result.error}")
+    console.print(f"[bold green]first token after {event.at:.2f} s[/] (including the wake)\n")
+    console.print("[dim]assistant (the simulator's text):[/]", end="")
+    while event.kind == "token":
+        console.print(event.text, end="", soft_wrap=True, highlight=False)
+        event = chat.events.get(timeout=120)
+    console.print("\n")
+    chat.join()
+    report.chat = chat.result
+    if chat.result.error:
+        raise DemoError(f"chat stream broke: {chat.result.error}")
+    obj = cluster.models(cfg.namespace).get(cfg.chat_model) or {}
+    wake = (obj.get("status") or {}).get("lastWakeSeconds")
+    report.last_wake = float(wake) if wake is not None else None
+    return chat.result
+
+
+def back_to_sleep(cluster: Cluster, cfg: DemoConfig, console: Console, report: Report) -> None:
+    """Idle for idleTimeout -> Draining -> Asleep (or an explicit `vllm-sleep sleep`)."""
+    t0 = time.monotonic()
+    if not cfg.wait_idle:
+        cluster.request_sleep(cfg.namespace, cfg.chat_model)
+
+    def footer(_t: Tracker) -> str:
+        elapsed = time.monotonic() - t0
+        if not cfg.wait_idle:
+            return f"  `vllm-sleep sleep {cfg.chat_model}` requested {elapsed:.1f} s ago"
+        left = cfg.idle_seconds - elapsed
+        if left > 0:
+            return (
+                f"  idleTimeout {cfg.idle_timeout}: sleeps in about {left:.0f} s (no request since)"
+            )
+        return f"  idle for {elapsed:.0f} s: draining and sleeping"
+
+    watch_until(
+        cluster,
+        cfg,
+        console,
+        lambda t: t.phase(cfg.chat_model) == "Asleep",
+        title=f"{cfg.chat_model} idle: back to sleep",
+        timeout=cfg.idle_seconds + 120,
+        footer=footer,
+    )
+    report.asleep_again_after = time.monotonic() - t0
+
+
+def check_violations(cluster: Cluster, cfg: DemoConfig, report: Report) -> None:
+    report.violations = cluster.violations(cfg.namespace)
