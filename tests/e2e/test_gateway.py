@@ -25,7 +25,6 @@ from contract.test_gateway_fuzz import requests as fuzz_requests
 from .conftest import start_gateway
 from .helpers import apply, chat, events, model_manifest, model_pods, wait_for, wait_phase
 
-
 CHAT = "/v1/chat/completions"
 
 
@@ -171,7 +170,9 @@ def test_queue_full_wake_timeout_unknown_model_and_models_list(
     async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
         async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
             waiting = [asyncio.create_task(client.post(CHAT, json=chat(held))) for _ in range(2)]
-            while gauge(gateway, "vllm_sleep_gateway_held_requests", held) < 2:
+            for _ in range(600):  # until the gateway holds both
+                if gauge(gateway, "vllm_sleep_gateway_held_requests", held) >= 2:
+                    break
                 await asyncio.sleep(0.05)
             third = await client.post(CHAT, json=chat(held))
             return await asyncio.gather(*waiting), third

@@ -113,7 +113,7 @@ async def test_a_410_answer_to_a_watch_relists() -> None:
 async def test_informer_backs_off_on_a_forbidden_list_then_lists_and_follows_the_watch() -> None:
     src, metrics = source()
     sink = Sink()
-    src._sink = sink  # type: ignore[assignment]
+    src._sink = sink
     answers = [
         FakeResponse(403, {"kind": "Status", "message": "forbidden", "code": 403}),
         FakeResponse(200, {"metadata": {"resourceVersion": "1"}, "items": [pod("a", "1")]}),
