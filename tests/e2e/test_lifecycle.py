@@ -120,3 +120,25 @@ def test_kubectl_get_shows_state_columns(kube: Kube, namespace: str, operator: P
     header = out.splitlines()[0].split()
     assert header[:6] == ["NAME", "STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"], out
     assert "Asleep" in out.splitlines()[1]
+
+
+def test_unfulfillable_model_reports_a_condition_and_the_operator_keeps_running(
+    kube: Kube, namespace: str, operator: Proc
+) -> None:
+    from .helpers import get_model
+
+    apply(kube, model_manifest("lost", namespace, placement={"pool": "no-such-pool"}))
+
+    def degraded() -> dict[str, object] | None:
+        conds = {c["type"]: c for c in (get_model(kube, namespace, "lost").get("status") or {}).get("conditions", [])}
+        return conds if conds.get("Degraded", {}).get("status") == "True" else None
+
+    conds = wait_for(degraded, timeout=60, what="Degraded condition")
+    assert "no-such-pool" in conds["Degraded"]["message"]
+    assert conds["Scheduled"]["status"] == "False"
+    assert model_pods(kube, namespace, "lost") == []
+    assert "CannotPlace" in [e.reason for e in events(kube, namespace, "lost")]
+    assert operator.proc is not None and operator.proc.poll() is None
+    # Fixing the object (GitOps edit) recovers it.
+    apply(kube, model_manifest("lost", namespace, placement={"pool": None}))
+    wait_phase(kube, namespace, "lost", "Asleep", timeout=120)

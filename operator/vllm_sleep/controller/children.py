@@ -12,8 +12,10 @@ import logging
 import secrets
 from typing import Any
 
-from ..api.names import ANNOTATION_SPEC_HASH, LABEL_REPLICA
+from ..api.gpu_pool import GPUPool, Sharing
+from ..api.names import ANNOTATION_SPEC_HASH, GPU_POOL_PLURAL, GROUP, LABEL_REPLICA, VERSION
 from ..reconcile.builders import (
+    GpuAttachment,
     control_token_secret,
     demand_lease,
     model_pod,
@@ -34,6 +36,30 @@ class Children:
             set()
         )  # (ns, name, uid) with Secret/Lease/Service
 
+    async def placement(self, model: Any) -> tuple[GpuAttachment | None, str | None]:
+        """Where the model's GPUs come from, or why it cannot be placed (a condition, no crash)."""
+        pool_name = model.spec.placement.pool
+        if not pool_name:
+            return GpuAttachment(), None
+        body = await self._kube.get_cluster_object(GROUP, VERSION, GPU_POOL_PLURAL, pool_name)
+        if body is None:
+            return (
+                None,
+                f"GPUPool {pool_name!r} does not exist; create it or fix spec.placement.pool",
+            )
+        try:
+            pool = GPUPool.from_body(body)
+        except ValueError as e:
+            return None, f"GPUPool {pool_name!r} is invalid: {e}"
+        if pool.spec.sharing == Sharing.DRA:
+            # Shared DRA claims are assigned per device by the GPU scheduler; until it places
+            # this model, the pods would not know which claim to reference.
+            return None, (
+                f"GPUPool {pool_name!r} shares devices with DRA, which needs the GPU scheduler "
+                "to assign a device; use sharing TimeSlicing or Exclusive for now"
+            )
+        return GpuAttachment(pool=pool.spec), None
+
     async def ensure(self, body: dict[str, Any], model: Any) -> dict[str, Any]:
         """Make sure the per-model objects exist; returns facts for status (e.g. problems)."""
         md = body["metadata"]
@@ -49,12 +75,12 @@ class Children:
         return {}
 
     async def converge_pods(
-        self, body: dict[str, Any], model: Any, pods: list[dict[str, Any]]
+        self, body: dict[str, Any], model: Any, pods: list[dict[str, Any]], gpu: GpuAttachment
     ) -> list[dict[str, Any]]:
         """Create missing replicas, delete surplus/outdated/ended ones; return the live pods."""
         owner = owner_from_body(body)
         desired = {
-            i: model_pod(owner, model.spec, i, agent_image=self._settings.agent_image)
+            i: model_pod(owner, model.spec, i, agent_image=self._settings.agent_image, gpu=gpu)
             for i in range(model.spec.replicas)
         }
         live: list[dict[str, Any]] = []

@@ -121,6 +121,19 @@ class Kube:
             _content_type="application/merge-patch+json",
         )
 
+    async def get_cluster_object(
+        self, group: str, version: str, plural: str, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self.objects.get_cluster_custom_object(
+                group, version, plural, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj
+
     async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
         try:
             lease = await self.coord.read_namespaced_lease(name, namespace)

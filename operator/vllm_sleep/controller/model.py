@@ -89,7 +89,13 @@ class ModelController:
         model = self.ctx.parse(body)  # raises a clear error for what the schema could not catch
         children = await self.ctx.children.ensure(body, model)
         pods = await self.ctx.kube.list_pods(self.namespace, f"{LABEL_MODEL}={self.name}")
-        pods = await self.ctx.children.converge_pods(body, model, pods)
+        gpu, problem = await self.ctx.children.placement(model)
+        children = {**children, "problem": problem} if problem else children
+        if gpu is not None:
+            pods = await self.ctx.children.converge_pods(body, model, pods, gpu)
+        if problem and problem != self._last_problem:
+            self.emit("Warning", "CannotPlace", problem)
+        self._last_problem = problem
         token = await self._control_token()
         self.watchers.sync(pods, token)
         now = time.time()
@@ -237,6 +243,7 @@ class ModelController:
         self.ctx.set_phase(self.namespace, self.name, str(status.get("phase")))
 
     _drain_timeout: float = 120.0
+    _last_problem: str | None = None
     last_sleep_seconds: float | None = None
     last_wake_seconds: float | None = None
 

@@ -42,6 +42,7 @@ def model_status(
         replicas.append(entry)
         if obs.last_activity:
             activity.append(obs.last_activity)
+    children = {**children, "unscheduled": _unscheduled(pods, children.get("problem"))}
     generation = body["metadata"].get("generation")
     previous = body.get("status") or {}
     status: dict[str, Any] = {
@@ -70,6 +71,17 @@ def model_status(
         elif key in previous:
             status[key] = previous[key]
     return status
+
+
+def _unscheduled(pods: list[dict[str, Any]], problem: str | None) -> str | None:
+    """Why replicas are not placed: the operator's own reason, else the scheduler's message."""
+    if problem:
+        return problem
+    for pod in pods:
+        for c in pod.get("status", {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return f"{pod['metadata']['name']}: {c.get('message') or c.get('reason')}"
+    return None
 
 
 def _state(obs: ReplicaObservation) -> str:

@@ -131,7 +131,9 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
             f"(real apiserver v1.36, state in {lc.state.state_dir})"
         )
     else:
-        console.print(f"  reusing the running dev cluster: {lc.state.api_url}")
+        console.print(
+            f"  reusing the running local cluster: {lc.state.api_url} (state in {lc.state.state_dir})"
+        )
     console.print(
         f"  GPU time runs at [bold]x{cfg.time_scale:g}[/] (sim-kubelet x{lc.host_scale:g}"
         + (

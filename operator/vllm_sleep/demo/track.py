@@ -27,6 +27,9 @@ class ModelView:
     replicas: tuple[Replica, ...]
     last_sleep: float | None
     last_wake: float | None
+    # False until the operator has reconciled the latest spec: right after `kubectl apply`
+    # changed it, the status still describes the old pods (e.g. "Asleep" before a replacement).
+    current: bool = True
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> ModelView:
@@ -48,6 +51,8 @@ class ModelView:
             replicas=reps,
             last_sleep=_float(status.get("lastSleepSeconds")),
             last_wake=_float(status.get("lastWakeSeconds")),
+            current=(status.get("observedGeneration") or 0)
+            >= (obj["metadata"].get("generation") or 0),
         )
 
     @property
@@ -90,12 +95,13 @@ class Tracker:
 
     def all_in(self, phase: str) -> bool:
         return len(self.views) == len(self.names) and all(
-            v.phase == phase for v in self.views.values()
+            v.phase == phase and v.current for v in self.views.values()
         )
 
     def phase(self, name: str) -> str | None:
+        """The model's phase, None while unknown or not yet reconciled after a spec change."""
         view = self.views.get(name)
-        return view.phase if view else None
+        return view.phase if view and view.current else None
 
     def failed(self) -> list[str]:
         return [n for n, v in self.views.items() if v.phase == "Failed"]

@@ -116,6 +116,18 @@ def test_tracker_records_transitions_once_and_first_seen_phases() -> None:
     assert tr.all_in("Asleep") and tr.failed() == []
 
 
+def test_a_status_older_than_the_spec_does_not_count() -> None:
+    tr = Tracker(("a",), 0.0)
+    stale = obj("a", "Asleep", "Asleep")
+    stale["metadata"]["generation"] = 3
+    stale["status"]["observedGeneration"] = 2  # `kubectl apply` changed the spec just now
+    tr.update({"a": stale}, 1.0)
+    assert not tr.all_in("Asleep") and tr.phase("a") is None
+    stale["status"]["observedGeneration"] = 3
+    tr.update({"a": stale}, 2.0)
+    assert tr.all_in("Asleep") and tr.phase("a") == "Asleep"
+
+
 def test_explain_calls_the_first_sleep_the_pre_warm() -> None:
     tr = Tracker(("a",), 0.0)
     tr.update({"a": obj("a", "Draining", "Sleeping")}, 1.0)
