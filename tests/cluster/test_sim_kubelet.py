@@ -33,16 +33,32 @@ def _needs_sim_kubelet(kube: Kube) -> None:
         pytest.skip("needs the sim-kubelet (local control plane)")
 
 
-def engine_pod(name: str, *, gates: bool = False, claim: str | None = None, extra_env: list[dict[str, str]] | None = None) -> dict:
+def engine_pod(
+    name: str,
+    *,
+    gates: bool = False,
+    claim: str | None = None,
+    extra_env: list[dict[str, str]] | None = None,
+) -> dict:
     container: dict = {
         "name": "vllm",
         "image": "vllm/vllm-openai:v0.33.0",
         "command": ["vllm", "serve"],
-        "args": ["meta-llama/Llama-3.1-8B-Instruct", "--port", "8000", "--gpu-memory-utilization", "0.3"],
+        "args": [
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--port",
+            "8000",
+            "--gpu-memory-utilization",
+            "0.3",
+        ],
         "env": [{"name": "VLLM_SIM_WEIGHTS_BYTES", "value": "2Gi"}, *(extra_env or [])],
         "ports": [{"name": "http", "containerPort": 8000}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
-        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1, "failureThreshold": 600},
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 1,
+            "failureThreshold": 600,
+        },
     }
     spec: dict = {"tolerations": TOLERATE_GPU, "containers": [container]}
     if gates:
@@ -62,9 +78,20 @@ def conditions(p: client.V1Pod) -> dict[str, str]:
 def test_engine_pod_runs_then_becomes_ready_after_loading(kube: Kube, namespace: str) -> None:
     core = client.CoreV1Api(kube.api_client)
     core.create_namespaced_pod(namespace, engine_pod("engine"))
-    running = wait_for(lambda: (p := core.read_namespaced_pod("engine", namespace)).status.phase == "Running" and p, what="Running")
+    running = wait_for(
+        lambda: (
+            (p := core.read_namespaced_pod("engine", namespace)).status.phase == "Running" and p
+        ),
+        what="Running",
+    )
     assert running.status.pod_ip.startswith("127.")
-    ready = wait_for(lambda: conditions(p := core.read_namespaced_pod("engine", namespace)).get("Ready") == "True" and p, what="Ready")
+    ready = wait_for(
+        lambda: (
+            conditions(p := core.read_namespaced_pod("engine", namespace)).get("Ready") == "True"
+            and p
+        ),
+        what="Ready",
+    )
     r = httpx.get(f"http://{ready.status.pod_ip}:8000/v1/models", timeout=5)
     assert r.status_code == 200
     assert r.json()["data"][0]["id"] == "meta-llama/Llama-3.1-8B-Instruct"
@@ -73,13 +100,33 @@ def test_engine_pod_runs_then_becomes_ready_after_loading(kube: Kube, namespace:
 def test_readiness_gate_keeps_pod_not_ready_until_set(kube: Kube, namespace: str) -> None:
     core = client.CoreV1Api(kube.api_client)
     core.create_namespaced_pod(namespace, engine_pod("gated", gates=True))
-    wait_for(lambda: conditions(core.read_namespaced_pod("gated", namespace)).get("ContainersReady") == "True", what="containers ready")
+    wait_for(
+        lambda: (
+            conditions(core.read_namespaced_pod("gated", namespace)).get("ContainersReady")
+            == "True"
+        ),
+        what="containers ready",
+    )
     time.sleep(1.5)
     assert conditions(core.read_namespaced_pod("gated", namespace)).get("Ready") == "False"
-    core.patch_namespaced_pod_status("gated", namespace, {"status": {"conditions": [{"type": "vllm-sleep.io/awake", "status": "True"}]}})
-    wait_for(lambda: conditions(core.read_namespaced_pod("gated", namespace)).get("Ready") == "True", what="Ready after gate")
-    core.patch_namespaced_pod_status("gated", namespace, {"status": {"conditions": [{"type": "vllm-sleep.io/awake", "status": "False"}]}})
-    wait_for(lambda: conditions(core.read_namespaced_pod("gated", namespace)).get("Ready") == "False", what="NotReady after gate closes")
+    core.patch_namespaced_pod_status(
+        "gated",
+        namespace,
+        {"status": {"conditions": [{"type": "vllm-sleep.io/awake", "status": "True"}]}},
+    )
+    wait_for(
+        lambda: conditions(core.read_namespaced_pod("gated", namespace)).get("Ready") == "True",
+        what="Ready after gate",
+    )
+    core.patch_namespaced_pod_status(
+        "gated",
+        namespace,
+        {"status": {"conditions": [{"type": "vllm-sleep.io/awake", "status": "False"}]}},
+    )
+    wait_for(
+        lambda: conditions(core.read_namespaced_pod("gated", namespace)).get("Ready") == "False",
+        what="NotReady after gate closes",
+    )
 
 
 def test_pods_sharing_a_named_claim_share_node_and_device(kube: Kube, namespace: str) -> None:
@@ -88,18 +135,34 @@ def test_pods_sharing_a_named_claim_share_node_and_device(kube: Kube, namespace:
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
         "metadata": {"name": "gpu-shared"},
-        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "sim-gpu.vllm-sleep.io", "count": 1}}]}},
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "gpu",
+                        "exactly": {"deviceClassName": "sim-gpu.vllm-sleep.io", "count": 1},
+                    }
+                ]
+            }
+        },
     }
-    objs.create_namespaced_custom_object("resource.k8s.io", "v1", namespace, "resourceclaims", claim)
+    objs.create_namespaced_custom_object(
+        "resource.k8s.io", "v1", namespace, "resourceclaims", claim
+    )
     core = client.CoreV1Api(kube.api_client)
     core.create_namespaced_pod(namespace, engine_pod("a", claim="gpu-shared"))
     core.create_namespaced_pod(namespace, engine_pod("b", claim="gpu-shared"))
     nodes = wait_for(
-        lambda: all(n := [core.read_namespaced_pod(p, namespace).spec.node_name for p in ("a", "b")]) and n,
+        lambda: (
+            all(n := [core.read_namespaced_pod(p, namespace).spec.node_name for p in ("a", "b")])
+            and n
+        ),
         what="both bound",
     )
     assert nodes[0] == nodes[1]
-    got = objs.get_namespaced_custom_object("resource.k8s.io", "v1", namespace, "resourceclaims", "gpu-shared")
+    got = objs.get_namespaced_custom_object(
+        "resource.k8s.io", "v1", namespace, "resourceclaims", "gpu-shared"
+    )
     results = got["status"]["allocation"]["devices"]["results"]
     assert len(results) == 1
     assert {r["name"] for r in got["status"]["reservedFor"]} == {"a", "b"}
@@ -112,16 +175,38 @@ def test_pods_sharing_a_named_claim_share_node_and_device(kube: Kube, namespace:
 def test_an_engine_that_dies_is_restarted(kube: Kube, namespace: str) -> None:
     core = client.CoreV1Api(kube.api_client)
     # The legacy profile crashes the engine on a request while asleep, as vLLM <= 0.16 does.
-    env = [{"name": "VLLM_SIM_PROFILE", "value": "legacy"}, {"name": "VLLM_SERVER_DEV_MODE", "value": "1"}]
+    env = [
+        {"name": "VLLM_SIM_PROFILE", "value": "legacy"},
+        {"name": "VLLM_SERVER_DEV_MODE", "value": "1"},
+    ]
     core.create_namespaced_pod(namespace, engine_pod("crashy", extra_env=env))
-    ready = wait_for(lambda: conditions(p := core.read_namespaced_pod("crashy", namespace)).get("Ready") == "True" and p, what="Ready")
+    ready = wait_for(
+        lambda: (
+            conditions(p := core.read_namespaced_pod("crashy", namespace)).get("Ready") == "True"
+            and p
+        ),
+        what="Ready",
+    )
     base = f"http://{ready.status.pod_ip}:8000"
     assert httpx.post(f"{base}/sleep", params={"level": 1}, timeout=30).status_code == 200
-    r = httpx.post(f"{base}/v1/completions", json={"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "x", "max_tokens": 1}, timeout=30)
+    r = httpx.post(
+        f"{base}/v1/completions",
+        json={"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "x", "max_tokens": 1},
+        timeout=30,
+    )
     assert r.status_code == 500
     restarted = wait_for(
-        lambda: (p := core.read_namespaced_pod("crashy", namespace)).status.container_statuses[0].restart_count >= 1 and p,
+        lambda: (
+            (p := core.read_namespaced_pod("crashy", namespace))
+            .status.container_statuses[0]
+            .restart_count
+            >= 1
+            and p
+        ),
         what="restart count",
     )
     assert restarted.status.container_statuses[0].last_state.terminated is not None
-    wait_for(lambda: conditions(core.read_namespaced_pod("crashy", namespace)).get("Ready") == "True", what="Ready again")
+    wait_for(
+        lambda: conditions(core.read_namespaced_pod("crashy", namespace)).get("Ready") == "True",
+        what="Ready again",
+    )

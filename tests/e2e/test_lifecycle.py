@@ -130,7 +130,10 @@ def test_unfulfillable_model_reports_a_condition_and_the_operator_keeps_running(
     apply(kube, model_manifest("lost", namespace, placement={"pool": "no-such-pool"}))
 
     def degraded() -> dict[str, object] | None:
-        conds = {c["type"]: c for c in (get_model(kube, namespace, "lost").get("status") or {}).get("conditions", [])}
+        conds = {
+            c["type"]: c
+            for c in (get_model(kube, namespace, "lost").get("status") or {}).get("conditions", [])
+        }
         return conds if conds.get("Degraded", {}).get("status") == "True" else None
 
     conds = wait_for(degraded, timeout=60, what="Degraded condition")

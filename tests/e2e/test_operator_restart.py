@@ -4,8 +4,8 @@ model converges to its desired state with no duplicate action and no stuck phase
 from __future__ import annotations
 
 import base64
-import sys
 import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -25,7 +25,11 @@ def agent_state(kube: Kube, namespace: str, model: str) -> str | None:
     if not pods:
         return None
     try:
-        r = httpx.get(f"http://{pods[0].status.pod_ip}:8002/state", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        r = httpx.get(
+            f"http://{pods[0].status.pod_ip}:8002/state",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
     except httpx.HTTPError:
         return None
     state: str = r.json()["state"]
@@ -39,14 +43,23 @@ def count(kube: Kube, namespace: str, model: str, reason: str) -> int:
 # Big weights and a slowed engine make transitions take seconds, so the kill lands inside one.
 SLOW: dict[str, Any] = {
     "resources": {"gpuMemoryUtilization": 0.95, "weightsSize": "75Gi"},
-    "env": [{"name": "VLLM_SIM_PROFILE", "value": "legacy"}, {"name": "VLLM_SIM_TIME_SCALE", "value": "5"}],
+    "env": [
+        {"name": "VLLM_SIM_PROFILE", "value": "legacy"},
+        {"name": "VLLM_SIM_TIME_SCALE", "value": "5"},
+    ],
 }
 
 
-def test_killed_during_sleep_converges_without_repeating_it(kube: Kube, namespace: str, operator: Proc) -> None:
+def test_killed_during_sleep_converges_without_repeating_it(
+    kube: Kube, namespace: str, operator: Proc
+) -> None:
     apply(kube, model_manifest("slow-sleep", namespace, **SLOW, sleep={"level": 1}))
     # The pre-warm sleep (the slow first one) starts right after load; kill the operator in it.
-    wait_for(lambda: agent_state(kube, namespace, "slow-sleep") in ("draining", "sleeping"), timeout=120, what="sleep in progress")
+    wait_for(
+        lambda: agent_state(kube, namespace, "slow-sleep") in ("draining", "sleeping"),
+        timeout=120,
+        what="sleep in progress",
+    )
     operator.kill()
     operator.start()
     wait_phase(kube, namespace, "slow-sleep", "Asleep", timeout=120)
@@ -54,17 +67,27 @@ def test_killed_during_sleep_converges_without_repeating_it(kube: Kube, namespac
     assert count(kube, namespace, "slow-sleep", "Waking") == 0
 
 
-def test_killed_during_wake_converges_without_repeating_it(kube: Kube, namespace: str, operator: Proc) -> None:
+def test_killed_during_wake_converges_without_repeating_it(
+    kube: Kube, namespace: str, operator: Proc
+) -> None:
     # Level 2 wakes reload the weights from disk: slow enough to be interrupted.
-    manifest = model_manifest("slow-wake", namespace, **SLOW, sleep={"level": 2, "idleTimeout": "1h"})
+    manifest = model_manifest(
+        "slow-wake", namespace, **SLOW, sleep={"level": 2, "idleTimeout": "1h"}
+    )
     manifest["spec"]["resources"].pop("weightsSize")
     apply(kube, manifest)
     wait_phase(kube, namespace, "slow-wake", "Asleep", timeout=120)
     subprocess.run(
         [sys.executable, "-m", "vllm_sleep.cli", "wake", "slow-wake", "-n", namespace],
-        check=True, env={"KUBECONFIG": str(kube.kubeconfig), "PATH": "/usr/bin:/bin"}, capture_output=True,
+        check=True,
+        env={"KUBECONFIG": str(kube.kubeconfig), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
     )
-    wait_for(lambda: agent_state(kube, namespace, "slow-wake") == "waking", timeout=60, what="wake in progress")
+    wait_for(
+        lambda: agent_state(kube, namespace, "slow-wake") == "waking",
+        timeout=60,
+        what="wake in progress",
+    )
     operator.kill()
     operator.start()
     wait_phase(kube, namespace, "slow-wake", "Awake", timeout=120)

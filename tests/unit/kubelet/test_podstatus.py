@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_sleep.testing.kubelet.containers import classify, localize_args, UnknownCommand
+from vllm_sleep.testing.kubelet.containers import UnknownCommand, classify, localize_args
 from vllm_sleep.testing.kubelet.ips import IPPool, localize, private_twin
 from vllm_sleep.testing.kubelet.podstatus import ContainerView, PodView, compute
 
@@ -42,9 +42,10 @@ def test_readiness_gate_holds_ready_false_until_true() -> None:
     s = compute(gated, view(ready=True), NOW)
     assert conds(s)["ContainersReady"] == "True"
     assert conds(s)["Ready"] == "False"
-    assert [c for c in s["conditions"] if c["type"] == "Ready"][0][
-        "reason"
-    ] == "ReadinessGatesNotReady"
+    assert (
+        next(c for c in s["conditions"] if c["type"] == "Ready")["reason"]
+        == "ReadinessGatesNotReady"
+    )
     opened = pod(["vllm-sleep.io/awake"], [{"type": "vllm-sleep.io/awake", "status": "True"}])
     assert conds(compute(opened, view(ready=True), NOW))["Ready"] == "True"
 
