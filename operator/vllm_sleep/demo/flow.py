@@ -38,7 +38,7 @@ class DemoConfig:
     idle_timeout: str = DEFAULT_IDLE_TIMEOUT
     chat_model: str = CHAT_MODEL.name
     prompt: str = "Why does a sleeping model answer so quickly?"
-    max_tokens: int = 40
+    max_tokens: int = 20  # the simulator's text repeats after 20 words
     wait_idle: bool = True  # False: ask for the sleep (`vllm-sleep sleep`) instead of waiting
     load_timeout: float = 240.0
 
@@ -102,6 +102,10 @@ def watch_until(
                 tracker.update(cluster.models(cfg.namespace), time.monotonic())
                 live.update(render())
                 if done(tracker):
+                    # One more look for the last frame: `done` may have been decided by an event
+                    # (the first token) newer than the snapshot just drawn.
+                    tracker.update(cluster.models(cfg.namespace), time.monotonic())
+                    live.update(render())
                     return tracker
                 if tracker.failed():
                     raise DemoError(
@@ -109,7 +113,12 @@ def watch_until(
                         f" -n {cfg.namespace}` and the operator log"
                     )
                 if time.monotonic() > deadline:
-                    raise DemoError(f"timed out after {timeout:.0f}s: {title}")
+                    phases = {n: v.phase for n, v in tracker.views.items()}
+                    raise DemoError(
+                        f"timed out after {timeout:.0f}s: {title}; phases now {phases}. "
+                        f"Pending: are GPUs free (`kubectl get pods -A -o wide`)? "
+                        f"Otherwise see the operator log."
+                    )
                 time.sleep(POLL_SECONDS)
     finally:
         if not console.is_terminal:  # Live ends its last line itself only on a terminal
@@ -164,7 +173,9 @@ def request_through_gateway(
         title=f"POST /v1/chat/completions  model={cfg.chat_model}  (gateway holds it while "
         "the model wakes)",
         timeout=cfg.load_timeout,
-        footer=lambda _t: f"  waiting for the first token: {time.monotonic() - t0:.1f} s",
+        footer=lambda _t: (
+            "" if first else f"  waiting for the first token: {time.monotonic() - t0:.1f} s"
+        ),
     )
     event = first[0]
     if event.kind == "done":  # no token at all: an error answer

@@ -151,8 +151,7 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
         svc = services.ensure(lc.state, lc.cluster, lambda s: None, restart=args.restart_services)
     how = "already running, reused" if svc.reused else "started in the background"
     console.print(
-        f"  operator + gateway {how}, each with its own ServiceAccount token "
-        f"(least-privilege RBAC from deploy/base/rbac.yaml)"
+        f"  operator + gateway {how}, each with its own ServiceAccount token (least privilege)"
     )
     console.print(f"  gateway: [bold]{svc.gateway_url}/v1[/]   logs: {lc.state.logs}/\n")
 
@@ -232,7 +231,7 @@ def comparison(cfg: DemoConfig, report: Report) -> Table:
     """First token with sleep mode vs a plain Deployment's cold start: measured and simulated."""
     m = by_name(cfg.chat_model)
     ttft = report.chat.ttft or 0.0
-    table = Table(title="Time to first token", title_justify="left")
+    table = Table(title="Time to first token", title_justify="left", caption_justify="left")
     table.add_column("")
     table.add_column(f"measured here (x{cfg.time_scale:g})", justify="right")
     table.add_column("simulated H100", justify="right")

@@ -109,6 +109,9 @@ class Tracker:
 
 def _describe(view: ModelView) -> str:
     states = "/".join(r.state for r in view.replicas)
+    if view.last_sleep is None and {"Draining", "Sleeping"} & {r.state for r in view.replicas}:
+        # No sleep finished yet, so this is the pre-warm (status shows it as Draining).
+        return f"{view.phase} (pre-warm sleep)"
     if not states or states == view.phase:
         return view.phase
     return f"{view.phase} ({states})"

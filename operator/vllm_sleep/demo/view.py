@@ -28,15 +28,15 @@ def explain(view: ModelView) -> str:
     states = {r.state for r in view.replicas}
     # No sleep finished yet: this one is the pre-warm (status calls it Draining or Loading).
     if view.last_sleep is None and states & {"Loaded", "Draining", "Sleeping"}:
-        return "pre-warm: first sleep, pins host RAM off the request path"
+        return "pre-warm: the slow first sleep, off the request path"
     if view.phase == "Loading":
-        return "vLLM loads the weights into GPU memory"
+        return "vLLM loads the weights onto the GPU"
     return {
-        "Pending": "pod being created / scheduled",
-        "Asleep": "GPU memory released, weights parked in host RAM",
-        "Waking": "request held; weights copied back to the GPU",
+        "Pending": "pod being created or scheduled",
+        "Asleep": "GPU memory free, weights in host RAM",
+        "Waking": "request held; weights back to the GPU",
         "Awake": "serving requests",
-        "Draining": "idle: finishing in-flight requests, then sleep",
+        "Draining": "idle: drain in-flight requests, sleep",
         "Failed": "see `kubectl describe mdep` and Events",
     }.get(view.phase, "")
 
@@ -73,7 +73,7 @@ def transitions_text(tracker: Tracker, last: int = 8) -> Text:
     for t in tracker.transitions[-last:]:
         text.append(f"  +{t.at:5.1f}s  ", style="dim")
         text.append(f"{t.model:<11}", style="bold")
-        text.append(f" {t.before} -> ")
+        text.append(" " if t.before == "-" else f" {t.before} -> ")  # "-": first sighting
         text.append(t.after, style=PHASE_STYLE.get(t.after.split(" ", 1)[0], ""))
         text.append("\n")
     return text
@@ -119,16 +119,18 @@ def next_steps(
         f'    -d \'{{"model": "{model}", "stream": true, '
         f'"messages": [{{"role": "user", "content": "hi"}}]}}\''
     )
-    lines = [f"export KUBECONFIG={kubeconfig}"]
+    rows: list[tuple[str, str]] = [(f"export KUBECONFIG={kubeconfig}", "")]
     if shutil.which("kubectl") is None:  # the build cache's kubectl is not on PATH
-        lines.append(f"alias kubectl={kubectl}")
-    lines += [
-        "kubectl get mdep -A                    # STATE / AWAKE columns",
-        f"{cli} status -A",
-        f"{cli} wake qwen-7b -n {namespace} --wait   # or just send it a request",
-        f"{cli} sleep {model} -n {namespace} --wait",
-        curl,
-        "cat deploy/examples/demo/*.yaml        # what the demo applied",
-        f"{cli} dev down                        # stop cluster, operator and gateway",
+        rows.append((f"alias kubectl={kubectl}", ""))
+    rows += [
+        ("kubectl get mdep -A", "STATE / AWAKE columns"),
+        (f"{cli} status -A", ""),
+        (f"{cli} wake qwen-7b -n {namespace} --wait", "or just send it a request"),
+        (f"{cli} sleep {model} -n {namespace} --wait", ""),
+        (curl, ""),
+        ("cat deploy/examples/demo/*.yaml", "what the demo applied"),
+        (f"{cli} dev down", "stops the cluster, the operator and the gateway"),
     ]
+    width = max(len(cmd) for cmd, note in rows if note)
+    lines = [f"{cmd:<{width}}  # {note}" if note else cmd for cmd, note in rows]
     return Panel("\n".join(lines), title="Try next", title_align="left", border_style="green")

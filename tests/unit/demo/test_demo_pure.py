@@ -108,7 +108,7 @@ def test_tracker_records_transitions_once_and_first_seen_phases() -> None:
         ("a", "Pending", "Loading"),
         ("b", "-", "Loading"),
         ("a", "Loading", "Asleep"),
-        ("b", "Loading", "Draining (Sleeping)"),
+        ("b", "Loading", "Draining (pre-warm sleep)"),
     ]
     assert tr.first_seen[("a", "Asleep")] == pytest.approx(3.0)
     assert not tr.all_in("Asleep")
