@@ -11,6 +11,7 @@ from ..reconcile.lifecycle import ModelPolicy
 from ..reconcile.phase import Phase
 from .agents import AgentClient
 from .kube import Kube
+from .podcache import PodCache
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ class Context:
     policy: Callable[[Any], ModelPolicy]
     drain_timeout: Callable[[Any], float] = lambda _model: 120.0  # model -> seconds
     demand: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, model) -> renewTime
-    controllers: dict[tuple[str, str], Any] = field(
-        default_factory=dict
-    )  # (ns, model) -> ModelController
+    # (ns, model) -> ModelController
+    controllers: dict[tuple[str, str], Any] = field(default_factory=dict)
+    pods: PodCache = field(default_factory=PodCache)
 
     def record_transition(
         self, namespace: str, model: str, what: str, level: int, seconds: float

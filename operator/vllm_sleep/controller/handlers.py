@@ -71,9 +71,15 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         _kick(ctx, namespace, name)
         if type == "DELETED" and namespace:
             ctx.demand.pop((namespace, name), None)
+            ctx.pods.forget(namespace, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_MODEL: kopf.PRESENT}, registry=registry)
-    def pod_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    def pod_changed(
+        labels: Mapping[str, str], namespace: str | None, event: Mapping[str, Any], **_: Any
+    ) -> None:
+        raw = event.get("object")
+        if isinstance(raw, dict):
+            ctx.pods.observe(event.get("type"), raw, labels[LABEL_MODEL])
         _kick(ctx, namespace, labels[LABEL_MODEL])
 
     @kopf.on.event(

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SLEEP_REQUEST_ANNOTATION = f"{GROUP}/sleep-request"  # set by `vllm-sleep sleep NAME`
 
+RELIST_SECONDS = 60.0  # heal the pod cache even if a watch event was missed
+
 Emit = Callable[[str, str, str], None]  # (type, reason, message) -> posts a k8s Event
 
 
@@ -88,7 +90,7 @@ class ModelController:
     async def reconcile_once(self, body: dict[str, Any]) -> float | None:
         model = self.ctx.parse(body)  # raises a clear error for what the schema could not catch
         children = await self.ctx.children.ensure(body, model)
-        pods = await self.ctx.kube.list_pods(self.namespace, f"{LABEL_MODEL}={self.name}")
+        pods = await self._pods()
         gpu, problem = await self.ctx.children.placement(model)
         children = {**children, "problem": problem} if problem else children
         if gpu is not None:
@@ -120,6 +122,15 @@ class ModelController:
         status = model_status(body, model, pods, observations, self._reports(pods), now, facts)
         await self._write_status(status)
         return decision.next_check_in
+
+    async def _pods(self) -> list[dict[str, Any]]:
+        """Pods from the watch-fed cache; a LIST on the first pass and every RELIST_SECONDS."""
+        now = time.monotonic()
+        if self._listed_at is None or now - self._listed_at > RELIST_SECONDS:
+            listed = await self.ctx.kube.list_pods(self.namespace, f"{LABEL_MODEL}={self.name}")
+            self.ctx.pods.replace(self.namespace, self.name, listed)
+            self._listed_at = now
+        return self.ctx.pods.get(self.namespace, self.name)
 
     def _reports(self, pods: list[dict[str, Any]]) -> dict[str, AgentReport]:
         return {p["metadata"]["name"]: self.watchers.report(p) for p in pods}
@@ -201,17 +212,22 @@ class ModelController:
     ) -> None:
         name = pod["metadata"]["name"]
         started = time.monotonic()
-        # Recorded before the call (see _sleep): the idle timer of a wake counts from its start.
-        await self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(woken_at=time.time()))
         self.emit("Normal", "Waking", f"{name}: {action.reason}")
+        # A wake is on a request's path: the memory (when it started; the idle timer counts from
+        # it) is written alongside the agent call, not before it.
+        remember = asyncio.create_task(
+            self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(woken_at=time.time()))
+        )
         try:
             report = await self.ctx.agents.wake(ip, token)
         except AgentError as e:
+            await remember
             self._failed("wake", name, e)
             return
         seconds = time.monotonic() - started
         # Route at once: requests held by the gateway flow as soon as the gate opens.
         await self.ctx.kube.set_routed(self.namespace, name, True, "EngineAwake")
+        await remember
         self.ctx.record_transition(
             self.namespace, self.name, "wake", report.level or level, seconds
         )
@@ -244,6 +260,7 @@ class ModelController:
 
     _drain_timeout: float = 120.0
     _last_problem: str | None = None
+    _listed_at: float | None = None
     last_sleep_seconds: float | None = None
     last_wake_seconds: float | None = None
 
