@@ -17,11 +17,12 @@ from .engine import SimEngine
 from .http_util import Route, detail, json_response
 from .routes_dev import DEV_ROUTES
 from .routes_info import INFO_ROUTES
+from .routes_rl import RL_ROUTES
 from .routes_openai import OPENAI_ROUTES
 
 log = logging.getLogger(__name__)
 
-ROUTES: dict[str, Route] = {**INFO_ROUTES, **OPENAI_ROUTES, **DEV_ROUTES}
+ROUTES: dict[str, Route] = {**INFO_ROUTES, **OPENAI_ROUTES, **DEV_ROUTES, **RL_ROUTES}
 AUTH_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # 0.33 authenticate.py; ≤0.11 only /v1
 
 
