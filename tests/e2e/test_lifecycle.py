@@ -145,3 +145,33 @@ def test_unfulfillable_model_reports_a_condition_and_the_operator_keeps_running(
     # Fixing the object (GitOps edit) recovers it.
     apply(kube, model_manifest("lost", namespace, placement={"pool": None}))
     wait_phase(kube, namespace, "lost", "Asleep", timeout=120)
+
+
+def test_cli_wake_sleep_and_status(kube: Kube, namespace: str, operator: Proc) -> None:
+    import subprocess
+    import sys
+
+    apply(kube, model_manifest("cli", namespace))
+    wait_phase(kube, namespace, "cli", "Asleep", timeout=120)
+    env = {"KUBECONFIG": str(kube.kubeconfig), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vllm_sleep.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    woke = cli("wake", "cli", "-n", namespace, "--wait", "--timeout", "60")
+    assert woke.returncode == 0, woke.stderr
+    assert "is Awake" in woke.stdout
+    slept = cli("sleep", "cli", "-n", namespace, "--wait", "--timeout", "60")
+    assert slept.returncode == 0, slept.stderr
+    assert "is Asleep" in slept.stdout
+    status = cli("status", "-n", namespace)
+    assert status.returncode == 0, status.stderr
+    assert "cli" in status.stdout and "Asleep" in status.stdout
+    missing = cli("wake", "nope", "-n", namespace)
+    assert missing.returncode == 1 and "404" in missing.stderr

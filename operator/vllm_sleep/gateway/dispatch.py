@@ -1,15 +1,21 @@
 """One inference request: route, or hold until a replica is awake, then forward once.
 
 The loop: pick the least-loaded awake replica; if there is none, join the model's bounded hold
-queue (429 when full), make sure demand is signalled, and wait for the model to change or the
-wake timeout (503). A `Retry` from the proxy (see proxy.py for the exact rule) excludes that
-replica and loops; when every awake replica has refused, the request waits briefly for the
-watch to catch up and tries them again, still within the same deadline. A client that
-disconnects cancels the handler (handler_cancellation), and `finally` frees its queue slot.
+queue (429 when full) and make sure demand is signalled. Then, if a pod's agent can hold the
+request (asleep or waking, agent and engine loaded), the request is sent there and waits at the
+agent, which releases it the instant its engine is confirmed awake: no wait for the operator's
+awake condition and the pod watch. Otherwise it waits here for the model to change. Either way
+the wake timeout (503) is the gateway's, and the request keeps its queue slot until it is
+released. A `Retry` from the proxy (see proxy.py for the exact rule) excludes that replica and
+loops; when every candidate has refused, the request waits briefly for the watch to catch up
+and tries them again, still within the same deadline. A client that disconnects cancels the
+handler (handler_cancellation), and `finally` frees its queue slot.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -19,11 +25,44 @@ from multidict import CIMultiDict
 
 from .errors import error_response
 from .metrics import GatewayMetrics
-from .proxy import Failed, Retry, relay, send
+from .proxy import Failed, Retry, SendResult, relay, send
 from .router import Router
-from .routing import ModelSpec, Replica
+from .routing import ModelKey, ModelSpec, ModelTable, Replica
 
 REFUSED_PAUSE = 0.5  # seconds before replicas that refused are tried again
+
+
+class _Slot:
+    """A request's place in its model's hold queue (and the held gauge) while it waits."""
+
+    def __init__(
+        self,
+        table: ModelTable,
+        metrics: GatewayMetrics,
+        key: ModelKey,
+        label: str,
+        started: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._table, self._metrics, self._key, self._label = table, metrics, key, label
+        self._started, self._clock = started, clock
+        self.active = False
+
+    def take(self, limit: int) -> bool:
+        if not self._table.try_enqueue(self._key, limit):
+            return False
+        self.active = True
+        self._metrics.held.labels(self._label).inc()
+        return True
+
+    def leave(self, outcome: str | None) -> None:
+        if not self.active:
+            return
+        self.active = False
+        self._table.dequeue(self._key)
+        self._metrics.held.labels(self._label).dec()
+        if outcome is not None:
+            self._metrics.hold_seconds.labels(outcome).observe(self._clock() - self._started)
 
 
 class Dispatcher:

@@ -60,16 +60,20 @@ def pod_state(pod: Mapping[str, Any], port: int) -> PodState | None:
     # kubelet folds the gate into Ready only after it sees the condition). Ready is the fallback
     # for a status without ContainersReady.
     containers_ready = conds.get("ContainersReady", conds.get("Ready"))
-    awake = (
+    loaded = (
         bool(ip)
         and not meta.get("deletionTimestamp")  # terminating pods take no new requests
         and status.get("phase") == "Running"
-        and conds.get(CONDITION_AWAKE) == "True"
-        and containers_ready == "True"
+        and containers_ready == "True"  # agent and engine loaded (vLLM /health is 200 asleep)
     )
+    awake = loaded and conds.get(CONDITION_AWAKE) == "True"
+    # Asleep, waking or draining, as the operator marked it: the agent holds inference
+    # requests until its engine is awake. No condition yet (just loaded, before the operator's
+    # first pass) is left to the gateway's own queue.
+    can_hold = loaded and conds.get(CONDITION_AWAKE) == "False"
     host = f"[{ip}]" if ":" in ip else ip
     url = f"http://{host}:{port}" if ip else ""
-    return PodState(meta["namespace"], meta["name"], model, url, awake)
+    return PodState(meta["namespace"], meta["name"], model, url, awake, can_hold)
 
 
 def model_spec(obj: Mapping[str, Any], defaults: WakePolicy) -> ModelSpec | None:

@@ -41,13 +41,20 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PodState:
-    """One model pod as the router needs it; `awake` already folds condition, Ready, deletion."""
+    """One model pod as the router needs it; `awake` already folds condition, Ready, deletion.
+
+    `can_hold`: not awake, but its agent is up and would hold an inference request until the
+    engine is awake (never forwarding it to a sleeping engine). Such a pod is a target for a
+    request that would otherwise wait in the gateway's queue: the agent releases it the moment
+    its engine is confirmed awake, without the condition -> pod watch round trip.
+    """
 
     namespace: str
     name: str
     model: str  # ModelDeployment name (label vllm-sleep.io/model)
     url: str  # http://<podIP>:8000, "" when the pod has no IP yet
     awake: bool
+    can_hold: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -160,6 +167,35 @@ class ModelTable:
         if entry is None:
             return []
         return [Replica(p.key, p.url) for p in entry.pods.values() if p.awake and p.url]
+
+    def holding_replicas(self, key: ModelKey) -> list[Replica]:
+        """Pods whose agent can hold a request while the engine is not awake."""
+        entry = self._models.get(key)
+        if entry is None:
+            return []
+        return [
+            Replica(p.key, p.url)
+            for p in entry.pods.values()
+            if p.can_hold and not p.awake and p.url
+        ]
+
+    def is_awake(self, key: ModelKey, pod: tuple[str, str]) -> bool:
+        entry = self._models.get(key)
+        state = None if entry is None else entry.pods.get(pod)
+        return state is not None and state.awake and bool(state.url)
+
+    def choose_holder(
+        self, key: ModelKey, exclude: frozenset[tuple[str, str]] = frozenset()
+    ) -> Replica | None:
+        """Where a request waits when no replica is awake: least in-flight, then by name.
+
+        Only asked when `choose` found no awake replica. No rotation: concurrent held requests
+        spread by in-flight count alone, and every gateway replica orders ties the same way.
+        """
+        candidates = [r for r in self.holding_replicas(key) if r.pod not in exclude]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (self._inflight.get(r.pod, 0), r.pod))
 
     def choose(
         self, key: ModelKey, exclude: frozenset[tuple[str, str]] = frozenset()

@@ -31,12 +31,18 @@ class BackendSource(Protocol):
 
 
 class StaticSource:
-    """Models in one namespace with replica URLs given up front; awake state set by the test."""
+    """Models in one namespace with replica URLs given up front; awake state set by the test.
+
+    `can_hold=True` says the URLs are pod agents (they hold requests while not awake), so the
+    gateway may send a held request to a replica that is not awake; plain fake upstreams are
+    not, and the gateway then holds in its own queue.
+    """
 
     def __init__(self, namespace: str = "default") -> None:
         self.namespace = namespace
         self._specs: dict[str, ModelSpec] = {}
         self._pods: dict[tuple[str, str], PodState] = {}
+        self._agents: set[tuple[str, str]] = set()  # pods added with can_hold=True
         self._sink: BackendSink | None = None
 
     def add_model(
@@ -48,6 +54,7 @@ class StaticSource:
         served_name: str | None = None,
         wake: WakePolicy | None = None,
         phase: str | None = None,
+        can_hold: bool = False,
     ) -> ModelKey:
         key = ModelKey(self.namespace, name)
         spec = ModelSpec(
@@ -60,14 +67,17 @@ class StaticSource:
         if self._sink is not None:
             self._sink.upsert_model(spec)
         for i, url in enumerate(urls):
-            self._put(PodState(self.namespace, f"{name}-{i}", name, url.rstrip("/"), awake))
+            pod = PodState(self.namespace, f"{name}-{i}", name, url.rstrip("/"), awake)
+            if can_hold:
+                self._agents.add(pod.key)
+            self._put(self._with_awake(pod, awake))
         return key
 
     def set_awake(self, name: str, awake: bool, replica: int | None = None) -> None:
         """Flip one replica (or all) of a model, as the operator's condition change would."""
         for pod in list(self._pods.values()):
             if pod.model == name and (replica is None or pod.name == f"{name}-{replica}"):
-                self._put(PodState(pod.namespace, pod.name, pod.model, pod.url, awake))
+                self._put(self._with_awake(pod, awake))
         spec = self._specs[name]
         self._specs[name] = ModelSpec(
             spec.key, spec.served_name, "Awake" if awake else "Asleep", spec.wake
@@ -77,8 +87,14 @@ class StaticSource:
 
     def remove_replica(self, name: str, replica: int) -> None:
         pod = self._pods.pop((self.namespace, f"{name}-{replica}"), None)
+        self._agents.discard((self.namespace, f"{name}-{replica}"))
         if pod is not None and self._sink is not None:
             self._sink.remove_pod(pod.namespace, pod.name)
+
+    def _with_awake(self, pod: PodState, awake: bool) -> PodState:
+        # An agent holds only while its engine is not awake, as kube_parse derives it.
+        can_hold = not awake and pod.key in self._agents
+        return PodState(pod.namespace, pod.name, pod.model, pod.url, awake, can_hold)
 
     def _put(self, pod: PodState) -> None:
         self._pods[pod.key] = pod
