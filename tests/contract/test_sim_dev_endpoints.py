@@ -14,13 +14,6 @@ pytestmark = pytest.mark.contract
 
 
 @pytest.fixture
-async def host() -> AsyncIterator[EngineHost]:
-    h = EngineHost(time_scale=0.002)
-    yield h
-    await h.stop_all()
-
-
-@pytest.fixture
 async def engine(host: EngineHost) -> SimEngine:
     return await start(host, "org/model-8B", "--enable-sleep-mode", "--served-model-name", "m")
 

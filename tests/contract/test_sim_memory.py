@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -12,13 +11,6 @@ from vllm_sleep.testing.sim import EngineHost, GiB
 from vllm_sleep.testing.sim.testkit import start
 
 pytestmark = pytest.mark.contract
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[EngineHost]:
-    h = EngineHost(time_scale=0.002)
-    yield h
-    await h.stop_all()
 
 
 async def test_startup_fails_when_free_memory_is_below_the_share(host: EngineHost) -> None:

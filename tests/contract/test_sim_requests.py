@@ -19,13 +19,6 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], 
 
 
 @pytest.fixture
-async def host() -> AsyncIterator[EngineHost]:
-    h = EngineHost(time_scale=0.002)
-    yield h
-    await h.stop_all()
-
-
-@pytest.fixture
 async def engine(host: EngineHost) -> SimEngine:
     return await start(
         host,

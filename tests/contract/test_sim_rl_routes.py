@@ -22,13 +22,6 @@ WEIGHT_POSTS = [
 
 
 @pytest.fixture
-async def host() -> AsyncIterator[EngineHost]:
-    h = EngineHost(time_scale=0.002)
-    yield h
-    await h.stop_all()
-
-
-@pytest.fixture
 async def client(host: EngineHost) -> AsyncIterator[httpx.AsyncClient]:
     engine: SimEngine = await start(host, "org/model-8B", "--enable-sleep-mode")
     async with httpx.AsyncClient(base_url=engine.url, timeout=10) as c:

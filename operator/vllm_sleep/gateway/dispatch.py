@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -47,11 +48,14 @@ class _Slot:
         self._table, self._metrics, self._key, self._label = table, metrics, key, label
         self._started, self._clock = started, clock
         self.active = False
+        self.deadline: float | None = None  # set on the first hold, kept across re-holds
 
-    def take(self, limit: int) -> bool:
+    def take(self, limit: int, timeout: float) -> bool:
         if not self._table.try_enqueue(self._key, limit):
             return False
         self.active = True
+        if self.deadline is None:
+            self.deadline = self._started + timeout
         self._metrics.held.labels(self._label).inc()
         return True
 
@@ -89,15 +93,18 @@ class Dispatcher:
         body: bytes,
     ) -> web.StreamResponse:
         table, key = self._table, spec.key
-        label = spec.served_name  # fixed: the spec may be refreshed while held
         started = self._clock()
-        deadline: float | None = None
-        held = False
+        # The label is fixed: the spec may be refreshed while held.
+        slot = _Slot(table, self._metrics, key, spec.served_name, started, self._clock)
         exclude: set[tuple[str, str]] = set()
         try:
             while True:
-                replica = table.choose(key, frozenset(exclude))
-                if replica is None:
+                target = table.choose(key, frozenset(exclude))
+                if target is not None:
+                    # Leave the queue before forwarding: the slot is for waiting, not running.
+                    slot.leave("forwarded")
+                    result = await self._forward(request, spec, target, path, headers, body)
+                else:
                     fresh = table.lookup_key(key)
                     if fresh is None:
                         return error_response(
@@ -111,8 +118,8 @@ class Dispatcher:
                         return self._unavailable(
                             spec, "model_asleep", "is asleep and is not woken by requests"
                         )
-                    if not held:
-                        if not table.try_enqueue(key, spec.wake.max_queued):
+                    if not slot.active:
+                        if not slot.take(spec.wake.max_queued, spec.wake.timeout):
                             return error_response(
                                 429,
                                 f"Too many requests are waiting for `{spec.served_name}` "
@@ -120,42 +127,44 @@ class Dispatcher:
                                 "queue_full",
                                 retry_after=self._retry_after,
                             )
-                        held = True
-                        deadline = started + spec.wake.timeout
-                        self._metrics.held.labels(label).inc()
                     self._router.request_demand(spec)
+                    deadline = slot.deadline
                     assert deadline is not None
-                    remaining = deadline - self._clock()
-                    if remaining <= 0:
-                        self._observe_hold(started, "timeout")
-                        return self._unavailable(
-                            spec, "wake_timeout", f"did not wake within {spec.wake.timeout:g}s"
-                        )
-                    refused = bool(exclude) and bool(table.awake_replicas(key))
-                    changed = await self._router.wait_change(
-                        key, min(remaining, REFUSED_PAUSE) if refused else remaining
-                    )
-                    if refused and not changed:
-                        exclude.clear()
-                    continue
-                if held:
-                    # Leave the queue before forwarding: the slot is for waiting, not running.
-                    held = False
-                    table.dequeue(key)
-                    self._metrics.held.labels(label).dec()
-                    self._observe_hold(started, "forwarded")
-                result = await self._forward(request, spec, replica, path, headers, body)
+                    if deadline - self._clock() <= 0:
+                        return self._wake_timeout(spec, slot)
+                    target = table.choose_holder(key, frozenset(exclude))
+                    if target is None:
+                        await self._wait(key, deadline, exclude)
+                        continue
+                    held = await self._forward(request, spec, target, path, headers, body, slot)
+                    if held is None:
+                        return self._wake_timeout(spec, slot)
+                    result = held
                 if isinstance(result, Retry):
                     self._metrics.upstream_retries.labels(result.reason).inc()
-                    exclude.add(replica.pod)
+                    exclude.add(target.pod)
                     continue
                 return result
         finally:
-            if held:
-                table.dequeue(key)
-                self._metrics.held.labels(label).dec()
-                if deadline is not None and self._clock() < deadline:
-                    self._observe_hold(started, "abandoned")
+            if slot.deadline is not None and self._clock() < slot.deadline:
+                slot.leave("abandoned")
+            slot.leave(None)
+
+    async def _wait(self, key: ModelKey, deadline: float, exclude: set[tuple[str, str]]) -> None:
+        """Wait in the gateway's queue for the model's pods or spec to change.
+
+        After refusals (some pod is awake or can hold, but every one refused), wait at most
+        REFUSED_PAUSE for the watch and then try them all again: an agent that timed out its
+        hold (or was full) before our deadline is asked again, not answered with an error.
+        """
+        table = self._table
+        refused = bool(exclude) and bool(table.awake_replicas(key) or table.holding_replicas(key))
+        remaining = deadline - self._clock()
+        changed = await self._router.wait_change(
+            key, min(remaining, REFUSED_PAUSE) if refused else remaining
+        )
+        if refused and not changed:
+            exclude.clear()
 
     async def _forward(
         self,
@@ -165,14 +174,23 @@ class Dispatcher:
         path: str,
         headers: CIMultiDict[str],
         body: bytes,
-    ) -> web.StreamResponse | Retry:
+        slot: _Slot | None = None,
+    ) -> web.StreamResponse | Retry | None:
+        """Send and relay; None when a request held at an agent (`slot`) ran into its deadline."""
         table = self._table
         table.acquire(replica)
+        sending = asyncio.create_task(send(self._session, replica.url + path, headers, body))
         try:
-            sent_at = self._clock()
-            result = await send(self._session, replica.url + path, headers, body)
+            if slot is not None and not await self._until_released(
+                spec.key, replica, sending, slot
+            ):
+                return None
+            sent_at = self._clock()  # for a held request: from its release, not the hold
+            result = await sending
             if isinstance(result, Retry):
                 return result
+            if slot is not None:
+                slot.leave("forwarded")  # the agent answered: the request is no longer held
             if isinstance(result, Failed):
                 return result.response
             self._metrics.upstream_latency.labels(spec.served_name).observe(self._clock() - sent_at)
@@ -181,7 +199,46 @@ class Dispatcher:
             finally:
                 result.release()
         finally:
+            await _cancel(sending)
             table.release(replica)
+
+    async def _until_released(
+        self,
+        key: ModelKey,
+        replica: Replica,
+        sending: asyncio.Task[SendResult],
+        slot: _Slot,
+    ) -> bool:
+        """Enforce the gateway's wake timeout on a request held at an agent.
+
+        The request counts as held (queue slot, deadline) until the agent answers or the pod
+        watch shows the pod awake, i.e. the agent has released it to its engine; from then on
+        it is running, and a long answer is not cut by the wake deadline. False when the
+        deadline passed first: the connection is closed, and the agent drops the held request
+        without forwarding it.
+        """
+        deadline = slot.deadline
+        assert deadline is not None
+        while not sending.done():
+            if self._table.is_awake(key, replica.pod):
+                slot.leave("forwarded")
+                return True
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                await _cancel(sending)
+                return False
+            change = asyncio.ensure_future(self._router.wait_change(key, remaining))
+            try:
+                await asyncio.wait((sending, change), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await _cancel(change)
+        return True
+
+    def _wake_timeout(self, spec: ModelSpec, slot: _Slot) -> web.Response:
+        slot.leave("timeout")
+        return self._unavailable(
+            spec, "wake_timeout", f"did not wake within {spec.wake.timeout:g}s"
+        )
 
     def _unavailable(self, spec: ModelSpec, code: str, why: str) -> web.Response:
         return error_response(
@@ -191,5 +248,15 @@ class Dispatcher:
             retry_after=self._retry_after,
         )
 
-    def _observe_hold(self, started: float, outcome: str) -> None:
-        self._metrics.hold_seconds.labels(outcome).observe(self._clock() - started)
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel and reap a task; a finished one keeps its result (a response is released)."""
+    if task.done():
+        if not task.cancelled() and task.exception() is None:
+            result = task.result()
+            if isinstance(result, aiohttp.ClientResponse):
+                result.release()
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

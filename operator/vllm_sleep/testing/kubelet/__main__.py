@@ -12,9 +12,9 @@ import sys
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
+from ..sim.units import parse_bytes
 from .kubelet import SimKubelet
 from .nodes import NodeSpec
-from .quantity import parse_bytes
 
 
 def parser() -> argparse.ArgumentParser:

@@ -17,8 +17,8 @@ from .engine import SimEngine
 from .http_util import Route, detail, json_response
 from .routes_dev import DEV_ROUTES
 from .routes_info import INFO_ROUTES
-from .routes_rl import RL_ROUTES
 from .routes_openai import OPENAI_ROUTES
+from .routes_rl import RL_ROUTES
 
 log = logging.getLogger(__name__)
 
