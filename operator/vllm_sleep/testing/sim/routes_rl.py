@@ -7,6 +7,8 @@ The weight-transfer routes are dev-gated (0.33 `entrypoints/rl/factories.py`); e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from .engine import SimEngine
@@ -24,7 +26,7 @@ _WEIGHT_ROUTES = {
 }
 
 
-def _json_object_route(answer: dict[str, object]) -> Route:
+def _json_object_route(answer: Mapping[str, object]) -> Route:
     async def handler(_engine: SimEngine, request: web.BaseRequest) -> web.Response:
         body, err = await read_json(request)
         if err or (body is not None and not isinstance(body, dict)):
