@@ -321,3 +321,115 @@ async def test_metrics_count_held_and_hold_time(
     assert 'vllm_sleep_gateway_hold_seconds_count{outcome="forwarded"} 1.0' in text
     assert 'vllm_sleep_gateway_requests_total{code="200",model="m"} 1.0' in text
     assert "vllm_sleep_gateway_upstream_latency_seconds_count" in text
+
+
+# -- holding at the pod's agent -----------------------------------------------------------------
+
+
+class AgentHold:
+    """A fake agent's hold: requests wait until `release` is set (the engine is awake)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.waiting += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.waiting -= 1
+        return web.json_response({"served_by": request.host})
+
+
+async def test_held_requests_wait_at_an_agent_that_can_hold_and_flow_on_its_release(
+    gateway: Gateway,
+    source: StaticSource,
+    demand: MemoryDemand,
+    upstreams: list[Upstream],
+    http: httpx.AsyncClient,
+) -> None:
+    hold = AgentHold()
+    upstreams[0].behaviour = hold
+    source.add_model("m", [upstreams[0].url], awake=False, can_hold=True)
+    tasks = [asyncio.create_task(chat(gateway, http)) for _ in range(5)]
+    await until(lambda: hold.waiting == 5 and demand.count("m") == 1)
+    assert queued(gateway) == 5  # still held from the gateway's point of view
+    hold.release.set()  # the agent's engine woke: no pod condition change needed
+    assert [r.status_code for r in await asyncio.gather(*tasks)] == [200] * 5
+    assert queued(gateway) == 0 and demand.count("m") == 1
+
+
+async def test_an_awake_replica_is_preferred_to_one_that_can_hold(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    source.add_model("m", [u.url for u in upstreams], awake=False, can_hold=True)
+    source.set_awake("m", True, replica=1)
+    responses = [await chat(gateway, http) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert (upstreams[0].received, upstreams[1].received) == (0, 4)
+
+
+async def test_queue_bound_and_wake_timeout_hold_for_requests_waiting_at_an_agent(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    hold = AgentHold()  # never released: a model that is not woken
+    upstreams[0].behaviour = hold
+    wake = WakePolicy(max_queued=2, timeout=1.0)
+    source.add_model("m", [upstreams[0].url], awake=False, wake=wake, can_hold=True)
+    tasks = [asyncio.create_task(chat(gateway, http)) for _ in range(2)]
+    await until(lambda: hold.waiting == 2)
+    resp = await chat(gateway, http)
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "queue_full"
+    for r in await asyncio.gather(*tasks):
+        assert r.status_code == 503 and r.headers["Retry-After"] == "7"
+        assert r.json()["error"]["code"] == "wake_timeout"
+    await until(lambda: hold.waiting == 0)  # the gateway hung up: the agent drops them
+    assert queued(gateway) == 0
+
+
+async def test_client_disconnect_while_held_at_an_agent_frees_the_slot(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    hold = AgentHold()
+    upstreams[0].behaviour = hold
+    wake = WakePolicy(max_queued=1)
+    source.add_model("m", [upstreams[0].url], awake=False, wake=wake, can_hold=True)
+    task = asyncio.create_task(chat(gateway, http))
+    await until(lambda: hold.waiting == 1)
+    task.cancel()
+    await until(lambda: queued(gateway) == 0 and hold.waiting == 0)
+    hold.release.set()
+    assert (await chat(gateway, http)).status_code == 200
+
+
+async def test_a_released_request_is_running_and_not_cut_by_the_wake_deadline(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    hold = AgentHold()
+    upstreams[0].behaviour = hold
+    wake = WakePolicy(timeout=0.3)
+    source.add_model("m", [upstreams[0].url], awake=False, wake=wake, can_hold=True)
+    task = asyncio.create_task(chat(gateway, http))
+    await until(lambda: hold.waiting == 1)
+    source.set_awake("m", True)  # the watch shows the pod awake: the agent released it
+    await until(lambda: queued(gateway) == 0)
+    await asyncio.sleep(0.5)  # past the wake deadline while the engine still works on it
+    hold.release.set()
+    assert (await task).status_code == 200
+
+
+async def test_an_agent_hold_timeout_before_the_deadline_is_held_again(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    async def hold_timeout(_: web.Request) -> web.StreamResponse:
+        body = {"error": {"message": "held", "type": "x", "param": None, "code": "hold_timeout"}}
+        return web.json_response(body, status=503, headers={"Retry-After": "5"})
+
+    upstreams[0].behaviour = hold_timeout
+    source.add_model("m", [upstreams[0].url], awake=False, can_hold=True)
+    task = asyncio.create_task(chat(gateway, http))
+    await until(lambda: upstreams[0].received >= 2)  # timed out at the agent, sent again
+    assert not task.done() and queued(gateway) == 1
+    upstreams[0].behaviour = None
+    assert (await task).status_code == 200

@@ -118,15 +118,14 @@ class Dispatcher:
                         return self._unavailable(
                             spec, "model_asleep", "is asleep and is not woken by requests"
                         )
-                    if not slot.active:
-                        if not slot.take(spec.wake.max_queued, spec.wake.timeout):
-                            return error_response(
-                                429,
-                                f"Too many requests are waiting for `{spec.served_name}` "
-                                "to wake; retry later.",
-                                "queue_full",
-                                retry_after=self._retry_after,
-                            )
+                    if not slot.active and not slot.take(spec.wake.max_queued, spec.wake.timeout):
+                        return error_response(
+                            429,
+                            f"Too many requests are waiting for `{spec.served_name}` "
+                            "to wake; retry later.",
+                            "queue_full",
+                            retry_after=self._retry_after,
+                        )
                     self._router.request_demand(spec)
                     deadline = slot.deadline
                     assert deadline is not None
@@ -136,10 +135,9 @@ class Dispatcher:
                     if target is None:
                         await self._wait(key, deadline, exclude)
                         continue
-                    held = await self._forward(request, spec, target, path, headers, body, slot)
-                    if held is None:
-                        return self._wake_timeout(spec, slot)
-                    result = held
+                    result = await self._forward(request, spec, target, path, headers, body, slot)
+                if result is None:  # held at an agent until the deadline
+                    return self._wake_timeout(spec, slot)
                 if isinstance(result, Retry):
                     self._metrics.upstream_retries.labels(result.reason).inc()
                     exclude.add(target.pod)

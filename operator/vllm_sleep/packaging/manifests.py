@@ -129,7 +129,7 @@ def base() -> dict[str, Any]:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [
-                    "../../crds",
+                    "crds.yaml",
                     "namespace.yaml",
                     "rbac.yaml",
                     "operator.yaml",
@@ -145,10 +145,19 @@ def render(docs: list[dict[str, Any]]) -> str:
     return header + "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
 
 
+def crds(root: Path) -> list[dict[str, Any]]:
+    """The CRDs (generated into crds/ from the pydantic models), copied into deploy/base so the
+    base is self-contained: kustomize refuses files outside a base, and GitOps tools often
+    fetch only the base's folder."""
+    files = sorted((root / "crds").glob("*.yaml"))
+    return [yaml.safe_load(p.read_text()) for p in files]
+
+
 def write(root: Path, check: bool) -> list[str]:
     stale = []
-    for name, docs in base().items():
-        path = root / "deploy" / "base" / name
+    targets = {root / "deploy" / "base" / name: docs for name, docs in base().items()}
+    targets[root / "deploy" / "base" / "crds.yaml"] = crds(root)
+    for path, docs in targets.items():
         text = render(docs)
         if check:
             if not path.is_file() or path.read_text() != text:

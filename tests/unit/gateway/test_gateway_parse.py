@@ -216,3 +216,53 @@ def test_decode_body_handles_gzip_deflate_and_bombs() -> None:
     assert isinstance(truncated, BadRequest) and truncated.status == 400
     br = decode_body(raw, "br", 100)
     assert isinstance(br, BadRequest) and br.status == 415
+
+
+def test_an_asleep_loaded_pod_can_hold_at_its_agent() -> None:
+    asleep = make_pod(
+        status__conditions=[
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "False"},
+            {"type": CONDITION_AWAKE, "status": "False"},
+        ]
+    )
+    p = pod_state(asleep, 8000)
+    assert p is not None and p.can_hold and not p.awake and p.url == "http://127.0.9.3:8000"
+
+
+@given(
+    ip=st.sampled_from(["", "127.0.9.3"]),
+    deleting=st.booleans(),
+    phase=st.sampled_from(["Running", "Pending", "Failed"]),
+    containers=st.sampled_from([None, "True", "False"]),
+    ready=st.sampled_from([None, "True", "False"]),
+    awake_cond=st.sampled_from([None, "True", "False", "Unknown"]),
+)
+def test_can_hold_is_exactly_a_loaded_live_pod_marked_not_awake(
+    ip: str,
+    deleting: bool,
+    phase: str,
+    containers: str | None,
+    ready: str | None,
+    awake_cond: str | None,
+) -> None:
+    conds = [
+        {"type": t, "status": v}
+        for t, v in (
+            ("ContainersReady", containers),
+            ("Ready", ready),
+            (CONDITION_AWAKE, awake_cond),
+        )
+        if v is not None
+    ]
+    meta = {"name": "m-0", "namespace": "ns", "labels": {LABEL_MODEL: "m"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    obj = {"metadata": meta, "status": {"phase": phase, "podIP": ip, "conditions": conds}}
+    p = pod_state(obj, 8000)
+    assert p is not None
+    loaded = (containers if containers is not None else ready) == "True"
+    live = bool(ip) and not deleting and phase == "Running" and loaded
+    assert p.can_hold == (live and awake_cond == "False")
+    assert p.awake == (live and awake_cond == "True")
+    assert not (p.awake and p.can_hold)  # never both: holders are only asked with none awake

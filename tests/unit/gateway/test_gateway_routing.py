@@ -20,8 +20,11 @@ NS = "team"
 KEY = ModelKey(NS, "m")
 
 
-def pod(i: int, awake: bool = True, model: str = "m", url: bool = True) -> PodState:
-    return PodState(NS, f"{model}-{i}", model, f"http://127.0.0.{i + 1}:8000" if url else "", awake)
+def pod(
+    i: int, awake: bool = True, model: str = "m", url: bool = True, hold: bool = False
+) -> PodState:
+    address = f"http://127.0.0.{i + 1}:8000" if url else ""
+    return PodState(NS, f"{model}-{i}", model, address, awake, hold and not awake)
 
 
 def table_with(*pods: PodState) -> ModelTable:
@@ -176,3 +179,47 @@ def test_awake_replicas_match_the_latest_pod_state(
     for model in ("m", "n"):
         want = {p.key for p in latest.values() if p.model == model and p.awake}
         assert {r.pod for r in t.awake_replicas(ModelKey(NS, model))} == want
+
+
+def test_holders_are_pods_whose_agent_can_hold_with_an_ip() -> None:
+    t = table_with(pod(0, awake=False), pod(1, awake=False, hold=True, url=False), pod(2))
+    assert t.choose_holder(KEY) is None
+    t.upsert_pod(pod(3, awake=False, hold=True))
+    assert t.choose_holder(KEY) == Replica((NS, "m-3"), "http://127.0.0.4:8000")
+    assert t.choose_holder(KEY, frozenset({(NS, "m-3")})) is None
+    assert t.choose_holder(ModelKey(NS, "other")) is None
+    assert t.is_awake(KEY, (NS, "m-2")) and not t.is_awake(KEY, (NS, "m-3"))
+    t.upsert_pod(pod(3, awake=True, hold=True))  # woke: an awake replica, not a holder
+    assert t.holding_replicas(KEY) == [] and t.is_awake(KEY, (NS, "m-3"))
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.booleans(), st.booleans()), max_size=20),
+    st.lists(st.integers(0, 4), max_size=10),
+    st.frozensets(st.integers(0, 4)),
+)
+def test_holder_choice_is_least_in_flight_then_name(
+    pods: list[tuple[int, bool, bool]], loads: list[int], excluded: frozenset[int]
+) -> None:
+    t = table_with()
+    for i, awake, hold in pods:
+        t.upsert_pod(pod(i, awake, hold=hold))
+    for i in loads:
+        t.acquire(Replica((NS, f"m-{i}"), ""))
+    exclude = frozenset((NS, f"m-{i}") for i in excluded)
+    eligible = sorted(
+        (t.inflight(r.pod), r.pod) for r in t.holding_replicas(KEY) if r.pod not in exclude
+    )
+    first = t.choose_holder(KEY, exclude)
+    if not eligible:
+        assert first is None
+        return
+    assert first is not None and first.pod == eligible[0][1]
+    assert t.choose_holder(KEY, exclude) == first  # no rotation: the same on every call
+    # A holder is never awake, and never a pod without an address.
+    latest = {p.key: p for p in t_pods(pods)}
+    assert not latest[first.pod].awake and latest[first.pod].can_hold and first.url
+
+
+def t_pods(pods: list[tuple[int, bool, bool]]) -> list[PodState]:
+    return [pod(i, awake, hold=hold) for i, awake, hold in pods]
