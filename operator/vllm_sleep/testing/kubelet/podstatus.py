@@ -128,7 +128,13 @@ def comparable(status: dict[str, Any]) -> dict[str, Any]:
         "podIP": status.get("podIP"),
         "conditions": [(c["type"], c["status"]) for c in status.get("conditions", [])],
         "containers": [
-            (c["name"], c["ready"], c["restartCount"], sorted(c["state"]))
+            (c["name"], c["ready"], c["restartCount"], _state_key(c["state"]))
             for c in status.get("containerStatuses", []) + status.get("initContainerStatuses", [])
         ],
     }
+
+
+def _state_key(state: dict[str, Any]) -> tuple[str, str | None]:
+    """The container state's kind and reason: a new waiting reason must be written too."""
+    kind = next(iter(state), "")
+    return kind, (state.get(kind) or {}).get("reason")
