@@ -80,6 +80,8 @@ def test_a_failed_go_build_raises_with_the_output_tail(tmp_path: Path) -> None:
     (tmp_path / "go.mod").write_text("module broken\n\ngo 1.26.0\n")
     (tmp_path / "main.go").write_text("package main\n\nfunc main() { undefinedThing() }\n")
     with pytest.raises(build.BuildError) as err:
-        build._run_go(["build", "-o", str(tmp_path / "out"), "."], tmp_path, lambda _s: None, "broken")
+        build._run_go(
+            ["build", "-o", str(tmp_path / "out"), "."], tmp_path, lambda _s: None, "broken"
+        )
     assert "undefinedThing" in str(err.value)
     assert "exit 1" in str(err.value)
