@@ -190,7 +190,7 @@ async def bench(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any
         for target, url in urls.items():
             row[target] = await run_cell(url, c, args.requests, args.warmup)
             print(f"c={c:<3} {target:<8} {json.dumps(row[target])}", flush=True)
-        for proxy in ("gateway", "nginx"):
+        for proxy in [t for t in urls if t != "direct"]:
             row[f"{proxy}_overhead_ms"] = {
                 metric: {
                     p: round(row[proxy][metric][p] - row["direct"][metric][p], 3)
@@ -213,13 +213,19 @@ def main() -> int:
     p.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
     )
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "gateway.json"))
     args = p.parse_args()
     if args.role == "upstream":
         asyncio.run(serve_upstream(args.port, args.chunks))
         return 0
     if args.role == "gateway":
-        asyncio.run(serve_gateway(args.port, args.upstream))
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve_gateway(args.port, args.upstream))
+        else:
+            asyncio.run(serve_gateway(args.port, args.upstream))
         return 0
 
     procs: list[subprocess.Popen[Any]] = []
@@ -234,12 +240,29 @@ def main() -> int:
             procs.append(
                 spawn(["--role", "gateway", "--port", str(gw_port), "--upstream", upstream])
             )
+            # The same gateway on uvloop (what `vllm-sleep gateway` uses when installed).
+            uv_port = free_port(HOSTS["gateway"])
+            procs.append(
+                spawn(
+                    [
+                        "--role",
+                        "gateway",
+                        "--port",
+                        str(uv_port),
+                        "--upstream",
+                        upstream,
+                        "--loop",
+                        "uvloop",
+                    ]
+                )
+            )
             ngx_port = free_port(HOSTS["nginx"])
             procs.append(start_nginx(Path(tmp), f"{HOSTS['upstream']}:{up_port}", ngx_port))
             path = "/v1/chat/completions"
             urls = {
                 "direct": upstream + path,
                 "gateway": f"http://{HOSTS['gateway']}:{gw_port}{path}",
+                "gateway-uvloop": f"http://{HOSTS['gateway']}:{uv_port}{path}",
                 "nginx": f"http://{HOSTS['nginx']}:{ngx_port}{path}",
             }
             cells = asyncio.run(bench(args, urls))
