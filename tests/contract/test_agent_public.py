@@ -7,6 +7,7 @@ Real agent, real simulator, real loopback HTTP, on distinct 127.x addresses (the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -182,6 +183,26 @@ async def test_requests_while_asleep_are_held_then_served(
     assert (await http.post(agent.control_url + "/wake", headers=AUTH)).status_code == 200
     for resp in await asyncio.gather(*pending):
         assert resp.status_code == 200, resp.text
+    assert not engine.violations
+
+
+async def test_a_held_request_whose_client_leaves_stops_counting_as_demand(
+    agent: Agent, engine: SimEngine, http: httpx.AsyncClient
+) -> None:
+    assert (await http.post(agent.control_url + "/sleep?level=1", headers=AUTH)).status_code == 200
+    leaving = asyncio.create_task(http.post(agent.public_url + "/v1/completions", json=COMPLETION))
+    await wait_held(agent, 1)
+    leaving.cancel()  # the client hangs up while its request is held
+    with contextlib.suppress(asyncio.CancelledError):
+        await leaving
+    # Well inside the fixture's 10 s hold timeout: the agent notices the hang-up itself.
+    deadline = asyncio.get_running_loop().time() + 3
+    while agent.gate.held and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert agent.gate.held == 0  # no longer demand: the operator would not wake for it
+    # A later wake does not run the abandoned request on the engine.
+    assert (await http.post(agent.control_url + "/wake", headers=AUTH)).status_code == 200
+    assert agent.gate.inflight == 0
     assert not engine.violations
 
 

@@ -9,6 +9,8 @@ client went away, so `inflight` counts exactly what the engine is working on.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -46,6 +48,9 @@ _DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length", "expect"}
 _DROP_RESPONSE = _HOP_BY_HOP | {"content-length"}
 BUFFER_LIMIT = 1 << 20  # = aiohttp's default client_max_size for request.read()
 _CHUNK = 1 << 16
+
+
+DISCONNECT_POLL_SECONDS = 0.25  # how soon a held request notices its client left
 
 
 class PublicProxy:
@@ -91,7 +96,12 @@ class PublicProxy:
         self._inference.inc()
         held = self._gate.mode is not Mode.OPEN
         started = time.monotonic()
-        admission = await self._gate.acquire(self._config.hold_timeout)
+        if held:
+            admission = await self._hold(request)
+            if admission is None:
+                return error_response(499, "client closed the request while it was held")
+        else:
+            admission = await self._gate.acquire(self._config.hold_timeout)
         if held:
             self._metrics.hold_seconds.labels(admission.value).observe(time.monotonic() - started)
         if admission is not Admission.ADMITTED:
@@ -105,6 +115,23 @@ class PublicProxy:
             return await self._forward(request, m.route, inference=True)
         finally:
             self._gate.release()
+
+    async def _hold(self, request: web.BaseRequest) -> Admission | None:
+        """Wait for admission while held, giving up (None) if the client goes away meanwhile.
+
+        A held request counts as demand (the operator wakes the engine for it), so a client that
+        left must stop counting at once, not when the hold times out.
+        """
+        wait = asyncio.ensure_future(self._gate.acquire(self._config.hold_timeout))
+        while True:
+            done, _ = await asyncio.wait((wait,), timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                return wait.result()
+            if request.transport is None or request.transport.is_closing():
+                wait.cancel()  # the gate drops the waiter (or releases a just-granted slot)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await wait
+                return None
 
     def _reject(self, admission: Admission) -> web.Response:
         self._metrics.rejected.labels(admission.value).inc()

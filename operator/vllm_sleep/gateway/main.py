@@ -46,7 +46,8 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
         import uvloop
     except ImportError:
         return asyncio.run
-    return uvloop.run  # type: ignore[no-any-return]
+    runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
+    return runner
 
 
 async def _run(config: GatewayConfig) -> None:
