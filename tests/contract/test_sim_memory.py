@@ -135,3 +135,24 @@ async def test_stop_releases_memory_and_is_not_a_violation(host: EngineHost) -> 
     assert gpu.used_bytes == 0 and a.dead.is_set() and host.violations() == []
     b = await start(host, "b", "--port", str(a.bound_port), device=gpu)  # the port is free again
     assert b.state == "awake"
+
+
+async def test_weights_that_leave_no_room_for_the_kv_cache_fail_startup(host: EngineHost) -> None:
+    from vllm_sleep.testing.sim.testkit import start
+
+    dev = host.device("n/gpu-big", total_bytes=80 * 2**30)
+    engine = await start(
+        host,
+        "m",
+        "--gpu-memory-utilization",
+        "0.5",
+        device=dev,
+        env={"VLLM_SIM_WEIGHTS_BYTES": "60Gi"},
+        wait=False,
+    )
+    await engine.dead.wait()
+    assert engine.state == "failed"
+    assert (
+        engine.failure is not None and "No available memory for the cache blocks" in engine.failure
+    )
+    assert dev.held_by(engine) == 0

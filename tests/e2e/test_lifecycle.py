@@ -175,3 +175,27 @@ def test_cli_wake_sleep_and_status(kube: Kube, namespace: str, operator: Proc) -
     assert "cli" in status.stdout and "Asleep" in status.stdout
     missing = cli("wake", "nope", "-n", namespace)
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_an_engine_that_cannot_start_makes_the_model_failed_with_the_reason(
+    kube: Kube, namespace: str, operator: Proc
+) -> None:
+    # 100 GiB of weights leave no room for a KV cache in 90 % of 80 GiB: vLLM refuses to start,
+    # again and again (crash loop).
+    apply(
+        kube,
+        model_manifest(
+            "huge", namespace, resources={"gpuMemoryUtilization": 0.9, "weightsSize": "100Gi"}
+        ),
+    )
+    obj = wait_phase(kube, namespace, "huge", "Failed", timeout=120)
+    replica = obj["status"]["replicas"][0]
+    assert replica["state"] == "Failed"
+    assert "no available memory for the cache blocks" in replica["message"].lower()
+    conds = {c["type"]: c for c in obj["status"]["conditions"]}
+    assert (
+        conds["Degraded"]["status"] == "True"
+        and "gpu_memory_utilization" in conds["Degraded"]["message"]
+    )
+    assert "EngineFailed" in [e.reason for e in events(kube, namespace, "huge")]
+    assert operator.proc is not None and operator.proc.poll() is None

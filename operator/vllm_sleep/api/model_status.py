@@ -39,6 +39,9 @@ class ReplicaStatus(ApiModel):
     state: str = Field(max_length=64)
     since: datetime | None = None
     level: int | None = Field(default=None, ge=0, le=2)
+    message: str | None = Field(
+        default=None, max_length=1024, description="Why the replica is failing, when it is."
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

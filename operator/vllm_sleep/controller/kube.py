@@ -54,6 +54,8 @@ class Kube:
         except ApiException as e:
             if e.status == 409:
                 return False
+            if e.status == 403 and "being terminated" in str(e.body):
+                return False  # the namespace is going away, and the model with it
             raise
         return True
 

@@ -29,6 +29,7 @@ from .agents import UNREACHABLE, AgentError, AgentReport
 from .context import Context
 from .kube import parse_time
 from .memory import memory_from_pod, memory_patch
+from .podstate import engine_failure
 from .status import model_status
 from .watchers import AgentWatchers
 
@@ -51,6 +52,7 @@ class ModelController:
         self.watchers = AgentWatchers(ctx.agents, self.kick)
         self.transitions: dict[str, asyncio.Task[None]] = {}  # pod name -> running sleep/wake
         self.transition_kind: dict[str, str] = {}  # pod name -> "sleep" | "wake"
+        self._reported_restarts: dict[str, int] = {}  # pod -> restart count already in an Event
         self._token: str | None = None
         self._last_status: dict[str, Any] | None = None
 
@@ -139,6 +141,16 @@ class ModelController:
         name = pod["metadata"]["name"]
         report = self.watchers.report(pod)
         state = report.state
+        failure = engine_failure(pod)
+        if failure is not None and state in (
+            AgentState.UNREACHABLE,
+            AgentState.LOADING,
+            AgentState.FAILED,
+        ):
+            state = AgentState.FAILED
+            if self._reported_restarts.get(name) != failure.restarts:
+                self._reported_restarts[name] = failure.restarts
+                self.emit("Warning", "EngineFailed", f"{name}: {failure.reason}")
         kind = self.transition_kind.get(name)
         if kind is not None and state not in TRANSITIONING:
             # Our own request is in flight and the agent's report predates it (or its end).

@@ -12,6 +12,7 @@ from ..reconcile.lifecycle import AgentState, ReplicaObservation
 from ..reconcile.phase import Phase, summarize
 from .agents import AgentReport
 from .kube import rfc3339
+from .podstate import engine_failure
 
 
 def model_status(
@@ -27,6 +28,7 @@ def model_status(
     summary = summarize(observations, desired)
     replicas = []
     activity: list[float] = []
+    failures: list[str] = []
     for pod, obs in zip(pods, observations, strict=True):
         name = pod["metadata"]["name"]
         rep = reports.get(name)
@@ -39,10 +41,16 @@ def model_status(
             entry["since"] = rfc3339(rep.since)
         if rep and rep.level is not None and obs.agent == AgentState.ASLEEP:
             entry["level"] = rep.level
+        failure = engine_failure(pod) if obs.agent == AgentState.FAILED else None
+        if failure is not None:
+            entry["message"] = failure.reason
+            failures.append(failure.reason)
         replicas.append(entry)
         if obs.last_activity:
             activity.append(obs.last_activity)
     children = {**children, "unscheduled": _unscheduled(pods, children.get("problem"))}
+    if failures and not children.get("problem"):
+        children["problem"] = failures[0]
     generation = body["metadata"].get("generation")
     previous = body.get("status") or {}
     status: dict[str, Any] = {

@@ -79,6 +79,9 @@ def vllm_container(
         "startupProbe": _http_probe(HEALTH_PATH, names.PUBLIC_PORT, 10, 360, 5),  # 1h to load
         "readinessProbe": _http_probe(HEALTH_PATH, names.PUBLIC_PORT, 10, 3, 5),
         "livenessProbe": _http_probe(HEALTH_PATH, names.PUBLIC_PORT, 15, 8, 10),
+        # When vLLM dies (out of memory at startup, a bad flag), the tail of its log becomes the
+        # container's termination message, which the operator shows in status and Events.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy

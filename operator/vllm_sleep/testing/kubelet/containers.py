@@ -26,6 +26,8 @@ class Process(Protocol):
 
     def exited(self) -> asyncio.Event: ...
 
+    def failure(self) -> str | None: ...
+
 
 class UnknownCommand(Exception):
     pass
@@ -42,6 +44,11 @@ class EngineProcess:
         ev: asyncio.Event = self.engine.dead  # type: ignore[attr-defined]
         return ev
 
+    def failure(self) -> str | None:
+        """What the engine's log would end with when it died (startup error, crash)."""
+        text: str | None = getattr(self.engine, "failure", None)
+        return text
+
 
 @dataclass
 class AgentProcess:
@@ -54,6 +61,9 @@ class AgentProcess:
 
     def exited(self) -> asyncio.Event:
         return self._exited
+
+    def failure(self) -> str | None:
+        return None
 
 
 def command_line(container: Mapping[str, object]) -> list[str]:

@@ -142,6 +142,9 @@ class PodWorker:
                 "startedAt": view.started_at,
                 "finishedAt": self._now(),
             }
+            failure = proc.failure()
+            if failure and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                view.last_terminated["message"] = failure[-4096:]  # kubelet's log-tail bound
             view.restart_count += 1
             self._procs[name] = None
             await rt.stop_quietly(proc)

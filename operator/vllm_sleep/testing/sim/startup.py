@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+NO_KV_CACHE_MESSAGE = (
+    "ValueError: No available memory for the cache blocks. Try increasing "
+    "`gpu_memory_utilization` when initializing the engine."
+)
+
+
 async def load(engine: SimEngine) -> None:
     cfg, t, dev = engine.cfg, engine.cfg.timings, engine.device
     engine.transition = "startup"
@@ -46,6 +52,10 @@ async def load(engine: SimEngine) -> None:
         if disturbed:
             message = profiling_message(free_before, dev.free_bytes, disturbed[0])
             return engine.fail("profiling_race", message)
+        if cfg.weights_bytes + engine.residual >= engine.share:
+            # KV cache = this engine's share minus its own non-KV usage (weights, context):
+            # nothing left means vLLM refuses to start (v1/core/kv_cache_utils.py).
+            return engine.fail("startup_oom", NO_KV_CACHE_MESSAGE)
         dev.set_held(engine, engine.share)  # the KV cache, sized at startup
     except OutOfMemory as e:
         return engine.fail("startup_oom", f"CUDA out of memory during startup: {e}")
