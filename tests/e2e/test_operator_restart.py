@@ -42,7 +42,7 @@ def count(kube: Kube, namespace: str, model: str, reason: str) -> int:
 
 # Big weights and a slowed engine make transitions take seconds, so the kill lands inside one.
 SLOW: dict[str, Any] = {
-    "resources": {"gpuMemoryUtilization": 0.95, "weightsSize": "75Gi"},
+    "resources": {"gpuMemoryUtilization": 0.95, "weightsSize": "60Gi"},
     "env": [
         {"name": "VLLM_SIM_PROFILE", "value": "legacy"},
         {"name": "VLLM_SIM_TIME_SCALE", "value": "5"},
