@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ..http_common import HOP_BY_HOP
 from .config import AgentConfig
 from .gate import Admission, Gate, Mode
 from .metrics import AgentMetrics
@@ -29,23 +30,10 @@ from .state import StateBoard
 
 log = logging.getLogger(__name__)
 
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # Host is the upstream's; Content-Length is recomputed for the body actually sent; aiohttp's
 # server already answered Expect: 100-continue.
-_DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length", "expect"}
-_DROP_RESPONSE = _HOP_BY_HOP | {"content-length"}
+_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 BUFFER_LIMIT = 1 << 20  # = aiohttp's default client_max_size for request.read()
 _CHUNK = 1 << 16
 

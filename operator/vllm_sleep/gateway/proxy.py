@@ -23,30 +23,16 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ..http_common import AGENT_REFUSAL_CODES, HOP_BY_HOP
 from .errors import error_response
 
 log = logging.getLogger(__name__)
 
-AGENT_REFUSALS = frozenset(
-    {"hold_timeout", "queue_full", "engine_unavailable", "engine_unreachable"}
-)
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+AGENT_REFUSALS = AGENT_REFUSAL_CODES
 # aiohttp's server already decoded the request body (Content-Encoding) and answered Expect;
 # Host and Content-Length belong to the upstream request.
-_DROP_REQUEST = _HOP_BY_HOP | {"host", "content-length", "content-encoding", "expect"}
-_DROP_RESPONSE = _HOP_BY_HOP | {"content-length"}
+_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "content-encoding", "expect"}
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 _SMALL = 1 << 20  # upstream bodies up to this (with a length, not SSE) are relayed in one write
 _REFUSAL_PEEK = 1 << 16
 
