@@ -44,6 +44,9 @@ class Context:
     def set_phase(self, namespace: str, model: str, phase: str) -> None:
         self.metrics.set_phase(namespace, model, phase, [p.value for p in Phase])
 
+    def forget_model(self, namespace: str, model: str) -> None:
+        self.metrics.forget(namespace, model, [p.value for p in Phase])
+
     def signal_demand(self, namespace: str, model: str, renew_time: float) -> None:
         key = (namespace, model)
         if renew_time > self.demand.get(key, 0.0):

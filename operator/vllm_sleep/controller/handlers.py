@@ -72,6 +72,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if type == "DELETED" and namespace:
             ctx.demand.pop((namespace, name), None)
             ctx.pods.forget(namespace, name)
+            ctx.forget_model(namespace, name)  # no stale per-model metric series
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_MODEL: kopf.PRESENT}, registry=registry)
     def pod_changed(
