@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
 
+from ..logs import configure
 from .agent import Agent
 from .config import AgentConfig, AgentConfigError, build_parser
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(
-        level=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure()
     if any(a in ("-h", "--help") for a in argv):
         build_parser().print_help()
         return 0

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from ..http_common import HOP_BY_HOP
+from ..http_common import HOP_BY_HOP, relay
 from .config import AgentConfig
 from .gate import Admission, Gate, Mode
 from .metrics import AgentMetrics
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 # Host is the upstream's; Content-Length is recomputed for the body actually sent; aiohttp's
 # server already answered Expect: 100-continue.
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
-_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
 BUFFER_LIMIT = 1 << 20  # = aiohttp's default client_max_size for request.read()
 _CHUNK = 1 << 16
 
@@ -178,38 +177,18 @@ class PublicProxy:
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, *, inference: bool
     ) -> web.StreamResponse:
-        headers = _response_headers(upstream.headers)
-        length = upstream.content_length
-        streaming = upstream.content_type == "text/event-stream"
-        if length is not None and length <= BUFFER_LIMIT and not streaming:
-            body = await upstream.read()
-            return web.Response(
-                status=upstream.status, reason=upstream.reason, headers=headers, body=body
-            )
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        if length is not None:
-            resp.content_length = length
-        await resp.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
-        except ConnectionResetError:
-            # The client left. Leaving the `async with` closes the upstream connection, which is
-            # how vLLM learns to abort the request; note it so a sleep waits for that to land.
+        def client_left() -> None:
+            # vLLM aborts the request once the upstream connection closes; a sleep must wait
+            # for that to land (<=0.16 crashes on work still running).
             if inference:
                 self._gate.note_abandoned()
-            return resp
-        except Exception as e:
-            # vLLM broke off mid-body (engine death), or a bug: the status line is already
-            # sent, so the only honest signal left is an incomplete response. Returning an
-            # error response here would write a second status line onto the connection.
-            self._metrics.upstream_errors.inc()
-            log.warning("relay of %s broke off: %s: %s", request.path, type(e).__name__, e)
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        await resp.write_eof()
-        return resp
+
+        return await relay(
+            request,
+            upstream,
+            on_client_left=client_left,
+            on_broken=lambda _e: self._metrics.upstream_errors.inc(),
+        )
 
 
 def _request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
@@ -221,12 +200,4 @@ def _request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     if peer:
         prior = request.headers.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    return out
-
-
-def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in _DROP_RESPONSE:
-            out.add(name, value)
     return out

@@ -15,9 +15,9 @@ class ModelPhase(StrEnum):
     """The model as a whole; docs/api.md explains each."""
 
     PENDING = "Pending"  # no pod exists yet (or none is scheduled)
-    LOADING = "Loading"  # pods start, vLLM loads weights, or the first (pre-warm) sleep runs
+    LOADING = "Loading"  # pods start, vLLM loads the weights
     AWAKE = "Awake"  # at least one replica is awake and routed
-    DRAINING = "Draining"  # replicas leave routing, finish in-flight requests, go to sleep
+    DRAINING = "Draining"  # a replica goes to sleep (after idle, on request, or the pre-warm)
     ASLEEP = "Asleep"  # every replica asleep (or replicas: 0)
     WAKING = "Waking"  # a wake is in progress; requests are held
     FAILED = "Failed"  # every replica failed

@@ -32,16 +32,22 @@ class Children:
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self._kube = kube
         self._settings = settings
-        self._ensured: set[tuple[str, str, str]] = (
-            set()
-        )  # (ns, name, uid) with Secret/Lease/Service
+        # (ns, name, uid) whose Secret, Lease and Service exist
+        self._ensured: set[tuple[str, str, str]] = set()
+        # GPUPools as kopf's watch last showed them (see handlers): a reconcile pass, the wake
+        # pass included, reads pools from here instead of GETting one per pass.
+        self.pools: dict[str, dict[str, Any]] = {}
 
     async def placement(self, model: Any) -> tuple[GpuAttachment | None, str | None]:
         """Where the model's GPUs come from, or why it cannot be placed (a condition, no crash)."""
         pool_name = model.spec.placement.pool
         if not pool_name:
             return GpuAttachment(), None
-        body = await self._kube.get_cluster_object(GROUP, VERSION, GPU_POOL_PLURAL, pool_name)
+        body = self.pools.get(pool_name)
+        if body is None:  # not seen by the watch (yet): ask once; found pools stay cached
+            body = await self._kube.get_cluster_object(GROUP, VERSION, GPU_POOL_PLURAL, pool_name)
+            if body is not None:
+                self.pools[pool_name] = body
         if body is None:
             return (
                 None,

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..api.model_status import ModelPhase as Phase
 from ..metrics import OperatorMetrics
 from ..reconcile.lifecycle import ModelPolicy
-from ..reconcile.phase import Phase
 from .agents import AgentClient
 from .kube import Kube
 from .podcache import PodCache

@@ -14,6 +14,7 @@ import kopf
 
 from ..api.names import (
     COMPONENT_DEMAND_LEASE,
+    GPU_POOL_PLURAL,
     GROUP,
     LABEL_COMPONENT,
     LABEL_MODEL,
@@ -73,6 +74,16 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             ctx.demand.pop((namespace, name), None)
             ctx.pods.forget(namespace, name)
             ctx.forget_model(namespace, name)  # no stale per-model metric series
+
+    @kopf.on.event(GROUP, VERSION, GPU_POOL_PLURAL, registry=registry)
+    def pool_changed(name: str, type: str, event: Mapping[str, Any], **_: Any) -> None:
+        raw = event.get("object")
+        if type == "DELETED":
+            ctx.children.pools.pop(name, None)
+        elif isinstance(raw, dict):
+            ctx.children.pools[name] = raw
+        for controller in list(ctx.controllers.values()):  # placement may change for any model
+            controller.kick.set()
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_MODEL: kopf.PRESENT}, registry=registry)
     def pod_changed(

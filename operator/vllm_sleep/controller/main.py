@@ -14,6 +14,7 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..logs import configure
 from ..metrics import OperatorMetrics
 from .agents import AgentClient
 from .context import Context, Settings
@@ -110,9 +111,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(args.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
     # kopf logs every successful event handler at INFO; ours only kick a model's loop.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.model_status import ModelPhase as Phase
 from ..reconcile.lifecycle import AgentState, ReplicaObservation
-from ..reconcile.phase import Phase, summarize
+from ..reconcile.phase import summarize
 from .agents import AgentReport
 from .kube import rfc3339
 from .podstate import engine_failure

@@ -24,9 +24,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..http_common import relay
 from .errors import error_response
 from .metrics import GatewayMetrics
-from .proxy import Failed, Retry, SendResult, relay, send
+from .proxy import Failed, Retry, SendResult, send
 from .router import Router
 from .routing import ModelKey, ModelSpec, ModelTable, Replica
 

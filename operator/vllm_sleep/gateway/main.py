@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..logs import configure
 from .config import GatewayConfig, GatewayConfigError, build_parser
 from .demand import LeaseDemand
 from .gateway import Gateway
@@ -19,10 +19,7 @@ from .routing import WakePolicy
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(
-        level=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure()
     if any(a in ("-h", "--help") for a in argv):
         build_parser().print_help()
         return 0

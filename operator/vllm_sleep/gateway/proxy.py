@@ -1,4 +1,4 @@
-"""The data path to one replica: send a buffered request, relay the answer unbuffered.
+"""The data path to one replica: send a buffered request (the answer is relayed by `http_common.relay`).
 
 Retry rule (the only place a request may be sent twice): `send` returns `Retry` exactly when the
 request provably never reached an engine:
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from ..http_common import AGENT_REFUSAL_CODES, HOP_BY_HOP
+from ..http_common import AGENT_REFUSAL_CODES, HOP_BY_HOP, response_headers
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ AGENT_REFUSALS = AGENT_REFUSAL_CODES
 # aiohttp's server already decoded the request body (Content-Encoding) and answered Expect;
 # Host and Content-Length belong to the upstream request.
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "content-encoding", "expect"}
-_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
-_SMALL = 1 << 20  # upstream bodies up to this (with a length, not SSE) are relayed in one write
 _REFUSAL_PEEK = 1 << 16
 
 
@@ -110,7 +108,7 @@ async def send(
     resp.release()
     if complete and _refusal_code(raw) in AGENT_REFUSALS:
         return Retry(_refusal_code(raw) or "")
-    return Failed(web.Response(status=503, body=raw, headers=_response_headers(resp.headers)))
+    return Failed(web.Response(status=503, body=raw, headers=response_headers(resp.headers)))
 
 
 def _refusal_code(raw: bytes) -> str | None:
@@ -119,35 +117,3 @@ def _refusal_code(raw: bytes) -> str | None:
     except (ValueError, KeyError, TypeError):
         return None
     return code if isinstance(code, str) else None
-
-
-def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _DROP_RESPONSE)
-
-
-async def relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Copy the upstream response to the client; SSE chunks are written as they arrive."""
-    headers = _response_headers(upstream.headers)
-    length = upstream.content_length
-    if length is not None and length <= _SMALL and upstream.content_type != "text/event-stream":
-        body = await upstream.read()
-        return web.Response(
-            status=upstream.status, reason=upstream.reason, headers=headers, body=body
-        )
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if length is not None:
-        resp.content_length = length
-    await resp.prepare(request)
-    try:
-        async for chunk in upstream.content.iter_any():
-            await resp.write(chunk)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        return resp  # the client left; closing the upstream tells vLLM to abort
-    except (aiohttp.ClientError, TimeoutError) as e:
-        # The status line is already out: the only honest signal left is a cut connection.
-        log.warning("relay of %s broke off: %s", request.path, type(e).__name__)
-        if request.transport is not None:
-            request.transport.close()
-        return resp
-    await resp.write_eof()
-    return resp

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
+from ..api.model_status import ModelPhase as Phase  # the API's enum: one list of phases
 from .lifecycle import AgentState, ReplicaObservation
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    LOADING = "Loading"
-    AWAKE = "Awake"
-    DRAINING = "Draining"
-    ASLEEP = "Asleep"
-    WAKING = "Waking"
-    FAILED = "Failed"
 
 
 @dataclass(frozen=True)

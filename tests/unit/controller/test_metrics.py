@@ -6,8 +6,8 @@ from __future__ import annotations
 def test_forgetting_a_model_drops_its_phase_series() -> None:
     from prometheus_client import generate_latest
 
+    from vllm_sleep.api.model_status import ModelPhase as Phase
     from vllm_sleep.metrics import OperatorMetrics
-    from vllm_sleep.reconcile.phase import Phase
 
     m = OperatorMetrics()
     phases = [p.value for p in Phase]

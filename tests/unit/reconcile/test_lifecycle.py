@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vllm_sleep.api.model_status import ModelPhase as Phase
 from vllm_sleep.reconcile.lifecycle import (
     AgentState,
     ModelPolicy,
@@ -16,7 +17,7 @@ from vllm_sleep.reconcile.lifecycle import (
     Wake,
     decide,
 )
-from vllm_sleep.reconcile.phase import Phase, summarize
+from vllm_sleep.reconcile.phase import summarize
 
 AUTO = ModelPolicy(Policy.AUTO, level=1, idle_timeout=600, min_awake=30)
 NOW = 1_000_000.0

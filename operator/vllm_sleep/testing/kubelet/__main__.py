@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
+from ...logs import configure
 from ..sim.units import parse_bytes
 from .kubelet import SimKubelet
 from .nodes import NodeSpec
@@ -59,9 +59,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure()
     asyncio.run(run(parser().parse_args(argv)))
     return 0
 
