@@ -63,14 +63,15 @@ def pct(xs: list[float], p: float) -> float:
 class Cluster:
     def __init__(self, time_scale: float) -> None:
         from vllm_sleep.testing.cluster import build, controlplane
-        from vllm_sleep.testing.cluster.simnodes import start_sim_kubelet
+        from vllm_sleep.testing.cluster.simnodes import start_simulated
 
         self._cp = controlplane
         bins = build.ensure_all()
         root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         self.dir = root / f"vso-wake-bench-{os.getpid()}"
-        self.state = controlplane.start(self.dir, bins)
-        start_sim_kubelet(self.state, gpu_nodes=1, gpus_per_node=1, time_scale=time_scale)
+        self.state = start_simulated(
+            self.dir, bins, gpu_nodes=1, gpus_per_node=1, time_scale=time_scale
+        )
         self.kubectl_bin = str(bins["k8s"] / "kubectl")
         self.kubeconfig = self.state.kubeconfig
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -89,13 +90,10 @@ class Cluster:
         token = self.kubectl(
             "create", "token", sa, "-n", "vllm-sleep-system", "--duration=6h"
         ).strip()
-        cfg = yaml.safe_load(Path(self.kubeconfig).read_text())
-        cfg["users"] = [{"name": sa, "user": {"token": token}}]
-        for ctx in cfg["contexts"]:
-            ctx["context"]["user"] = sa
-        path = self.dir / f"{sa}.kubeconfig"
-        path.write_text(yaml.safe_dump(cfg))
-        return str(path)
+        from vllm_sleep.testing.cluster.tokens import kubeconfig_with_token
+
+        out = self.dir / f"{sa}.kubeconfig"
+        return str(kubeconfig_with_token(Path(self.kubeconfig), sa, token, out))
 
     def spawn(self, name: str, argv: list[str], kubeconfig: str) -> None:
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1"}

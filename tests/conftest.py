@@ -60,16 +60,12 @@ class Kube:
 
 
 def _start_own(tmp_root: Path) -> tuple[Kube, object]:
-    from vllm_sleep.testing.cluster import build, controlplane
-    from vllm_sleep.testing.cluster.simnodes import start_sim_kubelet
+    from vllm_sleep.testing.cluster import build
+    from vllm_sleep.testing.cluster.simnodes import start_simulated
 
     bins = build.ensure_all()
-    state = controlplane.start(tmp_root, bins)
-    start_sim_kubelet(
-        state,
-        gpu_nodes=2,
-        gpus_per_node=2,
-        time_scale=float(os.environ.get("VLLM_SLEEP_TIME_SCALE", "0.02")),
+    state = start_simulated(
+        tmp_root, bins, time_scale=float(os.environ.get("VLLM_SLEEP_TIME_SCALE", "0.02"))
     )
     kube = Kube(
         Path(state.kubeconfig), str(bins["k8s"] / "kubectl"), state.kubelet_admin_url, tmp_root

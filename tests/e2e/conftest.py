@@ -77,19 +77,14 @@ def _free_port() -> int:
 def service_account_kubeconfig(kube: Kube, sa: str, path: Path) -> Path:
     """A kubeconfig holding only a token of `sa` (installed from deploy/base/rbac.yaml), so the
     process runs with exactly the RBAC the chart and deploy/ grant, never as admin."""
-    import yaml
+    from vllm_sleep.testing.cluster.tokens import kubeconfig_with_token
 
     kube.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / "namespace.yaml"))
     kube.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / "rbac.yaml"))
     token = kube.kubectl(
         "create", "token", sa, "-n", "vllm-sleep-system", "--duration=6h"
     ).stdout.strip()
-    admin = yaml.safe_load(kube.kubeconfig.read_text())
-    admin["users"] = [{"name": sa, "user": {"token": token}}]
-    for ctx in admin["contexts"]:
-        ctx["context"]["user"] = sa
-    path.write_text(yaml.safe_dump(admin))
-    return path
+    return kubeconfig_with_token(kube.kubeconfig, sa, token, path)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..testing.cluster import build, controlplane
 from ..testing.cluster.controlplane import ClusterState
-from ..testing.cluster.simnodes import start_sim_kubelet
+from ..testing.cluster.simnodes import start_simulated
 from .kube import Cluster
 
 DEFAULT_STATE_DIR = Path(os.environ.get("VLLM_SLEEP_DEV_DIR", "/dev/shm/vllm-sleep-dev"))
@@ -50,8 +50,9 @@ def ensure(
         # Half a cluster (something crashed): stop the rest rather than guess what is usable.
         log(f"stopping the incomplete cluster in {state_dir}")
         controlplane.stop(state)
-    state = controlplane.start(state_dir, bins)
-    start_sim_kubelet(state, gpu_nodes=gpu_nodes, gpus_per_node=2, time_scale=time_scale)
+    state = start_simulated(
+        state_dir, bins, gpu_nodes=gpu_nodes, gpus_per_node=2, time_scale=time_scale
+    )
     cluster = Cluster(Path(state.kubeconfig), kubectl, state.kubelet_admin_url)
     return LocalCluster(state, cluster, time_scale, started=True)
 

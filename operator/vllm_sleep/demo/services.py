@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-import yaml
 
 from ..testing.cluster.controlplane import ClusterState
 from ..testing.cluster.processes import free_port, log_tail, pid_alive, spawn, stop_pids
+from ..testing.cluster.tokens import kubeconfig_with_token
 from .kube import Cluster, DemoError
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: crds/ and deploy/ live there
@@ -91,13 +91,7 @@ def service_account_kubeconfig(cluster: Cluster, sa: str, path: Path) -> Path:
     token = cluster.kubectl(
         "create", "token", sa, "-n", SYSTEM_NAMESPACE, f"--duration={TOKEN_HOURS}h"
     ).stdout.strip()
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": sa, "user": {"token": token}}]
-    for ctx in config["contexts"]:
-        ctx["context"]["user"] = sa
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    return kubeconfig_with_token(cluster.kubeconfig, sa, token, path)
 
 
 def ensure(

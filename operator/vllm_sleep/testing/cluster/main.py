@@ -62,12 +62,14 @@ def _up(state_dir: Path, args: argparse.Namespace) -> int:
         print(f"export KUBECONFIG={existing.kubeconfig}")
         return 0
     bins = build.ensure_all(lambda s: print(s, flush=True))
-    state = controlplane.start(state_dir, bins)
-    if not args.no_kubelet:
-        from .simnodes import start_sim_kubelet
+    if args.no_kubelet:
+        state = controlplane.start(state_dir, bins)
+    else:
+        from .simnodes import start_simulated
 
-        start_sim_kubelet(
-            state,
+        state = start_simulated(
+            state_dir,
+            bins,
             gpu_nodes=args.gpu_nodes,
             gpus_per_node=args.gpus_per_node,
             gpu_memory=args.gpu_memory,

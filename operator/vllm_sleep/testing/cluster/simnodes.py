@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from .controlplane import ClusterState, stop
+from .controlplane import ClusterState, start, stop
 from .processes import ClusterError, free_port, http_ok, spawn, wait_ready
 
 
@@ -39,3 +40,25 @@ def start_sim_kubelet(
     except ClusterError:
         stop(state)
         raise
+
+
+def start_simulated(
+    state_dir: Path,
+    bins: dict[str, Path],
+    *,
+    gpu_nodes: int = 2,
+    gpus_per_node: int = 2,
+    gpu_memory: str = "80Gi",
+    time_scale: float = 0.05,
+) -> ClusterState:
+    """A control plane plus simulated GPU nodes: what `dev up`, the tests, the bench and the
+    demo all start."""
+    state = start(state_dir, bins)
+    start_sim_kubelet(
+        state,
+        gpu_nodes=gpu_nodes,
+        gpus_per_node=gpus_per_node,
+        gpu_memory=gpu_memory,
+        time_scale=time_scale,
+    )
+    return state
