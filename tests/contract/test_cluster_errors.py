@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,6 @@ import pytest
 from vllm_sleep.testing.cluster import gotool
 from vllm_sleep.testing.cluster.processes import (
     ClusterError,
-    free_port,
-    port_is_free,
     spawn,
     wait_ready,
 )
@@ -44,15 +41,6 @@ def test_a_component_that_never_gets_ready_times_out_with_its_log(tmp_path: Path
         proc.kill()
         proc.wait()
     assert "waiting for etcd" in (tmp_path / "etcd.log").read_text()
-
-
-def test_ports_are_chosen_free_and_a_taken_port_is_detected() -> None:
-    port = free_port()
-    assert port_is_free(port)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
-        s.listen()
-        assert not port_is_free(port)
 
 
 def test_dev_cli_reports_a_missing_cluster(tmp_path: Path) -> None:

@@ -18,10 +18,6 @@ def rfc3339(ts: float | None = None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rfc3339_micro(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def parse_time(value: str | None) -> float | None:
     if not value:
         return None

@@ -25,7 +25,7 @@ from ..reconcile.lifecycle import (
     Wake,
     decide,
 )
-from .agents import UNREACHABLE, AgentError, AgentReport
+from .agents import AgentError, AgentReport
 from .context import Context
 from .kube import parse_time
 from .memory import memory_from_pod, memory_patch
@@ -284,6 +284,3 @@ def _routed(pod: dict[str, Any]) -> bool:
         if c.get("type") == CONDITION_AWAKE:
             return bool(c.get("status") == "True")
     return False
-
-
-__all__ = ["UNREACHABLE", "ModelController"]

@@ -181,12 +181,6 @@ def components(versions: dict[str, dict[str, object]] | None = None) -> list[Com
     ]
 
 
-def installed_dir(component: Component, root: Path | None = None) -> Path | None:
-    """The cache folder of a finished build of this component, or None."""
-    target = (root or cache_root()) / component.key(go_version())
-    return target if (target / "BUILD-INFO.json").is_file() else None
-
-
 def ensure(component: Component, log: Callable[[str], None] = print) -> Path:
     """Return the bin/ folder of a cached build, building it first when missing."""
     root = cache_root()
