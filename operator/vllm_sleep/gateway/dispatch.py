@@ -9,29 +9,30 @@ the wake timeout (503) is the gateway's, and the request keeps its queue slot un
 released. A `Retry` from the proxy (see proxy.py for the exact rule) excludes that replica and
 loops; when every candidate has refused, the request waits briefly for the watch to catch up
 and tries them again, still within the same deadline. A client that disconnects cancels the
-handler (handler_cancellation), and `finally` frees its queue slot.
+handler (the h1 server cancels it), and `finally` frees its queue slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-
-from ..http_common import relay
+from ..h1 import Exchange, Reply, Response, UpstreamError, UpstreamPool
 from .errors import error_response
 from .metrics import GatewayMetrics
 from .proxy import Failed, Retry, SendResult, send
 from .router import Router
 from .routing import ModelKey, ModelSpec, ModelTable, Replica
 
+log = logging.getLogger(__name__)
+
 REFUSED_PAUSE = 0.5  # seconds before replicas that refused are tried again
+_RELAYED = object()  # _forward: the upstream's answer went to the client
+_TIMED_OUT = object()  # _forward: held at an agent past the wake deadline
 
 
 class _Slot:
@@ -74,25 +75,21 @@ class Dispatcher:
     def __init__(
         self,
         router: Router,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         metrics: GatewayMetrics,
         *,
         retry_after: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._router, self._table = router, router.table
-        self._session, self._metrics = session, metrics
+        self._pool, self._metrics = pool, metrics
         self._retry_after = retry_after
         self._clock = clock
 
     async def dispatch(
-        self,
-        request: web.BaseRequest,
-        spec: ModelSpec,
-        path: str,
-        headers: CIMultiDict[str],
-        body: bytes,
-    ) -> web.StreamResponse:
+        self, reply: Reply, spec: ModelSpec, target: bytes, block: bytes, body: bytes
+    ) -> Response | None:
+        """Answer one request: a Response to send, or None when the upstream's was relayed."""
         table, key = self._table, spec.key
         started = self._clock()
         # The label is fixed: the spec may be refreshed while held.
@@ -100,11 +97,11 @@ class Dispatcher:
         exclude: set[tuple[str, str]] = set()
         try:
             while True:
-                target = table.choose(key, frozenset(exclude))
-                if target is not None:
+                replica = table.choose(key, frozenset(exclude))
+                if replica is not None:
                     # Leave the queue before forwarding: the slot is for waiting, not running.
                     slot.leave("forwarded")
-                    result = await self._forward(request, spec, target, path, headers, body)
+                    result = await self._forward(reply, spec, replica, target, block, body)
                 else:
                     fresh = table.lookup_key(key)
                     if fresh is None:
@@ -132,18 +129,18 @@ class Dispatcher:
                     assert deadline is not None
                     if deadline - self._clock() <= 0:
                         return self._wake_timeout(spec, slot)
-                    target = table.choose_holder(key, frozenset(exclude))
-                    if target is None:
+                    replica = table.choose_holder(key, frozenset(exclude))
+                    if replica is None:
                         await self._wait(key, deadline, exclude)
                         continue
-                    result = await self._forward(request, spec, target, path, headers, body, slot)
-                if result is None:  # held at an agent until the deadline
+                    result = await self._forward(reply, spec, replica, target, block, body, slot)
+                if result is _TIMED_OUT:  # held at an agent until the deadline
                     return self._wake_timeout(spec, slot)
                 if isinstance(result, Retry):
                     self._metrics.upstream_retries.labels(result.reason).inc()
-                    exclude.add(target.pod)
+                    exclude.add(replica.pod)
                     continue
-                return result
+                return result if isinstance(result, Response) else None
         finally:
             if slot.deadline is not None and self._clock() < slot.deadline:
                 slot.leave("abandoned")
@@ -167,25 +164,36 @@ class Dispatcher:
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        reply: Reply,
         spec: ModelSpec,
         replica: Replica,
-        path: str,
-        headers: CIMultiDict[str],
+        target: bytes,
+        block: bytes,
         body: bytes,
         slot: _Slot | None = None,
-    ) -> web.StreamResponse | Retry | None:
-        """Send and relay; None when a request held at an agent (`slot`) ran into its deadline."""
+    ) -> Response | Retry | object:
+        """Send and relay: a Response to send, a Retry, _RELAYED, or _TIMED_OUT when a
+        request held at an agent (`slot`) ran into its deadline."""
         table = self._table
         table.acquire(replica)
-        sending = asyncio.create_task(send(self._session, replica.url + path, headers, body))
         try:
-            if slot is not None and not await self._until_released(
-                spec.key, replica, sending, slot
-            ):
-                return None
-            sent_at = self._clock()  # for a held request: from its release, not the hold
-            result = await sending
+            if slot is None:
+                sent_at = self._clock()
+                result = await send(self._pool, replica.url, target, block, body, reply)
+            else:
+                sending = asyncio.create_task(
+                    send(self._pool, replica.url, target, block, body, reply)
+                )
+                try:
+                    released = await self._until_released(spec.key, replica, sending, slot)
+                    sent_at = self._clock()  # for a held request: from its release, not the hold
+                    if released:
+                        result = await sending
+                except BaseException:
+                    await _cancel(sending)  # an answer that came in meanwhile is closed
+                    raise
+                if not released:
+                    return _TIMED_OUT
             if isinstance(result, Retry):
                 return result
             if slot is not None:
@@ -194,11 +202,15 @@ class Dispatcher:
                 return result.response
             self._metrics.upstream_latency.labels(spec.served_name).observe(self._clock() - sent_at)
             try:
-                return await relay(request, result)
+                await result.finished()  # the body is spliced into `reply` as it comes
+            except UpstreamError as e:
+                # The status line is out: an incomplete response is the only honest signal.
+                log.warning("relay from %s broke off: %s", replica.url, e)
+                reply.abort()
             finally:
-                result.release()
+                result.release()  # not complete (the client left, the upstream broke): closed
+            return _RELAYED
         finally:
-            await _cancel(sending)
             table.release(replica)
 
     async def _until_released(
@@ -233,13 +245,13 @@ class Dispatcher:
                 await _cancel(change)
         return True
 
-    def _wake_timeout(self, spec: ModelSpec, slot: _Slot) -> web.Response:
+    def _wake_timeout(self, spec: ModelSpec, slot: _Slot) -> Response:
         slot.leave("timeout")
         return self._unavailable(
             spec, "wake_timeout", f"did not wake within {spec.wake.timeout:g}s"
         )
 
-    def _unavailable(self, spec: ModelSpec, code: str, why: str) -> web.Response:
+    def _unavailable(self, spec: ModelSpec, code: str, why: str) -> Response:
         return error_response(
             503,
             f"The model `{spec.served_name}` {why}; retry later.",
@@ -253,8 +265,8 @@ async def _cancel(task: asyncio.Future[Any]) -> None:
     if task.done():
         if not task.cancelled() and task.exception() is None:
             result = task.result()
-            if isinstance(result, aiohttp.ClientResponse):
-                result.release()
+            if isinstance(result, Exchange):
+                result.close()  # never relayed
         return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -6,19 +6,16 @@ returns (port 0 = a free port, see `url`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import TracebackType
-from typing import Any
 
-from aiohttp import web
-
+from ..h1 import Limits, Server, UpstreamPool
 from .auth import ApiKeys
 from .config import GatewayConfig
 from .demand import DemandSignal
 from .dispatch import Dispatcher
+from .errors import server_error
 from .metrics import GatewayMetrics
-from .proxy import make_session
 from .router import Router
 from .server import GatewayHandler
 from .sources import BackendSource
@@ -44,8 +41,8 @@ class Gateway:
         self.router = Router(demand, self.metrics, demand_interval=config.demand_interval)
         self.ready = False
         self.port = 0
-        self._runner: web.ServerRunner | None = None
-        self._session: Any = None
+        self._server: Server | None = None
+        self._pool: UpstreamPool | None = None
 
     @property
     def url(self) -> str:
@@ -53,10 +50,10 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
-        self._session = make_session(cfg.connect_timeout, cfg.read_timeout)
-        dispatcher = Dispatcher(
-            self.router, self._session, self.metrics, retry_after=cfg.retry_after
+        self._pool = UpstreamPool(
+            connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout
         )
+        dispatcher = Dispatcher(self.router, self._pool, self.metrics, retry_after=cfg.retry_after)
         keys = ApiKeys(cfg.api_keys_file) if cfg.api_keys_file else None
         handler = GatewayHandler(
             self.router.table,
@@ -65,36 +62,17 @@ class Gateway:
             api_keys=keys,
             is_ready=lambda: self.ready,
             max_body=cfg.max_body_bytes,
+            access_log=cfg.access_log,
         )
-        max_body = cfg.max_body_bytes
-
-        def make_request(
-            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> web.BaseRequest:
-            return web.BaseRequest(
-                message,
-                payload,
-                protocol,
-                writer,
-                task,
-                asyncio.get_running_loop(),
-                client_max_size=max_body,
-            )
-
-        # handler_cancellation: a client that disconnects while held or streaming cancels its
-        # handler, which frees the queue slot and closes the upstream request (vLLM aborts).
-        server = web.Server(
+        # A client that disconnects while held or streaming cancels its handler, which frees
+        # the queue slot and closes the upstream request (vLLM aborts).
+        self._server = Server(
             handler,
-            request_factory=make_request,
-            handler_cancellation=True,
-            auto_decompress=False,  # the handler decodes, bounded (inbound.decode_body)
-            access_log=log if cfg.access_log else None,
+            Limits(max_body=cfg.max_body_bytes),
+            on_reject=handler.rejected,
+            make_error=server_error,
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.listen_host, cfg.port, reuse_address=True)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await self._server.start(cfg.listen_host, cfg.port)
         await self.router.start()
         await self.source.start(self.router)  # returns after the first full list
         self.ready = True
@@ -103,13 +81,13 @@ class Gateway:
     async def stop(self) -> None:
         self.ready = False
         await self.source.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.stop(SHUTDOWN_GRACE)
+            self._server = None
         await self.router.stop()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         await self.demand.close()
 
     async def __aenter__(self) -> Gateway:

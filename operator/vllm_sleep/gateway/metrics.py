@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 UNKNOWN_MODEL = "_unknown"  # client-chosen names never become label values (cardinality)
+CLIENT_CLOSED = "499"  # `code` of requests whose client left before an answer (nginx's code)
 
 _HOLD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

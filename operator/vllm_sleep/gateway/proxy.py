@@ -1,9 +1,9 @@
-"""The data path to one replica: send a buffered request (the answer is relayed by `http_common.relay`).
+"""The data path to one replica: the request head, one send, the agent-refusal check.
 
 Retry rule (the only place a request may be sent twice): `send` returns `Retry` exactly when the
 request provably never reached an engine:
-  - the TCP connection to the replica could not be opened (ClientConnectorError, or the connect
-    timeout): not one byte was written;
+  - the TCP connection to the replica could not be opened (h1.ConnectError, which includes the
+    connect timeout): not one byte was written;
   - the agent answered 503 with one of its own refusal codes (`hold_timeout`, `queue_full`,
     `engine_unavailable`, `engine_unreachable`): the agent guarantees such a request was never
     forwarded to vLLM.
@@ -17,21 +17,29 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
-
-from ..http_common import AGENT_REFUSAL_CODES, HOP_BY_HOP, response_headers
+from ..h1 import ConnectError, Exchange, Reply, Request, Response, UpstreamError, UpstreamPool
+from ..h1 import UpstreamTimeout as _UpstreamTimeout
+from ..http_common import AGENT_REFUSAL_CODES, HOP_BY_HOP
 from .errors import error_response
 
 log = logging.getLogger(__name__)
 
 AGENT_REFUSALS = AGENT_REFUSAL_CODES
-# aiohttp's server already decoded the request body (Content-Encoding) and answered Expect;
-# Host and Content-Length belong to the upstream request.
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "content-encoding", "expect"}
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+# The gateway decoded the body (Content-Encoding) and answered Expect itself; Host and
+# Content-Length belong to the upstream request, X-Forwarded-For is extended.
+_DROP_REQUEST = _HOP | {
+    b"host",
+    b"content-length",
+    b"content-encoding",
+    b"expect",
+    b"x-forwarded-for",
+}
+# Framing is the client connection's own (h1.Reply sets Content-Length or chunked).
+_DROP_RESPONSE = _HOP | {b"content-length"}
 _REFUSAL_PEEK = 1 << 16
 
 
@@ -42,73 +50,98 @@ class Retry:
 
 @dataclass(frozen=True)
 class Failed:
-    response: web.Response
+    response: Response
 
 
-SendResult = aiohttp.ClientResponse | Retry | Failed
+SendResult = Exchange | Retry | Failed
 
 
-def make_session(connect_timeout: float, read_timeout: float | None) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=0,  # the hold queue and the engines bound concurrency, not the pool
-        keepalive_timeout=30,  # below aiohttp servers' 75 s: we close idle sockets first
-        use_dns_cache=False,  # targets are pod IPs
-        enable_cleanup_closed=False,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        ),
-        auto_decompress=False,  # bytes pass through with the upstream's Content-Encoding
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        trust_env=False,
-    )
-
-
-def forward_headers(request: web.BaseRequest, *, strip_auth: bool) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
+def forwarded_headers(request: Request, *, strip_auth: bool) -> bytes:
+    """The client's headers as the upstream gets them (a header block without Host/length)."""
+    out = []
+    prior = None
+    for name, value in request.headers:
         low = name.lower()
-        if low in _DROP_REQUEST or (strip_auth and low == "authorization"):
+        if low in _DROP_REQUEST or (strip_auth and low == b"authorization"):
+            if low == b"x-forwarded-for":
+                prior = value if prior is None else prior + b", " + value
             continue
-        out.add(name, value)
-    peer = request.remote
+        out.append(b"%s: %s\r\n" % (name, value))
+    peer = request.peer
     if peer:
-        prior = request.headers.get("X-Forwarded-For")
-        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    return out
+        chain = peer.encode() if prior is None else prior + b", " + peer.encode()
+        out.append(b"x-forwarded-for: %s\r\n" % chain)
+    elif prior is not None:
+        out.append(b"x-forwarded-for: %s\r\n" % prior)
+    return b"".join(out)
+
+
+def request_head(target: bytes, hostport: bytes, length: int, block: bytes) -> bytes:
+    return b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n%s\r\n" % (
+        target,
+        hostport,
+        length,
+        block,
+    )
+
+
+@lru_cache(maxsize=4096)
+def host_port(url: str) -> tuple[str, int]:
+    """("10.0.0.7", 8000) of a replica's base URL (cached: the same few URLs every request)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 80
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
 
 
 async def send(
-    session: aiohttp.ClientSession, url: str, headers: CIMultiDict[str], body: bytes
+    pool: UpstreamPool, url: str, target: bytes, block: bytes, body: bytes, reply: Reply
 ) -> SendResult:
+    """Send once; an Exchange returned is already being relayed into `reply`."""
+    host, port = host_port(url)
+    head = request_head(target, f"{host}:{port}".encode(), len(body), block)
     try:
-        resp = await session.post(
-            URL(url, encoded=True), headers=headers, data=body, allow_redirects=False
+        exchange = await pool.request(
+            host, port, head, body, sink=reply, header_filter=response_headers
         )
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+    except ConnectError:
         return Retry("connect")
-    except TimeoutError:
+    except _UpstreamTimeout:
         return Failed(
             error_response(504, "the model server did not answer in time", "upstream_timeout")
         )
-    except aiohttp.ClientError as e:
-        return Failed(
-            error_response(502, f"the model server failed: {type(e).__name__}", "upstream_error")
-        )
-    if resp.status != 503:
-        return resp
-    try:
-        raw = await resp.content.read(_REFUSAL_PEEK)
-        complete = resp.content.at_eof()
-    except (aiohttp.ClientError, TimeoutError):
-        resp.release()
+    except UpstreamError as e:
+        log.info("upstream %s failed: %s", url, e)
         return Failed(error_response(502, "the model server failed", "upstream_error"))
-    resp.release()
-    if complete and _refusal_code(raw) in AGENT_REFUSALS:
-        return Retry(_refusal_code(raw) or "")
-    return Failed(web.Response(status=503, body=raw, headers=response_headers(resp.headers)))
+    if exchange.status != 503:
+        return exchange
+    try:
+        raw, complete = await exchange.read(_REFUSAL_PEEK)
+    except UpstreamError:
+        exchange.close()
+        return Failed(error_response(502, "the model server failed", "upstream_error"))
+    except BaseException:
+        exchange.close()
+        raise
+    exchange.release()
+    code = _refusal_code(raw) if complete else None
+    if code in AGENT_REFUSALS:
+        return Retry(code or "")
+    return Failed(_passthrough_503(exchange, raw))
+
+
+def _passthrough_503(exchange: Exchange, raw: bytes) -> Response:
+    ctype = None
+    headers = []
+    for name, value in response_headers(exchange.headers):
+        low = name.lower()
+        if low == b"content-type":
+            ctype = value.decode("latin-1")
+        elif low not in (b"date", b"server"):
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    return Response(503, raw, tuple(headers), content_type=ctype)
 
 
 def _refusal_code(raw: bytes) -> str | None:

@@ -7,24 +7,23 @@ bug answers 500 rather than killing the connection handler.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..h1 import Reply, Request, Response
 from .auth import ApiKeys
 from .dispatch import Dispatcher
 from .errors import error_response
 from .inbound import INFERENCE_PATHS, BadRequest, decode_body, parse_model
-from .metrics import UNKNOWN_MODEL, GatewayMetrics
-from .proxy import forward_headers
+from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
+from .proxy import forwarded_headers
 from .routing import ModelSpec, ModelTable
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class GatewayHandler:
@@ -37,44 +36,58 @@ class GatewayHandler:
         api_keys: ApiKeys | None,
         is_ready: Callable[[], bool],
         max_body: int,
+        access_log: bool = False,
     ) -> None:
         self._max_body = max_body
         self._table, self._dispatcher, self._metrics = table, dispatcher, metrics
         self._keys = api_keys
         self._is_ready = is_ready
+        self._access_log = access_log
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request, reply: Reply) -> None:
         model = UNKNOWN_MODEL
-        status = 500
+        started = time.monotonic()
         try:
-            model, resp = await self._route(request)
-            status = resp.status
-            return resp
-        except web.HTTPRequestEntityTooLarge:
-            status = 413
-            return error_response(413, "The request body is too large.", "body_too_large")
+            model, resp = await self._route(request, reply)
+            if resp is not None:
+                reply.send(resp)
         except Exception:
             log.exception("%s %s failed", request.method, request.path[:200])
-            return error_response(500, "Internal error in the gateway.", "internal_error")
+            if reply.started:
+                reply.abort()
+            else:
+                reply.send(error_response(500, "Internal error in the gateway.", "internal_error"))
         finally:
+            # No status: the client left first (handler cancelled), counted as nginx's 499.
+            status = str(reply.status) if reply.status is not None else CLIENT_CLOSED
             if request.path.startswith("/v1/"):
-                self._metrics.requests.labels(model, str(status)).inc()
+                self._metrics.requests.labels(model, status).inc()
+            if self._access_log:
+                log.info(
+                    '%s "%s %s" %s %.1fms',
+                    request.peer,
+                    request.method,
+                    request.path[:200],
+                    status,
+                    (time.monotonic() - started) * 1000,
+                )
 
-    async def _route(self, request: web.BaseRequest) -> tuple[str, web.StreamResponse]:
+    def rejected(self, path: str, status: int) -> None:
+        """Requests the HTTP layer refused before routing (malformed, oversized) still count."""
+        if path.startswith("/v1/"):
+            self._metrics.requests.labels(UNKNOWN_MODEL, str(status)).inc()
+
+    async def _route(self, request: Request, reply: Reply) -> tuple[str, Response | None]:
         path, method = request.path, request.method
         keys = self._keys
-        if (
-            path.startswith("/v1/")
-            and keys
-            and not keys.check(request.headers.get("Authorization"))
-        ):
+        if path.startswith("/v1/") and keys and not keys.check(request.header("Authorization")):
             return UNKNOWN_MODEL, error_response(
                 401, "Incorrect or missing API key.", "invalid_api_key"
             )
         if path in INFERENCE_PATHS:
             if method != "POST":
                 return UNKNOWN_MODEL, _not_allowed(method, path, "POST")
-            return await self._inference(request, path)
+            return await self._inference(request, reply, path)
         simple = _SIMPLE.get(path)
         if simple is None:
             return UNKNOWN_MODEL, error_response(
@@ -85,10 +98,10 @@ class GatewayHandler:
         return UNKNOWN_MODEL, simple(self)
 
     async def _inference(
-        self, request: web.BaseRequest, path: str
-    ) -> tuple[str, web.StreamResponse]:
-        body = await request.read()  # client_max_size bounds it (413, raised through)
-        encoding = request.headers.get("Content-Encoding")
+        self, request: Request, reply: Reply, path: str
+    ) -> tuple[str, Response | None]:
+        body = request.body  # the HTTP layer bounded it (413)
+        encoding = request.header("Content-Encoding")
         if encoding:
             decoded = decode_body(body, encoding, self._max_body)
             if isinstance(decoded, BadRequest):
@@ -103,40 +116,43 @@ class GatewayHandler:
             return UNKNOWN_MODEL, error_response(
                 404, f"The model `{model[:100]}` does not exist.", "model_not_found", param="model"
             )
-        headers = forward_headers(request, strip_auth=self._keys is not None)
-        query = request.rel_url.raw_query_string
-        target = f"{path}?{query}" if query else path
-        resp = await self._dispatcher.dispatch(request, spec, target, headers, body)
+        block = forwarded_headers(request, strip_auth=self._keys is not None)
+        # Forwarded exactly as matched: what the upstream sees is the path that was checked.
+        target = f"{path}?{request.query}" if request.query else path
+        resp = await self._dispatcher.dispatch(reply, spec, target.encode("latin-1"), block, body)
         return spec.served_name, resp
 
-    def models(self) -> web.StreamResponse:
+    def models(self) -> Response:
         data = [
             _model_entry(spec, len(self._table.awake_replicas(spec.key)))
             for spec in self._table.specs()
         ]
-        return web.json_response({"object": "list", "data": data})
+        return _json({"object": "list", "data": data})
 
-    def metrics(self) -> web.StreamResponse:
-        return web.Response(
-            body=generate_latest(self._metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
+    def metrics(self) -> Response:
+        return Response(
+            200, generate_latest(self._metrics.registry), content_type=CONTENT_TYPE_LATEST
         )
 
-    def healthz(self) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
+    def healthz(self) -> Response:
+        return _json({"status": "ok"})
 
-    def readyz(self) -> web.StreamResponse:
+    def readyz(self) -> Response:
         if self._is_ready():
-            return web.json_response({"status": "ready"})
+            return _json({"status": "ready"})
         return error_response(503, "Backends not listed yet.", "not_ready", retry_after=1)
 
 
-_SIMPLE: dict[str, Callable[[GatewayHandler], web.StreamResponse]] = {
+_SIMPLE: dict[str, Callable[[GatewayHandler], Response]] = {
     "/v1/models": GatewayHandler.models,
     "/metrics": GatewayHandler.metrics,
     "/healthz": GatewayHandler.healthz,
     "/readyz": GatewayHandler.readyz,
 }
+
+
+def _json(doc: object, status: int = 200) -> Response:
+    return Response(status, json.dumps(doc).encode())
 
 
 def _model_entry(spec: ModelSpec, awake: int) -> dict[str, object]:
@@ -152,7 +168,7 @@ def _model_entry(spec: ModelSpec, awake: int) -> dict[str, object]:
     }
 
 
-def _not_allowed(method: str, path: str, allow: str) -> web.Response:
+def _not_allowed(method: str, path: str, allow: str) -> Response:
     return error_response(
         405, f"{method} is not allowed on {path}.", "method_not_allowed", headers={"Allow": allow}
     )

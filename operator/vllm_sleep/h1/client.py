@@ -1,0 +1,425 @@
+"""The upstream side: a keep-alive connection pool and one request/response exchange at a time.
+
+The errors say exactly how far a request got, which is what the gateway's never-send-twice
+rule is built on:
+  - ConnectError: the connection could not be opened; not one byte of the request was written;
+  - UpstreamTimeout / UpstreamError: the request was written (it may have reached the engine).
+An idle pooled connection is closed after `idle_timeout` (below the agents' 75 s keep-alive,
+so the upstream never closes one under a request we are sending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from .server import Reply
+from .wire import RawHeaders, find_header
+
+_HIGH_WATER = 1 << 20  # buffered upstream body (nobody reading yet) before reading pauses
+
+
+class ConnectError(Exception):
+    """The connection was not opened: the request was not sent."""
+
+
+class UpstreamError(Exception):
+    """The exchange broke after the request was written."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """No byte from the upstream within the read timeout."""
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream connection; llhttp callbacks drive one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool, self.key = pool, key
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        self.exchange: Exchange | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.pool.forget(self)
+        self._cancel_timers()
+        ex = self.exchange
+        if ex is not None:
+            ex.lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:  # bytes on an idle connection: not HTTP we can use
+            self.close()
+            return
+        self._rearm()
+        ex = self.exchange
+        if ex.sink is not None:
+            ex.sink.cork()  # what this read produces reaches the client in one write
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            ex.fail(UpstreamError(f"malformed response: {e}"))
+            self.close()
+        finally:
+            if ex.sink is not None:
+                ex.sink.uncork()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:  # request bodies are written whole; nothing to pause
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- llhttp callbacks --------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.head_complete(self._parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.message_complete(self._parser.should_keep_alive())
+
+    # -- used by the pool and Exchange ----------------------------------------------------------
+
+    def send(self, exchange: Exchange, data: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        self.exchange = exchange
+        if len(body) > 1 << 16:
+            self.transport.writelines((data, body))
+        else:
+            self.transport.write(data + body)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        timeout = self.pool.read_timeout
+        if timeout is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.exchange is not None:
+            self.exchange.fail(UpstreamTimeout("the model server did not answer in time"))
+        self.close()
+
+    def idle(self) -> None:
+        self.exchange = None
+        self._cancel_timers()
+        self.idle_since = self._loop.time()
+
+    def _cancel_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Exchange:
+    """One request on one connection.
+
+    With a `sink`, a response other than 503 is spliced into it from the protocol callbacks
+    the moment its head arrives (no coroutine switch between the upstream's bytes and the
+    client's); `finished()` resolves when the body is complete. A 503 (maybe an agent's
+    refusal, which the caller may retry elsewhere) and sink-less exchanges are buffered for
+    `read`.
+    """
+
+    def __init__(
+        self,
+        conn: _Conn,
+        sink: Reply | None = None,
+        header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
+    ) -> None:
+        self._conn = conn
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[None] = loop.create_future()
+        self._done: asyncio.Future[None] | None = None
+        self._target = sink
+        self._filter = header_filter
+        self.sink: Reply | None = None  # set once the body is being spliced
+        self.status = 0
+        self.reason = b""
+        self.headers: RawHeaders = []
+        self._buffered: list[bytes] = []
+        self._size = 0
+        self.complete = False
+        self._reusable = False
+        self._error: BaseException | None = None
+        self._finished = False
+
+    # -- driven by _Conn ---------------------------------------------------------------------
+
+    def head_complete(self, status: int) -> None:
+        if 100 <= status < 200:  # interim (103 Early Hints...): wait for the real head
+            self.headers, self.reason = [], b""
+            return
+        self.status = status
+        if self._target is not None and status != 503:
+            self._attach(self._target)
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _attach(self, sink: Reply) -> None:
+        sink.cork()  # _Conn.data_received uncorks after this read: head + first bytes together
+        sink.start(
+            self.status, self.reason or None, self._filter(self.headers), self.content_length
+        )
+        conn = self._conn
+        self.sink = sink
+        sink.on_flow(conn.pause, conn.resume)
+
+    def body(self, chunk: bytes) -> None:
+        if self.status == 0:
+            return
+        sink = self.sink
+        if sink is not None:
+            sink.write(chunk)
+            return
+        self._buffered.append(chunk)
+        self._size += len(chunk)
+        if self._size > _HIGH_WATER:
+            self._conn.pause()
+        if self._done is not None:
+            self._wake()  # a `read` is waiting for more
+
+    def message_complete(self, keep_alive: bool) -> None:
+        if self.status == 0:
+            return  # the end of an interim response
+        self.complete = True
+        self._reusable = keep_alive
+        if self.sink is not None:
+            self.sink.end()
+        self._wake()
+
+    def lost(self, exc: Exception | None) -> None:
+        if self.complete:
+            return
+        if self.status and _close_delimited(self.headers):
+            self.message_complete(False)  # the close is the end of this body
+            return
+        self.fail(UpstreamError(f"the model server closed the connection: {exc or 'EOF'}"))
+
+    def fail(self, error: BaseException) -> None:
+        if self.complete or self._error is not None:
+            return
+        self._error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: nobody may be awaiting it any more
+        self._wake()
+
+    def _wake(self) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            if self._error is not None and not self.complete:
+                done.set_exception(self._error)
+                done.exception()
+            else:
+                done.set_result(None)
+
+    # -- used by the caller ------------------------------------------------------------------
+
+    async def wait_head(self) -> None:
+        await self._head
+
+    @property
+    def content_length(self) -> int | None:
+        value = find_header(self.headers, b"content-length")
+        return int(value) if value is not None else None  # llhttp validated it
+
+    async def read(self, limit: int) -> tuple[bytes, bool]:
+        """Up to `limit` bytes of a buffered body, and whether that is all of it."""
+        while not self.complete and self._error is None and self._size <= limit:
+            self._conn.resume()
+            await self._wait()
+        if self._error is not None and not self.complete:
+            raise self._error
+        data = b"".join(self._buffered)
+        return data[:limit], self.complete and len(data) <= limit
+
+    async def finished(self) -> None:
+        """Wait until a spliced body is complete; UpstreamError when the upstream broke off."""
+        if not self.complete and self._error is None:
+            await self._wait()
+        if self._error is not None and not self.complete:
+            raise self._error
+
+    async def _wait(self) -> None:
+        self._done = asyncio.get_running_loop().create_future()
+        try:
+            await self._done
+        finally:
+            self._done = None
+
+    def release(self) -> None:
+        """Back to the pool if the exchange ended cleanly, else close the connection."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.sink is not None:
+            self.sink.clear_flow()
+            self.sink = None
+        conn = self._conn
+        if self.complete and self._reusable and self._error is None:
+            conn.resume()
+            conn.pool.put(conn)
+        else:
+            conn.exchange = None
+            conn.close()
+
+    def close(self) -> None:
+        """Abort: the upstream sees the connection close (vLLM aborts the request)."""
+        self._reusable = False
+        self.release()
+
+
+def _close_delimited(headers: RawHeaders) -> bool:
+    if find_header(headers, b"content-length") is not None:
+        return False
+    te = find_header(headers, b"transfer-encoding")
+    return te is None or b"chunked" not in te.lower()
+
+
+class UpstreamPool:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float | None = None,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._all: set[_Conn] = set()
+        self._closed = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        head: bytes,
+        body: bytes,
+        *,
+        sink: Reply | None = None,
+        header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
+    ) -> Exchange:
+        """Send one request; returns once the response head is in (see Exchange for `sink`)."""
+        conn = self._take(host, port) or await self._connect(host, port)
+        exchange = Exchange(conn, sink, header_filter)
+        conn.send(exchange, head, body)
+        try:
+            await exchange.wait_head()
+        except BaseException:
+            exchange.close()
+            raise
+        return exchange
+
+    def _take(self, host: str, port: int) -> _Conn | None:
+        idle = self._idle.get((host, port))
+        if not idle:
+            return None
+        # Never reuse a connection idle past the limit: the upstream may close it any moment.
+        cutoff = asyncio.get_running_loop().time() - self.idle_timeout
+        while idle:
+            conn = idle.pop()  # the most recently used: the likeliest to be alive
+            if conn.idle_since < cutoff:
+                conn.close()
+            elif conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self, host: str, port: int) -> _Conn:
+        if self._closed:
+            raise ConnectError("the pool is closed")
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], _Conn] = lambda: _Conn(self, (host, port))  # noqa: E731
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(factory, host, port), self.connect_timeout
+            )
+        except (OSError, TimeoutError) as e:
+            raise ConnectError(f"cannot connect to {host}:{port}: {e or type(e).__name__}") from e
+        self._all.add(conn)
+        return conn
+
+    def put(self, conn: _Conn) -> None:
+        if self._closed or conn.transport is None or conn.transport.is_closing():
+            conn.close()
+            return
+        conn.idle()
+        self._idle.setdefault(conn.key, []).append(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close connections idle past the limit (one timer for the pool, not one per request)."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(self.idle_timeout / 2)
+            cutoff = loop.time() - self.idle_timeout
+            for idle in self._idle.values():
+                for conn in [c for c in idle if c.idle_since < cutoff]:
+                    idle.remove(conn)
+                    conn.close()
+
+    def forget(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._all):
+            conn.close()
+        self._idle.clear()
+        await asyncio.sleep(0)

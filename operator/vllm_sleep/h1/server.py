@@ -1,0 +1,508 @@
+"""The HTTP/1.1 server side: one protocol per connection, one handler task per request.
+
+Semantics a proxy needs, and what aiohttp gave the gateway before:
+  - requests on a connection are answered in order (pipelined ones wait, reading pauses);
+  - a client that disconnects (or half-closes: like nginx, EOF means the client left) cancels
+    its handler, so a held request leaves its queue and an upstream request is aborted;
+  - the body is bounded while it arrives (413 from Content-Length alone, before reading it),
+    the request line and headers too (431), malformed framing is a 400 and the connection is
+    closed, `Expect: 100-continue` is answered;
+  - a response head is written together with the first body bytes when they are already
+    there (one syscall), else on its own so clients see it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from .wire import (
+    DateHeader,
+    ErrorFactory,
+    RawHeaders,
+    Response,
+    find_header,
+    header_lines,
+    plain_error,
+    raw_header_lines,
+    status_line,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Request", "Reply"], Awaitable[None]]
+# (path, status) of a request the server refused before any handler saw it.
+RejectHook = Callable[[str, int], None]
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_COPY_LIMIT = 1 << 16  # larger chunks go out by writelines, not copied into one buffer
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body: int = 32 << 20
+    max_head: int = 64 << 10  # request line + headers, bytes
+    max_headers: int = 128
+    keepalive_timeout: float = 75.0  # idle client connections (aiohttp's and nginx's default)
+
+
+class Request:
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "peer", "query", "version")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        version: str,
+        headers: RawHeaders,
+        body: bytes,
+        peer: str | None,
+        keep_alive: bool,
+    ) -> None:
+        self.method, self.path, self.query, self.version = method, path, query, version
+        self.headers, self.body, self.peer, self.keep_alive = headers, body, peer, keep_alive
+
+    def header(self, name: str) -> str | None:
+        value = find_header(self.headers, name.lower().encode())
+        return None if value is None else value.decode("latin-1")
+
+
+class Reply:
+    """The answer to one request: either `send` a complete Response, or `start` + `write`* + `end`.
+
+    `write` and `end` are plain calls (no await) so an upstream protocol can splice into them
+    from its callbacks; `on_flow` tells it when the client's socket buffer is full, and
+    `cork`/`uncork` around one upstream read make everything that read produced (head, chunks,
+    the last-chunk marker) one write to the client.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_corked",
+        "_head",
+        "_head_only",
+        "_remaining",
+        "aborted",
+        "close_after",
+        "done",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, request: Request) -> None:
+        self._conn = conn
+        self._head_only = request.method == "HEAD"
+        self._head: bytes | None = None  # a started response's head, until it is written
+        self._chunked = False
+        self._remaining: int | None = None
+        self._corked: list[bytes] | None = None
+        self.status: int | None = None
+        self.close_after = not request.keep_alive
+        self.done = False
+        self.aborted = False
+
+    @property
+    def started(self) -> bool:
+        return self.status is not None
+
+    def send(self, resp: Response) -> None:
+        assert self.status is None, "response already started"
+        self.status = resp.status
+        head = status_line(resp.status) + self._conn.date()
+        if resp.content_type is not None:
+            head += b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
+        head += header_lines(resp.headers)
+        head += b"content-length: %d\r\n" % len(resp.body)
+        if self.close_after:
+            head += b"connection: close\r\n"
+        head += b"\r\n"
+        self._out(head if self._head_only else head + resp.body)
+        self.done = True
+
+    def start(
+        self, status: int, reason: bytes | None, headers: RawHeaders, length: int | None
+    ) -> None:
+        """Begin a streamed answer; `headers` carry no framing (Content-Length, Transfer-Encoding)."""
+        assert self.status is None, "response already started"
+        self.status = status
+        head = status_line(status, reason) + raw_header_lines(headers)
+        if find_header(headers, b"date") is None:
+            head += self._conn.date()
+        if length is not None:
+            head += b"content-length: %d\r\n" % length
+            self._remaining = length
+        elif self._conn.http11 and not self._head_only:
+            head += b"transfer-encoding: chunked\r\n"
+            self._chunked = True
+        else:  # an HTTP/1.0 client: the end of the body is the end of the connection
+            self.close_after = True
+        if self.close_after:
+            head += b"connection: close\r\n"
+        self._head = head + b"\r\n"
+
+    def flush_head(self) -> None:
+        """Send a started head now, without waiting for body bytes to go with it."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._out(head)
+
+    def write(self, chunk: bytes) -> None:
+        if not chunk or self.done or self._head_only:
+            return
+        outer = self._corked is not None
+        if not outer:
+            self._corked = []  # one write for head, chunk size, chunk and CRLF
+        self.flush_head()
+        if self._chunked:
+            self._out(b"%x\r\n" % len(chunk))
+            self._out(chunk)
+            self._out(b"\r\n")
+        else:
+            if self._remaining is not None:
+                self._remaining -= len(chunk)
+            self._out(chunk)
+        if not outer:
+            self.uncork()
+
+    def end(self) -> None:
+        if self.done:
+            return
+        self.cork()
+        self.flush_head()
+        if self._chunked:
+            self._out(_LAST_CHUNK)
+        self.done = True
+        self.uncork()
+        if self._remaining is not None and self._remaining != 0:
+            self.abort()  # the upstream's body did not match its Content-Length
+        elif self.close_after and not self._chunked and self._remaining is None:
+            self._conn.close()  # close-delimited body: the close is the end
+
+    def abort(self) -> None:
+        """Cut the connection: a started response that cannot be completed must look incomplete."""
+        self._corked = None
+        self.aborted = True
+        self.done = True
+        self._conn.close()
+
+    def cork(self) -> None:
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            if len(corked) == 1:
+                self._conn.write(corked[0])
+            elif sum(map(len, corked)) > _COPY_LIMIT:
+                self._conn.writelines(tuple(corked))
+            else:
+                self._conn.write(b"".join(corked))
+
+    def _out(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            self._conn.write(data)
+
+    def on_flow(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._conn.flow = (pause, resume)
+        if self._conn.write_paused:
+            pause()
+
+    def clear_flow(self) -> None:
+        self._conn.flow = None
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(
+        self, server: Server, handler: Handler, limits: Limits, on_reject: RejectHook
+    ) -> None:
+        self._server, self._handler, self._limits, self._on_reject = (
+            server,
+            handler,
+            limits,
+            on_reject,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
+        self._pending: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.last_active = self._loop.time()
+        self._paused_reading = False
+        self.write_paused = False
+        self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self.http11 = True
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: RawHeaders = []
+        self._head_size = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._expect = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else None
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+        self._pending.clear()
+        if self._task is not None:
+            self._task.cancel()  # the client left: its handler stops (queue slot, upstream)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # close: a half-closed client is treated as gone (as nginx does)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.flow is not None:
+            self.flow[0]()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.flow is not None:
+            self.flow[1]()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+            if self._expect and not self._body_size and self._task is None:
+                self._expect = False
+                self.write(_CONTINUE)  # headers in, no body bytes yet: the client is waiting
+        except httptools.HttpParserUpgrade:
+            self._refuse(_Reject(400, "Protocol upgrades are not supported."))
+        except httptools.HttpParserError as e:
+            reject = e.__context__ if isinstance(e.__context__, _Reject) else None
+            self._refuse(reject or _Reject(400, "Malformed HTTP request."))
+
+    # -- llhttp callbacks --------------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)
+        if len(self._headers) > self._limits.max_headers:
+            raise _Reject(431, "Too many request headers.")
+
+    def on_headers_complete(self) -> None:
+        length = find_header(self._headers, b"content-length")
+        if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
+            raise _Reject(413, "The request body is too large.")
+        expect = find_header(self._headers, b"expect")
+        # Decided after this read (data_received): only a client still waiting needs it.
+        self._expect = expect is not None and expect.lower() == b"100-continue"
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._limits.max_body:
+            raise _Reject(413, "The request body is too large.")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        url = httptools.parse_url(self._url)
+        request = Request(
+            method=parser.get_method().decode("latin-1"),
+            path=(url.path or b"/").decode("latin-1"),
+            query=(url.query or b"").decode("latin-1"),
+            version=version,
+            headers=self._headers,
+            body=b"".join(self._body),
+            peer=self._peer,
+            keep_alive=parser.should_keep_alive(),
+        )
+        self.http11 = version == "1.1"
+        self._reset()
+        self._pending.append(request)
+        if self._task is None:
+            self._next()
+        elif not self._paused_reading and self._transport is not None:
+            self._paused_reading = True  # pipelined: read no further until it is answered
+            self._transport.pause_reading()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _count_head(self, n: int) -> None:
+        self._head_size += n
+        if self._head_size > self._limits.max_head:
+            raise _Reject(431, "The request line and headers are too large.")
+
+    def _refuse(self, reject: _Reject) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else ""
+        self._on_reject(path, reject.status)
+        if self._task is None:  # nothing is being answered: the error can go out cleanly
+            reply = Reply(self, _closing_request(self._peer))
+            reply.send(self._server.make_error(reject.status, reject.message))
+        transport.close()
+
+    def _next(self) -> None:
+        request = self._pending.popleft()
+        reply = Reply(self, request)
+        self._task = self._loop.create_task(self._run(request, reply))
+
+    async def _run(self, request: Request, reply: Reply) -> None:
+        try:
+            await self._handler(request, reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path[:200])
+            if not reply.started:
+                reply.send(self._server.make_error(500, "Internal error."))
+            else:
+                reply.abort()
+        finally:
+            self._task = None
+            self.flow = None
+        if not reply.done:  # a handler that returned without answering completely
+            reply.abort()
+        self._answered(reply)
+
+    def _answered(self, reply: Reply) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if reply.close_after or reply.aborted:
+            transport.close()
+            return
+        if self._pending:
+            self._next()
+            return
+        if self._paused_reading:
+            self._paused_reading = False
+            transport.resume_reading()
+        self.last_active = self._loop.time()
+
+    # -- used by Reply -----------------------------------------------------------------------
+
+    def date(self) -> bytes:
+        return self._server.date.line()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def writelines(self, data: tuple[bytes, ...]) -> None:
+        if self._transport is not None:
+            self._transport.writelines(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def drain(self) -> None:
+        if not self.write_paused or self._transport is None:
+            return
+        self._drain = self._loop.create_future()
+        await self._drain
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+
+def _closing_request(peer: str | None) -> Request:
+    return Request("GET", "/", "", "1.1", [], b"", peer, keep_alive=False)
+
+
+class Server:
+    """Serve `handler` on host:port; `stop` drains in-flight requests for up to `grace` seconds."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits | None = None,
+        *,
+        on_reject: RejectHook = lambda _path, _status: None,
+        make_error: ErrorFactory = plain_error,
+    ) -> None:
+        self._handler = handler
+        self.make_error = make_error
+        self._limits = limits or Limits()
+        self._on_reject = on_reject
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.connections: set[_Connection] = set()
+        self.date = DateHeader()
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self, self._handler, self._limits, self._on_reject),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self._sweeper = loop.create_task(self._sweep_idle())
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep_idle(self) -> None:
+        """Close keep-alive connections idle past the limit (one timer, not one per request)."""
+        loop = asyncio.get_running_loop()
+        limit = self._limits.keepalive_timeout
+        while True:
+            await asyncio.sleep(min(5.0, limit / 2))
+            cutoff = loop.time() - limit
+            for conn in list(self.connections):
+                if not conn.busy and conn.last_active < cutoff:
+                    conn.close()
+
+    async def stop(self, grace: float) -> None:
+        if self._server is None:
+            return
+        self._server.close()  # no new connections
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        deadline = asyncio.get_running_loop().time() + grace
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+        while any(c.busy for c in self.connections):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        self._server = None
