@@ -1,15 +1,22 @@
 """Gateway overhead benchmark: direct vs through the gateway vs through nginx, in one run.
 
     .venv/bin/python bench/gateway_bench.py [--requests 2000] [--concurrency 1,16,64]
+                                            [--layouts shared,pinned]
                                             [--out bench/results/gateway.json]
 
 An SSE upstream (its own process) streams `--chunks` events per request as fast as it can. The
 load generator (this process) runs `--concurrency` streams at a time and times every request:
 time to first chunk (TTFB) and to the end of the stream. The same upstream is reached directly,
-through the real Gateway (StaticSource, its own process) and through nginx as a plain reverse
-proxy (its own process, one worker, keepalive to the upstream, proxy_buffering off). Overhead is
-a proxy's percentile minus the direct percentile at the same concurrency. Every process shares
-the same cores, so the absolute numbers depend on the machine; the comparison is the point.
+through the real Gateway (StaticSource, its own process; uvloop as shipped, and the default
+asyncio loop) and through nginx as a plain reverse proxy (its own process, one worker,
+keepalive to the upstream, proxy_buffering off). Overhead is a proxy's percentile minus the
+direct percentile at the same concurrency; CPU per request is the proxy process's (nginx: its
+worker's) user+system time over the requests it carried.
+
+Layouts: `shared` lets the OS place every process on any CPU (proxies compete with the load
+generator and the upstream); `pinned` gives the proxies CPU 0 and the load generator and the
+upstream the other CPUs, the way a gateway runs on its own cores in production, and removes
+the scheduler's placement luck from the comparison. Every proxy gets the same placement.
 """
 
 from __future__ import annotations
@@ -69,9 +76,13 @@ async def serve_gateway(port: int, upstream: str) -> None:
         await asyncio.Event().wait()
 
 
-def spawn(args: list[str]) -> subprocess.Popen[str]:
+def spawn(args: list[str], cpus: set[int] | None = None) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=os.environ
+        [sys.executable, __file__, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -116,13 +127,18 @@ http {{
 """
 
 
-def start_nginx(tmp: Path, upstream_addr: str, port: int) -> subprocess.Popen[bytes]:
+def start_nginx(
+    tmp: Path, upstream_addr: str, port: int, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     conf = tmp / "nginx.conf"
     conf.write_text(
         NGINX_CONF.format(dir=tmp, upstream=upstream_addr, listen=f"{HOSTS['nginx']}:{port}")
     )
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)])
+    proc = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(tmp)],
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
     deadline = time.monotonic() + 10
     import socket
 
@@ -137,6 +153,20 @@ def start_nginx(tmp: Path, upstream_addr: str, port: int) -> subprocess.Popen[by
 
 
 # -- load generator ---------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and its direct children (nginx's worker)."""
+
+    def one(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return one(pid) + sum(one(int(k)) for k in kids)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -183,13 +213,21 @@ async def run_cell(url: str, concurrency: int, requests: int, warmup: int) -> di
     }
 
 
-async def bench(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any]:
+async def bench(
+    args: argparse.Namespace, urls: dict[str, str], pids: dict[str, int]
+) -> dict[str, Any]:
     cells: dict[str, Any] = {}
     for c in args.concurrency:
         row: dict[str, Any] = {}
         for target, url in urls.items():
+            before = cpu_seconds(pids[target]) if target in pids else 0.0
             row[target] = await run_cell(url, c, args.requests, args.warmup)
-            print(f"c={c:<3} {target:<8} {json.dumps(row[target])}", flush=True)
+            if target in pids:
+                used = cpu_seconds(pids[target]) - before
+                row[target]["cpu_us_per_request"] = round(
+                    used / (args.requests + args.warmup) * 1e6, 1
+                )
+            print(f"c={c:<3} {target:<15} {json.dumps(row[target])}", flush=True)
         for proxy in [t for t in urls if t != "direct"]:
             row[f"{proxy}_overhead_ms"] = {
                 metric: {
@@ -200,6 +238,52 @@ async def bench(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any
             }
         cells[str(c)] = row
     return cells
+
+
+def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
+    ncpu = len(os.sched_getaffinity(0))
+    proxy_cpus = {0} if layout == "pinned" else None
+    rest = set(range(1, ncpu)) if layout == "pinned" else None
+    mine = os.sched_getaffinity(0)
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        if rest:
+            os.sched_setaffinity(0, rest)  # the load generator
+        up_port = free_port(HOSTS["upstream"])
+        procs.append(
+            spawn(
+                ["--role", "upstream", "--port", str(up_port), "--chunks", str(args.chunks)], rest
+            )
+        )
+        upstream = f"http://{HOSTS['upstream']}:{up_port}"
+        path = "/v1/chat/completions"
+        urls = {"direct": upstream + path}
+        pids: dict[str, int] = {}
+        for name, loop in (("gateway", "uvloop"), ("gateway-asyncio", "asyncio")):
+            port = free_port(HOSTS["gateway"])
+            argv = ["--role", "gateway", "--port", str(port), "--upstream", upstream]
+            proc = spawn([*argv, "--loop", loop], proxy_cpus)
+            procs.append(proc)
+            urls[name] = f"http://{HOSTS['gateway']}:{port}{path}"
+            pids[name] = proc.pid
+        ngx_port = free_port(HOSTS["nginx"])
+        ngx_dir = tmp / layout
+        ngx_dir.mkdir()
+        ngx = start_nginx(ngx_dir, f"{HOSTS['upstream']}:{up_port}", ngx_port, proxy_cpus)
+        procs.append(ngx)
+        urls["nginx"] = f"http://{HOSTS['nginx']}:{ngx_port}{path}"
+        pids["nginx"] = ngx.pid
+        print(f"-- layout {layout}", flush=True)
+        return asyncio.run(bench(args, urls, pids))
+    finally:
+        os.sched_setaffinity(0, mine)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def main() -> int:
@@ -214,6 +298,11 @@ def main() -> int:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
     )
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    p.add_argument(
+        "--layouts",
+        type=lambda s: [x for x in s.split(",") if x in ("shared", "pinned")],
+        default=["shared", "pinned"],
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "gateway.json"))
     args = p.parse_args()
     if args.role == "upstream":
@@ -228,52 +317,13 @@ def main() -> int:
             asyncio.run(serve_gateway(args.port, args.upstream))
         return 0
 
-    procs: list[subprocess.Popen[Any]] = []
+    layouts: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
-        try:
-            up_port = free_port(HOSTS["upstream"])
-            procs.append(
-                spawn(["--role", "upstream", "--port", str(up_port), "--chunks", str(args.chunks)])
-            )
-            upstream = f"http://{HOSTS['upstream']}:{up_port}"
-            gw_port = free_port(HOSTS["gateway"])
-            procs.append(
-                spawn(["--role", "gateway", "--port", str(gw_port), "--upstream", upstream])
-            )
-            # The same gateway on uvloop (what `vllm-sleep gateway` uses when installed).
-            uv_port = free_port(HOSTS["gateway"])
-            procs.append(
-                spawn(
-                    [
-                        "--role",
-                        "gateway",
-                        "--port",
-                        str(uv_port),
-                        "--upstream",
-                        upstream,
-                        "--loop",
-                        "uvloop",
-                    ]
-                )
-            )
-            ngx_port = free_port(HOSTS["nginx"])
-            procs.append(start_nginx(Path(tmp), f"{HOSTS['upstream']}:{up_port}", ngx_port))
-            path = "/v1/chat/completions"
-            urls = {
-                "direct": upstream + path,
-                "gateway": f"http://{HOSTS['gateway']}:{gw_port}{path}",
-                "gateway-uvloop": f"http://{HOSTS['gateway']}:{uv_port}{path}",
-                "nginx": f"http://{HOSTS['nginx']}:{ngx_port}{path}",
-            }
-            cells = asyncio.run(bench(args, urls))
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for layout in args.layouts:
+            if layout == "pinned" and len(os.sched_getaffinity(0)) < 2:
+                print("pinned layout needs 2 CPUs; skipped", flush=True)
+                continue
+            layouts[layout] = run_layout(args, layout, Path(tmp))
     nginx_version = subprocess.run(
         [shutil.which("nginx") or "/usr/sbin/nginx", "-v"], capture_output=True, text=True
     ).stderr.strip()
@@ -291,8 +341,9 @@ def main() -> int:
             "warmup": args.warmup,
             "chunks": args.chunks,
             "concurrency": args.concurrency,
+            "layouts": args.layouts,
         },
-        "results": cells,
+        "results": layouts,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -31,6 +31,7 @@ from .routing import ModelKey, ModelSpec, ModelTable, Replica
 log = logging.getLogger(__name__)
 
 REFUSED_PAUSE = 0.5  # seconds before replicas that refused are tried again
+_NONE: frozenset[tuple[str, str]] = frozenset()
 _RELAYED = object()  # _forward: the upstream's answer went to the client
 _TIMED_OUT = object()  # _forward: held at an agent past the wake deadline
 
@@ -97,7 +98,7 @@ class Dispatcher:
         exclude: set[tuple[str, str]] = set()
         try:
             while True:
-                replica = table.choose(key, frozenset(exclude))
+                replica = table.choose(key, frozenset(exclude) if exclude else _NONE)
                 if replica is not None:
                     # Leave the queue before forwarding: the slot is for waiting, not running.
                     slot.leave("forwarded")
@@ -200,7 +201,7 @@ class Dispatcher:
                 slot.leave("forwarded")  # the agent answered: the request is no longer held
             if isinstance(result, Failed):
                 return result.response
-            self._metrics.upstream_latency.labels(spec.served_name).observe(self._clock() - sent_at)
+            self._metrics.observe_upstream(spec.served_name, self._clock() - sent_at)
             try:
                 await result.finished()  # the body is spliced into `reply` as it comes
             except UpstreamError as e:

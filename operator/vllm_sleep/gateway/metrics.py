@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 UNKNOWN_MODEL = "_unknown"  # client-chosen names never become label values (cardinality)
@@ -14,6 +16,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._upstream: dict[str, Any] = {}
         r = self.registry
         self.requests = Counter(
             "vllm_sleep_gateway_requests",
@@ -59,3 +63,18 @@ class GatewayMetrics:
             ["resource"],
             registry=r,
         )
+
+    # The per-request series, with their label children cached: prometheus_client's
+    # `labels()` takes a lock and builds a key on every call, on the proxy's hot path.
+
+    def count_request(self, model: str, code: str) -> None:
+        child = self._requests.get((model, code))
+        if child is None:
+            child = self._requests[(model, code)] = self.requests.labels(model, code)
+        child.inc()
+
+    def observe_upstream(self, model: str, seconds: float) -> None:
+        child = self._upstream.get(model)
+        if child is None:
+            child = self._upstream[model] = self.upstream_latency.labels(model)
+        child.observe(seconds)

@@ -61,7 +61,7 @@ class GatewayHandler:
             # No status: the client left first (handler cancelled), counted as nginx's 499.
             status = str(reply.status) if reply.status is not None else CLIENT_CLOSED
             if request.path.startswith("/v1/"):
-                self._metrics.requests.labels(model, status).inc()
+                self._metrics.count_request(model, status)
             if self._access_log:
                 log.info(
                     '%s "%s %s" %s %.1fms',
@@ -75,7 +75,7 @@ class GatewayHandler:
     def rejected(self, path: str, status: int) -> None:
         """Requests the HTTP layer refused before routing (malformed, oversized) still count."""
         if path.startswith("/v1/"):
-            self._metrics.requests.labels(UNKNOWN_MODEL, str(status)).inc()
+            self._metrics.count_request(UNKNOWN_MODEL, str(status))
 
     async def _route(self, request: Request, reply: Reply) -> tuple[str, Response | None]:
         path, method = request.path, request.method
