@@ -286,6 +286,30 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, An
                 proc.kill()
 
 
+def report(path: Path) -> str:
+    """The results file as the markdown table in docs/benchmarks.md."""
+    doc = json.loads(path.read_text())
+    lines = [
+        "| layout | streams | direct p50 / p99 (ms) | gateway overhead p50 / p99 | "
+        "nginx overhead p50 / p99 | CPU µs/request gateway / nginx | req/s direct / gateway / nginx |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for layout, cells in doc["results"].items():
+        for c, row in cells.items():
+            d = row["direct"]["ttfb_ms"]
+            g = row["gateway_overhead_ms"]["ttfb_ms"]
+            n = row["nginx_overhead_ms"]["ttfb_ms"]
+            lines.append(
+                f"| {layout} | {c} | {d['p50']:.2f} / {d['p99']:.2f} "
+                f"| {g['p50']:+.2f} / {g['p99']:+.2f} | {n['p50']:+.2f} / {n['p99']:+.2f} "
+                f"| {row['gateway']['cpu_us_per_request']:.0f} / "
+                f"{row['nginx']['cpu_us_per_request']:.0f} "
+                f"| {row['direct']['rps']:.0f} / {row['gateway']['rps']:.0f} / "
+                f"{row['nginx']['rps']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--role", choices=["bench", "upstream", "gateway"], default="bench")
@@ -304,7 +328,11 @@ def main() -> int:
         default=["shared", "pinned"],
     )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "gateway.json"))
+    p.add_argument("--report", type=Path, help="print a results file as a markdown table")
     args = p.parse_args()
+    if args.report:
+        print(report(args.report))
+        return 0
     if args.role == "upstream":
         asyncio.run(serve_upstream(args.port, args.chunks))
         return 0

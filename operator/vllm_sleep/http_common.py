@@ -1,4 +1,5 @@
-"""What the two proxies (the pod agent and the gateway) share: header rules, refusal codes, the relay."""
+"""What the two proxies (the pod agent and the gateway) share: header rules and refusal codes; and the
+agent's aiohttp relay (the gateway splices with vllm_sleep.h1 instead)."""
 
 from __future__ import annotations
 
