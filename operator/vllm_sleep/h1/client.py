@@ -74,6 +74,7 @@ class _Conn(asyncio.Protocol):
             self.close()
         finally:
             if ex.sink is not None:
+                ex.sink.flush_head()  # a head with no body bytes yet goes out on its own
                 ex.sink.uncork()
 
     def eof_received(self) -> bool:
@@ -147,10 +148,13 @@ class _Conn(asyncio.Protocol):
     def pause(self) -> None:
         if self.transport is not None:
             self.transport.pause_reading()
+        self._cancel_timers()  # not reading is our choice (a slow client), not the upstream's
 
     def resume(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            if self.exchange is not None and not self.exchange.complete:
+                self._rearm()
 
     def close(self) -> None:
         if self.transport is not None:

@@ -43,6 +43,7 @@ RejectHook = Callable[[str, int], None]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_NO_BODY = frozenset({204, 304})
 _COPY_LIMIT = 1 << 16  # larger chunks go out by writelines, not copied into one buffer
 
 
@@ -91,6 +92,7 @@ class Reply:
         "_corked",
         "_head",
         "_head_only",
+        "_http11",
         "_remaining",
         "aborted",
         "close_after",
@@ -101,6 +103,7 @@ class Reply:
     def __init__(self, conn: _Connection, request: Request) -> None:
         self._conn = conn
         self._head_only = request.method == "HEAD"
+        self._http11 = request.version == "1.1"  # not the connection's: pipelined ones differ
         self._head: bytes | None = None  # a started response's head, until it is written
         self._chunked = False
         self._remaining: int | None = None
@@ -137,10 +140,18 @@ class Reply:
         head = status_line(status, reason) + raw_header_lines(headers)
         if find_header(headers, b"date") is None:
             head += self._conn.date()
-        if length is not None:
+        if status in _NO_BODY:
+            # No body whatever the headers say (RFC 9110 §15.3.5, §15.4.5); a 304 keeps the
+            # representation's length, a 204 may not have one.
+            self._head_only = True
+            if length is not None and status == 304:
+                head += b"content-length: %d\r\n" % length
+        elif length is not None:
             head += b"content-length: %d\r\n" % length
             self._remaining = length
-        elif self._conn.http11 and not self._head_only:
+        elif self._head_only:
+            pass  # HEAD: no body, and no framing for one
+        elif self._http11:
             head += b"transfer-encoding: chunked\r\n"
             self._chunked = True
         else:  # an HTTP/1.0 client: the end of the body is the end of the connection
@@ -182,7 +193,7 @@ class Reply:
             self._out(_LAST_CHUNK)
         self.done = True
         self.uncork()
-        if self._remaining is not None and self._remaining != 0:
+        if self._remaining is not None and self._remaining != 0 and not self._head_only:
             self.abort()  # the upstream's body did not match its Content-Length
         elif self.close_after and not self._chunked and self._remaining is None:
             self._conn.close()  # close-delimited body: the close is the end
@@ -249,8 +260,9 @@ class _Connection(asyncio.Protocol):
         self._paused_reading = False
         self.write_paused = False
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self.http11 = True
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._heads = 0  # request heads completed on this connection
+        self._raw_head = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -275,8 +287,6 @@ class _Connection(asyncio.Protocol):
         self._pending.clear()
         if self._task is not None:
             self._task.cancel()  # the client left: its handler stops (queue slot, upstream)
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed client is treated as gone (as nginx does)
@@ -290,16 +300,23 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         if self.flow is not None:
             self.flow[1]()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
+        in_head, heads = self._in_head, self._heads
         try:
             self._parser.feed_data(data)
+            if in_head and self._heads == heads:
+                # All of this read was one request's head: bound it as it arrives (llhttp
+                # hands a header over only once its line is complete).
+                self._raw_head += len(data)
+                if self._raw_head > self._limits.max_head:
+                    raise _Reject(431, "The request line and headers are too large.")
             if self._expect and not self._body_size and self._task is None:
                 self._expect = False
                 self.write(_CONTINUE)  # headers in, no body bytes yet: the client is waiting
+        except _Reject as refused:
+            self._refuse(refused)
         except httptools.HttpParserUpgrade:
             self._refuse(_Reject(400, "Protocol upgrades are not supported."))
         except httptools.HttpParserError as e:
@@ -307,6 +324,10 @@ class _Connection(asyncio.Protocol):
             self._refuse(reject or _Reject(400, "Malformed HTTP request."))
 
     # -- llhttp callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._raw_head = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -319,6 +340,10 @@ class _Connection(asyncio.Protocol):
             raise _Reject(431, "Too many request headers.")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads += 1
+        if self._parser.should_upgrade():  # else the request would run, then the close cut it
+            raise _Reject(400, "Protocol upgrades are not supported.")
         length = find_header(self._headers, b"content-length")
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
             raise _Reject(413, "The request body is too large.")
@@ -346,7 +371,6 @@ class _Connection(asyncio.Protocol):
             peer=self._peer,
             keep_alive=parser.should_keep_alive(),
         )
-        self.http11 = version == "1.1"
         self._reset()
         self._pending.append(request)
         if self._task is None:
@@ -366,8 +390,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        path = httptools.parse_url(self._url).path.decode("latin-1") if self._url else ""
-        self._on_reject(path, reject.status)
+        self._on_reject(_path_of(self._url), reject.status)
         if self._task is None:  # nothing is being answered: the error can go out cleanly
             reply = Reply(self, _closing_request(self._peer))
             reply.send(self._server.make_error(reject.status, reject.message))
@@ -428,15 +451,17 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def drain(self) -> None:
-        if not self.write_paused or self._transport is None:
-            return
-        self._drain = self._loop.create_future()
-        await self._drain
-
     @property
     def busy(self) -> bool:
         return self._task is not None
+
+
+def _path_of(url: bytes) -> str:
+    """The path of a refused request's URL, for the reject hook ("" when there is none)."""
+    try:
+        return (httptools.parse_url(url).path or b"").decode("latin-1") if url else ""
+    except httptools.HttpParserInvalidURLError:
+        return ""
 
 
 def _closing_request(peer: str | None) -> Request:
