@@ -73,6 +73,7 @@ class _Model:
     pods: dict[tuple[str, str], PodState] = field(default_factory=dict)
     queued: int = 0
     last_demand: float | None = None
+    awake: tuple[Replica, ...] | None = None  # cache of the awake replicas; None = stale
 
 
 class ModelTable:
@@ -101,6 +102,7 @@ class ModelTable:
         key = ModelKey(pod.namespace, pod.model)
         entry = self._models.setdefault(key, _Model())
         entry.pods[pod.key] = pod
+        entry.awake = None
         if pod.awake and pod.url:
             # The demand was answered: the next time the model sleeps and a request waits,
             # it must signal at once rather than wait out the throttle interval.
@@ -110,6 +112,7 @@ class ModelTable:
     def remove_pod(self, namespace: str, name: str) -> ModelKey | None:
         for key, entry in self._models.items():
             if entry.pods.pop((namespace, name), None) is not None:
+                entry.awake = None
                 self._gc(key)
                 return key
         return None
@@ -129,6 +132,7 @@ class ModelTable:
         if pods is not None:
             for entry in self._models.values():
                 entry.pods.clear()
+                entry.awake = None
             for pod in pods:
                 self.upsert_pod(pod)
             for key in list(self._models):
@@ -162,11 +166,15 @@ class ModelTable:
     def specs(self) -> list[ModelSpec]:
         return [self._models[k].spec for k in sorted(self._served.values())]  # type: ignore[misc]
 
-    def awake_replicas(self, key: ModelKey) -> list[Replica]:
+    def awake_replicas(self, key: ModelKey) -> tuple[Replica, ...]:
         entry = self._models.get(key)
         if entry is None:
-            return []
-        return [Replica(p.key, p.url) for p in entry.pods.values() if p.awake and p.url]
+            return ()
+        if entry.awake is None:  # rebuilt on the first request after a pod change
+            entry.awake = tuple(
+                Replica(p.key, p.url) for p in entry.pods.values() if p.awake and p.url
+            )
+        return entry.awake
 
     def holding_replicas(self, key: ModelKey) -> list[Replica]:
         """Pods whose agent can hold a request while the engine is not awake."""
@@ -201,9 +209,12 @@ class ModelTable:
         self, key: ModelKey, exclude: frozenset[tuple[str, str]] = frozenset()
     ) -> Replica | None:
         """Least in-flight awake replica not in `exclude`; ties rotate."""
-        candidates = [r for r in self.awake_replicas(key) if r.pod not in exclude]
+        awake = self.awake_replicas(key)
+        candidates = [r for r in awake if r.pod not in exclude] if exclude else awake
         if not candidates:
             return None
+        if len(candidates) == 1:
+            return candidates[0]
         low = min(self._inflight.get(r.pod, 0) for r in candidates)
         best = [r for r in candidates if self._inflight.get(r.pod, 0) == low]
         self._turn += 1

@@ -11,6 +11,7 @@ so the upstream never closes one under a request we are sending).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -138,7 +139,7 @@ class _Conn(asyncio.Protocol):
     def idle(self) -> None:
         self.exchange = None
         self._cancel_timers()
-        self.idle_since = self._loop.time()
+        self.idle_since = time.monotonic()
 
     def _cancel_timers(self) -> None:
         if self._timer is not None:
@@ -369,7 +370,7 @@ class UpstreamPool:
         if not idle:
             return None
         # Never reuse a connection idle past the limit: the upstream may close it any moment.
-        cutoff = asyncio.get_running_loop().time() - self.idle_timeout
+        cutoff = time.monotonic() - self.idle_timeout
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
             if conn.idle_since < cutoff:
@@ -403,10 +404,9 @@ class UpstreamPool:
 
     async def _sweep(self) -> None:
         """Close connections idle past the limit (one timer for the pool, not one per request)."""
-        loop = asyncio.get_running_loop()
         while not self._closed:
             await asyncio.sleep(self.idle_timeout / 2)
-            cutoff = loop.time() - self.idle_timeout
+            cutoff = time.monotonic() - self.idle_timeout
             for idle in self._idle.values():
                 for conn in [c for c in idle if c.idle_since < cutoff]:
                     idle.remove(conn)
