@@ -295,6 +295,21 @@ async def test_a_503_from_the_engine_is_not_retried(
     assert sum(u.received for u in upstreams) == 1
 
 
+async def big_503(_: web.Request) -> web.StreamResponse:
+    return web.Response(status=503, body=b"o" * (200 << 10), content_type="text/plain")
+
+
+async def test_a_503_larger_than_the_refusal_peek_is_relayed_whole_and_not_retried(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    for u in upstreams:
+        u.behaviour = big_503
+    source.add_model("m", [u.url for u in upstreams])
+    resp = await chat(gateway, http)
+    assert resp.status_code == 503 and resp.content == b"o" * (200 << 10)  # not cut at 64 KiB
+    assert sum(u.received for u in upstreams) == 1
+
+
 async def test_a_request_that_reached_an_upstream_is_never_sent_again(
     gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
 ) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -635,6 +636,7 @@ async def test_a_header_that_never_ends_is_431_not_buffered_forever() -> None:
         b"GET http://a HTTP/1.1\r\nbad header\r\n\r\n",  # a URL without a path
         b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     ],
     ids=[
         "garbage",
@@ -645,6 +647,7 @@ async def test_a_header_that_never_ends_is_431_not_buffered_forever() -> None:
         "no-path-then-bad-header",
         "two-lengths",
         "upgrade",
+        "http10-chunked",  # RFC 9112 §6.1: faulty framing in HTTP/1.0, not chunked
     ],
 )
 async def test_malformed_requests_are_400_and_the_connection_closes(
@@ -1310,6 +1313,403 @@ async def test_backpressure_a_large_body_to_a_slow_client_arrives_intact(
     assert relay.errors == []
 
 
+# -- review fixes: framing, pipelining and the pool's edge cases ---------------------------------
+
+
+async def test_trailer_fields_are_not_merged_into_the_request_headers() -> None:
+    """A trailer after a chunked body must not pass for a header (auth, forwarding)."""
+    seen: list[Request] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        seen.append(request)
+        await echo(request, reply)
+
+    trailers = b"0\r\nAuthorization: Bearer smuggled\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+    async with serving(handler) as (_, port), connect(port) as w:
+        await w.send(get("/t", "Transfer-Encoding: chunked", method="POST") + chunk(b"abc"))
+        await w.send(trailers)
+        r = await w.response()
+        assert (r.status, r.body) == (200, b"/t:abc")
+        await w.send(get("/next"))  # and the connection is still in step
+        assert (await w.response()).body == b"/next:"
+    assert seen[0].header("authorization") is None
+    assert seen[0].header("x-forwarded-for") is None
+
+
+async def test_http10_keep_alive_is_confirmed_and_the_connection_kept() -> None:
+    async with serving(echo) as (server, port), connect(port) as w:
+        for i in range(2):
+            await w.send(get(f"/k{i}", "Connection: keep-alive", version="1.0"))
+            r = await w.response()
+            assert (r.status, r.body) == (200, b"/k%d:" % i)
+            assert r.header("connection") == "keep-alive"  # else the client closes
+        assert len(server.connections) == 1
+
+
+async def test_bad_bytes_pipelined_behind_requests_get_400_after_their_answers() -> None:
+    """The requests before the bad bytes are answered in order, then the 400, then the close."""
+    refused, release = asyncio.Event(), asyncio.Event()
+    rejected: list[int] = []
+
+    def on_reject(_path: str, status: int) -> None:
+        rejected.append(status)
+        refused.set()
+
+    async def handler(request: Request, reply: Reply) -> None:
+        if request.path == "/a":
+            await wait_for(release)  # still answering /a when the bad bytes are parsed
+        await echo(request, reply)
+
+    async with serving(handler, on_reject=on_reject) as (_, port), connect(port) as w:
+        await w.send(get("/a") + post("/b", b"B") + b"GARBAGE\r\n\r\n")
+        await wait_for(refused)
+        release.set()
+        answers = [await w.response() for _ in range(3)]
+        assert [(r.status, r.body) for r in answers[:2]] == [(200, b"/a:"), (200, b"/b:B")]
+        assert answers[2].status == 400 and answers[2].header("connection") == "close"
+        assert await w.eof() == b""
+    assert rejected == [400]
+
+
+async def test_100_continue_for_a_request_that_waited_behind_another() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request, reply: Reply) -> None:
+        if request.path == "/slow":
+            started.set()
+            await wait_for(release)
+        await echo(request, reply)
+
+    async with serving(handler) as (_, port), connect(port) as w:
+        await w.send(get("/slow"))
+        await wait_for(started)
+        await w.send(get("/up", "Expect: 100-continue", "Content-Length: 5", method="POST"))
+        await asyncio.sleep(0.05)  # its head is read while /slow is still being answered
+        release.set()
+        assert (await w.response()).body == b"/slow:"
+        interim = await w.response()  # the client waits for this before sending the body
+        assert interim.status == 100
+        await w.send(b"hello")
+        r = await w.response()
+    assert (r.status, r.body) == (200, b"/up:hello")
+
+
+async def test_a_close_delimited_body_cut_by_a_reset_is_not_complete() -> None:
+    async def reset(up: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        await requests.next()
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart")
+        await writer.drain()
+        await up.gate.wait()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST: the body was cut, not ended
+
+    async with (
+        Upstream(reset) as up,
+        pooled() as pool,
+        serving(relay := Relay(pool, up.port)) as (_, port),
+        connect(port) as w,
+    ):
+        await w.send(post("/v1/x", b"{}"))
+        await w.until(lambda: w.partial_body() == b"part")
+        up.gate.set()
+        with pytest.raises(IncompleteResponse):  # no last-chunk marker: visibly incomplete
+            await w.response()
+    assert [type(e) for e in relay.errors] == [UpstreamError]
+
+
+async def test_a_timed_out_close_delimited_body_is_not_completed_by_the_close() -> None:
+    async def stall(_: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        await requests.next()
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npart")
+        await requests.next()  # until the pool closes the connection
+
+    async with Upstream(stall) as up, pooled(read_timeout=0.5) as pool:
+        ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+        await wait_for(up.eof)  # the read timeout closed it while nobody was reading
+        with pytest.raises(UpstreamTimeout):
+            await ex.read(1 << 16)
+        ex.release()
+
+
+async def test_a_second_response_to_one_request_is_not_body_and_drops_the_connection() -> None:
+    async with (
+        Upstream(answering(http(200, b"ok") + http(200, b"EXTRA"))) as up,
+        pooled() as pool,
+    ):
+        for _ in range(2):
+            ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+            assert await ex.read(1 << 16) == (b"ok", True)
+            assert [n for n, _ in ex.headers] == [b"content-length"]
+            ex.release()
+        assert up.accepted == 2  # the out-of-step connection was not reused
+
+
+async def test_upstream_trailers_are_not_response_headers() -> None:
+    answer = b"HTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"busy")
+    answer += b"0\r\nx-trailer: 1\r\n\r\n"
+    async with Upstream(answering(answer)) as up, pooled() as pool:
+        ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+        assert await ex.read(1 << 16) == (b"busy", True)
+        assert [n for n, _ in ex.headers] == [b"transfer-encoding"]
+        ex.release()
+
+
+async def test_the_answer_to_a_head_request_has_no_body() -> None:
+    """llhttp would wait for the Content-Length bytes a HEAD answer never has."""
+    head = b"HEAD /x HTTP/1.1\r\nhost: up\r\n\r\n"
+    async with (
+        Upstream(answering(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")) as up,
+        pooled() as pool,
+    ):
+        for _ in range(2):
+            ex = await asyncio.wait_for(pool.request(UPSTREAM, up.port, head, b""), WAIT)
+            assert (ex.status, ex.content_length) == (200, 5)
+            assert await asyncio.wait_for(ex.read(1 << 16), WAIT) == (b"", True)
+            ex.release()
+        assert [r.method for r in up.requests] == [b"HEAD", b"HEAD"]
+
+
+async def test_a_101_from_upstream_is_an_upstream_error_not_a_loop_error() -> None:
+    contexts: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: contexts.append(ctx))
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+    async with Upstream(answering(switch)) as up, pooled() as pool:
+        with pytest.raises(UpstreamError):
+            await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+        await wait_for(up.eof)
+    assert contexts == []
+
+
+async def test_an_early_answer_does_not_return_the_connection_to_the_pool() -> None:
+    """Answered before the body was written: the rest is still queued on the connection."""
+    big = b"x" * (32 << 20)  # more than the socket buffers hold
+
+    async def early(up: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        if up.accepted > 1:
+            await answering(http(200, b"ok"))(up, requests, writer)
+            return
+        await requests._reader.readuntil(b"\r\n\r\n")  # the head only, never the body
+        writer.write(http(200, b"early"))
+        await writer.drain()
+        await asyncio.Event().wait()  # open, not reading
+
+    async with Upstream(early) as up, pooled() as pool:
+        ex = await pool.request(UPSTREAM, up.port, upstream_head(b"/big", big), big)
+        assert await ex.read(1 << 16) == (b"early", True)
+        ex.release()
+        ex = await asyncio.wait_for(pool.request(UPSTREAM, up.port, upstream_head(), b""), WAIT)
+        assert await ex.read(1 << 16) == (b"ok", True)
+        ex.release()
+        assert up.accepted == 2
+
+
+async def test_a_finished_exchange_is_not_closed_by_the_read_timeout_before_release() -> None:
+    async with Upstream(answering(http(200, b"ok"))) as up, pooled(read_timeout=0.5) as pool:
+        for slow in (True, False):
+            ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+            assert await ex.read(1 << 16) == (b"ok", True)
+            if slow:
+                await asyncio.sleep(1.0)  # the caller is slow to release a complete exchange
+            ex.release()
+        assert up.accepted == 1
+
+
+async def test_cancelled_just_as_the_connect_completes_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client leaves in the loop iteration where the connect completes."""
+    loop = asyncio.get_running_loop()
+    real = loop.create_connection
+    sending: asyncio.Task[Exchange] | None = None
+
+    async def connect_then_cancelled(*args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await real(*args, **kwargs)
+        assert sending is not None
+        loop.call_soon(sending.cancel)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            transport.close()
+            raise
+        return transport, protocol
+
+    async with Upstream(answering(http(200, b"ok"))) as up, pooled() as pool:
+        monkeypatch.setattr(loop, "create_connection", connect_then_cancelled)
+        sending = asyncio.create_task(pool.request(UPSTREAM, up.port, upstream_head(), b""))
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(sending, WAIT)
+        await wait_for(up.eof)
+        assert up.requests == []  # never sent
+
+
+async def test_stop_cuts_a_busy_connection_whose_client_reads_nothing() -> None:
+    """close() would wait for the write buffer to drain: the handler was never cancelled."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(_: Request, reply: Reply) -> None:
+        reply.start(200, None, [], None)
+        reply.write(b"x" * (32 << 20))  # far more than the socket buffers take
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server = Server(handler)
+    port = await server.start(HOST, 0)
+    try:
+        async with connect(port, rcvbuf=4096) as w:
+            await w.send(get("/stuck"))
+            await wait_for(started)
+            await server.stop(0.1)
+            await wait_for(cancelled)
+    finally:
+        await server.stop(0)
+
+
+async def test_an_idle_connection_whose_client_reads_nothing_is_cut_by_the_sweep() -> None:
+    async def handler(_: Request, reply: Reply) -> None:
+        reply.send(Response(200, b"x" * (32 << 20)))  # answered; the body waits in the buffer
+
+    async with (
+        serving(handler, Limits(keepalive_timeout=0.2)) as (server, port),
+        connect(port, rcvbuf=4096) as w,
+    ):
+        await w.send(get("/"))
+
+        async def gone() -> None:
+            while True:  # polled: the sweep has no event to wait for
+                if not server.connections:
+                    return
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(gone(), WAIT)  # not kept open (and its buffer) forever
+
+
+@pytest.mark.parametrize("size", [100, 300 << 10], ids=["peeked-whole", "larger-than-the-peek"])
+async def test_a_peeked_503_can_be_spliced_whole(size: int) -> None:
+    """A 503 larger than the caller's peek is relayed in full, not cut at the peek."""
+    payload = random.Random(5).randbytes(size)
+    peek = 1000
+    first = payload[: peek + 1]  # all of a small one; one byte more than the peek of a large one
+
+    async def busy(up: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        while await requests.next() is not None:
+            writer.write(b"HTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(chunk(first))
+            if len(first) < size:
+                await writer.drain()
+                await up.gate.wait()  # the rest only once the caller has peeked
+                writer.write(chunk(payload[len(first) :]))
+            writer.write(b"0\r\n\r\n")
+
+    async def handler(request: Request, reply: Reply) -> None:
+        ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"", sink=reply)
+        try:
+            peeked.append(await ex.read(peek))
+            up.gate.set()
+            ex.splice()
+            await ex.finished()
+        finally:
+            ex.release()
+
+    peeked: list[tuple[bytes, bool]] = []
+    async with (
+        Upstream(busy) as up,
+        pooled() as pool,
+        serving(handler) as (_, port),
+        connect(port) as w,
+    ):
+        for _ in range(2):
+            await w.send(get("/"))
+            r = await w.response()
+            assert (r.status, r.reason, r.body) == (503, b"Busy", payload)
+        assert up.accepted == 1  # completed and reusable
+    assert peeked[0] == (payload[:peek], size <= peek)
+
+
+async def test_a_trailer_that_never_ends_is_431_not_buffered_forever() -> None:
+    async with serving(echo, Limits(max_head=1024)) as (_, port), connect(port) as w:
+
+        async def trickle() -> None:
+            await w.send(get("/", "Transfer-Encoding: chunked", method="POST"))
+            await w.send(chunk(b"abc") + b"0\r\nX-Endless: ")
+            with contextlib.suppress(ConnectionError):
+                for _ in range(400):  # up to 200 KiB, never a line end
+                    await w.send(b"v" * 512)
+                    await asyncio.sleep(0.002)
+
+        sender = asyncio.create_task(trickle())
+        try:
+            r = await w.response()
+        finally:
+            sender.cancel()
+    assert r.status == 431
+
+
+async def test_a_slowly_trickled_body_is_not_mistaken_for_trailers() -> None:
+    body = b"".join(chunk(b"%d" % (i % 10)) for i in range(400))
+    async with serving(echo, Limits(max_head=1024)) as (_, port), connect(port) as w:
+        await w.send(get("/", "Transfer-Encoding: chunked", method="POST"))
+        for i in range(0, len(body), 7):  # many small reads, some without body bytes
+            await w.send(body[i : i + 7])
+            await asyncio.sleep(0.001)
+        await w.send(b"0\r\nX-T: 1\r\n\r\n")
+        r = await w.response()
+    assert (r.status, r.body) == (200, b"/:" + b"".join(b"%d" % (i % 10) for i in range(400)))
+
+
+async def test_a_response_whose_head_cannot_be_built_is_500_not_a_cut() -> None:
+    async def handler(request: Request, reply: Reply) -> None:
+        if request.path == "/bad":
+            reply.send(Response(200, b"{}", (("x-echo", "a\r\nx-injected: 1"),)))
+        await echo(request, reply)
+
+    async with serving(handler) as (_, port), connect(port) as w:
+        await w.send(get("/bad"))
+        r = await w.response()
+        assert r.status == 500 and r.header("x-injected") is None
+        await w.send(get("/ok"))  # and the connection keeps serving
+        assert (await w.response()).body == b"/ok:"
+
+
+async def test_a_pooled_connection_the_upstream_closed_is_never_a_connect_error() -> None:
+    """The retry rule's premise: ConnectError only when not one byte was written. A pooled
+    connection the upstream closed while idle is skipped (a new one is opened); one it closes
+    after our request was written is an UpstreamError (final), never a ConnectError."""
+
+    async def once(up: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        await requests.next()
+        writer.write(http(200, b"ok"))  # keep-alive promised...
+        await writer.drain()
+        if up.accepted == 1:
+            return  # ...and closed while idle
+        await requests.next()  # the reused connection: read the request, close unanswered
+
+    async with Upstream(once) as up, pooled() as pool:
+        ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+        assert await ex.read(100) == (b"ok", True)
+        ex.release()
+
+        async def dropped() -> None:  # the FIN reached the pool (polled: no event for it)
+            while True:
+                if not any(pool._idle.values()):
+                    return
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(dropped(), WAIT)
+        ex = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+        assert await ex.read(100) == (b"ok", True)
+        ex.release()
+        assert up.accepted == 2  # the closed one was not reused
+        with pytest.raises(UpstreamError) as info:
+            await pool.request(UPSTREAM, up.port, upstream_head(b"/second", b"x"), b"x")
+        assert not isinstance(info.value, ConnectError)
+        assert up.accepted == 2 and up.requests[-1].path == b"/second"  # it was written
+
+
 # -- the same on uvloop (the gateway's event loop) ------------------------------------------------
 
 
@@ -1327,6 +1727,10 @@ async def _uvloop_leave() -> None:
     await test_a_client_that_leaves_cancels_its_handler("close")
 
 
+async def _uvloop_splice_503() -> None:
+    await test_a_peeked_503_can_be_spliced_whole(300 << 10)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -1342,6 +1746,15 @@ async def _uvloop_leave() -> None:
         _uvloop_leave,
         _uvloop_cut_short,
         _uvloop_backpressure,
+        test_bad_bytes_pipelined_behind_requests_get_400_after_their_answers,
+        test_a_trailer_that_never_ends_is_431_not_buffered_forever,
+        test_a_close_delimited_body_cut_by_a_reset_is_not_complete,
+        test_a_101_from_upstream_is_an_upstream_error_not_a_loop_error,
+        test_the_answer_to_a_head_request_has_no_body,
+        test_an_early_answer_does_not_return_the_connection_to_the_pool,
+        test_stop_cuts_a_busy_connection_whose_client_reads_nothing,
+        test_an_idle_connection_whose_client_reads_nothing_is_cut_by_the_sweep,
+        _uvloop_splice_503,
     ],
     ids=lambda case: case.__name__.removeprefix("test_").removeprefix("_uvloop_"),
 )
@@ -1351,3 +1764,68 @@ def test_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())
+
+
+# -- the send timeout: a client that stops reading is cut ---------------------------------------
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout() -> None:
+    """The stall pauses the upstream and its read timeout; the send timeout is what ends it."""
+    cancelled = asyncio.Event()
+
+    async def handler(_: Request, reply: Reply) -> None:
+        reply.start(200, None, [], None)
+        reply.write(b"x" * (32 << 20))  # far more than the socket buffers take
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with (
+        serving(handler, Limits(send_timeout=0.3)) as (server, port),
+        connect(port, rcvbuf=4096) as w,
+    ):
+        await w.send(get("/stuck"))
+        await wait_for(cancelled)  # the handler stops (its upstream with it)
+        assert not server.connections
+
+
+async def test_a_stalled_client_mid_stream_closes_the_upstream_connection() -> None:
+    """Through the splice: the engine's request is not kept open for a client that left."""
+
+    async def endless(up: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        await requests.next()
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(chunk(b"data: tok\n\n" * 1024))
+                await writer.drain()
+        except ConnectionError:
+            up.eof.set()  # the relay closed the upstream connection
+            raise
+
+    async with (
+        Upstream(endless) as up,
+        pooled() as pool,
+        serving(Relay(pool, up.port), Limits(send_timeout=0.3)) as (server, port),
+        connect(port, rcvbuf=4096) as w,
+    ):
+        await w.send(post("/v1/x", b"{}"))
+        await wait_for(up.eof)
+        assert not server.connections
+
+
+async def test_a_slow_client_that_keeps_reading_is_not_cut() -> None:
+    """Paused and resumed again and again, each pause shorter than the send timeout."""
+    payload = _big_body()
+    async with (
+        Upstream(_bulk(payload)) as up,
+        pooled() as pool,
+        serving(relay := Relay(pool, up.port), Limits(send_timeout=0.5)) as (_, port),
+        connect(port, rcvbuf=1 << 16) as w,
+    ):
+        await w.send(post("/v1/x", b"{}"))
+        r = await w.response()
+    assert hashlib.sha256(r.body).hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert relay.errors == []

@@ -34,6 +34,7 @@ class GatewayConfig:
     backend_port: int = PUBLIC_PORT
     connect_timeout: float = 3.0
     read_timeout: float | None = None  # between two upstream reads; None = no limit
+    send_timeout: float | None = 60.0  # a client not reading this long is cut; None = never
     default_wake_timeout: float = DEFAULT_WAKE_TIMEOUT
     default_max_queued: int = DEFAULT_MAX_QUEUED
     access_log: bool = False
@@ -54,6 +55,8 @@ class GatewayConfig:
             raise GatewayConfigError(
                 "--max-body-bytes, --wake-timeout must be > 0, --max-queued >= 0"
             )
+        if ns.read_timeout < 0 or ns.send_timeout < 0:
+            raise GatewayConfigError("--read-timeout/--send-timeout must be >= 0 (0 = none)")
         if ns.demand_interval <= 0 or ns.connect_timeout <= 0 or ns.retry_after < 0:
             raise GatewayConfigError("--demand-interval/--connect-timeout must be > 0")
         namespaces = tuple(n for part in ns.namespace for n in part.split(",") if n)
@@ -70,6 +73,7 @@ class GatewayConfig:
             backend_port=ns.backend_port,
             connect_timeout=ns.connect_timeout,
             read_timeout=ns.read_timeout or None,
+            send_timeout=ns.send_timeout or None,
             default_wake_timeout=ns.wake_timeout,
             default_max_queued=ns.max_queued,
             access_log=ns.access_log,
@@ -98,6 +102,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     a("--backend-port", type=int, default=PUBLIC_PORT, help="the agent's public port on pods")
     a("--connect-timeout", type=float, default=3.0)
     a("--read-timeout", type=float, default=0.0, help="0 = none (long generations)")
+    a(
+        "--send-timeout",
+        type=float,
+        default=60.0,
+        help="cut a client that reads nothing for this long (its request is aborted); 0 = never",
+    )
     a(
         "--wake-timeout",
         type=float,

@@ -68,7 +68,7 @@ class Gateway:
         # the queue slot and closes the upstream request (vLLM aborts).
         self._server = Server(
             handler,
-            Limits(max_body=cfg.max_body_bytes),
+            Limits(max_body=cfg.max_body_bytes, send_timeout=cfg.send_timeout),
             on_reject=handler.rejected,
             make_error=server_error,
         )

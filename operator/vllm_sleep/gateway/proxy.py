@@ -60,9 +60,15 @@ def forwarded_headers(request: Request, *, strip_auth: bool) -> bytes:
     """The client's headers as the upstream gets them (a header block without Host/length)."""
     out = []
     prior = None
+    drop = _DROP_REQUEST
+    for name, value in request.headers:
+        if name.lower() == b"connection":
+            # RFC 9110 §7.6.1: headers the client named in Connection are for this hop only.
+            named = {t.strip().lower() for t in value.split(b",")} - {b"", b"x-forwarded-for"}
+            drop = drop | named
     for name, value in request.headers:
         low = name.lower()
-        if low in _DROP_REQUEST or (strip_auth and low == b"authorization"):
+        if low in drop or (strip_auth and low == b"authorization"):
             if low == b"x-forwarded-for":
                 prior = value if prior is None else prior + b", " + value
             continue
@@ -125,8 +131,13 @@ async def send(
     except BaseException:
         exchange.close()
         raise
+    if not complete:
+        # Larger than the peek: not one of the agent's small refusals, so the upstream's own
+        # answer; relayed whole (answering from the peeked bytes would truncate it).
+        exchange.splice()
+        return exchange
     exchange.release()
-    code = _refusal_code(raw) if complete else None
+    code = _refusal_code(raw)
     if code in AGENT_REFUSALS:
         return Retry(code or "")
     return Failed(_passthrough_503(exchange, raw))

@@ -64,14 +64,17 @@ class _Conn(asyncio.Protocol):
         if self.exchange is None:  # bytes on an idle connection: not HTTP we can use
             self.close()
             return
-        self._rearm()
         ex = self.exchange
+        if not ex.complete:  # a finished exchange waits for nothing (see on_message_complete)
+            self._rearm()
         if ex.sink is not None:
             ex.sink.cork()  # what this read produces reaches the client in one write
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            ex.fail(UpstreamError(f"malformed response: {e}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            # HttpParserUpgrade (a 101) is not an HttpParserError: uncaught, it escaped
+            # data_received and the loop logged a fatal protocol error.
+            ex.fail(UpstreamError(f"malformed response: {e!r}"))
             self.close()
         finally:
             if ex.sink is not None:
@@ -89,18 +92,31 @@ class _Conn(asyncio.Protocol):
 
     # -- llhttp callbacks --------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        ex = self.exchange
+        if ex is not None and ex.complete:
+            # A second response to one request (or garbage after the first): the
+            # connection is out of step. Without this the next head overwrote `status`, its
+            # body joined a buffered one, and the connection went back to the pool with an
+            # unasked-for response queued for the next request.
+            ex.desync()
+            raise UpstreamError("bytes after the end of the response")
+
     def on_status(self, reason: bytes) -> None:
         if self.exchange is not None:
             self.exchange.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.headers.append((name, value))
+        ex = self.exchange
+        if ex is not None and not ex.status:  # after the final head: a trailer, not a header
+            ex.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
         if ex is not None:
             ex.head_complete(self._parser.get_status_code())
+            if ex.complete:  # the answer to a HEAD: see Exchange.head_complete
+                self._cancel_timers()
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
@@ -109,6 +125,8 @@ class _Conn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.exchange
         if ex is not None:
+            if ex.status:  # the final response (not a 1xx) is in: nothing more to wait for
+                self._cancel_timers()  # else the timer closed a finished, unreleased one
             ex.message_complete(self._parser.should_keep_alive())
 
     # -- used by the pool and Exchange ----------------------------------------------------------
@@ -158,8 +176,15 @@ class _Conn(asyncio.Protocol):
                 self._rearm()
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                # close() would first wait for the upstream to read the rest of the request,
+                # forever if it stopped reading (an early answer): the socket leaked, and an
+                # aborted request went on reaching the engine. Cut it now.
+                transport.abort()
+            else:
+                transport.close()
 
 
 class Exchange:
@@ -177,8 +202,10 @@ class Exchange:
         conn: _Conn,
         sink: Reply | None = None,
         header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
+        head_only: bool = False,
     ) -> None:
         self._conn = conn
+        self._head_only = head_only  # the request was HEAD: the response has no body
         loop = asyncio.get_running_loop()
         self._head: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[None] | None = None
@@ -206,6 +233,12 @@ class Exchange:
             self._attach(self._target)
         if not self._head.done():
             self._head.set_result(None)
+        if self._head_only:
+            # llhttp cannot be told a response answers a HEAD (httptools has no way to skip
+            # the body), so it would wait for Content-Length bytes that never come: the
+            # exchange hung until the read timeout. It is complete here; the parser is left
+            # expecting a body, so the connection is not reused.
+            self.message_complete(False)
 
     def _attach(self, sink: Reply) -> None:
         sink.cork()  # _Conn.data_received uncorks after this read: head + first bytes together
@@ -217,7 +250,7 @@ class Exchange:
         sink.on_flow(conn.pause, conn.resume)
 
     def body(self, chunk: bytes) -> None:
-        if self.status == 0:
+        if self.status == 0 or self.complete:
             return
         sink = self.sink
         if sink is not None:
@@ -233,17 +266,27 @@ class Exchange:
     def message_complete(self, keep_alive: bool) -> None:
         if self.status == 0:
             return  # the end of an interim response
+        if self.complete or self._error is not None:
+            return  # already ended, or failed (a failed exchange never becomes complete)
         self.complete = True
         self._reusable = keep_alive
         if self.sink is not None:
             self.sink.end()
         self._wake()
 
+    def desync(self) -> None:
+        """Bytes arrived after the response ended: never reuse this connection."""
+        self._reusable = False
+
     def lost(self, exc: Exception | None) -> None:
-        if self.complete:
+        if self.complete or self._error is not None:
+            # Already failed (read timeout, malformed): our own close must not turn it into
+            # a complete close-delimited body (the client would see a clean end).
             return
-        if self.status and _close_delimited(self.headers):
-            self.message_complete(False)  # the close is the end of this body
+        if self.status and exc is None and _close_delimited(self.headers):
+            # The close is the end of this body, but only a clean EOF: a reset (exc set)
+            # cut it short, and ending it would hand the client a truncated body as whole.
+            self.message_complete(False)
             return
         self.fail(UpstreamError(f"the model server closed the connection: {exc or 'EOF'}"))
 
@@ -284,6 +327,30 @@ class Exchange:
             raise self._error
         data = b"".join(self._buffered)
         return data[:limit], self.complete and len(data) <= limit
+
+    def splice(self) -> None:
+        """Relay a buffered response into the `sink` given to `request` after all: what was
+        buffered, then the rest as it comes, like a response spliced from its head on.
+
+        For a 503 the caller peeked at with `read` and passes on as is: one larger than the
+        peek (`read` returned `complete=False`) cannot be answered from the peeked bytes
+        without truncating it. Then `finished()` and `release()` as usual.
+        """
+        sink = self._target
+        if sink is None or self.sink is not None or not self.status:
+            raise RuntimeError("no buffered response to splice")
+        if self._error is not None and not self.complete:
+            raise self._error
+        buffered, self._buffered, self._size = self._buffered, [], 0
+        self._conn.resume()  # read() may have paused it; _attach pauses again for a full client
+        sink.cork()
+        self._attach(sink)
+        for chunk in buffered:
+            sink.write(chunk)
+        if self.complete:
+            sink.end()
+        sink.flush_head()
+        sink.uncork()
 
     async def finished(self) -> None:
         """Wait until a spliced body is complete; UpstreamError when the upstream broke off."""
@@ -356,7 +423,7 @@ class UpstreamPool:
     ) -> Exchange:
         """Send one request; returns once the response head is in (see Exchange for `sink`)."""
         conn = self._take(host, port) or await self._connect(host, port)
-        exchange = Exchange(conn, sink, header_filter)
+        exchange = Exchange(conn, sink, header_filter, head_only=head.startswith(b"HEAD "))
         conn.send(exchange, head, body)
         try:
             await exchange.wait_head()
@@ -385,16 +452,29 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         factory: Callable[[], _Conn] = lambda: _Conn(self, (host, port))  # noqa: E731
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(factory, host, port), self.connect_timeout
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for runs the connect in a task of its
+            # own and, when the caller is cancelled (the client left) just as the connect
+            # completes, returns the connection and drops the cancellation, so the request
+            # was sent after all and its handler ran on to the end.
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(factory, host, port)
         except (OSError, TimeoutError) as e:
             raise ConnectError(f"cannot connect to {host}:{port}: {e or type(e).__name__}") from e
         self._all.add(conn)
         return conn
 
     def put(self, conn: _Conn) -> None:
-        if self._closed or conn.transport is None or conn.transport.is_closing():
+        transport = conn.transport
+        if (
+            self._closed
+            or transport is None
+            or transport.is_closing()
+            # The answer came before the whole request was written (an early 4xx, say):
+            # the upstream stopped reading it and will likely close, so the next request
+            # would be written behind the rest of this body and fail as an UpstreamError
+            # (a final 502) though it never reached an engine.
+            or transport.get_write_buffer_size() > 0
+        ):
             conn.close()
             return
         conn.idle()

@@ -53,6 +53,11 @@ class Limits:
     max_head: int = 64 << 10  # request line + headers, bytes
     max_headers: int = 128
     keepalive_timeout: float = 75.0  # idle client connections (aiohttp's and nginx's default)
+    # A client whose socket buffer stays full this long is cut (nginx's send_timeout). While
+    # it is full the upstream is paused and its read timeout with it, so without this bound a
+    # client that keeps TCP open but never reads held the handler, the upstream connection
+    # and the engine's request forever. None = no bound.
+    send_timeout: float | None = 60.0
 
 
 class Request:
@@ -93,6 +98,7 @@ class Reply:
         "_head",
         "_head_only",
         "_http11",
+        "_keep_alive_10",
         "_remaining",
         "aborted",
         "close_after",
@@ -104,6 +110,10 @@ class Reply:
         self._conn = conn
         self._head_only = request.method == "HEAD"
         self._http11 = request.version == "1.1"  # not the connection's: pipelined ones differ
+        # An HTTP/1.0 client that asked for keep-alive only keeps the connection when the
+        # answer says so (RFC 9112 §9.3 / RFC 2068 §19.7.1); without it the client closes
+        # while we wait for its next request.
+        self._keep_alive_10 = request.version == "1.0" and request.keep_alive
         self._head: bytes | None = None  # a started response's head, until it is written
         self._chunked = False
         self._remaining: int | None = None
@@ -119,15 +129,17 @@ class Reply:
 
     def send(self, resp: Response) -> None:
         assert self.status is None, "response already started"
-        self.status = resp.status
         head = status_line(resp.status) + self._conn.date()
         if resp.content_type is not None:
             head += b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
         head += header_lines(resp.headers)
         head += b"content-length: %d\r\n" % len(resp.body)
-        if self.close_after:
-            head += b"connection: close\r\n"
+        head += self._connection_header()
         head += b"\r\n"
+        # Started only now: a header the head cannot carry (header_lines raises on a line
+        # break) left the reply marked started with nothing sent, so the server cut the
+        # connection instead of answering 500.
+        self.status = resp.status
         self._out(head if self._head_only else head + resp.body)
         self.done = True
 
@@ -156,9 +168,13 @@ class Reply:
             self._chunked = True
         else:  # an HTTP/1.0 client: the end of the body is the end of the connection
             self.close_after = True
-        if self.close_after:
-            head += b"connection: close\r\n"
+        head += self._connection_header()
         self._head = head + b"\r\n"
+
+    def _connection_header(self) -> bytes:
+        if self.close_after:
+            return b"connection: close\r\n"
+        return b"connection: keep-alive\r\n" if self._keep_alive_10 else b""
 
     def flush_head(self) -> None:
         """Send a started head now, without waiting for body bytes to go with it."""
@@ -259,10 +275,16 @@ class _Connection(asyncio.Protocol):
         self.last_active = self._loop.time()
         self._paused_reading = False
         self.write_paused = False
+        self._stall: asyncio.TimerHandle | None = None  # the send_timeout while paused
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._in_head = False  # between a request's first byte and the end of its headers
         self._heads = 0  # request heads completed on this connection
         self._raw_head = 0
+        self._in_body = False  # between a request's head and its end
+        self._ends = 0  # requests completed on this connection
+        self._raw_tail = 0  # bytes of consecutive reads after a head that brought no body
+        # A framing error behind a request still being answered: sent once that is done.
+        self._refused: _Reject | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -283,6 +305,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        self._cancel_stall()
         self._transport = None
         self._pending.clear()
         if self._task is not None:
@@ -293,17 +316,33 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        timeout = self._limits.send_timeout
+        if timeout is not None and self._stall is None:
+            self._stall = self._loop.call_later(timeout, self._stalled)
         if self.flow is not None:
             self.flow[0]()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._cancel_stall()
         if self.flow is not None:
             self.flow[1]()
+
+    def _stalled(self) -> None:
+        # Cut, not closed: close() would wait for the very buffer that is not draining.
+        # connection_lost then cancels the handler, which closes its upstream exchange.
+        self._stall = None
+        self.close(abort=True)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
         in_head, heads = self._in_head, self._heads
+        in_body, ends, body_size = self._in_body, self._ends, self._body_size
         try:
             self._parser.feed_data(data)
             if in_head and self._heads == heads:
@@ -312,6 +351,15 @@ class _Connection(asyncio.Protocol):
                 self._raw_head += len(data)
                 if self._raw_head > self._limits.max_head:
                     raise _Reject(431, "The request line and headers are too large.")
+            elif in_body and self._ends == ends and self._body_size == body_size:
+                # The same for trailer fields (after the last chunk), which httptools also
+                # buffers until their line ends: a trailer that never ends grew without
+                # bound. A read that brings body bytes or ends the request resets it.
+                self._raw_tail += len(data)
+                if self._raw_tail > self._limits.max_head:
+                    raise _Reject(431, "The request trailers are too large.")
+            else:
+                self._raw_tail = 0
             if self._expect and not self._body_size and self._task is None:
                 self._expect = False
                 self.write(_CONTINUE)  # headers in, no body bytes yet: the client is waiting
@@ -334,16 +382,31 @@ class _Connection(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
         self._count_head(len(name) + len(value) + 4)
+        if not self._in_head:
+            # A trailer field (llhttp reports them after a chunked body with the same
+            # callback). Never merge it into the header block the handler checks and
+            # forwards: a trailer `Authorization` or `X-Forwarded-For` would otherwise pass
+            # for a header (RFC 9110 §6.5.1). Counted above, so still bounded.
+            return
+        self._headers.append((name, value))
         if len(self._headers) > self._limits.max_headers:
             raise _Reject(431, "Too many request headers.")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
         self._heads += 1
         if self._parser.should_upgrade():  # else the request would run, then the close cut it
             raise _Reject(400, "Protocol upgrades are not supported.")
+        if (
+            self._parser.get_http_version() == "1.0"
+            and find_header(self._headers, b"transfer-encoding") is not None
+        ):
+            # RFC 9112 §6.1: HTTP/1.0 has no chunked framing; such a message's framing is
+            # faulty (a classic smuggling vector between hops that disagree). llhttp would
+            # decode it as chunked.
+            raise _Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0.")
         length = find_header(self._headers, b"content-length")
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
             raise _Reject(413, "The request body is too large.")
@@ -358,6 +421,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
+        self._ends += 1
         parser = self._parser
         version = parser.get_http_version()
         url = httptools.parse_url(self._url)
@@ -388,13 +453,25 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, reject: _Reject) -> None:
         transport = self._transport
-        if transport is None:
+        if transport is None or self._refused is not None:
             return
         self._on_reject(_path_of(self._url), reject.status)
-        if self._task is None:  # nothing is being answered: the error can go out cleanly
-            reply = Reply(self, _closing_request(self._peer))
-            reply.send(self._server.make_error(reject.status, reject.message))
-        transport.close()
+        if self._task is not None:
+            # Bad bytes pipelined behind a request still being answered: closing now would
+            # cut that response (and drop the good requests queued before the bad one).
+            # Read nothing more (the parser is dead), answer those in order, then this
+            # error, then close (_answered).
+            self._refused = reject
+            if not self._paused_reading:
+                self._paused_reading = True
+                transport.pause_reading()
+            return
+        self._send_refusal(reject)
+
+    def _send_refusal(self, reject: _Reject) -> None:
+        reply = Reply(self, _closing_request(self._peer))
+        reply.send(self._server.make_error(reject.status, reject.message))
+        self.close()
 
     def _next(self) -> None:
         request = self._pending.popleft()
@@ -420,6 +497,9 @@ class _Connection(asyncio.Protocol):
         self._answered(reply)
 
     def _answered(self, reply: Reply) -> None:
+        # From the end of this answer (also before a close: its tail may still be draining
+        # to a slow client, and the sweep must not count the whole exchange as idle time).
+        self.last_active = self._loop.time()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -429,10 +509,18 @@ class _Connection(asyncio.Protocol):
         if self._pending:
             self._next()
             return
+        if self._refused is not None:
+            self._send_refusal(self._refused)
+            return
+        if self._expect and not self._body_size:
+            # A request that arrived behind this one is waiting for `100 Continue` before it
+            # sends its body (it was not sent then: a response was in flight). Without this
+            # the client stalls until its own expect timeout.
+            self._expect = False
+            transport.write(_CONTINUE)
         if self._paused_reading:
             self._paused_reading = False
             transport.resume_reading()
-        self.last_active = self._loop.time()
 
     # -- used by Reply -----------------------------------------------------------------------
 
@@ -447,9 +535,16 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.writelines(data)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self._transport is not None:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    @property
+    def closing(self) -> bool:
+        return self._transport is not None and self._transport.is_closing()
 
     @property
     def busy(self) -> bool:
@@ -509,7 +604,10 @@ class Server:
             cutoff = loop.time() - limit
             for conn in list(self.connections):
                 if not conn.busy and conn.last_active < cutoff:
-                    conn.close()
+                    # close() waits for the write buffer to drain: a client that stopped
+                    # reading keeps it open forever (socket and buffer leaked). Still here a
+                    # sweep after that close: cut it.
+                    conn.close(abort=conn.closing)
 
     async def stop(self, grace: float) -> None:
         if self._server is None:
@@ -527,7 +625,10 @@ class Server:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            conn.close()
+            # Past the grace a busy connection is cut, not closed: close() waits for its
+            # write buffer to drain, and with a client that is not reading its handler was
+            # never cancelled (connection_lost never came).
+            conn.close(abort=conn.busy)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
         self._server = None

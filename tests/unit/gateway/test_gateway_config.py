@@ -1,0 +1,37 @@
+"""The gateway's command line: defaults, the 0 = none timeouts, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_sleep.gateway import GatewayConfig
+from vllm_sleep.gateway.config import GatewayConfigError
+
+
+def test_defaults_bound_a_stalled_client_but_not_a_long_generation() -> None:
+    cfg = GatewayConfig.from_cli([], {})
+    assert cfg.send_timeout == 60.0
+    assert cfg.read_timeout is None  # a long generation may pause between tokens
+
+
+def test_zero_means_no_timeout() -> None:
+    cfg = GatewayConfig.from_cli(["--send-timeout", "0", "--read-timeout", "0"], {})
+    assert (cfg.send_timeout, cfg.read_timeout) == (None, None)
+    cfg = GatewayConfig.from_cli(["--send-timeout", "5", "--read-timeout", "300"], {})
+    assert (cfg.send_timeout, cfg.read_timeout) == (5.0, 300.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--send-timeout", "-1"],
+        ["--read-timeout", "-1"],
+        ["--connect-timeout", "0"],
+        ["--max-body-bytes", "0"],
+        ["--max-queued", "-1"],
+        ["--port", "x"],
+    ],
+)
+def test_invalid_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
+    with pytest.raises(GatewayConfigError, match=argv[0].lstrip("-").split("-")[0]):
+        GatewayConfig.from_cli(argv, {})
