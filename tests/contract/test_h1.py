@@ -1829,3 +1829,17 @@ async def test_a_slow_client_that_keeps_reading_is_not_cut() -> None:
         r = await w.response()
     assert hashlib.sha256(r.body).hexdigest() == hashlib.sha256(payload).hexdigest()
     assert relay.errors == []
+
+
+async def test_a_sent_204_has_no_content_length_and_no_body() -> None:
+    """RFC 9110 §8.6: a 204 carries no Content-Length; the connection stays in step."""
+
+    async def handler(request: Request, reply: Reply) -> None:
+        reply.send(Response(204, b"") if request.path == "/none" else Response(200, b"ok"))
+
+    async with serving(handler) as (_, port), connect(port) as w:
+        await w.send(get("/none"))
+        r = await w.response()
+        assert (r.status, r.body, r.header("content-length")) == (204, b"", None)
+        await w.send(get("/next"))
+        assert (await w.response()).body == b"ok"

@@ -133,14 +133,16 @@ class Reply:
         if resp.content_type is not None:
             head += b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
         head += header_lines(resp.headers)
-        head += b"content-length: %d\r\n" % len(resp.body)
+        no_body = resp.status in _NO_BODY
+        if not no_body:  # a 204 may not carry one (RFC 9110 §8.6); neither has a body
+            head += b"content-length: %d\r\n" % len(resp.body)
         head += self._connection_header()
         head += b"\r\n"
         # Started only now: a header the head cannot carry (header_lines raises on a line
         # break) left the reply marked started with nothing sent, so the server cut the
         # connection instead of answering 500.
         self.status = resp.status
-        self._out(head if self._head_only else head + resp.body)
+        self._out(head if self._head_only or no_body else head + resp.body)
         self.done = True
 
     def start(
