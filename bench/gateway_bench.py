@@ -1,6 +1,6 @@
 """Gateway overhead benchmark: direct vs through the gateway vs through nginx, in one run.
 
-    .venv/bin/python bench/gateway_bench.py [--requests 2000] [--concurrency 1,16,64]
+    .venv/bin/python bench/gateway_bench.py [--requests 2000] [--rounds 6] [--concurrency 1,16,64]
                                             [--layouts shared,pinned]
                                             [--out bench/results/gateway.json]
 
@@ -175,6 +175,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def run_cell(url: str, concurrency: int, requests: int, warmup: int) -> dict[str, Any]:
+    """`requests` timed requests (after `warmup` untimed ones) at `concurrency` streams."""
     body = json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     ).encode()
@@ -205,30 +206,53 @@ async def run_cell(url: str, concurrency: int, requests: int, warmup: int) -> di
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+    return {"ttfb": ttfb, "total": total, "elapsed": elapsed, "sent": warmup + requests}
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One target's rounds pooled: percentiles over every timed request of every round."""
+    ttfb = [v for s in samples for v in s["ttfb"]]
+    total = [v for s in samples for v in s["total"]]
+    sent = sum(s["sent"] for s in samples)
     return {
         "ttfb_ms": {"p50": pct(ttfb, 50), "p99": pct(ttfb, 99)},
         "total_ms": {"p50": pct(total, 50), "p99": pct(total, 99)},
         "requests": len(total),
-        "rps": (warmup + requests) / elapsed,
+        "rps": sent / sum(s["elapsed"] for s in samples),
     }
 
 
 async def bench(
     args: argparse.Namespace, urls: dict[str, str], pids: dict[str, int]
 ) -> dict[str, Any]:
+    """Every target in turn, `--rounds` times, each round in a rotated order.
+
+    The machine's speed drifts (other tenants, frequency): interleaving spreads that drift
+    over every target instead of letting one slow stretch land on one of them.
+    """
     cells: dict[str, Any] = {}
+    names = list(urls)
+    per_round = max(1, args.requests // args.rounds)
     for c in args.concurrency:
+        samples: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
+        cpu: dict[str, float] = dict.fromkeys(names, 0.0)
+        for target in names:  # warm every connection pool and cache once, untimed
+            await run_cell(urls[target], c, 0, args.warmup)
+        for rnd in range(args.rounds):
+            for target in names[rnd % len(names) :] + names[: rnd % len(names)]:
+                before = cpu_seconds(pids[target]) if target in pids else 0.0
+                samples[target].append(await run_cell(urls[target], c, per_round, 0))
+                if target in pids:
+                    cpu[target] += cpu_seconds(pids[target]) - before
         row: dict[str, Any] = {}
-        for target, url in urls.items():
-            before = cpu_seconds(pids[target]) if target in pids else 0.0
-            row[target] = await run_cell(url, c, args.requests, args.warmup)
+        for target in names:
+            row[target] = summarize(samples[target])
             if target in pids:
-                used = cpu_seconds(pids[target]) - before
                 row[target]["cpu_us_per_request"] = round(
-                    used / (args.requests + args.warmup) * 1e6, 1
+                    cpu[target] / (per_round * args.rounds) * 1e6, 1
                 )
             print(f"c={c:<3} {target:<15} {json.dumps(row[target])}", flush=True)
-        for proxy in [t for t in urls if t != "direct"]:
+        for proxy in [t for t in names if t != "direct"]:
             row[f"{proxy}_overhead_ms"] = {
                 metric: {
                     p: round(row[proxy][metric][p] - row["direct"][metric][p], 3)
@@ -319,6 +343,9 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument(
+        "--rounds", type=int, default=6, help="interleaved rounds per cell (requests split)"
+    )
+    p.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
     )
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
@@ -367,6 +394,7 @@ def main() -> int:
         "params": {
             "requests": args.requests,
             "warmup": args.warmup,
+            "rounds": args.rounds,
             "chunks": args.chunks,
             "concurrency": args.concurrency,
             "layouts": args.layouts,
