@@ -1843,3 +1843,27 @@ async def test_a_sent_204_has_no_content_length_and_no_body() -> None:
         assert (r.status, r.body, r.header("content-length")) == (204, b"", None)
         await w.send(get("/next"))
         assert (await w.response()).body == b"ok"
+
+
+async def test_failing_error_factory_and_reject_hook_still_answer() -> None:
+    """The embedder's hooks are its code: their bugs fall back to a plain answer, not a cut."""
+
+    def make_error(_status: int, _message: str) -> Response:
+        raise RuntimeError("bug in the embedder's error body")
+
+    def on_reject(_path: str, _status: int) -> None:
+        raise RuntimeError("bug in the embedder's reject hook")
+
+    async def handler(_: Request, __: Reply) -> None:
+        raise RuntimeError("handler bug")
+
+    async with serving(handler, make_error=make_error, on_reject=on_reject) as (_, port):
+        async with connect(port) as w:
+            await w.send(get("/boom"))
+            r = await w.response()
+            assert r.status == 500
+            await w.send(get("/again"))  # and the connection still serves
+            assert (await w.response()).status == 500
+        async with connect(port) as w:
+            await w.send(b"GARBAGE\r\n\r\n")
+            assert (await w.response()).status == 400

@@ -457,7 +457,10 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._refused is not None:
             return
-        self._on_reject(_path_of(self._url), reject.status)
+        try:
+            self._on_reject(_path_of(self._url), reject.status)
+        except Exception:  # a hook's bug must not cost the client its 4xx
+            log.exception("on_reject hook failed")
         if self._task is not None:
             # Bad bytes pipelined behind a request still being answered: closing now would
             # cut that response (and drop the good requests queued before the bad one).
@@ -472,7 +475,7 @@ class _Connection(asyncio.Protocol):
 
     def _send_refusal(self, reject: _Reject) -> None:
         reply = Reply(self, _closing_request(self._peer))
-        reply.send(self._server.make_error(reject.status, reject.message))
+        reply.send(self._server.error(reject.status, reject.message))
         self.close()
 
     def _next(self) -> None:
@@ -488,7 +491,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s %s failed", request.method, request.path[:200])
             if not reply.started:
-                reply.send(self._server.make_error(500, "Internal error."))
+                reply.send(self._server.error(500, "Internal error."))
             else:
                 reply.abort()
         finally:
@@ -577,13 +580,22 @@ class Server:
         make_error: ErrorFactory = plain_error,
     ) -> None:
         self._handler = handler
-        self.make_error = make_error
+        self._make_error = make_error
         self._limits = limits or Limits()
         self._on_reject = on_reject
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[_Connection] = set()
         self.date = DateHeader()
+
+    def error(self, status: int, message: str) -> Response:
+        """The embedder's error body, or a plain one if its factory fails: an error answer
+        must never be what takes a connection down."""
+        try:
+            return self._make_error(status, message)
+        except Exception:
+            log.exception("make_error(%d) failed", status)
+            return plain_error(status, message)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
