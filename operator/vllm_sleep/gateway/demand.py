@@ -89,22 +89,32 @@ def lease_body(spec: ModelSpec, holder: str, renew_time: str) -> dict[str, Any]:
     }
 
 
+LEASE_TIMEOUT = 10.0  # seconds for one renewal (patch, and create on 404)
+
+
 class LeaseDemand:
     """Renews `<mdep>-demand` with a merge patch; creates it on 404."""
 
-    def __init__(self, api_client: Any, holder: str) -> None:
+    def __init__(self, api_client: Any, holder: str, *, timeout: float = LEASE_TIMEOUT) -> None:
         from kubernetes_asyncio import client
 
         # Any: the generated client's stubs reject dict bodies and `_content_type`, both valid.
         self._api: Any = client.CoordinationV1Api(api_client)
         self._exc = client.ApiException
         self._holder = holder
-        self._lock = asyncio.Lock()  # keep patch-then-create from racing itself
+        self._timeout = timeout
+        # No lock: the Router sends one signal per model at a time, and two gateways racing
+        # patch-then-create end in a 409 that is ignored below. A lock shared by all models
+        # made one stalled write stop every model's demand behind it.
 
     async def signal(self, spec: ModelSpec) -> None:
         name, ns = demand_lease_name(spec.key.name), spec.key.namespace
         patch = {"spec": {"holderIdentity": self._holder, "renewTime": micro_time()}}
-        async with self._lock:
+        # Bounded: the generated client sets no timeout of its own, and the Router keeps one
+        # signal per model in flight, so a write that never returned (an apiserver that
+        # stalled, a half-open connection) stopped this model's renewals for good. A timeout
+        # raises, and the Router retries after DEMAND_RETRY.
+        async with asyncio.timeout(self._timeout):
             try:
                 await self._api.patch_namespaced_lease(
                     name, ns, patch, _content_type="application/merge-patch+json"

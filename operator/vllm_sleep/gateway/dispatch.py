@@ -157,11 +157,12 @@ class Dispatcher:
         table = self._table
         refused = bool(exclude) and bool(table.awake_replicas(key) or table.holding_replicas(key))
         remaining = deadline - self._clock()
-        changed = await self._router.wait_change(
-            key, min(remaining, REFUSED_PAUSE) if refused else remaining
-        )
-        if refused and not changed:
-            exclude.clear()
+        await self._router.wait_change(key, min(remaining, REFUSED_PAUSE) if refused else remaining)
+        # Tried again after a change too, not only after a quiet pause: the change is usually
+        # the refusing pod itself (the watch caught up: asleep, its agent now holds; or it
+        # woke), and keeping it excluded ignored that until a whole pause passed with no
+        # other change of the model.
+        exclude.clear()
 
     async def _forward(
         self,
@@ -186,7 +187,7 @@ class Dispatcher:
                     send(self._pool, replica.url, target, block, body, reply)
                 )
                 try:
-                    released = await self._until_released(spec.key, replica, sending, slot)
+                    released = await self._until_released(spec.key, replica, sending, slot, reply)
                     sent_at = self._clock()  # for a held request: from its release, not the hold
                     if released:
                         result = await sending
@@ -220,6 +221,7 @@ class Dispatcher:
         replica: Replica,
         sending: asyncio.Task[SendResult],
         slot: _Slot,
+        reply: Reply,
     ) -> bool:
         """Enforce the gateway's wake timeout on a request held at an agent.
 
@@ -237,6 +239,13 @@ class Dispatcher:
                 return True
             remaining = deadline - self._clock()
             if remaining <= 0:
+                if reply.started:
+                    # The agent's answer head is already spliced into the reply (from the
+                    # upstream's callback; the send task finishes a loop turn later): the
+                    # request was released and is answered. Cutting it here answered 503 on
+                    # a started reply (a second response to one request).
+                    slot.leave("forwarded")
+                    return True
                 await _cancel(sending)
                 return False
             change = asyncio.ensure_future(self._router.wait_change(key, remaining))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from vllm_sleep.api.duration import DurationError
+from vllm_sleep.api.duration import parse_duration as go_duration
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
 
 from .routing import ModelKey, ModelSpec, PodState, WakePolicy
@@ -23,6 +26,13 @@ def parse_duration(value: object) -> float | None:
         return float(value) if value > 0 else None
     if not isinstance(value, str) or not value:
         return None
+    # The CRD admits Go durations (ns/us/µs units, ".5m", "1.s") and the operator reads them
+    # with api.duration (the agent's --hold-timeout comes from the same field): read them the
+    # same way, or the gateway's wake deadline silently fell back to its default. (An
+    # OverflowError, past timedelta's range, must not escape: the whole watch would relist.)
+    with contextlib.suppress(DurationError, OverflowError):
+        seconds = go_duration(value).total_seconds()
+        return seconds if seconds > 0 else None
     pos, total = 0, 0.0
     for m in _DURATION.finditer(value):
         if m.start() != pos:

@@ -201,16 +201,23 @@ class KubernetesSource:
         sink = self._sink
         if kind == "pods":
             pod = pod_state(obj, self._port)
-            if pod is None:
+            meta = obj.get("metadata") or {}
+            key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            known = self._pods.get(key)
+            if event == "DELETED" or pod is None:
+                # Keyed by the object's name, not by pod_state: a pod whose model label was
+                # removed leaves the selector as it is now (unlabelled), and returning early
+                # on "not a model pod" left it routable until the next relist.
+                if known is not None:
+                    del self._pods[key]
+                    if sink is not None:
+                        sink.remove_pod(*key)
                 return
-            if event == "DELETED":
-                self._pods.pop(pod.key, None)
-                if sink is not None:
-                    sink.remove_pod(pod.namespace, pod.name)
-            else:
-                self._pods[pod.key] = pod
-                if sink is not None:
-                    sink.upsert_pod(pod)
+            if known is not None and known.model != pod.model and sink is not None:
+                sink.remove_pod(*key)  # relabelled: it no longer serves the old model
+            self._pods[pod.key] = pod
+            if sink is not None:
+                sink.upsert_pod(pod)
             return
         spec = model_spec(obj, self._defaults)
         if spec is None:

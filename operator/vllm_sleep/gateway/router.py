@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from .demand import DemandSignal
 from .metrics import GatewayMetrics
@@ -77,15 +78,15 @@ class Router:
 
     # -- held requests -------------------------------------------------------------------------
 
-    async def wait_change(self, key: ModelKey, timeout: float) -> bool:
-        """Wait until the model's pods or spec change; False on timeout."""
-        event = self._changed.setdefault(key, asyncio.Event())
-        try:
-            async with asyncio.timeout(max(timeout, 0.0)):
-                await event.wait()
-            return True
-        except TimeoutError:
-            return False
+    def wait_change(self, key: ModelKey, timeout: float) -> Coroutine[Any, Any, bool]:
+        """Wait until the model's pods or spec change; False on timeout.
+
+        The waiter is registered by this call, not when the returned coroutine first runs: the
+        dispatcher wraps it in a task (racing its send), and a change notified between the
+        caller's last look at the table and that task's first step was lost, so a request
+        released at its agent kept its queue slot (and renewed demand) until its deadline.
+        """
+        return _wait_event(self._changed.setdefault(key, asyncio.Event()), timeout)
 
     def request_demand(self, spec: ModelSpec) -> None:
         """Called by every held request; sends only when the table says one is due."""
@@ -129,3 +130,12 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._pump = None
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(max(timeout, 0.0)):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False

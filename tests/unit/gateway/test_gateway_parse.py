@@ -77,6 +77,28 @@ def test_durations(text: object, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
 
 
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (".5m", 30.0),
+        ("1.s", 1.0),
+        ("90000000000ns", 90.0),
+        ("1500000us", 1.5),
+        ("1500000\u00b5s", 1.5),
+        ("2m0.5s", 120.5),
+        ("99999999999999h", 99999999999999 * 3600.0),  # past timedelta: still no exception
+        ("0", None),
+    ],
+)
+def test_every_duration_the_crd_admits_is_read_as_the_operator_reads_it(
+    text: str, seconds: float | None
+) -> None:
+    # spec.wake.timeout is validated by the CRD's Go duration pattern (ns/us/µs units, ".5m",
+    # "1.s") and read by the operator (the agent's hold timeout) with api.duration; the gateway
+    # fell back to its 120 s default for those forms, so its deadline and the agent's differed.
+    assert parse_duration(text) == seconds
+
+
 def make_pod(**over: Any) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "metadata": {"name": "m-0", "namespace": "ns", "labels": {LABEL_MODEL: "m"}},

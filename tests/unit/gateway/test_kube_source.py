@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from vllm_sleep.api.names import LABEL_MODEL
+from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
+from vllm_sleep.gateway import MemoryDemand
 from vllm_sleep.gateway.kube_source import KubernetesSource, _Gone
 from vllm_sleep.gateway.metrics import GatewayMetrics
+from vllm_sleep.gateway.router import Router
 from vllm_sleep.gateway.routing import ModelKey, ModelSpec, PodState, WakePolicy
 
 
@@ -145,3 +147,39 @@ async def test_informer_backs_off_on_a_forbidden_list_then_lists_and_follows_the
     assert restarts(metrics) == 1  # the forbidden list, retried after a backoff
     assert set(sink.pods) == {("ns", "b")}
     assert seen[-1]["resource_version"] == "4"  # resumed from the bookmark
+
+
+def labelled(name: str, model: str | None) -> dict[str, Any]:
+    """An awake, ready model pod; `model=None` has the model label removed."""
+    obj = pod(name, "7")
+    obj["metadata"]["labels"] = {} if model is None else {LABEL_MODEL: model}
+    obj["status"]["conditions"] = [
+        {"type": "ContainersReady", "status": "True"},
+        {"type": CONDITION_AWAKE, "status": "True"},
+    ]
+    return obj
+
+
+@pytest.mark.parametrize("event", ["MODIFIED", "DELETED"])
+def test_a_pod_whose_model_label_is_removed_leaves_the_routing_table(event: str) -> None:
+    # `kubectl label pod x vllm-sleep.io/model-` takes a pod out of the selector: the watch
+    # sends the pod as it is now, without the label (DELETED for a selector watch, MODIFIED
+    # if anything ever sends it so). It used to be ignored as "not a model pod", leaving the
+    # replica routable until the next relist.
+    src, _ = source()
+    router = Router(MemoryDemand(), GatewayMetrics(), demand_interval=10.0)
+    src._sink = router
+    src._apply("pods", "ADDED", labelled("a", "m"))
+    assert [r.pod for r in router.table.awake_replicas(ModelKey("ns", "m"))] == [("ns", "a")]
+    src._apply("pods", event, labelled("a", None))
+    assert router.table.awake_replicas(ModelKey("ns", "m")) == ()
+
+
+def test_a_pod_relabelled_to_another_model_serves_only_that_model() -> None:
+    src, _ = source()
+    router = Router(MemoryDemand(), GatewayMetrics(), demand_interval=10.0)
+    src._sink = router
+    src._apply("pods", "ADDED", labelled("a", "m"))
+    src._apply("pods", "MODIFIED", labelled("a", "n"))
+    assert router.table.awake_replicas(ModelKey("ns", "m")) == ()
+    assert [r.pod for r in router.table.awake_replicas(ModelKey("ns", "n"))] == [("ns", "a")]
