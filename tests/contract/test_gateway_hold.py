@@ -338,6 +338,22 @@ async def test_metrics_count_held_and_hold_time(
     assert "vllm_sleep_gateway_upstream_latency_seconds_count" in text
 
 
+async def test_a_model_deleted_while_held_is_404_and_its_hold_counted_as_rejected(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    source.add_model("m", [upstreams[0].url], awake=False)
+    task = asyncio.create_task(chat(gateway, http))
+    await until(lambda: queued(gateway) == 1)
+    gateway.router.remove_model(ModelKey("team", "m"))
+    resp = await task
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+    assert queued(gateway) == 0
+    text = (await http.get(gateway.url + "/metrics")).text
+    assert 'vllm_sleep_gateway_hold_seconds_count{outcome="rejected"} 1.0' in text
+    assert 'outcome="abandoned"' not in text  # the client did not leave
+    assert upstreams[0].received == 0
+
+
 # -- holding at the pod's agent -----------------------------------------------------------------
 
 

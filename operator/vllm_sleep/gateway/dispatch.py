@@ -106,6 +106,7 @@ class Dispatcher:
                 else:
                     fresh = table.lookup_key(key)
                     if fresh is None:
+                        slot.leave("rejected")  # deleted while held
                         return error_response(
                             404,
                             f"The model `{spec.served_name}` does not exist.",
@@ -114,6 +115,7 @@ class Dispatcher:
                         )
                     spec = fresh
                     if not spec.wake.on_request:
+                        slot.leave("rejected")  # wake on request turned off while held
                         return self._unavailable(
                             spec, "model_asleep", "is asleep and is not woken by requests"
                         )
