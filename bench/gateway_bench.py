@@ -310,6 +310,12 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, An
                 proc.kill()
 
 
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def report(path: Path) -> str:
     """The results file as the markdown table in docs/benchmarks.md."""
     doc = json.loads(path.read_text())
@@ -401,9 +407,7 @@ def main() -> int:
         },
         "results": layouts,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(Path(args.out), result)
     return 0
 
 

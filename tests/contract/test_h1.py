@@ -606,12 +606,12 @@ async def test_too_large_request_heads_are_431(request_bytes: bytes) -> None:
     assert rejected == [431]
 
 
-async def test_a_header_that_never_ends_is_431_not_buffered_forever() -> None:
-    """The head is bounded while it arrives, not only once a header line is complete."""
+async def endless_line_status(prefix: bytes) -> int:
+    """Send `prefix`, then a header/trailer value that never ends; the server's answer."""
     async with serving(echo, Limits(max_head=1024)) as (_, port), connect(port) as w:
 
         async def trickle() -> None:
-            await w.send(b"GET / HTTP/1.1\r\nHost: h1.test\r\nX-Endless: ")
+            await w.send(prefix)
             with contextlib.suppress(ConnectionError):
                 for _ in range(400):  # up to 200 KiB, never a line end
                     await w.send(b"v" * 512)
@@ -619,10 +619,14 @@ async def test_a_header_that_never_ends_is_431_not_buffered_forever() -> None:
 
         sender = asyncio.create_task(trickle())
         try:
-            r = await w.response()
+            return (await w.response()).status
         finally:
             sender.cancel()
-    assert r.status == 431
+
+
+async def test_a_header_that_never_ends_is_431_not_buffered_forever() -> None:
+    """The head is bounded while it arrives, not only once a header line is complete."""
+    assert await endless_line_status(b"GET / HTTP/1.1\r\nHost: h1.test\r\nX-Endless: ") == 431
 
 
 @pytest.mark.parametrize(
@@ -845,24 +849,34 @@ async def test_stop_lets_an_in_flight_request_finish_and_closes_idle_connections
         await server.stop(0)
 
 
-async def test_stop_cancels_a_handler_still_running_after_the_grace() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
+class Stuck:
+    """A handler that never finishes (optionally after flooding its client) until cancelled."""
 
-    async def handler(_: Request, reply: Reply) -> None:
-        started.set()
+    def __init__(self, flood: bool = False) -> None:
+        self.flood = flood
+        self.started, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, _: Request, reply: Reply) -> None:
+        if self.flood:
+            reply.start(200, None, [], None)
+            reply.write(b"x" * (32 << 20))  # far more than the socket buffers take
+        self.started.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            cancelled.set()
+            self.cancelled.set()
             raise
 
+
+async def test_stop_cancels_a_handler_still_running_after_the_grace() -> None:
+    handler = Stuck()
     server = Server(handler)
     port = await server.start(HOST, 0)
     async with connect(port) as w:
         await w.send(get("/stuck"))
-        await wait_for(started)
+        await wait_for(handler.started)
         await server.stop(0.1)
-        await wait_for(cancelled)
+        await wait_for(handler.cancelled)
         assert await w.eof() == b""
 
 
@@ -1545,26 +1559,15 @@ async def test_cancelled_just_as_the_connect_completes_sends_nothing(
 
 async def test_stop_cuts_a_busy_connection_whose_client_reads_nothing() -> None:
     """close() would wait for the write buffer to drain: the handler was never cancelled."""
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(_: Request, reply: Reply) -> None:
-        reply.start(200, None, [], None)
-        reply.write(b"x" * (32 << 20))  # far more than the socket buffers take
-        started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    handler = Stuck(flood=True)
     server = Server(handler)
     port = await server.start(HOST, 0)
     try:
         async with connect(port, rcvbuf=4096) as w:
             await w.send(get("/stuck"))
-            await wait_for(started)
+            await wait_for(handler.started)
             await server.stop(0.1)
-            await wait_for(cancelled)
+            await wait_for(handler.cancelled)
     finally:
         await server.stop(0)
 
@@ -1631,22 +1634,8 @@ async def test_a_peeked_503_can_be_spliced_whole(size: int) -> None:
 
 
 async def test_a_trailer_that_never_ends_is_431_not_buffered_forever() -> None:
-    async with serving(echo, Limits(max_head=1024)) as (_, port), connect(port) as w:
-
-        async def trickle() -> None:
-            await w.send(get("/", "Transfer-Encoding: chunked", method="POST"))
-            await w.send(chunk(b"abc") + b"0\r\nX-Endless: ")
-            with contextlib.suppress(ConnectionError):
-                for _ in range(400):  # up to 200 KiB, never a line end
-                    await w.send(b"v" * 512)
-                    await asyncio.sleep(0.002)
-
-        sender = asyncio.create_task(trickle())
-        try:
-            r = await w.response()
-        finally:
-            sender.cancel()
-    assert r.status == 431
+    head = get("/", "Transfer-Encoding: chunked", method="POST")
+    assert await endless_line_status(head + chunk(b"abc") + b"0\r\nX-Endless: ") == 431
 
 
 async def test_a_slowly_trickled_body_is_not_mistaken_for_trailers() -> None:
@@ -1771,23 +1760,13 @@ def test_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
 
 async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout() -> None:
     """The stall pauses the upstream and its read timeout; the send timeout is what ends it."""
-    cancelled = asyncio.Event()
-
-    async def handler(_: Request, reply: Reply) -> None:
-        reply.start(200, None, [], None)
-        reply.write(b"x" * (32 << 20))  # far more than the socket buffers take
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    handler = Stuck(flood=True)
     async with (
         serving(handler, Limits(send_timeout=0.3)) as (server, port),
         connect(port, rcvbuf=4096) as w,
     ):
         await w.send(get("/stuck"))
-        await wait_for(cancelled)  # the handler stops (its upstream with it)
+        await wait_for(handler.cancelled)  # the handler stops (its upstream with it)
         assert not server.connections
 
 
