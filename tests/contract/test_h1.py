@@ -1846,3 +1846,25 @@ async def test_failing_error_factory_and_reject_hook_still_answer() -> None:
         async with connect(port) as w:
             await w.send(b"GARBAGE\r\n\r\n")
             assert (await w.response()).status == 400
+
+
+async def test_a_client_draining_slowly_for_longer_than_the_send_timeout_is_not_cut() -> None:
+    """The timeout is for no progress at all, not for the whole drain (nginx's send_timeout):
+    8 MiB taken 256 KiB at a time takes well over the timeout, with progress all along."""
+    size = 8 << 20
+
+    async def handler(_: Request, reply: Reply) -> None:
+        reply.send(Response(200, b"y" * size))  # all buffered at once: paused until drained
+
+    async with (
+        serving(handler, Limits(send_timeout=1.0)) as (server, port),
+        connect(port, rcvbuf=1 << 16) as w,
+    ):
+        await w.send(get("/slow"))
+        got = 0
+        while got < size:
+            data = await asyncio.wait_for(w.reader.read(256 << 10), WAIT)
+            assert data, f"cut after {got} bytes"
+            got += len(data)
+            await asyncio.sleep(0.05)
+        assert server.connections  # still open, ready for the next request

@@ -53,10 +53,10 @@ class Limits:
     max_head: int = 64 << 10  # request line + headers, bytes
     max_headers: int = 128
     keepalive_timeout: float = 75.0  # idle client connections (aiohttp's and nginx's default)
-    # A client whose socket buffer stays full this long is cut (nginx's send_timeout). While
-    # it is full the upstream is paused and its read timeout with it, so without this bound a
-    # client that keeps TCP open but never reads held the handler, the upstream connection
-    # and the engine's request forever. None = no bound.
+    # A client that takes nothing from a full buffer this long is cut (nginx's
+    # send_timeout). While the buffer is full the upstream is paused, and its read timeout
+    # with it, so without this bound a client that keeps TCP open but never reads held the
+    # handler, the upstream connection and the engine's request forever. None = no bound.
     send_timeout: float | None = 60.0
 
 
@@ -278,6 +278,7 @@ class _Connection(asyncio.Protocol):
         self._paused_reading = False
         self.write_paused = False
         self._stall: asyncio.TimerHandle | None = None  # the send_timeout while paused
+        self._stall_left = 0  # bytes buffered when that timer was armed
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._in_head = False  # between a request's first byte and the end of its headers
         self._heads = 0  # request heads completed on this connection
@@ -318,9 +319,8 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        timeout = self._limits.send_timeout
-        if timeout is not None and self._stall is None:
-            self._stall = self._loop.call_later(timeout, self._stalled)
+        if self._stall is None:
+            self._arm_stall()
         if self.flow is not None:
             self.flow[0]()
 
@@ -330,10 +330,24 @@ class _Connection(asyncio.Protocol):
         if self.flow is not None:
             self.flow[1]()
 
+    def _arm_stall(self) -> None:
+        timeout = self._limits.send_timeout
+        if timeout is not None and self._transport is not None:
+            self._stall_left = self._transport.get_write_buffer_size()
+            self._stall = self._loop.call_later(timeout, self._stalled)
+
     def _stalled(self) -> None:
+        self._stall = None
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() < self._stall_left:
+            # The client took something since: slow, not stalled (nginx's send_timeout is
+            # also between two successful writes, not for the whole drain).
+            self._arm_stall()
+            return
         # Cut, not closed: close() would wait for the very buffer that is not draining.
         # connection_lost then cancels the handler, which closes its upstream exchange.
-        self._stall = None
         self.close(abort=True)
 
     def _cancel_stall(self) -> None:
