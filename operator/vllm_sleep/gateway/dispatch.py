@@ -15,7 +15,6 @@ handler (the h1 server cancels it), and `finally` frees its queue slot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -281,5 +280,11 @@ async def _cancel(task: asyncio.Future[Any]) -> None:
                 result.close()  # never relayed
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        # The task's own cancellation ends here; one aimed at us (the client left while we
+        # reaped) must go on, or the handler answers a client that is gone.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
