@@ -204,6 +204,11 @@ async def test_api_keys(upstream: SseUpstream, http: httpx.AsyncClient, tmp_path
         assert_openai_error(await http.get(g.url + "/v1/models", headers=bad), 401)
         good = {"Authorization": "Bearer sk-two"}
         assert (await http.post(url, json=body, headers=good)).status_code == 200
+        lower = {"Authorization": "bearer  sk-one"}  # the scheme is case-insensitive
+        assert (await http.post(url, json=body, headers=lower)).status_code == 200
+        for wrong in ("Basic sk-one", "Bearer", "sk-one", "Bearersk-one"):
+            resp = await http.post(url, json=body, headers={"Authorization": wrong})
+            assert_openai_error(resp, 401, "invalid_api_key")
         assert "Authorization" not in upstream.headers  # keys stay at the edge
         assert (await http.get(g.url + "/healthz")).status_code == 200
 

@@ -38,9 +38,12 @@ class ApiKeys:
                 self._load()
             except OSError as e:  # keep the last good keys while a Secret update lands
                 log.warning("cannot reload API keys: %s", e)
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110 §11.1)
             return False
-        given = authorization[7:].strip().encode()
+        given = credentials.strip().encode()
+        if not given:
+            return False
         # Compare against every key, without an early exit, so timing says nothing.
         ok = False
         for key in self._keys:
