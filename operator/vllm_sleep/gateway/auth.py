@@ -10,25 +10,37 @@ import time
 log = logging.getLogger(__name__)
 
 RELOAD_EVERY = 5.0  # seconds between mtime checks: Secret mounts update in place
+_BOM = b"\xef\xbb\xbf"
 
 
 class ApiKeys:
     def __init__(self, path: str) -> None:
         self._path = path
         self._keys: tuple[bytes, ...] = ()
-        self._mtime: float | None = None
+        self._mtime: tuple[int, int, int, int] | None = None
         self._checked = 0.0
         self._load()
 
     def _load(self) -> None:
-        mtime = os.stat(self._path).st_mtime
+        st = os.stat(self._path)
+        # Not the mtime alone: a file replaced within one timestamp tick, or by a copy that
+        # keeps its mtime (`cp -p`, rsync -t), was never reloaded, so a revoked key kept
+        # working. Any change of inode, size or mtime reloads.
+        mtime = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
         if mtime == self._mtime:
             return
-        with open(self._path, encoding="utf-8") as f:
-            keys = [line.strip() for line in f]
-        self._keys = tuple(k.encode() for k in keys if k and not k.startswith("#"))
+        # Bytes, not text: a file that is not UTF-8 raised UnicodeDecodeError, which is no
+        # OSError, so a reload answered that request 500 (and a start died with a traceback);
+        # a UTF-8 BOM (Windows editors) made the first key unusable; and a non-ASCII key never
+        # matched the header (decoded as Latin-1, re-encoded as UTF-8). Keys are compared as
+        # the raw bytes of the file and of the header.
+        with open(self._path, "rb") as f:
+            keys = [line.strip() for line in f.read().removeprefix(_BOM).splitlines()]
+        self._keys = tuple(k for k in keys if k and not k.startswith(b"#"))
         self._mtime = mtime
-        log.info("loaded %d API keys from %s", len(self._keys), self._path)
+        # No keys is not "no auth": every /v1/* request is refused (401) until keys appear.
+        level = logging.INFO if self._keys else logging.WARNING
+        log.log(level, "loaded %d API keys from %s", len(self._keys), self._path)
 
     def check(self, authorization: str | None) -> bool:
         now = time.monotonic()
@@ -41,7 +53,7 @@ class ApiKeys:
         scheme, _, credentials = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110 §11.1)
             return False
-        given = credentials.strip().encode()
+        given = credentials.encode("latin-1").strip()  # the header's own bytes
         if not given:
             return False
         # Compare against every key, without an early exit, so timing says nothing.

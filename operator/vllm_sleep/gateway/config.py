@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import uuid
@@ -57,8 +58,24 @@ class GatewayConfig:
             )
         if ns.read_timeout < 0 or ns.send_timeout < 0:
             raise GatewayConfigError("--read-timeout/--send-timeout must be >= 0 (0 = none)")
-        if ns.demand_interval <= 0 or ns.connect_timeout <= 0 or ns.retry_after < 0:
+        if ns.demand_interval <= 0 or ns.connect_timeout <= 0:
             raise GatewayConfigError("--demand-interval/--connect-timeout must be > 0")
+        # Each refused with its own name (the message named only the two flags above), and
+        # bounds that were missing: a port outside 0-65535 died in bind() with an
+        # OverflowError traceback, a backend port of 0 made every replica "refuse the
+        # connection" (requests held until their wake timeout), and "nan" passed every
+        # `<= 0` check above (a NaN deadline never expires).
+        if ns.retry_after < 0:
+            raise GatewayConfigError("--retry-after must be >= 0")
+        if not 0 <= ns.port <= 65535:
+            raise GatewayConfigError("--port must be 0-65535")
+        if not 0 < ns.backend_port <= 65535:
+            raise GatewayConfigError("--backend-port must be 1-65535")
+        for flag in ("demand_interval", "connect_timeout", "read_timeout", "send_timeout"):
+            if math.isnan(getattr(ns, flag)):
+                raise GatewayConfigError(f"--{flag.replace('_', '-')} must be a number")
+        if not math.isfinite(ns.wake_timeout):
+            raise GatewayConfigError("--wake-timeout must be a finite number")
         namespaces = tuple(n for part in ns.namespace for n in part.split(",") if n)
         return cls(
             listen_host=ns.host,

@@ -6,23 +6,60 @@ returns (port 0 = a free port, see `url`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any
 
 from ..h1 import Limits, Server, UpstreamPool
 from .auth import ApiKeys
 from .config import GatewayConfig
 from .demand import DemandSignal
 from .dispatch import Dispatcher
-from .errors import server_error
+from .errors import ShuttingDown, server_error
 from .metrics import GatewayMetrics
 from .router import Router
+from .routing import ModelKey
 from .server import GatewayHandler
 from .sources import BackendSource
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight streams when stopping
+
+
+class _StoppableRouter(Router):
+    """The Router, whose held requests end with ShuttingDown (a 503) once the gateway stops.
+
+    Without it a request held at stop() kept waiting for a wake the stopped Pod watch could
+    no longer report, until the grace ran out and its connection was cut: no answer at all
+    for a request that never reached an engine, and one the client could have retried.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopping = asyncio.Event()
+
+    def end_holds(self) -> None:
+        self._stopping.set()
+
+    def wait_change(self, key: ModelKey, timeout: float) -> Coroutine[Any, Any, bool]:
+        if self._stopping.is_set():
+            raise ShuttingDown  # also ends a hold at an agent (its send is closed, unforwarded)
+        return self._unless_stopping(super().wait_change(key, timeout))
+
+    async def _unless_stopping(self, waiting: Coroutine[Any, Any, bool]) -> bool:
+        change = asyncio.ensure_future(waiting)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((change, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            change.cancel()
+            stopping.cancel()
+        if change.done() and not change.cancelled():
+            return change.result()
+        raise ShuttingDown
 
 
 class Gateway:
@@ -38,7 +75,7 @@ class Gateway:
         self.source = source
         self.demand = demand
         self.metrics = metrics or GatewayMetrics()
-        self.router = Router(demand, self.metrics, demand_interval=config.demand_interval)
+        self.router = _StoppableRouter(demand, self.metrics, demand_interval=config.demand_interval)
         self.ready = False
         self.port = 0
         self._server: Server | None = None
@@ -72,14 +109,24 @@ class Gateway:
             on_reject=handler.rejected,
             make_error=server_error,
         )
-        self.port = await self._server.start(cfg.listen_host, cfg.port)
-        await self.router.start()
-        await self.source.start(self.router)  # returns after the first full list
+        try:
+            self.port = await self._server.start(cfg.listen_host, cfg.port)
+            await self.router.start()
+            await self.source.start(self.router)  # returns after the first full list
+        except BaseException:
+            # A start that failed or was cancelled (SIGTERM before the first list) left the
+            # port bound and the watch and demand tasks running: `async with` never calls
+            # __aexit__ when __aenter__ raises.
+            await self.stop()
+            raise
         self.ready = True
         log.info("gateway %s listening on %s", cfg.identity, self.url)
 
     async def stop(self) -> None:
         self.ready = False
+        # Held requests are answered 503 shutting_down now (they never reached an engine);
+        # running ones and streams get the grace to finish.
+        self.router.end_holds()
         await self.source.stop()
         if self._server is not None:
             await self._server.stop(SHUTDOWN_GRACE)

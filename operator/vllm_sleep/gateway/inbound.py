@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -56,14 +57,53 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
         )
     # wbits 47 accepts gzip and zlib headers; raw deflate (what some clients send) is -15.
     for wbits in (47, -15):
-        inflater = zlib.decompressobj(wbits)
-        try:
-            out = inflater.decompress(body, limit + 1)
-        except zlib.error:
-            continue
-        if len(out) > limit or inflater.unconsumed_tail:
-            return BadRequest("The request body is too large.", "body_too_large", status=413)
-        if not inflater.eof:
-            continue
-        return out
+        out = _inflate(body, wbits, limit)
+        if out is not None:
+            return out
     return BadRequest("The request body could not be decoded.", "invalid_body")
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZEROS = re.compile(rb"\x00*")
+_FEED = 1 << 16  # input fed per call: keeps each member's `unused_data` copy small
+MAX_GZIP_MEMBERS = 64
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes | BadRequest | None:
+    """`body` inflated, a 413, or None when it is not one valid stream of this format.
+
+    A gzip body may be several members (RFC 1952 §2.2; what `gzip.decompress`, curl and
+    nginx accept): only the first was decoded, so a valid multi-member body was cut to its
+    first member (400 invalid_json, or a shorter request). Bytes after the stream other than
+    another member (zero padding aside, as gzip.decompress) make the body invalid: they were
+    silently ignored. The members are bounded: each costs a decompressor.
+    """
+    view = memoryview(body)
+    out: list[bytes] = []
+    total = pos = members = 0
+    while True:
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            return None
+        gzip_member = body[pos : pos + 2] == _GZIP_MAGIC
+        inflater = zlib.decompressobj(wbits)
+        while not inflater.eof:
+            if pos >= len(body):
+                return None  # truncated
+            piece = view[pos : pos + _FEED]
+            pos += len(piece)
+            try:
+                part = inflater.decompress(piece, limit + 1 - total)  # never 0: no limit
+            except zlib.error:
+                return None
+            total += len(part)
+            if total > limit or inflater.unconsumed_tail:
+                return BadRequest("The request body is too large.", "body_too_large", status=413)
+            out.append(part)
+        pos -= len(inflater.unused_data)  # the bytes after this stream
+        if gzip_member:
+            pos = _ZEROS.match(body, pos).end()  # type: ignore[union-attr]
+        if pos == len(body):
+            return b"".join(out)
+        if not (gzip_member and body[pos : pos + 2] == _GZIP_MAGIC):
+            return None  # trailing garbage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -58,8 +59,29 @@ async def _run(config: GatewayConfig) -> None:
     source = KubernetesSource(
         api, metrics, namespaces=config.namespaces, port=config.backend_port, defaults=defaults
     )
+    gateway = Gateway(config, source, LeaseDemand(api, config.identity), metrics=metrics)
     try:
-        async with Gateway(config, source, LeaseDemand(api, config.identity), metrics=metrics):
+        # The first list of ModelDeployments and Pods can take forever (API down, RBAC
+        # missing: the watch retries). Awaited alone, SIGTERM and Ctrl-C were ignored until
+        # then; the kubelet had to SIGKILL. A start cut short stops what it started.
+        starting = asyncio.ensure_future(gateway.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        if starting.cancelled():
+            return
+        starting.result()  # raise what made the start fail
+        try:
             await stop.wait()
+        finally:
+            await gateway.stop()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await api.close()

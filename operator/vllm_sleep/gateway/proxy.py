@@ -98,6 +98,18 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or 80
 
 
+@lru_cache(maxsize=4096)
+def host_header(url: str) -> bytes:
+    """The Host of a request to a replica: b"10.0.0.7:8000", b"[fd00::7]:8000".
+
+    urlsplit's hostname drops an IPv6 literal's brackets; joined back with the port without
+    them (b"fd00::7:8000") every request to a pod of an IPv6 cluster had an invalid Host
+    (RFC 9110 §7.2 / RFC 3986 §3.2.2: an IP-literal is bracketed).
+    """
+    host, port = host_port(url)
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
 
@@ -107,7 +119,7 @@ async def send(
 ) -> SendResult:
     """Send once; an Exchange returned is already being relayed into `reply`."""
     host, port = host_port(url)
-    head = request_head(target, f"{host}:{port}".encode(), len(body), block)
+    head = request_head(target, host_header(url), len(body), block)
     try:
         exchange = await pool.request(
             host, port, head, body, sink=reply, header_filter=response_headers

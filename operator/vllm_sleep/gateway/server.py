@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..h1 import Reply, Request, Response
 from .auth import ApiKeys
 from .dispatch import Dispatcher
-from .errors import error_response
+from .errors import ShuttingDown, error_response
 from .inbound import INFERENCE_PATHS, BadRequest, decode_body, parse_model
 from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
 from .proxy import forwarded_headers
@@ -80,7 +80,13 @@ class GatewayHandler:
     async def _route(self, request: Request, reply: Reply) -> tuple[str, Response | None]:
         path, method = request.path, request.method
         keys = self._keys
-        if path.startswith("/v1/") and keys and not keys.check(request.header("Authorization")):
+        # `is not None`, not truthiness: configured keys always mean auth, even with none loaded
+        # (an empty file refuses everything; it must never read as "no auth").
+        if (
+            path.startswith("/v1/")
+            and keys is not None
+            and not keys.check(request.header("Authorization"))
+        ):
             return UNKNOWN_MODEL, error_response(
                 401, "Incorrect or missing API key.", "invalid_api_key"
             )
@@ -94,7 +100,8 @@ class GatewayHandler:
                 404, f"{path[:200]} is not served here.", "not_found"
             )
         if method not in ("GET", "HEAD"):
-            return UNKNOWN_MODEL, _not_allowed(method, path, "GET")
+            # HEAD is served too (RFC 9110 §10.2.1: Allow lists every method the route takes).
+            return UNKNOWN_MODEL, _not_allowed(method, path, "GET, HEAD")
         return UNKNOWN_MODEL, simple(self)
 
     async def _inference(
@@ -111,6 +118,11 @@ class GatewayHandler:
         if isinstance(model, BadRequest):
             return UNKNOWN_MODEL, error_response(400, model.message, model.code, param=model.param)
         spec = self._table.lookup(model)
+        if spec is None and not self._is_ready():
+            # Before the first list of ModelDeployments the table is empty: every model,
+            # real or not, read as "does not exist" (a 404 clients do not retry). The
+            # gateway listens (for /healthz) before that list arrives.
+            return UNKNOWN_MODEL, _not_ready()
         if spec is None:
             # The name is echoed (truncated) so the user sees their typo; nothing else listed.
             return UNKNOWN_MODEL, error_response(
@@ -119,10 +131,24 @@ class GatewayHandler:
         block = forwarded_headers(request, strip_auth=self._keys is not None)
         # Forwarded exactly as matched: what the upstream sees is the path that was checked.
         target = f"{path}?{request.query}" if request.query else path
-        resp = await self._dispatcher.dispatch(reply, spec, target.encode("latin-1"), block, body)
+        try:
+            resp = await self._dispatcher.dispatch(
+                reply, spec, target.encode("latin-1"), block, body
+            )
+        except ShuttingDown:
+            # Held (never forwarded) when the gateway began to stop: a clean 503 the client
+            # can retry on another replica, not a connection cut at the end of the grace.
+            if reply.started:  # the agent's answer began just as the hold was ended
+                reply.abort()
+                return spec.served_name, None
+            resp = error_response(
+                503, "The gateway is shutting down; retry.", "shutting_down", retry_after=1
+            )
         return spec.served_name, resp
 
     def models(self) -> Response:
+        if not self._is_ready():  # an empty list before the first one arrived is a lie
+            return _not_ready()
         data = [
             _model_entry(spec, len(self._table.awake_replicas(spec.key)))
             for spec in self._table.specs()
@@ -140,7 +166,7 @@ class GatewayHandler:
     def readyz(self) -> Response:
         if self._is_ready():
             return _json({"status": "ready"})
-        return error_response(503, "Backends not listed yet.", "not_ready", retry_after=1)
+        return _not_ready()
 
 
 _SIMPLE: dict[str, Callable[[GatewayHandler], Response]] = {
@@ -166,6 +192,10 @@ def _model_entry(spec: ModelSpec, awake: int) -> dict[str, object]:
         "awake_replicas": awake,
         "wake_on_request": spec.wake.on_request,
     }
+
+
+def _not_ready() -> Response:
+    return error_response(503, "Backends not listed yet.", "not_ready", retry_after=1)
 
 
 def _not_allowed(method: str, path: str, allow: str) -> Response:

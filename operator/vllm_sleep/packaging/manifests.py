@@ -93,6 +93,17 @@ def base() -> dict[str, Any]:
         "http",
     )
     gateway["spec"]["replicas"] = 2  # stateless: N replicas
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    # Out of the Service until its first list of models is in, and at once when it begins
+    # to stop (it answers /readyz 503 then; held requests get 503 shutting_down).
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 2,
+        "failureThreshold": 1,
+    }
+    # Request bodies are held whole (up to --max-body-bytes, 32 MiB) and parsed for `model`:
+    # a few large ones at once need more than the operator's 512Mi.
+    container["resources"]["limits"]["memory"] = "1Gi"
     gateway_svc = {
         "apiVersion": "v1",
         "kind": "Service",
