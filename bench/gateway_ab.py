@@ -32,17 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 def spawn_gateway(tree: Path, upstream: str, cpus: set[int]) -> tuple[subprocess.Popen[str], str]:
     port = gb.free_port(gb.HOSTS["gateway"])
     argv = ["--role", "gateway", "--port", str(port), "--upstream", upstream, "--loop", "uvloop"]
-    proc = subprocess.Popen(
-        [sys.executable, str(tree / "bench" / "gateway_bench.py"), *argv],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tree / "operator")},
-        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
-    )
-    assert proc.stdout is not None
-    if "READY" not in proc.stdout.readline():
-        proc.kill()
-        raise RuntimeError(f"the gateway from {tree} did not start")
+    proc = gb.spawn(argv, cpus, tree)
     return proc, f"http://{gb.HOSTS['gateway']}:{port}/v1/chat/completions"
 
 

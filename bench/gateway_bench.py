@@ -76,12 +76,19 @@ async def serve_gateway(port: int, upstream: str) -> None:
         await asyncio.Event().wait()
 
 
-def spawn(args: list[str], cpus: set[int] | None = None) -> subprocess.Popen[str]:
+def spawn(
+    args: list[str], cpus: set[int] | None = None, tree: Path | None = None
+) -> subprocess.Popen[str]:
+    """This bench in a child `--role`; `tree`: another checkout's bench and package (A/B)."""
+    script, env = __file__, dict(os.environ)
+    if tree is not None:
+        script = str(tree / "bench" / "gateway_bench.py")
+        env["PYTHONPATH"] = str(tree / "operator")
     proc = subprocess.Popen(
-        [sys.executable, __file__, *args],
+        [sys.executable, script, *args],
         stdout=subprocess.PIPE,
         text=True,
-        env=os.environ,
+        env=env,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     assert proc.stdout is not None

@@ -116,6 +116,10 @@ async def test_a_request_held_at_stop_gets_a_clean_503(
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "shutting_down" and resp.headers["retry-after"]
     assert not gw.ready
+    held_count = gw.metrics.registry.get_sample_value(
+        "vllm_sleep_gateway_hold_seconds_count", {"outcome": "shutdown"}
+    )
+    assert held_count == 1  # not counted as a client that left
 
 
 async def test_a_start_cut_short_releases_its_port(upstream: str) -> None:

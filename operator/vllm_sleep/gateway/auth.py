@@ -9,7 +9,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-RELOAD_EVERY = 5.0  # seconds between mtime checks: Secret mounts update in place
+RELOAD_EVERY = 5.0  # seconds between file checks: Secret mounts update in place
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -17,7 +17,7 @@ class ApiKeys:
     def __init__(self, path: str) -> None:
         self._path = path
         self._keys: tuple[bytes, ...] = ()
-        self._mtime: tuple[int, int, int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None  # mtime, size, inode, device
         self._checked = 0.0
         self._load()
 
@@ -26,8 +26,8 @@ class ApiKeys:
         # Not the mtime alone: a file replaced within one timestamp tick, or by a copy that
         # keeps its mtime (`cp -p`, rsync -t), was never reloaded, so a revoked key kept
         # working. Any change of inode, size or mtime reloads.
-        mtime = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-        if mtime == self._mtime:
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+        if stamp == self._stamp:
             return
         # Bytes, not text: a file that is not UTF-8 raised UnicodeDecodeError, which is no
         # OSError, so a reload answered that request 500 (and a start died with a traceback);
@@ -37,7 +37,7 @@ class ApiKeys:
         with open(self._path, "rb") as f:
             keys = [line.strip() for line in f.read().removeprefix(_BOM).splitlines()]
         self._keys = tuple(k for k in keys if k and not k.startswith(b"#"))
-        self._mtime = mtime
+        self._stamp = stamp
         # No keys is not "no auth": every /v1/* request is refused (401) until keys appear.
         level = logging.INFO if self._keys else logging.WARNING
         log.log(level, "loaded %d API keys from %s", len(self._keys), self._path)

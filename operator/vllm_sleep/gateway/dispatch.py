@@ -24,7 +24,7 @@ from ..h1 import Exchange, Reply, Response, UpstreamError, UpstreamPool
 from .errors import error_response
 from .metrics import GatewayMetrics
 from .proxy import Failed, Retry, SendResult, send
-from .router import Router
+from .router import Router, ShuttingDown
 from .routing import ModelKey, ModelSpec, ModelTable, Replica
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,9 @@ class Dispatcher:
                     exclude.add(replica.pod)
                     continue
                 return result if isinstance(result, Response) else None
+        except ShuttingDown:
+            slot.leave("shutdown")  # answered 503 shutting_down by the handler
+            raise
         finally:
             if slot.deadline is not None and self._clock() < slot.deadline:
                 slot.leave("abandoned")

@@ -30,10 +30,6 @@ _SERVER_CODES = {
 }
 
 
-class ShuttingDown(Exception):
-    """A held request's wait ended because the gateway is stopping (answered 503)."""
-
-
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
     err = {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": code}
     return json.dumps({"error": err}).encode()

@@ -6,60 +6,23 @@ returns (port 0 = a free port, see `url`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any
 
 from ..h1 import Limits, Server, UpstreamPool
 from .auth import ApiKeys
 from .config import GatewayConfig
 from .demand import DemandSignal
 from .dispatch import Dispatcher
-from .errors import ShuttingDown, server_error
+from .errors import server_error
 from .metrics import GatewayMetrics
 from .router import Router
-from .routing import ModelKey
 from .server import GatewayHandler
 from .sources import BackendSource
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight streams when stopping
-
-
-class _StoppableRouter(Router):
-    """The Router, whose held requests end with ShuttingDown (a 503) once the gateway stops.
-
-    Without it a request held at stop() kept waiting for a wake the stopped Pod watch could
-    no longer report, until the grace ran out and its connection was cut: no answer at all
-    for a request that never reached an engine, and one the client could have retried.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._stopping = asyncio.Event()
-
-    def end_holds(self) -> None:
-        self._stopping.set()
-
-    def wait_change(self, key: ModelKey, timeout: float) -> Coroutine[Any, Any, bool]:
-        if self._stopping.is_set():
-            raise ShuttingDown  # also ends a hold at an agent (its send is closed, unforwarded)
-        return self._unless_stopping(super().wait_change(key, timeout))
-
-    async def _unless_stopping(self, waiting: Coroutine[Any, Any, bool]) -> bool:
-        change = asyncio.ensure_future(waiting)
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((change, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            change.cancel()
-            stopping.cancel()
-        if change.done() and not change.cancelled():
-            return change.result()
-        raise ShuttingDown
 
 
 class Gateway:
@@ -75,7 +38,7 @@ class Gateway:
         self.source = source
         self.demand = demand
         self.metrics = metrics or GatewayMetrics()
-        self.router = _StoppableRouter(demand, self.metrics, demand_interval=config.demand_interval)
+        self.router = Router(demand, self.metrics, demand_interval=config.demand_interval)
         self.ready = False
         self.port = 0
         self._server: Server | None = None

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from vllm_sleep.api.duration import DurationError
@@ -14,37 +12,31 @@ from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
 
 from .routing import ModelKey, ModelSpec, PodState, WakePolicy
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 def parse_duration(value: object) -> float | None:
-    """Seconds from "120s", "1m30s", "500ms", or a number of seconds; None when unusable."""
+    """Seconds from a Go duration ("120s", "1m30s", "500ms") or a number of seconds; None
+    when unusable.
+
+    Read with api.duration, as the operator reads the same field (the agent's --hold-timeout
+    comes from it): the gateway's own narrower parser read forms the CRD admits (".5m", "µs")
+    as unusable, and the wake deadline silently fell back to its default.
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value) if value > 0 else None
     if not isinstance(value, str) or not value:
         return None
-    # The CRD admits Go durations (ns/us/µs units, ".5m", "1.s") and the operator reads them
-    # with api.duration (the agent's --hold-timeout comes from the same field): read them the
-    # same way, or the gateway's wake deadline silently fell back to its default. (An
-    # OverflowError, past timedelta's range, must not escape: the whole watch would relist.)
-    with contextlib.suppress(DurationError, OverflowError):
+    try:
         seconds = go_duration(value).total_seconds()
-        return seconds if seconds > 0 else None
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(value):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(value):
+    except OverflowError:  # past timedelta's range: must not escape (the watch would relist)
+        seconds = timedelta.max.total_seconds()  # "forever", as near as it can be said
+    except DurationError:
         try:
-            total = float(value)
+            seconds = float(value)  # a bare number of seconds
         except ValueError:
             return None
-    return total if total > 0 else None
+    return seconds if seconds > 0 else None
 
 
 def _conditions(status: Mapping[str, Any]) -> dict[str, str]:

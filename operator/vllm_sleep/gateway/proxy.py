@@ -58,21 +58,19 @@ SendResult = Exchange | Retry | Failed
 
 def forwarded_headers(request: Request, *, strip_auth: bool) -> bytes:
     """The client's headers as the upstream gets them (a header block without Host/length)."""
-    out = []
+    kept: list[tuple[bytes, bytes, bytes]] = []
     prior = None
-    drop = _DROP_REQUEST
-    for name, value in request.headers:
-        if name.lower() == b"connection":
-            # RFC 9110 §7.6.1: headers the client named in Connection are for this hop only.
-            named = {t.strip().lower() for t in value.split(b",")} - {b"", b"x-forwarded-for"}
-            drop = drop | named
+    hop_only: set[bytes] = set()
     for name, value in request.headers:
         low = name.lower()
-        if low in drop or (strip_auth and low == b"authorization"):
-            if low == b"x-forwarded-for":
-                prior = value if prior is None else prior + b", " + value
-            continue
-        out.append(b"%s: %s\r\n" % (name, value))
+        if low == b"x-forwarded-for":
+            prior = value if prior is None else prior + b", " + value
+        elif low == b"connection":
+            # RFC 9110 §7.6.1: headers the client named in Connection are for this hop only.
+            hop_only.update(t.strip().lower() for t in value.split(b","))
+        elif low not in _DROP_REQUEST and not (strip_auth and low == b"authorization"):
+            kept.append((low, name, value))
+    out = [b"%s: %s\r\n" % (name, value) for low, name, value in kept if low not in hop_only]
     peer = request.peer
     if peer:
         chain = peer.encode() if prior is None else prior + b", " + peer.encode()

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 DEMAND_RETRY = 1.0  # seconds before a failed Lease write is tried again
 
 
+class ShuttingDown(Exception):
+    """A held request's wait ended because the gateway is stopping (answered 503)."""
+
+
 class Router:
     def __init__(
         self,
@@ -40,6 +44,7 @@ class Router:
         self._changed: dict[ModelKey, asyncio.Event] = {}
         self._signalling: dict[ModelKey, asyncio.Task[None]] = {}
         self._pump: asyncio.Task[None] | None = None
+        self._ending = False  # end_holds() was called
 
     # -- BackendSink ---------------------------------------------------------------------------
 
@@ -79,14 +84,37 @@ class Router:
     # -- held requests -------------------------------------------------------------------------
 
     def wait_change(self, key: ModelKey, timeout: float) -> Coroutine[Any, Any, bool]:
-        """Wait until the model's pods or spec change; False on timeout.
+        """Wait until the model's pods or spec change; False on timeout; ShuttingDown once
+        `end_holds` was called.
 
         The waiter is registered by this call, not when the returned coroutine first runs: the
         dispatcher wraps it in a task (racing its send), and a change notified between the
         caller's last look at the table and that task's first step was lost, so a request
         released at its agent kept its queue slot (and renewed demand) until its deadline.
         """
-        return _wait_event(self._changed.setdefault(key, asyncio.Event()), timeout)
+        if self._ending:
+            raise ShuttingDown  # also ends a hold at an agent (its send is closed, unforwarded)
+        return self._wait(self._changed.setdefault(key, asyncio.Event()), timeout)
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await event.wait()
+        except TimeoutError:
+            return False
+        if self._ending:
+            raise ShuttingDown
+        return True
+
+    def end_holds(self) -> None:
+        """Every held request's wait ends with ShuttingDown, now and from now on.
+
+        At stop the Pod watch stops too, so a held request would wait for a wake nobody can
+        report until the grace ran out and its connection was cut: no answer at all for a
+        request that never reached an engine, and one the client could retry elsewhere.
+        """
+        self._ending = True
+        self._notify_all()
 
     def request_demand(self, spec: ModelSpec) -> None:
         """Called by every held request; sends only when the table says one is due."""
@@ -130,12 +158,3 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._pump = None
-
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(max(timeout, 0.0)):
-            await event.wait()
-        return True
-    except TimeoutError:
-        return False

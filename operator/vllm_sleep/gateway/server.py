@@ -17,10 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..h1 import Reply, Request, Response
 from .auth import ApiKeys
 from .dispatch import Dispatcher
-from .errors import ShuttingDown, error_response
+from .errors import error_response
 from .inbound import INFERENCE_PATHS, BadRequest, decode_body, parse_model
 from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
 from .proxy import forwarded_headers
+from .router import ShuttingDown
 from .routing import ModelSpec, ModelTable
 
 log = logging.getLogger(__name__)
