@@ -284,29 +284,31 @@ async def test_refused_everywhere_rehold_until_a_replica_takes_it(
     assert (await task).status_code == 200
 
 
-async def test_a_503_from_the_engine_is_not_retried(
-    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
-) -> None:
-    for u in upstreams:
-        u.behaviour = vllm_503
-    source.add_model("m", [u.url for u in upstreams])
-    resp = await chat(gateway, http)
-    assert resp.status_code == 503 and resp.json()["error"]["message"] == "overloaded"
-    assert sum(u.received for u in upstreams) == 1
-
-
 async def big_503(_: web.Request) -> web.StreamResponse:
     return web.Response(status=503, body=b"o" * (200 << 10), content_type="text/plain")
 
 
-async def test_a_503_larger_than_the_refusal_peek_is_relayed_whole_and_not_retried(
-    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+@pytest.mark.parametrize(
+    ("behaviour", "body"),
+    [
+        (vllm_503, b'{"error": {"message": "overloaded", "code": 503}}'),
+        (big_503, b"o" * (200 << 10)),  # larger than the refusal peek: whole, not cut at 64 KiB
+    ],
+    ids=["engine-503", "larger-than-the-peek"],
+)
+async def test_a_503_from_the_engine_is_relayed_whole_and_not_retried(
+    gateway: Gateway,
+    source: StaticSource,
+    upstreams: list[Upstream],
+    http: httpx.AsyncClient,
+    behaviour: Behaviour,
+    body: bytes,
 ) -> None:
     for u in upstreams:
-        u.behaviour = big_503
+        u.behaviour = behaviour
     source.add_model("m", [u.url for u in upstreams])
     resp = await chat(gateway, http)
-    assert resp.status_code == 503 and resp.content == b"o" * (200 << 10)  # not cut at 64 KiB
+    assert resp.status_code == 503 and resp.content == body
     assert sum(u.received for u in upstreams) == 1
 
 
