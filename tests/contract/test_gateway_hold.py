@@ -323,12 +323,20 @@ async def test_a_request_that_reached_an_upstream_is_never_sent_again(
     assert sum(u.received for u in upstreams) == 1
 
 
+async def hold_one(
+    gateway: Gateway, source: StaticSource, upstream: Upstream, http: httpx.AsyncClient
+) -> asyncio.Task[httpx.Response]:
+    """One request for an asleep model "m", held in the gateway's queue."""
+    source.add_model("m", [upstream.url], awake=False)
+    task = asyncio.create_task(chat(gateway, http))
+    await until(lambda: queued(gateway) == 1)
+    return task
+
+
 async def test_metrics_count_held_and_hold_time(
     gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
 ) -> None:
-    source.add_model("m", [upstreams[0].url], awake=False)
-    task = asyncio.create_task(chat(gateway, http))
-    await until(lambda: queued(gateway) == 1)
+    task = await hold_one(gateway, source, upstreams[0], http)
     text = (await http.get(gateway.url + "/metrics")).text
     assert 'vllm_sleep_gateway_held_requests{model="m"} 1.0' in text
     source.set_awake("m", True)
@@ -343,9 +351,7 @@ async def test_metrics_count_held_and_hold_time(
 async def test_a_model_deleted_while_held_is_404_and_its_hold_counted_as_rejected(
     gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
 ) -> None:
-    source.add_model("m", [upstreams[0].url], awake=False)
-    task = asyncio.create_task(chat(gateway, http))
-    await until(lambda: queued(gateway) == 1)
+    task = await hold_one(gateway, source, upstreams[0], http)
     gateway.router.remove_model(ModelKey("team", "m"))
     resp = await task
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
