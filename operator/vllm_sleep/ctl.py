@@ -15,17 +15,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from .api.names import (
-    GROUP,
-    LABEL_COMPONENT,
-    LABEL_MODEL,
-    MODEL_DEPLOYMENT_KIND,
-    MODEL_DEPLOYMENT_PLURAL,
-    VERSION,
-    demand_lease_name,
-)
-
-SLEEP_REQUEST = f"{GROUP}/sleep-request"
+from .api.demand import demand_lease, demand_lease_name, renew_patch, sleep_request_patch
+from .api.names import GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,46 +61,50 @@ def main(argv: list[str]) -> int:
         renew_demand(coord, client, ns, mdep, holder=f"vllm-sleep-cli@{socket.gethostname()}")
         print(f"demand signalled for {ns}/{args.model}")
         return _wait(objs, ns, args.model, "Awake", args.timeout) if args.wait else 0
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     objs.patch_namespaced_custom_object(
         GROUP,
         VERSION,
         ns,
         MODEL_DEPLOYMENT_PLURAL,
         args.model,
-        {"metadata": {"annotations": {SLEEP_REQUEST: stamp}}},
+        sleep_request_patch(datetime.now(UTC)),
     )
     print(f"sleep requested for {ns}/{args.model}")
     return _wait(objs, ns, args.model, "Asleep", args.timeout) if args.wait else 0
 
 
 def renew_demand(
-    coord: Any, client: Any, namespace: str, mdep: dict[str, Any], holder: str
+    coord: Any,
+    client: Any,
+    namespace: str,
+    mdep: dict[str, Any],
+    holder: str,
+    now: datetime | None = None,
 ) -> None:
+    """Renew the model's demand Lease (merge patch), creating it when missing."""
     name = mdep["metadata"]["name"]
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = {
-        "metadata": {
-            "name": demand_lease_name(name),
-            "namespace": namespace,
-            "labels": {LABEL_COMPONENT: "demand-lease", LABEL_MODEL: name},
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": MODEL_DEPLOYMENT_KIND,
-                    "name": name,
-                    "uid": mdep["metadata"]["uid"],
-                }
-            ],
-        },
-        "spec": {"holderIdentity": holder, "renewTime": now, "leaseDurationSeconds": 60},
-    }
+    at = now or datetime.now(UTC)
     try:
-        coord.patch_namespaced_lease(demand_lease_name(name), namespace, {"spec": body["spec"]})
+        coord.patch_namespaced_lease(demand_lease_name(name), namespace, renew_patch(holder, at))
     except client.ApiException as e:
         if e.status != 404:
             raise
-        coord.create_namespaced_lease(namespace, body)
+        body = demand_lease(
+            name,
+            namespace,
+            mdep["metadata"].get("uid"),
+            holder=holder,
+            now=at,
+            block_owner_deletion=False,
+        )
+        try:
+            coord.create_namespaced_lease(namespace, body)
+        except client.ApiException as e2:
+            if e2.status != 409:  # created meanwhile (the operator, a gateway): renew it
+                raise
+            coord.patch_namespaced_lease(
+                demand_lease_name(name), namespace, renew_patch(holder, at)
+            )
 
 
 def _wait(objs: Any, ns: str, name: str, phase: str, timeout: float) -> int:

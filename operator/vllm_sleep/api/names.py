@@ -31,6 +31,8 @@ ANNOTATION_SERVED_MODEL: Final = (
 ANNOTATION_SPEC_HASH: Final = (
     f"{GROUP}/spec-hash"  # hash of the pod-shaping spec; change => replace
 )
+# On a ModelDeployment: MicroTime of a `vllm-sleep sleep NAME` (body built by api.demand).
+ANNOTATION_SLEEP_REQUEST: Final = f"{GROUP}/sleep-request"
 
 # Pod condition used as readiness gate: True only while the engine is awake and admitting.
 CONDITION_AWAKE: Final = f"{GROUP}/awake"
@@ -48,11 +50,6 @@ CONTAINER_AGENT: Final = "agent"
 # Environment of the agent: the control token comes from the per-model Secret.
 ENV_CONTROL_TOKEN: Final = "VLLM_SLEEP_CONTROL_TOKEN"
 SECRET_TOKEN_KEY: Final = "token"
-
-
-def demand_lease_name(model_deployment: str) -> str:
-    """The coordination.k8s.io Lease a client renews to ask for a model to be woken."""
-    return f"{model_deployment}-demand"
 
 
 def token_secret_name(model_deployment: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from ..api.demand import demand_lease_name
 from ..api.names import (
     COMPONENT_DEMAND_LEASE,
     GPU_POOL_PLURAL,
@@ -58,7 +59,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
         controller = ModelController(ctx, namespace, name, emit)
         ctx.controllers[(namespace, name)] = controller
-        renew = await ctx.kube.read_lease_renew_time(namespace, f"{name}-demand")
+        renew = await ctx.kube.read_lease_renew_time(namespace, demand_lease_name(name))
         if renew is not None:
             ctx.signal_demand(namespace, name, renew)
         try:

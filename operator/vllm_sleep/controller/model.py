@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..api.names import GROUP, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
+from ..api.agent_protocol import TRANSITIONING, AgentState, StateReport
+from ..api.names import (
+    ANNOTATION_SLEEP_REQUEST,
+    LABEL_MODEL,
+    SECRET_TOKEN_KEY,
+    token_secret_name,
+)
 from ..reconcile.lifecycle import (
-    TRANSITIONING,
-    AgentState,
     Decision,
     ReplicaObservation,
     Route,
@@ -25,7 +29,7 @@ from ..reconcile.lifecycle import (
     Wake,
     decide,
 )
-from .agents import AgentError, AgentReport
+from .agents import AgentError
 from .context import Context
 from .kube import parse_time
 from .memory import memory_from_pod, memory_patch
@@ -35,7 +39,7 @@ from .watchers import AgentWatchers
 
 log = logging.getLogger(__name__)
 
-SLEEP_REQUEST_ANNOTATION = f"{GROUP}/sleep-request"  # set by `vllm-sleep sleep NAME`
+SLEEP_REQUEST_ANNOTATION = ANNOTATION_SLEEP_REQUEST  # set by `vllm-sleep sleep NAME`
 
 RELIST_SECONDS = 60.0  # heal the pod cache even if a watch event was missed
 
@@ -134,7 +138,7 @@ class ModelController:
             self._listed_at = now
         return self.ctx.pods.get(self.namespace, self.name)
 
-    def _reports(self, pods: list[dict[str, Any]]) -> dict[str, AgentReport]:
+    def _reports(self, pods: list[dict[str, Any]]) -> dict[str, StateReport]:
         return {p["metadata"]["name"]: self.watchers.report(p) for p in pods}
 
     def _observe(self, pod: dict[str, Any]) -> ReplicaObservation:

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from ..api.demand import sleep_request_patch  # what `vllm-sleep sleep` stamps: one sleep path
 from ..api.names import GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
-from ..ctl import SLEEP_REQUEST  # the annotation `vllm-sleep sleep` stamps: one sleep path
 
 
 class DemoError(RuntimeError):
@@ -89,14 +89,13 @@ class Cluster:
         """What `vllm-sleep sleep NAME` does: an annotation (metadata, not spec: GitOps owns spec)."""
         from kubernetes import client
 
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
             GROUP,
             VERSION,
             namespace,
             MODEL_DEPLOYMENT_PLURAL,
             name,
-            {"metadata": {"annotations": {SLEEP_REQUEST: stamp}}},
+            sleep_request_patch(datetime.now(UTC)),
         )
 
     def violations(self, namespace: str) -> list[dict[str, Any]]:

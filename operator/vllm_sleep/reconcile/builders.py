@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api import demand as api_demand
 from ..api import names
 from ..api.model_deployment import ModelDeploymentSpec
 from .builders_owner import Owner, child_labels, owner_from_body, owner_reference
@@ -90,11 +91,4 @@ def control_token_secret(owner: Owner, token: str) -> Manifest:
 
 def demand_lease(owner: Owner) -> Manifest:
     """The Lease clients renew to ask for a wake; created empty, holder set by each client."""
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": _metadata(
-            owner, names.demand_lease_name(owner.name), names.COMPONENT_DEMAND_LEASE
-        ),
-        "spec": {},
-    }
+    return api_demand.demand_lease(owner.name, owner.namespace, owner.uid)
