@@ -3,8 +3,8 @@
 See docs/agent.md (user view) and docs/interfaces.md (the operator's control API).
 """
 
+from ..api.agent_protocol import AgentState
 from .agent import Agent
 from .config import AgentConfig, AgentConfigError
-from .state import EngineState
 
-__all__ = ["Agent", "AgentConfig", "AgentConfigError", "EngineState"]
+__all__ = ["Agent", "AgentConfig", "AgentConfigError", "AgentState"]

@@ -15,16 +15,27 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..api.agent_protocol import (
+    MAX_WAIT,
+    PARAM_DRAIN_TIMEOUT,
+    PARAM_LEVEL,
+    PARAM_VERSION,
+    PARAM_WAIT,
+    PATH_SLEEP,
+    PATH_STATE,
+    PATH_WAKE,
+    SLEEP_LEVELS,
+    StateReport,
+)
 from .config import AgentConfig
 from .gate import Gate
 from .metrics import AgentMetrics
 from .openai_errors import error_body, error_response
 from .state import StateBoard
-from .transitions import AGENT_LEVELS, Outcome, Transitions
+from .transitions import Outcome, Transitions
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT = 300.0  # a long-poll longer than this only ties up a connection
 _PUBLIC_PATHS = frozenset({"/metrics", "/healthz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,32 +56,35 @@ class ControlAPI:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
-        app.router.add_get("/state", self.state)
-        app.router.add_post("/sleep", self.sleep)
-        app.router.add_post("/wake", self.wake)
+        app.router.add_get(PATH_STATE, self.state)
+        app.router.add_post(PATH_SLEEP, self.sleep)
+        app.router.add_post(PATH_WAKE, self.wake)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         return app
 
     def snapshot(self) -> dict[str, object]:
+        return self.report().to_json()
+
+    def report(self) -> StateReport:
         b, g = self._board, self._gate
         now_mono, now_wall = time.monotonic(), time.time()
 
         def wall(mono: float | None) -> float | None:
             return None if mono is None else round(now_wall - (now_mono - mono), 3)
 
-        return {
-            "state": b.state.value,
-            "level": b.level,
-            "inflight": g.inflight,
-            "held": g.held,
-            "last_activity": wall(g.last_activity),
-            "since": wall(b.since),
-            "version": b.version,
-            "engine_alive": b.engine_alive,
-            "engine_version": b.engine_version,
-            "last_error": b.last_error,
-        }
+        return StateReport(
+            state=b.state,
+            level=b.level,
+            inflight=g.inflight,
+            held=g.held,
+            last_activity=wall(g.last_activity),
+            since=wall(b.since),
+            version=b.version,
+            engine_alive=b.engine_alive,
+            engine_version=b.engine_version,
+            last_error=b.last_error,
+        )
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -95,8 +109,8 @@ class ControlAPI:
 
     async def state(self, request: web.Request) -> web.Response:
         try:
-            wait = _number(request.query.get("wait", "0"), "wait", 0.0, MAX_WAIT)
-            raw_version = request.query.get("version")
+            wait = _number(request.query.get(PARAM_WAIT, "0"), PARAM_WAIT, 0.0, MAX_WAIT)
+            raw_version = request.query.get(PARAM_VERSION)
             version = int(raw_version) if raw_version is not None else None
         except ValueError as e:
             return error_response(400, str(e))
@@ -106,12 +120,12 @@ class ControlAPI:
 
     async def sleep(self, request: web.Request) -> web.Response:
         try:
-            level = int(request.query.get("level", "1"))
-            if level not in AGENT_LEVELS:
-                raise ValueError(f"level must be one of {AGENT_LEVELS}, got {level}")
+            level = int(request.query.get(PARAM_LEVEL, "1"))
+            if level not in SLEEP_LEVELS:
+                raise ValueError(f"{PARAM_LEVEL} must be one of {SLEEP_LEVELS}, got {level}")
             drain = _number(
-                request.query.get("drain_timeout", str(self._config.drain_timeout)),
-                "drain_timeout",
+                request.query.get(PARAM_DRAIN_TIMEOUT, str(self._config.drain_timeout)),
+                PARAM_DRAIN_TIMEOUT,
                 0.0,
                 math.inf,
             )

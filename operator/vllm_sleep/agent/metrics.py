@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..api.agent_protocol import REPORTED_STATES
 from .gate import Gate
-from .state import EngineState, StateBoard
+from .state import StateBoard
 
 _PREFIX = "vllm_sleep_agent"
 _TRANSITION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
@@ -88,7 +89,7 @@ class _StateCollector(Collector):
         family = GaugeMetricFamily(
             f"{_PREFIX}_state", "1 for the engine's current state.", labels=["state"]
         )
-        for state in EngineState:
+        for state in REPORTED_STATES:
             family.add_metric([state.value], 1.0 if state is self._board.state else 0.0)
         yield family
         level = GaugeMetricFamily(

@@ -11,26 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from enum import StrEnum
 
-
-class EngineState(StrEnum):
-    LOADING = "loading"  # vLLM not answering /health yet (model load), state unknown
-    AWAKE = "awake"  # confirmed awake: inference requests are forwarded
-    DRAINING = "draining"  # sleep requested: new requests held, waiting for in-flight ones
-    SLEEPING = "sleeping"  # vLLM /sleep running
-    ASLEEP = "asleep"  # confirmed by /is_sleeping
-    WAKING = "waking"  # vLLM wake sequence running
-    FAILED = "failed"  # vLLM unhealthy or its state unknowable; re-detected when it recovers
-
-
-TRANSITIONS = frozenset({EngineState.DRAINING, EngineState.SLEEPING, EngineState.WAKING})
+from ..api.agent_protocol import AgentState
 
 
 class StateBoard:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self.state = EngineState.LOADING
+        self.state = AgentState.LOADING
         self.level: int | None = None  # sleep level while asleep (None: awake or unknown)
         self.since = clock()
         self.version = 1
@@ -40,7 +28,7 @@ class StateBoard:
         self.last_error: str | None = None
         self._changed = asyncio.Event()
 
-    def set(self, state: EngineState, *, level: int | None = None) -> None:
+    def set(self, state: AgentState, *, level: int | None = None) -> None:
         if state is self.state and level == self.level:
             return
         if state is not self.state:

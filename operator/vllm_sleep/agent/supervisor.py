@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..api.agent_protocol import TRANSITIONING, AgentState
 from ..vllm import VLLMClient, VLLMError, VLLMHTTPError
 from .gate import Gate
-from .state import TRANSITIONS, EngineState, StateBoard
+from .state import StateBoard
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,15 @@ class Supervisor:
         while True:
             state = self._board.state
             try:
-                if state in (EngineState.LOADING, EngineState.FAILED):
+                if state in (AgentState.LOADING, AgentState.FAILED):
                     await self.detect()
-                elif state not in TRANSITIONS:
+                elif state not in TRANSITIONING:
                     await self._check_health()
             except VLLMError as e:  # a blip during detection: try again next round
                 log.info("engine detection: %s", e)
             except Exception:  # never let the supervisor die: the agent would go blind
                 log.exception("supervisor round failed")
-            up = self._board.state in (EngineState.AWAKE, EngineState.ASLEEP)
+            up = self._board.state in (AgentState.AWAKE, AgentState.ASLEEP)
             await self._pause(self._health_interval if up else self._poll_interval)
 
     async def detect(self) -> None:
@@ -82,10 +83,10 @@ class Supervisor:
         self._board.engine_version = str(engine_version) if engine_version else None
         if sleeping:
             self._gate.hold()
-            self._board.set(EngineState.ASLEEP, level=level)
+            self._board.set(AgentState.ASLEEP, level=level)
             log.info("engine is asleep (level %s)", level)
         else:
-            self._board.set(EngineState.AWAKE)
+            self._board.set(AgentState.AWAKE)
             self._gate.open()
             log.info("engine is awake (vLLM %s)", engine_version or "unknown version")
 
@@ -105,7 +106,7 @@ class Supervisor:
         self._board.engine_alive = False
         self._board.last_error = "vLLM /health failing"
         self._gate.refuse()
-        self._board.set(EngineState.FAILED)
+        self._board.set(AgentState.FAILED)
 
     async def _pause(self, seconds: float) -> None:
         try:

@@ -18,14 +18,15 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ..api.agent_protocol import SLEEP_LEVELS, AgentState
 from ..vllm import VLLMClient, VLLMError, VLLMHTTPError
 from .gate import Gate
 from .metrics import AgentMetrics
-from .state import EngineState, StateBoard
+from .state import StateBoard
 
 log = logging.getLogger(__name__)
 
-AGENT_LEVELS = (1, 2)
+AGENT_LEVELS = SLEEP_LEVELS
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,16 @@ class Transitions:
         self._task: asyncio.Task[Outcome] | None = None
 
     async def sleep(self, level: int, drain_timeout: float) -> Outcome:
-        if self._board.state is EngineState.ASLEEP:
+        if self._board.state is AgentState.ASLEEP:
             return self._count("sleep", "noop", OK)  # idempotent; the level stays what it is
-        if self._board.state is not EngineState.AWAKE or self._busy():
+        if self._board.state is not AgentState.AWAKE or self._busy():
             return self._conflict("sleep")
         return await self._run(self._sleep(level, drain_timeout))
 
     async def wake(self) -> Outcome:
-        if self._board.state is EngineState.AWAKE:
+        if self._board.state is AgentState.AWAKE:
             return self._count("wake", "noop", OK)
-        if self._board.state is not EngineState.ASLEEP or self._busy():
+        if self._board.state is not AgentState.ASLEEP or self._busy():
             return self._conflict("wake")
         return await self._run(self._wake())
 
@@ -92,16 +93,16 @@ class Transitions:
         if level == 2 and not features.http_reload_weights:
             msg = f"level 2 needs vLLM ≥0.10.2 (reload over HTTP); engine is {features.version}"
             return self._count("sleep", "error", Outcome(400, msg))
-        self._board.set(EngineState.DRAINING)
+        self._board.set(AgentState.DRAINING)
         self._gate.hold()
         if not await self._gate.wait_idle(drain_timeout):
-            self._board.set(EngineState.AWAKE)
+            self._board.set(AgentState.AWAKE)
             self._gate.open()
             msg = f"{self._gate.inflight} request(s) still in flight after {drain_timeout:g}s"
             return self._count("sleep", "drain_timeout", Outcome(504, msg))
         self._metrics.drain_seconds.observe(time.monotonic() - started)
         await self._settle()
-        self._board.set(EngineState.SLEEPING)
+        self._board.set(AgentState.SLEEPING)
         error: VLLMError | None = None
         try:
             # After the drain nothing is in flight, so the mode has nothing to act on; "wait" is
@@ -114,13 +115,13 @@ class Transitions:
         if sleeping is None:
             return self._count("sleep", "error", self._unknown("sleep", error))
         if sleeping:
-            self._board.set(EngineState.ASLEEP, level=level)
+            self._board.set(AgentState.ASLEEP, level=level)
             if error is not None:
                 # e.g. our timeout fired while vLLM kept going; asleep is what matters for safety.
                 return self._count("sleep", "error", Outcome.from_error(502, "/sleep", error))
             self._metrics.transition_seconds.labels("sleep").observe(time.monotonic() - started)
             return self._count("sleep", "ok", OK)
-        self._board.set(EngineState.AWAKE)
+        self._board.set(AgentState.AWAKE)
         self._gate.open()
         if error is not None:
             return self._count("sleep", "error", Outcome.from_error(502, "/sleep", error))
@@ -130,7 +131,7 @@ class Transitions:
     async def _wake(self) -> Outcome:
         started = time.monotonic()
         level = self._board.level
-        self._board.set(EngineState.WAKING, level=level)
+        self._board.set(AgentState.WAKING, level=level)
         error: VLLMError | None = None
         try:
             await self._wake_sequence(level)
@@ -141,7 +142,7 @@ class Transitions:
         if sleeping is None:
             return self._count("wake", "error", self._unknown("wake", error))
         if sleeping:
-            self._board.set(EngineState.ASLEEP, level=level)
+            self._board.set(AgentState.ASLEEP, level=level)
             outcome = (
                 Outcome.from_error(502, "wake", error)
                 if error is not None
@@ -150,7 +151,7 @@ class Transitions:
             return self._count("wake", "error", outcome)
         # Awake and confirmed. An error with is_sleeping false means a client-side timeout on a
         # step vLLM then finished: every tag is resident, which is what the sequence was for.
-        self._board.set(EngineState.AWAKE)
+        self._board.set(AgentState.AWAKE)
         self._gate.open()
         self._metrics.transition_seconds.labels("wake").observe(time.monotonic() - started)
         return self._count("wake", "ok", OK)
@@ -187,7 +188,7 @@ class Transitions:
     def _unknown(self, what: str, error: VLLMError | None) -> Outcome:
         self._gate.refuse()
         self._board.engine_alive = False
-        self._board.set(EngineState.FAILED)
+        self._board.set(AgentState.FAILED)
         self._board.last_error = f"{what}: engine state unknown ({error or '/is_sleeping failed'})"
         return Outcome(502, self._board.last_error)
 

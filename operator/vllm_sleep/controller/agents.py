@@ -6,13 +6,22 @@ Service: each replica has its own sleep state), with the model's control token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import httpx
+from pydantic import ValidationError
 
+from ..api.agent_protocol import (
+    MAX_WAIT,
+    PARAM_DRAIN_TIMEOUT,
+    PARAM_LEVEL,
+    PARAM_VERSION,
+    PARAM_WAIT,
+    PATH_SLEEP,
+    PATH_STATE,
+    PATH_WAKE,
+    UNREACHABLE_REPORT,
+    StateReport,
+)
 from ..api.names import CONTROL_PORT
-from ..reconcile.lifecycle import AgentState
 
 
 class AgentError(Exception):
@@ -22,34 +31,16 @@ class AgentError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class AgentReport:
-    state: AgentState
-    level: int | None = None
-    inflight: int = 0
-    held: int = 0
-    last_activity: float | None = None
-    since: float | None = None
-    version: int | None = None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AgentReport:
-        try:
-            state = AgentState(str(data.get("state")))
-        except ValueError:
-            state = AgentState.UNREACHABLE
-        return cls(
-            state=state,
-            level=data.get("level"),
-            inflight=int(data.get("inflight") or 0),
-            held=int(data.get("held") or 0),
-            last_activity=data.get("last_activity"),
-            since=data.get("since"),
-            version=data.get("version"),
-        )
+UNREACHABLE = UNREACHABLE_REPORT  # what the operator reads from an agent that does not answer
 
 
-UNREACHABLE = AgentReport(AgentState.UNREACHABLE)
+def parse_report(data: object) -> StateReport:
+    """An agent's JSON; anything unreadable (e.g. a state this operator does not know) counts as
+    no answer, so the operator waits instead of acting on a guess."""
+    try:
+        return StateReport.model_validate(data)
+    except ValidationError:
+        return UNREACHABLE
 
 
 class AgentClient:
@@ -65,13 +56,13 @@ class AgentClient:
 
     async def state(
         self, pod_ip: str, token: str, *, version: int | None = None, wait: float = 0
-    ) -> AgentReport:
+    ) -> StateReport:
         params: dict[str, str] = {}
         if version is not None and wait > 0:
-            params = {"version": str(version), "wait": str(wait)}
+            params = {PARAM_VERSION: str(version), PARAM_WAIT: str(min(wait, MAX_WAIT))}
         try:
             resp = await self._http.get(
-                f"{self.url(pod_ip)}/state",
+                f"{self.url(pod_ip)}{PATH_STATE}",
                 params=params,
                 headers=_auth(token),
                 timeout=httpx.Timeout(wait + 5.0, connect=2.0),
@@ -80,21 +71,25 @@ class AgentClient:
             return UNREACHABLE
         if resp.status_code != 200:
             return UNREACHABLE
-        return AgentReport.from_json(resp.json())
+        try:
+            return parse_report(resp.json())
+        except ValueError:
+            return UNREACHABLE
 
-    async def sleep(self, pod_ip: str, token: str, level: int, drain_timeout: float) -> AgentReport:
-        params = {"level": str(level), "drain_timeout": str(drain_timeout)}
-        return await self._transition(pod_ip, token, "sleep", params)
+    async def sleep(self, pod_ip: str, token: str, level: int, drain_timeout: float) -> StateReport:
+        params = {PARAM_LEVEL: str(level), PARAM_DRAIN_TIMEOUT: str(drain_timeout)}
+        return await self._transition(pod_ip, token, PATH_SLEEP, params)
 
-    async def wake(self, pod_ip: str, token: str) -> AgentReport:
-        return await self._transition(pod_ip, token, "wake", {})
+    async def wake(self, pod_ip: str, token: str) -> StateReport:
+        return await self._transition(pod_ip, token, PATH_WAKE, {})
 
     async def _transition(
-        self, pod_ip: str, token: str, what: str, params: dict[str, str]
-    ) -> AgentReport:
+        self, pod_ip: str, token: str, path: str, params: dict[str, str]
+    ) -> StateReport:
+        what = path.lstrip("/")
         try:
             resp = await self._http.post(
-                f"{self.url(pod_ip)}/{what}",
+                f"{self.url(pod_ip)}{path}",
                 params=params,
                 headers=_auth(token),
                 timeout=httpx.Timeout(self._transition_timeout, connect=5.0),
@@ -103,7 +98,10 @@ class AgentClient:
             raise AgentError(0, f"{what}: {type(e).__name__}: {e}") from e
         if resp.status_code != 200:
             raise AgentError(resp.status_code, _message(resp))
-        return AgentReport.from_json(resp.json())
+        try:
+            return parse_report(resp.json())
+        except ValueError as e:  # not JSON
+            raise AgentError(resp.status_code, f"{what}: unreadable answer: {e}") from e
 
 
 def _auth(token: str) -> dict[str, str]:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.agent_protocol import AgentState, StateReport
 from ..api.names import GROUP
-from ..reconcile.lifecycle import AgentState, ReplicaMemory
-from .agents import AgentReport
+from ..reconcile.lifecycle import ReplicaMemory
 
 WOKEN_AT = f"{GROUP}/woken-at"
 SLEPT_AT = f"{GROUP}/slept-at"
 PREWARMED = f"{GROUP}/prewarmed"
 
 
-def memory_from_pod(pod: dict[str, Any], report: AgentReport | None = None) -> ReplicaMemory:
+def memory_from_pod(pod: dict[str, Any], report: StateReport | None = None) -> ReplicaMemory:
     ann = pod["metadata"].get("annotations") or {}
     slept_at = _float(ann.get(SLEPT_AT))
     prewarmed = ann.get(PREWARMED) == "true"

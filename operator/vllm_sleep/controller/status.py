@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.agent_protocol import AgentState, StateReport
 from ..api.model_status import ModelPhase as Phase
-from ..reconcile.lifecycle import AgentState, ReplicaObservation
+from ..reconcile.lifecycle import ReplicaObservation
 from ..reconcile.phase import summarize
-from .agents import AgentReport
 from .kube import rfc3339
 from .podstate import engine_failure
 
@@ -21,7 +21,7 @@ def model_status(
     model: Any,
     pods: list[dict[str, Any]],
     observations: list[ReplicaObservation],
-    reports: dict[str, AgentReport],
+    reports: dict[str, StateReport],
     now: float,
     children: dict[str, Any],
 ) -> dict[str, Any]:

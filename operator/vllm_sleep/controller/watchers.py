@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from .agents import UNREACHABLE, AgentClient, AgentReport
+from ..api.agent_protocol import StateReport
+from .agents import UNREACHABLE, AgentClient
 
 LONG_POLL_SECONDS = 30.0
 RETRY_SECONDS = 1.0
@@ -22,12 +23,12 @@ class AgentWatchers:
         self._agents = agents
         self._kick = kick
         self._tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}  # pod -> (ip, task)
-        self._reports: dict[str, AgentReport] = {}
+        self._reports: dict[str, StateReport] = {}
 
-    def report(self, pod: dict[str, Any]) -> AgentReport:
+    def report(self, pod: dict[str, Any]) -> StateReport:
         return self._reports.get(pod["metadata"]["name"], UNREACHABLE)
 
-    def set_report(self, pod: str, report: AgentReport) -> None:
+    def set_report(self, pod: str, report: StateReport) -> None:
         self._reports[pod] = report
 
     def sync(self, pods: list[dict[str, Any]], token: str) -> None:

@@ -15,27 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ..api.agent_protocol import AgentState
+
 
 class Policy(StrEnum):
     AUTO = "Auto"
     ALWAYS_AWAKE = "AlwaysAwake"
     ASLEEP = "Asleep"
-
-
-class AgentState(StrEnum):
-    """What a pod's agent reports (docs/interfaces.md)."""
-
-    UNREACHABLE = "unreachable"  # no answer: pod starting, agent restarting, network
-    LOADING = "loading"
-    AWAKE = "awake"
-    DRAINING = "draining"
-    SLEEPING = "sleeping"
-    ASLEEP = "asleep"
-    WAKING = "waking"
-    FAILED = "failed"
-
-
-TRANSITIONING = {AgentState.DRAINING, AgentState.SLEEPING, AgentState.WAKING}
 
 
 @dataclass(frozen=True)

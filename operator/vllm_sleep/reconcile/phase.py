@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..api.agent_protocol import AgentState
 from ..api.model_status import ModelPhase as Phase  # the API's enum: one list of phases
-from .lifecycle import AgentState, ReplicaObservation
+from .lifecycle import ReplicaObservation
 
 
 @dataclass(frozen=True)

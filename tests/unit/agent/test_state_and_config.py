@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sleep.agent import AgentConfig, AgentConfigError, EngineState
+from vllm_sleep.agent import AgentConfig, AgentConfigError, AgentState
 from vllm_sleep.agent.state import StateBoard
 
 
@@ -15,7 +15,7 @@ async def test_long_poll_returns_on_change_or_timeout() -> None:
     await board.wait_change(v, 0.01)  # times out quietly
     waiter = asyncio.create_task(board.wait_change(v, 5))
     await asyncio.sleep(0)
-    board.set(EngineState.AWAKE)
+    board.set(AgentState.AWAKE)
     await asyncio.wait_for(waiter, 1)
     assert board.version > v
     await board.wait_change(v, 5)  # stale version: immediate
@@ -23,9 +23,9 @@ async def test_long_poll_returns_on_change_or_timeout() -> None:
 
 def test_setting_the_same_state_is_not_news() -> None:
     board = StateBoard()
-    board.set(EngineState.ASLEEP, level=1)
+    board.set(AgentState.ASLEEP, level=1)
     v, since = board.version, board.since
-    board.set(EngineState.ASLEEP, level=1)
+    board.set(AgentState.ASLEEP, level=1)
     assert (board.version, board.since) == (v, since)
 
 

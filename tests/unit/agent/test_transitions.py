@@ -9,8 +9,9 @@ import pytest
 
 from vllm_sleep.agent.gate import Gate, Mode
 from vllm_sleep.agent.metrics import AgentMetrics
-from vllm_sleep.agent.state import EngineState, StateBoard
+from vllm_sleep.agent.state import StateBoard
 from vllm_sleep.agent.transitions import Transitions
+from vllm_sleep.api.agent_protocol import AgentState
 from vllm_sleep.vllm import VLLMClient
 
 
@@ -48,9 +49,9 @@ class Rig:
         self.vllm = VLLMClient("http://vllm", http=http)
         self.t = Transitions(self.board, self.gate, self.vllm, self.metrics, settle_time=0)
 
-    def set(self, state: EngineState, level: int | None = None) -> None:
+    def set(self, state: AgentState, level: int | None = None) -> None:
         self.board.set(state, level=level)
-        if state is EngineState.AWAKE:
+        if state is AgentState.AWAKE:
             self.gate.open()
 
 
@@ -62,56 +63,56 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def test_sleep_drains_calls_and_confirms(rig: Rig) -> None:
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     out = await rig.t.sleep(1, drain_timeout=1)
     assert out.status == 200
-    assert (rig.board.state, rig.board.level, rig.gate.mode) == (EngineState.ASLEEP, 1, Mode.HOLD)
+    assert (rig.board.state, rig.board.level, rig.gate.mode) == (AgentState.ASLEEP, 1, Mode.HOLD)
     assert rig.fake.log == ["/sleep?level=1&mode=wait", "/is_sleeping"]
 
 
 async def test_legacy_sleep_sends_no_mode(rig: Rig) -> None:
     rig.fake.version = "0.16.0"
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     assert (await rig.t.sleep(2, drain_timeout=1)).status == 200
     assert rig.fake.log[0] == "/sleep?level=2"
 
 
 async def test_level_2_refused_without_http_reload(rig: Rig) -> None:
     rig.fake.version = "0.10.1"
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     out = await rig.t.sleep(2, drain_timeout=1)
-    assert out.status == 400 and rig.board.state is EngineState.AWAKE
+    assert out.status == 400 and rig.board.state is AgentState.AWAKE
     assert rig.fake.log == []
 
 
 async def test_failed_sleep_that_left_the_engine_awake_readmits(rig: Rig) -> None:
     rig.fake.fail["/sleep"] = 500
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     out = await rig.t.sleep(1, drain_timeout=1)
     assert (out.status, out.vllm_status, out.vllm_body) == (502, 500, "")
-    assert rig.board.state is EngineState.AWAKE and rig.gate.mode is Mode.OPEN
+    assert rig.board.state is AgentState.AWAKE and rig.gate.mode is Mode.OPEN
 
 
 async def test_unknowable_state_fails_closed(rig: Rig) -> None:
     rig.fake.fail["/sleep"] = 500
     rig.fake.fail["/is_sleeping"] = 500
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     out = await rig.t.sleep(1, drain_timeout=1)
     assert out.status == 502
-    assert rig.board.state is EngineState.FAILED and rig.gate.mode is Mode.REFUSE
+    assert rig.board.state is AgentState.FAILED and rig.gate.mode is Mode.REFUSE
 
 
 async def test_drain_timeout_readmits(rig: Rig) -> None:
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     await rig.gate.acquire(0)  # one request in flight that never ends
     out = await rig.t.sleep(1, drain_timeout=0.01)
     assert out.status == 504
-    assert rig.board.state is EngineState.AWAKE and rig.gate.mode is Mode.OPEN
+    assert rig.board.state is AgentState.AWAKE and rig.gate.mode is Mode.OPEN
     assert rig.fake.log == []  # vLLM was never asked
 
 
 async def test_level_2_wake_reloads_between_weights_and_kv_cache(rig: Rig) -> None:
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     await rig.t.sleep(2, drain_timeout=1)
     rig.fake.log.clear()
     out = await rig.t.wake()
@@ -126,14 +127,14 @@ async def test_level_2_wake_reloads_between_weights_and_kv_cache(rig: Rig) -> No
 
 async def test_level_1_wake_is_one_call(rig: Rig) -> None:
     rig.fake.sleeping = True
-    rig.set(EngineState.ASLEEP, level=1)
+    rig.set(AgentState.ASLEEP, level=1)
     assert (await rig.t.wake()).status == 200
     assert rig.fake.log == ["/wake_up", "/is_sleeping"]
 
 
 async def test_unknown_level_wakes_the_level_2_way(rig: Rig) -> None:
     rig.fake.sleeping = True
-    rig.set(EngineState.ASLEEP, level=None)
+    rig.set(AgentState.ASLEEP, level=None)
     assert (await rig.t.wake()).status == 200
     assert "/collective_rpc" in rig.fake.log
 
@@ -141,7 +142,7 @@ async def test_unknown_level_wakes_the_level_2_way(rig: Rig) -> None:
 async def test_old_engine_unknown_level_plain_wake_and_prefix_reset(rig: Rig) -> None:
     rig.fake.version = "0.9.2"
     rig.fake.sleeping = True
-    rig.set(EngineState.ASLEEP, level=None)
+    rig.set(AgentState.ASLEEP, level=None)
     assert (await rig.t.wake()).status == 200
     assert rig.fake.log == ["/wake_up", "/reset_prefix_cache", "/is_sleeping"]
 
@@ -149,18 +150,18 @@ async def test_old_engine_unknown_level_plain_wake_and_prefix_reset(rig: Rig) ->
 async def test_wake_failing_mid_sequence_stays_asleep(rig: Rig) -> None:
     rig.fake.sleeping = True
     rig.fake.fail["/collective_rpc"] = 500
-    rig.set(EngineState.ASLEEP, level=2)
+    rig.set(AgentState.ASLEEP, level=2)
     out = await rig.t.wake()
     assert out.status == 502 and out.vllm_status == 500
-    assert (rig.board.state, rig.board.level, rig.gate.mode) == (EngineState.ASLEEP, 2, Mode.HOLD)
+    assert (rig.board.state, rig.board.level, rig.gate.mode) == (AgentState.ASLEEP, 2, Mode.HOLD)
 
 
 async def test_conflicts_and_noops(rig: Rig) -> None:
     assert (await rig.t.sleep(1, 1)).status == 409  # loading
     assert (await rig.t.wake()).status == 409
-    rig.set(EngineState.AWAKE)
+    rig.set(AgentState.AWAKE)
     assert (await rig.t.wake()).status == 200
-    rig.set(EngineState.ASLEEP, level=1)
+    rig.set(AgentState.ASLEEP, level=1)
     assert (await rig.t.sleep(2, 1)).status == 200
     assert rig.board.level == 1 and rig.fake.log == []
     text = rig.metrics.render().decode()

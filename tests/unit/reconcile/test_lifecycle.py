@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vllm_sleep.api.agent_protocol import AgentState
 from vllm_sleep.api.model_status import ModelPhase as Phase
 from vllm_sleep.reconcile.lifecycle import (
-    AgentState,
     ModelPolicy,
     Policy,
     ReplicaMemory,

@@ -1,0 +1,69 @@
+"""The agent's control API as both sides see it: states, the `/state` report, query parameters.
+
+The agent (`agent/control.py`) builds its JSON from `StateReport`; the operator
+(`controller/agents.py`) parses the same model. docs/interfaces.md ("Agent control API") is the
+prose of this module.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AgentState(StrEnum):
+    """The engine's state as its agent reports it (docs/agent.md has the diagram)."""
+
+    LOADING = "loading"  # vLLM not answering /health yet (model load), state unknown
+    AWAKE = "awake"  # confirmed awake: inference requests are forwarded
+    DRAINING = "draining"  # sleep requested: new requests held, waiting for in-flight ones
+    SLEEPING = "sleeping"  # vLLM /sleep running
+    ASLEEP = "asleep"  # confirmed by /is_sleeping
+    WAKING = "waking"  # vLLM wake sequence running
+    FAILED = "failed"  # vLLM unhealthy or its state unknowable; re-detected when it recovers
+    # Never sent by an agent: the operator's reading of a pod whose agent does not answer (pod
+    # starting, agent restarting, network) or answers something it cannot parse.
+    UNREACHABLE = "unreachable"
+
+
+REPORTED_STATES: Final = tuple(s for s in AgentState if s is not AgentState.UNREACHABLE)
+TRANSITIONING: Final = frozenset({AgentState.DRAINING, AgentState.SLEEPING, AgentState.WAKING})
+
+# Control API paths and query parameters.
+PATH_STATE: Final = "/state"
+PATH_SLEEP: Final = "/sleep"
+PATH_WAKE: Final = "/wake"
+PARAM_WAIT: Final = "wait"  # GET /state: long-poll at most this many seconds...
+PARAM_VERSION: Final = "version"  # ...until the report's version differs from this one
+MAX_WAIT: Final = 300.0  # longer long-polls are cut to this: they only tie up a connection
+PARAM_LEVEL: Final = "level"  # POST /sleep: one of SLEEP_LEVELS
+SLEEP_LEVELS: Final = (1, 2)
+PARAM_DRAIN_TIMEOUT: Final = "drain_timeout"  # POST /sleep: seconds to wait for in-flight work
+
+
+class StateReport(BaseModel):
+    """The body of `GET /state` (and of a transition's answer). Times are unix seconds.
+
+    Unknown fields are ignored so an older operator can read a newer agent.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: AgentState
+    level: int | None = None  # sleep level while asleep (or waking from)
+    inflight: int = Field(default=0, ge=0)
+    held: int = Field(default=0, ge=0)  # requests waiting in the agent for an awake engine
+    last_activity: float | None = None  # the last inference request
+    since: float | None = None  # when the current state began
+    version: int | None = None  # bumped on every change the operator must react to
+    engine_alive: bool = False
+    engine_version: str | None = None
+    last_error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return self.model_dump(mode="json")
+
+
+UNREACHABLE_REPORT: Final = StateReport(state=AgentState.UNREACHABLE)
