@@ -1699,6 +1699,234 @@ async def test_a_pooled_connection_the_upstream_closed_is_never_a_connect_error(
         assert up.accepted == 2 and up.requests[-1].path == b"/second"  # it was written
 
 
+# -- request-path bounds: time, chunk count, the buffering budget, transfer codings ------------
+
+
+async def budget_at(server: Server, used: int) -> None:
+    """Wait (bounded) until the server's buffering budget shows `used` bytes."""
+
+    async def poll() -> None:
+        while server.budget.used != used:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), WAIT)
+
+
+async def test_a_head_that_does_not_arrive_in_time_is_408_even_if_it_trickles() -> None:
+    """The whole head has `header_timeout` (nginx's client_header_timeout): a byte now and then
+    does not keep a request head open (slowloris)."""
+    rejected: list[int] = []
+    limits = Limits(header_timeout=0.3)
+    async with (
+        serving(echo, limits, on_reject=lambda _p, s: rejected.append(s)) as (_, port),
+        connect(port) as w,
+    ):
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in b"GET / HTTP/1.1\r\nHost: h1.test\r\nX-Slow: " + b"v" * 200:
+                    await w.send(bytes([byte]))
+                    await asyncio.sleep(0.02)
+
+        sender = asyncio.create_task(trickle())
+        try:
+            r = await w.response()
+        finally:
+            sender.cancel()
+        assert r.status == 408 and r.header("connection") == "close"
+        assert r.json()["error"]["code"] == 408
+        assert await w.eof() == b""
+    assert rejected == [408]
+
+
+async def test_a_body_that_stops_arriving_is_408_and_its_bytes_are_released() -> None:
+    handled: list[bytes] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        handled.append(request.body)
+        await echo(request, reply)
+
+    async with (
+        serving(handler, Limits(body_timeout=0.3)) as (server, port),
+        connect(port) as w,
+    ):
+        await w.send(get("/up", "Content-Length: 100", method="POST") + b"x" * 9)
+        await budget_at(server, 9)
+        r = await w.response()  # then silence
+        assert r.status == 408 and r.header("connection") == "close"
+        assert await w.eof() == b""
+        assert server.budget.used == 0
+    assert handled == []
+
+
+async def test_a_slow_body_that_keeps_progressing_is_not_timed_out() -> None:
+    """The body timeout is for no progress (nginx's client_body_timeout), not the whole body."""
+    async with serving(echo, Limits(body_timeout=0.3)) as (_, port), connect(port) as w:
+        await w.send(get("/up", "Content-Length: 12", method="POST"))
+        for _ in range(12):  # 12 x 0.1 s: four timeouts' worth in total
+            await w.send(b"x")
+            await asyncio.sleep(0.1)
+        r = await w.response()
+        assert (r.status, r.body) == (200, b"/up:" + b"x" * 12)
+
+
+async def test_too_many_chunks_is_413() -> None:
+    rejected: list[int] = []
+    async with (
+        serving(echo, Limits(max_chunks=10), on_reject=lambda _p, s: rejected.append(s)) as (
+            _,
+            port,
+        ),
+        connect(port) as w,
+    ):
+        await w.send(get("/c", "Transfer-Encoding: chunked", method="POST"))
+        with contextlib.suppress(ConnectionError):
+            await w.send(b"".join(chunk(b"a") for _ in range(11)))
+        r = await w.response()
+        assert r.status == 413 and r.header("connection") == "close"
+    assert rejected == [413]
+
+
+async def test_one_byte_chunks_are_buffered_compactly() -> None:
+    """A body sent in one-byte chunks costs about its size, not a Python object per byte."""
+    import tracemalloc
+
+    size = 40_000
+    payload = get("/c", "Transfer-Encoding: chunked", method="POST")
+    payload += b"".join(chunk(b"%d" % (i % 10)) for i in range(size)) + b"0\r\n\r\n"
+    growth: list[int] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        growth.append(tracemalloc.get_traced_memory()[0] - baseline)
+        assert len(request.body) == size and request.charged == size
+        await echo(request, reply)
+
+    async with (
+        serving(handler, Limits(max_chunks=size + 1)) as (server, port),  # + the last chunk
+        connect(port) as w,
+    ):
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            await w.send(payload)
+            r = await w.response()
+        finally:
+            tracemalloc.stop()
+        assert r.status == 200 and len(r.body) == len(b"/c:") + size
+        assert server.budget.used == 0  # released when the handler ended
+    # Old code: a list of 40k one-byte bytes objects, ~40 bytes of heap per body byte.
+    assert growth and growth[0] < 4 * size, growth
+
+
+async def test_the_buffering_budget_is_shared_by_all_connections_and_released() -> None:
+    gate = asyncio.Event()
+
+    async def handler(request: Request, reply: Reply) -> None:
+        await gate.wait()
+        await echo(request, reply)
+
+    rejected: list[int] = []
+    limits = Limits(max_buffered=1000)
+    async with (
+        serving(handler, limits, on_reject=lambda _p, s: rejected.append(s)) as (server, port),
+        connect(port) as first,
+        connect(port) as second,
+    ):
+        await first.send(post("/a", b"a" * 600))  # complete; held by its handler
+        await budget_at(server, 600)
+        await second.send(get("/b", "Content-Length: 600", method="POST") + b"b" * 300)
+        await budget_at(server, 900)
+        with contextlib.suppress(ConnectionError):
+            await second.send(b"b" * 300)  # past the budget
+        r = await second.response()
+        assert r.status == 503 and r.header("retry-after") == "1"
+        assert r.header("connection") == "close"
+        assert server.budget.used == 600  # the refused body's bytes were given back
+        gate.set()
+        assert (await first.response()).body == b"/a:" + b"a" * 600
+        await budget_at(server, 0)
+    assert rejected == [503]
+
+
+@pytest.mark.parametrize(
+    ("codings", "status"),
+    [
+        (["x, chunked"], 501),
+        (["gzip, chunked"], 501),
+        (["x", "chunked"], 501),  # the same list over two header lines
+        (["chunked, chunked"], 400),
+    ],
+)
+async def test_transfer_codings_other_than_chunked_are_refused(
+    codings: list[str], status: int
+) -> None:
+    """RFC 9112 §6.1: a coding the server does not understand is 501, never read as chunked
+    (an intermediary that disagrees about where the body ends is how requests get smuggled)."""
+    handled: list[bytes] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        handled.append(request.body)
+        await echo(request, reply)
+
+    async with serving(handler) as (_, port), connect(port) as w:
+        extra = [f"Transfer-Encoding: {c}" for c in codings]
+        await w.send(get("/c", *extra, method="POST") + chunk(b"abc") + b"0\r\n\r\n")
+        r = await w.response()
+        assert r.status == status and r.header("connection") == "close"
+        assert await w.eof() == b""
+    assert handled == []
+
+
+async def test_a_head_refused_by_on_head_is_answered_before_the_body_is_read() -> None:
+    seen: list[tuple[str, bytes]] = []
+    handled: list[str] = []
+
+    def on_head(request: Request) -> Response | None:
+        seen.append((request.path, request.body))
+        if request.header("Authorization") != "Bearer ok":
+            return Response(401, b'{"error": "no"}')
+        return None
+
+    async def handler(request: Request, reply: Reply) -> None:
+        handled.append(request.path)
+        await echo(request, reply)
+
+    async with serving(handler, on_head=on_head) as (server, port):
+        async with connect(port) as w:
+            # 16 MiB announced, none sent: the answer comes from the head alone.
+            await w.send(get("/denied", f"Content-Length: {16 << 20}", method="POST"))
+            r = await w.response()
+            assert (r.status, r.body) == (401, b'{"error": "no"}')
+            assert r.header("connection") == "close"
+            with contextlib.suppress(ConnectionError):
+                await w.send(b"x" * 100_000)  # what it sends anyway is dropped
+            assert await w.eof() == b""
+            assert server.budget.used == 0
+        async with connect(port) as w:
+            await w.send(post("/ok", b"body", "Authorization: Bearer ok"))
+            assert (await w.response()).body == b"/ok:body"
+            await w.send(get("/no-body"))  # no body to protect: the handler decides
+            assert (await w.response()).body == b"/no-body:"
+    assert seen == [("/denied", b""), ("/ok", b"")]
+    assert handled == ["/ok", "/no-body"]
+
+
+async def test_reserve_charges_the_budget_until_the_handler_ends() -> None:
+    answers: list[bool] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        answers.append(request.reserve(500))
+        answers.append(request.reserve(500))  # 4 + 500 + 500 > 1000
+        assert server.budget.used == 504
+        await echo(request, reply)
+
+    async with serving(handler, Limits(max_buffered=1000)) as (server, port), connect(port) as w:
+        await w.send(post("/r", b"body"))
+        assert (await w.response()).status == 200
+        await budget_at(server, 0)
+    assert answers == [True, False]
+
+
 # -- the same on uvloop (the gateway's event loop) ------------------------------------------------
 
 
@@ -1744,6 +1972,10 @@ async def _uvloop_splice_503() -> None:
         test_stop_cuts_a_busy_connection_whose_client_reads_nothing,
         test_an_idle_connection_whose_client_reads_nothing_is_cut_by_the_sweep,
         _uvloop_splice_503,
+        test_a_head_that_does_not_arrive_in_time_is_408_even_if_it_trickles,
+        test_a_body_that_stops_arriving_is_408_and_its_bytes_are_released,
+        test_the_buffering_budget_is_shared_by_all_connections_and_released,
+        test_a_head_refused_by_on_head_is_answered_before_the_body_is_read,
     ],
     ids=lambda case: case.__name__.removeprefix("test_").removeprefix("_uvloop_"),
 )

@@ -10,13 +10,15 @@ llhttp's; what is here is connection state and flow control.
 """
 
 from .client import ConnectError, Exchange, UpstreamError, UpstreamPool, UpstreamTimeout
-from .server import Handler, Limits, Reply, Request, Server
+from .server import Budget, Handler, HeadCheck, Limits, Reply, Request, Server
 from .wire import Response
 
 __all__ = [
+    "Budget",
     "ConnectError",
     "Exchange",
     "Handler",
+    "HeadCheck",
     "Limits",
     "Reply",
     "Request",

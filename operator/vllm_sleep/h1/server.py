@@ -7,6 +7,14 @@ Semantics a proxy needs, and what aiohttp gave the gateway before:
   - the body is bounded while it arrives (413 from Content-Length alone, before reading it),
     the request line and headers too (431), malformed framing is a 400 and the connection is
     closed, `Expect: 100-continue` is answered;
+  - time and memory are bounded per request and in total: a head must arrive within
+    `header_timeout` and a body may not stall for `body_timeout` (408, nginx's
+    client_header_timeout / client_body_timeout); chunk data is kept in one buffer and the
+    number of chunks is bounded; the bytes of bodies held across all connections have one
+    budget (503 past it); a request the embedder refuses from its head (`on_head`) is answered
+    before its body is read, and the body is never buffered;
+  - only the `chunked` transfer coding is understood; any other is refused (501, RFC 9112
+    §6.1), so no intermediary can disagree with us about where a body ends;
   - a response head is written together with the first body bytes when they are already
     there (one syscall), else on its own so clients see it at once.
 """
@@ -18,7 +26,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import httptools
@@ -40,6 +48,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Request", "Reply"], Awaitable[None]]
 # (path, status) of a request the server refused before any handler saw it.
 RejectHook = Callable[[str, int], None]
+# Asked once a request with a body has its head (its `body` still empty): an answer given here
+# is sent at once and the body is never read (the connection then closes). None = read on.
+HeadCheck = Callable[["Request"], "Response | None"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -53,6 +64,17 @@ class Limits:
     max_head: int = 64 << 10  # request line + headers, bytes
     max_headers: int = 128
     keepalive_timeout: float = 75.0  # idle client connections (aiohttp's and nginx's default)
+    # The whole request head must arrive within this (nginx's client_header_timeout), and a
+    # body may go this long without a byte (client_body_timeout): 408, then close. None = none.
+    header_timeout: float | None = 60.0
+    body_timeout: float | None = 60.0
+    max_chunks: int = 1 << 17  # chunks of one body, the last (empty) one included
+    # Bytes of request bodies held at once across every connection (received, queued or being
+    # handled); a body that would pass it is refused 503. None = no budget.
+    max_buffered: int | None = 256 << 20
+    # After a refusal, the rest of an upload is read and dropped for up to this long before
+    # the connection closes, so the client reads the answer instead of a reset.
+    linger: float = 2.0
     # A client that takes nothing from a full buffer this long is cut (nginx's
     # send_timeout). While the buffer is full the upstream is paused, and its read timeout
     # with it, so without this bound a client that keeps TCP open but never reads held the
@@ -60,8 +82,38 @@ class Limits:
     send_timeout: float | None = 60.0
 
 
+class Budget:
+    """Bytes of request bodies held in memory across all connections, against one cap."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.limit is not None and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
 class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "peer", "query", "version")
+    __slots__ = (
+        "_budget",
+        "body",
+        "charged",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "peer",
+        "query",
+        "version",
+    )
 
     def __init__(
         self,
@@ -73,9 +125,27 @@ class Request:
         body: bytes,
         peer: str | None,
         keep_alive: bool,
+        budget: Budget | None = None,
     ) -> None:
         self.method, self.path, self.query, self.version = method, path, query, version
         self.headers, self.body, self.peer, self.keep_alive = headers, body, peer, keep_alive
+        self._budget = budget
+        self.charged = 0  # bytes this request holds against the server's budget
+
+    def reserve(self, n: int) -> bool:
+        """Charge `n` more bytes (a decoded copy of the body, say) to the server's budget for
+        as long as this request is handled; False when the budget cannot take them."""
+        if self._budget is None:
+            return True
+        if not self._budget.take(n):
+            return False
+        self.charged += n
+        return True
+
+    def release(self) -> None:
+        if self._budget is not None and self.charged:
+            self._budget.give(self.charged)
+        self.charged = 0
 
     def header(self, name: str) -> str | None:
         value = find_header(self.headers, name.lower().encode())
@@ -148,7 +218,7 @@ class Reply:
     def start(
         self, status: int, reason: bytes | None, headers: RawHeaders, length: int | None
     ) -> None:
-        """Begin a streamed answer; `headers` carry no framing (Content-Length, Transfer-Encoding)."""
+        """Begin a streamed answer; `headers` carry no framing (Content-Length, T-E)."""
         assert self.status is None, "response already started"
         self.status = status
         head = status_line(status, reason) + raw_header_lines(headers)
@@ -253,14 +323,19 @@ class Reply:
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, response: Response | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.response = status, message, response
 
 
 class _Connection(asyncio.Protocol):
     def __init__(
-        self, server: Server, handler: Handler, limits: Limits, on_reject: RejectHook
+        self,
+        server: Server,
+        handler: Handler,
+        limits: Limits,
+        on_reject: RejectHook,
+        on_head: HeadCheck | None,
     ) -> None:
         self._server, self._handler, self._limits, self._on_reject = (
             server,
@@ -268,6 +343,7 @@ class _Connection(asyncio.Protocol):
             limits,
             on_reject,
         )
+        self._on_head = on_head
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -288,14 +364,22 @@ class _Connection(asyncio.Protocol):
         self._raw_tail = 0  # bytes of consecutive reads after a head that brought no body
         # A framing error behind a request still being answered: sent once that is done.
         self._refused: _Reject | None = None
+        self._head_started = 0.0  # loop time of the current head's first byte
+        self._timer: asyncio.TimerHandle | None = None  # header/body timeout, re-armed lazily
+        self._discard = False  # refused: what the client still sends is read and dropped
+        self._request: Request | None = None  # the request whose head is in, body arriving
         self._reset()
 
     def _reset(self) -> None:
         self._url = b""
         self._headers: RawHeaders = []
         self._head_size = 0
-        self._body: list[bytes] = []
+        # One piece kept as is; more are joined into one bytearray as they come (a list of
+        # small bytes objects cost ~77 bytes per byte of a body sent in one-byte chunks).
+        self._body: bytes | bytearray = b""
         self._body_size = 0
+        self._charged = 0  # body bytes taken from the budget, not yet handed to a Request
+        self._chunks = 0
         self._expect = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -309,7 +393,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._cancel_stall()
+        self._cancel_timer()
         self._transport = None
+        self._server.budget.give(self._charged)
+        self._charged = 0
+        for request in self._pending:
+            request.release()
         self._pending.clear()
         if self._task is not None:
             self._task.cancel()  # the client left: its handler stops (queue slot, upstream)
@@ -357,6 +446,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._loop.time()
+        if self._discard:
+            return  # refused: the rest of the upload is dropped until the connection closes
         in_head, heads = self._in_head, self._heads
         in_body, ends, body_size = self._in_body, self._ends, self._body_size
         try:
@@ -376,6 +467,11 @@ class _Connection(asyncio.Protocol):
                     raise _Reject(431, "The request trailers are too large.")
             else:
                 self._raw_tail = 0
+            if self._timer is None and (self._in_head or self._in_body):
+                # Armed only when a read leaves a request unfinished: a request that arrives
+                # in one read costs no timer.
+                limits = self._limits
+                self._arm_timer(limits.header_timeout if self._in_head else limits.body_timeout)
             if self._expect and not self._body_size and self._task is None:
                 self._expect = False
                 self.write(_CONTINUE)  # headers in, no body bytes yet: the client is waiting
@@ -392,6 +488,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._raw_head = 0
+        self._head_started = self.last_active
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -423,35 +520,62 @@ class _Connection(asyncio.Protocol):
             # faulty (a classic smuggling vector between hops that disagree). llhttp would
             # decode it as chunked.
             raise _Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0.")
+        chunked = _check_codings(self._headers)
         length = find_header(self._headers, b"content-length")
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
             raise _Reject(413, "The request body is too large.")
         expect = find_header(self._headers, b"expect")
         # Decided after this read (data_received): only a client still waiting needs it.
         self._expect = expect is not None and expect.lower() == b"100-continue"
+        url = httptools.parse_url(self._url)
+        request = self._request = Request(
+            method=self._parser.get_method().decode("latin-1"),
+            path=(url.path or b"/").decode("latin-1"),
+            query=(url.query or b"").decode("latin-1"),
+            version=self._parser.get_http_version(),
+            headers=self._headers,
+            body=b"",
+            peer=self._peer,
+            keep_alive=self._parser.should_keep_alive(),
+            budget=self._server.budget,
+        )
+        self._cancel_timer()  # the head's; the body's is armed if this read leaves it short
+        if self._on_head is not None and (chunked or (length is not None and int(length) > 0)):
+            answer = self._on_head(request)
+            if answer is not None:
+                self._expect = False  # the body is not wanted
+                raise _Reject(answer.status, "", answer)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > self._limits.max_chunks:
+            raise _Reject(413, "The request body has too many chunks.")
 
     def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
+        size = len(body)
+        self._body_size += size
         if self._body_size > self._limits.max_body:
             raise _Reject(413, "The request body is too large.")
-        self._body.append(body)
+        if not self._server.budget.take(size):
+            raise _Reject(503, "The server holds too many request bodies right now; retry.")
+        self._charged += size
+        if not self._body:
+            self._body = body
+        elif isinstance(self._body, bytearray):
+            self._body += body
+        else:
+            self._body = bytearray(self._body) + body
 
     def on_message_complete(self) -> None:
         self._in_body = False
         self._ends += 1
-        parser = self._parser
-        version = parser.get_http_version()
-        url = httptools.parse_url(self._url)
-        request = Request(
-            method=parser.get_method().decode("latin-1"),
-            path=(url.path or b"/").decode("latin-1"),
-            query=(url.query or b"").decode("latin-1"),
-            version=version,
-            headers=self._headers,
-            body=b"".join(self._body),
-            peer=self._peer,
-            keep_alive=parser.should_keep_alive(),
-        )
+        self._cancel_timer()
+        request = self._request
+        assert request is not None
+        self._request = None
+        body = self._body
+        request.body = body if isinstance(body, bytes) else bytes(body)
+        request.charged, self._charged = self._charged, 0
         self._reset()
         self._pending.append(request)
         if self._task is None:
@@ -489,8 +613,72 @@ class _Connection(asyncio.Protocol):
 
     def _send_refusal(self, reject: _Reject) -> None:
         reply = Reply(self, _closing_request(self._peer))
-        reply.send(self._server.error(reject.status, reject.message))
-        self.close()
+        resp = reject.response or self._server.error(reject.status, reject.message)
+        if reject.status == 503 and not any(n.lower() == "retry-after" for n, _ in resp.headers):
+            resp = replace(resp, headers=(*resp.headers, ("Retry-After", "1")))
+        reply.send(resp)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal without losing the answer: our side is shut (the client reads
+        the answer, then EOF), what the client still sends is dropped, and the connection is
+        cut after `linger` seconds. Closing with unread bytes would make the kernel send a
+        reset, which can destroy the answer before the client reads it."""
+        transport = self._transport
+        self._cancel_timer()
+        self._server.budget.give(self._charged)
+        self._charged = 0
+        self._body = b""
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._discard = True
+        transport.write_eof()
+        if self._paused_reading:
+            self._paused_reading = False
+            transport.resume_reading()
+        self._timer = self._loop.call_later(self._limits.linger, self.close, True)
+
+    # -- read timeouts -----------------------------------------------------------------------
+
+    def _arm_timer(self, delay: float | None) -> None:
+        self._cancel_timer()
+        if delay is not None:
+            self._timer = self._loop.call_later(delay, self._read_due)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _read_due(self) -> None:
+        """The head or body timer: re-armed for what is left when the client made progress
+        (one timer per period, not one per read), else 408."""
+        self._timer = None
+        if self._transport is None or self._discard:
+            return
+        now = self._loop.time()
+        if self._paused_reading:
+            # We stopped reading (a pipelined request is being answered): not the client's
+            # stall. The clock restarts when reading resumes.
+            self._head_started = self.last_active = now
+            limits = self._limits
+            self._arm_timer(limits.header_timeout if self._in_head else limits.body_timeout)
+            return
+        if self._in_head and self._limits.header_timeout is not None:
+            left = self._head_started + self._limits.header_timeout - now
+            if left > 0:
+                self._arm_timer(left)
+                return
+            self._refuse(_Reject(408, "The request head did not arrive in time."))
+        elif self._in_body and self._limits.body_timeout is not None:
+            left = self.last_active + self._limits.body_timeout - now
+            if left > 0:
+                self._arm_timer(left)
+                return
+            self._refuse(_Reject(408, "The request body stopped arriving."))
 
     def _next(self) -> None:
         request = self._pending.popleft()
@@ -511,6 +699,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._task = None
             self.flow = None
+            request.release()
         if not reply.done:  # a handler that returned without answering completely
             reply.abort()
         self._answered(reply)
@@ -539,6 +728,7 @@ class _Connection(asyncio.Protocol):
             transport.write(_CONTINUE)
         if self._paused_reading:
             self._paused_reading = False
+            self._head_started = self._loop.time()  # a head that waited on us starts now
             transport.resume_reading()
 
     # -- used by Reply -----------------------------------------------------------------------
@@ -582,6 +772,26 @@ def _closing_request(peer: str | None) -> Request:
     return Request("GET", "/", "", "1.1", [], b"", peer, keep_alive=False)
 
 
+def _check_codings(headers: RawHeaders) -> bool:
+    """True for a chunked body. `chunked` is the only transfer coding understood: any other
+    (`gzip, chunked`, `x, chunked`) is 501 (RFC 9112 §6.1), and `chunked` must come once."""
+    codings = [
+        c.strip().lower()
+        for name, value in headers
+        if name.lower() == b"transfer-encoding"
+        for c in value.split(b",")
+    ]
+    if not codings:
+        return False
+    for coding in codings:
+        if coding != b"chunked":
+            shown = coding[:40].decode("latin-1")
+            raise _Reject(501, f"Transfer-Encoding {shown!r} is not implemented.")
+    if len(codings) > 1:
+        raise _Reject(400, "Transfer-Encoding: chunked may be applied only once.")
+    return True
+
+
 class Server:
     """Serve `handler` on host:port; `stop` drains in-flight requests for up to `grace` seconds."""
 
@@ -592,11 +802,14 @@ class Server:
         *,
         on_reject: RejectHook = lambda _path, _status: None,
         make_error: ErrorFactory = plain_error,
+        on_head: HeadCheck | None = None,
     ) -> None:
         self._handler = handler
         self._make_error = make_error
         self._limits = limits or Limits()
         self._on_reject = on_reject
+        self._on_head = on_head
+        self.budget = Budget(self._limits.max_buffered)
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[_Connection] = set()
@@ -614,7 +827,7 @@ class Server:
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self, self._handler, self._limits, self._on_reject),
+            lambda: _Connection(self, self._handler, self._limits, self._on_reject, self._on_head),
             host,
             port,
             reuse_address=True,
