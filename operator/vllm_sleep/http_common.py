@@ -1,4 +1,4 @@
-"""What the two proxies (the pod agent and the gateway) share: header rules and refusal codes; and the
+"""What the two proxies (the pod agent and the gateway) share: header rules; and the
 agent's aiohttp relay (the gateway splices with vllm_sleep.h1 instead)."""
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
-# `code` values of the agent's own 503 answers. Each means the request never reached vLLM, so
-# the gateway may send it elsewhere or hold it again (it is never run twice).
-AGENT_REFUSAL_CODES: Final = frozenset(
-    {"hold_timeout", "queue_full", "engine_unavailable", "engine_unreachable"}
-)
+# One bound on a request's head for both proxies, so a head the gateway forwards is never one
+# the agent refuses: request line and headers together (and so any single field) at most
+# MAX_HEAD_BYTES, at most MAX_HEADERS fields. Past it: 431 in OpenAI's error shape.
+MAX_HEAD_BYTES: Final = 64 << 10
+MAX_HEADERS: Final = 128
 
 # Responses with a known length up to this (and not SSE) are relayed in one write.
 SMALL_BODY = 1 << 20

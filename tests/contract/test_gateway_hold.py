@@ -15,6 +15,8 @@ import httpx
 import pytest
 from aiohttp import web
 
+from vllm_sleep.agent.openai_errors import error_response as agent_error
+from vllm_sleep.api.openai_errors import AGENT_REFUSALS, ErrorCode
 from vllm_sleep.gateway import Gateway, GatewayConfig, MemoryDemand, StaticSource
 from vllm_sleep.gateway.routing import ModelKey, WakePolicy
 
@@ -237,9 +239,17 @@ async def test_demand_can_wake_the_model(
 # -- per-replica failure handling ---------------------------------------------------------------
 
 
-async def agent_refusal(_: web.Request) -> web.StreamResponse:
-    body = {"error": {"message": "held too long", "type": "x", "param": None, "code": "queue_full"}}
-    return web.json_response(body, status=503, headers={"Retry-After": "5"})
+def refusal(code: str) -> Behaviour:
+    """The agent's own refusal, built as the agent builds it."""
+
+    async def answer(_: web.Request) -> web.StreamResponse:
+        headers = {"Retry-After": "5"}
+        return agent_error(AGENT_REFUSALS[code], "refused", code=code, headers=headers)
+
+    return answer
+
+
+agent_refusal = refusal(ErrorCode.QUEUE_FULL)
 
 
 async def vllm_503(_: web.Request) -> web.StreamResponse:
@@ -263,10 +273,15 @@ async def test_connection_refused_goes_to_another_replica(
     assert upstreams[0].received == 6
 
 
+@pytest.mark.parametrize("code", sorted(AGENT_REFUSALS))
 async def test_agent_refusal_is_retried_elsewhere(
-    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+    gateway: Gateway,
+    source: StaticSource,
+    upstreams: list[Upstream],
+    http: httpx.AsyncClient,
+    code: str,
 ) -> None:
-    upstreams[1].behaviour = agent_refusal
+    upstreams[1].behaviour = refusal(code)
     source.add_model("m", [upstreams[1].url, upstreams[0].url])
     responses = [await chat(gateway, http) for _ in range(4)]
     assert [r.status_code for r in responses] == [200] * 4
@@ -288,27 +303,43 @@ async def big_503(_: web.Request) -> web.StreamResponse:
     return web.Response(status=503, body=b"o" * (200 << 10), content_type="text/plain")
 
 
+QUEUE_FULL_BODY = b'{"error": {"message": "busy", "code": "queue_full"}}'
+
+
+async def vllm_429(_: web.Request) -> web.StreamResponse:
+    return web.Response(status=429, body=b'{"error": {"message": "slow down", "code": 429}}')
+
+
+async def queue_full_as_503(_: web.Request) -> web.StreamResponse:
+    return web.Response(status=503, body=QUEUE_FULL_BODY)
+
+
 @pytest.mark.parametrize(
-    ("behaviour", "body"),
+    ("behaviour", "status", "body"),
     [
-        (vllm_503, b'{"error": {"message": "overloaded", "code": 503}}'),
-        (big_503, b"o" * (200 << 10)),  # larger than the refusal peek: whole, not cut at 64 KiB
+        (vllm_503, 503, b'{"error": {"message": "overloaded", "code": 503}}'),
+        # larger than the refusal peek: whole, not cut at 64 KiB
+        (big_503, 503, b"o" * (200 << 10)),
+        (vllm_429, 429, b'{"error": {"message": "slow down", "code": 429}}'),
+        # an agent refusal code under another status than the agent's is not the agent's
+        (queue_full_as_503, 503, QUEUE_FULL_BODY),
     ],
-    ids=["engine-503", "larger-than-the-peek"],
+    ids=["engine-503", "larger-than-the-peek", "engine-429", "queue_full-with-503"],
 )
-async def test_a_503_from_the_engine_is_relayed_whole_and_not_retried(
+async def test_an_error_from_the_engine_is_relayed_whole_and_not_retried(
     gateway: Gateway,
     source: StaticSource,
     upstreams: list[Upstream],
     http: httpx.AsyncClient,
     behaviour: Behaviour,
+    status: int,
     body: bytes,
 ) -> None:
     for u in upstreams:
         u.behaviour = behaviour
     source.add_model("m", [u.url for u in upstreams])
     resp = await chat(gateway, http)
-    assert resp.status_code == 503 and resp.content == body
+    assert resp.status_code == status and resp.content == body
     assert sum(u.received for u in upstreams) == 1
 
 

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
+from ..api.openai_errors import ErrorCode
+
 
 class Mode(Enum):
     OPEN = "open"  # engine awake: admit
@@ -24,9 +26,9 @@ class Mode(Enum):
 
 class Admission(Enum):
     ADMITTED = "admitted"  # the caller holds one in-flight slot and must release() it
-    TIMEOUT = "hold_timeout"
-    FULL = "queue_full"
-    REFUSED = "engine_unavailable"
+    TIMEOUT = ErrorCode.HOLD_TIMEOUT.value
+    FULL = ErrorCode.QUEUE_FULL.value
+    REFUSED = ErrorCode.ENGINE_UNAVAILABLE.value
 
 
 class Gate:

@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
 from ..http_common import HOP_BY_HOP, relay
 from .config import AgentConfig
 from .gate import Admission, Gate, Mode
@@ -132,7 +133,7 @@ class PublicProxy:
             Admission.REFUSED: f"the model's engine is unavailable (state: {state}), retry later",
         }
         return error_response(
-            503,
+            AGENT_REFUSALS[admission.value],  # 429 when the hold queue is full, else 503
             messages[admission],
             code=admission.value,
             headers={"Retry-After": str(self._config.retry_after)},
@@ -167,7 +168,7 @@ class PublicProxy:
             return error_response(
                 503,
                 f"vLLM is not reachable: {type(e).__name__}",
-                code="engine_unreachable",
+                code=ErrorCode.ENGINE_UNREACHABLE,
                 headers={"Retry-After": str(self._config.retry_after)},
             )
         except aiohttp.ClientError as e:

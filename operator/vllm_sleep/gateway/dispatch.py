@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..api.openai_errors import ErrorCode
 from ..h1 import Exchange, Reply, Response, UpstreamError, UpstreamPool
 from .errors import error_response
 from .metrics import GatewayMetrics
@@ -109,21 +110,21 @@ class Dispatcher:
                         return error_response(
                             404,
                             f"The model `{spec.served_name}` does not exist.",
-                            "model_not_found",
+                            ErrorCode.MODEL_NOT_FOUND,
                             param="model",
                         )
                     spec = fresh
                     if not spec.wake.on_request:
                         slot.leave("rejected")  # wake on request turned off while held
                         return self._unavailable(
-                            spec, "model_asleep", "is asleep and is not woken by requests"
+                            spec, ErrorCode.MODEL_ASLEEP, "is asleep and is not woken by requests"
                         )
                     if not slot.active and not slot.take(spec.wake.max_queued, spec.wake.timeout):
                         return error_response(
                             429,
                             f"Too many requests are waiting for `{spec.served_name}` "
                             "to wake; retry later.",
-                            "queue_full",
+                            ErrorCode.QUEUE_FULL,
                             retry_after=self._retry_after,
                         )
                     self._router.request_demand(spec)
@@ -262,7 +263,7 @@ class Dispatcher:
     def _wake_timeout(self, spec: ModelSpec, slot: _Slot) -> Response:
         slot.leave("timeout")
         return self._unavailable(
-            spec, "wake_timeout", f"did not wake within {spec.wake.timeout:g}s"
+            spec, ErrorCode.WAKE_TIMEOUT, f"did not wake within {spec.wake.timeout:g}s"
         )
 
     def _unavailable(self, spec: ModelSpec, code: str, why: str) -> Response:

@@ -4,30 +4,29 @@ Retry rule (the only place a request may be sent twice): `send` returns `Retry` 
 request provably never reached an engine:
   - the TCP connection to the replica could not be opened (h1.ConnectError, which includes the
     connect timeout): not one byte was written;
-  - the agent answered 503 with one of its own refusal codes (`hold_timeout`, `queue_full`,
-    `engine_unavailable`, `engine_unreachable`): the agent guarantees such a request was never
-    forwarded to vLLM.
+  - the agent answered one of its own refusals (api.openai_errors.AGENT_REFUSALS: 503
+    `hold_timeout`, `engine_unavailable`, `engine_unreachable`, 429 `queue_full`): the agent
+    guarantees such a request was never forwarded to vLLM.
 Anything else after the connection was open (a disconnect while writing or reading, a read
-timeout, any other status, including a 503 that vLLM itself produced) is final: the body may
+timeout, any other status, including a 503 or 429 that vLLM itself produced) is final: the body may
 have reached the engine, so it is answered (502/504 or the upstream's own response), never resent.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from ..api.openai_errors import AGENT_REFUSAL_STATUSES, AGENT_REFUSALS, ErrorCode, error_code
 from ..h1 import ConnectError, Exchange, Reply, Request, Response, UpstreamError, UpstreamPool
 from ..h1 import UpstreamTimeout as _UpstreamTimeout
-from ..http_common import AGENT_REFUSAL_CODES, HOP_BY_HOP
+from ..http_common import HOP_BY_HOP
 from .errors import error_response
 
 log = logging.getLogger(__name__)
 
-AGENT_REFUSALS = AGENT_REFUSAL_CODES
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 # The gateway decoded the body (Content-Encoding) and answered Expect itself; Host and
 # Content-Length belong to the upstream request, X-Forwarded-For is extended.
@@ -120,24 +119,32 @@ async def send(
     head = request_head(target, host_header(url), len(body), block)
     try:
         exchange = await pool.request(
-            host, port, head, body, sink=reply, header_filter=response_headers
+            host,
+            port,
+            head,
+            body,
+            sink=reply,
+            header_filter=response_headers,
+            buffered=AGENT_REFUSAL_STATUSES,
         )
     except ConnectError:
         return Retry("connect")
     except _UpstreamTimeout:
         return Failed(
-            error_response(504, "the model server did not answer in time", "upstream_timeout")
+            error_response(
+                504, "the model server did not answer in time", ErrorCode.UPSTREAM_TIMEOUT
+            )
         )
     except UpstreamError as e:
         log.info("upstream %s failed: %s", url, e)
-        return Failed(error_response(502, "the model server failed", "upstream_error"))
-    if exchange.status != 503:
+        return Failed(error_response(502, "the model server failed", ErrorCode.UPSTREAM_ERROR))
+    if exchange.status not in AGENT_REFUSAL_STATUSES:
         return exchange
     try:
         raw, complete = await exchange.read(_REFUSAL_PEEK)
     except UpstreamError:
         exchange.close()
-        return Failed(error_response(502, "the model server failed", "upstream_error"))
+        return Failed(error_response(502, "the model server failed", ErrorCode.UPSTREAM_ERROR))
     except BaseException:
         exchange.close()
         raise
@@ -147,13 +154,13 @@ async def send(
         exchange.splice()
         return exchange
     exchange.release()
-    code = _refusal_code(raw)
-    if code in AGENT_REFUSALS:
-        return Retry(code or "")
-    return Failed(_passthrough_503(exchange, raw))
+    code = error_code(raw)
+    if code is not None and AGENT_REFUSALS.get(code) == exchange.status:
+        return Retry(code)
+    return Failed(_passthrough(exchange, raw))
 
 
-def _passthrough_503(exchange: Exchange, raw: bytes) -> Response:
+def _passthrough(exchange: Exchange, raw: bytes) -> Response:
     ctype = None
     headers = []
     for name, value in response_headers(exchange.headers):
@@ -162,12 +169,4 @@ def _passthrough_503(exchange: Exchange, raw: bytes) -> Response:
             ctype = value.decode("latin-1")
         elif low not in (b"date", b"server"):
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
-    return Response(503, raw, tuple(headers), content_type=ctype)
-
-
-def _refusal_code(raw: bytes) -> str | None:
-    try:
-        code = json.loads(raw)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return code if isinstance(code, str) else None
+    return Response(exchange.status, raw, tuple(headers), content_type=ctype)

@@ -190,11 +190,11 @@ class _Conn(asyncio.Protocol):
 class Exchange:
     """One request on one connection.
 
-    With a `sink`, a response other than 503 is spliced into it from the protocol callbacks
-    the moment its head arrives (no coroutine switch between the upstream's bytes and the
-    client's); `finished()` resolves when the body is complete. A 503 (maybe an agent's
-    refusal, which the caller may retry elsewhere) and sink-less exchanges are buffered for
-    `read`.
+    With a `sink`, a response whose status is not in `buffered` is spliced into it from the
+    protocol callbacks the moment its head arrives (no coroutine switch between the upstream's
+    bytes and the client's); `finished()` resolves when the body is complete. A status in
+    `buffered` (one the caller may want to inspect, e.g. a refusal it retries elsewhere) and
+    sink-less exchanges are buffered for `read`.
     """
 
     def __init__(
@@ -203,8 +203,10 @@ class Exchange:
         sink: Reply | None = None,
         header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
         head_only: bool = False,
+        buffered: frozenset[int] = frozenset({503}),
     ) -> None:
         self._conn = conn
+        self._buffered_statuses = buffered
         self._head_only = head_only  # the request was HEAD: the response has no body
         loop = asyncio.get_running_loop()
         self._head: asyncio.Future[None] = loop.create_future()
@@ -229,7 +231,7 @@ class Exchange:
             self.headers, self.reason = [], b""
             return
         self.status = status
-        if self._target is not None and status != 503:
+        if self._target is not None and status not in self._buffered_statuses:
             self._attach(self._target)
         if not self._head.done():
             self._head.set_result(None)
@@ -332,9 +334,9 @@ class Exchange:
         """Relay a buffered response into the `sink` given to `request` after all: what was
         buffered, then the rest as it comes, like a response spliced from its head on.
 
-        For a 503 the caller peeked at with `read` and passes on as is: one larger than the
-        peek (`read` returned `complete=False`) cannot be answered from the peeked bytes
-        without truncating it. Then `finished()` and `release()` as usual.
+        For a buffered response the caller peeked at with `read` and passes on as is: one
+        larger than the peek (`read` returned `complete=False`) cannot be answered from the
+        peeked bytes without truncating it. Then `finished()` and `release()` as usual.
         """
         sink = self._target
         if sink is None or self.sink is not None or not self.status:
@@ -420,10 +422,14 @@ class UpstreamPool:
         *,
         sink: Reply | None = None,
         header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
+        buffered: frozenset[int] = frozenset({503}),
     ) -> Exchange:
-        """Send one request; returns once the response head is in (see Exchange for `sink`)."""
+        """Send one request; returns once the response head is in (see Exchange for `sink`
+        and `buffered`)."""
         conn = self._take(host, port) or await self._connect(host, port)
-        exchange = Exchange(conn, sink, header_filter, head_only=head.startswith(b"HEAD "))
+        exchange = Exchange(
+            conn, sink, header_filter, head_only=head.startswith(b"HEAD "), buffered=buffered
+        )
         conn.send(exchange, head, body)
         try:
             await exchange.wait_head()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from vllm_sleep.api.openai_errors import AGENT_REFUSALS
 from vllm_sleep.gateway import MemoryDemand, StaticSource
 from vllm_sleep.gateway.dispatch import Dispatcher
 from vllm_sleep.gateway.metrics import GatewayMetrics
@@ -166,10 +167,10 @@ async def test_an_answer_whose_head_is_out_at_the_wake_deadline_is_not_replaced_
 
 
 class Refusal(FakeExchange):
-    """An agent's 503 refusal, as `send` peeks at it."""
+    """An agent refusal, as `send` peeks at it."""
 
     def __init__(self, code: str) -> None:
-        super().__init__(503)
+        super().__init__(AGENT_REFUSALS[code])
         self.headers: list[tuple[bytes, bytes]] = []
         self._body = b'{"error": {"message": "no", "type": "x", "param": null, "code": "%s"}}' % (
             code.encode()
