@@ -1,0 +1,261 @@
+"""The Helm chart's values: one pydantic model gives values.yaml (its defaults), values.schema.json
+(what `helm install` checks) and the values reference in docs/install.md.
+
+deploy/base is rendered from the same defaults, so the chart with default values and the kustomize
+base describe the same objects. The example GPUPool/ModelDeployment specs are checked against the
+CRDs' own schemas (spliced in by `schema()`), so a bad example fails `helm install` exactly as
+`kubectl apply` would fail it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..api.crds import all_crds
+from ..api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL
+from ..api.quantity import QUANTITY_PATTERN
+
+# OCI distribution's grammar, simplified: lower-case path components, optional registry port.
+REPOSITORY_PATTERN = (
+    r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+DIGEST_PATTERN = r"^(?:sha256:[a-f0-9]{64})?$"
+DNS_LABEL = r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
+# Prometheus durations (30s, 1m, 1h30m).
+PROM_DURATION = r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$"
+
+NamespaceName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+
+
+class _Values(BaseModel):
+    # A misspelt value name fails `helm install` instead of being ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Image(_Values):
+    repository: str = Field(
+        "ghcr.io/vllm-sleep/vllm-sleep-operator", pattern=REPOSITORY_PATTERN, max_length=255
+    )
+    tag: str = Field("0.1.0", pattern=TAG_PATTERN, description="image tag")
+    digest: str = Field("", pattern=DIGEST_PATTERN, description="sha256:..., wins over the tag")
+    pullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    def reference(self) -> str:
+        return (
+            f"{self.repository}@{self.digest}" if self.digest else f"{self.repository}:{self.tag}"
+        )
+
+
+ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)] | Annotated[int, Field(ge=0)]
+
+
+class Resources(_Values):
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict)
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict)
+
+
+class Disruption(_Values):
+    enabled: bool = True
+    maxUnavailable: int = Field(1, ge=1, description="pods a voluntary disruption may take")
+
+
+class Scheduling(_Values):
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+
+
+class Operator(_Values):
+    replicas: int = Field(
+        1,
+        ge=0,
+        le=1,
+        description="0 or 1: the operator runs standalone (no peering), so one at a time",
+    )
+    resources: Resources = Resources(
+        requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}
+    )
+    watchNamespaces: list[NamespaceName] = Field(
+        default_factory=list, description="reconcile only these namespaces (empty: every namespace)"
+    )
+    agentImage: str = Field(
+        "", description="agent sidecar image of model pods (empty: the operator's image)"
+    )
+    logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    extraArgs: list[str] = Field(
+        default_factory=list, description="more `vllm-sleep operator` flags"
+    )
+    metricsPort: int = Field(8080, ge=1, le=65535)
+    healthPort: int = Field(8081, ge=1, le=65535)
+    podDisruptionBudget: Disruption = Disruption()
+    scheduling: Scheduling = Scheduling()
+
+
+class Service(_Values):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(80, ge=1, le=65535)
+    nodePort: int | None = Field(None, ge=30000, le=32767, description="NodePort only")
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Gateway(_Values):
+    replicas: int = Field(2, ge=0, description="stateless: any number")
+    resources: Resources = Resources(
+        requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "1Gi"}
+    )
+    port: int = Field(8000, ge=1, le=65535, description="container port (API and /metrics)")
+    service: Service = Service()
+    watchNamespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        description="route to models in these namespaces only (empty: every namespace)",
+    )
+    apiKeysSecret: str = Field(
+        "",
+        pattern=r"^$|" + DNS_SUBDOMAIN[1:],
+        max_length=253,
+        description="Secret whose key `keys` lists API keys, one per line (empty: no auth)",
+    )
+    extraArgs: list[str] = Field(
+        default_factory=list, description="more `vllm-sleep gateway` flags, e.g. --wake-timeout=120"
+    )
+    podDisruptionBudget: Disruption = Disruption()
+    scheduling: Scheduling = Scheduling()
+
+
+class NetworkPolicy(_Values):
+    enabled: bool = True
+    modelNamespaces: list[NamespaceName] = Field(
+        default_factory=lambda: ["default"],
+        description="namespaces holding ModelDeployments: their model pods get a policy",
+    )
+    publicPortFromNamespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        description="namespaces besides the gateway's that may call model pods' public port",
+    )
+    gatewayFrom: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="NetworkPolicyPeers allowed to call the gateway (empty: anyone)",
+    )
+    monitoringNamespace: str = Field(
+        "",
+        pattern=r"^$|" + DNS_LABEL[1:],
+        max_length=63,
+        description="namespace of Prometheus: may scrape every metrics port",
+    )
+
+
+class Monitor(_Values):
+    enabled: bool = False
+    interval: str = Field("30s", pattern=PROM_DURATION)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Labelled(_Values):
+    enabled: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Dashboard(_Values):
+    enabled: bool = False
+    labels: dict[str, str] = Field(
+        default_factory=lambda: {"grafana_dashboard": "1"},
+        description="labels the Grafana sidecar selects on",
+    )
+    namespace: str = Field(
+        "", pattern=r"^$|" + DNS_LABEL[1:], description="where the ConfigMap goes (empty: release)"
+    )
+
+
+class Metrics(_Values):
+    serviceMonitor: Monitor = Field(
+        Monitor(), description="operator and gateway (Prometheus Operator)"
+    )
+    podMonitor: Monitor = Field(Monitor(), description="model pods' agents")
+    prometheusRule: Labelled = Labelled()
+    dashboard: Dashboard = Dashboard()
+
+
+class Example(_Values):
+    enabled: bool = False
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    spec: dict[str, Any]
+
+
+class NamespacedExample(Example):
+    namespace: str = Field("default", pattern=DNS_LABEL, max_length=63)
+
+
+# Small enough for a test cluster (the sim-kubelet's GPUs, kind with the project image as vLLM).
+EXAMPLE_POOL = Example(
+    name="example-pool",
+    spec={"deviceMemory": "80Gi", "sharing": "TimeSlicing", "slotsPerDevice": 2},
+)
+EXAMPLE_MODEL = NamespacedExample(
+    name="example-model",
+    spec={
+        "model": "Qwen/Qwen2.5-0.5B-Instruct",
+        "image": "vllm/vllm-openai:v0.33.0",
+        "resources": {"gpuMemoryUtilization": 0.3, "weightsSize": "1Gi"},
+        "sleep": {"level": 1, "idleTimeout": "10m"},
+        "placement": {"pool": "example-pool"},
+    },
+)
+
+
+class Examples(_Values):
+    gpuPool: Example = EXAMPLE_POOL
+    modelDeployment: NamespacedExample = EXAMPLE_MODEL
+
+
+class Values(_Values):
+    image: Image = Image()
+    imagePullSecrets: list[dict[str, str]] = Field(default_factory=list)
+    operator: Operator = Operator()
+    gateway: Gateway = Gateway()
+    networkPolicy: NetworkPolicy = NetworkPolicy()
+    metrics: Metrics = Metrics()
+    examples: Examples = Examples()
+
+
+def crd_spec_schema(plural: str) -> dict[str, Any]:
+    """The `spec` schema of one of our CRDs, as the apiserver checks it."""
+    crd = all_crds()[f"{plural}.{GROUP}.yaml"]
+    version = crd["spec"]["versions"][0]
+    spec: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec
+
+
+def schema() -> dict[str, Any]:
+    """values.schema.json: pydantic's schema, example specs replaced by the CRDs' schemas."""
+    out: dict[str, Any] = _untitled(Values.model_json_schema())
+    defs = out["$defs"]
+    defs["Example"]["properties"]["spec"] = crd_spec_schema(GPU_POOL_PLURAL)
+    defs["NamespacedExample"]["properties"]["spec"] = crd_spec_schema(MODEL_DEPLOYMENT_PLURAL)
+    out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    out["title"] = "vllm-sleep-operator chart values"
+    return out
+
+
+def _untitled(node: Any) -> Any:
+    """pydantic's `title`s repeat the property names; the schema reads better without them."""
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
+
+
+def defaults() -> dict[str, Any]:
+    """values.yaml: every default, unset optionals left out (Helm reads null as "delete")."""
+    return Values().model_dump(mode="json", exclude_none=True)
+
+
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=False) + "\n"
