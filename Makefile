@@ -32,8 +32,12 @@ fmt: $(STAMP)
 	$(BIN)/ruff format operator tests bench
 	$(BIN)/ruff check --fix operator tests bench
 
+# crds/ from the pydantic models, then copied where they ship (deploy/base, the chart's crds/).
 crds: $(STAMP)
 	$(BIN)/python -m vllm_sleep.api.crdgen
+	$(BIN)/python -m vllm_sleep.packaging.manifests --crds
+
+# deploy/base, the chart's generated files and docs/install.md's values reference.
 
 manifests: crds
 	$(BIN)/python -m vllm_sleep.packaging.manifests
