@@ -38,7 +38,6 @@ crds: $(STAMP)
 	$(BIN)/python -m vllm_sleep.packaging.manifests --crds
 
 # deploy/base, the chart's generated files and docs/install.md's values reference.
-
 manifests: crds
 	$(BIN)/python -m vllm_sleep.packaging.manifests
 
