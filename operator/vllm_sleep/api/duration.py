@@ -27,6 +27,7 @@ _NUMBER_RE = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 # Server-side pattern (OpenAPI `pattern`, ECMA-262 flavour): one or more number+unit terms.
 DURATION_PATTERN = f"^(?:0|(?:{_NUMBER_RE}(?:{_UNITS_RE}))+)$"
 _TERM = re.compile(f"({_NUMBER_RE})({_UNITS_RE})")
+_MAX_NS = 2**63 - 1  # Go's time.Duration is int64 nanoseconds; its parser refuses longer ones
 _EXAMPLES = 'e.g. "30s", "10m", "1h30m", "1.5s", "250ms"'
 
 
@@ -60,6 +61,8 @@ def parse_duration(text: str) -> timedelta:
         except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
             raise DurationError(f"invalid number in duration {text!r}") from e
         pos = m.end()
+    if total_ns > _MAX_NS:
+        raise DurationError(f"duration {text!r} is longer than Go's limit (about 292 years)")
     return timedelta(microseconds=int(total_ns // 1000))
 
 

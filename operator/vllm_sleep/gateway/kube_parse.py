@@ -1,42 +1,24 @@
-"""Pure translation of Kubernetes objects (plain dicts from the API) into router input."""
+"""Pure translation of Kubernetes objects (plain dicts from the API) into router input.
+
+ModelDeployments are read with `api.model_deployment.ModelDeployment`, as the operator reads
+them: one set of defaults and one duration grammar for both.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from vllm_sleep.api.duration import DurationError
-from vllm_sleep.api.duration import parse_duration as go_duration
+from pydantic import ValidationError
+
+from vllm_sleep.api.model_deployment import ModelDeployment
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
 
 from .routing import ModelKey, ModelSpec, PodState, WakePolicy
 
-
-def parse_duration(value: object) -> float | None:
-    """Seconds from a Go duration ("120s", "1m30s", "500ms") or a number of seconds; None
-    when unusable.
-
-    Read with api.duration, as the operator reads the same field (the agent's --hold-timeout
-    comes from it): the gateway's own narrower parser read forms the CRD admits (".5m", "µs")
-    as unusable, and the wake deadline silently fell back to its default.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if value > 0 else None
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        seconds = go_duration(value).total_seconds()
-    except OverflowError:  # past timedelta's range: must not escape (the watch would relist)
-        seconds = timedelta.max.total_seconds()  # "forever", as near as it can be said
-    except DurationError:
-        try:
-            seconds = float(value)  # a bare number of seconds
-        except ValueError:
-            return None
-    return seconds if seconds > 0 else None
+log = logging.getLogger(__name__)
 
 
 def _conditions(status: Mapping[str, Any]) -> dict[str, str]:
@@ -78,31 +60,42 @@ def pod_state(pod: Mapping[str, Any], port: int) -> PodState | None:
     return PodState(meta["namespace"], meta["name"], model, url, awake, can_hold)
 
 
-def model_spec(obj: Mapping[str, Any], defaults: WakePolicy) -> ModelSpec | None:
-    """A ModelDeployment as the router needs it; invalid wake fields fall back to defaults."""
+def model_key(obj: Mapping[str, Any]) -> ModelKey | None:
+    """Which ModelDeployment an object is, valid or not (a deletion needs no valid spec)."""
     meta = obj.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace")
-    if not name or not namespace:
+    if not isinstance(name, str) or not isinstance(namespace, str) or not name or not namespace:
         return None
-    spec = obj.get("spec") or {}
-    wake = spec.get("wake") or {}
-    served = spec.get("servedModelName")
-    on_request = wake.get("onRequest")
-    max_queued = wake.get("maxQueued")
-    policy = WakePolicy(
-        on_request=on_request if isinstance(on_request, bool) else defaults.on_request,
-        timeout=parse_duration(wake.get("timeout")) or defaults.timeout,
-        max_queued=max_queued
-        if isinstance(max_queued, int) and not isinstance(max_queued, bool) and max_queued >= 0
-        else defaults.max_queued,
-    )
-    phase = (obj.get("status") or {}).get("phase") or "Pending"
+    return ModelKey(namespace, name)
+
+
+def model_spec(obj: Mapping[str, Any]) -> ModelSpec | None:
+    """A ModelDeployment as the router needs it, read with the operator's own model (its
+    defaults and duration grammar); None, logged, when the object does not validate."""
+    key = model_key(obj)
+    if key is None:
+        return None
+    try:
+        md = ModelDeployment.from_body(dict(obj))
+    except ValidationError as e:
+        log.warning(
+            "ModelDeployment %s/%s skipped: it does not validate (%d errors): %s",
+            key.namespace,
+            key.name,
+            e.error_count(),
+            "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()),
+        )
+        return None
+    wake = md.spec.wake
+    status = md.status
+    phase = status.phase if status is not None and status.phase is not None else None
+    meta = obj.get("metadata") or {}
     return ModelSpec(
-        key=ModelKey(namespace, name),
-        served_name=served if isinstance(served, str) and served else name,
-        phase=str(phase),
-        wake=policy,
-        uid=str(meta.get("uid") or ""),
+        key=key,
+        served_name=md.served_model_name,
+        phase=phase.value if phase is not None else "Pending",
+        wake=WakePolicy.from_spec(wake),
+        uid=md.metadata.uid or "",
         created=_unix(meta.get("creationTimestamp")),
     )
 

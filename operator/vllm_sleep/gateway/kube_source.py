@@ -17,9 +17,9 @@ from typing import Any
 
 from vllm_sleep.api.names import GROUP, LABEL_MODEL, MODEL_DEPLOYMENT_PLURAL, VERSION
 
-from .kube_parse import model_spec, pod_state
+from .kube_parse import model_key, model_spec, pod_state
 from .metrics import GatewayMetrics
-from .routing import ModelSpec, PodState, WakePolicy
+from .routing import ModelSpec, PodState
 from .sources import BackendSink
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ class KubernetesSource:
         *,
         namespaces: Sequence[str] = (),
         port: int,
-        defaults: WakePolicy,
     ) -> None:
         from kubernetes_asyncio import client
 
@@ -81,7 +80,7 @@ class KubernetesSource:
         self._custom = client.CustomObjectsApi(api_client)
         self._metrics = metrics
         self._namespaces: Sequence[str | None] = list(namespaces) or [None]
-        self._port, self._defaults = port, defaults
+        self._port = port
         self._pods: dict[tuple[str, str], PodState] = {}
         self._models: dict[tuple[str, str], ModelSpec] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -191,7 +190,7 @@ class KubernetesSource:
             return
         self._models = {k: v for k, v in self._models.items() if ns is not None and k[0] != ns}
         for item in items:
-            spec = model_spec(item, self._defaults)
+            spec = model_spec(item)  # an object that does not validate is skipped (logged)
             if spec is not None:
                 self._models[(spec.key.namespace, spec.key.name)] = spec
         if sink is not None:
@@ -219,15 +218,17 @@ class KubernetesSource:
             if sink is not None:
                 sink.upsert_pod(pod)
             return
-        spec = model_spec(obj, self._defaults)
+        if event == "DELETED":
+            gone = model_key(obj)
+            spec = None if gone is None else self._models.pop((gone.namespace, gone.name), None)
+            if spec is not None and sink is not None:
+                sink.remove_model(spec.key)
+            return
+        # One that does not validate (logged) keeps the last valid spec: it is routed as it
+        # was, as the operator keeps running what it last read.
+        spec = model_spec(obj)
         if spec is None:
             return
-        k = (spec.key.namespace, spec.key.name)
-        if event == "DELETED":
-            self._models.pop(k, None)
-            if sink is not None:
-                sink.remove_model(spec.key)
-        else:
-            self._models[k] = spec
-            if sink is not None:
-                sink.upsert_model(spec)
+        self._models[(spec.key.namespace, spec.key.name)] = spec
+        if sink is not None:
+            sink.upsert_model(spec)

@@ -16,7 +16,6 @@ from .demand import LeaseDemand
 from .gateway import Gateway
 from .kube_source import KubernetesSource, kube_client
 from .metrics import GatewayMetrics
-from .routing import WakePolicy
 
 
 def main(argv: list[str]) -> int:
@@ -55,10 +54,7 @@ async def _run(config: GatewayConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     api = await kube_client(config.kubeconfig)
     metrics = GatewayMetrics()
-    defaults = WakePolicy(timeout=config.default_wake_timeout, max_queued=config.default_max_queued)
-    source = KubernetesSource(
-        api, metrics, namespaces=config.namespaces, port=config.backend_port, defaults=defaults
-    )
+    source = KubernetesSource(api, metrics, namespaces=config.namespaces, port=config.backend_port)
     gateway = Gateway(config, source, LeaseDemand(api, config.identity), metrics=metrics)
     try:
         # The first list of ModelDeployments and Pods can take forever (API down, RBAC

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-DEFAULT_WAKE_TIMEOUT = 120.0
-DEFAULT_MAX_QUEUED = 256
+from ..api.model_spec import WakeSpec
+
+_WAKE = WakeSpec()  # the API's defaults, which the apiserver fills in too
+DEFAULT_WAKE_TIMEOUT = _WAKE.timeout.total_seconds()
+DEFAULT_MAX_QUEUED = _WAKE.max_queued
 
 
 @dataclass(frozen=True, order=True)
@@ -24,9 +27,15 @@ class ModelKey:
 
 @dataclass(frozen=True)
 class WakePolicy:
-    on_request: bool = True
+    """`spec.wake` in the units the router counts in (seconds, requests)."""
+
+    on_request: bool = _WAKE.on_request
     timeout: float = DEFAULT_WAKE_TIMEOUT
-    max_queued: int = DEFAULT_MAX_QUEUED
+    max_queued: int = DEFAULT_MAX_QUEUED  # held for the model in this gateway process
+
+    @classmethod
+    def from_spec(cls, wake: WakeSpec) -> WakePolicy:
+        return cls(wake.on_request, wake.timeout.total_seconds(), wake.max_queued)
 
 
 @dataclass(frozen=True)

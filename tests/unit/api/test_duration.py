@@ -97,3 +97,11 @@ def test_round_trip_from_text(parts: list[tuple[int, str]]) -> None:
     assert re.fullmatch(DURATION_PATTERN, text), text
     value = parse_duration(text)
     assert parse_duration(format_duration(value)) == value
+
+
+def test_longer_than_go_allows_is_a_duration_error_not_an_overflow() -> None:
+    # Go's parser refuses durations past int64 nanoseconds; the pattern admits the text, so
+    # the parser must answer with the validation error pydantic turns into a ValidationError.
+    assert parse_duration("2562047h") == timedelta(hours=2562047)
+    with pytest.raises(DurationError):
+        parse_duration("99999999999999h")

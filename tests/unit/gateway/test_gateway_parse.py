@@ -1,21 +1,19 @@
-"""Pure input parsing: request bodies, durations, Pods and ModelDeployments."""
+"""Pure input parsing: request bodies, Pods and ModelDeployments."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vllm_sleep.api.model_spec import WakeSpec
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
 from vllm_sleep.gateway.inbound import BadRequest, parse_model
-from vllm_sleep.gateway.kube_parse import model_spec, parse_duration, pod_state
+from vllm_sleep.gateway.kube_parse import model_key, model_spec, pod_state
 from vllm_sleep.gateway.routing import ModelKey, WakePolicy
-
-DEFAULTS = WakePolicy(on_request=True, timeout=120.0, max_queued=256)
 
 
 def test_model_is_read_from_a_json_object() -> None:
@@ -53,52 +51,6 @@ def test_parse_model_never_raises(body: bytes) -> None:
 )
 def test_parse_model_never_raises_on_any_json(doc: Any) -> None:
     parse_model(json.dumps(doc).encode())
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("120s", 120.0),
-        ("2m", 120.0),
-        ("1m30s", 90.0),
-        ("500ms", 0.5),
-        ("1h", 3600.0),
-        (45, 45.0),
-        ("7.5", 7.5),
-        ("0s", None),
-        ("abc", None),
-        ("1x", None),
-        ("", None),
-        (None, None),
-        (True, None),
-        (-3, None),
-    ],
-)
-def test_durations(text: object, seconds: float | None) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        (".5m", 30.0),
-        ("1.s", 1.0),
-        ("90000000000ns", 90.0),
-        ("1500000us", 1.5),
-        ("1500000\u00b5s", 1.5),
-        ("2m0.5s", 120.5),
-        # Past timedelta's range: no exception, the longest duration it can hold.
-        ("99999999999999h", timedelta.max.total_seconds()),
-        ("0", None),
-    ],
-)
-def test_every_duration_the_crd_admits_is_read_as_the_operator_reads_it(
-    text: str, seconds: float | None
-) -> None:
-    # spec.wake.timeout is validated by the CRD's Go duration pattern (ns/us/µs units, ".5m",
-    # "1.s") and read by the operator (the agent's hold timeout) with api.duration; the gateway
-    # fell back to its 120 s default for those forms, so its deadline and the agent's differed.
-    assert parse_duration(text) == seconds
 
 
 def make_pod(**over: Any) -> dict[str, Any]:
@@ -181,43 +133,76 @@ def test_unlabelled_pod_is_ignored() -> None:
     assert pod_state(make_pod(metadata__labels={}), 8000) is None
 
 
-def test_model_spec_defaults_and_fields() -> None:
-    obj: dict[str, Any] = {
-        "metadata": {
-            "name": "m",
-            "namespace": "ns",
-            "uid": "u1",
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-        },
-        "spec": {},
+def mdep(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    """A ModelDeployment as the apiserver returns it (only the required fields set)."""
+    body: dict[str, Any] = {"image": "vllm/vllm-openai:v0.11.0", "model": "org/m"}
+    body["resources"] = {"gpuMemoryUtilization": 0.5, "weightsSize": "1Gi"}
+    return {
+        "apiVersion": "vllm-sleep.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m", "namespace": "ns", **meta},
+        "spec": {**body, **(spec or {})},
     }
-    spec = model_spec(obj, DEFAULTS)
+
+
+def test_model_spec_takes_the_apis_defaults_and_fields() -> None:
+    obj = mdep(uid="u1", creationTimestamp="2026-01-01T00:00:00Z")
+    spec = model_spec(obj)
     assert spec is not None
-    assert (spec.key, spec.served_name, spec.wake, spec.uid) == (
-        ModelKey("ns", "m"),
-        "m",
-        DEFAULTS,
-        "u1",
+    api_wake = WakeSpec()
+    assert (spec.key, spec.served_name, spec.uid) == (ModelKey("ns", "m"), "m", "u1")
+    assert spec.wake == WakePolicy(
+        api_wake.on_request, api_wake.timeout.total_seconds(), api_wake.max_queued
     )
-    assert spec.created > 0
-    obj["spec"] = {
-        "servedModelName": "llama",
-        "wake": {"onRequest": False, "timeout": "30s", "maxQueued": 4},
-    }
+    assert spec.wake == WakePolicy()  # the router's defaults are the API's
+    assert spec.created > 0 and spec.phase == "Pending"
+    obj = mdep(
+        {"servedModelName": "llama", "wake": {"onRequest": False, "timeout": "30s", "maxQueued": 4}}
+    )
     obj["status"] = {"phase": "Asleep"}
-    spec = model_spec(obj, DEFAULTS)
+    spec = model_spec(obj)
     assert spec is not None
     assert (spec.served_name, spec.phase) == ("llama", "Asleep")
     assert spec.wake == WakePolicy(on_request=False, timeout=30.0, max_queued=4)
 
 
-def test_model_spec_bad_wake_values_fall_back() -> None:
-    obj = {
-        "metadata": {"name": "m", "namespace": "ns"},
-        "spec": {"wake": {"onRequest": "yes", "timeout": "soon", "maxQueued": -1}},
-    }
-    spec = model_spec(obj, DEFAULTS)
-    assert spec is not None and spec.wake == DEFAULTS
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (".5m", 30.0),
+        ("1.s", 1.0),
+        ("90000000000ns", 90.0),
+        ("1500000\u00b5s", 1.5),
+        ("2m0.5s", 120.5),
+    ],
+)
+def test_wake_timeout_is_read_with_the_operators_duration_grammar(
+    text: str, seconds: float
+) -> None:
+    spec = model_spec(mdep({"wake": {"timeout": text}}))
+    assert spec is not None and spec.wake.timeout == seconds
+
+
+@pytest.mark.parametrize(
+    "wake",
+    [
+        {"onRequest": "maybe"},
+        {"timeout": "soon"},
+        {"timeout": "99999999999999h"},  # past Go's range: refused, never an overflow
+        {"maxQueued": -1},
+        {"surprise": 1},
+    ],
+)
+def test_a_model_deployment_that_does_not_validate_is_skipped_and_logged(
+    wake: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert model_spec(mdep({"wake": wake})) is None
+    assert "ns/m skipped" in caplog.text
+
+
+def test_an_object_without_a_name_is_no_model() -> None:
+    assert model_spec({"metadata": {"namespace": "ns"}, "spec": {}}) is None
+    assert model_key({"metadata": {"name": "m", "namespace": "ns"}}) == ModelKey("ns", "m")
 
 
 def test_decode_body_handles_gzip_deflate_and_bombs() -> None:

@@ -18,7 +18,7 @@ from vllm_sleep.gateway import MemoryDemand
 from vllm_sleep.gateway.kube_source import KubernetesSource, _Gone
 from vllm_sleep.gateway.metrics import GatewayMetrics
 from vllm_sleep.gateway.router import Router
-from vllm_sleep.gateway.routing import ModelKey, ModelSpec, PodState, WakePolicy
+from vllm_sleep.gateway.routing import ModelKey, ModelSpec, PodState
 
 
 class FakeContent:
@@ -81,7 +81,7 @@ def pod(name: str, rv: str) -> dict[str, Any]:
 
 def source() -> tuple[KubernetesSource, GatewayMetrics]:
     metrics = GatewayMetrics()
-    return KubernetesSource(object(), metrics, port=8000, defaults=WakePolicy()), metrics
+    return KubernetesSource(object(), metrics, port=8000), metrics
 
 
 def restarts(metrics: GatewayMetrics) -> float:
@@ -164,8 +164,7 @@ def labelled(name: str, model: str | None) -> dict[str, Any]:
 def test_a_pod_whose_model_label_is_removed_leaves_the_routing_table(event: str) -> None:
     # `kubectl label pod x vllm-sleep.io/model-` takes a pod out of the selector: the watch
     # sends the pod as it is now, without the label (DELETED for a selector watch, MODIFIED
-    # if anything ever sends it so). It used to be ignored as "not a model pod", leaving the
-    # replica routable until the next relist.
+    # if anything ever sends it so), and the pod must stop being routable at once.
     src, _ = source()
     router = Router(MemoryDemand(), GatewayMetrics(), demand_interval=10.0)
     src._sink = router
@@ -183,3 +182,35 @@ def test_a_pod_relabelled_to_another_model_serves_only_that_model() -> None:
     src._apply("pods", "MODIFIED", labelled("a", "n"))
     assert router.table.awake_replicas(ModelKey("ns", "m")) == ()
     assert [r.pod for r in router.table.awake_replicas(ModelKey("ns", "n"))] == [("ns", "a")]
+
+
+def mdep(name: str, max_queued: object = 8) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "resourceVersion": "3"},
+        "spec": {
+            "model": "org/m",
+            "image": "vllm/vllm-openai:v0.11.0",
+            "resources": {"gpuMemoryUtilization": 0.5, "weightsSize": "1Gi"},
+            "wake": {"maxQueued": max_queued},
+        },
+    }
+
+
+def test_a_model_deployment_that_does_not_validate_is_skipped_on_a_list() -> None:
+    src, _ = source()
+    sink = Sink()
+    src._sink = sink
+    src._replace("modeldeployments", None, [mdep("good"), mdep("bad", max_queued="lots")])
+    assert set(sink.models) == {ModelKey("ns", "good")}
+    assert sink.models[ModelKey("ns", "good")].wake.max_queued == 8
+
+
+def test_an_invalid_update_keeps_the_last_valid_spec_and_a_delete_removes_it() -> None:
+    src, _ = source()
+    sink = Sink()
+    src._sink = sink
+    src._apply("modeldeployments", "ADDED", mdep("m"))
+    src._apply("modeldeployments", "MODIFIED", mdep("m", max_queued=-1))  # no exception
+    assert sink.models[ModelKey("ns", "m")].wake.max_queued == 8
+    src._apply("modeldeployments", "DELETED", mdep("m", max_queued=-1))
+    assert sink.models == {}
