@@ -1,4 +1,5 @@
-"""Contract table §2 (vLLM 0.33.0) over real loopback HTTP: one test per dev-endpoint row."""
+"""Contract table §2 (vLLM 0.33.0, unchanged in 0.34) over real loopback HTTP: one test per
+dev-endpoint row, on both profiles that have it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ from vllm_sleep.testing.sim.testkit import start
 pytestmark = pytest.mark.contract
 
 
-@pytest.fixture
-async def engine(host: EngineHost) -> SimEngine:
-    return await start(host, "org/model-8B", "--enable-sleep-mode", "--served-model-name", "m")
+@pytest.fixture(params=["0.34", "0.33"])
+async def engine(host: EngineHost, request: pytest.FixtureRequest) -> SimEngine:
+    return await start(
+        host,
+        "org/model-8B",
+        "--enable-sleep-mode",
+        "--served-model-name",
+        "m",
+        env={"VLLM_SIM_PROFILE": request.param},
+    )
 
 
 @pytest.fixture
@@ -262,7 +270,10 @@ async def test_unknown_path_and_method(client: httpx.AsyncClient) -> None:
     assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}
 
 
-async def test_sim_state_and_violations_endpoints(client: httpx.AsyncClient) -> None:
+async def test_sim_state_and_violations_endpoints(
+    client: httpx.AsyncClient, engine: SimEngine
+) -> None:
     assert (await client.get("/_sim/violations")).json() == {"count": 0, "violations": []}
     state = (await client.get("/_sim/state")).json()
-    assert state["state"] == "awake" and state["profile"] == "0.33"
+    assert state["state"] == "awake" and state["profile"] == engine.cfg.profile
+    assert state["memory"]["residual_bytes"] == engine.residual

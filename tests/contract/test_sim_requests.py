@@ -1,4 +1,5 @@
-"""Inference under sleep in the 0.33 profile (contract §3, §4, §7) and the OpenAI surface."""
+"""Inference under sleep in the 0.34 and 0.33 profiles (contract §3, §4, §7) and the OpenAI
+surface."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.contract
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}
 
 
-@pytest.fixture
-async def engine(host: EngineHost) -> SimEngine:
+@pytest.fixture(params=["0.34", "0.33"])
+async def engine(host: EngineHost, request: pytest.FixtureRequest) -> SimEngine:
     return await start(
         host,
         "org/model-8B",
@@ -28,6 +29,7 @@ async def engine(host: EngineHost) -> SimEngine:
         "m",
         "--itl-seconds",
         "5",
+        env={"VLLM_SIM_PROFILE": request.param},
     )
 
 

@@ -38,18 +38,76 @@ def test_vllm_serve_arguments() -> None:
         ("a", "b"),
     )
     assert c.enable_sleep_mode and c.gpu_memory_utilization == 0.45 and c.max_model_len == 8000
-    assert c.api_keys == ("k",) and c.profile == "0.33" and not c.dev_mode
+    assert c.api_keys == ("k",) and c.profile == "0.34" and not c.dev_mode
 
 
 def test_model_flag_and_defaults() -> None:
     c = cfg("--model", "m")
-    assert (
-        c.model == "m"
-        and c.served_names == ("m",)
-        and c.port == 8000
-        and c.gpu_memory_utilization == 0.9
-    )
+    assert c.model == "m" and c.served_names == ("m",) and c.port == 8000
     assert c.host is None  # all interfaces, like vLLM
+    assert c.residual == int(1.4 * GiB)  # the field's single-GPU residual
+
+
+@pytest.mark.parametrize(
+    ("argv", "util", "extensible"),
+    [
+        (["m"], 1.0, True),  # 0.34: no share given -> 1.0, extensible KV cache
+        (["m", "--gpu-memory-utilization", "0.4"], 0.4, False),
+        (["m", "--kv-cache-memory-bytes", "8Gi"], 0.92, False),  # a KV size turns it off
+        (["m", "--kv-cache-memory=8Gi"], 0.92, False),  # argparse's prefix of the flag
+        (["m", "--profile", "0.33"], 0.92, False),
+        (["m", "--profile", "legacy"], 0.9, False),
+    ],
+)
+def test_memory_share_defaults_by_version(argv: list[str], util: float, extensible: bool) -> None:
+    c = cfg(*argv)
+    assert (c.util, c.extensible_kv) == (util, extensible)
+    if "8Gi" in " ".join(argv):
+        assert c.kv_cache_memory_bytes == 8 * GiB
+
+
+@pytest.mark.parametrize(
+    ("argv", "draft", "preserved"),
+    [
+        (["m"], False, False),
+        (
+            ["m", "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}'],
+            False,
+            False,
+        ),
+        (
+            ["m", "--speculative-config", '{"model": "org/draft-1B", "num_speculative_tokens": 5}'],
+            True,
+            False,
+        ),
+        (
+            [
+                "m",
+                "--speculative-model",
+                "org/draft-1B",
+                "--sleep-preserve-parameter-names",
+                "draft.*",
+            ],
+            True,
+            True,
+        ),
+        (
+            ["m", "--speculative-model=d", "--sleep-preserve-parameter-names=lm_head.*,draft\\..*"],
+            True,
+            True,
+        ),
+        (
+            ["m", "--speculative-model=d", "--sleep-preserve-parameter-names", "lm_head.*"],
+            True,
+            False,
+        ),
+    ],
+)
+def test_speculative_draft_and_preserved_names(
+    argv: list[str], draft: bool, preserved: bool
+) -> None:
+    c = cfg(*argv)
+    assert (c.speculative_draft, c.draft_preserved) == (draft, preserved)
 
 
 def test_unknown_flags_are_ignored_in_every_form() -> None:
@@ -134,6 +192,8 @@ def test_weights_guessed_from_the_model_name() -> None:
         ["m", "--weights-size", "lots"],
         ["m", "--wake-seconds", "-1"],
         ["m", "--served-model-name"],
+        ["m", "--speculative-config", "{not json"],
+        ["m", "--weight-allocations", "0"],
     ],
 )
 def test_bad_arguments_raise_config_errors(argv: list[str]) -> None:

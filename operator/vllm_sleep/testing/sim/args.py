@@ -19,9 +19,12 @@ VALUE_FLAGS = {
     "--gpu-memory-utilization",
     "--max-model-len",
     "--max-num-seqs",
-    "--kv-cache-memory",
+    "--kv-cache-memory-bytes",
+    "--kv-cache-memory",  # argparse accepts this prefix of --kv-cache-memory-bytes
+    "--speculative-config",
+    "--speculative-model",  # before --speculative-config
 }
-MULTI_FLAGS = {"--served-model-name", "--api-key"}
+MULTI_FLAGS = {"--served-model-name", "--api-key", "--sleep-preserve-parameter-names"}
 BOOL_FLAGS = {"--enable-sleep-mode", "--enable-server-load-tracking"}
 
 # Simulator-only flags (all take a value). Each also has a VLLM_SIM_* env twin (see config.py).
@@ -30,6 +33,8 @@ SIM_FLAGS = {
     "--device-memory",
     "--weights-size",
     "--residual-memory",
+    "--kv-cache-margin",
+    "--weight-allocations",
     "--time-scale",
     "--default-max-tokens",
     "--profiling-fraction",
@@ -40,6 +45,8 @@ SIM_FLAGS = {
     "--level2-sleep-seconds",
     "--reload-seconds",
     "--remap-seconds",
+    "--weights-map-seconds",
+    "--release-kv-seconds",
     "--ttft-seconds",
     "--itl-seconds",
     "--call-overhead-seconds",

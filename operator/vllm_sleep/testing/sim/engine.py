@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from .clock import Clock
@@ -17,6 +18,7 @@ from .memory import GPUDevice, HostMemory
 from .metrics_state import EngineMetrics
 from .scheduler import EngineDead, Scheduler, SimRequest
 from .startup import load
+from .timing import Timings
 from .violations import Violation, ViolationKind
 
 log = logging.getLogger(__name__)
@@ -24,11 +26,30 @@ log = logging.getLogger(__name__)
 EngineState = Literal["loading", "awake", "sleeping", "dead", "failed"]
 MemTag = Literal["weights", "kv_cache"]
 MEM_TAGS: tuple[MemTag, ...] = ("weights", "kv_cache")
+CheckpointState = Literal["RUNNING", "PREPARED"]
+
+
+@dataclass
+class Transfers:
+    """What moved, so a test can tell a weight copy from a KV-cache remap."""
+
+    weights_to_host: int = 0  # level-1 sleeps that copied the weights out
+    weights_to_gpu: int = 0  # wakes that copied them back
+    weight_bytes_copied: int = 0  # both directions
+    kv_releases: int = 0  # KV cache unmapped (sleep, /release_kv_cache_memory, checkpoint)
+    kv_remaps: int = 0  # KV cache mapped again
+    reloads: int = 0  # reload_weights from disk
+    last_wake: dict[str, object] | None = None  # {"tags", "weights_copied", "kv_remapped"}
 
 
 class SimEngine:
     def __init__(
-        self, cfg: SimConfig, device: GPUDevice, host_memory: HostMemory, clock: Clock
+        self,
+        cfg: SimConfig,
+        device: GPUDevice,
+        host_memory: HostMemory,
+        clock: Clock,
+        memory_limit_bytes: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -43,8 +64,16 @@ class SimEngine:
         self.phase: Literal["loading", "running", "dead", "failed"] = "loading"
         self.asleep_tags: set[MemTag] = set()
         self.weights_discarded = False  # level 2 dropped them; only reload_weights fixes that
+        self.draft_discarded = False  # 0.34 level 2 dropped the draft model; nothing restores it
         self.offloaded = False  # weights sit in pinned host memory (level 1)
+        self.kv_only = False  # only the KV cache was released (KV-only tier, checkpoint)
         self.pinned_ready = False  # pinned buffers cached after the first level-1 sleep
+        self.memory_limit_bytes = memory_limit_bytes  # the container's cgroup limit, if any
+        self.transfers = Transfers()
+        self.checkpoint: CheckpointState = "RUNNING"
+        self.reset_connector: bool | None = None  # as the last /sleep or release asked (0.34)
+        self.last_sleep: dict[str, object] | None = None  # vLLM's "Sleep mode freed ..." figures
+        self.log_lines: list[str] = []  # what vLLM would log that a reader may parse
         self.sleep_gauge: str | None = "awake"  # None: awake=weights_offloaded=discard_all=0
         self.transition: str | None = None  # "startup" | "sleep" | "wake" | "reload" | ...
         self.utility_lock = asyncio.Lock()  # vLLM runs utility calls one at a time
@@ -54,11 +83,19 @@ class SimEngine:
         self._load_task: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why startup failed
         self._close_task: asyncio.Task[None] | None = None
-        share = int(device.total_bytes * cfg.gpu_memory_utilization)
-        self.share = share
-        self.residual = min(cfg.residual, share)
-        self.weights_dev = min(cfg.weights_bytes, share - self.residual)
-        self.kv_dev = share - self.residual - self.weights_dev
+        self._timings: tuple[int, Timings] | None = None
+        # `requested`: what vLLM's startup check wants free (total x util). `share`: what the
+        # engine holds awake. They differ with a fixed KV size; the extensible KV cache (0.34)
+        # learns its size at the end of startup (startup.py).
+        self.requested = int(device.total_bytes * cfg.util)
+        self.residual = min(cfg.residual, self.requested)
+        if cfg.kv_cache_memory_bytes is not None or cfg.extensible_kv:
+            self.weights_dev = cfg.weights_bytes
+            self.kv_dev = cfg.kv_cache_memory_bytes or 0
+        else:
+            self.weights_dev = min(cfg.weights_bytes, self.requested - self.residual)
+            self.kv_dev = self.requested - self.residual - self.weights_dev
+        self.share = self.residual + self.weights_dev + self.kv_dev
 
     # --- what the outside sees -------------------------------------------------------------
     def __repr__(self) -> str:
@@ -69,6 +106,14 @@ class SimEngine:
         """Where to dial this engine (an all-interfaces bind is dialled on 127.0.0.1)."""
         host = self.cfg.host if self.cfg.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
         return f"http://{host}:{self.bound_port or self.cfg.port}"
+
+    @property
+    def timings(self) -> Timings:
+        """The timing model for this engine's weights and (startup-sized) KV cache."""
+        cached = self._timings
+        if cached is None or cached[0] != self.kv_dev:
+            cached = self._timings = (self.kv_dev, self.cfg.timings_for(self.kv_dev))
+        return cached[1]
 
     async def wait_loaded(self) -> EngineState:
         """Until the load finished ("awake") or startup failed ("failed")."""
@@ -92,11 +137,9 @@ class SimEngine:
     def level(self) -> int | None:
         if self.phase != "running" or self.state == "awake":
             return None
-        return (
-            0
-            if not self.asleep_tags
-            else (2 if self.weights_discarded or not self.offloaded else 1)
-        )
+        if not self.asleep_tags or self.kv_only:
+            return 0  # a pause, or the KV-only tier (/release_kv_cache_memory): weights resident
+        return 2 if self.weights_discarded or not self.offloaded else 1
 
     def snapshot(self) -> dict[str, object]:
         running, waiting = self.sched.running, self.sched.waiting
@@ -108,13 +151,27 @@ class SimEngine:
             "is_sleeping": self.is_sleeping,
             "asleep_tags": sorted(self.asleep_tags),
             "weights_discarded": self.weights_discarded,
+            "draft_discarded": self.draft_discarded,
+            "checkpoint": self.checkpoint,
             "transition": self.transition,
             "paused": self.sched.api_pause.name.lower(),
             "running": running,
             "waiting": waiting,
             "device": self.device.snapshot(),
             "held_bytes": self.device.held_by(self),
+            "memory": {
+                "gpu_memory_utilization": self.cfg.util,
+                "extensible_kv": self.cfg.extensible_kv,
+                "requested_bytes": self.requested,
+                "share_bytes": self.share,
+                "weights_bytes": self.weights_dev,
+                "kv_cache_bytes": self.kv_dev,
+                "residual_bytes": self.residual,
+            },
             "pinned_host_bytes": self.host_memory.pinned.get(self, 0),
+            "last_sleep": self.last_sleep,
+            "reset_connector": self.reset_connector,
+            "transfers": asdict(self.transfers),
             "violations": len(self.violations),
             "port": self.bound_port,
         }
@@ -218,4 +275,13 @@ class SimEngine:
             req.garbage = True
             self.record(
                 "garbage_weights", f"{req.id} served by level-2 weights that were never reloaded"
+            )
+        if self.draft_discarded and not req.draft_lost:
+            # The target model still verifies every token, so the text is right; the drafts
+            # come from discarded memory (contract §8: reload_weights does not restore them).
+            req.draft_lost = True
+            self.record(
+                "draft_model_lost",
+                f"{req.id} served after a level-2 sleep discarded the draft model "
+                f"(needs --sleep-preserve-parameter-names 'draft.*' or level 1)",
             )

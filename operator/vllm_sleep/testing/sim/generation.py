@@ -60,7 +60,7 @@ Emit = Callable[[str], Awaitable[None]]
 
 async def run_request(engine: SimEngine, req: SimRequest, seed: int, emit: Emit | None) -> str:
     """Generate req.max_tokens tokens; returns the finish_reason. Raises EngineDead."""
-    sched, t = engine.sched, engine.cfg.timings
+    sched, t = engine.sched, engine.timings
     try:
         await sched.wait_admitted(req)
         for i in range(req.max_tokens):

@@ -55,11 +55,26 @@ class EngineHost:
             mem.limit_bytes = limit_bytes
         return mem
 
-    async def start_engine(self, cfg: SimConfig, device: GPUDevice | None = None) -> SimEngine:
-        """Bind the engine's port (OSError if taken) and start loading in the background."""
+    async def start_engine(
+        self,
+        cfg: SimConfig,
+        device: GPUDevice | None = None,
+        *,
+        memory_limit_bytes: int | None = None,
+    ) -> SimEngine:
+        """Bind the engine's port (OSError if taken) and start loading in the background.
+
+        `memory_limit_bytes`: the container's memory limit; a pinned backup above it is an
+        OOM kill (`host_oom`)."""
         if device is None:
             device = self.device(f"private-{next(self._private)}", cfg.device_memory)
-        engine = SimEngine(cfg, device, self.host_memory(device.node), self.clock)
+        engine = SimEngine(
+            cfg,
+            device,
+            self.host_memory(device.node),
+            self.clock,
+            memory_limit_bytes=memory_limit_bytes,
+        )
         await serve(engine)
         self.engines.append(engine)
         engine.begin_loading()

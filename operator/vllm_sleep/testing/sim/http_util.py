@@ -19,8 +19,9 @@ Handler = Callable[["SimEngine", web.BaseRequest], Awaitable[web.StreamResponse]
 class Route:
     methods: dict[str, Handler]
     dev: bool = False  # registered only with VLLM_SERVER_DEV_MODE=1
-    profiles: frozenset[str] = field(default_factory=lambda: frozenset({"0.33", "legacy"}))
+    profiles: frozenset[str] = field(default_factory=lambda: frozenset({"0.34", "0.33", "legacy"}))
     inference: bool = False  # counted by /load, held by /pause
+    sleep_mode: bool = False  # registered only with --enable-sleep-mode
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -67,10 +68,36 @@ def plain_500() -> web.Response:
     return web.Response(status=500, text="Internal Server Error")
 
 
-async def read_json(request: web.BaseRequest) -> tuple[Any, str | None]:
-    """(body, error message). vLLM answers bad JSON with 400."""
+PARSE_BODY_ERROR = "There was an error parsing the body"
+
+
+@dataclass(frozen=True)
+class BodyError:
+    """Why a request body is not JSON. `undecodable`: not text at all (e.g. a gzip body: vLLM
+    does not decompress request bodies, so json.loads raises UnicodeDecodeError, which is not a
+    JSONDecodeError); else a JSON syntax error."""
+
+    message: str
+    undecodable: bool = False
+
+
+async def read_json(request: web.BaseRequest) -> tuple[Any, BodyError | None]:
+    """(body, error). The server does not decompress bodies (Content-Encoding is ignored)."""
     raw = await request.read()
     try:
         return json.loads(raw or b"null"), None
-    except (ValueError, UnicodeDecodeError) as e:
-        return None, f"JSON decode error: {e}"
+    except UnicodeDecodeError as e:
+        return None, BodyError(str(e), undecodable=True)
+    except ValueError as e:
+        return None, BodyError(f"JSON decode error: {e}")
+
+
+def raw_json_error(engine: SimEngine, err: BodyError) -> web.Response:
+    """A route that calls `await raw_request.json()` and catches only JSONDecodeError: bad JSON
+    is a 400, an undecodable body escapes as an unhandled exception (vLLM's catch-all 500;
+    ≤0.17 Starlette's plain-text 500)."""
+    if not err.undecodable:
+        return openai_error(400, err.message, "Bad Request")
+    if engine.cfg.legacy:
+        return plain_500()
+    return openai_error(500, err.message, "InternalServerError")

@@ -85,8 +85,10 @@ class GPUDevice:
 
 @dataclass(eq=False)
 class HostMemory:
-    """Pinned host RAM of one node. Level-1 sleeps copy weights here; torch's caching host
-    allocator keeps the pinned buffers after a wake, which is why only the first sleep is slow.
+    """Pinned host RAM of one node: the level-1 backups of the weights.
+
+    0.34 makes an engine's backup at its first sleep and keeps it until the process exits;
+    older versions free it on wake (contract §8). Either way it is charged here while it exists.
     """
 
     node: str
@@ -97,8 +99,15 @@ class HostMemory:
     def pinned_bytes(self) -> int:
         return sum(self.pinned.values())
 
-    def pin(self, owner: object, n_bytes: int) -> None:
+    def pin(self, owner: object, n_bytes: int, owner_limit: int | None = None) -> None:
+        """Pin `n_bytes` for `owner`; over the node's limit or the owner's own (its container's
+        memory cgroup) raises OutOfMemory, as the kernel's OOM killer would end the process."""
         old = self.pinned.get(owner, 0)
+        if owner_limit is not None and n_bytes > owner_limit:
+            raise OutOfMemory(
+                f"pinning {gib(n_bytes):.2f} GiB exceeds the container's memory limit "
+                f"({gib(owner_limit):.2f} GiB)"
+            )
         if self.limit_bytes is not None and self.pinned_bytes - old + n_bytes > self.limit_bytes:
             raise OutOfMemory(
                 f"pinning {gib(n_bytes):.2f} GiB on host {self.node} exceeds its "
@@ -108,3 +117,11 @@ class HostMemory:
 
     def unpin(self, owner: object) -> None:
         self.pinned.pop(owner, None)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "limit_bytes": self.limit_bytes,
+            "pinned_bytes": self.pinned_bytes,
+            "holders": {str(k): v for k, v in self.pinned.items()},
+        }

@@ -14,6 +14,7 @@ from typing import Literal
 from .engine import MEM_TAGS, MemTag, SimEngine
 from .memory import OutOfMemory
 from .scheduler import EngineDead, Pause
+from .units import gib
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,24 @@ async def _transition(engine: SimEngine, what: str) -> AsyncIterator[None]:
         engine.transition = None
 
 
-async def sleep(engine: SimEngine, level: int, mode: Mode = "abort") -> None:
+def _require_running_checkpoint(engine: SimEngine, method: str) -> None:
+    """0.34: while a checkpoint is not RUNNING, /sleep and /wake_up fail (contract §8)."""
+    if engine.checkpoint != "RUNNING":
+        raise UtilityError(
+            method,
+            f"RuntimeError: {method} is not allowed while the engine is checkpointed "
+            f"(checkpoint state {engine.checkpoint}); POST /checkpoint/restore first",
+        )
+
+
+async def sleep(
+    engine: SimEngine, level: int, mode: Mode = "abort", reset_connector: bool | None = None
+) -> None:
     async with engine.utility_lock, _transition(engine, "sleep"):
+        _require_running_checkpoint(engine, "sleep")
         legacy, sched = engine.cfg.legacy, engine.sched
+        if reset_connector is not None:
+            engine.reset_connector = reset_connector
         if sched.running and (legacy or mode == "abort"):
             engine.record(
                 "inflight_at_sleep",
@@ -57,10 +73,10 @@ async def sleep(engine: SimEngine, level: int, mode: Mode = "abort") -> None:
                 elif mode == "wait":
                     await sched.wait_no_running()
             if level == 0 and not legacy:
-                await engine.clock.sleep(engine.cfg.timings.call_overhead)
+                await engine.clock.sleep(engine.timings.call_overhead)
             elif engine.asleep_tags:
                 log.info("%s: Executor is already sleeping.", engine.name)
-                await engine.clock.sleep(engine.cfg.timings.call_overhead)
+                await engine.clock.sleep(engine.timings.call_overhead)
             else:
                 # ≤0.31 workers offload only for exactly level 1; anything else discards.
                 await _release(engine, offload=level == 1)
@@ -68,37 +84,67 @@ async def sleep(engine: SimEngine, level: int, mode: Mode = "abort") -> None:
 
 
 async def _release(engine: SimEngine, *, offload: bool) -> None:
-    t = engine.cfg.timings
+    t, cfg, moved = engine.timings, engine.cfg, engine.transfers
+    before = engine.device.held_by(engine)
     engine.begin_transition("sleep")
     try:
         if offload:
             await engine.clock.sleep(t.sleep if engine.pinned_ready else t.first_sleep)
-            try:
-                engine.host_memory.pin(engine, engine.cfg.weights_bytes)
-            except OutOfMemory as e:
-                engine.record("host_oom", str(e))
-                engine.crash(f"OOM-killed while offloading weights: {e}")
-                raise EngineDead() from e
+            if not engine.host_memory.pinned.get(engine):  # 0.34 reuses the kept backup
+                try:
+                    engine.host_memory.pin(
+                        engine, cfg.weights_bytes, owner_limit=engine.memory_limit_bytes
+                    )
+                except OutOfMemory as e:
+                    engine.record("host_oom", str(e))
+                    engine.crash(f"OOM-killed while offloading weights: {e}")
+                    raise EngineDead() from e
             engine.pinned_ready = engine.offloaded = True
+            moved.weights_to_host += 1
+            moved.weight_bytes_copied += cfg.weights_bytes
         else:
             await engine.clock.sleep(t.level2_sleep)
             engine.weights_discarded, engine.offloaded = True, False
-        engine.asleep_tags = set(MEM_TAGS)
+            if cfg.profile == "0.34" and cfg.speculative_draft and not cfg.draft_preserved:
+                engine.draft_discarded = True
+        if "kv_cache" not in engine.asleep_tags:
+            moved.kv_releases += 1
+        engine.asleep_tags, engine.kv_only = set(MEM_TAGS), False
         engine.hold(engine.resident_bytes(), check=False)
+        _report_sleep(engine, before)
     finally:
         engine.end_transition()
+
+
+def _report_sleep(engine: SimEngine, before: int) -> None:
+    """The line vLLM's worker logs after a sleep; "in use" is the whole device's, neighbours
+    included, so a reader learns the residual from the engine's own figures, not from it."""
+    after, in_use = engine.device.held_by(engine), engine.device.used_bytes
+    line = (
+        f"Sleep mode freed {gib(before - after):.2f} GiB memory, "
+        f"{gib(in_use):.2f} GiB memory is still in use."
+    )
+    log.info("%s: %s", engine.name, line)
+    engine.last_sleep = {
+        "freed_bytes": before - after,
+        "in_use_bytes": in_use,
+        "residual_bytes": after,
+        "message": line,
+    }
+    engine.log_lines = [*engine.log_lines[-99:], line]
 
 
 async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
     """Returns True when fully awake afterwards (the /wake_up "status")."""
     async with engine.utility_lock, _transition(engine, "wake"):
+        _require_running_checkpoint(engine, "wake_up")
         legacy = engine.cfg.legacy
         with engine.metrics.operation("wake", enabled=not legacy):
             mem_tags = tags if legacy or tags is None else [t for t in tags if t != "scheduling"]
             asleep = engine.asleep_tags
             if not asleep:
                 log.warning("%s: Executor is not sleeping.", engine.name)
-                await engine.clock.sleep(engine.cfg.timings.call_overhead)
+                await engine.clock.sleep(engine.timings.call_overhead)
             elif mem_tags is None:
                 await _remap(engine, set(asleep))
             elif bad := [t for t in mem_tags if t not in asleep]:
@@ -106,7 +152,7 @@ async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
                     log.warning(
                         "%s: Tag %s is not in sleeping tags %s", engine.name, tag, sorted(asleep)
                     )
-                await engine.clock.sleep(engine.cfg.timings.call_overhead)
+                await engine.clock.sleep(engine.timings.call_overhead)
             elif mem_tags:
                 await _remap(engine, {t for t in MEM_TAGS if t in mem_tags})
             fully = not engine.asleep_tags
@@ -117,9 +163,18 @@ async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
             return fully
 
 
+def _wake_seconds(engine: SimEngine, tags: set[MemTag], copy_back: bool) -> float:
+    t = engine.timings
+    if copy_back:
+        return t.wake
+    extra = (t.weights_map - t.call_overhead) if "weights" in tags else 0.0
+    extra += (t.remap - t.call_overhead) if "kv_cache" in tags else 0.0
+    return t.call_overhead + max(0.0, extra)
+
+
 async def _remap(engine: SimEngine, tags: set[MemTag]) -> None:
-    t = engine.cfg.timings
     after = engine.asleep_tags - tags
+    copy_back = "weights" in tags and engine.offloaded
     engine.begin_transition("wake")
     try:
         try:
@@ -127,16 +182,29 @@ async def _remap(engine: SimEngine, tags: set[MemTag]) -> None:
         except OutOfMemory as e:
             engine.record("wake_oom", f"{CUDA_OOM}: {e}")
             raise UtilityError("wake_up", CUDA_OOM) from e
-        copy_back = "weights" in tags and engine.offloaded
-        await engine.clock.sleep(t.wake if copy_back else t.remap)
+        await engine.clock.sleep(_wake_seconds(engine, tags, copy_back))
         engine.asleep_tags = after
+        engine.kv_only = engine.kv_only and bool(after)
+        moved = engine.transfers
+        if copy_back:
+            moved.weights_to_gpu += 1
+            moved.weight_bytes_copied += engine.cfg.weights_bytes
+        if "kv_cache" in tags:
+            moved.kv_remaps += 1
+        moved.last_wake = {
+            "tags": sorted(tags),
+            "weights_copied": copy_back,
+            "kv_remapped": "kv_cache" in tags,
+        }
         if "weights" in tags:
-            engine.offloaded = False  # the pinned buffers stay cached for the next sleep
+            engine.offloaded = False
+            if copy_back and not engine.cfg.keeps_backup:
+                engine.host_memory.unpin(engine)  # ≤0.33 frees the backup on wake
     finally:
         engine.end_transition()
 
 
-async def release_kv_cache_memory(engine: SimEngine) -> None:
+async def release_kv_cache_memory(engine: SimEngine, reset_connector: bool | None = None) -> None:
     async with engine.utility_lock, _transition(engine, "release_kv_cache_memory"):
         name = "release_kv_cache_memory"
         if not engine.sched.pause:
@@ -145,15 +213,59 @@ async def release_kv_cache_memory(engine: SimEngine) -> None:
             raise UtilityError(
                 name, "release_kv_cache_memory requires all executor memory to be resident"
             )
+        if reset_connector is not None:
+            engine.reset_connector = reset_connector
         with engine.metrics.operation(name):
-            engine.begin_transition(name)
-            try:
-                await engine.clock.sleep(engine.cfg.timings.remap)
-                engine.asleep_tags = {"kv_cache"}
-                engine.hold(engine.resident_bytes(), check=False)
-            finally:
-                engine.end_transition()
+            await _release_kv(engine, name)
             engine.sleep_gauge = None
+
+
+async def _release_kv(engine: SimEngine, what: str) -> None:
+    engine.begin_transition(what)
+    try:
+        await engine.clock.sleep(engine.timings.release_kv)
+        engine.asleep_tags, engine.kv_only = {"kv_cache"}, True
+        engine.hold(engine.resident_bytes(), check=False)
+        engine.transfers.kv_releases += 1
+    finally:
+        engine.end_transition()
+
+
+async def checkpoint_prepare(engine: SimEngine) -> None:
+    """0.34 /checkpoint/prepare: pause generation (new requests get 503 engine_paused), release
+    the KV cache, tear down communicators. Idempotent."""
+    async with engine.utility_lock, _transition(engine, "checkpoint_prepare"):
+        if engine.checkpoint == "PREPARED":
+            return
+        if engine.asleep_tags:
+            raise UtilityError(
+                "checkpoint_prepare",
+                "RuntimeError: checkpoint prepare requires all executor memory to be resident",
+            )
+        await pause(engine, "abort")
+        await _release_kv(engine, "checkpoint_prepare")
+        engine.checkpoint = "PREPARED"
+
+
+async def checkpoint_restore(engine: SimEngine) -> None:
+    """0.34 /checkpoint/restore: re-map the KV cache and resume generation. Idempotent."""
+    async with engine.utility_lock, _transition(engine, "checkpoint_restore"):
+        if engine.checkpoint == "RUNNING":
+            return
+        engine.begin_transition("checkpoint_restore")
+        try:
+            try:
+                engine.hold(engine.resident_bytes(set()))
+            except OutOfMemory as e:
+                engine.record("wake_oom", f"{CUDA_OOM}: {e}")
+                raise UtilityError("checkpoint_restore", CUDA_OOM) from e
+            await engine.clock.sleep(engine.timings.remap)
+            engine.asleep_tags, engine.kv_only = set(), False
+            engine.transfers.kv_remaps += 1
+        finally:
+            engine.end_transition()
+        engine.checkpoint = "RUNNING"
+        resume(engine)
 
 
 async def reload_weights(engine: SimEngine) -> None:
@@ -163,8 +275,9 @@ async def reload_weights(engine: SimEngine) -> None:
                 "collective_rpc",
                 "RuntimeError: reload_weights needs resident weights; wake them with /wake_up?tags=weights first",
             )
-        await engine.clock.sleep(engine.cfg.timings.reload)
-        engine.weights_discarded = False
+        await engine.clock.sleep(engine.timings.reload)
+        engine.weights_discarded = False  # the draft model stays lost (contract §8)
+        engine.transfers.reloads += 1
 
 
 async def pause(engine: SimEngine, mode: Mode) -> None:

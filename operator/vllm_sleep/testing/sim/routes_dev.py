@@ -14,16 +14,45 @@ from aiohttp import web
 
 from . import ops
 from .engine import SimEngine
-from .http_util import Route, empty, json_response, openai_error, plain_500, read_json
+from .http_util import (
+    Route,
+    empty,
+    json_response,
+    openai_error,
+    plain_500,
+    raw_json_error,
+    read_json,
+)
 from .scheduler import EngineDead
 
-NEW = frozenset({"0.33"})
+NEW = frozenset({"0.33", "0.34"})
 MODES = ("abort", "wait", "keep")
+# pydantic's bool parsing of a query parameter (case-insensitive)
+TRUE, FALSE = {"1", "on", "t", "true", "y", "yes"}, {"0", "off", "f", "false", "n", "no"}
 
 
 def _bad_query(name: str, message: str, value: str, type_: str) -> web.Response:
     err = {"type": type_, "loc": ("query", name), "msg": message, "input": value}
     return openai_error(400, f"[{err!r}]", "Bad Request", f"query.{name}")
+
+
+def _reset_connector(
+    engine: SimEngine, request: web.BaseRequest
+) -> tuple[bool | None, web.Response | None]:
+    """0.34's `reset_connector` query bool (default true); older versions ignore the name."""
+    raw = request.query.get("reset_connector")
+    if engine.cfg.profile != "0.34" or raw is None:
+        return None, None
+    if raw.strip().lower() in TRUE:
+        return True, None
+    if raw.strip().lower() in FALSE:
+        return False, None
+    return None, _bad_query(
+        "reset_connector",
+        "Input should be a valid boolean, unable to interpret input",
+        raw,
+        "bool_parsing",
+    )
 
 
 def _failed(engine: SimEngine, e: Exception) -> web.Response:
@@ -63,8 +92,11 @@ async def sleep(engine: SimEngine, request: web.BaseRequest) -> web.Response:
                 "mode", "Input should be 'abort', 'wait' or 'keep'", raw_mode, "literal_error"
             )
         mode = raw_mode
+    reset, bad = _reset_connector(engine, request)
+    if bad is not None:
+        return bad
     try:
-        await ops.sleep(engine, level, mode)  # type: ignore[arg-type]
+        await ops.sleep(engine, level, mode, reset)  # type: ignore[arg-type]
     except (ops.UtilityError, EngineDead) as e:
         return _failed(engine, e)
     return empty() if engine.cfg.legacy else json_response({"status": "sleeping", "level": level})
@@ -85,9 +117,12 @@ async def is_sleeping(engine: SimEngine, _request: web.BaseRequest) -> web.Respo
     return json_response({"is_sleeping": engine.is_sleeping})
 
 
-async def release_kv_cache_memory(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
+async def release_kv_cache_memory(engine: SimEngine, request: web.BaseRequest) -> web.Response:
+    reset, bad = _reset_connector(engine, request)
+    if bad is not None:
+        return bad
     try:
-        await ops.release_kv_cache_memory(engine)
+        await ops.release_kv_cache_memory(engine, reset)
     except (ops.UtilityError, EngineDead) as e:
         return _failed(engine, e)
     return json_response({"status": "kv_cache_released"})
@@ -107,7 +142,7 @@ async def reset_other_cache(_engine: SimEngine, _request: web.BaseRequest) -> we
 async def collective_rpc(engine: SimEngine, request: web.BaseRequest) -> web.Response:
     body, err = await read_json(request)
     if err:
-        return openai_error(400, err, "Bad Request")
+        return raw_json_error(engine, err)
     if not isinstance(body, dict):
         return openai_error(400, "Request body must be a JSON object", "Bad Request")
     method = body.get("method")
@@ -133,7 +168,8 @@ async def server_info(engine: SimEngine, request: web.BaseRequest) -> web.Respon
         "model": cfg.model,
         "served_model_name": list(cfg.served_names),
         "enable_sleep_mode": cfg.enable_sleep_mode,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "gpu_memory_utilization": cfg.util,
+        "kv_cache_memory_bytes": cfg.kv_cache_memory_bytes,
         "max_model_len": cfg.max_model_len,
         "simulator_profile": cfg.profile,
     }
@@ -169,8 +205,10 @@ async def is_paused(engine: SimEngine, _request: web.BaseRequest) -> web.Respons
 
 async def abort_requests(engine: SimEngine, request: web.BaseRequest) -> web.Response:
     body, err = await read_json(request)
-    if err or (body is not None and not isinstance(body, dict)):
-        return openai_error(400, err or "Request body must be a JSON object", "Bad Request")
+    if err:
+        return raw_json_error(engine, err)
+    if body is not None and not isinstance(body, dict):
+        return openai_error(400, "Request body must be a JSON object", "Bad Request")
     n = ops.abort_requests(engine, (body or {}).get("request_ids"))
     return json_response({"status": "aborted", "aborted": n})
 

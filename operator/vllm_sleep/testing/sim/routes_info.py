@@ -10,7 +10,7 @@ from .engine import SimEngine
 from .http_util import Route, empty, json_response
 from .metrics_text import render_metrics
 
-VERSIONS = {"0.33": "0.33.0", "legacy": "0.16.0"}
+VERSIONS = {"0.34": "0.34.0", "0.33": "0.33.0", "legacy": "0.16.0"}
 
 
 async def health(engine: SimEngine, _req: web.BaseRequest) -> web.Response:

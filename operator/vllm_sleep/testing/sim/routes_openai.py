@@ -16,7 +16,15 @@ from aiohttp import web
 
 from .engine import SimEngine
 from .generation import prompt_seed, run_request
-from .http_util import Route, empty, json_response, openai_error, read_json
+from .http_util import (
+    PARSE_BODY_ERROR,
+    Route,
+    detail,
+    empty,
+    json_response,
+    openai_error,
+    read_json,
+)
 from .openai_schema import BadRequest, Completion, parse_completion
 from .scheduler import EngineDead
 
@@ -63,8 +71,15 @@ async def completions(
     engine: SimEngine, request: web.BaseRequest, *, chat: bool
 ) -> web.StreamResponse:
     body, err = await read_json(request)
+    if err and err.undecodable:
+        # FastAPI parses the body for the route; any failure but a JSON syntax error becomes
+        # HTTPException(400, "There was an error parsing the body"), which vLLM (≥0.18)
+        # answers in the OpenAI shape and older versions as Starlette's {"detail": ...}.
+        if engine.cfg.legacy:
+            return detail(400, PARSE_BODY_ERROR)
+        return openai_error(400, PARSE_BODY_ERROR, "Bad Request")
     if err:
-        return openai_error(400, err)
+        return openai_error(400, err.message)
     try:
         c = parse_completion(body, engine.cfg, chat=chat)
     except BadRequest as e:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .engine import SimEngine
-from .http_util import Route, json_response, openai_error, read_json
+from .http_util import Route, json_response, openai_error, raw_json_error, read_json
 from .routes_dev import NEW
 
 _WEIGHT_ROUTES = {
@@ -27,10 +27,12 @@ _WEIGHT_ROUTES = {
 
 
 def _json_object_route(answer: Mapping[str, object]) -> Route:
-    async def handler(_engine: SimEngine, request: web.BaseRequest) -> web.Response:
+    async def handler(engine: SimEngine, request: web.BaseRequest) -> web.Response:
         body, err = await read_json(request)
-        if err or (body is not None and not isinstance(body, dict)):
-            return openai_error(400, err or "Request body must be a JSON object", "Bad Request")
+        if err:
+            return raw_json_error(engine, err)
+        if body is not None and not isinstance(body, dict):
+            return openai_error(400, "Request body must be a JSON object", "Bad Request")
         return json_response(answer)
 
     return Route({"POST": handler}, dev=True, profiles=NEW)
@@ -48,10 +50,12 @@ async def get_world_size(_engine: SimEngine, _request: web.BaseRequest) -> web.R
     return json_response({"world_size": 1})
 
 
-async def scale_elastic_ep(_engine: SimEngine, request: web.BaseRequest) -> web.Response:
+async def scale_elastic_ep(engine: SimEngine, request: web.BaseRequest) -> web.Response:
     body, err = await read_json(request)
-    if err or not isinstance(body, dict):
-        return openai_error(400, err or "Request body must be a JSON object", "Bad Request")
+    if err:
+        return raw_json_error(engine, err)
+    if not isinstance(body, dict):
+        return openai_error(400, "Request body must be a JSON object", "Bad Request")
     size = body.get("new_data_parallel_size")
     drain = body.get("drain_timeout", 120)
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:

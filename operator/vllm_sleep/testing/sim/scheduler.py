@@ -33,6 +33,7 @@ class SimRequest:
     generated: int = 0
     aborted: bool = False
     garbage: bool = False  # produced by discarded (level-2, not reloaded) weights
+    draft_lost: bool = False  # speculated by a draft model that level 2 discarded
     signal: asyncio.Event = field(default_factory=asyncio.Event)
 
 

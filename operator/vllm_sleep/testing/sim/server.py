@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .engine import SimEngine
 from .http_util import Route, detail, json_response
+from .routes_checkpoint import CHECKPOINT_ROUTES
 from .routes_dev import DEV_ROUTES
 from .routes_info import INFO_ROUTES
 from .routes_openai import OPENAI_ROUTES
@@ -22,7 +23,13 @@ from .routes_rl import RL_ROUTES
 
 log = logging.getLogger(__name__)
 
-ROUTES: dict[str, Route] = {**INFO_ROUTES, **OPENAI_ROUTES, **DEV_ROUTES, **RL_ROUTES}
+ROUTES: dict[str, Route] = {
+    **INFO_ROUTES,
+    **OPENAI_ROUTES,
+    **DEV_ROUTES,
+    **RL_ROUTES,
+    **CHECKPOINT_ROUTES,
+}
 AUTH_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # 0.33 authenticate.py; ≤0.11 only /v1
 
 
@@ -39,6 +46,7 @@ async def dispatch(engine: SimEngine, request: web.BaseRequest) -> web.StreamRes
     if (
         route is None
         or (route.dev and not engine.cfg.dev_mode)
+        or (route.sleep_mode and not engine.cfg.enable_sleep_mode)
         or engine.cfg.profile not in route.profiles
     ):
         return detail(404, "Not Found")
@@ -73,7 +81,8 @@ async def serve(engine: SimEngine) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await dispatch(engine, request)
 
-    server = web.Server(handler, handler_cancellation=True, access_log=None)
+    # vLLM (uvicorn + FastAPI) never decompresses request bodies: Content-Encoding is ignored.
+    server = web.Server(handler, handler_cancellation=True, access_log=None, auto_decompress=False)
     runner = web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, engine.cfg.host, engine.cfg.port, reuse_address=True)

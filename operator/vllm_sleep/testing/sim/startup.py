@@ -1,9 +1,11 @@
-"""Engine startup: vLLM's free-memory check, weight load, and memory profiling (contract §6).
+"""Engine startup: vLLM's free-memory check, weight load, and memory profiling (contract §6, §8).
 
 The CUDA context (residual) is taken at once, the weights after the first part of the load, the
-KV cache (the rest of the share) at the end. During the last `profiling_fraction` of the load
-vLLM profiles memory and asserts that free memory did not change under it; any neighbour that
-changes memory on the device meanwhile fails this engine's startup.
+KV cache at the end: the rest of the share, a fixed --kv-cache-memory-bytes, or (0.34's
+extensible KV cache, no share given) whatever is free after warm-up less a margin, with no
+startup check. During the last `profiling_fraction` of the load vLLM profiles memory and asserts
+that free memory did not change under it; any neighbour that changes memory on the device
+meanwhile fails this engine's startup.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ NO_KV_CACHE_MESSAGE = (
 
 
 async def load(engine: SimEngine) -> None:
-    cfg, t, dev = engine.cfg, engine.cfg.timings, engine.device
+    cfg, t, dev = engine.cfg, engine.cfg.timings, engine.device  # load time: no KV term
     engine.transition = "startup"
     engine.begin_transition("startup")
     disturbed: list[str] = []
@@ -38,7 +40,7 @@ async def load(engine: SimEngine) -> None:
             disturbed.append(f"{getattr(owner, 'name', owner)} {verb} {gib(abs(delta)):.2f} GiB")
 
     try:
-        if dev.free_bytes < engine.share:
+        if not cfg.extensible_kv and dev.free_bytes < engine.requested:
             return engine.fail("startup_oom", free_memory_message(engine))
         dev.set_held(engine, engine.residual)  # CUDA context first
         await engine.clock.sleep(t.load * (1 - cfg.profiling_fraction))
@@ -52,7 +54,13 @@ async def load(engine: SimEngine) -> None:
         if disturbed:
             message = profiling_message(free_before, dev.free_bytes, disturbed[0])
             return engine.fail("profiling_race", message)
-        if cfg.weights_bytes + engine.residual >= engine.share:
+        if cfg.extensible_kv:
+            engine.kv_dev = max(0, dev.free_bytes - cfg.kv_margin_bytes)
+            engine.share = engine.residual + engine.weights_dev + engine.kv_dev
+        fixed = cfg.kv_cache_memory_bytes is not None or cfg.extensible_kv
+        if engine.kv_dev <= 0 or (
+            not fixed and cfg.weights_bytes + engine.residual >= engine.requested
+        ):
             # KV cache = this engine's share minus its own non-KV usage (weights, context):
             # nothing left means vLLM refuses to start (v1/core/kv_cache_utils.py).
             return engine.fail("startup_oom", NO_KV_CACHE_MESSAGE)
@@ -72,7 +80,7 @@ def free_memory_message(engine: SimEngine) -> str:
     return (
         f"Free memory on device [cuda:{d.index}] ({gib(d.free_bytes):.2f}/{gib(d.total_bytes):.2f} GiB) "
         f"on startup is less than desired GPU memory utilization "
-        f"({engine.cfg.gpu_memory_utilization}, {gib(engine.share):.2f} GiB). Decrease GPU memory "
+        f"({engine.cfg.util}, {gib(engine.requested):.2f} GiB). Decrease GPU memory "
         f"utilization or reduce GPU memory used by other processes."
     )
 

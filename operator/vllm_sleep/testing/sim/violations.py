@@ -17,6 +17,7 @@ ViolationKind = Literal[
     "garbage_weights",  # level-2 wake without reload_weights, then served
     "engine_crash",  # the engine process died (legacy request while asleep, ...)
     "host_oom",  # level-1 offload exceeded the host's pinned-memory limit
+    "draft_model_lost",  # served after 0.34's level 2 discarded the speculative draft model
 ]
 KINDS: tuple[str, ...] = ViolationKind.__args__  # type: ignore[attr-defined]
 
