@@ -14,6 +14,7 @@ import yaml
 
 from ..api.names import API_VERSION, MODEL_DEPLOYMENT_KIND
 from ..api.quantity import parse_quantity
+from ..testing.sim.config import DEFAULT_RESIDUAL
 from ..testing.sim.timing import ITL_S, Timings, default_timings
 from ..testing.sim.units import GiB
 
@@ -40,8 +41,8 @@ class DemoModel:
 
     def gpu_gib(self, device_gib: float = DEVICE_GIB) -> tuple[float, float]:
         """GPU memory held awake (the engine's share) and asleep (the residual: CUDA context
-        etc., the simulator's default of 1 GiB + 2 % of the weights, testing/sim/config.py)."""
-        return device_gib * self.gpu_memory_utilization, 1.0 + 0.02 * self.weights_bytes / GiB
+        etc., the simulator's default, testing/sim/config.py)."""
+        return device_gib * self.gpu_memory_utilization, DEFAULT_RESIDUAL / GiB
 
     @property
     def timings(self) -> Timings:

@@ -64,9 +64,9 @@ def test_the_simulator_reads_the_demo_env_as_intended() -> None:
 def test_timings_are_the_simulators_model() -> None:
     llama = by_name("llama-8b")
     assert llama.timings.load == pytest.approx(38.6, abs=0.05)  # docs/simulator.md, 16 GiB
-    assert llama.timings.wake == pytest.approx(0.41, abs=0.01)
+    assert llama.timings.wake == pytest.approx(0.35, abs=0.01)
     awake, asleep = llama.gpu_gib()
-    assert awake == pytest.approx(36.0) and asleep == pytest.approx(1.32)
+    assert awake == pytest.approx(36.0) and asleep == pytest.approx(1.4)
 
 
 def test_real_equivalent_ttft_adds_back_only_the_engine_time() -> None:
