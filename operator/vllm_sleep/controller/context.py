@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from ..api.model_deployment import ModelDeployment
 from ..api.model_status import ModelPhase as Phase
 from ..metrics import OperatorMetrics
-from ..reconcile.lifecycle import ModelPolicy
 from .agents import AgentClient
+from .children import Children
 from .kube import Kube
 from .podcache import PodCache
+from .settings import Settings
+
+__all__ = ["Context", "Kickable", "Settings"]
 
 
-@dataclass(frozen=True)
-class Settings:
-    agent_image: str
-    resync_seconds: float = 30.0  # upper bound between passes even when nothing kicks
+class Kickable(Protocol):
+    """A model's control loop, as the handlers see it: something to wake up."""
+
+    kick: asyncio.Event
 
 
 @dataclass
@@ -26,13 +31,11 @@ class Context:
     kube: Kube
     agents: AgentClient
     metrics: OperatorMetrics
-    children: Any  # controller.children.Children
-    parse: Callable[[dict[str, Any]], Any]  # body -> api model (raises ValueError with a message)
-    policy: Callable[[Any], ModelPolicy]
-    drain_timeout: Callable[[Any], float] = lambda _model: 120.0  # model -> seconds
+    children: Children
+    # A ModelDeployment body -> the typed model (raises ValueError with a message for an Event).
+    parse: Callable[[Mapping[str, Any]], ModelDeployment]
     demand: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, model) -> renewTime
-    # (ns, model) -> ModelController
-    controllers: dict[tuple[str, str], Any] = field(default_factory=dict)
+    controllers: dict[tuple[str, str], Kickable] = field(default_factory=dict)  # (ns, model)
     pods: PodCache = field(default_factory=PodCache)
 
     def record_transition(

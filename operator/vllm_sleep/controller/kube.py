@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..api.names import CONDITION_AWAKE, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
-
-
-def rfc3339(ts: float | None = None) -> str:
-    dt = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+from ..reconcile.status import rfc3339
 
 
 class Kube:
@@ -89,7 +76,7 @@ class Kube:
             "type": CONDITION_AWAKE,
             "status": "True" if routed else "False",
             "reason": reason,
-            "lastTransitionTime": rfc3339(),
+            "lastTransitionTime": rfc3339(time.time()),
         }
         await self.core.patch_namespaced_pod_status(
             pod, namespace, {"status": {"conditions": [cond]}}

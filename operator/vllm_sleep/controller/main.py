@@ -74,7 +74,7 @@ async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
 
 async def run(args: argparse.Namespace) -> None:
     from .children import Children
-    from .spec import drain_timeout_for, parse_model, policy_for
+    from .spec import parse_model
 
     await _load_kube_config()
     api = client.ApiClient()
@@ -89,10 +89,8 @@ async def run(args: argparse.Namespace) -> None:
             kube=kube,
             agents=AgentClient(http),
             metrics=metrics,
-            children=Children(kube, settings),
+            children=Children(kube),
             parse=parse_model,
-            policy=policy_for,
-            drain_timeout=drain_timeout_for,
         )
         registry = kopf.OperatorRegistry()
         register(registry, ctx)

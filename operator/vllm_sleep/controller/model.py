@@ -1,8 +1,9 @@
-"""One ModelDeployment's control loop: observe the agents, decide (pure), act, report.
+"""One ModelDeployment's control loop: observe into typed values, plan (pure), apply, repeat.
 
 Run as a kopf daemon per ModelDeployment, so each model is one actor: its transitions are
 serialised per replica by construction, and a slow wake of one model never delays another.
-Transitions run as tasks so the loop keeps observing (and reporting) while an agent drains.
+Every decision is in `reconcile.plan`; this module only reads (`observe`) and writes (`apply`).
+Sleeps and wakes run as tasks so the loop keeps observing (and reporting) while an agent drains.
 """
 
 from __future__ import annotations
@@ -11,39 +12,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..api.agent_protocol import TRANSITIONING, AgentState, StateReport
-from ..api.names import (
-    ANNOTATION_SLEEP_REQUEST,
-    LABEL_MODEL,
-    SECRET_TOKEN_KEY,
-    token_secret_name,
-)
-from ..reconcile.lifecycle import (
-    Decision,
-    ReplicaObservation,
-    Route,
-    Sleep,
-    Wake,
-    decide,
-)
+from ..api.model_deployment import ModelDeployment
+from ..api.names import LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
+from ..reconcile.builders import owner_from_body
+from ..reconcile.lifecycle import Action, Route, Sleep, Wake
+from ..reconcile.observe import memory_patch, observe_pod
+from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
+from ..reconcile.status import Status
 from .agents import AgentError
 from .context import Context
-from .kube import parse_time
-from .memory import memory_from_pod, memory_patch
-from .podstate import engine_failure
-from .status import model_status
 from .watchers import AgentWatchers
 
 log = logging.getLogger(__name__)
 
-SLEEP_REQUEST_ANNOTATION = ANNOTATION_SLEEP_REQUEST  # set by `vllm-sleep sleep NAME`
-
 RELIST_SECONDS = 60.0  # heal the pod cache even if a watch event was missed
 
 Emit = Callable[[str, str, str], None]  # (type, reason, message) -> posts a k8s Event
+Body = Mapping[str, Any]  # a ModelDeployment as kopf hands it over
 
 
 class ModelController:
@@ -55,14 +43,15 @@ class ModelController:
         self.kick = asyncio.Event()  # set by demand, pod changes, agent reports, finished tasks
         self.watchers = AgentWatchers(ctx.agents, self.kick)
         self.transitions: dict[str, asyncio.Task[None]] = {}  # pod name -> running sleep/wake
-        self.transition_kind: dict[str, str] = {}  # pod name -> "sleep" | "wake"
-        self._reported_restarts: dict[str, int] = {}  # pod -> restart count already in an Event
+        self.transition_kind: dict[str, Transition] = {}
+        self.reported = Reported()  # what Events already said (the plan deduplicates with it)
+        self.last_sleep_seconds: float | None = None
+        self.last_wake_seconds: float | None = None
         self._token: str | None = None
-        self._last_status: dict[str, Any] | None = None
+        self._last_status: Status | None = None
+        self._listed_at: float | None = None
 
-    async def run(
-        self, get_body: Callable[[], dict[str, Any]], stopped: Callable[[], bool]
-    ) -> None:
+    async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
             while not stopped():
                 body = get_body()
@@ -84,50 +73,57 @@ class ModelController:
                 task.cancel()
 
     async def _wait(self, seconds: float | None) -> None:
-        timeout = (
-            self.ctx.settings.resync_seconds
-            if seconds is None
-            else min(seconds, self.ctx.settings.resync_seconds)
-        )
+        resync = self.ctx.settings.resync_seconds
+        timeout = resync if seconds is None else min(seconds, resync)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.kick.wait(), timeout=max(timeout, 0.05))
         self.kick.clear()
 
-    async def reconcile_once(self, body: dict[str, Any]) -> float | None:
+    async def reconcile_once(self, body: Body) -> float | None:
         model = self.ctx.parse(body)  # raises a clear error for what the schema could not catch
-        children = await self.ctx.children.ensure(body, model)
-        pods = await self._pods()
-        gpu, problem = await self.ctx.children.placement(model)
-        children = {**children, "problem": problem} if problem else children
-        if gpu is not None:
-            pods = await self.ctx.children.converge_pods(body, model, pods, gpu)
-        if problem and problem != self._last_problem:
-            self.emit("Warning", "CannotPlace", problem)
-        self._last_problem = problem
+        owner = owner_from_body(body)
+        await self.ctx.children.ensure(owner, model)
+        observed = await self.observe(model, body)
+        the_plan = plan(observed)
+        await self.apply(the_plan, model)
+        return the_plan.next_check_in
+
+    async def observe(self, model: ModelDeployment, body: Body) -> Observed:
+        pods = [observe_pod(p) for p in await self._pods()]
+        return Observed(
+            model=model,
+            owner=owner_from_body(body),
+            agent_image=self.ctx.settings.agent_image,
+            placement=await self.ctx.children.placement(model),
+            pods=pods,
+            reports={p.name: self.watchers.report(p) for p in pods},
+            now=time.time(),
+            demand_at=self.ctx.demand.get((self.namespace, self.name)),
+            transitions=dict(self.transition_kind),
+            reported=self.reported,
+            last_sleep_seconds=self.last_sleep_seconds,
+            last_wake_seconds=self.last_wake_seconds,
+        )
+
+    async def apply(self, the_plan: Plan, model: ModelDeployment) -> None:
+        """Carry the plan out, in order; decides nothing."""
+        kube = self.ctx.kube
+        for gone in the_plan.delete:
+            log.info("deleting pod %s/%s: %s", self.namespace, gone.name, gone.why)
+            await kube.delete_pod(self.namespace, gone.name, gone.uid)
+        for new in the_plan.create:
+            if await kube.create_if_missing(new.manifest):
+                log.info("created pod %s/%s", self.namespace, new.name)
+        for event in the_plan.events:
+            self.emit(event.type, event.reason, event.message)
+        self.reported = the_plan.reported
         token = await self._control_token()
-        self.watchers.sync(pods, token)
-        now = time.time()
-        observations = [self._observe(p) for p in pods]
-        memory = {p["metadata"]["name"]: memory_from_pod(p, self.watchers.report(p)) for p in pods}
-        demand = self.ctx.demand.get((self.namespace, self.name))
-        policy = self.ctx.policy(model)
-        self._drain_timeout = self.ctx.drain_timeout(model)
-        annotations = body["metadata"].get("annotations") or {}
-        sleep_request = parse_time(annotations.get(SLEEP_REQUEST_ANNOTATION))
-        decision: Decision = decide(policy, observations, memory, demand, now, sleep_request)
-        by_name = {p["metadata"]["name"]: p for p in pods}
-        if decision.actions:
-            log.info("%s/%s: %s", self.namespace, self.name, decision.actions)
-        for action in decision.actions:
-            await self._execute(action, by_name[action.pod], token, policy.level)
-        facts = dict(children)
-        if self.last_sleep_seconds is not None:
-            facts["lastSleepSeconds"] = self.last_sleep_seconds
-        if self.last_wake_seconds is not None:
-            facts["lastWakeSeconds"] = self.last_wake_seconds
-        status = model_status(body, model, pods, observations, self._reports(pods), now, facts)
-        await self._write_status(status)
-        return decision.next_check_in
+        self.watchers.sync(the_plan.watch, token)
+        if the_plan.actions:
+            log.info("%s/%s: %s", self.namespace, self.name, the_plan.actions)
+        for action in the_plan.actions:
+            await self._execute(action, the_plan.watch.get(action.pod), token, model)
+        await self._write_status(the_plan.status)
 
     async def _pods(self) -> list[dict[str, Any]]:
         """Pods from the watch-fed cache; a LIST on the first pass and every RELIST_SECONDS."""
@@ -138,73 +134,35 @@ class ModelController:
             self._listed_at = now
         return self.ctx.pods.get(self.namespace, self.name)
 
-    def _reports(self, pods: list[dict[str, Any]]) -> dict[str, StateReport]:
-        return {p["metadata"]["name"]: self.watchers.report(p) for p in pods}
-
-    def _observe(self, pod: dict[str, Any]) -> ReplicaObservation:
-        name = pod["metadata"]["name"]
-        report = self.watchers.report(pod)
-        state = report.state
-        failure = engine_failure(pod)
-        if failure is not None and state in (
-            AgentState.UNREACHABLE,
-            AgentState.LOADING,
-            AgentState.FAILED,
-        ):
-            state = AgentState.FAILED
-            if self._reported_restarts.get(name) != failure.restarts:
-                self._reported_restarts[name] = failure.restarts
-                self.emit("Warning", "EngineFailed", f"{name}: {failure.reason}")
-        kind = self.transition_kind.get(name)
-        if kind is not None and state not in TRANSITIONING:
-            # Our own request is in flight and the agent's report predates it (or its end).
-            if kind == "sleep" and state == AgentState.AWAKE:
-                state = AgentState.SLEEPING
-            elif kind == "wake" and state == AgentState.ASLEEP:
-                state = AgentState.WAKING
-        return ReplicaObservation(
-            pod=name,
-            agent=state,
-            routed=_routed(pod),
-            inflight=report.inflight,
-            held=report.held,
-            last_activity=report.last_activity,
-            deleting=bool(pod["metadata"].get("deletionTimestamp")),
-        )
-
     async def _execute(
-        self, action: Route | Sleep | Wake, pod: dict[str, Any], token: str, level: int
+        self, action: Action, ip: str | None, token: str, model: ModelDeployment
     ) -> None:
-        name = pod["metadata"]["name"]
         if isinstance(action, Route):
             reason = "EngineAwake" if action.routed else "EngineNotAwake"
-            await self.ctx.kube.set_routed(self.namespace, name, action.routed, reason)
+            await self.ctx.kube.set_routed(self.namespace, action.pod, action.routed, reason)
             return
-        if name in self.transitions:
+        if ip is None or action.pod in self.transitions:  # the plan filters these; a guard
             return
-        ip = pod.get("status", {}).get("podIP")
-        if not ip:
-            return
+        kind = Transition.SLEEP if isinstance(action, Sleep) else Transition.WAKE
+        drain = model.spec.sleep.drain_timeout.total_seconds()
         coro = (
-            self._sleep(pod, ip, token, action)
+            self._sleep(action, ip, token, drain)
             if isinstance(action, Sleep)
-            else self._wake(pod, ip, token, level, action)
+            else self._wake(action, ip, token, int(model.spec.sleep.level))
         )
-        task = asyncio.create_task(
-            coro, name=f"{action.__class__.__name__.lower()} {self.namespace}/{name}"
-        )
-        self.transitions[name] = task
-        self.transition_kind[name] = "sleep" if isinstance(action, Sleep) else "wake"
+        task = asyncio.create_task(coro, name=f"{kind} {self.namespace}/{action.pod}")
+        self.transitions[action.pod] = task
+        self.transition_kind[action.pod] = kind
 
-        def finished(_task: asyncio.Task[None], pod: str = name) -> None:
+        def finished(_task: asyncio.Task[None], pod: str = action.pod) -> None:
             self.transitions.pop(pod, None)
             self.transition_kind.pop(pod, None)
             self.kick.set()
 
         task.add_done_callback(finished)
 
-    async def _sleep(self, pod: dict[str, Any], ip: str, token: str, action: Sleep) -> None:
-        name = pod["metadata"]["name"]
+    async def _sleep(self, action: Sleep, ip: str, token: str, drain_timeout: float) -> None:
+        name = action.pod
         started = time.monotonic()
         # Memory first, action second: if the operator dies mid-sleep, its successor knows the
         # pre-warm happened and that only demand newer than this moment should wake the replica.
@@ -213,20 +171,18 @@ class ModelController:
         )
         self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
         try:
-            report = await self.ctx.agents.sleep(ip, token, action.level, self._drain_timeout)
+            report = await self.ctx.agents.sleep(ip, token, action.level, drain_timeout)
         except AgentError as e:
             self._failed("sleep", name, e)
             return
         seconds = time.monotonic() - started
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.last_sleep_seconds = seconds
-        self.watchers.set_report(name, report)
+        self.watchers.set_report(name, ip, report)
         self.emit("Normal", "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s")
 
-    async def _wake(
-        self, pod: dict[str, Any], ip: str, token: str, level: int, action: Wake
-    ) -> None:
-        name = pod["metadata"]["name"]
+    async def _wake(self, action: Wake, ip: str, token: str, level: int) -> None:
+        name = action.pod
         started = time.monotonic()
         self.emit("Normal", "Waking", f"{name}: {action.reason}")
         # A wake is on a request's path: the memory (when it started; the idle timer counts from
@@ -248,7 +204,7 @@ class ModelController:
             self.namespace, self.name, "wake", report.level or level, seconds
         )
         self.last_wake_seconds = seconds
-        self.watchers.set_report(name, report)
+        self.watchers.set_report(name, ip, report)
         self.emit("Normal", "Woke", f"{name}: awake in {seconds:.2f}s")
 
     def _failed(self, what: str, pod: str, e: AgentError) -> None:
@@ -267,24 +223,9 @@ class ModelController:
             raise RuntimeError(f"control token Secret {token_secret_name(self.name)} is missing")
         return self._token
 
-    async def _write_status(self, status: dict[str, Any]) -> None:
+    async def _write_status(self, status: Status) -> None:
         if status == self._last_status:
             return
         await self.ctx.kube.patch_model_status(self.namespace, self.name, status)
         self._last_status = status
         self.ctx.set_phase(self.namespace, self.name, str(status.get("phase")))
-
-    _drain_timeout: float = 120.0
-    _last_problem: str | None = None
-    _listed_at: float | None = None
-    last_sleep_seconds: float | None = None
-    last_wake_seconds: float | None = None
-
-
-def _routed(pod: dict[str, Any]) -> bool:
-    from ..api.names import CONDITION_AWAKE
-
-    for c in pod.get("status", {}).get("conditions") or []:
-        if c.get("type") == CONDITION_AWAKE:
-            return bool(c.get("status") == "True")
-    return False

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Mapping
 
 from ..api.agent_protocol import StateReport
+from ..reconcile.observe import ObservedPod
 from .agents import UNREACHABLE, AgentClient
 
 LONG_POLL_SECONDS = 30.0
@@ -23,20 +24,19 @@ class AgentWatchers:
         self._agents = agents
         self._kick = kick
         self._tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}  # pod -> (ip, task)
-        self._reports: dict[str, StateReport] = {}
+        self._reports: dict[str, tuple[str, StateReport]] = {}  # pod -> (ip, last report)
 
-    def report(self, pod: dict[str, Any]) -> StateReport:
-        return self._reports.get(pod["metadata"]["name"], UNREACHABLE)
+    def report(self, pod: ObservedPod) -> StateReport:
+        """The last report of the agent at this pod's IP: a pod replaced under the same name
+        (new IP) reads as unreachable, never as its predecessor."""
+        ip, report = self._reports.get(pod.name, ("", UNREACHABLE))
+        return report if pod.ip and ip == pod.ip else UNREACHABLE
 
-    def set_report(self, pod: str, report: StateReport) -> None:
-        self._reports[pod] = report
+    def set_report(self, pod: str, ip: str, report: StateReport) -> None:
+        self._reports[pod] = (ip, report)
 
-    def sync(self, pods: list[dict[str, Any]], token: str) -> None:
-        wanted = {}
-        for p in pods:
-            ip = p.get("status", {}).get("podIP")
-            if ip and not p["metadata"].get("deletionTimestamp"):
-                wanted[p["metadata"]["name"]] = ip
+    def sync(self, wanted: Mapping[str, str], token: str) -> None:
+        """Watch exactly the agents in `wanted` (pod -> IP)."""
         for name in list(self._tasks):
             ip, task = self._tasks[name]
             if wanted.get(name) != ip:  # pod gone or replaced (new IP)
@@ -54,8 +54,8 @@ class AgentWatchers:
             report = await self._agents.state(
                 ip, token, version=version, wait=LONG_POLL_SECONDS if version is not None else 0
             )
-            changed = report != self._reports.get(name)
-            self._reports[name] = report
+            changed = (ip, report) != self._reports.get(name)
+            self._reports[name] = (ip, report)
             if changed:
                 self._kick.set()
             if report is UNREACHABLE or report.version is None:

@@ -5,7 +5,7 @@ it is testable without a cluster and replayable after a restart: the inputs are 
 reports (the truth about each engine) and the model's status (the operator's memory), never
 anything held only in the operator's process.
 
-Protocol (DESIGN.md "Protocols"): to sleep, first take the replica out of routing (readiness
+Protocol (docs/operator.md, "Lifecycle of a replica"): to sleep, first take the replica out of routing (readiness
 gate False), then ask its agent to drain and sleep; to wake, ask the agent, and only once it
 confirms put the replica back into routing.
 """

@@ -1,0 +1,237 @@
+"""One reconcile pass of a ModelDeployment as a value: observed state + time -> Plan. Pure.
+
+The controller (`controller/model.py`) observes into typed values (`Observed`), calls `plan`,
+and a short executor applies the `Plan`: it deletes and creates pods, posts Events, flips
+readiness gates, starts sleeps and wakes, and writes the status. Nothing is decided there.
+
+Order of the decisions, as in KubeAI's and Knative's reconcilers:
+
+1. converge pods: create missing replicas, delete surplus, outdated (spec hash) and ended ones,
+   but only when the model can be placed (`Placement.gpu`); terminating pods are shown, not
+   acted on;
+2. read each live replica's state from its agent's report, the pod's restart record and the
+   transitions this operator has in flight, and its memory from the pod's annotations;
+3. `lifecycle.decide` the routes, sleeps and wakes; drop sleeps and wakes a replica cannot take
+   now (one is already running, or it has no IP yet);
+4. `admit` them: the seam where a GPU-pool scheduler gates wakes (docs/operator.md);
+5. the Events not yet reported, and the status (`reconcile.status`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from ..api.agent_protocol import TRANSITIONING, UNREACHABLE_REPORT, AgentState, StateReport
+from ..api.demand import parse_micro_time
+from ..api.model_deployment import ModelDeployment
+from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH
+from .builders import Manifest, Owner, model_pod
+from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
+from .observe import ObservedPod
+from .placement import Placement
+from .policy import policy_from_spec
+from .status import Status, StatusFacts, model_status
+
+
+class Transition(StrEnum):
+    SLEEP = "sleep"
+    WAKE = "wake"
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What this operator already said in Events, so each fact is reported once."""
+
+    restarts: Mapping[str, int] = field(default_factory=dict)  # pod uid -> restarts reported
+    problem: str | None = None  # the placement problem of the last pass
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one pass knows about a model; built by the controller, read by `plan`."""
+
+    model: ModelDeployment
+    owner: Owner
+    agent_image: str
+    placement: Placement
+    pods: Sequence[ObservedPod]
+    reports: Mapping[str, StateReport]  # pod name -> its agent's last report
+    now: float  # unix seconds
+    demand_at: float | None = None  # the demand Lease's newest renewTime
+    transitions: Mapping[str, Transition] = field(default_factory=dict)  # pod -> running
+    reported: Reported = Reported()
+    last_sleep_seconds: float | None = None
+    last_wake_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    uid: str | None  # a precondition: never delete a successor that took the name
+    why: str
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    delete: tuple[DeletePod, ...]
+    create: tuple[CreatePod, ...]
+    watch: Mapping[str, str]  # pod -> IP of every agent to long-poll
+    actions: tuple[Action, ...]  # in order: a Route(False) always precedes its Sleep
+    events: tuple[Event, ...]
+    reported: Reported  # what the controller remembers for the next pass
+    status: Status
+    next_check_in: float | None  # seconds until a timer (idle, minAwake) may fire
+
+
+# Gate for sleeps and wakes before they run. A device-level scheduler replaces a Wake it cannot
+# fit by the sleeps that make room, then the Wake, or drops it until room is made.
+Admit = Callable[[tuple[Action, ...]], tuple[Action, ...]]
+
+
+def admit_all(actions: tuple[Action, ...]) -> tuple[Action, ...]:
+    return actions
+
+
+def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
+    model, now = observed.model, observed.now
+    live, delete, create = converge(observed)
+    events: list[Event] = []
+    problem = observed.placement.problem
+    if problem and problem != observed.reported.problem:
+        events.append(Event("Warning", "CannotPlace", problem))
+
+    restarts = dict(observed.reported.restarts)
+    observations: list[ReplicaObservation] = []
+    memory: dict[str, ReplicaMemory] = {}
+    for pod in live:
+        report = observed.reports.get(pod.name, UNREACHABLE_REPORT)
+        obs = observe_replica(pod, report, observed.transitions.get(pod.name))
+        failure = pod.failure
+        if obs.agent == AgentState.FAILED and failure is not None:
+            key = pod.uid or pod.name
+            if restarts.get(key) != failure.restarts:
+                restarts[key] = failure.restarts
+                events.append(Event("Warning", "EngineFailed", f"{pod.name}: {failure.reason}"))
+        observations.append(obs)
+        memory[pod.name] = replica_memory(pod, report)
+    seen = {p.uid or p.name for p in observed.pods}
+    restarts = {k: v for k, v in restarts.items() if k in seen}
+
+    sleep_request = parse_micro_time(model.metadata.annotations.get(ANNOTATION_SLEEP_REQUEST))
+    decision = decide(
+        policy_from_spec(model.spec), observations, memory, observed.demand_at, now, sleep_request
+    )
+    by_name = {p.name: p for p in live}
+    runnable = tuple(
+        a
+        for a in decision.actions
+        if isinstance(a, Route) or (by_name[a.pod].ip and a.pod not in observed.transitions)
+    )
+    facts = StatusFacts(problem, observed.last_sleep_seconds, observed.last_wake_seconds)
+    return Plan(
+        delete=delete,
+        create=create,
+        watch={p.name: p.ip for p in live if p.ip and not p.deleting},
+        actions=admit(runnable),
+        events=tuple(events),
+        reported=Reported(restarts, problem),
+        status=model_status(model, live, observations, observed.reports, now, facts),
+        next_check_in=decision.next_check_in,
+    )
+
+
+def converge(
+    observed: Observed,
+) -> tuple[list[ObservedPod], tuple[DeletePod, ...], tuple[CreatePod, ...]]:
+    """The live pods, and the pod deletions and creations that bring them to the spec."""
+    gpu = observed.placement.gpu
+    if gpu is None:  # cannot place: touch nothing, the status says why
+        return list(observed.pods), (), ()
+    spec = observed.model.spec
+    desired = {
+        i: model_pod(observed.owner, spec, i, agent_image=observed.agent_image, gpu=gpu)
+        for i in range(spec.replicas)
+    }
+    live: list[ObservedPod] = []
+    have: set[int] = set()
+    delete: list[DeletePod] = []
+    for pod in observed.pods:
+        if pod.deleting:
+            live.append(pod)
+            have.add(pod.replica)
+            continue
+        want = desired.get(pod.replica)
+        want_hash = None if want is None else _spec_hash(want)
+        if want is None:
+            delete.append(DeletePod(pod.name, pod.uid, "surplus replica"))
+        elif want_hash != pod.spec_hash:
+            delete.append(DeletePod(pod.name, pod.uid, "spec changed"))
+        elif pod.ended:
+            delete.append(DeletePod(pod.name, pod.uid, f"pod {pod.phase}"))
+        else:
+            live.append(pod)
+            have.add(pod.replica)
+    create = tuple(CreatePod(m) for i, m in desired.items() if i not in have)
+    return live, tuple(delete), create
+
+
+def observe_replica(
+    pod: ObservedPod, report: StateReport, running: Transition | None = None
+) -> ReplicaObservation:
+    """The replica as `lifecycle.decide` sees it."""
+    state = report.state
+    if pod.failure is not None and state in (
+        AgentState.UNREACHABLE,
+        AgentState.LOADING,
+        AgentState.FAILED,
+    ):
+        state = AgentState.FAILED  # kubelet saw vLLM exit: the agent cannot know why
+    if running is not None and state not in TRANSITIONING:
+        # Our own request is in flight and the agent's report predates it (or its end).
+        if running is Transition.SLEEP and state == AgentState.AWAKE:
+            state = AgentState.SLEEPING
+        elif running is Transition.WAKE and state == AgentState.ASLEEP:
+            state = AgentState.WAKING
+    return ReplicaObservation(
+        pod=pod.name,
+        agent=state,
+        routed=pod.routed,
+        inflight=report.inflight,
+        held=report.held,
+        last_activity=report.last_activity,
+        deleting=pod.deleting,
+    )
+
+
+def replica_memory(pod: ObservedPod, report: StateReport) -> ReplicaMemory:
+    mem = pod.memory
+    if report.state == AgentState.ASLEEP:
+        # An engine found asleep without our annotations (slept by a previous operator that
+        # died, or by hand): the agent's own clock says since when; it needs no pre-warm.
+        slept_at = mem.slept_at if mem.slept_at is not None else report.since
+        return ReplicaMemory(woken_at=mem.woken_at, slept_at=slept_at, prewarmed=True)
+    return mem
+
+
+def _spec_hash(manifest: Manifest) -> str | None:
+    annotations: Mapping[str, str] = manifest["metadata"].get("annotations") or {}
+    return annotations.get(ANNOTATION_SPEC_HASH)

@@ -1,0 +1,168 @@
+"""A ModelDeployment's status from its pods and their agents' reports. Pure.
+
+Status is for people and tools (kubectl, GitOps health checks); it carries no timestamps that
+change on every pass, so an idle model causes no writes. Out comes the JSON for a merge patch of
+the status subresource (`api.model_status.ModelDeploymentStatus` is its schema).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..api.agent_protocol import AgentState, StateReport
+from ..api.common import Condition
+from ..api.model_deployment import ModelDeployment
+from ..api.model_status import ConditionType, ModelDeploymentStatus
+from ..api.model_status import ModelPhase as Phase
+from .lifecycle import ReplicaObservation
+from .observe import ObservedPod
+from .phase import summarize
+
+Status = dict[str, Any]  # JSON of ModelDeploymentStatus, camelCase
+
+
+@dataclass(frozen=True)
+class StatusFacts:
+    """What the status says beyond pods and reports."""
+
+    problem: str | None = None  # why the model cannot be placed (a spec or GPUPool problem)
+    last_sleep_seconds: float | None = None  # duration of this operator's last sleep
+    last_wake_seconds: float | None = None
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def model_status(
+    model: ModelDeployment,
+    pods: Sequence[ObservedPod],
+    observations: Sequence[ReplicaObservation],
+    reports: Mapping[str, StateReport],
+    now: float,
+    facts: StatusFacts = StatusFacts(),
+) -> Status:
+    """`pods` and `observations` are the live replicas, in the same order."""
+    desired = model.spec.replicas
+    summary = summarize(list(observations), desired)
+    replicas: list[dict[str, Any]] = []
+    activity: list[float] = []
+    failures: list[str] = []
+    for pod, obs in zip(pods, observations, strict=True):
+        rep = reports.get(pod.name)
+        entry: dict[str, Any] = {"pod": pod.name, "node": pod.node, "state": replica_state(obs)}
+        if rep and rep.since:
+            entry["since"] = rfc3339(rep.since)
+        if rep and rep.level is not None and obs.agent == AgentState.ASLEEP:
+            entry["level"] = rep.level
+        if obs.agent == AgentState.FAILED and pod.failure is not None:
+            entry["message"] = pod.failure.reason
+            failures.append(pod.failure.reason)
+        replicas.append(entry)
+        if obs.last_activity:
+            activity.append(obs.last_activity)
+    unscheduled = facts.problem or next((p.unscheduled for p in pods if p.unscheduled), None)
+    problem = facts.problem or (failures[0] if failures else None)
+    previous = model.status
+    status: Status = {
+        "phase": summary.phase.value,
+        "awake": f"{summary.awake}/{desired}",
+        "replicas": replicas,
+        "observedGeneration": model.metadata.generation,
+        "conditions": _conditions(
+            previous.conditions if previous else [],
+            summary.phase,
+            summary.awake,
+            desired,
+            summary.failed,
+            summary.reason,
+            problem,
+            unscheduled,
+            now,
+        ),
+    }
+    if activity:
+        status["lastActivityTime"] = rfc3339(max(activity))
+    elif previous and previous.last_activity_time:
+        status["lastActivityTime"] = rfc3339(previous.last_activity_time.timestamp())
+    before = previous or ModelDeploymentStatus()
+    for key, mine, kept in (
+        ("lastSleepSeconds", facts.last_sleep_seconds, before.last_sleep_seconds),
+        ("lastWakeSeconds", facts.last_wake_seconds, before.last_wake_seconds),
+    ):
+        if mine is not None:
+            status[key] = round(mine, 3)
+        elif kept is not None:
+            status[key] = kept
+    return status
+
+
+def replica_state(obs: ReplicaObservation) -> str:
+    """The replica's state as `status.replicas[].state` spells it (docs/api.md)."""
+    if obs.deleting:
+        return "Terminating"
+    return {
+        AgentState.UNREACHABLE: "Starting",
+        AgentState.LOADING: "Loading",
+        AgentState.AWAKE: "Awake" if obs.routed else "Loaded",
+        AgentState.DRAINING: "Draining",
+        AgentState.SLEEPING: "Sleeping",
+        AgentState.ASLEEP: "Asleep",
+        AgentState.WAKING: "Waking",
+        AgentState.FAILED: "Failed",
+    }[obs.agent]
+
+
+def _conditions(
+    previous: Sequence[Condition],
+    phase: Phase,
+    awake: int,
+    desired: int,
+    failed: int,
+    reason: str,
+    problem: str | None,
+    unscheduled: str | None,
+    now: float,
+) -> list[dict[str, Any]]:
+    # lastTransitionTime moves only when a condition's status flips (metav1.Condition).
+    old = {c.type: c for c in previous}
+
+    def cond(ctype: ConditionType, ok: bool, why: str, message: str) -> dict[str, Any]:
+        status = "True" if ok else "False"
+        prior = old.get(ctype.value)
+        kept = prior is not None and prior.status == status
+        since = rfc3339(prior.last_transition_time.timestamp() if prior and kept else now)
+        return {
+            "type": ctype.value,
+            "status": status,
+            "reason": why,
+            "message": message,
+            "lastTransitionTime": since,
+        }
+
+    # Ready: the model can serve a request now or after a wake (asleep is a healthy state).
+    ready = phase in (Phase.AWAKE, Phase.ASLEEP, Phase.WAKING, Phase.DRAINING) and not problem
+    return [
+        cond(ConditionType.READY, ready, phase.value, reason),
+        cond(
+            ConditionType.AWAKE,
+            awake > 0,
+            "ReplicasAwake" if awake else "NoReplicaAwake",
+            f"{awake}/{desired} replicas awake",
+        ),
+        cond(
+            ConditionType.SCHEDULED,
+            not unscheduled,
+            "PodsScheduled" if not unscheduled else "Unschedulable",
+            unscheduled or "all pods placed",
+        ),
+        cond(
+            ConditionType.DEGRADED,
+            bool(problem or failed),
+            "Problem" if problem else ("ReplicasFailed" if failed else "AsExpected"),
+            problem or (f"{failed} replica(s) failed" if failed else "no problems"),
+        ),
+    ]
