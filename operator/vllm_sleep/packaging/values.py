@@ -30,6 +30,12 @@ DNS_SUBDOMAIN = r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z
 # Prometheus durations (30s, 1m, 1h30m).
 PROM_DURATION = r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$"
 
+
+def _or_empty(pattern: str) -> str:
+    """The anchored pattern, or the empty string (a value left unset)."""
+    return f"^(?:{pattern.removeprefix('^').removesuffix('$')})?$"
+
+
 NamespaceName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 
 
@@ -118,7 +124,7 @@ class Gateway(_Values):
     )
     apiKeysSecret: str = Field(
         "",
-        pattern=r"^$|" + DNS_SUBDOMAIN[1:],
+        pattern=_or_empty(DNS_SUBDOMAIN),
         max_length=253,
         description="Secret whose key `keys` lists API keys, one per line (empty: no auth)",
     )
@@ -145,7 +151,7 @@ class NetworkPolicy(_Values):
     )
     monitoringNamespace: str = Field(
         "",
-        pattern=r"^$|" + DNS_LABEL[1:],
+        pattern=_or_empty(DNS_LABEL),
         max_length=63,
         description="namespace of Prometheus: may scrape every metrics port",
     )
@@ -169,7 +175,7 @@ class Dashboard(_Values):
         description="labels the Grafana sidecar selects on",
     )
     namespace: str = Field(
-        "", pattern=r"^$|" + DNS_LABEL[1:], description="where the ConfigMap goes (empty: release)"
+        "", pattern=_or_empty(DNS_LABEL), description="where the ConfigMap goes (empty: release)"
     )
 
 
@@ -225,19 +231,40 @@ class Values(_Values):
 
 
 def crd_spec_schema(plural: str) -> dict[str, Any]:
-    """The `spec` schema of one of our CRDs, as the apiserver checks it."""
+    """The `spec` schema of one of our CRDs, as the apiserver checks it (OpenAPI 3.0)."""
     crd = all_crds()[f"{plural}.{GROUP}.yaml"]
     version = crd["spec"]["versions"][0]
     spec: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     return spec
 
 
+def json_schema(node: Any) -> Any:
+    """OpenAPI 3.0 schema -> JSON Schema 2020-12 (what Helm checks values with): boolean
+    exclusiveMinimum/Maximum become numbers, `nullable` admits null. CEL rules
+    (x-kubernetes-validations) are left to the apiserver."""
+    if isinstance(node, list):
+        return [json_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: json_schema(v) for k, v in node.items() if k != "nullable"}
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if out.get(exclusive) is True:
+            out[exclusive] = out.pop(bound)
+        elif out.get(exclusive) is False:
+            del out[exclusive]
+    if node.get("nullable") is True and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
 def schema() -> dict[str, Any]:
     """values.schema.json: pydantic's schema, example specs replaced by the CRDs' schemas."""
     out: dict[str, Any] = _untitled(Values.model_json_schema())
     defs = out["$defs"]
-    defs["Example"]["properties"]["spec"] = crd_spec_schema(GPU_POOL_PLURAL)
-    defs["NamespacedExample"]["properties"]["spec"] = crd_spec_schema(MODEL_DEPLOYMENT_PLURAL)
+    defs["Example"]["properties"]["spec"] = json_schema(crd_spec_schema(GPU_POOL_PLURAL))
+    defs["NamespacedExample"]["properties"]["spec"] = json_schema(
+        crd_spec_schema(MODEL_DEPLOYMENT_PLURAL)
+    )
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     out["title"] = "vllm-sleep-operator chart values"
     return out
