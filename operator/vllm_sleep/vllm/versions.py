@@ -75,3 +75,54 @@ class Features:
     def sleep_state_gauge(self) -> bool:
         """`vllm:engine_sleep_state` exists (0.12)."""
         return self.version is not None and self.version.at_least(0, 12)
+
+    @property
+    def release_kv_cache_memory(self) -> bool:
+        """`POST /release_kv_cache_memory` exists (0.31): the KV-only sleep tier (pause, release
+        the KV cache, and a wake that re-maps only the KV cache while the weights stay)."""
+        return self.version is not None and self.version.at_least(0, 31)
+
+    @property
+    def sleep_reset_connector(self) -> bool:
+        """`/sleep` and `/release_kv_cache_memory` take `reset_connector` (0.34)."""
+        return self.version is not None and self.version.at_least(0, 34)
+
+    @property
+    def checkpoint_routes(self) -> bool:
+        """`/checkpoint/prepare|restore|status` exist whenever sleep mode is on (0.34): not
+        dev-gated and not behind --api-key, so they must be kept away from clients."""
+        return self.version is not None and self.version.at_least(0, 34)
+
+    @property
+    def extensible_kv_cache(self) -> bool:
+        """Without --gpu-memory-utilization the engine takes nearly all free device memory at
+        start and skips the startup check (0.34): always pass a share."""
+        return self.version is not None and self.version.at_least(0, 34)
+
+    @property
+    def backup_kept_while_awake(self) -> bool:
+        """The pinned host backup of the weights stays after a wake, from the first sleep until
+        the process exits (0.34); before, it was freed on wake.
+
+        Unknown version: yes, the answer that never under-counts host memory.
+        """
+        return self.version is None or self.version.at_least(0, 34)
+
+    @property
+    def level2_discards_draft(self) -> bool:
+        """Level 2 discards a speculative-decoding draft model that reload_weights does not
+        restore, unless --sleep-preserve-parameter-names keeps it (0.34).
+
+        Unknown version: yes, so a speculative model is not put into level 2 unprotected.
+        """
+        return self.version is None or self.version.at_least(0, 34)
+
+    @property
+    def default_gpu_memory_utilization(self) -> float | None:
+        """What an unset --gpu-memory-utilization means: 0.9 up to 0.19, 0.92 from 0.20, and
+        1.0 (all free memory) from 0.34. None for an unknown version."""
+        if self.version is None:
+            return None
+        if self.version.at_least(0, 34):
+            return 1.0
+        return 0.92 if self.version.at_least(0, 20) else 0.9

@@ -28,11 +28,36 @@ def test_features_by_version() -> None:
     assert legacy.sleep_state_gauge and not old.sleep_state_gauge
 
 
+@pytest.mark.parametrize(
+    ("version", "kv_only", "v034", "default_util"),
+    [
+        ("0.16.0", False, False, 0.9),
+        ("0.20.0", False, False, 0.92),
+        ("0.31.0", True, False, 0.92),
+        ("0.33.0", True, False, 0.92),
+        ("0.34.0", True, True, 1.0),
+        ("0.34.1rc1", True, True, 1.0),
+    ],
+)
+def test_features_of_0_34_and_the_kv_only_tier(
+    version: str, kv_only: bool, v034: bool, default_util: float
+) -> None:
+    f = Features(VLLMVersion.parse(version))
+    assert f.release_kv_cache_memory is kv_only
+    assert f.sleep_reset_connector is f.checkpoint_routes is f.extensible_kv_cache is v034
+    assert f.backup_kept_while_awake is f.level2_discards_draft is v034
+    assert f.default_gpu_memory_utilization == default_util
+
+
 def test_unknown_version_gets_the_safe_answers() -> None:
     unknown = Features(None)
     assert not unknown.sleep_mode_param  # never send what old versions might mis-handle
     assert not unknown.sleep_resets_prefix_cache  # so the caller resets it: harmless
     assert unknown.http_reload_weights  # try; a 404 is loud
+    assert unknown.backup_kept_while_awake  # never under-count host memory
+    assert unknown.level2_discards_draft  # never lose a draft model unprotected
+    assert not unknown.checkpoint_routes and not unknown.release_kv_cache_memory
+    assert unknown.default_gpu_memory_utilization is None
 
 
 def _gauge(engine: str, **states: int) -> str:
