@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from planning import NOW, body, observed, pod, report
 
-from vllm_sleep.api.agent_protocol import AgentState
+from vllm_sleep.api.agent_protocol import AgentState, StateReport
+from vllm_sleep.api.model_status import ModelDeploymentStatus
 from vllm_sleep.api.names import ANNOTATION_SLEEP_REQUEST
 from vllm_sleep.reconcile.lifecycle import Action, Route, Sleep, Wake
 from vllm_sleep.reconcile.observe import (
@@ -229,3 +234,90 @@ def test_nothing_to_report_gives_no_events_and_keeps_memory_empty() -> None:
     p = plan(observed(body()))
     assert p.events == ()
     assert p.reported == Reported()
+
+
+# --- properties ------------------------------------------------------------------------------
+
+pod_shapes = st.fixed_dictionaries(
+    {
+        "ip": st.sampled_from([None, "10.0.0.1"]),
+        "routed": st.booleans(),
+        "deleting": st.booleans(),
+        "phase": st.sampled_from(["Pending", "Running", "Failed"]),
+        "restarts": st.integers(0, 2),
+        "stale": st.booleans(),
+    }
+)
+agent_reports = st.builds(
+    report,
+    st.sampled_from(list(AgentState)),
+    held=st.integers(0, 2),
+    inflight=st.integers(0, 2),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 3),
+    st.lists(pod_shapes, max_size=4),
+    st.lists(agent_reports, min_size=4, max_size=4),
+    st.lists(st.sampled_from([None, Transition.SLEEP, Transition.WAKE]), min_size=4, max_size=4),
+    st.one_of(st.none(), st.floats(NOW - 3600, NOW)),
+)
+def test_plan_safety_properties(
+    replicas: int,
+    shapes: list[dict[str, Any]],
+    reports: list[StateReport],
+    running: list[Transition | None],
+    demand: float | None,
+) -> None:
+    raw = body(replicas=replicas)
+    pods = [
+        pod(
+            raw,
+            i,
+            ip=s["ip"],
+            routed=s["routed"],
+            deleting=s["deleting"],
+            phase=s["phase"],
+            restarts=s["restarts"],
+            spec_hash="old" if s["stale"] else None,
+        )
+        for i, s in enumerate(shapes)
+    ]
+    by_name = {p.name: p for p in pods}
+    transitions = {p.name: t for p, t in zip(pods, running, strict=False) if t is not None}
+    p = plan(
+        observed(
+            raw,
+            pods,
+            {q.name: r for q, r in zip(pods, reports, strict=False)},
+            transitions=transitions,
+            demand_at=demand,
+        )
+    )
+    deleted = {d.name for d in p.delete}
+    assert not any(by_name[n].deleting for n in deleted)  # a terminating pod is left alone
+    created = {c.name for c in p.create}
+    assert created.isdisjoint(n for n, q in by_name.items() if n not in deleted)
+    assert len(created) + len(by_name) - len(deleted) >= replicas  # every replica exists
+    for a in p.actions:
+        assert a.pod not in deleted and not by_name[a.pod].deleting
+        if isinstance(a, Sleep | Wake):
+            assert by_name[a.pod].ip and a.pod not in transitions
+        if isinstance(a, Route) and a.routed:
+            assert reports[pods.index(by_name[a.pod])].state is AgentState.AWAKE
+    assert set(p.watch) <= {n for n, q in by_name.items() if q.ip and not q.deleting} - deleted
+    ModelDeploymentStatus.model_validate(p.status)
+    # A second pass over the same world reports nothing new.
+    again = plan(
+        observed(
+            raw,
+            pods,
+            {q.name: r for q, r in zip(pods, reports, strict=False)},
+            transitions=transitions,
+            demand_at=demand,
+            reported=p.reported,
+        )
+    )
+    assert again.events == ()
