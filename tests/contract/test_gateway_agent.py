@@ -1,14 +1,15 @@
 """Gateway -> real pod agent -> simulated vLLM, over loopback: the production data path.
 
-Covers what the fake upstreams cannot: the agent's real refusal (503 while asleep) makes the
-gateway move the request to an awake replica, and the legacy simulator (which dies if a request
-reaches a sleeping engine) records zero violations.
+Covers what the fake upstreams cannot: the agent's real refusals (503 while asleep, 429 when its
+hold queue is full) make the gateway move or re-hold the request, `wake.maxQueued` means the
+same at both, and the legacy simulator (which dies if a request reaches a sleeping engine)
+records zero violations.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -25,9 +26,10 @@ TOKEN = "gw-test-token"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-async def agent_for(engine: SimEngine, host: str) -> Agent:
+async def agent_for(engine: SimEngine, host: str, **over: object) -> Agent:
     cfg = AgentConfig.model_validate(
-        {
+        over
+        | {
             "listen_host": host,
             "public_port": 0,
             "control_port": 0,
@@ -37,6 +39,7 @@ async def agent_for(engine: SimEngine, host: str) -> Agent:
             "poll_interval": 0.01,
             "health_interval": 0.05,
         }
+        | over
     )
     agent = Agent(cfg)
     await agent.start()
@@ -172,3 +175,97 @@ async def test_an_agent_that_never_wakes_ends_in_the_gateways_wake_timeout(
         metrics = (await http.get(g.url + "/metrics")).text
     assert 'vllm_sleep_gateway_upstream_retries_total{reason="hold_timeout"}' in metrics
     assert engine.state == "sleeping" and not engine.violations
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not cond():  # noqa: ASYNC110 - polling state another task changes
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def asleep() -> AsyncIterator[tuple[SimEngine, EngineHost]]:
+    host = EngineHost(time_scale=0.002)
+    engine = await start(
+        host,
+        "m",
+        "--enable-sleep-mode",
+        "--served-model-name",
+        "m",
+        "--host",
+        "127.0.11.9",
+        env={"VLLM_SIM_PROFILE": "legacy"},
+    )
+    yield engine, host
+    await host.stop_all()
+
+
+async def test_max_queued_bounds_what_a_gateway_holds_and_a_full_queue_is_429(
+    asleep: tuple[SimEngine, EngineHost], http: httpx.AsyncClient
+) -> None:
+    # wake.maxQueued = 2 at the gateway and (as the operator sets it) --max-held 2 at the
+    # agent: two requests wait at the asleep agent, the third is answered 429 queue_full by
+    # the gateway at once, and the two flow when the engine wakes.
+    engine, _ = asleep
+    agent = await agent_for(engine, "127.0.12.9", max_held=2, hold_timeout=30.0)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        assert (await http.post(agent.control_url + "/sleep", headers=auth)).status_code == 200
+        source = StaticSource("team")
+        wake = WakePolicy(max_queued=2)
+        source.add_model("m", [agent.public_url], awake=False, can_hold=True, wake=wake)
+        async with Gateway(
+            GatewayConfig(listen_host="127.0.12.104", port=0, retry_after=3),
+            source,
+            MemoryDemand(),
+        ) as g:
+            url = g.url + "/v1/chat/completions"
+            held = [asyncio.create_task(http.post(url, json=CHAT)) for _ in range(2)]
+            await until(lambda: agent.snapshot()["held"] == 2)
+            full = await http.post(url, json=CHAT)
+            assert full.status_code == 429, full.text
+            assert full.json()["error"]["code"] == "queue_full"
+            assert full.json()["error"]["type"] == "rate_limit_error"
+            assert full.headers["retry-after"] == "3"
+            assert (await http.post(agent.control_url + "/wake", headers=auth)).status_code == 200
+            assert [(await t).status_code for t in held] == [200, 200]
+    finally:
+        await agent.stop()
+    assert not engine.violations
+
+
+async def test_an_agent_whose_hold_queue_is_full_answers_429_and_the_gateway_holds_again(
+    asleep: tuple[SimEngine, EngineHost], http: httpx.AsyncClient
+) -> None:
+    # Several gateways (or direct clients) can send an agent more than maxQueued: the agent
+    # refuses the surplus with 429 queue_full (never forwarded), and a gateway keeps such a
+    # request in its own queue until a replica takes it.
+    engine, _ = asleep
+    agent = await agent_for(engine, "127.0.12.10", max_held=1, hold_timeout=30.0)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        assert (await http.post(agent.control_url + "/sleep", headers=auth)).status_code == 200
+        direct = [
+            asyncio.create_task(http.post(agent.public_url + "/v1/chat/completions", json=CHAT))
+        ]
+        await until(lambda: agent.snapshot()["held"] == 1)
+        refused = await http.post(agent.public_url + "/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        source = StaticSource("team")
+        source.add_model("m", [agent.public_url], awake=False, can_hold=True)
+        async with Gateway(
+            GatewayConfig(listen_host="127.0.12.105", port=0), source, MemoryDemand()
+        ) as g:
+            via_gateway = asyncio.create_task(http.post(g.url + "/v1/chat/completions", json=CHAT))
+            retries = g.metrics.registry.get_sample_value
+            sample = ("vllm_sleep_gateway_upstream_retries_total", {"reason": "queue_full"})
+            await until(lambda: (retries(*sample) or 0) >= 1)
+            assert not via_gateway.done()  # held again, not answered with the agent's 429
+            assert (await http.post(agent.control_url + "/wake", headers=auth)).status_code == 200
+            assert (await via_gateway).status_code == 200
+        assert [(await t).status_code for t in direct] == [200]
+    finally:
+        await agent.stop()
+    assert not engine.violations

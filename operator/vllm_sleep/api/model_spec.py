@@ -98,7 +98,11 @@ class WakeSpec(ApiModel):
         default=256,
         ge=0,
         le=100_000,
-        description="Requests held per replica while asleep or waking; beyond it: 503.",
+        description=(
+            "Requests each gateway process holds for this model while none of its replicas is "
+            "awake; beyond it: 429 queue_full with Retry-After. Each agent holds at most as "
+            "many (a full agent answers 429 too, and the gateway holds the request again)."
+        ),
     )
 
 
