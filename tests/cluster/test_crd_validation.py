@@ -112,6 +112,7 @@ BAD_MODELS: list[tuple[str, dict[str, Any], str]] = [
     ("args-sleep-mode", {"spec": {"args": ["--max-model-len=8192", "--enable-sleep-mode"]}}, "args must not set --enable-sleep-mode"),
     ("args-served-name-underscore", {"spec": {"args": ["--served_model_name=x"]}}, "args must not set --served_model_name=x"),
     ("args-util", {"spec": {"args": ["--gpu-memory-utilization", "0.9"]}}, "args must not set --gpu-memory-utilization"),
+    ("args-kv-size", {"spec": {"args": ["--kv_cache_memory_bytes=8Gi"]}}, "args must not set --kv_cache_memory_bytes=8Gi"),
     ("args-tp-short", {"spec": {"args": ["-tp", "2"]}}, "args must not set -tp"),
     ("env-dev-mode", {"spec": {"env": [{"name": "VLLM_SERVER_DEV_MODE", "value": "0"}]}}, "env must not set VLLM_SERVER_DEV_MODE"),
     ("toleration-exists-with-value", {"spec": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}, "operator Exists must not set a value"),

@@ -25,6 +25,8 @@ OWNED_FLAGS = (
     "enable-sleep-mode",
     "served-model-name",
     "gpu-memory-utilization",
+    "kv-cache-memory-bytes",  # from resources.kvCacheSize
+    "kv-cache-memory",  # argparse's prefix of --kv-cache-memory-bytes
     "tensor-parallel-size",
 )
 _OWNED_FLAG_RE = "^(--(" + "|".join(f.replace("-", "[-_]") for f in OWNED_FLAGS) + ")|-tp)(=.*)?$"
@@ -81,7 +83,8 @@ class ModelDeploymentSpec(ApiModel):
                     "messageExpression": "'args must not set ' + self.filter(a, a.matches('"
                     + _OWNED_FLAG_RE
                     + "'))[0] + ': the operator sets --host, --port, --enable-sleep-mode, "
-                    "--served-model-name, --gpu-memory-utilization and --tensor-parallel-size'",
+                    "--served-model-name, --gpu-memory-utilization, --kv-cache-memory-bytes "
+                    "(resources.kvCacheSize) and --tensor-parallel-size'",
                 }
             ],
         },

@@ -46,6 +46,15 @@ class ModelResources(ApiModel):
         ),
         json_schema_extra={"x-kubernetes-validations": [_POSITIVE_QUANTITY]},
     )
+    kv_cache_size: Quantity | None = Field(
+        default=None,
+        description=(
+            "Fixed KV cache size per GPU (vLLM --kv-cache-memory-bytes, vLLM >= 0.11). Without "
+            "it the KV cache is the rest of gpuMemoryUtilization's share. Best for shared "
+            "devices: the size a wake re-maps is known up front."
+        ),
+        json_schema_extra={"x-kubernetes-validations": [_POSITIVE_QUANTITY]},
+    )
     gpus: int = Field(
         default=1,
         ge=1,

@@ -24,6 +24,22 @@ def _http_probe(
     }
 
 
+def memory_share_args(spec: ModelDeploymentSpec) -> list[str]:
+    """The engine's explicit memory share, never the version's default.
+
+    `--gpu-memory-utilization` always: vLLM's startup check compares free device memory with it
+    even when the KV size is fixed, and on 0.34 an unset share means "all free memory" (the
+    extensible KV cache), which leaves no room for sleeping neighbours to wake. With
+    `resources.kvCacheSize`, `--kv-cache-memory-bytes` too: a fixed KV size, so a wake re-maps
+    a known amount, and on 0.34 the extensible KV cache stays off.
+    """
+    res = spec.resources
+    args = ["--gpu-memory-utilization", f"{res.gpu_memory_utilization:g}"]
+    if res.kv_cache_size is not None:
+        args += ["--kv-cache-memory-bytes", str(res.kv_cache_size.bytes())]
+    return args
+
+
 def vllm_container(
     spec: ModelDeploymentSpec,
     served: str,
@@ -40,8 +56,7 @@ def vllm_container(
         "--enable-sleep-mode",
         "--served-model-name",
         served,
-        "--gpu-memory-utilization",
-        f"{res.gpu_memory_utilization:g}",
+        *memory_share_args(spec),
     ]
     if res.gpus > 1:
         args += ["--tensor-parallel-size", str(res.gpus)]

@@ -7,6 +7,7 @@ and review the diff: every changed line changes what runs in users' clusters.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ POOL = {"deviceMemory": "80Gi", "nodeSelector": {"pool": "h100"}, "tolerations":
         ("pod-minimal", {}, 0, None),
         ("pod-full", FULL, 1, None),
         ("pod-level2", {"sleep": {"level": 2}, "resources": {"gpuMemoryUtilization": 0.3}}, 0, None),
+        ("pod-kv-size", {"resources": {"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi", "kvCacheSize": "20Gi"}}, 0, None),
         ("pod-dra", {}, 0, GpuAttachment(GPUPoolSpec.model_validate(POOL), claim="h100-node-0-gpu-0")),
         (
             "pod-timeslicing",
@@ -115,6 +117,54 @@ def test_level1_memory_includes_pinned_weights() -> None:
         agent_image=AGENT,
     )  # fmt: skip
     assert _vllm(level2)["resources"]["limits"]["memory"] == "8Gi"
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+@pytest.mark.parametrize(
+    ("resources", "util", "kv"),
+    [
+        ({"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi"}, "0.45", None),
+        (
+            {"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi", "kvCacheSize": "20Gi"},
+            "0.45",
+            str(20 * 2**30),
+        ),
+        ({"gpuMemoryUtilization": 1, "kvCacheSize": "1.5Gi"}, "1", str(3 * 2**29)),
+    ],
+)
+def test_every_pod_carries_an_explicit_memory_share(
+    resources: dict[str, Any], util: str, kv: str | None
+) -> None:
+    """Never the version's default: on 0.34 an unset share is all free memory. The utilization
+    is passed even with a fixed KV size, because vLLM's startup check still compares with it."""
+    level = {"level": 1} if "weightsSize" in resources else {"level": 2}
+    c = _vllm(
+        builders.model_pod(OWNER, spec(resources=resources, sleep=level), 0, agent_image=AGENT)
+    )
+    argv = c["args"]
+    assert _flag(argv, "--gpu-memory-utilization") == util
+    assert _flag(argv, "--kv-cache-memory-bytes") == kv
+    assert argv.count("--gpu-memory-utilization") == 1
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--kv-cache-memory-bytes=8Gi",
+        "--kv_cache_memory_bytes",
+        "--kv-cache-memory",
+        "--gpu-memory-utilization=0.9",
+    ],
+)
+def test_user_args_cannot_set_the_memory_share(arg: str) -> None:
+    """The CRD refuses them (CEL `matches` is RE2; this pattern means the same in Python)."""
+    from vllm_sleep.api.model_deployment import _OWNED_FLAG_RE
+
+    assert re.match(_OWNED_FLAG_RE, arg)
+    assert not re.match(_OWNED_FLAG_RE, "--kv-cache-dtype=fp8")
 
 
 def test_vllm_is_bound_to_loopback_with_sleep_mode() -> None:
