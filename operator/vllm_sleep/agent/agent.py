@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from ..vllm import VLLMClient
+from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .control import ControlAPI
 from .gate import Gate
@@ -28,16 +29,25 @@ SHUTDOWN_GRACE = 2.0
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Clock = SYSTEM) -> None:
         self.config = config
-        self.board = StateBoard()
+        self.clock = clock  # the one clock of this agent: every part below reads it
+        self.board = StateBoard(clock.monotonic)
         self.gate = Gate(
-            max_held=config.max_held, on_first_held=self.board.bump, on_idle=self.board.bump
+            max_held=config.max_held,
+            on_first_held=self.board.bump,
+            on_idle=self.board.bump,
+            clock=clock.monotonic,
         )
         self.metrics = AgentMetrics(self.gate, self.board)
         self.vllm = VLLMClient(config.upstream, transition_timeout=config.vllm_timeout)
         self.transitions = Transitions(
-            self.board, self.gate, self.vllm, self.metrics, settle_time=config.settle_time
+            self.board,
+            self.gate,
+            self.vllm,
+            self.metrics,
+            settle_time=config.settle_time,
+            clock=clock,
         )
         self.supervisor = Supervisor(
             self.board,
@@ -47,7 +57,9 @@ class Agent:
             health_interval=config.health_interval,
             health_failures=config.health_failures,
         )
-        self.control = ControlAPI(config, self.board, self.gate, self.transitions, self.metrics)
+        self.control = ControlAPI(
+            config, self.board, self.gate, self.transitions, self.metrics, clock=clock
+        )
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.BaseRunner] = []
         self._supervisor_task: asyncio.Task[None] | None = None
@@ -77,7 +89,13 @@ class Agent:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
         )
         proxy = PublicProxy(
-            cfg, self.gate, self.board, self.metrics, self._session, self.supervisor.poke
+            cfg,
+            self.gate,
+            self.board,
+            self.metrics,
+            self._session,
+            self.supervisor.poke,
+            clock=self.clock,
         )
         access_log = logging.getLogger("aiohttp.access") if cfg.access_log else None
         try:

@@ -10,7 +10,6 @@ import hmac
 import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -27,6 +26,7 @@ from ..api.agent_protocol import (
     SLEEP_LEVELS,
     StateReport,
 )
+from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .gate import Gate
 from .metrics import AgentMetrics
@@ -48,8 +48,11 @@ class ControlAPI:
         gate: Gate,
         transitions: Transitions,
         metrics: AgentMetrics,
+        *,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._token = config.control_token.get_secret_value().encode()
         self._board, self._gate = board, gate
         self._transitions, self._metrics = transitions, metrics
@@ -68,7 +71,7 @@ class ControlAPI:
 
     def report(self) -> StateReport:
         b, g = self._board, self._gate
-        now_mono, now_wall = time.monotonic(), time.time()
+        now_mono, now_wall = self._clock.monotonic(), self._clock.wall()
 
         def wall(mono: float | None) -> float | None:
             return None if mono is None else round(now_wall - (now_mono - mono), 3)

@@ -9,6 +9,7 @@ import sys
 
 from ..logs import configure
 from .agent import Agent
+from .clock import Clock
 from .config import AgentConfig, AgentConfigError, build_parser
 
 
@@ -35,5 +36,5 @@ async def _run(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Agent(config):
+    async with Agent(config, clock=Clock()):
         await stop.wait()

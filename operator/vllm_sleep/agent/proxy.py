@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 import aiohttp
@@ -22,6 +21,7 @@ from yarl import URL
 
 from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
 from ..http_common import HOP_BY_HOP, relay
+from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .gate import Admission, Gate, Mode
 from .metrics import AgentMetrics
@@ -50,8 +50,11 @@ class PublicProxy:
         metrics: AgentMetrics,
         session: aiohttp.ClientSession,
         on_upstream_down: Callable[[], None],
+        *,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._gate, self._board, self._metrics = gate, board, metrics
         self._session = session
         self._on_upstream_down = on_upstream_down
@@ -83,7 +86,7 @@ class PublicProxy:
             return await self._forward(request, m.route, inference=False)
         self._inference.inc()
         held = self._gate.mode is not Mode.OPEN
-        started = time.monotonic()
+        started = self._clock.monotonic()
         if held:
             admission = await self._hold(request)
             if admission is None:
@@ -91,7 +94,9 @@ class PublicProxy:
         else:
             admission = await self._gate.acquire(self._config.hold_timeout)
         if held:
-            self._metrics.hold_seconds.labels(admission.value).observe(time.monotonic() - started)
+            self._metrics.hold_seconds.labels(admission.value).observe(
+                self._clock.monotonic() - started
+            )
         if admission is not Admission.ADMITTED:
             return self._reject(admission)
         if held and (request.transport is None or request.transport.is_closing()):

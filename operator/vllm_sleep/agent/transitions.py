@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from ..api.agent_protocol import SLEEP_LEVELS, AgentState
 from ..vllm import VLLMClient, VLLMError, VLLMHTTPError
+from .clock import Clock
 from .gate import Gate
 from .metrics import AgentMetrics
 from .state import StateBoard
@@ -55,9 +55,11 @@ class Transitions:
         metrics: AgentMetrics,
         *,
         settle_time: float,
+        clock: Clock,
     ) -> None:
         self._board, self._gate, self._vllm, self._metrics = board, gate, vllm, metrics
         self._settle_time = settle_time
+        self._clock = clock  # the gate's and board's clock: their times are compared here
         self._task: asyncio.Task[Outcome] | None = None
 
     async def sleep(self, level: int, drain_timeout: float) -> Outcome:
@@ -85,7 +87,7 @@ class Transitions:
     # -- sequences ----------------------------------------------------------------------------
 
     async def _sleep(self, level: int, drain_timeout: float) -> Outcome:
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             features = await self._vllm.features()
         except VLLMError as e:
@@ -100,7 +102,7 @@ class Transitions:
             self._gate.open()
             msg = f"{self._gate.inflight} request(s) still in flight after {drain_timeout:g}s"
             return self._count("sleep", "drain_timeout", Outcome(504, msg))
-        self._metrics.drain_seconds.observe(time.monotonic() - started)
+        self._metrics.drain_seconds.observe(self._clock.monotonic() - started)
         await self._settle()
         self._board.set(AgentState.SLEEPING)
         error: VLLMError | None = None
@@ -119,7 +121,9 @@ class Transitions:
             if error is not None:
                 # e.g. our timeout fired while vLLM kept going; asleep is what matters for safety.
                 return self._count("sleep", "error", Outcome.from_error(502, "/sleep", error))
-            self._metrics.transition_seconds.labels("sleep").observe(time.monotonic() - started)
+            self._metrics.transition_seconds.labels("sleep").observe(
+                self._clock.monotonic() - started
+            )
             return self._count("sleep", "ok", OK)
         self._board.set(AgentState.AWAKE)
         self._gate.open()
@@ -129,7 +133,7 @@ class Transitions:
         return self._count("sleep", "error", Outcome(502, msg))
 
     async def _wake(self) -> Outcome:
-        started = time.monotonic()
+        started = self._clock.monotonic()
         level = self._board.level
         self._board.set(AgentState.WAKING, level=level)
         error: VLLMError | None = None
@@ -153,7 +157,7 @@ class Transitions:
         # step vLLM then finished: every tag is resident, which is what the sequence was for.
         self._board.set(AgentState.AWAKE)
         self._gate.open()
-        self._metrics.transition_seconds.labels("wake").observe(time.monotonic() - started)
+        self._metrics.transition_seconds.labels("wake").observe(self._clock.monotonic() - started)
         return self._count("wake", "ok", OK)
 
     async def _wake_sequence(self, level: int | None) -> None:
@@ -195,9 +199,9 @@ class Transitions:
     async def _settle(self) -> None:
         if self._gate.last_abandoned is None:
             return
-        wait = self._settle_time - (time.monotonic() - self._gate.last_abandoned)
+        wait = self._settle_time - (self._clock.monotonic() - self._gate.last_abandoned)
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._clock.sleep(wait)
 
     async def _run(self, sequence: Coroutine[Any, Any, Outcome]) -> Outcome:
         self._task = asyncio.create_task(sequence)

@@ -7,12 +7,36 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from vllm_sleep.agent.clock import Clock
+from vllm_sleep.agent.config import AgentConfig
+from vllm_sleep.agent.control import ControlAPI
 from vllm_sleep.agent.gate import Gate, Mode
 from vllm_sleep.agent.metrics import AgentMetrics
 from vllm_sleep.agent.state import StateBoard
 from vllm_sleep.agent.transitions import Transitions
 from vllm_sleep.api.agent_protocol import AgentState
 from vllm_sleep.vllm import VLLMClient
+
+
+class FakeClock:
+    """Fake time: starts at 1000 (monotonic) and unix 1.7e9; sleeping only advances it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> Clock:
+        return Clock(self.monotonic, self.wall, self.sleep)
 
 
 class FakeVLLM:
@@ -41,13 +65,21 @@ class FakeVLLM:
 
 
 class Rig:
-    def __init__(self, fake: FakeVLLM, http: httpx.AsyncClient) -> None:
+    def __init__(self, fake: FakeVLLM, http: httpx.AsyncClient, settle_time: float = 0) -> None:
         self.fake = fake
-        self.board = StateBoard()
-        self.gate = Gate(max_held=10)
+        self.clock = FakeClock()
+        self.board = StateBoard(self.clock.monotonic)
+        self.gate = Gate(max_held=10, clock=self.clock.monotonic)
         self.metrics = AgentMetrics(self.gate, self.board)
         self.vllm = VLLMClient("http://vllm", http=http)
-        self.t = Transitions(self.board, self.gate, self.vllm, self.metrics, settle_time=0)
+        self.t = Transitions(
+            self.board,
+            self.gate,
+            self.vllm,
+            self.metrics,
+            settle_time=settle_time,
+            clock=self.clock.clock(),
+        )
 
     def set(self, state: AgentState, level: int | None = None) -> None:
         self.board.set(state, level=level)
@@ -166,3 +198,43 @@ async def test_conflicts_and_noops(rig: Rig) -> None:
     assert rig.board.level == 1 and rig.fake.log == []
     text = rig.metrics.render().decode()
     assert 'vllm_sleep_agent_transitions_total{kind="sleep",result="conflict"} 1.0' in text
+
+
+async def test_a_sleep_right_after_an_abandoned_stream_waits_out_the_settle_time() -> None:
+    # The gate stamps the abandon with the agent's clock; the settle pause is measured on the
+    # same clock, in fake time here.
+    fake = FakeVLLM()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as http:
+        rig = Rig(fake, http, settle_time=0.5)
+        rig.set(AgentState.AWAKE)
+        rig.gate.note_abandoned()
+        rig.clock.now += 0.2
+        assert (await rig.t.sleep(1, drain_timeout=1)).status == 200
+    assert rig.clock.slept == [pytest.approx(0.3)]
+
+
+async def test_no_settle_pause_once_the_settle_time_has_passed() -> None:
+    fake = FakeVLLM()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as http:
+        rig = Rig(fake, http, settle_time=0.5)
+        rig.set(AgentState.AWAKE)
+        rig.gate.note_abandoned()
+        rig.clock.now += 0.6
+        assert (await rig.t.sleep(1, drain_timeout=1)).status == 200
+    assert rig.clock.slept == []
+
+
+async def test_the_state_report_converts_the_agents_clock_to_unix_seconds(rig: Rig) -> None:
+    rig.set(AgentState.AWAKE)  # since = 1000 on the fake clock
+    rig.gate.touch()
+    rig.clock.now += 5.0
+    api = ControlAPI(
+        AgentConfig(control_token="t"),
+        rig.board,
+        rig.gate,
+        rig.t,
+        rig.metrics,
+        clock=rig.clock.clock(),
+    )
+    report = api.report()
+    assert report.since == report.last_activity == 1_700_000_000.0 + 1000.0
