@@ -17,7 +17,7 @@ from typing import Any
 
 from ..api.model_deployment import ModelDeployment
 from ..api.names import LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
-from ..reconcile.builders import owner_from_body
+from ..reconcile.builders import Owner, owner_from_body
 from ..reconcile.lifecycle import Action, Route, Sleep, Wake
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
@@ -83,16 +83,16 @@ class ModelController:
         model = self.ctx.parse(body)  # raises a clear error for what the schema could not catch
         owner = owner_from_body(body)
         await self.ctx.children.ensure(owner, model)
-        observed = await self.observe(model, body)
+        observed = await self.observe(model, owner)
         the_plan = plan(observed)
         await self.apply(the_plan, model)
         return the_plan.next_check_in
 
-    async def observe(self, model: ModelDeployment, body: Body) -> Observed:
+    async def observe(self, model: ModelDeployment, owner: Owner) -> Observed:
         pods = [observe_pod(p) for p in await self._pods()]
         return Observed(
             model=model,
-            owner=owner_from_body(body),
+            owner=owner,
             agent_image=self.ctx.settings.agent_image,
             placement=await self.ctx.children.placement(model),
             pods=pods,
