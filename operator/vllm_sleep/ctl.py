@@ -15,7 +15,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from .api.demand import demand_lease, demand_lease_name, renew_patch, sleep_request_patch
+from .api.model_deployment import ModelDeployment
 from .api.names import GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 
 
@@ -142,15 +145,20 @@ def _status(objs: Any, ns: str | None) -> int:
     ):
         table.add_column(col)
     for it in items:
-        spec, status = it.get("spec") or {}, it.get("status") or {}
+        status = it.get("status") or {}
         wake = status.get("lastWakeSeconds")
+        try:
+            md = ModelDeployment.from_body(it)
+            served, pool = md.served_model_name, md.spec.placement.pool or "-"
+        except ValidationError as e:  # shown, not fatal: one bad object must not hide the rest
+            served, pool = f"(invalid: {e.error_count()} errors)", "-"
         table.add_row(
             it["metadata"]["namespace"],
             it["metadata"]["name"],
-            spec.get("servedModelName") or it["metadata"]["name"],
+            served,
             status.get("phase", "-"),
             status.get("awake", "-"),
-            (spec.get("placement") or {}).get("pool") or "-",
+            pool,
             status.get("lastActivityTime") or "-",
             f"{wake:.2f}s" if isinstance(wake, int | float) else "-",
         )

@@ -11,6 +11,7 @@ bodies here; time is an argument.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -63,6 +64,11 @@ def parse_micro_time(value: object) -> float | None:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.timestamp()
+
+
+def renew_time(lease_spec: Mapping[str, Any]) -> float | None:
+    """Unix seconds of a demand Lease's last renewal; None when never renewed (or unreadable)."""
+    return parse_micro_time(lease_spec.get("renewTime"))
 
 
 def renew_spec(holder: str, now: datetime) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from ..api.demand import demand_lease_name, parse_micro_time
+from ..api.demand import demand_lease_name, renew_time
 from ..api.names import (
     COMPONENT_DEMAND_LEASE,
     GPU_POOL_PLURAL,
@@ -102,7 +102,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         registry=registry,
     )
     def demand(labels: Mapping[str, str], namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
-        renew = parse_micro_time(spec.get("renewTime"))
+        renew = renew_time(spec)
         if renew is not None and namespace:
             ctx.signal_demand(namespace, labels[LABEL_MODEL], renew)
 

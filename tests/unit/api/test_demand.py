@@ -73,3 +73,8 @@ def test_sleep_request_stamps_the_annotation() -> None:
     patch = demand.sleep_request_patch(NOW)
     stamp = patch["metadata"]["annotations"][ANNOTATION_SLEEP_REQUEST]
     assert demand.parse_micro_time(stamp) == NOW.timestamp()
+
+
+def test_renew_time_reads_what_a_renewal_writes() -> None:
+    assert demand.renew_time(demand.renew_spec("gw", NOW)) == NOW.timestamp()
+    assert demand.renew_time({}) is None
