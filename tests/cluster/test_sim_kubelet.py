@@ -241,3 +241,35 @@ def test_an_unknown_command_fails_the_container_with_a_reason(kube: Kube, namesp
     state = wait_for(waiting, what="container waiting with a message")
     assert state.reason == "RunContainerError"
     assert "sleep inf" in state.message
+
+
+def test_node_host_memory_counts_pinned_backups(kube: Kube, namespace: str) -> None:
+    """0.34 keeps an engine's pinned backup from its first sleep on, awake too; the node's host
+    memory (the sim-kubelet's /nodes) charges it to the pod until the pod is gone."""
+    core = client.CoreV1Api(kube.api_client)
+    pod = engine_pod("pinned", extra_env=[{"name": "VLLM_SERVER_DEV_MODE", "value": "1"}])
+    pod["spec"]["containers"][0]["resources"]["limits"]["memory"] = "8Gi"
+    core.create_namespaced_pod(namespace, pod)
+    ready = wait_for(
+        lambda: (
+            conditions(p := core.read_namespaced_pod("pinned", namespace)).get("Ready") == "True"
+            and p
+        ),
+        what="Ready",
+    )
+    key, node = f"{namespace}/pinned", ready.spec.node_name
+
+    def pinned() -> int:
+        nodes = httpx.get(f"{kube.kubelet_admin_url}/nodes", timeout=5).json()["nodes"]
+        report = next(n for n in nodes if n["node"] == node)
+        assert report["memory_bytes"] and report["free_bytes"] is not None
+        return int(report["pods"].get(key, 0))
+
+    assert pinned() == 0
+    url = f"http://{ready.status.pod_ip}:8000"
+    assert httpx.post(f"{url}/sleep?level=1", timeout=30).status_code == 200
+    assert pinned() == 2 * 2**30
+    assert httpx.post(f"{url}/wake_up", timeout=30).status_code == 200
+    assert pinned() == 2 * 2**30  # kept while awake
+    core.delete_namespaced_pod("pinned", namespace, grace_period_seconds=0)
+    wait_for(lambda: pinned() == 0 or None, what="backup released with the pod")

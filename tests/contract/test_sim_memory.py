@@ -144,6 +144,17 @@ async def test_host_memory_limit_oom_kills_a_level1_sleep(host: EngineHost) -> N
     assert {v.kind for v in host.violations()} == {"host_oom", "engine_crash"}
 
 
+@pytest.mark.parametrize(("limit_gib", "killed"), [(24, False), (8, True)])
+async def test_a_backup_over_the_containers_memory_limit_is_an_oom_kill(
+    host: EngineHost, limit_gib: int, killed: bool
+) -> None:
+    a = await start(host, "a", "--weights-size", "16Gi", memory_limit_bytes=limit_gib * GiB)
+    async with httpx.AsyncClient(base_url=a.url) as c:
+        r = await c.post("/sleep?level=1")
+    assert (r.status_code == 500) is killed and a.dead.is_set() is killed
+    assert [v.kind for v in a.violations] == (["host_oom", "engine_crash"] if killed else [])
+
+
 async def test_stop_releases_memory_and_is_not_a_violation(host: EngineHost) -> None:
     gpu = host.device("node-0/gpu-0", 80 * GiB)
     a = await start(host, "a", device=gpu)

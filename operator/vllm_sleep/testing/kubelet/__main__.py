@@ -23,6 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-nodes", type=int, default=2)
     p.add_argument("--gpus-per-node", type=int, default=2)
     p.add_argument("--gpu-memory", default="80Gi")
+    p.add_argument("--node-memory", default="1Ti", help="host memory per node (pinned backups)")
     p.add_argument("--node-prefix", default="gpu-node")
     p.add_argument("--time-scale", type=float, default=0.05)
     p.add_argument("--admin-port", type=int, required=True)
@@ -33,7 +34,12 @@ async def run(args: argparse.Namespace) -> None:
     await config.load_kube_config(config_file=args.kubeconfig)
     api = client.ApiClient()
     nodes = [
-        NodeSpec(f"{args.node_prefix}-{i}", args.gpus_per_node, parse_bytes(args.gpu_memory))
+        NodeSpec(
+            f"{args.node_prefix}-{i}",
+            args.gpus_per_node,
+            parse_bytes(args.gpu_memory),
+            memory=args.node_memory,
+        )
         for i in range(args.gpu_nodes)
     ]
     kubelet = SimKubelet(api, nodes, args.time_scale)

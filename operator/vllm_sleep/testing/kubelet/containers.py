@@ -128,7 +128,12 @@ def _localize_url(url: str, pod_ip: str) -> str:
 
 
 async def start_engine(
-    host: Any, args: list[str], env: Mapping[str, str], pod_ip: str, device: object | None
+    host: Any,
+    args: list[str],
+    env: Mapping[str, str],
+    pod_ip: str,
+    device: object | None,
+    memory_limit_bytes: int | None = None,
 ) -> EngineProcess:
     # vLLM's default --host is all interfaces; in a pod that includes the pod IP.
     if not any(a == "--host" or a.startswith("--host=") for a in args):
@@ -136,7 +141,7 @@ async def start_engine(
     from ..sim import SimConfig
 
     config = SimConfig.from_cli(localize_args(args, pod_ip), env)
-    engine = await host.start_engine(config, device=device)
+    engine = await host.start_engine(config, device=device, memory_limit_bytes=memory_limit_bytes)
     return EngineProcess(engine)
 
 

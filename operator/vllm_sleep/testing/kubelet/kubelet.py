@@ -21,6 +21,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..sim import EngineHost
+from .hostmem import engine_owners, node_report, quantity_bytes
 from .ips import IPPool, address_free
 from .nodes import GPU_RESOURCE, NodeRegistrar, NodeSpec
 from .pods import PodWorker
@@ -39,6 +40,8 @@ class SimKubelet:
         self._nodes = {n.name: n for n in nodes}
         self._registrar = NodeRegistrar(api, nodes)
         self.host = EngineHost(time_scale=time_scale)
+        for n in nodes:  # pinned weight backups count against the node's memory
+            self.host.host_memory(n.name, limit_bytes=quantity_bytes(n.memory))
         self._time_scale = time_scale
         # Other local clusters share 127/8: skip taken addresses, start somewhere random.
         self._ips = IPPool(probe=address_free, start=random.randrange(60000))
@@ -218,7 +221,17 @@ class SimKubelet:
         app.router.add_get("/healthz", self._admin_health)
         app.router.add_get("/pods", self._admin_pods)
         app.router.add_get("/violations", self._admin_violations)
+        app.router.add_get("/nodes", self._admin_nodes)
         return app
+
+    async def _admin_nodes(self, _req: web.Request) -> web.Response:
+        """Host memory per node: capacity and the pinned weight backups, per pod."""
+        owners = engine_owners([*self.past_workers, *self.workers.values()])
+        out = []
+        for name, spec in self._nodes.items():
+            mem = self.host.host_memory(name)
+            out.append(node_report(name, quantity_bytes(spec.memory), mem.pinned, owners))
+        return web.json_response({"nodes": out})
 
     async def _admin_health(self, _req: web.Request) -> web.Response:
         return web.json_response({"ok": self.ready}, status=200 if self.ready else 503)
@@ -232,6 +245,10 @@ class SimKubelet:
                     "ip": w.pod_ip,
                     "node": w.pod["spec"].get("nodeName"),
                     "engines": {n: getattr(e, "state", None) for n, e in w.engines.items()},
+                    "pinned_host_bytes": sum(
+                        self.host.host_memory(w.pod["spec"].get("nodeName", "")).pinned.get(e, 0)
+                        for e in w.engines.values()
+                    ),
                 }
             )
         return web.json_response({"pods": out})

@@ -19,6 +19,7 @@ import aiohttp
 
 from . import containers as rt
 from .env import resolve_env
+from .hostmem import container_memory_limit
 from .podstatus import ContainerView, PodView, comparable, compute
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,9 @@ class PodWorker:
         kind, args = rt.classify(rt.command_line(c))
         env = await resolve_env(self.pod, c, self.pod_ip, self._read_secret)
         if kind == "engine":
-            proc = await rt.start_engine(self._host, args, env, self.pod_ip, device)
+            proc = await rt.start_engine(
+                self._host, args, env, self.pod_ip, device, container_memory_limit(c)
+            )
             self.engines[c["name"]] = proc.engine
             self.engine_history.append(proc.engine)
             return proc

@@ -31,9 +31,14 @@ async def start(
     dev_mode: bool = True,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    memory_limit_bytes: int | None = None,
 ) -> SimEngine:
     """Start an engine and (by default) wait until it loaded."""
-    engine = await host.start_engine(config(*args, dev_mode=dev_mode, env=env), device=device)
+    engine = await host.start_engine(
+        config(*args, dev_mode=dev_mode, env=env),
+        device=device,
+        memory_limit_bytes=memory_limit_bytes,
+    )
     if wait:
         await engine.wait_loaded()
     return engine
