@@ -46,11 +46,16 @@ class _Values(BaseModel):
 
 class Image(_Values):
     repository: str = Field(
-        "ghcr.io/vllm-sleep/vllm-sleep-operator", pattern=REPOSITORY_PATTERN, max_length=255
+        "ghcr.io/vllm-sleep/vllm-sleep-operator",
+        pattern=REPOSITORY_PATTERN,
+        max_length=255,
+        description="image of the operator, the gateway and (by default) the agent sidecar",
     )
     tag: str = Field("0.1.0", pattern=TAG_PATTERN, description="image tag")
     digest: str = Field("", pattern=DIGEST_PATTERN, description="sha256:..., wins over the tag")
-    pullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    pullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="of the operator and gateway containers"
+    )
 
     def reference(self) -> str:
         return (
@@ -63,19 +68,23 @@ Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN)] | Annotated[int, Fiel
 
 
 class Resources(_Values):
-    requests: dict[ResourceName, Quantity] = Field(default_factory=dict)
-    limits: dict[ResourceName, Quantity] = Field(default_factory=dict)
+    requests: dict[ResourceName, Quantity] = Field(
+        default_factory=dict, description="cpu / memory / ephemeral-storage quantities"
+    )
+    limits: dict[ResourceName, Quantity] = Field(
+        default_factory=dict, description="no CPU limit by default (throttling stalls streams)"
+    )
 
 
 class Disruption(_Values):
-    enabled: bool = True
+    enabled: bool = Field(True, description="create a PodDisruptionBudget")
     maxUnavailable: int = Field(1, ge=1, description="pods a voluntary disruption may take")
 
 
 class Scheduling(_Values):
-    nodeSelector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] = Field(default_factory=dict)
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="pod nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="pod tolerations")
+    affinity: dict[str, Any] = Field(default_factory=dict, description="pod affinity")
 
 
 class Operator(_Values):
@@ -94,21 +103,29 @@ class Operator(_Values):
     agentImage: str = Field(
         "", description="agent sidecar image of model pods (empty: the operator's image)"
     )
-    logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="--log-level"
+    )
     extraArgs: list[str] = Field(
         default_factory=list, description="more `vllm-sleep operator` flags"
     )
-    metricsPort: int = Field(8080, ge=1, le=65535)
-    healthPort: int = Field(8081, ge=1, le=65535)
+    metricsPort: int = Field(8080, ge=1, le=65535, description="/metrics (and its Service)")
+    healthPort: int = Field(8081, ge=1, le=65535, description="/healthz (liveness probe)")
     podDisruptionBudget: Disruption = Disruption()
     scheduling: Scheduling = Scheduling()
 
 
 class Service(_Values):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    port: int = Field(80, ge=1, le=65535)
-    nodePort: int | None = Field(None, ge=30000, le=32767, description="NodePort only")
-    annotations: dict[str, str] = Field(default_factory=dict)
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        "ClusterIP", description="the gateway Service's type"
+    )
+    port: int = Field(80, ge=1, le=65535, description="the gateway Service's port")
+    nodePort: int | None = Field(
+        None, ge=30000, le=32767, description="fixed node port (NodePort, LoadBalancer)"
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="e.g. a cloud load balancer's settings"
+    )
 
 
 class Gateway(_Values):
@@ -136,7 +153,7 @@ class Gateway(_Values):
 
 
 class NetworkPolicy(_Values):
-    enabled: bool = True
+    enabled: bool = Field(True, description="create the NetworkPolicies (docs/install.md)")
     modelNamespaces: list[NamespaceName] = Field(
         default_factory=lambda: ["default"],
         description="namespaces holding ModelDeployments: their model pods get a policy",
@@ -158,18 +175,22 @@ class NetworkPolicy(_Values):
 
 
 class Monitor(_Values):
-    enabled: bool = False
-    interval: str = Field("30s", pattern=PROM_DURATION)
-    labels: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = Field(False, description="create it (needs the Prometheus Operator's CRDs)")
+    interval: str = Field("30s", pattern=PROM_DURATION, description="scrape interval")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extra labels (your Prometheus' selector)"
+    )
 
 
 class Labelled(_Values):
-    enabled: bool = False
-    labels: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = Field(False, description="create the PrometheusRule of alerts")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extra labels (your Prometheus' ruleSelector)"
+    )
 
 
 class Dashboard(_Values):
-    enabled: bool = False
+    enabled: bool = Field(False, description="create the Grafana dashboard ConfigMap")
     labels: dict[str, str] = Field(
         default_factory=lambda: {"grafana_dashboard": "1"},
         description="labels the Grafana sidecar selects on",
@@ -189,13 +210,13 @@ class Metrics(_Values):
 
 
 class Example(_Values):
-    enabled: bool = False
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    enabled: bool = Field(False, description="create the example object")
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="its name")
     spec: dict[str, Any]
 
 
 class NamespacedExample(Example):
-    namespace: str = Field("default", pattern=DNS_LABEL, max_length=63)
+    namespace: str = Field("default", pattern=DNS_LABEL, max_length=63, description="its namespace")
 
 
 # Small enough for a test cluster (the sim-kubelet's GPUs, kind with the project image as vLLM).
@@ -222,7 +243,9 @@ class Examples(_Values):
 
 class Values(_Values):
     image: Image = Image()
-    imagePullSecrets: list[dict[str, str]] = Field(default_factory=list)
+    imagePullSecrets: list[dict[str, str]] = Field(
+        default_factory=list, description="`{name: ...}` of Secrets for the operator and gateway"
+    )
     operator: Operator = Operator()
     gateway: Gateway = Gateway()
     networkPolicy: NetworkPolicy = NetworkPolicy()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from vllm_sleep.packaging import values
+from vllm_sleep.packaging import reference, values
 
 BAD: list[tuple[dict[str, Any], str]] = [
     ({"operator": {"replicas": -1}}, "operator.replicas"),
@@ -63,3 +63,10 @@ def test_example_specs_are_checked_against_the_crds() -> None:
     assert "Magic" not in sharing["enum"] and values.EXAMPLE_POOL.spec["sharing"] in sharing["enum"]
     md = props["NamespacedExample"]["properties"]["spec"]
     assert set(md["required"]) <= set(values.EXAMPLE_MODEL.spec)
+
+
+def test_reference_describes_every_value() -> None:
+    rows = [r for r in reference.table().splitlines()[2:] if r.startswith("| `")]
+    assert len(rows) > 40
+    undocumented = [r.split("|")[1].strip() for r in rows if not r.split("|")[4].strip()]
+    assert undocumented == []
