@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.agent_protocol import SLEEP_LEVELS, AgentState
+from ..api.agent_protocol import AgentState
 from ..vllm import VLLMClient, VLLMError, VLLMHTTPError
 from .clock import Clock
 from .gate import Gate
@@ -25,8 +25,6 @@ from .metrics import AgentMetrics
 from .state import StateBoard
 
 log = logging.getLogger(__name__)
-
-AGENT_LEVELS = SLEEP_LEVELS
 
 
 @dataclass(frozen=True)
