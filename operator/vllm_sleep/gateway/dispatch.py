@@ -163,10 +163,9 @@ class Dispatcher:
         refused = bool(exclude) and bool(table.awake_replicas(key) or table.holding_replicas(key))
         remaining = deadline - self._clock()
         await self._router.wait_change(key, min(remaining, REFUSED_PAUSE) if refused else remaining)
-        # Tried again after a change too, not only after a quiet pause: the change is usually
-        # the refusing pod itself (the watch caught up: asleep, its agent now holds; or it
-        # woke), and keeping it excluded ignored that until a whole pause passed with no
-        # other change of the model.
+        # Every replica is tried again after any change, not only after a quiet pause: the
+        # change is usually the refusing pod itself (the watch caught up: asleep, its agent
+        # now holds; or it woke).
         exclude.clear()
 
     async def _forward(
@@ -247,8 +246,8 @@ class Dispatcher:
                 if reply.started:
                     # The agent's answer head is already spliced into the reply (from the
                     # upstream's callback; the send task finishes a loop turn later): the
-                    # request was released and is answered. Cutting it here answered 503 on
-                    # a started reply (a second response to one request).
+                    # request is released and being answered. A started reply gets no
+                    # second response.
                     slot.leave("forwarded")
                     return True
                 await _cancel(sending)

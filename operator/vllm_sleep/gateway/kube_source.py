@@ -204,9 +204,9 @@ class KubernetesSource:
             key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
             known = self._pods.get(key)
             if event == "DELETED" or pod is None:
-                # Keyed by the object's name, not by pod_state: a pod whose model label was
-                # removed leaves the selector as it is now (unlabelled), and returning early
-                # on "not a model pod" left it routable until the next relist.
+                # Keyed by the object's name, not by pod_state: a pod whose model label is
+                # removed leaves the selector as it is now (unlabelled), and must stop being
+                # routable at once, not at the next relist.
                 if known is not None:
                     del self._pods[key]
                     if sink is not None:

@@ -1,9 +1,12 @@
-"""What a replica sees of the client's headers (gateway.proxy.forwarded_headers)."""
+"""What a replica sees of the request: the client's headers (gateway.proxy.forwarded_headers)
+and the Host of the request head."""
 
 from __future__ import annotations
 
-from vllm_sleep.gateway.proxy import forwarded_headers
-from vllm_sleep.h1 import Request
+import asyncio
+
+from vllm_sleep.gateway.proxy import Retry, forwarded_headers, send
+from vllm_sleep.h1 import ConnectError, Request
 
 
 def request(*headers: tuple[bytes, bytes], peer: str | None = "127.0.0.9") -> Request:
@@ -55,3 +58,23 @@ def test_forwarded_for_chain_is_extended_and_auth_stripped_when_the_gateway_chec
     assert lines(block) == [b"x-forwarded-for: 10.1.1.1, 10.2.2.2, 127.0.0.9"]
     kept = forwarded_headers(request((b"Authorization", b"Bearer k")), strip_auth=False)
     assert lines(kept)[0] == b"Authorization: Bearer k"
+
+
+class _HeadPool:
+    def __init__(self) -> None:
+        self.head = b""
+
+    async def request(self, host: str, port: int, head: bytes, body: bytes, **_: object) -> None:
+        self.head = head
+        raise ConnectError("refused")
+
+
+def test_an_ipv6_replica_gets_a_bracketed_host() -> None:
+    pool = _HeadPool()
+    result = asyncio.run(
+        send(pool, "http://[fd00::7]:8000", b"/v1/completions", b"", b"{}", None)  # type: ignore[arg-type]
+    )
+    assert isinstance(result, Retry)
+    assert b"\r\nhost: [fd00::7]:8000\r\n" in pool.head
+    asyncio.run(send(pool, "http://10.0.0.7:8000", b"/", b"", b"{}", None))  # type: ignore[arg-type]
+    assert b"\r\nhost: 10.0.0.7:8000\r\n" in pool.head

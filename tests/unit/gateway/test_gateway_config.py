@@ -35,3 +35,29 @@ def test_zero_means_no_timeout() -> None:
 def test_invalid_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
     with pytest.raises(GatewayConfigError, match=argv[0].lstrip("-").split("-")[0]):
         GatewayConfig.from_cli(argv, {})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--retry-after", "-1"],
+        ["--port", "70000"],
+        ["--port", "-1"],
+        ["--backend-port", "0"],
+        ["--backend-port", "65536"],
+        ["--wake-timeout", "nan"],
+        ["--wake-timeout", "inf"],
+        ["--connect-timeout", "nan"],
+        ["--read-timeout", "nan"],
+        ["--send-timeout", "nan"],
+        ["--demand-interval", "nan"],
+    ],
+)
+def test_out_of_range_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
+    with pytest.raises(GatewayConfigError, match=argv[0]):
+        GatewayConfig.from_cli(argv, {})
+
+
+def test_valid_ports_still_pass() -> None:
+    cfg = GatewayConfig.from_cli(["--port", "0", "--backend-port", "65535"], {})
+    assert (cfg.port, cfg.backend_port) == (0, 65535)

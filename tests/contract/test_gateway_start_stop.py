@@ -1,4 +1,5 @@
-"""Surface review over real loopback HTTP: Allow, readiness before the first list, stop()."""
+"""The gateway over real loopback HTTP: readiness before the first list, start cut short, stop
+with held requests, SIGINT; and the surface details Allow on 405 and gzip members relayed."""
 
 from __future__ import annotations
 

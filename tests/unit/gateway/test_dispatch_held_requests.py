@@ -1,4 +1,4 @@
-"""Dispatcher races, driven deterministically through a fake upstream pool.
+"""Held requests in the Dispatcher: slots, deadlines and refusals, raced deterministically.
 
 The fake pool's `request` runs inside the dispatcher's send task, so a test can make the watch
 change or the clock jump at the exact await point where a race would bite.
@@ -184,10 +184,9 @@ async def test_a_refusing_replica_is_tried_again_on_the_next_change_of_the_model
     world: tuple[StaticSource, Router], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The documented rule: after every replica refused, the request waits for the next change
-    # of the model's pods (at most REFUSED_PAUSE) and tries them again. The refused pods stayed
-    # excluded after a change, so the change that makes the pod usable again (here: the watch
-    # catches up, the pod is asleep and its agent can hold) was ignored until a whole pause
-    # passed without any change. The pause is made endless so only the change can retry.
+    # of the model's pods (at most REFUSED_PAUSE) and tries them all again, the refusing pods
+    # included: the change is usually that pod itself (the watch catches up, the pod is asleep
+    # and its agent can hold). The pause is made endless so only the change can retry.
     monkeypatch.setattr("vllm_sleep.gateway.dispatch.REFUSED_PAUSE", 3600.0)
     source, router = world
 
