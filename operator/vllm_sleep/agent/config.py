@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", help=f"vLLM base URL (http://127.0.0.1:{VLLM_PORT})")
     p.add_argument("--token-file", help=f"control token file (default: ${ENV_CONTROL_TOKEN})")
     p.add_argument("--hold-timeout", type=float, help="seconds a request waits for a wake (30)")
-    p.add_argument("--max-held", type=int, help="requests held at once, beyond: 503 (1024)")
+    p.add_argument("--max-held", type=int, help="requests held at once, beyond: 429 (1024)")
     p.add_argument("--retry-after", type=int, help="Retry-After seconds on 503 (5)")
     p.add_argument("--drain-timeout", type=float, help="default drain bound for /sleep (60)")
     p.add_argument("--settle-time", type=float, help="pause after an abandoned stream (0.5)")
