@@ -23,17 +23,15 @@ class ApiKeys:
 
     def _load(self) -> None:
         st = os.stat(self._path)
-        # Not the mtime alone: a file replaced within one timestamp tick, or by a copy that
-        # keeps its mtime (`cp -p`, rsync -t), was never reloaded, so a revoked key kept
-        # working. Any change of inode, size or mtime reloads.
+        # Any change of inode, size or mtime reloads: the mtime alone misses a file replaced
+        # within one timestamp tick or by a copy that keeps its mtime (`cp -p`, rsync -t),
+        # and a revoked key must stop working.
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
         if stamp == self._stamp:
             return
-        # Bytes, not text: a file that is not UTF-8 raised UnicodeDecodeError, which is no
-        # OSError, so a reload answered that request 500 (and a start died with a traceback);
-        # a UTF-8 BOM (Windows editors) made the first key unusable; and a non-ASCII key never
-        # matched the header (decoded as Latin-1, re-encoded as UTF-8). Keys are compared as
-        # the raw bytes of the file and of the header.
+        # Keys are the raw bytes of the file, compared with the raw bytes of the header: any
+        # encoding loads (a file that is not UTF-8 is no error), a UTF-8 BOM (Windows
+        # editors) is not part of the first key, and a non-ASCII key matches exactly.
         with open(self._path, "rb") as f:
             keys = [line.strip() for line in f.read().removeprefix(_BOM).splitlines()]
         self._keys = tuple(k for k in keys if k and not k.startswith(b"#"))

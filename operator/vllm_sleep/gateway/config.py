@@ -30,6 +30,15 @@ class GatewayConfig:
     kubeconfig: str | None = None  # None = in-cluster, then ~/.kube/config
     api_keys_file: str | None = None
     max_body_bytes: int = 32 * MIB
+    # Bounds on the request path (docs/security.md): the head within header_timeout, no body
+    # stall past body_timeout (None = none), request bodies held across all connections, the
+    # chunks of one body, and what a JSON body may hold (parsing cost, not just its size).
+    header_timeout: float | None = 60.0
+    body_timeout: float | None = 60.0
+    max_buffered_bytes: int = 256 * MIB
+    max_body_chunks: int = 1 << 17
+    max_json_tokens: int = 1 << 22
+    max_json_depth: int = 128
     retry_after: int = 10  # seconds, in Retry-After of every 429/503 the gateway makes
     demand_interval: float = 10.0  # at most one Lease renewal per model per interval
     backend_port: int = PUBLIC_PORT
@@ -58,13 +67,19 @@ class GatewayConfig:
             )
         if ns.read_timeout < 0 or ns.send_timeout < 0:
             raise GatewayConfigError("--read-timeout/--send-timeout must be >= 0 (0 = none)")
+        for flag in ("header_timeout", "body_timeout"):
+            if not getattr(ns, flag) >= 0:  # NaN too
+                raise GatewayConfigError(f"--{flag.replace('_', '-')} must be >= 0 (0 = none)")
+        for flag in ("max_buffered_bytes", "max_body_chunks", "max_json_tokens", "max_json_depth"):
+            if getattr(ns, flag) <= 0:
+                raise GatewayConfigError(f"--{flag.replace('_', '-')} must be > 0")
+        if ns.max_buffered_bytes < ns.max_body_bytes:
+            raise GatewayConfigError("--max-buffered-bytes must be >= --max-body-bytes")
         if ns.demand_interval <= 0 or ns.connect_timeout <= 0:
             raise GatewayConfigError("--demand-interval/--connect-timeout must be > 0")
-        # Each refused with its own name (the message named only the two flags above), and
-        # bounds that were missing: a port outside 0-65535 died in bind() with an
-        # OverflowError traceback, a backend port of 0 made every replica "refuse the
-        # connection" (requests held until their wake timeout), and "nan" passed every
-        # `<= 0` check above (a NaN deadline never expires).
+        # Every flag is range-checked and named in its refusal: a port outside 0-65535 would
+        # fail in bind(), a backend port of 0 would make every replica "refuse the
+        # connection", and "nan" passes a `<= 0` check (a NaN deadline never expires).
         if ns.retry_after < 0:
             raise GatewayConfigError("--retry-after must be >= 0")
         if not 0 <= ns.port <= 65535:
@@ -85,6 +100,12 @@ class GatewayConfig:
             kubeconfig=ns.kubeconfig,
             api_keys_file=ns.api_keys_file,
             max_body_bytes=ns.max_body_bytes,
+            header_timeout=ns.header_timeout or None,
+            body_timeout=ns.body_timeout or None,
+            max_buffered_bytes=ns.max_buffered_bytes,
+            max_body_chunks=ns.max_body_chunks,
+            max_json_tokens=ns.max_json_tokens,
+            max_json_depth=ns.max_json_depth,
             retry_after=ns.retry_after,
             demand_interval=ns.demand_interval,
             backend_port=ns.backend_port,
@@ -114,6 +135,32 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="one accepted API key per line; /v1/* then needs Authorization: Bearer <key>",
     )
     a("--max-body-bytes", type=int, default=32 * MIB)
+    a(
+        "--header-timeout",
+        type=float,
+        default=60.0,
+        help="a request head must arrive within this (seconds; 408); 0 = none",
+    )
+    a(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="a request body may not stall for longer (seconds; 408); 0 = none",
+    )
+    a(
+        "--max-buffered-bytes",
+        type=int,
+        default=256 * MIB,
+        help="request bodies held at once across all connections (past it: 503)",
+    )
+    a("--max-body-chunks", type=int, default=1 << 17, help="chunks of one chunked body (413)")
+    a(
+        "--max-json-tokens",
+        type=int,
+        default=1 << 22,
+        help="keys and values of one JSON body over 64 KiB (413)",
+    )
+    a("--max-json-depth", type=int, default=128, help="nesting of one JSON body over 64 KiB (400)")
     a("--retry-after", type=int, default=10, help="seconds, sent with every 429/503")
     a("--demand-interval", type=float, default=10.0, help="min seconds between Lease renewals")
     a("--backend-port", type=int, default=PUBLIC_PORT, help="the agent's public port on pods")

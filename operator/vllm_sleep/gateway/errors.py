@@ -10,9 +10,12 @@ from ..h1 import Response
 # `code` of the answers the HTTP layer makes for requests it refuses before routing.
 _SERVER_CODES: Mapping[int, str] = {
     400: ErrorCode.INVALID_REQUEST,
+    408: "request_timeout",  # the head or body did not arrive in time (--header/body-timeout)
     413: ErrorCode.BODY_TOO_LARGE,
     431: ErrorCode.HEADERS_TOO_LARGE,
     500: ErrorCode.INTERNAL_ERROR,
+    501: "unsupported_transfer_encoding",
+    503: "busy",  # --max-buffered-bytes reached; Retry-After
 }
 
 

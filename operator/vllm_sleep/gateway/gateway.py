@@ -10,11 +10,13 @@ import logging
 from types import TracebackType
 
 from ..h1 import Limits, Server, UpstreamPool
+from ..http_common import MAX_HEAD_BYTES, MAX_HEADERS
 from .auth import ApiKeys
 from .config import GatewayConfig
 from .demand import DemandSignal
 from .dispatch import Dispatcher
 from .errors import server_error
+from .inbound import JsonLimits
 from .metrics import GatewayMetrics
 from .router import Router
 from .server import GatewayHandler
@@ -62,22 +64,35 @@ class Gateway:
             api_keys=keys,
             is_ready=lambda: self.ready,
             max_body=cfg.max_body_bytes,
+            json_limits=JsonLimits(max_tokens=cfg.max_json_tokens, max_depth=cfg.max_json_depth),
             access_log=cfg.access_log,
         )
         # A client that disconnects while held or streaming cancels its handler, which frees
         # the queue slot and closes the upstream request (vLLM aborts).
+        limits = Limits(
+            max_body=cfg.max_body_bytes,
+            max_head=MAX_HEAD_BYTES,
+            max_headers=MAX_HEADERS,
+            send_timeout=cfg.send_timeout,
+            header_timeout=cfg.header_timeout,
+            body_timeout=cfg.body_timeout,
+            max_chunks=cfg.max_body_chunks,
+            max_buffered=cfg.max_buffered_bytes,
+        )
+        # The API key, path and method are checked on the head, before any body is read.
         self._server = Server(
             handler,
-            Limits(max_body=cfg.max_body_bytes, send_timeout=cfg.send_timeout),
+            limits,
             on_reject=handler.rejected,
             make_error=server_error,
+            on_head=handler.head_check,
         )
         try:
             self.port = await self._server.start(cfg.listen_host, cfg.port)
             await self.router.start()
             await self.source.start(self.router)  # returns after the first full list
         except BaseException:
-            # A start that failed or was cancelled (SIGTERM before the first list) left the
+            # A start that failed or was cancelled (SIGTERM before the first list) would leave the
             # port bound and the watch and demand tasks running: `async with` never calls
             # __aexit__ when __aenter__ raises.
             await self.stop()

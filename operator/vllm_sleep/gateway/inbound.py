@@ -1,11 +1,22 @@
-"""Pure request checks: the route table and the `model` field of a JSON body."""
+"""Request checks: the route table, a body's Content-Encoding, and its JSON `model` field.
+
+What a body may cost is bounded before and while it is parsed, not only by its size: a small
+compressed body can inflate to `--max-body-bytes` of `[{},{},...]`, which as Python objects is
+twenty times that and minutes of CPU. Bodies over INLINE_PARSE are therefore never turned into
+objects: an incremental parser (yajl, via ijson) walks them slice by slice, yielding to the
+event loop between slices, counting tokens and nesting, and keeping only the top-level
+`model` value.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import zlib
 from dataclasses import dataclass
+
+import ijson
 
 # POST routes that carry a JSON body with "model" and go to the model's replicas. Multipart
 # audio routes (no JSON "model" to route by without parsing forms) and /v1/responses (stored
@@ -34,8 +45,93 @@ def parse_model(body: bytes) -> str | BadRequest:
         return BadRequest("The request body is not valid JSON.", "invalid_json")
     if not isinstance(doc, dict):
         return BadRequest("The request body must be a JSON object.", "invalid_body")
-    model = doc.get("model")
-    if model is None:
+    return _check_model(doc.get("model", _MISSING))
+
+
+# Bodies up to this are parsed whole (json.loads): whatever they hold, they cost at most a few
+# MiB and well under a millisecond. Larger ones go through `scan_model`.
+INLINE_PARSE = 64 << 10
+_SLICE = 32 << 10  # bytes fed to the incremental parser between two yields to the loop
+_OPEN = frozenset({"start_map", "start_array"})
+_CLOSE = frozenset({"end_map", "end_array"})
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    max_tokens: int = 1 << 22  # keys and values (a container counts once)
+    max_depth: int = 128
+
+
+async def read_model(body: bytes, limits: JsonLimits) -> str | BadRequest:
+    """`parse_model`, with what a large body may cost bounded and the event loop kept free."""
+    if len(body) <= INLINE_PARSE:
+        return parse_model(body)
+    return await scan_model(body, limits)
+
+
+async def scan_model(body: bytes, limits: JsonLimits) -> str | BadRequest:
+    """The top-level `model` of a JSON object, found without building the document.
+
+    The whole body is still checked to be one JSON value (as json.loads would); the last
+    `model` key wins (as json.loads). Past `limits`: 413 (tokens) or 400 (depth).
+    """
+    events: list[tuple[str, object]] = ijson.sendable_list()
+    parser = ijson.basic_parse_coro(events)  # numbers as int or Decimal: any size, as JSON
+    depth = tokens = 0
+    first = True
+    want = False  # the next value is the top-level `model`
+    model: object = _MISSING
+    try:
+        for start in range(0, len(body), _SLICE):
+            parser.send(body[start : start + _SLICE])
+            for event, value in events:
+                if first:
+                    first = False
+                    if event != "start_map":
+                        return BadRequest("The request body must be a JSON object.", "invalid_body")
+                if event in _OPEN:
+                    depth += 1
+                    if depth > limits.max_depth:
+                        return BadRequest(
+                            f"The request body nests deeper than {limits.max_depth}.",
+                            "body_too_deep",
+                        )
+                    if want:
+                        model, want = _NOT_A_STRING, False
+                elif event in _CLOSE:
+                    depth -= 1
+                    tokens -= 1  # a container counts once
+                elif want:
+                    model, want = value, False
+                elif depth == 1 and event == "map_key":
+                    want = value == "model"
+            tokens += len(events)
+            del events[:]
+            if tokens > limits.max_tokens:
+                return BadRequest(
+                    f"The request body holds more than {limits.max_tokens} JSON tokens.",
+                    "body_too_complex",
+                    status=413,
+                )
+            await asyncio.sleep(0)  # one slice at a time: other requests run in between
+        parser.close()
+    except ijson.JSONError:
+        return BadRequest("The request body is not valid JSON.", "invalid_json")
+    if first:  # a lone number reports itself only at the end: valid JSON, not an object
+        return BadRequest("The request body must be a JSON object.", "invalid_body")
+    return _check_model(model)
+
+
+class _Marker:
+    pass
+
+
+_MISSING = _Marker()
+_NOT_A_STRING = _Marker()
+
+
+def _check_model(model: object) -> str | BadRequest:
+    if model is _MISSING or model is None:
         return BadRequest("you must provide a model parameter", "missing_model", "model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:
         return BadRequest("`model` must be a non-empty string.", "invalid_model", "model")
@@ -45,8 +141,8 @@ def parse_model(body: bytes) -> str | BadRequest:
 def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
     """The body with its Content-Encoding undone, bounded by `limit` after decompression.
 
-    Done here rather than by aiohttp's server so a corrupt or oversized (zip bomb) body is a
-    clean 400/413 instead of a parser error, and forwarded bodies are always identity-encoded.
+    Done by the gateway itself so a corrupt or oversized (zip bomb) body is a clean 400/413,
+    never a parser error, and forwarded bodies are always identity-encoded.
     """
     enc = encoding.strip().lower()
     if enc in ("", "identity"):
@@ -66,44 +162,51 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZEROS = re.compile(rb"\x00*")
 _FEED = 1 << 16  # input fed per call: keeps each member's `unused_data` copy small
+_OUT = 1 << 20  # output taken per call
 MAX_GZIP_MEMBERS = 64
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes | BadRequest | None:
     """`body` inflated, a 413, or None when it is not one valid stream of this format.
 
-    A gzip body may be several members (RFC 1952 §2.2; what `gzip.decompress`, curl and
-    nginx accept): only the first was decoded, so a valid multi-member body was cut to its
-    first member (400 invalid_json, or a shorter request). Bytes after the stream other than
-    another member (zero padding aside, as gzip.decompress) make the body invalid: they were
-    silently ignored. The members are bounded: each costs a decompressor.
+    A gzip body may be several members (RFC 1952 §2.2; as `gzip.decompress`, curl and nginx
+    accept): every member is decoded. Bytes after the stream other than another member (zero
+    padding aside, as gzip.decompress) make the body invalid, never silently dropped. The
+    members are bounded: each costs a decompressor. Output is taken _OUT bytes at a time into
+    one buffer, so decoding costs about twice the decoded size at its peak (the buffer and the
+    result), not zlib's growing output blocks on top.
     """
     view = memoryview(body)
-    out: list[bytes] = []
-    total = pos = members = 0
+    out = bytearray()
+    pos = members = 0
     while True:
         members += 1
         if members > MAX_GZIP_MEMBERS:
             return None
         gzip_member = body[pos : pos + 2] == _GZIP_MAGIC
         inflater = zlib.decompressobj(wbits)
+        tail = b""
+        piece: bytes | memoryview
         while not inflater.eof:
-            if pos >= len(body):
+            if tail:
+                piece = tail  # input left over when the last call filled _OUT
+            elif pos < len(body):
+                piece = view[pos : pos + _FEED]
+                pos += len(piece)
+            else:
                 return None  # truncated
-            piece = view[pos : pos + _FEED]
-            pos += len(piece)
             try:
-                part = inflater.decompress(piece, limit + 1 - total)  # never 0: no limit
+                part = inflater.decompress(piece, _OUT)
             except zlib.error:
                 return None
-            total += len(part)
-            if total > limit or inflater.unconsumed_tail:
+            tail = inflater.unconsumed_tail
+            if len(out) + len(part) > limit:
                 return BadRequest("The request body is too large.", "body_too_large", status=413)
-            out.append(part)
+            out += part
         pos -= len(inflater.unused_data)  # the bytes after this stream
         if gzip_member:
             pos = _ZEROS.match(body, pos).end()  # type: ignore[union-attr]
         if pos == len(body):
-            return b"".join(out)
+            return bytes(out)
         if not (gzip_member and body[pos : pos + 2] == _GZIP_MAGIC):
             return None  # trailing garbage

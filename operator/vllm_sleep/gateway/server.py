@@ -2,7 +2,9 @@
 
 Every answer the gateway makes itself is OpenAI-shaped JSON. Paths outside the table are 404
 (so vLLM's dev endpoints like /sleep or /collective_rpc can never be reached through it); a
-bug answers 500 rather than killing the connection handler.
+bug answers 500 rather than killing the connection handler. What can be decided from a
+request's head (API key, path, method) is decided before its body is read (`head_check`), so
+an unauthenticated client cannot make the gateway buffer anything.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..h1 import Reply, Request, Response
 from .auth import ApiKeys
 from .dispatch import Dispatcher
 from .errors import error_response
-from .inbound import INFERENCE_PATHS, BadRequest, decode_body, parse_model
+from .inbound import INFERENCE_PATHS, BadRequest, JsonLimits, decode_body, read_model
 from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
 from .proxy import forwarded_headers
 from .router import ShuttingDown
@@ -37,9 +39,11 @@ class GatewayHandler:
         api_keys: ApiKeys | None,
         is_ready: Callable[[], bool],
         max_body: int,
+        json_limits: JsonLimits | None = None,
         access_log: bool = False,
     ) -> None:
         self._max_body = max_body
+        self._json_limits = json_limits or JsonLimits()
         self._table, self._dispatcher, self._metrics = table, dispatcher, metrics
         self._keys = api_keys
         self._is_ready = is_ready
@@ -78,7 +82,9 @@ class GatewayHandler:
         if path.startswith("/v1/"):
             self._metrics.count_request(UNKNOWN_MODEL, str(status))
 
-    async def _route(self, request: Request, reply: Reply) -> tuple[str, Response | None]:
+    def head_check(self, request: Request) -> Response | None:
+        """The answer a request gets from its head alone (the h1 server asks before reading a
+        body; the handler asks again for requests without one). None: read on."""
         path, method = request.path, request.method
         keys = self._keys
         # `is not None`, not truthiness: configured keys always mean auth, even with none loaded
@@ -88,36 +94,44 @@ class GatewayHandler:
             and keys is not None
             and not keys.check(request.header("Authorization"))
         ):
-            return UNKNOWN_MODEL, error_response(
-                401, "Incorrect or missing API key.", "invalid_api_key"
-            )
+            return error_response(401, "Incorrect or missing API key.", "invalid_api_key")
         if path in INFERENCE_PATHS:
-            if method != "POST":
-                return UNKNOWN_MODEL, _not_allowed(method, path, "POST")
-            return await self._inference(request, reply, path)
-        simple = _SIMPLE.get(path)
-        if simple is None:
-            return UNKNOWN_MODEL, error_response(
-                404, f"{path[:200]} is not served here.", "not_found"
-            )
+            return None if method == "POST" else _not_allowed(method, path, "POST")
+        if path not in _SIMPLE:
+            return error_response(404, f"{path[:200]} is not served here.", "not_found")
         if method not in ("GET", "HEAD"):
             # HEAD is served too (RFC 9110 §10.2.1: Allow lists every method the route takes).
-            return UNKNOWN_MODEL, _not_allowed(method, path, "GET, HEAD")
-        return UNKNOWN_MODEL, simple(self)
+            return _not_allowed(method, path, "GET, HEAD")
+        return None
+
+    async def _route(self, request: Request, reply: Reply) -> tuple[str, Response | None]:
+        refused = self.head_check(request)
+        if refused is not None:
+            return UNKNOWN_MODEL, refused
+        if request.path in INFERENCE_PATHS:
+            return await self._inference(request, reply, request.path)
+        return UNKNOWN_MODEL, _SIMPLE[request.path](self)
 
     async def _inference(
         self, request: Request, reply: Reply, path: str
     ) -> tuple[str, Response | None]:
-        body = request.body  # the HTTP layer bounded it (413)
+        body = request.body  # the HTTP layer bounded it (413) and charged it to its budget
         encoding = request.header("Content-Encoding")
         if encoding:
             decoded = decode_body(body, encoding, self._max_body)
             if isinstance(decoded, BadRequest):
                 return UNKNOWN_MODEL, error_response(decoded.status, decoded.message, decoded.code)
+            if decoded is not body and not request.reserve(len(decoded)):
+                # The decoded copy is held as long as the request: it counts too.
+                return UNKNOWN_MODEL, error_response(
+                    503, "The gateway holds too many request bodies; retry.", "busy", retry_after=1
+                )
             body = decoded
-        model = parse_model(body)
+        model = await read_model(body, self._json_limits)
         if isinstance(model, BadRequest):
-            return UNKNOWN_MODEL, error_response(400, model.message, model.code, param=model.param)
+            return UNKNOWN_MODEL, error_response(
+                model.status, model.message, model.code, param=model.param
+            )
         spec = self._table.lookup(model)
         if spec is None and not self._is_ready():
             # Before the first list of ModelDeployments the table is empty: every model,
