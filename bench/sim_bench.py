@@ -1,6 +1,10 @@
 """Simulator benchmark: token throughput, per-request overhead, and RSS of 1000 idle engines.
 
     .venv/bin/python bench/sim_bench.py [--engines 1000] [--out bench/results/sim.json]
+    .venv/bin/python bench/sim_bench.py --timing-curve [--png docs/img/sim-timing.png]
+
+`--timing-curve` prints the timing model next to the H100 measurements (the table in
+docs/simulator.md) and draws the curve with matplotlib; it runs no engine.
 
 Timings of the model are set to zero (time scale 0), so the numbers measure the simulator
 itself: HTTP, JSON/SSE encoding and the scheduler. The RSS run happens in a fresh child process
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
-from vllm_sleep.testing.sim import EngineHost, SimConfig
+from vllm_sleep.testing.sim import EngineHost, GiB, SimConfig, default_timings
 
 DEV = {"VLLM_SERVER_DEV_MODE": "1"}
 
@@ -140,12 +144,83 @@ async def idle_engines(count: int) -> dict[str, float]:
     }
 
 
+# H100 80GB HBM3, vLLM's cuMem sleep path, 300 allocations, median of 3 (docs/vllm.md "Measured
+# on H100"): weights GiB -> (wake s, sleep s, first-sleep pinning s on 0.34)
+MEASURED = {
+    1: (0.028, 0.027, 0.30),
+    2: (0.053, 0.049, 0.56),
+    4: (0.094, 0.093, 1.13),
+    8: (0.179, 0.175, 2.31),
+    16: (0.342, 0.336, 4.17),
+    32: (0.679, 0.671, 8.47),
+    64: (1.33, 1.30, 17.0),
+}
+
+
+def timing_table() -> str:
+    """Markdown: the model (engine work, no call overhead, no KV cache) next to the measurements."""
+    rows = [
+        "| weights | wake: model / measured | later sleep: model / measured "
+        "| first-sleep pinning 0.34: model / measured | older versions' pinning (model) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for gib, (wake, sleep, pin) in MEASURED.items():
+        t = default_timings(gib * GiB, profile="0.34")
+        old = default_timings(gib * GiB, profile="0.33")
+        c = t.call_overhead
+        rows.append(
+            f"| {gib} GiB | {_s(t.wake - c)} / {_s(wake)} | {_s(t.sleep - c)} / {_s(sleep)} "
+            f"| {_s(t.first_sleep - t.sleep)} / {_s(pin)} | {_s(old.first_sleep - old.sleep)} |"
+        )
+    return "\n".join(rows)
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def timing_png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [0.5 * i for i in range(1, 161)]  # 0.5 .. 80 GiB
+    model = [default_timings(int(g * GiB), profile="0.34") for g in sizes]
+    old = [default_timings(int(g * GiB), profile="0.33") for g in sizes]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
+    ax1.plot(sizes, [t.wake - t.call_overhead for t in model], label="wake (model)")
+    ax1.plot(sizes, [t.sleep - t.call_overhead for t in model], label="later sleep (model)")
+    ax1.plot(sizes, [(k := default_timings(int(g * GiB), int(40 * GiB))).remap - k.call_overhead for g in sizes],
+             label="KV-only wake, 40 GiB KV (model)")  # fmt: skip
+    ax1.scatter(list(MEASURED), [m[0] for m in MEASURED.values()], marker="o", label="wake (H100)")
+    ax1.scatter(list(MEASURED), [m[1] for m in MEASURED.values()], marker="x", label="sleep (H100)")
+    ax1.set(xlabel="weights (GiB)", ylabel="seconds", title="wake and later sleeps")
+    ax2.plot(sizes, [t.first_sleep - t.sleep for t in model], label="0.34 pinning (model)")
+    ax2.plot(sizes, [t.first_sleep - t.sleep for t in old], label="<=0.33 pinning (model)")
+    ax2.scatter(list(MEASURED), [m[2] for m in MEASURED.values()], marker="o", label="0.34 pinning (H100)")  # fmt: skip
+    ax2.set(xlabel="weights (GiB)", ylabel="seconds", title="first sleep: extra pinning cost")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--engines", type=int, default=1000)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--timing-curve", action="store_true", help="the timing model vs the H100")
+    p.add_argument("--png", default=str(Path(__file__).parents[1] / "docs/img/sim-timing.png"))
     a = p.parse_args()
+    if a.timing_curve:
+        print(timing_table())
+        timing_png(Path(a.png))
+        print(f"wrote {a.png}")
+        return 0
     if a.rss_child:
         print(json.dumps(asyncio.run(idle_engines(a.engines))))
         return 0

@@ -1,4 +1,4 @@
-"""Contract table §2 (vLLM 0.33.0, unchanged in 0.34) over real loopback HTTP: one test per
+"""docs/vllm.md "Endpoints" (vLLM 0.33.0, unchanged in 0.34) over real loopback HTTP: one test per
 dev-endpoint row, on both profiles that have it."""
 
 from __future__ import annotations

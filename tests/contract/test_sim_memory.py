@@ -1,4 +1,4 @@
-"""Shared GPU memory (contract §4, §6): startup check, residuals, wake OOM, profiling race."""
+"""Shared GPU memory (docs/vllm.md "Sleep levels", "Shared GPUs"): startup check, residuals, wake OOM, profiling race."""
 
 from __future__ import annotations
 

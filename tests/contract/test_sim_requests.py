@@ -1,4 +1,4 @@
-"""Inference under sleep in the 0.34 and 0.33 profiles (contract §3, §4, §7) and the OpenAI
+"""Inference under sleep in the 0.34 and 0.33 profiles (docs/vllm.md "Requests while asleep", "Draining and pausing") and the OpenAI
 surface."""
 
 from __future__ import annotations

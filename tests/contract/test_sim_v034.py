@@ -1,4 +1,4 @@
-"""The `0.34` profile (contract §8): reset_connector, /checkpoint/*, the extensible KV cache,
+"""The `0.34` profile (docs/vllm.md "vLLM 0.34"): reset_connector, /checkpoint/*, the extensible KV cache,
 and level 2 that loses a speculative model's draft."""
 
 from __future__ import annotations

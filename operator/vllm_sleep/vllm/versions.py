@@ -1,4 +1,4 @@
-"""vLLM versions and the sleep-mode behaviour that depends on them (VLLM_CONTRACT.md timeline).
+"""vLLM versions and the sleep-mode behaviour that depends on them (docs/vllm.md "Versions at a glance").
 
 Only behaviour this project acts on is listed. An unknown version (no or unparsable `/version`)
 gets the conservative answer for each question: the one that is safe on every release.

@@ -1,4 +1,4 @@
-"""The timing model reproduces DESIGN.md's seeds and scales with the weight size."""
+"""The timing model follows the H100 measurements (docs/vllm.md "Measured on H100")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vllm_sleep.testing.sim.units import parse_token_count
 
 @pytest.mark.parametrize(
     ("gib", "wake_s", "sleep_s", "pin_s"),
-    [  # DESIGN.md "Measured physics": H100, vLLM's cuMem path, 300 allocations (±10 %)
+    [  # docs/vllm.md: H100, vLLM's cuMem path, 300 allocations (±10 %)
         (2, 0.053, 0.049, 0.56),
         (4, 0.094, 0.093, 1.13),
         (8, 0.179, 0.175, 2.31),

@@ -1,4 +1,4 @@
-"""The vLLM simulator: vLLM's HTTP surface and sleep-mode behaviour (VLLM_CONTRACT.md), with
+"""The vLLM simulator: vLLM's HTTP surface and sleep-mode behaviour (docs/vllm.md), with
 GPU memory shared by the engines on one simulated device, and a record of contract violations.
 
     host = EngineHost(time_scale=0.01)

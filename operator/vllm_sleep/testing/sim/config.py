@@ -27,9 +27,9 @@ DEFAULT_PROFILE: Profile = "0.34"
 DEFAULT_WEIGHTS = 16 * GiB
 DEFAULT_DEVICE_MEMORY = 80 * GiB
 # CUDA context + cuBLAS + CUDA graphs + NCCL left on the GPU while asleep: ~1.4 GiB for a
-# single-GPU model on H100 in the field (contract §8); a flag, since it varies per engine.
+# single-GPU model on H100 in the field (docs/vllm.md "Field facts"); a flag, since it varies per engine.
 DEFAULT_RESIDUAL = int(1.4 * GiB)
-# vLLM's --gpu-memory-utilization default: 0.9 up to 0.19, 0.92 from 0.20 (contract §6). 0.34
+# vLLM's --gpu-memory-utilization default: 0.9 up to 0.19, 0.92 from 0.20 (docs/vllm.md "Shared GPUs"). 0.34
 # resolves an unset value to 1.0 when its extensible KV cache is on (see SimConfig.util).
 DEFAULT_UTIL: dict[str, float] = {"0.34": 0.92, "0.33": 0.92, "legacy": 0.9}
 DEFAULT_KV_MARGIN = 1 * GiB  # what 0.34's extensible KV cache leaves free after warm-up
@@ -82,7 +82,7 @@ class SimConfig:
 
     @property
     def extensible_kv(self) -> bool:
-        """0.34's extensible KV cache: on unless a share or a KV size is given (contract §8).
+        """0.34's extensible KV cache: on unless a share or a KV size is given (docs/vllm.md "vLLM 0.34").
         The engine then skips the startup check and takes the memory free after warm-up."""
         return (
             self.profile == "0.34"

@@ -278,7 +278,7 @@ class SimEngine:
             )
         if self.draft_discarded and not req.draft_lost:
             # The target model still verifies every token, so the text is right; the drafts
-            # come from discarded memory (contract §8: reload_weights does not restore them).
+            # come from discarded memory (docs/vllm.md "vLLM 0.34": reload_weights does not restore them).
             req.draft_lost = True
             self.record(
                 "draft_model_lost",

@@ -1,7 +1,7 @@
 """Fake generation: deterministic text at TTFT + inter-token latency, honouring pauses.
 
 Every step checks the engine's memory: a step on unmapped weights or KV cache is the CUDA
-illegal-address crash of contract §3 (legacy engines reach it; 0.33 only through a bug).
+illegal-address crash of docs/vllm.md "Requests while asleep" (legacy engines reach it; 0.33 only through a bug).
 """
 
 from __future__ import annotations

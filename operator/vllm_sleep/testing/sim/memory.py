@@ -2,7 +2,7 @@
 
 A GPUDevice is what `nvidia-smi` would show for one GPU: who holds how many bytes. Every change
 is announced to the engines that are currently profiling on the device, because vLLM's startup
-profiling asserts that nobody else changed free memory meanwhile (contract §6).
+profiling asserts that nobody else changed free memory meanwhile (docs/vllm.md "Shared GPUs").
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class HostMemory:
     """Pinned host RAM of one node: the level-1 backups of the weights.
 
     0.34 makes an engine's backup at its first sleep and keeps it until the process exits;
-    older versions free it on wake (contract §8). Either way it is charged here while it exists.
+    older versions free it on wake (docs/vllm.md "vLLM 0.34"). Either way it is charged here while it exists.
     """
 
     node: str

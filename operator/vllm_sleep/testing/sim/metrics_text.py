@@ -1,4 +1,4 @@
-"""/metrics in Prometheus text format with vLLM's metric names and labels (contract §5).
+"""/metrics in Prometheus text format with vLLM's metric names and labels (docs/vllm.md "Metrics").
 
 Written by hand rather than with prometheus_client registries: a registry per engine would cost
 far more memory across 1000 simulated engines than this string does.

@@ -1,6 +1,6 @@
 """The engine-core utility calls behind the dev endpoints: sleep, wake_up, pause, reload, ...
 
-Each follows VLLM_CONTRACT.md for the engine's profile. Failures raise UtilityError, which the
+Each follows docs/vllm.md for the engine's profile. Failures raise UtilityError, which the
 HTTP layer turns into vLLM's 500 ("Call to `<method>` method failed: ...").
 """
 
@@ -42,7 +42,7 @@ async def _transition(engine: SimEngine, what: str) -> AsyncIterator[None]:
 
 
 def _require_running_checkpoint(engine: SimEngine, method: str) -> None:
-    """0.34: while a checkpoint is not RUNNING, /sleep and /wake_up fail (contract §8)."""
+    """0.34: while a checkpoint is not RUNNING, /sleep and /wake_up fail (docs/vllm.md "vLLM 0.34")."""
     if engine.checkpoint != "RUNNING":
         raise UtilityError(
             method,
@@ -276,7 +276,7 @@ async def reload_weights(engine: SimEngine) -> None:
                 "RuntimeError: reload_weights needs resident weights; wake them with /wake_up?tags=weights first",
             )
         await engine.clock.sleep(engine.timings.reload)
-        engine.weights_discarded = False  # the draft model stays lost (contract §8)
+        engine.weights_discarded = False  # the draft model stays lost (docs/vllm.md "vLLM 0.34")
         engine.transfers.reloads += 1
 
 

@@ -1,4 +1,4 @@
-"""vLLM 0.34's `/checkpoint/prepare|restore|status` (contract §8).
+"""vLLM 0.34's `/checkpoint/prepare|restore|status` (docs/vllm.md "vLLM 0.34").
 
 Registered whenever `--enable-sleep-mode` is on, not dev-gated and not behind `--api-key`: anything
 that reaches vLLM's port can pause it. `prepare` pauses generation (new inference requests get

@@ -1,4 +1,6 @@
-"""Engine startup: vLLM's free-memory check, weight load, and memory profiling (contract §6, §8).
+"""Engine startup: vLLM's free-memory check, weight load, and memory profiling.
+
+As docs/vllm.md "Shared GPUs" and "vLLM 0.34" describe them.
 
 The CUDA context (residual) is taken at once, the weights after the first part of the load, the
 KV cache at the end: the rest of the share, a fixed --kv-cache-memory-bytes, or (0.34's
