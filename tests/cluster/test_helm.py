@@ -379,3 +379,38 @@ def test_service_accounts_can_do_exactly_what_rbac_py_grants(
         granted = _can_i(kube, ns, sa, where)
         extra = {r: v for r, v in granted.items() if r not in EVERYONE}
         assert extra == _expected(rules()), where
+
+
+def test_optional_objects_render_from_the_generated_files(helm_bin: str, kube: Kube) -> None:
+    from vllm_sleep.packaging import monitoring
+
+    sets = (
+        "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,"
+        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true,"
+        "metrics.dashboard.namespace=grafana,examples.gpuPool.enabled=true,"
+        "examples.modelDeployment.enabled=true"
+    )
+    out = template(helm_bin, "--set", sets)
+    dash = out[("ConfigMap", "grafana", "vllm-sleep-dashboard")]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["vllm-sleep.json"]) == monitoring.dashboard()
+    rule = out[("PrometheusRule", names.NAMESPACE, "vllm-sleep")]
+    assert rule["spec"] == monitoring.alerts()
+    monitors = {k[2]: d for k, d in out.items() if k[0] in {"ServiceMonitor", "PodMonitor"}}
+    assert monitors[names.OPERATOR]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitors[names.GATEWAY]["spec"]["endpoints"][0]["port"] == "http"
+    agents = monitors["vllm-sleep-agents"]["spec"]
+    assert agents["podMetricsEndpoints"][0]["port"] == "control"
+    assert agents["selector"]["matchLabels"] == names.MODEL_POD_SELECTOR
+    assert agents["namespaceSelector"] == {"matchNames": ["default"]}
+    # The example objects are what the apiserver accepts (CRDs from the chart's crds/).
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    kube.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/gpupools.vllm-sleep.io"
+    )
+    examples = [d for k, d in out.items() if k[0] in {"GPUPool", "ModelDeployment"}]
+    assert len(examples) == 2
+    dry = kube.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(examples), check=False
+    )
+    assert dry.returncode == 0, dry.stderr
