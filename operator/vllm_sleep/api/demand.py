@@ -27,7 +27,6 @@ from .names import (
 )
 
 LEASE_API_VERSION: Final = "coordination.k8s.io/v1"
-LEASE_GROUP: Final = "coordination.k8s.io"
 LEASE_KIND: Final = "Lease"
 _SUFFIX: Final = "-demand"
 

@@ -31,22 +31,6 @@ class ErrorType(StrEnum):
     SERVER = "server_error"
 
 
-_TYPES: Final[Mapping[int, ErrorType]] = {
-    401: ErrorType.AUTHENTICATION,
-    403: ErrorType.PERMISSION,
-    404: ErrorType.NOT_FOUND,
-    429: ErrorType.RATE_LIMIT,
-}
-
-
-def error_type(status: int) -> ErrorType:
-    """The `type` of a status: the table above, else invalid_request (4xx) or server (5xx)."""
-    found = _TYPES.get(status)
-    if found is not None:
-        return found
-    return ErrorType.INVALID_REQUEST if 400 <= status < 500 else ErrorType.SERVER
-
-
 class ErrorCode(StrEnum):
     """`code` values another process (or a client's retry logic) acts on."""
 
@@ -67,11 +51,13 @@ class ErrorCode(StrEnum):
     # Either process, when the caller names no code.
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
     BODY_TOO_LARGE = "body_too_large"
     HEADERS_TOO_LARGE = "headers_too_large"
+    RATE_LIMITED = "rate_limited"
     CLIENT_CLOSED = "client_closed"
     INTERNAL_ERROR = "internal_error"
     UNAVAILABLE = "unavailable"
@@ -86,27 +72,41 @@ AGENT_REFUSALS: Final[Mapping[str, int]] = {
 }
 AGENT_REFUSAL_STATUSES: Final = frozenset(AGENT_REFUSALS.values())
 
-_DEFAULT_CODES: Final[Mapping[int, ErrorCode]] = {
-    400: ErrorCode.INVALID_REQUEST,
-    401: ErrorCode.UNAUTHORIZED,
-    404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.METHOD_NOT_ALLOWED,
-    409: ErrorCode.CONFLICT,
-    413: ErrorCode.BODY_TOO_LARGE,
-    431: ErrorCode.HEADERS_TOO_LARGE,
-    499: ErrorCode.CLIENT_CLOSED,
-    500: ErrorCode.INTERNAL_ERROR,
-    502: ErrorCode.UPSTREAM_ERROR,
-    503: ErrorCode.UNAVAILABLE,
-    504: ErrorCode.UPSTREAM_TIMEOUT,
+# The one table: status -> (`type`, `code` when the caller names none). A status not listed
+# is invalid_request (4xx) or server (5xx).
+_BY_STATUS: Final[Mapping[int, tuple[ErrorType, ErrorCode]]] = {
+    400: (ErrorType.INVALID_REQUEST, ErrorCode.INVALID_REQUEST),
+    401: (ErrorType.AUTHENTICATION, ErrorCode.UNAUTHORIZED),
+    403: (ErrorType.PERMISSION, ErrorCode.FORBIDDEN),
+    404: (ErrorType.NOT_FOUND, ErrorCode.NOT_FOUND),
+    405: (ErrorType.INVALID_REQUEST, ErrorCode.METHOD_NOT_ALLOWED),
+    409: (ErrorType.INVALID_REQUEST, ErrorCode.CONFLICT),
+    413: (ErrorType.INVALID_REQUEST, ErrorCode.BODY_TOO_LARGE),
+    429: (ErrorType.RATE_LIMIT, ErrorCode.RATE_LIMITED),
+    431: (ErrorType.INVALID_REQUEST, ErrorCode.HEADERS_TOO_LARGE),
+    499: (ErrorType.INVALID_REQUEST, ErrorCode.CLIENT_CLOSED),
+    500: (ErrorType.SERVER, ErrorCode.INTERNAL_ERROR),
+    502: (ErrorType.SERVER, ErrorCode.UPSTREAM_ERROR),
+    503: (ErrorType.SERVER, ErrorCode.UNAVAILABLE),
+    504: (ErrorType.SERVER, ErrorCode.UPSTREAM_TIMEOUT),
 }
 
 
-def default_code(status: int) -> str:
-    found = _DEFAULT_CODES.get(status)
+def _by_status(status: int) -> tuple[ErrorType, ErrorCode]:
+    found = _BY_STATUS.get(status)
     if found is not None:
-        return found.value
-    return (ErrorCode.INVALID_REQUEST if 400 <= status < 500 else ErrorCode.INTERNAL_ERROR).value
+        return found
+    if 400 <= status < 500:
+        return ErrorType.INVALID_REQUEST, ErrorCode.INVALID_REQUEST
+    return ErrorType.SERVER, ErrorCode.INTERNAL_ERROR
+
+
+def error_type(status: int) -> ErrorType:
+    return _by_status(status)[0]
+
+
+def default_code(status: int) -> str:
+    return _by_status(status)[1].value
 
 
 def error_body(
@@ -126,17 +126,6 @@ def error_body(
         **(extra or {}),
     }
     return {"error": err}
-
-
-def error_bytes(
-    status: int,
-    message: str,
-    code: str | None = None,
-    *,
-    param: str | None = None,
-    extra: Mapping[str, object] | None = None,
-) -> bytes:
-    return json.dumps(error_body(status, message, code, param=param, extra=extra)).encode()
 
 
 def error_code(body: bytes) -> str | None:

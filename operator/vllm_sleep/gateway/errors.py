@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
-from ..api.openai_errors import ErrorCode, error_bytes
+from ..api.openai_errors import ErrorCode, error_body
 from ..h1 import Response
 
 # `code` of the answers the HTTP layer makes for requests it refuses before routing.
@@ -31,7 +32,8 @@ def error_response(
     out = dict(headers or {})
     if retry_after is not None:
         out["Retry-After"] = str(retry_after)
-    return Response(status, error_bytes(status, message, code, param=param), tuple(out.items()))
+    body = json.dumps(error_body(status, message, code, param=param)).encode()
+    return Response(status, body, tuple(out.items()))
 
 
 def server_error(status: int, message: str) -> Response:

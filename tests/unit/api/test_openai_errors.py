@@ -15,7 +15,6 @@ from vllm_sleep.api.openai_errors import (
     ErrorCode,
     ErrorType,
     error_body,
-    error_bytes,
     error_code,
     error_type,
 )
@@ -59,12 +58,13 @@ def test_types_are_openais(status: int, kind: ErrorType) -> None:
 def test_the_body_is_always_the_openai_shape(
     status: int, message: str, code: ErrorCode | None
 ) -> None:
-    body = json.loads(error_bytes(status, message, code))
+    raw = json.dumps(error_body(status, message, code)).encode()
+    body = json.loads(raw)
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["message"] == message
     assert isinstance(body["error"]["code"], str) and body["error"]["code"]
-    assert error_code(error_bytes(status, message, code)) == body["error"]["code"]
+    assert error_code(raw) == body["error"]["code"]
 
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b'{"error": "x"}', b'{"error": {"code": 503}}'])
