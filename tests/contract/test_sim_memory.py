@@ -13,10 +13,16 @@ from vllm_sleep.testing.sim.testkit import start
 pytestmark = pytest.mark.contract
 
 
-async def test_startup_fails_when_free_memory_is_below_the_share(host: EngineHost) -> None:
-    gpu = host.device("node-0/gpu-0", 80 * GiB)
-    a = await start(host, "a", "--gpu-memory-utilization", "0.6", device=gpu)
-    b = await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu)
+ALL = ["0.34", "0.33", "legacy"]
+
+
+@pytest.mark.parametrize("profile", ALL)
+async def test_startup_fails_when_free_memory_is_below_the_share(
+    host: EngineHost, profile: str
+) -> None:
+    gpu, env = host.device("node-0/gpu-0", 80 * GiB), {"VLLM_SIM_PROFILE": profile}
+    a = await start(host, "a", "--gpu-memory-utilization", "0.6", device=gpu, env=env)
+    b = await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu, env=env)
     assert a.state == "awake" and b.state == "failed" and b.dead.is_set()
     assert b.failure is not None
     assert b.failure.startswith(
@@ -61,19 +67,25 @@ async def test_sleeping_engine_keeps_residual_and_pins_host_memory(
     assert host.pinned_bytes("node-0") == 0  # the process exited
 
 
-async def test_two_engines_share_a_gpu_by_sleeping(host: EngineHost) -> None:
-    gpu = host.device("node-0/gpu-0", 80 * GiB)
-    a = await start(host, "a", "--gpu-memory-utilization", "0.6", device=gpu)
+@pytest.mark.parametrize("profile", ALL)
+async def test_two_engines_share_a_gpu_by_sleeping(host: EngineHost, profile: str) -> None:
+    gpu, env = host.device("node-0/gpu-0", 80 * GiB), {"VLLM_SIM_PROFILE": profile}
+    a = await start(host, "a", "--gpu-memory-utilization", "0.6", device=gpu, env=env)
     async with httpx.AsyncClient(base_url=a.url) as c:
         await c.post("/sleep?level=1")
-    b = await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu)
+    b = await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu, env=env)
     assert b.state == "awake"
     assert host.violations() == []
 
 
-async def test_wake_fails_with_cuda_oom_when_a_neighbour_holds_the_memory(host: EngineHost) -> None:
+@pytest.mark.parametrize("profile", ["0.34", "0.33"])
+async def test_wake_fails_with_cuda_oom_when_a_neighbour_holds_the_memory(
+    host: EngineHost, profile: str
+) -> None:
     gpu = host.device("node-0/gpu-0", 80 * GiB)
-    a = await start(host, "a", "--gpu-memory-utilization", "0.6", device=gpu)
+    a = await start(
+        host, "a", "--gpu-memory-utilization", "0.6", device=gpu, env={"VLLM_SIM_PROFILE": profile}
+    )
     async with httpx.AsyncClient(base_url=a.url) as c:
         await c.post("/sleep?level=1")
         await start(host, "b", "--gpu-memory-utilization", "0.6", device=gpu)
@@ -102,9 +114,12 @@ async def test_legacy_wake_oom_is_an_empty_500(host: EngineHost) -> None:
     assert a.state == "sleeping"
 
 
-async def test_sleep_during_neighbour_profiling_fails_the_starting_engine(host: EngineHost) -> None:
-    gpu = host.device("node-0/gpu-0", 80 * GiB)
-    a = await start(host, "a", "--gpu-memory-utilization", "0.4", device=gpu)
+@pytest.mark.parametrize("profile", ALL)
+async def test_sleep_during_neighbour_profiling_fails_the_starting_engine(
+    host: EngineHost, profile: str
+) -> None:
+    gpu, env = host.device("node-0/gpu-0", 80 * GiB), {"VLLM_SIM_PROFILE": profile}
+    a = await start(host, "a", "--gpu-memory-utilization", "0.4", device=gpu, env=env)
     b = await start(
         host,
         "b",
@@ -115,6 +130,7 @@ async def test_sleep_during_neighbour_profiling_fails_the_starting_engine(host: 
         "--profiling-fraction",
         "1",
         device=gpu,
+        env=env,
         wait=False,
     )
     async with httpx.AsyncClient(base_url=a.url) as c:
