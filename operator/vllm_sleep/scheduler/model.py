@@ -86,6 +86,8 @@ class Engine:
             raise ValueError(f"engine {self.replica}: sleep_level must be 1, 2 or None")
         if self.state in SLEEP_STATES and self.sleep_level is None:
             raise ValueError(f"engine {self.replica}: {self.state} needs its sleep_level")
+        if self.state == EngineState.PENDING and self.holds_backup:
+            raise ValueError(f"engine {self.replica}: pending (no process) but holds a backup")
         if self.device is None and self.state != EngineState.PENDING:
             raise ValueError(f"engine {self.replica}: {self.state} but placed on no device")
         if self.inflight < 0 or self.held < 0:
