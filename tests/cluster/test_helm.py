@@ -414,3 +414,104 @@ def test_optional_objects_render_from_the_generated_files(helm_bin: str, kube: K
         "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(examples), check=False
     )
     assert dry.returncode == 0, dry.stderr
+
+
+def _start(argv: list[str], kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
+    import os
+    import sys
+
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "vllm_sleep.cli", *argv],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_lifecycle_under_the_charts_service_accounts(
+    helm_bin: str, kube: Kube, release: tuple[str, str], tmp_path: Path
+) -> None:
+    """The operator and the gateway, as local processes holding only tokens of the chart's
+    ServiceAccounts, take a model through load, pre-warm sleep, a wake on a request through the
+    gateway, and deletion."""
+    import httpx
+
+    from e2e.helpers import apply, chat, events, model_manifest, wait_for, wait_phase
+    from vllm_sleep.testing.cluster.tokens import kubeconfig_with_token
+
+    ns, models = release
+    out = _helm(
+        helm_bin,
+        kube,
+        "install",
+        "vso",
+        str(CHART),
+        "-n",
+        ns,
+        "--create-namespace",
+        "--take-ownership",
+        # The processes run here, not as pods: no Deployment replicas.
+        "--set",
+        "operator.replicas=0,gateway.replicas=0",
+    )
+    assert out.returncode == 0, out.stderr
+
+    def token_config(sa: str) -> Path:
+        token = kube.kubectl("create", "token", sa, "-n", ns, "--duration=1h").stdout.strip()
+        return kubeconfig_with_token(kube.kubeconfig, sa, token, tmp_path / f"{sa}.kubeconfig")
+
+    operator = _start(
+        [
+            "operator",
+            f"--namespace={models}",
+            f"--metrics-bind=127.0.0.1:{_free_port()}",
+            f"--health-bind=127.0.0.1:{_free_port()}",
+            "--resync-seconds=5",
+        ],
+        token_config(names.OPERATOR),
+        tmp_path / "operator.log",
+    )
+    port = _free_port()
+    gateway = _start(
+        ["gateway", "--host=127.0.0.1", f"--port={port}", f"--namespace={models}"],
+        token_config(names.GATEWAY),
+        tmp_path / "gateway.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        apply(kube, model_manifest("llama", models, sleep={"idleTimeout": "1h"}))
+        wait_phase(kube, models, "llama", "Asleep", timeout=120)  # loaded, then pre-warm sleep
+        wait_for(
+            lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, what="gateway ready"
+        )
+        # Held at the gateway, which renews the demand Lease; the operator wakes the model.
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat("llama"), timeout=90)
+        assert r.status_code == 200, r.text
+        wait_phase(kube, models, "llama", "Awake", timeout=30)
+        reasons = {e.reason for e in events(kube, models, "llama")}
+        assert {"Slept", "Woke"} <= reasons, reasons
+        kube.kubectl("delete", "mdep", "llama", "-n", models, "--timeout=60s")
+    finally:
+        _stop(gateway)
+        _stop(operator)
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    assert "forbidden" not in log.lower(), log[-3000:]  # no call was refused on the way
