@@ -193,9 +193,28 @@ def test_weights_guessed_from_the_model_name() -> None:
         ["m", "--wake-seconds", "-1"],
         ["m", "--served-model-name"],
         ["m", "--speculative-config", "{not json"],
+        ["m", "--vllm-version", "latest"],
+        ["m", "--fail-sleeps", "-1"],
         ["m", "--weight-allocations", "0"],
     ],
 )
 def test_bad_arguments_raise_config_errors(argv: list[str]) -> None:
     with pytest.raises(SimConfigError):
         SimConfig.from_cli(argv, {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "version", "unsynced"),
+    [
+        (["m"], "0.34.0", False),
+        (["m", "--profile", "legacy"], "0.16.0", False),
+        (["m", "--vllm-version", "0.17.0"], "0.17.0", True),
+        (["m", "--vllm-version", "v0.27.1"], "v0.27.1", True),
+        (["m", "--vllm-version", "0.28.0"], "0.28.0", False),
+    ],
+)
+def test_reported_version_and_the_unsynced_sleep_race(
+    argv: list[str], version: str, unsynced: bool
+) -> None:
+    c = cfg(*argv)
+    assert (c.version, c.unsynced_sleep) == (version, unsynced)

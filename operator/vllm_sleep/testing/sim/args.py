@@ -35,6 +35,8 @@ SIM_FLAGS = {
     "--residual-memory",
     "--kv-cache-margin",
     "--weight-allocations",
+    "--vllm-version",
+    "--fail-sleeps",
     "--time-scale",
     "--default-max-tokens",
     "--profiling-fraction",

@@ -33,6 +33,7 @@ DEFAULT_RESIDUAL = int(1.4 * GiB)
 # resolves an unset value to 1.0 when its extensible KV cache is on (see SimConfig.util).
 DEFAULT_UTIL: dict[str, float] = {"0.34": 0.92, "0.33": 0.92, "legacy": 0.9}
 DEFAULT_KV_MARGIN = 1 * GiB  # what 0.34's extensible KV cache leaves free after warm-up
+VERSIONS: dict[str, str] = {"0.34": "0.34.0", "0.33": "0.33.0", "legacy": "0.16.0"}
 DRAFT_PARAMETER = "draft.model.layers.0.weight"  # how a draft model's parameters are named
 
 
@@ -62,6 +63,8 @@ class SimConfig:
     residual_bytes: int | None = None  # None: DEFAULT_RESIDUAL
     kv_margin_bytes: int = DEFAULT_KV_MARGIN
     weight_allocations: int = 300
+    vllm_version: str | None = None  # what /version reports; None: the profile's release
+    fail_sleeps: int = 0  # the first N memory-releasing sleeps trip the neighbour assertion
     time_scale: float = 1.0  # multiplied with the host's scale
     default_max_tokens: int = 16
     profiling_fraction: float = 0.3  # the last 30 % of the load is vLLM's memory profiling
@@ -96,6 +99,18 @@ class SimConfig:
         if self.gpu_memory_utilization is not None:
             return self.gpu_memory_utilization
         return 1.0 if self.extensible_kv else DEFAULT_UTIL[self.profile]
+
+    @property
+    def version(self) -> str:
+        return self.vllm_version or VERSIONS[self.profile]
+
+    @property
+    def unsynced_sleep(self) -> bool:
+        """vLLM 0.17-0.27: the worker does not synchronise the device before unmapping, so a
+        sleep that aborts running requests races their kernels and the engine core dies
+        (vllm#45520; device syncs arrived in 0.28 and 0.29). Set by --vllm-version."""
+        m = re.match(r"v?(\d+)\.(\d+)", self.version)
+        return m is not None and (0, 17) <= (int(m.group(1)), int(m.group(2))) < (0, 28)
 
     @property
     def keeps_backup(self) -> bool:
@@ -206,6 +221,7 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
             overrides[name] = float(raw)
     residual_raw = sim("--residual-memory", "VLLM_SIM_RESIDUAL_BYTES")
     margin_raw = sim("--kv-cache-margin")
+    fail_sleeps_raw = sim("--fail-sleeps")
     allocations_raw = sim("--weight-allocations")
     device_raw = sim("--device-memory")
     api_keys = tuple(p.values.get("--api-key", ())) or (
@@ -237,6 +253,8 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
         residual_bytes=parse_bytes(residual_raw) if residual_raw else None,
         kv_margin_bytes=parse_bytes(margin_raw) if margin_raw else DEFAULT_KV_MARGIN,
         weight_allocations=int(allocations_raw) if allocations_raw else 300,
+        vllm_version=sim("--vllm-version"),
+        fail_sleeps=int(fail_sleeps_raw) if fail_sleeps_raw else 0,
         time_scale=float(sim("--time-scale") or 1.0),
         default_max_tokens=int(sim("--default-max-tokens") or 16),
         profiling_fraction=float(sim("--profiling-fraction") or 0.3),
@@ -273,6 +291,10 @@ def _validate(cfg: SimConfig) -> None:
         raise SimConfigError("--time-scale must be >= 0")
     if not 0 <= cfg.profiling_fraction <= 1:
         raise SimConfigError("--profiling-fraction must be in [0, 1]")
+    if cfg.fail_sleeps < 0:
+        raise SimConfigError("--fail-sleeps must be >= 0")
+    if cfg.vllm_version is not None and not re.match(r"v?\d+\.\d+", cfg.vllm_version):
+        raise SimConfigError(f"--vllm-version must look like 0.27.1, got {cfg.vllm_version!r}")
     if cfg.weight_allocations < 1:
         raise SimConfigError("--weight-allocations must be >= 1")
     if cfg.default_max_tokens < 1 or cfg.max_model_len < 1 or cfg.max_num_seqs < 1:

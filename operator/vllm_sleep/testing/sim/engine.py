@@ -67,6 +67,11 @@ class SimEngine:
         self.draft_discarded = False  # 0.34 level 2 dropped the draft model; nothing restores it
         self.offloaded = False  # weights sit in pinned host memory (level 1)
         self.kv_only = False  # only the KV cache was released (KV-only tier, checkpoint)
+        # A sleep that tripped "Memory usage increased after sleeping": the memory is released
+        # but the executor does not count itself asleep (is_sleeping, wake_up ignore it).
+        self.sleep_unconfirmed = False
+        self.injected_failures = 0  # --fail-sleeps used so far
+        self.background: set[asyncio.Task[None]] = set()
         self.pinned_ready = False  # pinned buffers cached after the first level-1 sleep
         self.memory_limit_bytes = memory_limit_bytes  # the container's cgroup limit, if any
         self.transfers = Transfers()
@@ -129,9 +134,10 @@ class SimEngine:
     @property
     def is_sleeping(self) -> bool:
         """vLLM 0.33: scheduler paused (sleep at any level or /pause) or any memory tag asleep."""
+        memory = bool(self.asleep_tags) and not self.sleep_unconfirmed
         if self.cfg.legacy:
-            return bool(self.asleep_tags)
-        return bool(self.asleep_tags) or bool(self.sched.pause)
+            return memory
+        return memory or bool(self.sched.pause)
 
     @property
     def level(self) -> int | None:
@@ -152,6 +158,8 @@ class SimEngine:
             "asleep_tags": sorted(self.asleep_tags),
             "weights_discarded": self.weights_discarded,
             "draft_discarded": self.draft_discarded,
+            "sleep_unconfirmed": self.sleep_unconfirmed,
+            "vllm_version": self.cfg.version,
             "checkpoint": self.checkpoint,
             "transition": self.transition,
             "paused": self.sched.api_pause.name.lower(),

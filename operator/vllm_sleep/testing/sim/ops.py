@@ -6,6 +6,7 @@ HTTP layer turns into vLLM's 500 ("Call to `<method>` method failed: ...").
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -21,6 +22,12 @@ log = logging.getLogger(__name__)
 Mode = Literal["abort", "wait", "keep"]
 SLEEP_GAUGE = {1: "weights_offloaded", 2: "discard_all"}  # any other level: all three 0
 CUDA_OOM = "CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:62"
+MEMORY_INCREASED = "AssertionError: Memory usage increased after sleeping."
+RACE_CRASH = (
+    "CUDA error: an illegal memory access was encountered (the sleep unmapped memory that the "
+    "aborted requests' kernels were still using: vLLM 0.17-0.27 does not synchronise the device "
+    "first, vllm#45520)"
+)
 
 
 class UtilityError(Exception):
@@ -64,6 +71,7 @@ async def sleep(
                 "inflight_at_sleep",
                 f"/sleep?level={level} (mode={mode}) arrived with {sched.running} request(s) running",
             )
+        racing = engine.cfg.unsynced_sleep and not legacy and mode == "abort" and sched.running
         with engine.metrics.operation("sleep", enabled=not legacy):
             if not legacy:
                 # ≥0.17: pause the scheduler first; is_sleeping is true from here on.
@@ -74,18 +82,39 @@ async def sleep(
                     await sched.wait_no_running()
             if level == 0 and not legacy:
                 await engine.clock.sleep(engine.timings.call_overhead)
+            elif engine.sleep_unconfirmed:
+                # Asking again after the neighbour assertion: the memory is already released,
+                # so the worker frees nothing more and the executor now marks itself asleep.
+                free_before = engine.device.free_bytes
+                await engine.clock.sleep(engine.timings.call_overhead)
+                engine.sleep_unconfirmed = False
+                _report_sleep(engine, free_before)
             elif engine.asleep_tags:
                 log.info("%s: Executor is already sleeping.", engine.name)
                 await engine.clock.sleep(engine.timings.call_overhead)
             else:
                 # ≤0.31 workers offload only for exactly level 1; anything else discards.
                 await _release(engine, offload=level == 1)
+                if racing:
+                    _crash_soon(engine, RACE_CRASH)
             engine.sleep_gauge = SLEEP_GAUGE.get(level)
+
+
+def _crash_soon(engine: SimEngine, message: str) -> None:
+    """The engine core dies right after /sleep answered 200 (the fault surfaces in the next
+    kernel, not in the sleep call itself)."""
+
+    async def crash() -> None:
+        await asyncio.sleep(0.05)  # real time: let the 200 go out first
+        engine.crash(message)
+
+    engine.background.add(task := asyncio.get_running_loop().create_task(crash()))
+    task.add_done_callback(engine.background.discard)
 
 
 async def _release(engine: SimEngine, *, offload: bool) -> None:
     t, cfg, moved = engine.timings, engine.cfg, engine.transfers
-    before = engine.device.held_by(engine)
+    free_before = engine.device.free_bytes  # vLLM's Worker.sleep reads mem_get_info() first
     engine.begin_transition("sleep")
     try:
         if offload:
@@ -111,24 +140,35 @@ async def _release(engine: SimEngine, *, offload: bool) -> None:
             moved.kv_releases += 1
         engine.asleep_tags, engine.kv_only = set(MEM_TAGS), False
         engine.hold(engine.resident_bytes(), check=False)
-        _report_sleep(engine, before)
+        if engine.device.free_bytes < free_before or engine.injected_failures < cfg.fail_sleeps:
+            # Worker.sleep asserts that free device memory did not drop; a neighbour that
+            # allocated more than this engine released meanwhile trips it after the memory was
+            # released, and the executor does not mark itself asleep (asking again completes).
+            if engine.device.free_bytes >= free_before:
+                engine.injected_failures += 1
+            engine.sleep_unconfirmed = True
+            log.error("%s: sleep failed: %s", engine.name, MEMORY_INCREASED)
+            raise UtilityError("sleep", MEMORY_INCREASED)
+        _report_sleep(engine, free_before)
     finally:
         engine.end_transition()
 
 
-def _report_sleep(engine: SimEngine, before: int) -> None:
-    """The line vLLM's worker logs after a sleep; "in use" is the whole device's, neighbours
-    included, so a reader learns the residual from the engine's own figures, not from it."""
-    after, in_use = engine.device.held_by(engine), engine.device.used_bytes
+def _report_sleep(engine: SimEngine, free_before: int) -> None:
+    """The line vLLM's worker logs after a sleep: the change of the device's free memory (what
+    this engine released, unless a neighbour changed memory meanwhile) and the whole device's
+    use, neighbours included; the engine's own residual is not in it."""
+    dev = engine.device
+    freed, in_use = dev.free_bytes - free_before, dev.used_bytes
     line = (
-        f"Sleep mode freed {gib(before - after):.2f} GiB memory, "
+        f"Sleep mode freed {gib(freed):.2f} GiB memory, "
         f"{gib(in_use):.2f} GiB memory is still in use."
     )
     log.info("%s: %s", engine.name, line)
     engine.last_sleep = {
-        "freed_bytes": before - after,
+        "freed_bytes": freed,
         "in_use_bytes": in_use,
-        "residual_bytes": after,
+        "residual_bytes": dev.held_by(engine),
         "message": line,
     }
     engine.log_lines = [*engine.log_lines[-99:], line]
@@ -142,7 +182,9 @@ async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
         with engine.metrics.operation("wake", enabled=not legacy):
             mem_tags = tags if legacy or tags is None else [t for t in tags if t != "scheduling"]
             asleep = engine.asleep_tags
-            if not asleep:
+            if not asleep or engine.sleep_unconfirmed:
+                # After a failed sleep the executor does not know its memory is released: it
+                # maps nothing back and the scheduler resumes on unmapped memory.
                 log.warning("%s: Executor is not sleeping.", engine.name)
                 await engine.clock.sleep(engine.timings.call_overhead)
             elif mem_tags is None:
@@ -155,7 +197,7 @@ async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
                 await engine.clock.sleep(engine.timings.call_overhead)
             elif mem_tags:
                 await _remap(engine, {t for t in MEM_TAGS if t in mem_tags})
-            fully = not engine.asleep_tags
+            fully = not engine.asleep_tags or engine.sleep_unconfirmed  # as the executor sees it
             if fully:
                 engine.sched.set_pause("sleep", Pause.NONE)  # ≥0.24: only once all tags resident
             if fully or legacy:  # ≥0.31 resets the gauge on a full wake only; ≤0.30 on any

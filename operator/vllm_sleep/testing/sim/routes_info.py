@@ -10,8 +10,6 @@ from .engine import SimEngine
 from .http_util import Route, empty, json_response
 from .metrics_text import render_metrics
 
-VERSIONS = {"0.34": "0.34.0", "0.33": "0.33.0", "legacy": "0.16.0"}
-
 
 async def health(engine: SimEngine, _req: web.BaseRequest) -> web.Response:
     # 200 while asleep in every version: liveness only (§3). 503 once the engine core died.
@@ -30,7 +28,7 @@ async def load(engine: SimEngine, _req: web.BaseRequest) -> web.Response:
 
 
 async def version(engine: SimEngine, _req: web.BaseRequest) -> web.Response:
-    return json_response({"version": VERSIONS[engine.cfg.profile]})
+    return json_response({"version": engine.cfg.version})
 
 
 async def models(engine: SimEngine, _req: web.BaseRequest) -> web.Response:
