@@ -10,6 +10,7 @@ from .invariants import violations
 from .model import BUSY_STATES, Device, Engine, EngineState, Node, Pool
 from .placement import Placement, place
 from .plan import Plan, Refusal, RefusalKind, Sleep, Start, Step, Wake
+from .status import device_states
 from .transitions import apply
 from .victims import eviction_blocker, eviction_key, sleep_level
 from .wake import level_for_sleep, plan_wake
@@ -31,6 +32,7 @@ __all__ = [
     "Wake",
     "apply",
     "awake_wanted",
+    "device_states",
     "eviction_blocker",
     "eviction_key",
     "level_for_sleep",

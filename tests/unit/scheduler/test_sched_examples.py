@@ -20,6 +20,7 @@ from vllm_sleep.scheduler import (
     Wake,
     apply,
     awake_wanted,
+    device_states,
     level_for_sleep,
     place,
     plan_demand,
@@ -320,3 +321,16 @@ def test_demand_wakes_the_cheapest_replica_first() -> None:
     more = p.replace(replace(r0, held=12))
     plans = plan_demand(more, "m", per_replica=8, now=NOW)
     assert [pl.replica for pl in plans] == ["m-1", "m-0"]
+
+
+def test_device_states_for_the_pool_status() -> None:
+    p = pool(awake("a", 0.45), asleep("b", 0.45, residual=2 * G), devices=2)
+    first, second = device_states(p)
+    assert (first.node, first.device, first.models, first.awake) == (
+        "node-a",
+        "gpu0",
+        ["a", "b"],
+        ["a"],
+    )
+    assert first.committed_bytes == int(0.45 * DEVICE) + 2 * G
+    assert (second.models, second.committed_bytes) == ([], 0)
