@@ -5,10 +5,12 @@ from .errors import (
     VLLMError,
     VLLMHTTPError,
     VLLMProtocolError,
+    VLLMTimeout,
     VLLMUnreachable,
     VLLMUnsupported,
 )
 from .sleep_gauge import SleepGauge, parse_sleep_gauge
+from .sleep_log import SleepReport, parse_sleep_report
 from .versions import Features, VLLMVersion
 
 __all__ = [
@@ -16,13 +18,16 @@ __all__ = [
     "Features",
     "SleepGauge",
     "SleepMode",
+    "SleepReport",
     "VLLMClient",
     "VLLMError",
     "VLLMHTTPError",
     "VLLMProtocolError",
+    "VLLMTimeout",
     "VLLMUnreachable",
     "VLLMUnsupported",
     "VLLMVersion",
     "WakeTag",
     "parse_sleep_gauge",
+    "parse_sleep_report",
 ]

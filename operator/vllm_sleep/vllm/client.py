@@ -22,7 +22,13 @@ from typing import Any, Literal
 
 import httpx
 
-from .errors import VLLMHTTPError, VLLMProtocolError, VLLMUnreachable, VLLMUnsupported
+from .errors import (
+    VLLMHTTPError,
+    VLLMProtocolError,
+    VLLMTimeout,
+    VLLMUnreachable,
+    VLLMUnsupported,
+)
 from .sleep_gauge import SleepGauge, parse_sleep_gauge
 from .versions import Features, VLLMVersion
 
@@ -136,6 +142,36 @@ class VLLMClient:
             params.append(("mode", mode))
         await self._call("POST", "/sleep", params=params, timeout=self._long)
 
+    async def drain(self, bound: float) -> bool:
+        """Pause scheduling and wait for running requests: `POST /sleep?level=0&mode=wait`
+        (≥0.17), which queues new requests and frees no memory. True once vLLM answered (nothing
+        runs any more); False when requests still ran after `bound` seconds. vLLM keeps waiting
+        on its side: the caller resumes it with `wake_up(["scheduling"])` or sleeps deeper."""
+        features = await self.features()
+        if not features.sleep_mode_param:
+            raise VLLMUnsupported(
+                "/sleep", f"a drain needs vLLM ≥0.17 (engine: {features.version})"
+            )
+        timeout = httpx.Timeout(bound, connect=self._long.connect)
+        try:
+            await self._call(
+                "POST", "/sleep", params=[("level", "0"), ("mode", "wait")], timeout=timeout
+            )
+        except VLLMTimeout:
+            return False
+        return True
+
+    async def release_kv_cache_memory(self) -> None:
+        """`POST /release_kv_cache_memory` (≥0.31): after a level-0 pause, unmap the KV cache and
+        keep the weights. A later `/wake_up` maps it again."""
+        features = await self.features()
+        if not features.release_kv_cache_memory:
+            raise VLLMUnsupported(
+                "/release_kv_cache_memory",
+                f"the KV-only tier needs vLLM ≥0.31 (engine: {features.version})",
+            )
+        await self._call("POST", "/release_kv_cache_memory", timeout=self._long)
+
     async def wake_up(self, tags: Sequence[WakeTag] | None = None) -> None:
         """`POST /wake_up[?tags=a&tags=b]`; no tags wakes everything.
 
@@ -179,6 +215,8 @@ class VLLMClient:
                 json=json,
                 timeout=timeout or self._timeout,
             )
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as e:
+            raise VLLMTimeout(path, f"no answer within the timeout ({type(e).__name__})") from e
         except httpx.HTTPError as e:
             raise VLLMUnreachable(path, f"{type(e).__name__}: {e}") from e
         if not 200 <= resp.status_code < 300:

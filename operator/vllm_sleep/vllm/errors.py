@@ -16,6 +16,17 @@ class VLLMUnreachable(VLLMError):
     """No HTTP answer at all: connection refused, reset or timed out (engine down or loading)."""
 
 
+class VLLMTimeout(VLLMUnreachable):
+    """No answer within the call's timeout (connected, then waited). vLLM may still be working
+    on the call: a `/sleep?mode=wait` whose requests are still running, a slow reload."""
+
+
+# What vLLM's Worker.sleep asserts when a neighbour allocated during the sleep (docs/vllm.md,
+# "Shared GPUs"): the memory is released but the executor does not count itself asleep, and
+# asking again completes the sleep.
+MEMORY_INCREASED = "Memory usage increased after sleeping"
+
+
 class VLLMHTTPError(VLLMError):
     """vLLM answered with a non-2xx status. `body` is the raw text (may be empty: ≤0.17 crashes
     answer a plain-text or empty 500)."""
@@ -29,6 +40,18 @@ class VLLMHTTPError(VLLMError):
     def not_found(self) -> bool:
         # 404 on a dev endpoint means VLLM_SERVER_DEV_MODE is off or the version lacks the route.
         return self.status == 404
+
+    @property
+    def memory_increased(self) -> bool:
+        """The sleep failed on the neighbour assertion (≥0.18 says so in the body)."""
+        return MEMORY_INCREASED in self.body
+
+    @property
+    def opaque(self) -> bool:
+        """A 5xx without a message: ≤0.17 answers a failed engine call with an empty or plain
+        500, so the cause (the neighbour assertion among others) cannot be read."""
+        text = self.body.strip()
+        return self.status >= 500 and (not text or text == "Internal Server Error")
 
 
 class VLLMProtocolError(VLLMError):

@@ -64,6 +64,18 @@ class Features:
         return self.version is not None and self.version.at_least(0, 10, 1)
 
     @property
+    def sleep_races_running_kernels(self) -> bool:
+        """0.17-0.27: a sleep can unmap memory under kernels still running (vllm#45520: no
+        device sync before the unmap until 0.28 in the worker and 0.29 in the engine core), so
+        the engine must be drained with a bounded `/sleep?level=0&mode=wait` first. Requests
+        sent from inside the pod never pass the agent's own drain.
+
+        Unknown version: no (the drain needs level 0, which ≤0.16 reads as "discard all").
+        """
+        v = self.version
+        return v is not None and v.at_least(0, 17) and not v.at_least(0, 28)
+
+    @property
     def guards_requests_while_asleep(self) -> bool:
         """Requests reaching a sleeping engine are queued rather than crash it (0.17).
 
@@ -79,7 +91,8 @@ class Features:
     @property
     def release_kv_cache_memory(self) -> bool:
         """`POST /release_kv_cache_memory` exists (0.31): the KV-only sleep tier (pause, release
-        the KV cache, and a wake that re-maps only the KV cache while the weights stay)."""
+        the KV cache, and a wake that re-maps only the KV cache while the weights stay). The
+        agent's level 0 needs it."""
         return self.version is not None and self.version.at_least(0, 31)
 
     @property
