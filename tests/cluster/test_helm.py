@@ -171,7 +171,7 @@ def test_network_policies_as_objects(helm_bin: str, tmp_path: Path) -> None:
     assert gw["ingress"] == [
         {
             "ports": [{"protocol": "TCP", "port": "http"}],
-            "from": [{"namespaceSelector": {"matchLabels": {"ingress": "true"}}}],
+            "from": [{"namespaceSelector": {"matchLabels": {"ingress": "true"}}}, monitoring],
         }
     ]
     # defaults: the operator takes no connection at all; the gateway takes clients from anywhere

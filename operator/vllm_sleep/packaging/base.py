@@ -223,8 +223,8 @@ def network_policies(v: Values) -> list[Obj]:
     # The operator serves only /metrics (and /healthz for the kubelet, which CNIs let through).
     operator_ingress = [{"from": monitoring, "ports": [_tcp("metrics")]}] if monitoring else []
     gateway_rule: Obj = {"ports": [_tcp("http")]}
-    if p.gatewayFrom:
-        gateway_rule["from"] = [copy.deepcopy(peer) for peer in p.gatewayFrom]
+    if p.gatewayFrom:  # /metrics is on the same port: Prometheus stays allowed
+        gateway_rule["from"] = [copy.deepcopy(peer) for peer in p.gatewayFrom] + monitoring
     out = [
         policy(n.OPERATOR, n.NAMESPACE, {"matchLabels": n.selector(n.OPERATOR)}, operator_ingress),
         policy(n.GATEWAY, n.NAMESPACE, {"matchLabels": n.selector(n.GATEWAY)}, [gateway_rule]),
