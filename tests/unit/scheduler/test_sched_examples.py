@@ -334,3 +334,17 @@ def test_device_states_for_the_pool_status() -> None:
     )
     assert first.committed_bytes == int(0.45 * DEVICE) + 2 * G
     assert (second.models, second.committed_bytes) == ([], 0)
+
+
+def test_placement_packs_small_models_tightly_then_swaps_where_fewest_live() -> None:
+    p = pool(awake("a", 0.45), Engine("s", "s", int(0.3 * DEVICE)), devices=2)
+    assert dict(place(p, NOW).assignments) == {"s": "gpu0"}  # 20 GiB left there, not 56
+    # No device holds it awake beside its neighbours: it swaps where the fewest replicas are.
+    crowded = pool(
+        asleep("a", 0.6),
+        asleep("b", 0.3),
+        asleep("c", 0.7, device="gpu1"),
+        Engine("n", "n", int(0.5 * DEVICE)),
+        devices=2,
+    )
+    assert dict(place(crowded, NOW).assignments) == {"n": "gpu1"}
