@@ -37,7 +37,7 @@ class UtilityError(Exception):
 
 
 @contextlib.asynccontextmanager
-async def _transition(engine: SimEngine, what: str) -> AsyncIterator[None]:
+async def transition(engine: SimEngine, what: str) -> AsyncIterator[None]:
     """Marks the engine as changing state, so requests arriving now count as violations."""
     if engine.phase != "running":
         raise EngineDead()
@@ -61,7 +61,7 @@ def _require_running_checkpoint(engine: SimEngine, method: str) -> None:
 async def sleep(
     engine: SimEngine, level: int, mode: Mode = "abort", reset_connector: bool | None = None
 ) -> None:
-    async with engine.utility_lock, _transition(engine, "sleep"):
+    async with engine.utility_lock, transition(engine, "sleep"):
         _require_running_checkpoint(engine, "sleep")
         legacy, sched = engine.cfg.legacy, engine.sched
         if reset_connector is not None:
@@ -176,7 +176,7 @@ def _report_sleep(engine: SimEngine, free_before: int) -> None:
 
 async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
     """Returns True when fully awake afterwards (the /wake_up "status")."""
-    async with engine.utility_lock, _transition(engine, "wake"):
+    async with engine.utility_lock, transition(engine, "wake"):
         _require_running_checkpoint(engine, "wake_up")
         legacy = engine.cfg.legacy
         with engine.metrics.operation("wake", enabled=not legacy):
@@ -247,7 +247,7 @@ async def _remap(engine: SimEngine, tags: set[MemTag]) -> None:
 
 
 async def release_kv_cache_memory(engine: SimEngine, reset_connector: bool | None = None) -> None:
-    async with engine.utility_lock, _transition(engine, "release_kv_cache_memory"):
+    async with engine.utility_lock, transition(engine, "release_kv_cache_memory"):
         name = "release_kv_cache_memory"
         if not engine.sched.pause:
             raise UtilityError(name, "release_kv_cache_memory requires a completed pause first")
@@ -258,11 +258,11 @@ async def release_kv_cache_memory(engine: SimEngine, reset_connector: bool | Non
         if reset_connector is not None:
             engine.reset_connector = reset_connector
         with engine.metrics.operation(name):
-            await _release_kv(engine, name)
+            await release_kv(engine, name)
             engine.sleep_gauge = None
 
 
-async def _release_kv(engine: SimEngine, what: str) -> None:
+async def release_kv(engine: SimEngine, what: str) -> None:
     engine.begin_transition(what)
     try:
         await engine.clock.sleep(engine.timings.release_kv)
@@ -273,45 +273,8 @@ async def _release_kv(engine: SimEngine, what: str) -> None:
         engine.end_transition()
 
 
-async def checkpoint_prepare(engine: SimEngine) -> None:
-    """0.34 /checkpoint/prepare: pause generation (new requests get 503 engine_paused), release
-    the KV cache, tear down communicators. Idempotent."""
-    async with engine.utility_lock, _transition(engine, "checkpoint_prepare"):
-        if engine.checkpoint == "PREPARED":
-            return
-        if engine.asleep_tags:
-            raise UtilityError(
-                "checkpoint_prepare",
-                "RuntimeError: checkpoint prepare requires all executor memory to be resident",
-            )
-        await pause(engine, "abort")
-        await _release_kv(engine, "checkpoint_prepare")
-        engine.checkpoint = "PREPARED"
-
-
-async def checkpoint_restore(engine: SimEngine) -> None:
-    """0.34 /checkpoint/restore: re-map the KV cache and resume generation. Idempotent."""
-    async with engine.utility_lock, _transition(engine, "checkpoint_restore"):
-        if engine.checkpoint == "RUNNING":
-            return
-        engine.begin_transition("checkpoint_restore")
-        try:
-            try:
-                engine.hold(engine.resident_bytes(set()))
-            except OutOfMemory as e:
-                engine.record("wake_oom", f"{CUDA_OOM}: {e}")
-                raise UtilityError("checkpoint_restore", CUDA_OOM) from e
-            await engine.clock.sleep(engine.timings.remap)
-            engine.asleep_tags, engine.kv_only = set(), False
-            engine.transfers.kv_remaps += 1
-        finally:
-            engine.end_transition()
-        engine.checkpoint = "RUNNING"
-        resume(engine)
-
-
 async def reload_weights(engine: SimEngine) -> None:
-    async with engine.utility_lock, _transition(engine, "reload"):
+    async with engine.utility_lock, transition(engine, "reload"):
         if "weights" in engine.asleep_tags:
             raise UtilityError(
                 "collective_rpc",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import ops
+from . import ops, ops_checkpoint
 from .engine import SimEngine
 from .http_util import Route, json_response, openai_error
 from .scheduler import EngineDead
@@ -25,7 +25,7 @@ def _state(engine: SimEngine) -> web.Response:
 
 async def prepare(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
     try:
-        await ops.checkpoint_prepare(engine)
+        await ops_checkpoint.checkpoint_prepare(engine)
     except (ops.UtilityError, EngineDead) as e:
         return openai_error(500, str(e) or "EngineCore died", "InternalServerError")
     return _state(engine)
@@ -33,7 +33,7 @@ async def prepare(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
 
 async def restore(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
     try:
-        await ops.checkpoint_restore(engine)
+        await ops_checkpoint.checkpoint_restore(engine)
     except (ops.UtilityError, EngineDead) as e:
         return openai_error(500, str(e) or "EngineCore died", "InternalServerError")
     return _state(engine)
