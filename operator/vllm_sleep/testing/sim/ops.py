@@ -71,7 +71,7 @@ async def sleep(
                 "inflight_at_sleep",
                 f"/sleep?level={level} (mode={mode}) arrived with {sched.running} request(s) running",
             )
-        racing = engine.cfg.unsynced_sleep and not legacy and mode == "abort" and sched.running
+        racing = engine.cfg.unsynced_sleep and not legacy and mode == "abort" and sched.running > 0
         with engine.metrics.operation("sleep", enabled=not legacy):
             if not legacy:
                 # ≥0.17: pause the scheduler first; is_sleeping is true from here on.
