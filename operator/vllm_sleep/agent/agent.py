@@ -9,6 +9,7 @@ from types import TracebackType
 import aiohttp
 from aiohttp import web
 
+from ..h1 import Server
 from ..vllm import VLLMClient
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
@@ -36,6 +37,7 @@ class Agent:
         self.gate = Gate(
             max_held=config.max_held,
             on_first_held=self.board.bump,
+            on_busy=self.board.bump,
             on_idle=self.board.bump,
             clock=clock.monotonic,
         )
@@ -62,6 +64,7 @@ class Agent:
         )
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.BaseRunner] = []
+        self._public: Server | None = None
         self._supervisor_task: asyncio.Task[None] | None = None
         self.public_port: int | None = None  # bound ports, known after start()
         self.control_port: int | None = None
@@ -97,14 +100,14 @@ class Agent:
             self.supervisor.poke,
             clock=self.clock,
         )
-        access_log = logging.getLogger("aiohttp.access") if cfg.access_log else None
         try:
-            # The low-level server: no router or middleware chain on the data path.
-            server = web.Server(proxy.handle, access_log=access_log)
-            public = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE)
-            self.public_port = await self._serve(public, cfg.public_port)
+            self._public = proxy.server()  # h1, as the gateway: the public port's bounds
+            self.public_port = await self._public.start(cfg.listen_host, cfg.public_port)
             control = web.AppRunner(
-                self.control.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+                self.control.app(),
+                access_log=None,
+                shutdown_timeout=SHUTDOWN_GRACE,
+                logger=_ClientErrorLog(log, {}),
             )
             self.control_port = await self._serve(control, cfg.control_port)
         except BaseException:
@@ -129,6 +132,9 @@ class Agent:
             self._supervisor_task = None
         await self.transitions.cancel()
         self.gate.shutdown()
+        if self._public is not None:
+            await self._public.stop(SHUTDOWN_GRACE)
+            self._public = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -153,6 +159,15 @@ class Agent:
         await site.start()
         sockname = runner.addresses[-1]
         return int(sockname[1])
+
+
+class _ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logs a request it cannot parse (the only errors that reach it on the
+    control port: handler errors are the API's own) with `exception()`, an ERROR and a
+    traceback. It is the client's error: one INFO line."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = None, **_: object) -> None:
+        self.info("%s: %s", str(msg) % args, exc_info)
 
 
 def _url_host(host: str) -> str:

@@ -39,6 +39,13 @@ class AgentConfig(BaseModel):
     poll_interval: float = Field(1.0, gt=0)  # while loading or failed: /health polls
     health_interval: float = Field(5.0, gt=0)  # while awake or asleep
     health_failures: int = Field(3, ge=1)  # consecutive failed polls before "failed"
+    # The public port's request bounds, as the gateway's (docs/security.md): the whole head
+    # within header_timeout, no body stall past body_timeout (0 = none), one body's size, and
+    # the bytes of bodies held at once.
+    header_timeout: float = Field(60.0, ge=0)
+    body_timeout: float = Field(60.0, ge=0)
+    max_body_bytes: int = Field(32 << 20, gt=0)
+    max_buffered_bytes: int = Field(256 << 20, gt=0)
     access_log: bool = False
 
     @field_validator("upstream")
@@ -109,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, help="/health poll while loading (1)")
     p.add_argument("--health-interval", type=float, help="/health poll when up (5)")
     p.add_argument("--health-failures", type=int, help="failed polls before 'failed' (3)")
+    p.add_argument("--header-timeout", type=float, help="request head must arrive within (60)")
+    p.add_argument("--body-timeout", type=float, help="request body may not stall for (60)")
+    p.add_argument("--max-body-bytes", type=int, help="request body bound (32 MiB)")
+    p.add_argument("--max-buffered-bytes", type=int, help="bodies held at once (256 MiB)")
     p.add_argument(
         "--access-log", action="store_true", default=None, help="log every public request"
     )

@@ -18,11 +18,13 @@ from ..api.agent_protocol import (
     MAX_WAIT,
     PARAM_DRAIN_TIMEOUT,
     PARAM_LEVEL,
+    PARAM_REASON,
     PARAM_VERSION,
     PARAM_WAIT,
     PATH_SLEEP,
     PATH_STATE,
     PATH_WAKE,
+    REASON_IDLE,
     SLEEP_LEVELS,
     StateReport,
 )
@@ -106,8 +108,10 @@ class ControlAPI:
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         # compare_digest: the time taken must not tell an attacker how much of a guess matched.
+        # surrogateescape: the header's own bytes, whatever they are (aiohttp decodes them so),
+        # so a non-UTF-8 token is a wrong token (401), never an encoding error.
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self._token
+            token.strip().encode("utf-8", "surrogateescape"), self._token
         )
 
     async def state(self, request: web.Request) -> web.Response:
@@ -134,7 +138,8 @@ class ControlAPI:
             )
         except ValueError as e:
             return error_response(400, str(e))
-        return self._answer(await self._transitions.sleep(level, drain))
+        idle = request.query.get(PARAM_REASON) == REASON_IDLE
+        return self._answer(await self._transitions.sleep(level, drain, idle=idle))
 
     async def wake(self, _request: web.Request) -> web.Response:
         return self._answer(await self._transitions.wake())

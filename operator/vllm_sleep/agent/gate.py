@@ -37,11 +37,13 @@ class Gate:
         *,
         max_held: int,
         on_first_held: Callable[[], None] = lambda: None,
+        on_busy: Callable[[], None] = lambda: None,
         on_idle: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_held = max_held
         self._on_first_held = on_first_held
+        self._on_busy = on_busy
         self._on_idle = on_idle
         self._clock = clock
         self.mode = Mode.HOLD
@@ -125,6 +127,11 @@ class Gate:
     def _take_slot(self) -> None:
         self.inflight += 1
         self._idle.clear()
+        if self.inflight == 1:
+            # The busy edge, the idle edge's twin: an operator that last saw the engine idle
+            # must hear at once that work started, or it may order an idle sleep under a
+            # long request (once per burst, not per request).
+            self._on_busy()
 
     def _abandon(self, fut: asyncio.Future[Admission]) -> None:
         if fut.done() and not fut.cancelled() and fut.result() is Admission.ADMITTED:

@@ -26,7 +26,8 @@ class AgentMetrics:
         r = self.registry = CollectorRegistry()
         self.transitions = Counter(
             f"{_PREFIX}_transitions",
-            "Sleep and wake requests by outcome (ok, noop, conflict, drain_timeout, error).",
+            "Sleep and wake requests by outcome "
+            "(ok, noop, conflict, not_idle, drain_timeout, error).",
             ["kind", "result"],
             registry=r,
         )

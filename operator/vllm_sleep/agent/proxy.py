@@ -1,44 +1,65 @@
 """The public port: the allowlist, the hold, and a streaming pass-through to vLLM.
 
-Bodies are streamed both ways and never parsed: the agent does not need the model name or the
-`stream` flag, only the route. Small bodies with a known length are read whole (one write
-instead of a chunk loop); everything else, and every SSE stream, goes through chunk by chunk as
-it arrives. An inference request holds its in-flight slot until vLLM's last byte was read or the
-client went away, so `inflight` counts exactly what the engine is working on.
+Served by vllm_sleep.h1, the gateway's HTTP layer, with the same bounds (docs/security.md): a
+request head must arrive within `header_timeout`, a body may not stall for `body_timeout`
+(408), bodies are bounded one by one and in total, unknown transfer codings are refused, and
+the head limit is the gateway's (http_common.MAX_HEAD_BYTES), so whatever the gateway
+forwards the agent accepts. Every refusal is in OpenAI's error shape and logged as the
+client's error, not the agent's.
+
+A request reaches the handler only once its body is complete, so an inference request is
+counted in flight only from then: a client that sends a head and then nothing holds no slot
+and cannot keep the model awake. Bodies are never parsed: the agent does not need the model
+name or the `stream` flag, only the route. Responses are relayed as they arrive (small ones
+with a known length in one write); an inference request holds its in-flight slot until vLLM's
+last byte was read or the client went away, so `inflight` counts exactly what the engine is
+working on. A client that leaves cancels its handler (h1), which closes the upstream request
+(vLLM aborts it) or drops a held request at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
-from ..http_common import HOP_BY_HOP, relay
+from ..h1 import Limits, Reply, Request, Response, Server
+from ..http_common import HOP_BY_HOP, MAX_HEAD_BYTES, MAX_HEADERS, SMALL_BODY
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .gate import Admission, Gate, Mode
 from .metrics import AgentMetrics
-from .openai_errors import error_response
+from .openai_errors import error_body
 from .routes import Route, RouteKind, match
 from .state import StateBoard
 
 log = logging.getLogger(__name__)
 
-# Host is the upstream's; Content-Length is recomputed for the body actually sent; aiohttp's
-# server already answered Expect: 100-continue.
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
-BUFFER_LIMIT = 1 << 20  # = aiohttp's default client_max_size for request.read()
-_CHUNK = 1 << 16
+# Host is the upstream's; Content-Length is recomputed for the body actually sent; the h1
+# server answered Expect: 100-continue.
+_DROP_REQUEST = frozenset(h.encode() for h in HOP_BY_HOP | {"host", "content-length", "expect"})
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
+_XFF = b"x-forwarded-for"
 
 
-DISCONNECT_POLL_SECONDS = 0.25  # how soon a held request notices its client left
+def error_response(
+    status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    body = json.dumps(error_body(status, message, code=code)).encode()
+    return Response(status, body, tuple((headers or {}).items()))
+
+
+def server_error(status: int, message: str) -> Response:
+    """The h1 server's own refusals (malformed, too large, too slow) in OpenAI's shape."""
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return error_response(status, message, headers=headers)
 
 
 class PublicProxy:
@@ -63,18 +84,52 @@ class PublicProxy:
         self._passthrough = metrics.requests.labels("passthrough")
         self._inference = metrics.requests.labels("inference")
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            return await self._handle(request)
-        except Exception:  # the agent answers, whatever happened; it never takes the pod down
-            log.exception("public %s %s failed", request.method, request.path)
-            return error_response(500, "internal error in the pod agent")
+    def server(self) -> Server:
+        """The public port's HTTP server (bind it with `start`)."""
+        cfg = self._config
+        limits = Limits(
+            max_body=cfg.max_body_bytes,
+            max_head=MAX_HEAD_BYTES,
+            max_headers=MAX_HEADERS,
+            header_timeout=cfg.header_timeout or None,
+            body_timeout=cfg.body_timeout or None,
+            max_buffered=cfg.max_buffered_bytes,
+        )
+        return Server(self.handle, limits, on_reject=self.rejected, make_error=server_error)
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        m = match(request.method, request.path)
+    def rejected(self, path: str, status: int) -> None:
+        """A request the HTTP layer refused (malformed, too large, too slow): the client's
+        error, logged as such."""
+        self._denied.inc()
+        log.info("public request for %s refused: %d", path[:200] or "-", status)
+
+    async def handle(self, request: Request, reply: Reply) -> None:
+        try:
+            resp = await self._handle(request, reply)
+        except asyncio.CancelledError:
+            raise  # the client left (h1 cancels its handler): nothing to answer, nothing to log
+        except Exception:  # the agent answers, whatever happened; it never takes the pod down
+            log.exception("public %s %s failed", request.method, request.path[:200])
+            if reply.started:
+                reply.abort()
+                return
+            resp = error_response(500, "internal error in the pod agent")
+        if resp is not None:
+            reply.send(resp)
+        if self._config.access_log:
+            log.info(
+                '%s "%s %s" %s', request.peer, request.method, request.path[:200], reply.status
+            )
+
+    async def _handle(self, request: Request, reply: Reply) -> Response | None:
+        # Percent-decoded, nothing more (no dot-segment folding): `/v1/../sleep` or
+        # `/%2e%2e/sleep` is not in the table, so it is 404. Matching fails closed, and the
+        # table's own path is what is forwarded.
+        path = unquote(request.path, errors="replace")
+        m = match(request.method, path)
         if m.route is None:
             self._denied.inc()
-            return error_response(404, f"{request.path[:200]} is not served on this port")
+            return error_response(404, f"{path[:200]} is not served on this port")
         if not m.allowed:
             self._denied.inc()
             allow = ", ".join(sorted(m.route.methods))
@@ -83,50 +138,25 @@ class PublicProxy:
             )
         if m.route.kind is RouteKind.PASSTHROUGH:
             self._passthrough.inc()
-            return await self._forward(request, m.route, inference=False)
+            return await self._forward(request, reply, m.route, inference=False)
         self._inference.inc()
         held = self._gate.mode is not Mode.OPEN
         started = self._clock.monotonic()
-        if held:
-            admission = await self._hold(request)
-            if admission is None:
-                return error_response(499, "client closed the request while it was held")
-        else:
-            admission = await self._gate.acquire(self._config.hold_timeout)
+        # A client that leaves while held cancels this wait: the gate drops it at once (a held
+        # request is demand, and must stop counting as soon as nobody wants the answer).
+        admission = await self._gate.acquire(self._config.hold_timeout)
         if held:
             self._metrics.hold_seconds.labels(admission.value).observe(
                 self._clock.monotonic() - started
             )
         if admission is not Admission.ADMITTED:
             return self._reject(admission)
-        if held and (request.transport is None or request.transport.is_closing()):
-            # The client gave up while held: running its request now would only keep the
-            # engine busy (and awake) for nobody.
-            self._gate.release()
-            return error_response(499, "client closed the request while it was held")
         try:
-            return await self._forward(request, m.route, inference=True)
+            return await self._forward(request, reply, m.route, inference=True)
         finally:
             self._gate.release()
 
-    async def _hold(self, request: web.BaseRequest) -> Admission | None:
-        """Wait for admission while held, giving up (None) if the client goes away meanwhile.
-
-        A held request counts as demand (the operator wakes the engine for it), so a client that
-        left must stop counting at once, not when the hold times out.
-        """
-        wait = asyncio.ensure_future(self._gate.acquire(self._config.hold_timeout))
-        while True:
-            done, _ = await asyncio.wait((wait,), timeout=DISCONNECT_POLL_SECONDS)
-            if done:
-                return wait.result()
-            if request.transport is None or request.transport.is_closing():
-                wait.cancel()  # the gate drops the waiter (or releases a just-granted slot)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await wait
-                return None
-
-    def _reject(self, admission: Admission) -> web.Response:
+    def _reject(self, admission: Admission) -> Response:
         self._metrics.rejected.labels(admission.value).inc()
         state = self._board.state.value
         messages = {
@@ -145,28 +175,25 @@ class PublicProxy:
         )
 
     async def _forward(
-        self, request: web.BaseRequest, route: Route, *, inference: bool
-    ) -> web.StreamResponse:
+        self, request: Request, reply: Reply, route: Route, *, inference: bool
+    ) -> Response | None:
         url = self._config.upstream + route.path  # the table's path, never the client's
-        if request.rel_url.raw_query_string:
-            url += "?" + request.rel_url.raw_query_string
-        headers = _request_headers(request)
-        data: bytes | aiohttp.StreamReader | None = None
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length <= BUFFER_LIMIT:
-                data = await request.read()
-            else:
-                data = request.content  # streamed upstream with chunked encoding
+        if request.query:
+            url += "?" + request.query
+        try:
+            headers = _request_headers(request)
+        except UnicodeDecodeError:
+            return error_response(400, "request headers must be ASCII or UTF-8")
         try:
             async with self._session.request(
                 request.method,
                 URL(url, encoded=True),
                 headers=headers,
-                data=data,
+                data=request.body or None,
                 allow_redirects=False,
             ) as upstream:
-                return await self._relay(request, upstream, inference=inference)
+                await self._relay(reply, upstream, inference=inference)
+                return None
         except (TimeoutError, aiohttp.ClientConnectorError) as e:
             self._metrics.upstream_errors.inc()
             self._on_upstream_down()
@@ -178,32 +205,80 @@ class PublicProxy:
             )
         except aiohttp.ClientError as e:
             self._metrics.upstream_errors.inc()
+            if reply.started:
+                # vLLM broke off mid-body: the status line is out, so an incomplete response
+                # is the only honest signal left.
+                log.warning("relay of %s broke off: %s: %s", route.path, type(e).__name__, e)
+                reply.abort()
+                return None
             return error_response(502, f"vLLM failed mid-request: {type(e).__name__}: {e}")
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, *, inference: bool
-    ) -> web.StreamResponse:
-        def client_left() -> None:
-            # vLLM aborts the request once the upstream connection closes; a sleep must wait
-            # for that to land (<=0.16 crashes on work still running).
+        self, reply: Reply, upstream: aiohttp.ClientResponse, *, inference: bool
+    ) -> None:
+        """Copy vLLM's answer into the client's connection as it arrives, pausing vLLM while
+        the client's socket buffer is full (a slow client never makes the agent buffer)."""
+        headers = [
+            (name, value)
+            for name, value in upstream.raw_headers
+            if name.decode("latin-1").lower() not in _DROP_RESPONSE
+        ]
+        length = upstream.content_length
+        reason = upstream.reason.encode("latin-1") if upstream.reason else None
+        try:
+            if (
+                length is not None
+                and length <= SMALL_BODY
+                and upstream.content_type != "text/event-stream"
+            ):
+                body = await upstream.read()
+                reply.start(upstream.status, reason, headers, len(body))
+                reply.write(body)
+                reply.end()
+                return
+            reply.start(upstream.status, reason, headers, length)
+            reply.flush_head()
+            writable = asyncio.Event()
+            writable.set()
+            reply.on_flow(writable.clear, writable.set)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    reply.write(chunk)
+                    if not writable.is_set():
+                        await writable.wait()
+            finally:
+                reply.clear_flow()
+            reply.end()
+        except asyncio.CancelledError:
+            # The client left mid-answer. vLLM aborts the request once the upstream connection
+            # closes (leaving `async with`); a sleep must wait for that to land (<=0.16
+            # crashes on work still running).
             if inference:
                 self._gate.note_abandoned()
-
-        return await relay(
-            request,
-            upstream,
-            on_client_left=client_left,
-            on_broken=lambda _e: self._metrics.upstream_errors.inc(),
-        )
+            raise
 
 
-def _request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+def _request_headers(request: Request) -> CIMultiDict[str]:
+    """The client's headers as vLLM gets them: hop-by-hop ones (and those the client named in
+    `Connection`) dropped, `X-Forwarded-For` extended with the client's address."""
+    hop_only: set[bytes] = set()
+    for name, value in request.headers:
+        if name.lower() == b"connection":
+            hop_only.update(t.strip().lower() for t in value.split(b","))
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        if name.lower() not in _DROP_REQUEST:
-            out.add(name, value)
-    peer = request.remote
-    if peer:
-        prior = request.headers.get("X-Forwarded-For")
-        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    prior: list[str] = []
+    for name, value in request.headers:
+        low = name.lower()
+        if low == _XFF:
+            prior.append(_text(value))
+        elif low not in _DROP_REQUEST and low not in hop_only:
+            out.add(_text(name), _text(value))
+    chain = [*prior, request.peer] if request.peer else prior
+    if chain:
+        out["X-Forwarded-For"] = ", ".join(chain)
     return out
+
+
+def _text(raw: bytes) -> str:
+    # The upstream client writes header text as UTF-8: UTF-8 in, the same bytes out.
+    return raw.decode("utf-8")

@@ -60,12 +60,16 @@ class Transitions:
         self._clock = clock  # the gate's and board's clock: their times are compared here
         self._task: asyncio.Task[Outcome] | None = None
 
-    async def sleep(self, level: int, drain_timeout: float) -> Outcome:
+    async def sleep(self, level: int, drain_timeout: float, *, idle: bool = False) -> Outcome:
+        """`idle`: the operator's idle timer ordered it, so requests in flight refuse it (409)
+        instead of being drained; a forced sleep drains them."""
         if self._board.state is AgentState.ASLEEP:
             return self._count("sleep", "noop", OK)  # idempotent; the level stays what it is
         if self._board.state is not AgentState.AWAKE or self._busy():
             return self._conflict("sleep")
-        return await self._run(self._sleep(level, drain_timeout))
+        if idle and self._gate.inflight:
+            return self._not_idle()
+        return await self._run(self._sleep(level, drain_timeout, idle=idle))
 
     async def wake(self) -> Outcome:
         if self._board.state is AgentState.AWAKE:
@@ -84,7 +88,7 @@ class Transitions:
 
     # -- sequences ----------------------------------------------------------------------------
 
-    async def _sleep(self, level: int, drain_timeout: float) -> Outcome:
+    async def _sleep(self, level: int, drain_timeout: float, *, idle: bool) -> Outcome:
         started = self._clock.monotonic()
         try:
             features = await self._vllm.features()
@@ -93,12 +97,16 @@ class Transitions:
         if level == 2 and not features.http_reload_weights:
             msg = f"level 2 needs vLLM ≥0.10.2 (reload over HTTP); engine is {features.version}"
             return self._count("sleep", "error", Outcome(400, msg))
+        if idle and self._gate.inflight:  # work started while /version was read
+            return self._not_idle()
         self._board.set(AgentState.DRAINING)
         self._gate.hold()
         if not await self._gate.wait_idle(drain_timeout):
+            # Counted before the gate opens: opening admits the held requests, which are not
+            # what kept the drain from ending.
+            msg = f"{self._gate.inflight} request(s) still in flight after {drain_timeout:g}s"
             self._board.set(AgentState.AWAKE)
             self._gate.open()
-            msg = f"{self._gate.inflight} request(s) still in flight after {drain_timeout:g}s"
             return self._count("sleep", "drain_timeout", Outcome(504, msg))
         self._metrics.drain_seconds.observe(self._clock.monotonic() - started)
         await self._settle()
@@ -207,6 +215,11 @@ class Transitions:
 
     def _busy(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    def _not_idle(self) -> Outcome:
+        # Not an error of the engine (last_error stays): the operator retries once idle.
+        self._metrics.transitions.labels("sleep", "not_idle").inc()
+        return Outcome(409, f"not idle: {self._gate.inflight} request(s) in flight")
 
     def _conflict(self, kind: str) -> Outcome:
         self._metrics.transitions.labels(kind, "conflict").inc()

@@ -41,6 +41,11 @@ MAX_WAIT: Final = 300.0  # longer long-polls are cut to this: they only tie up a
 PARAM_LEVEL: Final = "level"  # POST /sleep: one of SLEEP_LEVELS
 SLEEP_LEVELS: Final = (1, 2)
 PARAM_DRAIN_TIMEOUT: Final = "drain_timeout"  # POST /sleep: seconds to wait for in-flight work
+# POST /sleep: why. REASON_IDLE (the idle timer ran out) is refused with 409 while requests are
+# in flight: the operator's view of idleness may be a long-poll old, the agent's is exact.
+# Absent or anything else: a forced sleep (eviction, explicit), which drains.
+PARAM_REASON: Final = "reason"
+REASON_IDLE: Final = "idle"
 
 
 class StateReport(BaseModel):
