@@ -228,7 +228,7 @@ def test_defaults_are_applied(objects: client.CustomObjectsApi, namespace: str) 
     assert spec["resources"]["gpus"] == 1
     pool = create(objects, GOOD_POOL, None)["spec"]
     assert pool["sharing"] == "DRA" and pool["slotsPerDevice"] == 4
-    assert pool["deviceClassName"] == "gpu.nvidia.com" and pool["sleepResidual"] == "1Gi"
+    assert pool["deviceClassName"] == "gpu.nvidia.com" and pool["sleepResidual"] == "2Gi"
 
 
 def test_the_apiserver_and_the_models_agree_on_defaults(

@@ -76,12 +76,13 @@ class GPUPoolSpec(ApiModel):
         description="Most model replicas placed on one device (awake or asleep).",
     )
     sleep_residual: Quantity = Field(
-        default_factory=lambda: Quantity.parse("1Gi"),
+        default_factory=lambda: Quantity.parse("2Gi"),
         description=(
             "Device memory assumed held by a sleeping engine (CUDA context, graphs) until its "
-            "first sleep is measured."
+            "first sleep is measured. Above the ~1.4 GiB reported for single-GPU engines, so a "
+            "plan made before the first measurement does not overcommit the device."
         ),
-        json_schema_extra={"default": "1Gi"},
+        json_schema_extra={"default": "2Gi"},
     )
 
 

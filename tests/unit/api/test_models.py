@@ -119,7 +119,7 @@ def test_gpu_pool_defaults() -> None:
     pool = GPUPool.from_body({"metadata": {"name": "h100"}, "spec": {"deviceMemory": "80Gi"}})
     assert pool.spec.sharing == Sharing.DRA
     assert pool.spec.device_memory.bytes() == 80 * 2**30
-    assert str(pool.spec.sleep_residual) == "1Gi"
+    assert str(pool.spec.sleep_residual) == "2Gi"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "deploy" / "examples").glob("*.yaml")))
