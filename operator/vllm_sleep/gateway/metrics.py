@@ -57,6 +57,12 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        self.name_conflicts = Gauge(
+            "vllm_sleep_gateway_served_name_conflicts",
+            "1 for each ModelDeployment refused its servedModelName: an older one serves it",
+            ["namespace", "name", "served_name"],
+            registry=r,
+        )
         self.watch_restarts = Counter(
             "vllm_sleep_gateway_watch_restarts",
             "Watch relists, by resource",

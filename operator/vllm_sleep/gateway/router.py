@@ -45,15 +45,18 @@ class Router:
         self._signalling: dict[ModelKey, asyncio.Task[None]] = {}
         self._pump: asyncio.Task[None] | None = None
         self._ending = False  # end_holds() was called
+        self._conflicts: dict[ModelKey, tuple[ModelKey, str]] = {}  # as last reported
 
     # -- BackendSink ---------------------------------------------------------------------------
 
     def upsert_model(self, spec: ModelSpec) -> None:
         self.table.upsert_model(spec)
+        self._report_conflicts()
         self._notify(spec.key)
 
     def remove_model(self, key: ModelKey) -> None:
         self.table.remove_model(key)
+        self._report_conflicts()
         self._notify(key)
 
     def upsert_pod(self, pod: PodState) -> None:
@@ -66,7 +69,36 @@ class Router:
 
     def replace_models(self, specs: Sequence[ModelSpec]) -> None:
         self.table.replace_all(specs, None)
+        self._report_conflicts()
         self._notify_all()
+
+    def _report_conflicts(self) -> None:
+        """Log and export each ModelDeployment refused its served name, once per change."""
+        now: dict[ModelKey, tuple[ModelKey, str]] = {}
+        for refused, owner in self.table.conflicts.items():
+            spec = self.table.lookup_key(refused)
+            if spec is not None:
+                now[refused] = (owner, spec.served_name)
+        gauge = self._metrics.name_conflicts
+        for refused, (owner, served) in now.items():
+            if self._conflicts.get(refused) != (owner, served):
+                log.warning(
+                    "ModelDeployment %s/%s asks for served name %r, which %s/%s (older) "
+                    "serves: refused, it gets no traffic",
+                    refused.namespace,
+                    refused.name,
+                    served,
+                    owner.namespace,
+                    owner.name,
+                )
+                gauge.labels(refused.namespace, refused.name, served).set(1)
+        for refused, (_owner, served) in self._conflicts.items():
+            still = now.get(refused)
+            if still is None or still[1] != served:
+                gauge.remove(refused.namespace, refused.name, served)
+            if still is None:
+                log.info("ModelDeployment %s/%s: no name conflict", refused.namespace, refused.name)
+        self._conflicts = now
 
     def replace_pods(self, pods: Sequence[PodState]) -> None:
         self.table.replace_all(None, pods)

@@ -17,6 +17,9 @@ DEFAULT_WAKE_TIMEOUT = _WAKE.timeout.total_seconds()
 DEFAULT_MAX_QUEUED = _WAKE.max_queued
 
 
+_UNKNOWN_AGE = float("inf")  # sorts a ModelDeployment without a creation time last
+
+
 @dataclass(frozen=True, order=True)
 class ModelKey:
     """A ModelDeployment: the unit of pods, demand Leases and hold queues."""
@@ -91,6 +94,8 @@ class ModelTable:
     def __init__(self) -> None:
         self._models: dict[ModelKey, _Model] = {}
         self._served: dict[str, ModelKey] = {}
+        # ModelDeployments refused their served name: refused -> the owner of the name.
+        self.conflicts: dict[ModelKey, ModelKey] = {}
         self._inflight: dict[tuple[str, str], int] = {}
         self._turn = 0  # rotates among equally loaded replicas
 
@@ -153,14 +158,19 @@ class ModelTable:
             del self._models[key]
 
     def _reindex(self) -> None:
-        # Two ModelDeployments serving the same name (in different namespaces) are ambiguous;
-        # the first by (namespace, name) wins so every gateway replica picks the same one.
+        # One owner per served name: the oldest ModelDeployment (creationTimestamp, then
+        # namespace/name, so every gateway replica agrees). A newer one asking for a name that
+        # is served never takes its traffic, whatever its namespace: it is refused, listed in
+        # `conflicts`, until the owner is gone. An unknown creation time counts as newest.
         served: dict[str, ModelKey] = {}
-        for key in sorted(self._models):
-            spec = self._models[key].spec
-            if spec is not None:
-                served.setdefault(spec.served_name, key)
+        conflicts: dict[ModelKey, ModelKey] = {}
+        specs = [(key, entry.spec) for key, entry in self._models.items() if entry.spec]
+        for key, spec in sorted(specs, key=lambda ks: (ks[1].created or _UNKNOWN_AGE, ks[0])):
+            owner = served.setdefault(spec.served_name, key)
+            if owner != key:
+                conflicts[key] = owner
         self._served = served
+        self.conflicts = conflicts
 
     # -- queries -------------------------------------------------------------------------------
 
