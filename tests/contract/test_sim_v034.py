@@ -8,6 +8,8 @@ import asyncio
 import httpx
 import pytest
 
+from vllm_sleep.api import ModelDeploymentSpec
+from vllm_sleep.reconcile import builders
 from vllm_sleep.testing.sim import EngineHost, GiB, SimEngine
 from vllm_sleep.testing.sim.testkit import start
 
@@ -208,3 +210,50 @@ async def test_level_1_keeps_the_draft(host: EngineHost) -> None:
         await c.post("/wake_up")
         await asyncio.gather(*(c.post("/v1/chat/completions", json=CHAT) for _ in range(2)))
     assert not e.draft_discarded and e.violations == []
+
+
+def pod_argv_env(name: str, resources: dict[str, object]) -> tuple[list[str], dict[str, str]]:
+    """The vLLM command line and env the operator builds, minus where it listens."""
+    spec = ModelDeploymentSpec.model_validate(
+        {"model": f"org/{name}-8B", "image": "vllm/vllm-openai:v0.34.0", "resources": resources}
+    )
+    owner = builders.Owner(name=name, namespace="ns", uid=f"{name}-uid")
+    pod = builders.model_pod(owner, spec, 0, agent_image="agent")
+    c = pod["spec"]["containers"][0]
+    argv, skip = [], False
+    for a in c["args"]:
+        if skip or a in ("--host", "--port"):
+            skip = not skip
+            continue
+        argv.append(a)
+    return argv, {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi"},
+        {"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi", "kvCacheSize": "16Gi"},
+    ],
+)
+async def test_operator_built_engines_share_a_gpu_on_0_34(
+    host: EngineHost, resources: dict[str, object]
+) -> None:
+    """Two models deployed without a vLLM memory flag of their own: the pods carry an explicit
+    share, so on 0.34 both start, and each wakes while the other sleeps."""
+    gpu = host.device("n/gpu-0", 80 * GiB)
+    engines = []
+    for name in ("a", "b"):
+        argv, env = pod_argv_env(name, resources)
+        engines.append(e := await start(host, *argv, device=gpu, env=env))
+        assert e.state == "awake" and not e.cfg.extensible_kv
+    a, b = engines
+    async with httpx.AsyncClient(base_url=a.url) as ca, httpx.AsyncClient(base_url=b.url) as cb:
+        for _ in range(2):
+            assert (await ca.post("/sleep?level=1")).status_code == 200
+            assert (await cb.post("/sleep?level=1")).status_code == 200
+            assert (await ca.post("/wake_up")).status_code == 200
+            assert (await ca.post("/sleep?level=1")).status_code == 200
+            assert (await cb.post("/wake_up")).status_code == 200
+    assert host.violations() == []
+    assert host.pinned_bytes("n") == 32 * GiB  # both backups stay pinned on 0.34, awake or not
