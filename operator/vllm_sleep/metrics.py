@@ -45,6 +45,33 @@ class OperatorMetrics:
             registry=r,
         )
 
+        # GPU pools (docs/scheduler.md "In the operator").
+        self.pool_evictions = Counter(
+            "vllm_sleep_pool_evictions_total",
+            "Awake replicas put to sleep to make room for a neighbour's wake or start",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_swaps = Counter(
+            "vllm_sleep_pool_swaps_total",
+            "Wakes or starts that needed at least one eviction first",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_swap_seconds = Histogram(
+            "vllm_sleep_pool_swap_duration_seconds",
+            "From a swap's first eviction to its target observed awake",
+            ["pool"],
+            buckets=TRANSITION_BUCKETS,
+            registry=r,
+        )
+        self.pool_refusals = Counter(
+            "vllm_sleep_pool_plan_refusals_total",
+            "Replicas the pool could not wake or start: NotNow (held) or Never (too big)",
+            ["pool", "kind"],
+            registry=r,
+        )
+
     def set_phase(self, namespace: str, model: str, phase: str, all_phases: list[str]) -> None:
         for p in all_phases:
             self.models_by_phase.labels(namespace, model, p).set(1 if p == phase else 0)

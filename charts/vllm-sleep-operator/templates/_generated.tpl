@@ -74,6 +74,15 @@
   - create
   - delete
 - apiGroups:
+  - resource.k8s.io
+  resources:
+  - resourceslices
+  - deviceclasses
+  verbs:
+  - get
+  - list
+  - watch
+- apiGroups:
   - ''
   resources:
   - nodes

@@ -33,6 +33,9 @@ ANNOTATION_SPEC_HASH: Final = (
 )
 # On a ModelDeployment: MicroTime of a `vllm-sleep sleep NAME` (body built by api.demand).
 ANNOTATION_SLEEP_REQUEST: Final = f"{GROUP}/sleep-request"
+# On a pooled model pod: the GPU the scheduler placed it on, "<node>/<device>" (the sim-kubelet
+# maps a time-sliced pod to that device; DRA pods also reference the device's claim).
+ANNOTATION_DEVICE: Final = f"{GROUP}/device"
 
 # Pod condition used as readiness gate: True only while the engine is awake and admitting.
 CONDITION_AWAKE: Final = f"{GROUP}/awake"

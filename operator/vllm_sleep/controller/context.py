@@ -14,6 +14,7 @@ from .agents import AgentClient
 from .children import Children
 from .kube import Kube
 from .podcache import PodCache
+from .pools import Pools
 from .settings import Settings
 
 __all__ = ["Context", "Kickable", "Settings"]
@@ -37,6 +38,7 @@ class Context:
     demand: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, model) -> renewTime
     controllers: dict[tuple[str, str], Kickable] = field(default_factory=dict)  # (ns, model)
     pods: PodCache = field(default_factory=PodCache)
+    pools: Pools | None = None  # GPUPool actors (main makes them; None: no pool support)
 
     def record_transition(
         self, namespace: str, model: str, what: str, level: int, seconds: float

@@ -10,7 +10,13 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..api.names import CONDITION_AWAKE, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
+from ..api.names import (
+    CONDITION_AWAKE,
+    GPU_POOL_PLURAL,
+    GROUP,
+    MODEL_DEPLOYMENT_PLURAL,
+    VERSION,
+)
 from ..reconcile.status import rfc3339
 
 
@@ -30,6 +36,7 @@ class Kube:
             "Service": self.core.create_namespaced_service,
             "Secret": self.core.create_namespaced_secret,
             "Lease": self.coord.create_namespaced_lease,
+            "ResourceClaim": self._create_claim,
         }
         create = creators[kind]
         try:
@@ -41,6 +48,34 @@ class Kube:
                 return False  # the namespace is going away, and the model with it
             raise
         return True
+
+    async def _create_claim(self, namespace: str, manifest: dict[str, Any]) -> None:
+        await self.objects.create_namespaced_custom_object(
+            "resource.k8s.io", "v1", namespace, "resourceclaims", manifest
+        )
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        resp: Any = await self.core.list_node(_preload_content=False)
+        items: list[dict[str, Any]] = (await resp.json()).get("items", [])
+        return items
+
+    async def list_resource_slices(self) -> list[dict[str, Any]]:
+        data: dict[str, Any] = await self.objects.list_cluster_custom_object(
+            "resource.k8s.io", "v1", "resourceslices"
+        )
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
+        patch: Any = self.objects.patch_cluster_custom_object_status
+        await patch(
+            GROUP,
+            VERSION,
+            GPU_POOL_PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         try:

@@ -20,6 +20,7 @@ from .agents import AgentClient
 from .context import Context, Settings
 from .handlers import register
 from .kube import Kube
+from .pools import Pools
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/vllm-sleep/vllm-sleep-operator:0.1.0"
 
@@ -91,6 +92,7 @@ async def run(args: argparse.Namespace) -> None:
             metrics=metrics,
             children=Children(kube),
             parse=parse_model,
+            pools=Pools(kube, metrics),
         )
         registry = kopf.OperatorRegistry()
         register(registry, ctx)

@@ -13,10 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..api.model_deployment import ModelDeployment
-from ..api.names import LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
+from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
 from ..reconcile.builders import Owner, owner_from_body
 from ..reconcile.lifecycle import Action, Route, Sleep, Wake
 from ..reconcile.observe import memory_patch, observe_pod
@@ -24,6 +25,7 @@ from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
 from ..reconcile.status import Status
 from .agents import AgentError
 from .context import Context
+from .pools import PoolActor
 from .watchers import AgentWatchers
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class ModelController:
         self._token: str | None = None
         self._last_status: Status | None = None
         self._listed_at: float | None = None
+        self._pool_name: str | None = None  # the GPUPool this model last published to
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
@@ -68,6 +71,7 @@ class ModelController:
                     next_in = 5.0
                 await self._wait(next_in)
         finally:
+            self._leave_pool()
             await self.watchers.close()
             for task in self.transitions.values():
                 task.cancel()
@@ -84,9 +88,36 @@ class ModelController:
         owner = owner_from_body(body)
         await self.ctx.children.ensure(owner, model)
         observed = await self.observe(model, owner)
+        pool = await self._pool(model, observed)
+        if pool is not None:
+            # From here to the plan's end nothing awaits: the pool's gate, the device turns it
+            # takes and the plan are one step no other member can interleave with.
+            keeper = pool.gatekeeper(self.namespace, model, observed.reports, observed.now)
+            observed = replace(observed, gatekeeper=keeper)
         the_plan = plan(observed)
         await self.apply(the_plan, model)
         return the_plan.next_check_in
+
+    async def _pool(self, model: ModelDeployment, observed: Observed) -> PoolActor | None:
+        """The model's GPUPool actor (inventory fresh), or None outside a pool."""
+        gpu = observed.placement.gpu
+        name = model.spec.placement.pool
+        pools = self.ctx.pools
+        if pools is None or gpu is None or gpu.pool is None or not name:
+            self._leave_pool()
+            return None
+        if self._pool_name != name:
+            self._leave_pool()
+        actor = pools.get(name)
+        await actor.refresh(gpu.pool)
+        actor.join(f"{self.namespace}/{self.name}", self.kick)
+        self._pool_name = name
+        return actor
+
+    def _leave_pool(self) -> None:
+        if self._pool_name is not None and self.ctx.pools is not None:
+            self.ctx.pools.get(self._pool_name).leave(f"{self.namespace}/{self.name}")
+        self._pool_name = None
 
     async def observe(self, model: ModelDeployment, owner: Owner) -> Observed:
         pods = [observe_pod(p) for p in await self._pods()]
@@ -112,6 +143,7 @@ class ModelController:
             log.info("deleting pod %s/%s: %s", self.namespace, gone.name, gone.why)
             await kube.delete_pod(self.namespace, gone.name, gone.uid)
         for new in the_plan.create:
+            await self._ensure_claim(new.manifest)
             if await kube.create_if_missing(new.manifest):
                 log.info("created pod %s/%s", self.namespace, new.name)
         for event in the_plan.events:
@@ -124,6 +156,13 @@ class ModelController:
         for action in the_plan.actions:
             await self._execute(action, the_plan.watch.get(action.pod), token, model)
         await self._write_status(the_plan.status)
+
+    async def _ensure_claim(self, manifest: Mapping[str, Any]) -> None:
+        """A pod seated under DRA references its device's claim: make sure it exists first."""
+        device = ((manifest.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DEVICE)
+        claims = (manifest.get("spec") or {}).get("resourceClaims")
+        if device and claims and self._pool_name and self.ctx.pools is not None:
+            await self.ctx.pools.get(self._pool_name).ensure_claim(self.namespace, device)
 
     async def _pods(self) -> list[dict[str, Any]]:
         """Pods from the watch-fed cache; a LIST on the first pass and every RELIST_SECONDS."""

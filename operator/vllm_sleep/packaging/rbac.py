@@ -54,6 +54,12 @@ def operator_rules() -> list[Rule]:
             "resources": ["resourceclaims"],
             "verbs": ["get", "list", "watch", "create", "delete"],
         },
+        # ... and the devices of a DRA pool: its DeviceClass and the nodes' ResourceSlices.
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceslices", "deviceclasses"],
+            "verbs": ["get", "list", "watch"],
+        },
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         # Events for every transition and failure.
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

@@ -19,6 +19,7 @@ from .builders_containers import agent_container, vllm_container
 from .builders_owner import Owner, child_labels, owner_reference
 
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 GPU_CLAIM_NAME = "gpu"  # the pod-local name of the shared device's ResourceClaim
 # Fixed rather than derived from spec.sleep.drainTimeout: a timeout tweak must not change the
 # pod's shape (and so reload every replica); the agent drains on SIGTERM within this bound.
@@ -31,10 +32,14 @@ class GpuAttachment:
 
     `claim`: the device's shared ResourceClaim (pool sharing DRA). Without a claim the pod asks
     the device plugin for `resources.gpus` of the pool's (or the default) extended resource.
+    `node` and `device`: the pool scheduler's seat ("<node>/<device>"); the pod is pinned to the
+    node and annotated with the device (docs/scheduler.md "In the operator").
     """
 
     pool: GPUPoolSpec | None = None
     claim: str | None = None
+    node: str | None = None
+    device: str | None = None
 
 
 def model_pod(
@@ -54,6 +59,8 @@ def model_pod(
     labels[names.LABEL_REPLICA] = str(replica)
     labels[names.LABEL_SERVED_MODEL] = _label_value(served)
     annotations = {**(spec.pod_annotations or {}), names.ANNOTATION_SERVED_MODEL: served}
+    if gpu.device:
+        annotations[names.ANNOTATION_DEVICE] = gpu.device
 
     vllm = vllm_container(spec, served, _memory(spec), _gpu_limits(spec, gpu))
     if gpu.claim:
@@ -131,6 +138,8 @@ def _placement(pod_spec: dict[str, Any], spec: ModelDeploymentSpec, gpu: GpuAtta
     pool = gpu.pool
     # The pool's selector wins on conflicts: it is what says where its GPUs are.
     selector = {**(spec.node_selector or {}), **((pool.node_selector or {}) if pool else {})}
+    if gpu.node:
+        selector[HOSTNAME_LABEL] = gpu.node
     if selector:
         pod_spec["nodeSelector"] = selector
     tolerations = [t.to_wire() for t in spec.tolerations]

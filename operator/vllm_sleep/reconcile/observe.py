@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..api.names import (
+    ANNOTATION_DEVICE,
     ANNOTATION_SPEC_HASH,
     CONDITION_AWAKE,
     CONTAINER_VLLM,
@@ -54,6 +55,7 @@ class ObservedPod:
     memory: ReplicaMemory
     failure: EngineFailure | None = None
     unscheduled: str | None = None  # the scheduler's PodScheduled=False message
+    device: str | None = None  # pooled pods: the GPU the pool scheduler seated it on
 
     @property
     def ended(self) -> bool:
@@ -84,6 +86,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         ),
         failure=engine_failure(status),
         unscheduled=_unscheduled(str(meta.get("name", "")), conditions),
+        device=annotations.get(ANNOTATION_DEVICE) or None,
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.gpu_pool import GPUPool, Sharing
+from ..api.gpu_pool import GPUPool
 from ..api.model_deployment import ModelDeployment
 from .builders import GpuAttachment
 
@@ -18,7 +18,10 @@ class Placement:
 
 
 def place(model: ModelDeployment, pool_body: Mapping[str, Any] | None) -> Placement:
-    """`pool_body`: the GPUPool named by `spec.placement.pool` as last seen (None: not found)."""
+    """`pool_body`: the GPUPool named by `spec.placement.pool` as last seen (None: not found).
+
+    In a pool, each replica's device is chosen by the pool's scheduler (`reconcile.pool_gate`),
+    which seats the pod on it (node pin, device annotation, the device's claim under DRA)."""
     pool_name = model.spec.placement.pool
     if not pool_name:
         return Placement(GpuAttachment())
@@ -30,12 +33,10 @@ def place(model: ModelDeployment, pool_body: Mapping[str, Any] | None) -> Placem
         pool = GPUPool.from_body(dict(pool_body))
     except ValueError as e:
         return Placement(None, f"GPUPool {pool_name!r} is invalid: {e}")
-    if pool.spec.sharing == Sharing.DRA:
-        # Shared DRA claims are assigned per device by the GPU scheduler; until it places
-        # this model, the pods would not know which claim to reference.
+    if model.spec.resources.gpus != 1:
         return Placement(
             None,
-            f"GPUPool {pool_name!r} shares devices with DRA, which needs the GPU scheduler "
-            "to assign a device; use sharing TimeSlicing or Exclusive for now",
+            f"a model in GPUPool {pool_name!r} runs on one device (resources.gpus 1), "
+            f"not {model.spec.resources.gpus}",
         )
     return Placement(GpuAttachment(pool=pool.spec))

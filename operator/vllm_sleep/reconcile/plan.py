@@ -13,26 +13,32 @@ Order of the decisions, as in KubeAI's and Knative's reconcilers:
    transitions this operator has in flight, and its memory from the pod's annotations;
 3. `lifecycle.decide` the routes, sleeps and wakes; drop sleeps and wakes a replica cannot take
    now (one is already running, or it has no IP yet);
-4. `admit` them: the seam where a GPU-pool scheduler gates wakes (docs/operator.md);
+4. a pooled model (`Observed.gatekeeper`) passes them, and the creation of its missing pods,
+   through its pool's gate (`reconcile.pool_gate`): each runs when its device's turn comes,
+   evictions of this model's replicas for a neighbour's plan are added, and a new pod is created
+   only seated on the device the scheduler chose; then `admit` (docs/operator.md);
 5. the Events not yet reported, and the status (`reconcile.status`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
 from ..api.agent_protocol import TRANSITIONING, UNREACHABLE_REPORT, AgentState, StateReport
 from ..api.demand import parse_micro_time
+from ..api.gpu_pool import Sharing
 from ..api.model_deployment import ModelDeployment
-from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH
-from .builders import Manifest, Owner, model_pod
+from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH, pod_name
+from .builders import GpuAttachment, Manifest, Owner, model_pod
 from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
 from .observe import ObservedPod
 from .placement import Placement
 from .policy import policy_from_spec
+from .pool_devices import claim_name, node_of
+from .pool_gate import Gate, PoolRequest
 from .status import Status, StatusFacts, model_status
 
 
@@ -47,6 +53,12 @@ class Reported:
 
     restarts: Mapping[str, int] = field(default_factory=dict)  # pod uid -> restarts reported
     problem: str | None = None  # the placement problem of the last pass
+    waiting: frozenset[str] = frozenset()  # pooled replicas that waited for room last pass
+
+
+# A pooled model's pool: publishes the request's replicas and returns what may run (the
+# controller's per-pool actor; `reconcile.pool_gate.gate` decides).
+Gatekeeper = Callable[[PoolRequest], Gate]
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class Observed:
     reported: Reported = Reported()
     last_sleep_seconds: float | None = None
     last_wake_seconds: float | None = None
+    gatekeeper: Gatekeeper | None = None  # set for a model in a GPUPool
 
 
 @dataclass(frozen=True)
@@ -113,11 +126,10 @@ def admit_all(actions: tuple[Action, ...]) -> tuple[Action, ...]:
 
 def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     model, now = observed.model, observed.now
-    live, delete, create = converge(observed)
+    pooled = observed.gatekeeper is not None and observed.placement.gpu is not None
+    live, delete, create = converge(observed, pooled)
     events: list[Event] = []
     problem = observed.placement.problem
-    if problem and problem != observed.reported.problem:
-        events.append(Event("Warning", "CannotPlace", problem))
 
     restarts = dict(observed.reported.restarts)
     observations: list[ReplicaObservation] = []
@@ -146,31 +158,90 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         for a in decision.actions
         if isinstance(a, Route) or (by_name[a.pod].ip and a.pod not in observed.transitions)
     )
-    facts = StatusFacts(problem, observed.last_sleep_seconds, observed.last_wake_seconds)
+    waiting: frozenset[str] = frozenset()
+    waiting_text: str | None = None
+    if pooled and observed.gatekeeper is not None:
+        going = {d.name for d in delete}
+        # Pods deleted this pass still hold their memory until kubelet stopped them.
+        leaving = [replace(p, deleting=True) for p in observed.pods if p.name in going]
+        g = observed.gatekeeper(
+            PoolRequest(
+                live=[*live, *leaving],
+                observations={o.pod: o for o in observations}
+                | {p.name: observe_replica(p, UNREACHABLE_REPORT) for p in leaving},
+                indexes=_indexes(observed, live, going),
+                actions=runnable,
+            )
+        )
+        runnable = g.actions
+        create = tuple(
+            CreatePod(_pod_manifest(observed, i, device)) for i, device in sorted(g.seats.items())
+        )
+        events += [Event("Normal", "Evicted", text) for text in g.evictions]
+        if g.never:
+            problem = problem or next(iter(g.never.values()))
+        waiting = frozenset(g.waiting)
+        if waiting:
+            waiting_text = "; ".join(g.waiting[r] for r in sorted(waiting))
+            if not waiting <= observed.reported.waiting:
+                events.append(Event("Normal", "WaitingForDevice", waiting_text))
+    if problem and problem != observed.reported.problem:
+        events.append(Event("Warning", "CannotPlace", problem))
+    facts = StatusFacts(
+        problem, observed.last_sleep_seconds, observed.last_wake_seconds, waiting_text
+    )
     return Plan(
         delete=delete,
         create=create,
         watch={p.name: p.ip for p in live if p.ip and not p.deleting},
         actions=admit(runnable),
         events=tuple(events),
-        reported=Reported(restarts, problem),
+        reported=Reported(restarts, problem, waiting),
         status=model_status(model, live, observations, observed.reports, now, facts),
         next_check_in=decision.next_check_in,
     )
 
 
+def _indexes(observed: Observed, live: Sequence[ObservedPod], going: set[str]) -> dict[int, str]:
+    """Replica index -> pod name of the replicas the pool may seat, wake or evict this pass
+    (not those whose pod is being deleted: they are seated again once it is gone)."""
+    out = {i: pod_name(observed.owner.name, i) for i in range(observed.model.spec.replicas)}
+    out.update({p.replica: p.name for p in live if p.replica >= 0})
+    return {i: name for i, name in out.items() if name not in going}
+
+
+def seated(gpu: GpuAttachment, device: str) -> GpuAttachment:
+    """The attachment of a pod seated on `device` by its pool's scheduler."""
+    dra = gpu.pool is not None and gpu.pool.sharing == Sharing.DRA
+    return GpuAttachment(
+        pool=gpu.pool,
+        claim=claim_name(device) if dra else None,
+        node=node_of(device),
+        device=device,
+    )
+
+
+def _pod_manifest(observed: Observed, replica: int, device: str | None) -> Manifest:
+    gpu = observed.placement.gpu or GpuAttachment()
+    if device is not None:
+        gpu = seated(gpu, device)
+    spec = observed.model.spec
+    return model_pod(observed.owner, spec, replica, agent_image=observed.agent_image, gpu=gpu)
+
+
 def converge(
-    observed: Observed,
+    observed: Observed, pooled: bool = False
 ) -> tuple[list[ObservedPod], tuple[DeletePod, ...], tuple[CreatePod, ...]]:
-    """The live pods, and the pod deletions and creations that bring them to the spec."""
+    """The live pods, and the pod deletions and creations that bring them to the spec.
+
+    Pooled: each pod is compared with itself built on its own device (a pod without one was
+    made before the model joined its pool and is replaced); missing replicas are created only
+    once the pool seats them (`plan`), so none is returned here.
+    """
     gpu = observed.placement.gpu
     if gpu is None:  # cannot place: touch nothing, the status says why
         return list(observed.pods), (), ()
     spec = observed.model.spec
-    desired = {
-        i: model_pod(observed.owner, spec, i, agent_image=observed.agent_image, gpu=gpu)
-        for i in range(spec.replicas)
-    }
     live: list[ObservedPod] = []
     have: set[int] = set()
     delete: list[DeletePod] = []
@@ -179,9 +250,11 @@ def converge(
             live.append(pod)
             have.add(pod.replica)
             continue
-        want = desired.get(pod.replica)
-        want_hash = None if want is None else _spec_hash(want)
-        if want is None:
+        wanted = 0 <= pod.replica < spec.replicas
+        want_hash = None
+        if wanted and (not pooled or pod.device is not None):
+            want_hash = _spec_hash(_pod_manifest(observed, pod.replica, pod.device))
+        if not wanted:
             delete.append(DeletePod(pod.name, pod.uid, "surplus replica"))
         elif want_hash != pod.spec_hash:
             delete.append(DeletePod(pod.name, pod.uid, "spec changed"))
@@ -190,7 +263,11 @@ def converge(
         else:
             live.append(pod)
             have.add(pod.replica)
-    create = tuple(CreatePod(m) for i, m in desired.items() if i not in have)
+    if pooled:
+        return live, tuple(delete), ()
+    create = tuple(
+        CreatePod(_pod_manifest(observed, i, None)) for i in range(spec.replicas) if i not in have
+    )
     return live, tuple(delete), create
 
 

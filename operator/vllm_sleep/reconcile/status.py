@@ -31,6 +31,7 @@ class StatusFacts:
     problem: str | None = None  # why the model cannot be placed (a spec or GPUPool problem)
     last_sleep_seconds: float | None = None  # duration of this operator's last sleep
     last_wake_seconds: float | None = None
+    waiting: str | None = None  # pooled: why a wanted replica waits for room on its device
 
 
 def rfc3339(ts: float) -> str:
@@ -54,6 +55,8 @@ def model_status(
     for pod, obs in zip(pods, observations, strict=True):
         rep = reports.get(pod.name)
         entry: dict[str, Any] = {"pod": pod.name, "node": pod.node, "state": replica_state(obs)}
+        if pod.device:
+            entry["device"] = pod.device
         if rep and rep.since:
             entry["since"] = rfc3339(rep.since)
         if rep and rep.level is not None and obs.agent == AgentState.ASLEEP:
@@ -82,6 +85,7 @@ def model_status(
             problem,
             unscheduled,
             now,
+            facts.waiting,
         ),
     }
     if activity:
@@ -126,6 +130,7 @@ def _conditions(
     problem: str | None,
     unscheduled: str | None,
     now: float,
+    waiting: str | None = None,
 ) -> list[dict[str, Any]]:
     # lastTransitionTime moves only when a condition's status flips (metav1.Condition).
     old = {c.type: c for c in previous}
@@ -150,8 +155,8 @@ def _conditions(
         cond(
             ConditionType.AWAKE,
             awake > 0,
-            "ReplicasAwake" if awake else "NoReplicaAwake",
-            f"{awake}/{desired} replicas awake",
+            "ReplicasAwake" if awake else ("WaitingForDevice" if waiting else "NoReplicaAwake"),
+            f"{awake}/{desired} replicas awake" + (f"; waiting: {waiting}" if waiting else ""),
         ),
         cond(
             ConditionType.SCHEDULED,

@@ -39,9 +39,17 @@ def test_an_invalid_pool_says_what_is_wrong() -> None:
     assert out.gpu is None and out.problem and out.problem.startswith("GPUPool 'p' is invalid")
 
 
-def test_dra_sharing_waits_for_the_gpu_scheduler() -> None:
+def test_dra_sharing_attaches_the_pool_and_the_scheduler_seats_each_pod() -> None:
     out = place(model(pooled()), pool("DRA"))
-    assert out.gpu is None and out.problem and "DRA" in out.problem
+    assert out.problem is None and out.gpu is not None and out.gpu.pool is not None
+    assert out.gpu.claim is None  # the claim comes with the seat, per device
+
+
+def test_a_pooled_model_runs_on_one_device() -> None:
+    raw = pooled()
+    raw["spec"]["resources"]["gpus"] = 2
+    out = place(model(raw), pool("TimeSlicing"))
+    assert out.gpu is None and out.problem and "resources.gpus 1" in out.problem
 
 
 def test_time_slicing_attaches_the_pool() -> None:

@@ -1,0 +1,271 @@
+"""The per-GPUPool actor: the pool's devices, its members' latest replicas, and device turns.
+
+Each ModelController in a pool publishes its replicas every pass (as `scheduler.Engine` values)
+through the gatekeeper this actor gives it, and gets back what may run now
+(`reconcile.pool_gate`). The actor itself decides nothing; it only holds:
+
+- the device inventory (DRA ResourceSlices, or nodes' extended resource), refreshed periodically;
+- each member's replicas as last published, and which of them its model wants awake;
+- device turns: the replica whose step (sleep, wake, start-up) runs on a device now. A turn is
+  taken in the same synchronous step as the gate that admitted it, so two members can never
+  start steps on one device at once, and released once the holder is observed settled.
+
+Nothing here is truth that survives a restart: turns and the replicas just seated are derived
+again from the engines' reported states (a replica mid-transition keeps its device busy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..api.agent_protocol import StateReport
+from ..api.gpu_pool import GPUPoolSpec, Sharing
+from ..api.model_deployment import ModelDeployment
+from ..metrics import OperatorMetrics
+from ..reconcile.lifecycle import Wake
+from ..reconcile.pool_devices import PoolDevice, claim_manifest, claim_name, pool_devices
+from ..reconcile.pool_engines import model_engines, model_key, replica_key
+from ..reconcile.pool_gate import Gate, PoolRequest, PoolView, gate
+from ..reconcile.pool_status import pool_status
+from ..scheduler import Device, Engine, EngineState, Node, Pool
+from .kube import Kube
+
+log = logging.getLogger(__name__)
+
+INVENTORY_SECONDS = 30.0  # devices change rarely (nodes join or leave)
+STARTING_SECONDS = 120.0  # a seated pod not observed by then was never created
+STATUS_DELAY = 1.0  # status writes are coalesced
+SETTLED = frozenset({EngineState.AWAKE, EngineState.ASLEEP, EngineState.PENDING})
+
+
+class PoolActor:
+    def __init__(self, name: str, kube: Kube, metrics: OperatorMetrics) -> None:
+        self.name = name
+        self._kube = kube
+        self._metrics = metrics
+        self.spec: GPUPoolSpec | None = None
+        self.devices: tuple[PoolDevice, ...] = ()
+        self._inventory_at = -math.inf
+        self.engines: dict[str, tuple[Engine, ...]] = {}  # model key -> its replicas
+        self.wants: dict[str, frozenset[str]] = {}  # model key -> replicas it wants awake
+        self.turns: dict[str, str] = {}  # device -> replica whose step runs there
+        self.starting: dict[str, tuple[str, float]] = {}  # replica -> (device, seated at)
+        self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
+        self._evicting_for: dict[str, float] = {}  # replica -> when its first eviction began
+        self._waiting: set[str] = set()
+        self._claims: set[tuple[str, str]] = set()
+        self._status_task: asyncio.Task[None] | None = None
+        self._last_status: dict[str, Any] | None = None
+
+    # --- inventory --------------------------------------------------------------------------
+
+    async def refresh(self, spec: GPUPoolSpec) -> None:
+        """Re-read the pool's devices when the spec changed or the last read is old."""
+        now = time.monotonic()
+        if spec == self.spec and now - self._inventory_at < INVENTORY_SECONDS:
+            return
+        nodes = await self._kube.list_nodes()
+        slices: list[dict[str, Any]] = []
+        device_class: dict[str, Any] | None = None
+        if spec.sharing == Sharing.DRA:
+            slices = await self._kube.list_resource_slices()
+            device_class = await self._kube.get_cluster_object(
+                "resource.k8s.io", "v1", "deviceclasses", spec.device_class_name
+            )
+        devices = pool_devices(spec, nodes, slices, device_class)
+        if devices != self.devices or spec != self.spec:
+            log.info("GPUPool %s: %d device(s)", self.name, len(devices))
+        self.spec, self.devices, self._inventory_at = spec, devices, now
+
+    def snapshot(self) -> Pool:
+        spec = self.spec
+        assert spec is not None, "refresh() first"
+        known = {d.id for d in self.devices}
+        budget = spec.host_offload_budget.bytes() if spec.host_offload_budget else None
+        nodes = sorted({d.node for d in self.devices})
+        engines = [
+            e for es in self.engines.values() for e in es if e.device is None or e.device in known
+        ]
+        slots = 1 if spec.sharing == Sharing.EXCLUSIVE else spec.slots_per_device
+        return Pool(
+            devices=tuple(Device(d.id, d.node, d.memory) for d in self.devices),
+            nodes=tuple(Node(n, budget) for n in nodes),
+            engines=tuple(engines),
+            default_residual=spec.sleep_residual.bytes(),
+            slots_per_device=slots,
+        )
+
+    # --- members ----------------------------------------------------------------------------
+
+    def join(self, key: str, kick: asyncio.Event) -> None:
+        self.members[key] = kick
+
+    def leave(self, key: str) -> None:
+        self.members.pop(key, None)
+        gone = {e.replica for e in self.engines.pop(key, ())}
+        self.wants.pop(key, None)
+        for device, holder in list(self.turns.items()):
+            if holder in gone:
+                del self.turns[device]
+        for replica in gone:
+            self.starting.pop(replica, None)
+        self._kick_others(key)
+        self._schedule_status()
+
+    def gatekeeper(
+        self, ns: str, model: ModelDeployment, reports: Mapping[str, StateReport], now: float
+    ) -> Callable[[PoolRequest], Gate]:
+        """The gate of one pass of `model` (synchronous: publish, derive, take turns)."""
+        name = model.metadata.name
+        key = model_key(ns, name)
+        spec = self.spec
+        assert spec is not None, "refresh() first"
+
+        def keeper(request: PoolRequest) -> Gate:
+            self._forget_started(ns, request)
+            starting = {r: d for r, (d, _) in self.starting.items()}
+            engines = model_engines(model, request, reports, spec.device_memory.bytes(), starting)
+            wants = frozenset(
+                replica_key(ns, a.pod) for a in request.actions if isinstance(a, Wake)
+            )
+            self._publish(key, engines, wants, now)
+            view = PoolView(
+                pool=self.snapshot(),
+                sharing=spec.sharing,
+                turns=dict(self.turns),
+                wants=frozenset().union(*self.wants.values()),
+            )
+            g = gate(view, ns, request, now)
+            self.turns.update(g.turns)
+            for i, device in g.seats.items():
+                self.starting[replica_key(ns, request.indexes[i])] = (device, time.monotonic())
+            self._count(g, now)
+            return g
+
+        return keeper
+
+    def _forget_started(self, ns: str, request: PoolRequest) -> None:
+        """A seated replica is its pod's business once the pod is seen (or never will be)."""
+        for pod in request.live:
+            if pod.device is not None:
+                self.starting.pop(replica_key(ns, pod.name), None)
+        mono = time.monotonic()
+        for name in request.indexes.values():
+            seated = self.starting.get(replica_key(ns, name))
+            if seated is not None and mono - seated[1] > STARTING_SECONDS:
+                del self.starting[replica_key(ns, name)]
+
+    def _publish(
+        self, key: str, engines: tuple[Engine, ...], wants: frozenset[str], now: float
+    ) -> None:
+        before = self.engines.get(key)
+        changed = _signature(before or ()) != _signature(engines) or self.wants.get(key) != wants
+        self.engines[key] = engines
+        self.wants[key] = wants
+        by_replica = {e.replica: e for e in engines}
+        released = False
+        mine = {e.replica for e in engines}
+        for device, holder in list(self.turns.items()):
+            if holder not in mine:
+                continue
+            e = by_replica.get(holder)
+            if e is None or e.device != device or e.state in SETTLED:
+                del self.turns[device]
+                released = True
+        for e in engines:
+            if e.state == EngineState.AWAKE and e.replica in self._evicting_for:
+                began = self._evicting_for.pop(e.replica)
+                self._metrics.pool_swap_seconds.labels(self.name).observe(max(0.0, now - began))
+        if changed or released:
+            self._kick_others(key)
+            self._schedule_status()
+
+    def _count(self, g: Gate, now: float) -> None:
+        m = self._metrics
+        for text in g.evictions:
+            m.pool_evictions.labels(self.name).inc()
+            target = text.rpartition(" to ")[2].split(" ", 1)[-1]
+            if target not in self._evicting_for:
+                self._evicting_for[target] = now
+                m.pool_swaps.labels(self.name).inc()
+        newly = set(g.waiting) - self._waiting
+        for _ in newly:
+            m.pool_refusals.labels(self.name, "NotNow").inc()
+        for replica in g.never:
+            if replica not in self._waiting:
+                m.pool_refusals.labels(self.name, "Never").inc()
+        mine = set(g.waiting) | set(g.never)
+        self._waiting = (self._waiting - {r for r in self._waiting if r not in mine}) | mine
+
+    def _kick_others(self, key: str) -> None:
+        for other, kick in self.members.items():
+            if other != key:
+                kick.set()
+
+    # --- DRA claims ---------------------------------------------------------------------------
+
+    async def ensure_claim(self, namespace: str, device_id: str) -> str:
+        """The namespace's ResourceClaim of the device (created once); its name."""
+        name = claim_name(device_id)
+        if (namespace, device_id) in self._claims or self.spec is None:
+            return name
+        device = next((d for d in self.devices if d.id == device_id), None)
+        if device is None:
+            raise RuntimeError(f"GPUPool {self.name}: device {device_id} is not in the pool")
+        await self._kube.create_if_missing(
+            claim_manifest(namespace, self.name, device, self.spec.device_class_name)
+        )
+        self._claims.add((namespace, device_id))
+        return name
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def _schedule_status(self) -> None:
+        if self._status_task is None or self._status_task.done():
+            self._status_task = asyncio.create_task(
+                self._write_status(), name=f"GPUPool {self.name} status"
+            )
+
+    async def _write_status(self) -> None:
+        await asyncio.sleep(STATUS_DELAY)
+        if self.spec is None:
+            return
+        status = pool_status(self.snapshot(), self.spec.sharing)
+        if status == self._last_status:
+            return
+        try:
+            await self._kube.patch_pool_status(self.name, status)
+            self._last_status = status
+        except Exception:  # status is informative: never let it break the actor
+            log.warning("GPUPool %s: status not written", self.name, exc_info=True)
+
+    async def close(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+
+
+def _signature(engines: tuple[Engine, ...]) -> tuple[tuple[str, str | None, str], ...]:
+    return tuple((e.replica, e.device, e.state.value) for e in engines)
+
+
+class Pools:
+    """Every GPUPool's actor, made on first use."""
+
+    def __init__(self, kube: Kube, metrics: OperatorMetrics) -> None:
+        self._kube = kube
+        self._metrics = metrics
+        self.actors: dict[str, PoolActor] = {}
+
+    def get(self, name: str) -> PoolActor:
+        actor = self.actors.get(name)
+        if actor is None:
+            actor = self.actors[name] = PoolActor(name, self._kube, self._metrics)
+        return actor

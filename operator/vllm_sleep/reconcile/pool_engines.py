@@ -1,0 +1,126 @@
+"""One pooled model's replicas as the scheduler sees them (`scheduler.Engine`). Pure.
+
+Built every pass from what is observed: the pods (their device annotation), the agents' reports
+(state, level, in-flight, held, last request, measured sleeping residual), the transitions this
+operator runs, and the pod's memory annotations. Nothing here is remembered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from ..api.agent_protocol import AgentState, StateReport
+from ..api.model_deployment import ModelDeployment, ModelDeploymentSpec
+from ..api.model_spec import SleepPolicy
+from ..scheduler import Engine, EngineState
+from .lifecycle import ReplicaObservation
+from .observe import ObservedPod
+from .pool_gate import PoolRequest
+
+_STATES: Mapping[AgentState, EngineState] = {
+    AgentState.LOADING: EngineState.LOADING,
+    # Unknown (pod starting, agent restarting): counted as loading, the conservative reading:
+    # its whole share, and the device is not settled.
+    AgentState.UNREACHABLE: EngineState.LOADING,
+    AgentState.AWAKE: EngineState.AWAKE,
+    AgentState.DRAINING: EngineState.SLEEPING,
+    AgentState.SLEEPING: EngineState.SLEEPING,
+    AgentState.WAKING: EngineState.WAKING,
+    AgentState.ASLEEP: EngineState.ASLEEP,
+}
+
+
+def model_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def replica_key(namespace: str, pod: str) -> str:
+    return f"{namespace}/{pod}"
+
+
+def share_bytes(spec: ModelDeploymentSpec, device_memory: int) -> int:
+    """Device bytes the engine takes awake: KV cache + weights when the KV cache is sized in
+    bytes, else its gpuMemoryUtilization of the device (what vLLM's startup check asks for)."""
+    res = spec.resources
+    if res.kv_cache_size is not None:
+        weights = res.weights_size.bytes() if res.weights_size is not None else 0
+        return max(1, res.kv_cache_size.bytes() + weights)
+    return max(1, int(res.gpu_memory_utilization * device_memory))
+
+
+def model_engines(
+    model: ModelDeployment,
+    request: PoolRequest,
+    reports: Mapping[str, StateReport],
+    device_memory: int,
+    starting: Mapping[str, str] | None = None,
+) -> tuple[Engine, ...]:
+    """Every replica of the model: its pods (by observation) and the replicas without a pod
+    (pending, or starting on the device they were just seated on)."""
+    pods, observations = request.live, request.observations
+    ns, name = model.metadata.namespace or "", model.metadata.name
+    spec = model.spec
+    starting = starting or {}
+    base = Engine(
+        replica="",
+        model=model_key(ns, name),
+        share=share_bytes(spec, device_memory),
+        weights=spec.resources.weights_size.bytes() if spec.resources.weights_size else 0,
+        level=int(spec.sleep.level),
+        priority=spec.placement.priority,
+        min_awake=spec.placement.min_awake.total_seconds(),
+        evictable=spec.sleep.policy != SleepPolicy.ALWAYS_AWAKE,
+    )
+    out: list[Engine] = []
+    have: set[str] = set()
+    for pod in pods:
+        key = replica_key(ns, pod.name)
+        device = pod.device or starting.get(key)
+        obs = observations.get(pod.name)
+        if device is None or obs is None:
+            continue  # not a pooled pod (it is being replaced): the pool does not count it
+        have.add(key)
+        report = reports.get(pod.name, StateReport(state=AgentState.UNREACHABLE))
+        state = _state(pod, obs)
+        level = report.level if report.level in (1, 2) else int(spec.sleep.level)
+        woken_at = pod.memory.woken_at
+        if woken_at is None and state == EngineState.AWAKE:
+            woken_at = report.since
+        residual = getattr(report, "residual_bytes", None)
+        out.append(
+            replace(
+                base,
+                replica=key,
+                device=device,
+                state=state,
+                sleep_level=level if state in _SLEEPY else None,
+                woken_at=woken_at,
+                last_activity=report.last_activity,
+                inflight=obs.inflight,
+                held=obs.held,
+                residual=residual if isinstance(residual, int) and residual >= 0 else None,
+            )
+        )
+    for pod_name in request.indexes.values():
+        key = replica_key(ns, pod_name)
+        if key in have:
+            continue
+        device = starting.get(key)
+        state = EngineState.LOADING if device else EngineState.PENDING
+        out.append(replace(base, replica=key, device=device, state=state))
+    return tuple(out)
+
+
+_SLEEPY = frozenset({EngineState.SLEEPING, EngineState.ASLEEP, EngineState.WAKING})
+
+
+def _state(pod: ObservedPod, obs: ReplicaObservation) -> EngineState:
+    if pod.deleting:
+        # Still holds its memory until kubelet stopped it: counted whole, and unsettled.
+        return EngineState.LOADING
+    if obs.agent == AgentState.FAILED:
+        # vLLM exited (or is unhealthy): kubelet restarts it on its own; count it as loading
+        # so nothing else starts beside a process that may come back.
+        return EngineState.LOADING
+    return _STATES[obs.agent]
