@@ -17,6 +17,7 @@ from .control import ControlAPI
 from .gate import Gate
 from .metrics import AgentMetrics
 from .proxy import PublicProxy
+from .residual import ResidualMeter
 from .state import StateBoard
 from .supervisor import Supervisor
 from .transitions import Transitions
@@ -50,6 +51,7 @@ class Agent:
             self.metrics,
             settle_time=config.settle_time,
             clock=clock,
+            residual=ResidualMeter(config.vllm_log_file, config.engine_memory_bytes),
         )
         self.supervisor = Supervisor(
             self.board,

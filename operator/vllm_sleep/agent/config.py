@@ -47,6 +47,10 @@ class AgentConfig(BaseModel):
     max_body_bytes: int = Field(32 << 20, gt=0)
     max_buffered_bytes: int = Field(256 << 20, gt=0)
     access_log: bool = False
+    # The sleeping residual (agent/residual.py): vLLM's log file in a volume shared with the
+    # vLLM container, and the engine's awake device memory (its share), both optional.
+    vllm_log_file: Path | None = None
+    engine_memory_bytes: int | None = Field(None, gt=0)
 
     @field_validator("upstream")
     @classmethod
@@ -123,4 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--access-log", action="store_true", default=None, help="log every public request"
     )
+    p.add_argument("--vllm-log-file", help="vLLM's log file, for its sleep report (none)")
+    p.add_argument("--engine-memory-bytes", type=int, help="the engine's awake share (none)")
     return p

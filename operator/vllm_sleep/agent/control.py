@@ -89,6 +89,8 @@ class ControlAPI:
             engine_alive=b.engine_alive,
             engine_version=b.engine_version,
             last_error=b.last_error,
+            freed_bytes=b.freed_bytes,
+            residual_bytes=b.residual_bytes,
         )
 
     @web.middleware

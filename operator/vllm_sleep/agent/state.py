@@ -27,6 +27,9 @@ class StateBoard:
         self.engine_alive = False
         self.engine_version: str | None = None
         self.last_error: str | None = None
+        # The last measured sleep (agent/residual.py): what it freed, what stayed on the device.
+        self.freed_bytes: int | None = None
+        self.residual_bytes: int | None = None
         self._changed = asyncio.Event()
 
     def set(self, state: AgentState, *, level: int | None = None) -> None:

@@ -5,6 +5,11 @@ request to a sleeping engine kills it. So the agent starts in `loading` (holding
 waits for `/health`, asks `/is_sleeping`, and recovers the level from the sleep gauge. While up,
 it polls `/health` and declares `failed` after a few misses (requests are then refused, not
 held: a dead engine will not wake); when the engine answers again, it is detected afresh.
+
+While awake it also asks `/is_sleeping`: another process of the pod can call vLLM's `/sleep`
+(its dev routes are open on the pod's loopback), and from that moment no request may reach the
+engine. Such a sleep is reported as `asleep` with an unknown level (the level-2 wake is right
+for every level) and requests are held, so the operator sees it and can wake the engine.
 """
 
 from __future__ import annotations
@@ -98,6 +103,8 @@ class Supervisor:
         if healthy:
             self._misses = 0
             self._board.engine_alive = True
+            if self._board.state is AgentState.AWAKE:
+                await self._notice_sleep(epoch)
             return
         self._misses += 1
         if self._misses < self._health_failures:
@@ -107,6 +114,20 @@ class Supervisor:
         self._board.last_error = "vLLM /health failing"
         self._gate.refuse()
         self._board.set(AgentState.FAILED)
+
+    async def _notice_sleep(self, epoch: int) -> None:
+        """AWAKE -> ASLEEP (level unknown) when vLLM sleeps and no transition of ours did it."""
+        try:
+            sleeping = await self._vllm.is_sleeping()
+        except VLLMError as e:  # 404: dev mode off, it cannot sleep; else /health decides
+            log.debug("/is_sleeping while awake: %s", e)
+            return
+        if not sleeping or self._board.epoch != epoch:
+            return  # awake, or a transition of ours started meanwhile: its word wins
+        self._gate.hold()
+        self._board.last_error = "vLLM was put to sleep by a call the agent did not make"
+        self._board.set(AgentState.ASLEEP, level=None)
+        log.warning("%s: holding requests (level unknown)", self._board.last_error)
 
     async def _pause(self, seconds: float) -> None:
         try:

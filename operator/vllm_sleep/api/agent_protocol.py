@@ -39,7 +39,9 @@ PARAM_WAIT: Final = "wait"  # GET /state: long-poll at most this many seconds...
 PARAM_VERSION: Final = "version"  # ...until the report's version differs from this one
 MAX_WAIT: Final = 300.0  # longer long-polls are cut to this: they only tie up a connection
 PARAM_LEVEL: Final = "level"  # POST /sleep: one of SLEEP_LEVELS
-SLEEP_LEVELS: Final = (1, 2)
+# 0: KV-only (pause, then /release_kv_cache_memory; the weights stay; vLLM ≥0.31, else 400).
+# 1: weights offloaded to host memory. 2: weights discarded, reloaded on wake.
+SLEEP_LEVELS: Final = (0, 1, 2)
 PARAM_DRAIN_TIMEOUT: Final = "drain_timeout"  # POST /sleep: seconds to wait for in-flight work
 # POST /sleep: why. REASON_IDLE (the idle timer ran out) is refused with 409 while requests are
 # in flight: the operator's view of idleness may be a long-poll old, the agent's is exact.
@@ -66,6 +68,11 @@ class StateReport(BaseModel):
     engine_alive: bool = False
     engine_version: str | None = None
     last_error: str | None = None
+    # The last measured sleep of this engine (docs/agent.md, "Residual memory"): the device
+    # memory it freed, and what stayed (its residual: CUDA context, graphs, NCCL buffers).
+    # None until measured; residual_bytes also needs the engine's footprint (--engine-memory-bytes).
+    freed_bytes: int | None = Field(default=None, ge=0)
+    residual_bytes: int | None = Field(default=None, ge=0)
 
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json")
