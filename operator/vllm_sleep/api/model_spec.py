@@ -75,9 +75,12 @@ class ModelResources(ApiModel):
 
 
 class SleepSpec(ApiModel):
-    level: Literal[1, 2] = Field(
+    level: Literal[0, 1, 2] = Field(
         default=1,
         description=(
+            "0: KV-only, needs vLLM >= 0.31: the KV cache is released and re-mapped on wake, "
+            "the weights stay on the GPU (the fastest wake, frees only the KV cache; an older "
+            "engine refuses the sleep, which the replica's status reports). "
             "1: weights to pinned host RAM, fast wake (needs weightsSize). "
             "2: weights discarded and reloaded from disk on wake (slower, no host memory)."
         ),
