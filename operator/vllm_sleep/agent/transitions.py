@@ -371,4 +371,6 @@ class Transitions:
         self._metrics.transitions.labels(kind, result).inc()
         if outcome.status >= 400:
             self._board.last_error = outcome.message
+        elif result == "ok":
+            self._board.last_error = None  # last_error is the latest transition's, if it failed
         return outcome

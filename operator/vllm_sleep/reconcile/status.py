@@ -64,6 +64,10 @@ def model_status(
         if obs.agent == AgentState.FAILED and pod.failure is not None:
             entry["message"] = pod.failure.reason
             failures.append(pod.failure.reason)
+        elif rep and rep.last_error:
+            # The agent's word on its last transition, which failed (e.g. a wake whose weight
+            # reload failed; the engine sleeps again): why the replica is not where it should be.
+            entry["message"] = rep.last_error[:1024]
         replicas.append(entry)
         if obs.last_activity:
             activity.append(obs.last_activity)

@@ -494,3 +494,12 @@ def test_no_log_file_no_measurement() -> None:
     meter = ResidualMeter(None, 1 << 30)
     meter.mark()
     assert meter.measure() is None and not meter.enabled
+
+
+async def test_last_error_is_the_latest_transitions_and_clears_on_success(rig: Rig) -> None:
+    rig.fake.then["/sleep"] = [httpx.Response(400, text="bad")]
+    rig.set(AgentState.AWAKE)
+    assert (await rig.t.sleep(1, drain_timeout=1)).status == 502
+    assert rig.board.last_error and "bad" in rig.board.last_error
+    assert (await rig.t.sleep(1, drain_timeout=1)).status == 200
+    assert rig.board.last_error is None

@@ -119,3 +119,12 @@ def test_a_placement_problem_is_the_degraded_and_scheduled_message() -> None:
 def test_scaled_to_zero_is_asleep() -> None:
     s = status_of(body(replicas=0), [], {})
     assert (s["phase"], s["awake"]) == ("Asleep", "0/0")
+
+
+def test_the_agents_last_error_says_why_a_replica_is_not_awake() -> None:
+    raw = body()
+    why = "wake: /collective_rpc: vLLM /collective_rpc: HTTP 500: reload failed"
+    s = status_of(raw, [pod(raw)], {"m-0": report(AgentState.ASLEEP, level=2, last_error=why)})
+    assert s["replicas"][0]["state"] == "Asleep" and s["replicas"][0]["message"] == why
+    assert conditions(s)["Degraded"]["status"] == "False"  # the operator retries; not failed
+    ModelDeploymentStatus.model_validate(s)
