@@ -18,6 +18,7 @@ from typing import Literal
 from .args import SIM_FLAGS, parse_argv
 from .timing import TIMING_FIELDS, Timings, default_timings
 from .units import GiB, parse_bytes, parse_token_count
+from .vllm_log import VLLMLogFile
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class SimConfig:
     weight_allocations: int = 300
     vllm_version: str | None = None  # what /version reports; None: the profile's release
     fail_sleeps: int = 0  # the first N memory-releasing sleeps trip the neighbour assertion
+    logging_config_path: str | None = None  # VLLM_LOGGING_CONFIG_PATH: file handlers (vllm_log.py)
     time_scale: float = 1.0  # multiplied with the host's scale
     default_max_tokens: int = 16
     profiling_fraction: float = 0.3  # the last 30 % of the load is vLLM's memory profiling
@@ -255,6 +257,7 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
         weight_allocations=int(allocations_raw) if allocations_raw else 300,
         vllm_version=sim("--vllm-version"),
         fail_sleeps=int(fail_sleeps_raw) if fail_sleeps_raw else 0,
+        logging_config_path=VLLMLogFile.config_path(env),
         time_scale=float(sim("--time-scale") or 1.0),
         default_max_tokens=int(sim("--default-max-tokens") or 16),
         profiling_fraction=float(sim("--profiling-fraction") or 0.3),

@@ -20,6 +20,7 @@ from .scheduler import EngineDead, Scheduler, SimRequest
 from .startup import load
 from .timing import Timings
 from .violations import Violation, ViolationKind
+from .vllm_log import VLLMLogFile
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SimEngine:
         self.reset_connector: bool | None = None  # as the last /sleep or release asked (0.34)
         self.last_sleep: dict[str, object] | None = None  # vLLM's "Sleep mode freed ..." figures
         self.log_lines: list[str] = []  # what vLLM would log that a reader may parse
+        self.log_file = VLLMLogFile.from_config(cfg.logging_config_path)  # ...and to its file
         self.sleep_gauge: str | None = "awake"  # None: awake=weights_offloaded=discard_all=0
         self.transition: str | None = None  # "startup" | "sleep" | "wake" | "reload" | ...
         self.utility_lock = asyncio.Lock()  # vLLM runs utility calls one at a time
@@ -264,6 +266,7 @@ class SimEngine:
         if self.phase not in ("dead", "failed"):
             self._exit("dead", None, "stopped")
         await self._close()
+        self.log_file.close()
 
     # --- one engine step for one request ------------------------------------------------------
     async def step(self, req: SimRequest) -> None:

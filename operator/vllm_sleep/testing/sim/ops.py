@@ -172,6 +172,7 @@ def _report_sleep(engine: SimEngine, free_before: int) -> None:
         "message": line,
     }
     engine.log_lines = [*engine.log_lines[-99:], line]
+    engine.log_file.info(line)
 
 
 async def wake_up(engine: SimEngine, tags: list[str] | None) -> bool:
