@@ -1,4 +1,4 @@
-"""The version-aware vLLM client (sleep mode's dev endpoints, per VLLM_CONTRACT.md)."""
+"""The version-aware vLLM client (sleep mode's dev endpoints, per docs/vllm.md)."""
 
 from .client import SLEEP_LEVELS, SleepMode, VLLMClient, WakeTag
 from .errors import (

@@ -1,6 +1,6 @@
-"""The version-aware vLLM client: health, sleep, wake, reload, as VLLM_CONTRACT.md prescribes.
+"""The version-aware vLLM client: health, sleep, wake, reload, as docs/vllm.md prescribes.
 
-Rules from the contract, applied to every call:
+Rules from docs/vllm.md, applied to every call:
 - `level`, `mode` and `tags` go in the query string (tags as a repeated key); no version reads a
   body on `/sleep` or `/wake_up`.
 - Response bodies of `/sleep`, `/wake_up` and `/reset_prefix_cache` are ignored: ≤0.31 answers

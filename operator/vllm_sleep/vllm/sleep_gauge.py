@@ -1,4 +1,4 @@
-"""Read the sleep level from vLLM's `vllm:engine_sleep_state` gauge (≥0.12, VLLM_CONTRACT §5).
+"""Read the sleep level from vLLM's `vllm:engine_sleep_state` gauge (≥0.12, docs/vllm.md "Metrics").
 
 `/is_sleeping` says *whether* an engine sleeps but not at which level; the gauge is the only
 place a restarted agent can recover the level from. Pure: text in, answer out.
