@@ -1,7 +1,8 @@
 """The public port's allowlist: which (method, path) pairs reach vLLM, and how. Pure.
 
 vLLM binds 127.0.0.1, so this table is the only way into it from outside the pod. Paths are
-matched exactly on the decoded, dot-segment-normalised path, and the request is forwarded to the
+matched exactly on the percent-decoded path (dot segments are not folded, so a path holding
+one matches nothing), and the request is forwarded to the
 *table's* path, never to the client's spelling: `/v1/chat%2Fcompletions` or `/v1/../sleep` can
 not smuggle anything past the table. Everything else stays unreachable: vLLM's dev routes
 (`/sleep`, `/wake_up`, `/collective_rpc`, ...), its RL and elastic-EP routes, `/load`, and 0.34's
