@@ -1,16 +1,17 @@
 """The public port's allowlist: which (method, path) pairs reach vLLM, and how. Pure.
 
 vLLM binds 127.0.0.1, so this table is the only way into it from outside the pod. Paths are
-matched exactly on the percent-decoded path (dot segments are not folded, so a path holding
-one matches nothing), and the request is forwarded to the
-*table's* path, never to the client's spelling: `/v1/chat%2Fcompletions` or `/v1/../sleep` can
-not smuggle anything past the table. Everything else stays unreachable: vLLM's dev routes
-(`/sleep`, `/wake_up`, `/collective_rpc`, ...), its RL and elastic-EP routes, `/load`, and 0.34's
-`/checkpoint/*`, which is neither dev-gated nor behind `--api-key` (docs/agent.md, "Public port").
+matched exactly on the percent-decoded path (dot segments are not folded, so a path holding one
+matches nothing), and the request is forwarded to the *table's* path, never to the client's
+spelling: `/v1/chat%2Fcompletions` or `/v1/../sleep` cannot smuggle anything past the table.
+Everything else stays unreachable: vLLM's dev routes (`/sleep`, `/wake_up`, `/collective_rpc`,
+...), its RL and elastic-EP routes, `/load`, and 0.34's `/checkpoint/*`, which is neither
+dev-gated nor behind `--api-key` (docs/agent.md, "Public port").
 
 Inference routes run on the GPU, so they are counted, and held while the engine is not awake.
-Passthrough routes are answered by vLLM's frontend without touching the GPU (docs/vllm.md, "Requests while asleep":
-`/health`, `/v1/models`, `/metrics`, `/tokenize` answer while asleep), so they always go through.
+Passthrough routes are answered by vLLM's frontend without touching the GPU (docs/vllm.md,
+"Requests while asleep": `/health`, `/v1/models`, `/metrics`, `/tokenize` answer while asleep),
+so they always go through.
 """
 
 from __future__ import annotations
