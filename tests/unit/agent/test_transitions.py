@@ -503,3 +503,18 @@ async def test_last_error_is_the_latest_transitions_and_clears_on_success(rig: R
     assert rig.board.last_error and "bad" in rig.board.last_error
     assert (await rig.t.sleep(1, drain_timeout=1)).status == 200
     assert rig.board.last_error is None
+
+
+async def test_a_level_0_wake_that_erred_but_woke_pauses_and_releases_again(rig: Rig) -> None:
+    rig.fake.sleeping = True
+    rig.set(AgentState.ASLEEP, level=0)
+    rig.fake.then["/wake_up"] = [httpx.Response(504, text="gateway timeout")]
+    rig.fake.sleeping = False  # vLLM finished the remap after the client gave up
+    out = await rig.t.wake()
+    assert out.status == 502 and out.vllm_status == 504
+    assert rig.fake.log[-3:] == [
+        "/sleep?level=0&mode=wait",
+        "/release_kv_cache_memory",
+        "/is_sleeping",
+    ]
+    assert (rig.board.state, rig.board.level, rig.gate.mode) == (AgentState.ASLEEP, 0, Mode.HOLD)
