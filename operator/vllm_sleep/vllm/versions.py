@@ -89,18 +89,6 @@ class Features:
         return self.version is not None and self.version.at_least(0, 12)
 
     @property
-    def aborting_sleep_races_kernels(self) -> bool:
-        """`/sleep?mode=abort` with requests running can kill the engine core (0.17-0.27: the
-        unmap races the aborted requests' kernels, vllm#45520; the worker's device sync came in
-        0.28, the engine core's in 0.29). Drain first (`level=0&mode=wait`, bounded).
-
-        Unknown version: yes, since draining first is safe on every version that has `mode`.
-        """
-        if self.version is None:
-            return True
-        return self.version.at_least(0, 17) and not self.version.at_least(0, 28)
-
-    @property
     def release_kv_cache_memory(self) -> bool:
         """`POST /release_kv_cache_memory` exists (0.31): the KV-only sleep tier (pause, release
         the KV cache, and a wake that re-maps only the KV cache while the weights stay). The

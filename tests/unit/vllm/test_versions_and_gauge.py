@@ -49,14 +49,6 @@ def test_features_of_0_34_and_the_kv_only_tier(
     assert f.default_gpu_memory_utilization == default_util
 
 
-@pytest.mark.parametrize(
-    ("version", "races"),
-    [("0.16.0", False), ("0.17.0", True), ("0.27.9", True), ("0.28.0", False), ("0.34.0", False)],
-)
-def test_aborting_sleep_races_kernels_on_0_17_to_0_27(version: str, races: bool) -> None:
-    assert Features(VLLMVersion.parse(version)).aborting_sleep_races_kernels is races
-
-
 def test_unknown_version_gets_the_safe_answers() -> None:
     unknown = Features(None)
     assert not unknown.sleep_mode_param  # never send what old versions might mis-handle
@@ -66,7 +58,8 @@ def test_unknown_version_gets_the_safe_answers() -> None:
     assert unknown.level2_discards_draft  # never lose a draft model unprotected
     assert not unknown.checkpoint_routes and not unknown.release_kv_cache_memory
     assert unknown.default_gpu_memory_utilization is None
-    assert unknown.aborting_sleep_races_kernels  # drain first: safe everywhere
+    # No engine drain: it is a level-0 sleep, which ≤0.16 reads as "discard everything".
+    assert not unknown.sleep_races_running_kernels
 
 
 def _gauge(engine: str, **states: int) -> str:
