@@ -92,7 +92,9 @@ class ModelController:
         if pool is not None:
             # From here to the plan's end nothing awaits: the pool's gate, the device turns it
             # takes and the plan are one step no other member can interleave with.
-            keeper = pool.gatekeeper(self.namespace, model, observed.reports, observed.now)
+            keeper = pool.gatekeeper(
+                self.namespace, model, observed.reports, observed.now, observed.demand_at
+            )
             observed = replace(observed, gatekeeper=keeper)
         the_plan = plan(observed)
         await self.apply(the_plan, model)

@@ -119,7 +119,12 @@ class PoolActor:
         self._schedule_status()
 
     def gatekeeper(
-        self, ns: str, model: ModelDeployment, reports: Mapping[str, StateReport], now: float
+        self,
+        ns: str,
+        model: ModelDeployment,
+        reports: Mapping[str, StateReport],
+        now: float,
+        demand_at: float | None = None,
     ) -> Callable[[PoolRequest], Gate]:
         """The gate of one pass of `model` (synchronous: publish, derive, take turns)."""
         name = model.metadata.name
@@ -130,7 +135,9 @@ class PoolActor:
         def keeper(request: PoolRequest) -> Gate:
             self._forget_started(ns, request)
             starting = {r: d for r, (d, _) in self.starting.items()}
-            engines = model_engines(model, request, reports, spec.device_memory.bytes(), starting)
+            engines = model_engines(
+                model, request, reports, spec.device_memory.bytes(), starting, demand_at, now
+            )
             wants = frozenset(
                 replica_key(ns, a.pod) for a in request.actions if isinstance(a, Wake)
             )

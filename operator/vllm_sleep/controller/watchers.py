@@ -33,6 +33,16 @@ class AgentWatchers:
         return report if pod.ip and ip == pod.ip else UNREACHABLE
 
     def set_report(self, pod: str, ip: str, report: StateReport) -> None:
+        """A transition's answer; never over a newer report the long-poll already brought
+        (held requests released by a wake finish before the wake's caller reads its answer)."""
+        known_ip, known = self._reports.get(pod, ("", UNREACHABLE))
+        if (
+            known_ip == ip
+            and known.version is not None
+            and report.version is not None
+            and known.version > report.version
+        ):
+            return
         self._reports[pod] = (ip, report)
 
     def sync(self, wanted: Mapping[str, str], token: str) -> None:

@@ -167,7 +167,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         g = observed.gatekeeper(
             PoolRequest(
                 live=[*live, *leaving],
-                observations={o.pod: o for o in observations}
+                observations={o.pod: _running(o, observed.transitions) for o in observations}
                 | {p.name: observe_replica(p, UNREACHABLE_REPORT) for p in leaving},
                 indexes=_indexes(observed, live, going),
                 actions=runnable,
@@ -200,6 +200,15 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         status=model_status(model, live, observations, observed.reports, now, facts),
         next_check_in=decision.next_check_in,
     )
+
+
+def _running(obs: ReplicaObservation, running: Mapping[str, Transition]) -> ReplicaObservation:
+    """A replica whose sleep or wake this operator still runs (routing, memory) is mid
+    transition for its pool, whatever its agent already reports: its device is not settled."""
+    kind = running.get(obs.pod)
+    if kind is None:
+        return obs
+    return replace(obs, agent=AgentState.WAKING if kind is Transition.WAKE else AgentState.SLEEPING)
 
 
 def _indexes(observed: Observed, live: Sequence[ObservedPod], going: set[str]) -> dict[int, str]:

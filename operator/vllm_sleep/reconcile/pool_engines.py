@@ -31,6 +31,9 @@ _STATES: Mapping[AgentState, EngineState] = {
 }
 
 
+DEMAND_FRESH = 3.0  # seconds: the gateway renews a model's demand every second while it holds
+
+
 def model_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
@@ -55,9 +58,15 @@ def model_engines(
     reports: Mapping[str, StateReport],
     device_memory: int,
     starting: Mapping[str, str] | None = None,
+    demand_at: float | None = None,
+    now: float = 0.0,
 ) -> tuple[Engine, ...]:
     """Every replica of the model: its pods (by observation) and the replicas without a pod
-    (pending, or starting on the device they were just seated on)."""
+    (pending, or starting on the device they were just seated on).
+
+    Requests a gateway holds for the model are not at any agent yet: while its demand Lease
+    was renewed after a replica's wake (within DEMAND_FRESH), that awake replica counts one
+    request held, so it is not evicted before the requests that woke it arrive."""
     pods, observations = request.live, request.observations
     ns, name = model.metadata.namespace or "", model.metadata.name
     spec = model.spec
@@ -88,6 +97,14 @@ def model_engines(
         if woken_at is None and state == EngineState.AWAKE:
             woken_at = report.since
         residual = getattr(report, "residual_bytes", None)
+        held = obs.held
+        if (
+            state == EngineState.AWAKE
+            and demand_at is not None
+            and demand_at >= (woken_at or 0.0)
+            and now - demand_at < DEMAND_FRESH
+        ):
+            held = max(held, 1)
         out.append(
             replace(
                 base,
@@ -98,7 +115,7 @@ def model_engines(
                 woken_at=woken_at,
                 last_activity=report.last_activity,
                 inflight=obs.inflight,
-                held=obs.held,
+                held=held,
                 residual=residual if isinstance(residual, int) and residual >= 0 else None,
             )
         )

@@ -94,7 +94,9 @@ def pool_plans(view: PoolView, now: float) -> tuple[list[Plan], list[Refusal]]:
     engines = pool.engine_by_replica
     plans = sorted(
         (p for p in options if isinstance(p, Plan) and p.steps),
-        key=lambda p: (-engines[p.replica].priority, len(p.steps), p.replica),
+        # Highest priority first, then the replica that has waited longest since it was last
+        # awake, so equal neighbours take turns instead of the first name winning every time.
+        key=lambda p: (-engines[p.replica].priority, engines[p.replica].woken_at or 0.0, p.replica),
     )
     out: list[Plan] = []
     used: set[str] = set()
@@ -162,8 +164,7 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
             pod = pods.get(replica)
             if pod is None or not pod.ip or pod.deleting:
                 continue
-            if pod.routed:
-                out.append(Route(pod.name, False))
+            out.append(Route(pod.name, False))  # out of routing first, even if not seen in
             victim, _, target = first.reason.rpartition(", to ")
             out.append(SleepAction(pod.name, first.level, f"evicted: {first.reason}"))
             evictions.append(f"evicted {replica} ({victim}) to {target}")
@@ -181,20 +182,20 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
     for i, a in enumerate(actions):
         replica = f"{namespace}/{a.pod}"
         device = _device(pool, replica)
+        if a.pod in evicted:
+            continue  # the eviction replaces whatever its lifecycle wanted this pass
         if isinstance(a, Route):
             nxt = actions[i + 1] if i + 1 < len(actions) else None
             if (
                 not a.routed
                 and isinstance(nxt, SleepAction)
                 and nxt.pod == a.pod
-                and (nxt.pod in evicted or not sleep_ok(nxt, device, replica))
+                and not sleep_ok(nxt, device, replica)
             ):
                 continue  # the sleep it prepares waits: stay routed meanwhile
             if a not in out:
                 out.append(a)
         elif isinstance(a, SleepAction):
-            if a.pod in evicted:
-                continue
             if sleep_ok(a, device, replica):
                 out.append(a)
                 if device is not None:

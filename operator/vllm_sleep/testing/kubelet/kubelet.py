@@ -20,10 +20,11 @@ from aiohttp import web
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ...api.names import ANNOTATION_DEVICE
 from ..sim import EngineHost
 from .hostmem import engine_owners, node_report, quantity_bytes
 from .ips import IPPool, address_free
-from .nodes import GPU_RESOURCE, NodeRegistrar, NodeSpec
+from .nodes import GPU_RESOURCE, GPU_SHARED_RESOURCE, NodeRegistrar, NodeSpec
 from .pods import PodWorker
 
 log = logging.getLogger(__name__)
@@ -178,17 +179,22 @@ class SimKubelet:
         for name in await self._claim_devices(pod):
             return self.host.device(f"{node.name}/{name}", total_bytes=node.gpu_memory_bytes)
         wants_gpu = any(
-            GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {})
+            r in ((c.get("resources") or {}).get("limits") or {})
             for c in pod["spec"].get("containers") or []
+            for r in (GPU_RESOURCE, GPU_SHARED_RESOURCE)
         )
         if not wants_gpu:
             return None
-        # Device plugin without DRA: pick the device with the fewest pods on it (time slicing).
+        # Device plugin without DRA: pick the device with the fewest pods on it (time slicing),
+        # unless the operator's pool scheduler seated the pod on one (its device annotation).
         counts = {d: 0 for d in node.device_names()}
         for w in self.workers.values():
             if w.pod["spec"].get("nodeName") == node.name and w.device_name in counts:
                 counts[w.device_name] += 1
+        seat = ((pod["metadata"].get("annotations") or {}).get(ANNOTATION_DEVICE) or "").split("/")
         choice = min(counts, key=lambda d: counts[d])
+        if len(seat) == 2 and seat[0] == node.name and seat[1] in counts:
+            choice = seat[1]
         worker = self.workers.get(pod["metadata"]["uid"])
         if worker:
             worker.device_name = choice

@@ -19,6 +19,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 DRIVER = "gpu.sim.vllm-sleep.io"
 DEVICE_CLASS = "sim-gpu.vllm-sleep.io"
 GPU_RESOURCE = "nvidia.com/gpu"
+# NVIDIA's device plugin with time-slicing (renameByDefault): each GPU advertised this many times.
+GPU_SHARED_RESOURCE = "nvidia.com/gpu.shared"
+TIME_SLICES = 4
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 KUBELET_VERSION = "v1.36.3"
 
@@ -46,6 +49,7 @@ def node_manifest(spec: NodeSpec) -> dict[str, object]:
         "memory": spec.memory,
         "pods": str(spec.pods),
         GPU_RESOURCE: str(spec.gpus),
+        GPU_SHARED_RESOURCE: str(spec.gpus * TIME_SLICES),
     }
     ts = now()
     return {

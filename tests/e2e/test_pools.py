@@ -1,0 +1,234 @@
+"""GPU pools on the local control plane (issue 11): models share one simulated GPU and a request
+for a sleeping model swaps it in. The simulator runs vLLM's `legacy` profile, so a request that
+reached a sleeping engine would kill it; every test ends asserting zero contract violations (no
+OOM at start-up or wake, no overlapping transitions on a device, no request to a sleeper).
+
+The local cluster has nodes of two 80 GiB GPUs. To put several models on *one* GPU, each test
+pins the node's first GPU with an AlwaysAwake model of 0.8 (never evicted): the others then fit
+only on the second GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from conftest import Kube
+
+from .conftest import Proc
+from .helpers import (
+    apply,
+    chat,
+    events,
+    get_model,
+    model_manifest,
+    model_pods,
+    wait_for,
+    wait_phase,
+)
+
+DEVICE = "vllm-sleep.io/device"
+REQUESTS = int(os.environ.get("VLLM_SLEEP_POOL_REQUESTS", "200"))
+
+
+def violations(kubelet_admin: httpx.Client, namespace: str) -> list[dict[str, object]]:
+    data = kubelet_admin.get("/violations", params={"namespace": namespace}).json()
+    return list(data["violations"])
+
+
+@pytest.fixture
+def pools(kube: Kube) -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    for name in made:
+        kube.kubectl("delete", "gpupool", name, "--ignore-not-found", "--wait=false", check=False)
+
+
+def make_pool(
+    kube: Kube, made: list[str], namespace: str, node: str, sharing: str, **spec: Any
+) -> str:
+    name = f"{namespace[-20:]}-{sharing.lower()}"[-60:].strip("-")
+    body: dict[str, Any] = {
+        "sharing": sharing,
+        "deviceMemory": "80Gi",
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        **spec,
+    }
+    if sharing == "DRA":
+        body["deviceClassName"] = "sim-gpu.vllm-sleep.io"
+    else:
+        body["deviceResourceName"] = "nvidia.com/gpu.shared"
+    if sharing == "Exclusive":
+        body["slotsPerDevice"] = 1
+    apply(
+        kube,
+        {
+            "apiVersion": "vllm-sleep.io/v1alpha1",
+            "kind": "GPUPool",
+            "metadata": {"name": name},
+            "spec": body,
+        },
+    )
+    made.append(name)
+    return name
+
+
+def pooled(name: str, namespace: str, pool: str, util: float, **spec: Any) -> dict[str, Any]:
+    return model_manifest(
+        name,
+        namespace,
+        resources={"gpuMemoryUtilization": util, "weightsSize": "2Gi"},
+        placement={"pool": pool, **spec.pop("placement", {})},
+        **spec,
+    )
+
+
+def device_of(kube: Kube, namespace: str, name: str) -> str:
+    def seated() -> str | None:
+        pods = model_pods(kube, namespace, name)
+        return pods[0].metadata.annotations.get(DEVICE) if pods else None
+
+    return wait_for(seated, 120, what=f"{name} seated on a device")
+
+
+def block_first_gpu(kube: Kube, namespace: str, pool: str) -> str:
+    apply(kube, pooled("blocker", namespace, pool, 0.8, sleep={"policy": "AlwaysAwake"}))
+    wait_phase(kube, namespace, "blocker", "Awake", timeout=120)
+    return device_of(kube, namespace, "blocker")
+
+
+def remove_models(kube: Kube, namespace: str) -> None:
+    """Free the devices for the next test (namespace deletion runs in the background)."""
+    kube.kubectl("delete", "mdep", "--all", "-n", namespace, "--wait=false")
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube.api_client)
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, 120, what="model pods gone")
+
+
+async def traffic(gateway: str, models: list[str], n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    codes: list[int] = []
+    sem = asyncio.Semaphore(8)
+    async with httpx.AsyncClient(timeout=180) as client:
+
+        async def one(i: int) -> None:
+            async with sem:
+                r = await client.post(
+                    f"{gateway}/v1/chat/completions",
+                    json=chat(rng.choice(models), f"req {i}", max_tokens=2),
+                )
+                codes.append(r.status_code)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return codes
+
+
+def reasons(kube: Kube, namespace: str, name: str) -> list[str]:
+    return [e.reason for e in events(kube, namespace, name)]
+
+
+@pytest.mark.parametrize("sharing", ["DRA", "TimeSlicing"])
+def test_four_models_on_one_gpu_swap_under_random_traffic(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],
+    sharing: str,
+) -> None:
+    pool = make_pool(kube, pools, namespace, "gpu-node-0", sharing)
+    blocked = block_first_gpu(kube, namespace, pool)
+    names = [f"m{i}" for i in range(4)]
+    for name in names:
+        apply(kube, pooled(name, namespace, pool, 0.8, sleep={"idleTimeout": "1h"}))
+    for name in names:
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)  # each pre-warmed in turn
+    seats = {device_of(kube, namespace, n) for n in names}
+    assert len(seats) == 1 and blocked not in seats, seats
+
+    n = REQUESTS if sharing == "DRA" else max(40, REQUESTS // 5)
+    codes = asyncio.run(traffic(gateway, names, n, seed=11))
+    assert codes.count(200) == n, {c: codes.count(c) for c in set(codes)}
+    assert violations(kubelet_admin, namespace) == []
+    evicted = [e for name in names for e in events(kube, namespace, name) if e.reason == "Evicted"]
+    assert evicted and "to wake" in evicted[0].message
+    pool_status = kube.kubectl("get", "gpupool", pool, "-o", "yaml").stdout
+    states = yaml.safe_load(pool_status)["status"]["deviceStates"]
+    mine = next(d for d in states if d["device"] in seats)
+    assert len(mine["models"]) == 4 and len(mine["awake"]) <= 1
+    assert mine["committedBytes"] <= 80 * 2**30
+    remove_models(kube, namespace)
+
+
+def test_a_third_model_evicts_the_lowest_priority_of_two_awake(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],
+) -> None:
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    block_first_gpu(kube, namespace, pool)
+    for name, prio in (("low", 0), ("high", 5), ("third", 5)):
+        apply(
+            kube,
+            pooled(
+                name,
+                namespace,
+                pool,
+                0.4,
+                placement={"priority": prio},
+                sleep={"idleTimeout": "1h"},
+            ),
+        )
+    for name in ("low", "high", "third"):
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)
+    for name in ("low", "high"):
+        r = httpx.post(f"{gateway}/v1/chat/completions", json=chat(name), timeout=120)
+        assert r.status_code == 200, r.text
+    wait_phase(kube, namespace, "low", "Awake", timeout=30)
+    wait_phase(kube, namespace, "high", "Awake", timeout=30)  # both fit together
+    r = httpx.post(f"{gateway}/v1/chat/completions", json=chat("third"), timeout=120)
+    assert r.status_code == 200, r.text
+    wait_phase(kube, namespace, "low", "Asleep", timeout=30)
+    assert get_model(kube, namespace, "high")["status"]["phase"] == "Awake"
+    msg = next(e.message for e in events(kube, namespace, "low") if e.reason == "Evicted")
+    assert "priority 0" in msg and "to wake" in msg and "third-0" in msg
+    assert "Evicted" not in reasons(kube, namespace, "high")
+    assert violations(kubelet_admin, namespace) == []
+    remove_models(kube, namespace)
+
+
+def test_a_model_larger_than_the_device_is_refused_and_nothing_is_evicted(
+    kube: Kube, namespace: str, operator: Proc, pools: list[str]
+) -> None:
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    apply(kube, pooled("small", namespace, pool, 0.4, sleep={"policy": "AlwaysAwake"}))
+    wait_phase(kube, namespace, "small", "Awake", timeout=120)
+    big = pooled("big", namespace, pool, 0.4)
+    big["spec"]["resources"] = {"kvCacheSize": "90Gi", "weightsSize": "2Gi"}
+    apply(kube, big)
+
+    def refused() -> dict[str, Any] | None:
+        conds = (get_model(kube, namespace, "big").get("status") or {}).get("conditions") or []
+        degraded = next((c for c in conds if c["type"] == "Degraded"), None)
+        return degraded if degraded and degraded["status"] == "True" else None
+
+    cond = wait_for(refused, 60, what="big refused")
+    assert "92.0 GiB" in cond["message"] and "80.0 GiB" in cond["message"]
+    assert "CannotPlace" in reasons(kube, namespace, "big")
+    assert model_pods(kube, namespace, "big") == []
+    assert get_model(kube, namespace, "small")["status"]["phase"] == "Awake"
+    assert "Evicted" not in reasons(kube, namespace, "small")
+    remove_models(kube, namespace)
