@@ -21,6 +21,7 @@ from .residual import ResidualMeter
 from .state import StateBoard
 from .supervisor import Supervisor
 from .transitions import Transitions
+from .vllm_logging import write_logging_config
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class Agent:
     async def start(self) -> None:
         """Bind both ports and start watching the engine; returns once listening."""
         cfg = self.config
+        if cfg.vllm_logging_config is not None and cfg.vllm_log_file is not None:
+            # Before listening: vLLM starts once this sidecar's startup probe passes, and
+            # refuses to start without the file its VLLM_LOGGING_CONFIG_PATH names.
+            write_logging_config(cfg.vllm_logging_config, cfg.vllm_log_file)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             # Pass bytes through untouched: no decompression, no invented headers.

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..api.names import CONTROL_PORT, ENV_CONTROL_TOKEN, PUBLIC_PORT, VLLM_PORT
 
@@ -51,6 +59,9 @@ class AgentConfig(BaseModel):
     # vLLM container, and the engine's awake device memory (its share), both optional.
     vllm_log_file: Path | None = None
     engine_memory_bytes: int | None = Field(None, gt=0)
+    # Where to write vLLM's logging configuration (VLLM_LOGGING_CONFIG_PATH) at start, so that
+    # vLLM logs into vllm_log_file too (agent/vllm_logging.py).
+    vllm_logging_config: Path | None = None
 
     @field_validator("upstream")
     @classmethod
@@ -68,6 +79,12 @@ class AgentConfig(BaseModel):
         if not v.get_secret_value().strip():
             raise ValueError("the control token is empty")
         return v
+
+    @model_validator(mode="after")
+    def _config_names_a_log_file(self) -> AgentConfig:
+        if self.vllm_logging_config is not None and self.vllm_log_file is None:
+            raise ValueError("--vllm-logging-config needs --vllm-log-file (the file it names)")
+        return self
 
     @classmethod
     def from_cli(cls, argv: list[str], env: Mapping[str, str]) -> AgentConfig:
@@ -129,4 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vllm-log-file", help="vLLM's log file, for its sleep report (none)")
     p.add_argument("--engine-memory-bytes", type=int, help="the engine's awake share (none)")
+    p.add_argument(
+        "--vllm-logging-config",
+        help="write vLLM's logging config here at start, logging to --vllm-log-file (none)",
+    )
     return p

@@ -72,6 +72,9 @@ COMPONENT_DEMAND_LEASE: Final = "demand-lease"
 # Environment of the vLLM container that the operator owns (users may not set them).
 ENV_VLLM_DEV_MODE: Final = "VLLM_SERVER_DEV_MODE"  # enables /sleep, /wake_up, /is_sleeping
 ENV_SIM_WEIGHTS_BYTES: Final = "VLLM_SIM_WEIGHTS_BYTES"  # simulator only; real vLLM ignores it
+# vLLM's logging dictConfig, written by the agent (docs/agent.md "Residual memory"). Not
+# reserved: a user's own value replaces it, and the residual is then not measured.
+ENV_VLLM_LOGGING_CONFIG: Final = "VLLM_LOGGING_CONFIG_PATH"
 
 SHORT_NAME_MODEL_DEPLOYMENT: Final = "mdep"
 SHORT_NAME_GPU_POOL: Final = "gpool"

@@ -12,6 +12,25 @@ VLLM_HOST = "127.0.0.1"  # unreachable from outside the pod: the dev endpoints s
 HEALTH_PATH = "/health"  # the agent's public /health reflects vLLM's (200 while asleep)
 AGENT_HEALTH_PATH = "/healthz"  # the agent process itself, on the control port
 
+# The volume vLLM and the agent share for vLLM's log, mounted at the same path in both (the
+# logging configuration names the file by its path). The agent writes the configuration there
+# before vLLM starts and reads the sleep report from the log (docs/agent.md, "Residual
+# memory"). Each of vLLM's processes rotates its own handler at 1 MiB: a TP8 engine has ten.
+LOG_VOLUME = "vllm-log"
+LOG_DIR = "/var/run/vllm-sleep"
+LOGGING_CONFIG_FILE = f"{LOG_DIR}/logging.json"
+LOG_FILE = f"{LOG_DIR}/vllm.log"
+LOG_VOLUME_SIZE = "32Mi"
+
+
+def log_volume() -> dict[str, Any]:
+    # In memory: never disk pressure for a few MiB; counted in the writer's memory.
+    return {"name": LOG_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": LOG_VOLUME_SIZE}}
+
+
+def _log_mount() -> dict[str, Any]:
+    return {"name": LOG_VOLUME, "mountPath": LOG_DIR}
+
 
 def _http_probe(
     path: str, port: int | str, period: int, failures: int, timeout: int
@@ -65,7 +84,10 @@ def vllm_container(
         # Read only by the simulator (a real vLLM ignores it), so the same ModelDeployment
         # behaves like the real model's size on the project image.
         env.append({"name": names.ENV_SIM_WEIGHTS_BYTES, "value": str(res.weights_size.bytes())})
-    env += [e.to_wire() for e in spec.env]
+    user_env = [e.to_wire() for e in spec.env]
+    if not any(e["name"] == names.ENV_VLLM_LOGGING_CONFIG for e in user_env):
+        env.append({"name": names.ENV_VLLM_LOGGING_CONFIG, "value": LOGGING_CONFIG_FILE})
+    env += user_env
     requests: dict[str, str] = {}
     limits: dict[str, str] = dict(gpu_limits)
     if res.cpu is not None:
@@ -88,6 +110,7 @@ def vllm_container(
         "args": [*args, *spec.args],
         "env": env,
         "resources": resources,
+        "volumeMounts": [_log_mount()],
         # Probes dial the pod IP, where vLLM does not listen: they go through the agent's public
         # port. They sit on this container, not the agent's: a sidecar's startup probe must pass
         # before the main containers start, and vLLM's health cannot pass before vLLM runs.
@@ -103,9 +126,19 @@ def vllm_container(
     return container
 
 
-def agent_container(owner: Owner, spec: ModelDeploymentSpec, agent_image: str) -> dict[str, Any]:
-    """The agent as a native sidecar: starts before vLLM, runs for the pod's whole life."""
+def agent_container(
+    owner: Owner, spec: ModelDeploymentSpec, agent_image: str, engine_memory: int | None = None
+) -> dict[str, Any]:
+    """The agent as a native sidecar: starts before vLLM, runs for the pod's whole life.
+
+    `engine_memory`: the engine's awake device bytes (its share), known when the model is in a
+    GPUPool; the agent then turns what a sleep freed into the engine's residual. Without it
+    only the freed bytes are reported.
+    """
     wake = spec.wake
+    residual = ["--vllm-logging-config", LOGGING_CONFIG_FILE, "--vllm-log-file", LOG_FILE]
+    if engine_memory is not None:
+        residual += ["--engine-memory-bytes", str(engine_memory)]
     return {
         "name": names.CONTAINER_AGENT,
         "image": spec.agent_image or agent_image,
@@ -124,6 +157,7 @@ def agent_container(owner: Owner, spec: ModelDeploymentSpec, agent_image: str) -
             f"{wake.timeout.total_seconds():g}",
             "--max-held",
             str(wake.max_queued),
+            *residual,
         ],
         "ports": [
             {"name": "http", "containerPort": names.PUBLIC_PORT, "protocol": "TCP"},
@@ -144,6 +178,7 @@ def agent_container(owner: Owner, spec: ModelDeploymentSpec, agent_image: str) -
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "1Gi"},
         },
+        "volumeMounts": [_log_mount()],
         "startupProbe": _http_probe(AGENT_HEALTH_PATH, "control", 1, 30, 2),
         "livenessProbe": _http_probe(AGENT_HEALTH_PATH, "control", 10, 3, 5),
         "securityContext": {

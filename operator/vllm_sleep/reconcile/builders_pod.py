@@ -15,8 +15,9 @@ from typing import Any
 from ..api import names
 from ..api.gpu_pool import GPUPoolSpec, Sharing
 from ..api.model_deployment import ModelDeploymentSpec
-from .builders_containers import agent_container, vllm_container
+from .builders_containers import agent_container, log_volume, vllm_container
 from .builders_owner import Owner, child_labels, owner_reference
+from .pool_engines import share_bytes
 
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -66,8 +67,9 @@ def model_pod(
     if gpu.claim:
         vllm["resources"]["claims"] = [{"name": GPU_CLAIM_NAME}]
     pod_spec: dict[str, Any] = {
-        "initContainers": [agent_container(owner, spec, agent_image)],
+        "initContainers": [agent_container(owner, spec, agent_image, _engine_memory(spec, gpu))],
         "containers": [vllm],
+        "volumes": [log_volume()],
         "readinessGates": [{"conditionType": names.CONDITION_AWAKE}],
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -122,6 +124,14 @@ def _memory(spec: ModelDeploymentSpec) -> tuple[str | None, str | None]:
         total = res.memory + offload if offload is not None else res.memory
         return str(total), str(total)
     return (str(offload), None) if offload is not None else (None, None)
+
+
+def _engine_memory(spec: ModelDeploymentSpec, gpu: GpuAttachment) -> int | None:
+    """The engine's awake device bytes, as the pool scheduler counts them (one device per
+    pooled replica); unknown without a pool, which says how large its devices are."""
+    if gpu.pool is None:
+        return None
+    return share_bytes(spec, gpu.pool.device_memory.bytes())
 
 
 def _gpu_limits(spec: ModelDeploymentSpec, gpu: GpuAttachment) -> dict[str, str]:

@@ -236,3 +236,68 @@ def test_names_follow_names_py() -> None:
     )
     with pytest.raises(ValueError):
         builders.control_token_secret(OWNER, "")
+
+
+def _agent(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["spec"]["initContainers"] if c["name"] == names.CONTAINER_AGENT)
+
+
+def _mounts(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
+    """mountPath -> emptyDir volume name, for the container's emptyDir mounts."""
+    empty = {v["name"] for v in pod["spec"]["volumes"] if "emptyDir" in v}
+    return {
+        m["mountPath"]: m["name"] for m in container.get("volumeMounts", []) if m["name"] in empty
+    }
+
+
+def _under(path: str, mounts: dict[str, str]) -> str | None:
+    return next((v for d, v in mounts.items() if path.startswith(d.rstrip("/") + "/")), None)
+
+
+def test_vllm_logs_into_a_volume_the_agent_reads() -> None:
+    pod = builders.model_pod(OWNER, spec(), 0, agent_image=AGENT)
+    vllm, agent = _vllm(pod), _agent(pod)
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    config = env[names.ENV_VLLM_LOGGING_CONFIG]
+    assert config is not None
+    # The agent writes the file vLLM reads, and reads the file that configuration names: the
+    # same volume at the same path in both containers (the configuration holds the path).
+    assert _flag(agent["args"], "--vllm-logging-config") == config
+    log_file = _flag(agent["args"], "--vllm-log-file")
+    assert log_file is not None
+    vllm_mounts, agent_mounts = _mounts(vllm, pod), _mounts(agent, pod)
+    assert _under(config, vllm_mounts) == _under(config, agent_mounts) is not None
+    assert _under(log_file, vllm_mounts) == _under(log_file, agent_mounts) is not None
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == _under(config, vllm_mounts))
+    assert volume["emptyDir"]["sizeLimit"]  # bounded: the pod is evicted past it
+    # A sidecar: it starts, and writes the configuration, before vLLM starts.
+    assert agent["restartPolicy"] == "Always"
+
+
+def test_a_users_own_logging_config_replaces_the_operators() -> None:
+    own = {"name": names.ENV_VLLM_LOGGING_CONFIG, "value": "/etc/vllm/log.json"}
+    env = _vllm(builders.model_pod(OWNER, spec(env=[own]), 0, agent_image=AGENT))["env"]
+    assert [e for e in env if e["name"] == names.ENV_VLLM_LOGGING_CONFIG] == [own]
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ({"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi"}, int(0.45 * 80 * 2**30)),
+        ({"gpuMemoryUtilization": 0.45, "weightsSize": "16Gi", "kvCacheSize": "20Gi"}, 36 * 2**30),
+    ],
+)
+def test_the_agent_knows_the_engines_share_in_a_pool(
+    resources: dict[str, Any], expected: int
+) -> None:
+    pool = GPUPoolSpec.model_validate({**POOL, "sharing": "TimeSlicing"})
+    pod = builders.model_pod(
+        OWNER, spec(resources=resources), 0, agent_image=AGENT, gpu=GpuAttachment(pool)
+    )
+    assert _flag(_agent(pod)["args"], "--engine-memory-bytes") == str(expected)
+
+
+def test_without_a_pool_the_engines_share_is_unknown() -> None:
+    pod = builders.model_pod(OWNER, spec(), 0, agent_image=AGENT)
+    assert "--engine-memory-bytes" not in _agent(pod)["args"]
+    assert "--vllm-log-file" in _agent(pod)["args"]  # freed bytes are still reported
