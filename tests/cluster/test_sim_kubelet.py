@@ -273,3 +273,61 @@ def test_node_host_memory_counts_pinned_backups(kube: Kube, namespace: str) -> N
     assert pinned() == 2 * 2**30  # kept while awake
     core.delete_namespaced_pod("pinned", namespace, grace_period_seconds=0)
     wait_for(lambda: pinned() == 0 or None, what="backup released with the pod")
+
+
+def test_an_operator_built_pod_reports_its_engines_residual_after_its_first_sleep(
+    kube: Kube, namespace: str
+) -> None:
+    """The pod the operator builds for a pooled model: the agent writes vLLM's logging config
+    into the shared emptyDir, vLLM logs its sleep report there, and the agent turns it into
+    the engine's own residual (docs/agent.md, "Residual memory")."""
+    from vllm_sleep.api import GPUPoolSpec, ModelDeploymentSpec
+    from vllm_sleep.reconcile.builders import (
+        GpuAttachment,
+        Owner,
+        control_token_secret,
+        model_pod,
+    )
+
+    core = client.CoreV1Api(kube.api_client)
+    node = next(n for n in core.list_node().items if "nvidia.com/gpu.memory" in n.metadata.labels)
+    device_mib = int(node.metadata.labels["nvidia.com/gpu.memory"])
+    owner = Owner(name="resid", namespace=namespace, uid="no-owner")
+    residual = 3 * 2**30  # the simulated engine's own, unlike the pool's assumed 2Gi
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "image": "vllm/vllm-openai:v0.34.0",
+            "resources": {"gpuMemoryUtilization": 0.3, "weightsSize": "2Gi"},
+            "env": [{"name": "VLLM_SIM_RESIDUAL_BYTES", "value": str(residual)}],
+            "tolerations": TOLERATE_GPU,
+        }
+    )
+    pool = GPUPoolSpec.model_validate({"deviceMemory": f"{device_mib}Mi", "sharing": "TimeSlicing"})
+    token = "resid-t0ken"
+    secret = control_token_secret(owner, token)
+    pod = model_pod(owner, spec, 0, agent_image="agent:test", gpu=GpuAttachment(pool))
+    for obj in (secret, pod):
+        del obj["metadata"]["ownerReferences"]  # no ModelDeployment: the GC would delete them
+    core.create_namespaced_secret(namespace, secret)
+    core.create_namespaced_pod(namespace, pod)
+    ip = wait_for(
+        lambda: core.read_namespaced_pod("resid-0", namespace).status.pod_ip, what="a pod IP"
+    )
+    control = f"http://{ip}:8002"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def state() -> dict:
+        try:
+            return httpx.get(f"{control}/state", headers=auth, timeout=5).json()
+        except httpx.HTTPError:
+            return {}
+
+    wait_for(lambda: state().get("state") == "awake", timeout=120, what="engine awake")
+    assert state()["residual_bytes"] is None  # nothing measured before a sleep
+    r = httpx.post(f"{control}/sleep", params={"level": 1}, headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    report = wait_for(lambda: (s := state()).get("state") == "asleep" and s, what="asleep")
+    share = int(0.3 * device_mib * 2**20)
+    assert abs(report["residual_bytes"] - residual) <= 6 << 20  # two decimals of GiB
+    assert abs(report["freed_bytes"] + report["residual_bytes"] - share) <= 6 << 20

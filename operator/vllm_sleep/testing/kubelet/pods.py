@@ -21,6 +21,7 @@ from . import containers as rt
 from .env import resolve_env
 from .hostmem import container_memory_limit
 from .podstatus import ContainerView, PodView, comparable, compute
+from .volumes import PodVolumes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class PodWorker:
         self.engines: dict[str, Any] = {}  # container name -> SimEngine, for the admin API
         self.engine_history: list[Any] = []  # every engine this pod ever ran (restarts included)
         self.device_name: str | None = None  # time-slicing slot when the pod has no DRA claim
+        # emptyDirs: made before the first container starts, kept across container restarts.
+        self.volumes = PodVolumes(pod)
 
     @property
     def key(self) -> str:
@@ -85,6 +88,7 @@ class PodWorker:
     async def run(self) -> None:
         self._tasks.append(asyncio.create_task(self._status_loop()))
         spec = self.pod["spec"]
+        self.volumes.create()
         device = await self._resolve_device(self.pod)
         for c, view in zip(
             spec.get("initContainers") or [], self.view.init_containers, strict=True
@@ -158,7 +162,9 @@ class PodWorker:
 
     async def _start(self, c: dict[str, Any], device: object | None) -> rt.Process:
         kind, args = rt.classify(rt.command_line(c))
-        env = await resolve_env(self.pod, c, self.pod_ip, self._read_secret)
+        mounts = self.volumes.view(c)  # paths under the container's emptyDir mounts
+        args = mounts.args(args)
+        env = mounts.env(await resolve_env(self.pod, c, self.pod_ip, self._read_secret))
         if kind == "engine":
             proc = await rt.start_engine(
                 self._host, args, env, self.pod_ip, device, container_memory_limit(c)
@@ -227,6 +233,7 @@ class PodWorker:
         ]
         for name in names:
             await rt.stop_quietly(self._procs.get(name))
+        self.volumes.remove()
 
 
 def _named_port(pod: dict[str, Any], name: str) -> int | None:
