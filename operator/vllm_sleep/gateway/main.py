@@ -58,8 +58,8 @@ async def _run(config: GatewayConfig) -> None:
     gateway = Gateway(config, source, LeaseDemand(api, config.identity), metrics=metrics)
     try:
         # The first list of ModelDeployments and Pods can take forever (API down, RBAC
-        # missing: the watch retries). Awaited alone, SIGTERM and Ctrl-C were ignored until
-        # then; the kubelet had to SIGKILL. A start cut short stops what it started.
+        # missing: the watch retries), so the start races SIGTERM/Ctrl-C: a stop is heard
+        # at any time, and a start cut short stops what it started.
         starting = asyncio.ensure_future(gateway.start())
         stopping = asyncio.ensure_future(stop.wait())
         try:

@@ -1,6 +1,6 @@
 """The HTTP/1.1 server side: one protocol per connection, one handler task per request.
 
-Semantics a proxy needs, and what aiohttp gave the gateway before:
+Semantics a proxy needs:
   - requests on a connection are answered in order (pipelined ones wait, reading pauses);
   - a client that disconnects (or half-closes: like nginx, EOF means the client left) cancels
     its handler, so a held request leaves its queue and an upstream request is aborted;
@@ -77,8 +77,8 @@ class Limits:
     linger: float = 2.0
     # A client that takes nothing from a full buffer this long is cut (nginx's
     # send_timeout). While the buffer is full the upstream is paused, and its read timeout
-    # with it, so without this bound a client that keeps TCP open but never reads held the
-    # handler, the upstream connection and the engine's request forever. None = no bound.
+    # with it: this bound is what frees the handler, the upstream connection and the
+    # engine's request of a client that keeps TCP open but never reads. None = no bound.
     send_timeout: float | None = 60.0
 
 
@@ -208,9 +208,8 @@ class Reply:
             head += b"content-length: %d\r\n" % len(resp.body)
         head += self._connection_header()
         head += b"\r\n"
-        # Started only now: a header the head cannot carry (header_lines raises on a line
-        # break) left the reply marked started with nothing sent, so the server cut the
-        # connection instead of answering 500.
+        # Started only once the head is built: a header the head cannot carry (header_lines
+        # raises on a line break) leaves the reply unstarted, so the server can answer 500.
         self.status = resp.status
         self._out(head if self._head_only or no_body else head + resp.body)
         self.done = True
@@ -460,8 +459,8 @@ class _Connection(asyncio.Protocol):
                     raise _Reject(431, "The request line and headers are too large.")
             elif in_body and self._ends == ends and self._body_size == body_size:
                 # The same for trailer fields (after the last chunk), which httptools also
-                # buffers until their line ends: a trailer that never ends grew without
-                # bound. A read that brings body bytes or ends the request resets it.
+                # buffers until their line ends, so they are bounded the same way. A read
+                # that brings body bytes or ends the request resets the count.
                 self._raw_tail += len(data)
                 if self._raw_tail > self._limits.max_head:
                     raise _Reject(431, "The request trailers are too large.")
