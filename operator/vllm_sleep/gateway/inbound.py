@@ -14,7 +14,9 @@ import asyncio
 import json
 import re
 import zlib
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import ijson
 
@@ -47,6 +49,8 @@ def parse_model(body: bytes) -> str | BadRequest:
         return BadRequest("The request body must be a JSON object.", "invalid_body")
     return _check_model(doc.get("model", _MISSING))
 
+
+_T = TypeVar("_T")
 
 # Bodies up to this are parsed whole (json.loads): whatever they hold, they cost at most a few
 # MiB and well under a millisecond. Larger ones go through `scan_model`.
@@ -144,6 +148,30 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
     Done by the gateway itself so a corrupt or oversized (zip bomb) body is a clean 400/413,
     never a parser error, and forwarded bodies are always identity-encoded.
     """
+    steps = _decode(body, encoding, limit)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def decode_body_async(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
+    """`decode_body`, yielding to the event loop after each _OUT bytes it produces (a small
+    body can inflate to `limit`: one uninterrupted call would stall every other request)."""
+    steps = _decode(body, encoding, limit)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
+
+
+_Steps = Generator[None, None, _T]
+
+
+def _decode(body: bytes, encoding: str, limit: int) -> _Steps[bytes | BadRequest]:
     enc = encoding.strip().lower()
     if enc in ("", "identity"):
         return body
@@ -153,7 +181,7 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
         )
     # wbits 47 accepts gzip and zlib headers; raw deflate (what some clients send) is -15.
     for wbits in (47, -15):
-        out = _inflate(body, wbits, limit)
+        out = yield from _inflate(body, wbits, limit)
         if out is not None:
             return out
     return BadRequest("The request body could not be decoded.", "invalid_body")
@@ -166,7 +194,7 @@ _OUT = 1 << 20  # output taken per call
 MAX_GZIP_MEMBERS = 64
 
 
-def _inflate(body: bytes, wbits: int, limit: int) -> bytes | BadRequest | None:
+def _inflate(body: bytes, wbits: int, limit: int) -> _Steps[bytes | BadRequest | None]:
     """`body` inflated, a 413, or None when it is not one valid stream of this format.
 
     A gzip body may be several members (RFC 1952 §2.2; as `gzip.decompress`, curl and nginx
@@ -203,6 +231,7 @@ def _inflate(body: bytes, wbits: int, limit: int) -> bytes | BadRequest | None:
             if len(out) + len(part) > limit:
                 return BadRequest("The request body is too large.", "body_too_large", status=413)
             out += part
+            yield
         pos -= len(inflater.unused_data)  # the bytes after this stream
         if gzip_member:
             pos = _ZEROS.match(body, pos).end()  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from ..h1 import Reply, Request, Response
 from .auth import ApiKeys
 from .dispatch import Dispatcher
 from .errors import error_response
-from .inbound import INFERENCE_PATHS, BadRequest, JsonLimits, decode_body, read_model
+from .inbound import INFERENCE_PATHS, BadRequest, JsonLimits, decode_body_async, read_model
 from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
 from .proxy import forwarded_headers
 from .router import ShuttingDown
@@ -118,7 +118,7 @@ class GatewayHandler:
         body = request.body  # the HTTP layer bounded it (413) and charged it to its budget
         encoding = request.header("Content-Encoding")
         if encoding:
-            decoded = decode_body(body, encoding, self._max_body)
+            decoded = await decode_body_async(body, encoding, self._max_body)
             if isinstance(decoded, BadRequest):
                 return UNKNOWN_MODEL, error_response(decoded.status, decoded.message, decoded.code)
             if decoded is not body and not request.reserve(len(decoded)):

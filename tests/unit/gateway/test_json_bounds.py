@@ -99,3 +99,33 @@ async def test_an_amplifying_body_is_never_built() -> None:
         tracemalloc.stop()
     # Built (json.loads) it is ~25x len(body); here a slice's events, whatever the body's size.
     assert peak < len(body) // 2, peak
+
+
+async def test_decoding_and_scanning_a_big_body_let_other_tasks_run() -> None:
+    """Between two slices the event loop runs other work: a body inflating to 8 MiB is never
+    one uninterrupted call (counted in loop turns, not in time)."""
+    import asyncio
+    import gzip
+
+    from vllm_sleep.gateway.inbound import decode_body_async
+
+    doc = b'{"model": "m", "x": [' + b",".join([b"{}"] * ((8 << 20) // 3)) + b"]}"
+    wire = gzip.compress(doc)
+    turns = 0
+    done = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    decoded = await decode_body_async(wire, "gzip", 16 << 20)
+    during_decode = turns
+    assert decoded == doc
+    assert await read_model(decoded, JsonLimits()) == "m"
+    done = True
+    await task
+    assert during_decode >= 4  # one turn per MiB decoded
+    assert turns - during_decode >= 100  # one per 32 KiB scanned
