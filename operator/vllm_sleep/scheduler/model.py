@@ -62,7 +62,9 @@ class Engine:
     weights: int = 0  # bytes; what a level-1 sleep pins on the host
     device: str | None = None  # None: not placed yet
     state: EngineState = EngineState.PENDING
-    level: int = 1  # the model's sleep level: 1 (2 when the host budget is spent) or 2 only
+    # The model's sleep level: 1 (2 when the host budget is spent), 2 only, or 0 (KV-only: the
+    # weights stay on the device; a plan that needs that memory sleeps it at level 2).
+    level: int = 1
     sleep_level: int | None = None  # level of the current sleep (asleep, going to or waking from)
     priority: int = 0
     min_awake: float = 0.0  # seconds after a wake before it may be evicted
@@ -74,16 +76,19 @@ class Engine:
     residual: int | None = None  # device bytes held asleep, measured after its first sleep
     holds_backup: bool = False  # pinned host backup of the weights exists now
     keeps_backup: bool = False  # vLLM >= 0.34: the backup made by a level-1 sleep stays for life
+    kv: int | None = None  # bytes of its KV cache when sized (kvCacheSize): what level 0 frees
 
     def __post_init__(self) -> None:
         if self.share <= 0:
             raise ValueError(f"engine {self.replica}: share must be > 0, got {self.share}")
         if self.weights < 0 or (self.residual is not None and self.residual < 0):
             raise ValueError(f"engine {self.replica}: sizes must be >= 0")
-        if self.level not in (1, 2):
-            raise ValueError(f"engine {self.replica}: level must be 1 or 2, got {self.level}")
-        if self.sleep_level not in (None, 1, 2):
-            raise ValueError(f"engine {self.replica}: sleep_level must be 1, 2 or None")
+        if self.level not in (0, 1, 2):
+            raise ValueError(f"engine {self.replica}: level must be 0, 1 or 2, got {self.level}")
+        if self.sleep_level not in (None, 0, 1, 2):
+            raise ValueError(f"engine {self.replica}: sleep_level must be 0, 1, 2 or None")
+        if self.kv is not None and not 0 <= self.kv <= self.share:
+            raise ValueError(f"engine {self.replica}: kv must be within 0 and its share")
         if self.state in SLEEP_STATES and self.sleep_level is None:
             raise ValueError(f"engine {self.replica}: {self.state} needs its sleep_level")
         if self.state == EngineState.PENDING and self.holds_backup:

@@ -2,8 +2,9 @@
 
 Bin packing by share with sleeping residuals counted. A device takes a replica when, with it,
 any one of its replicas can be awake while the others sleep (those never evicted stay awake):
-the sum of every replica's floor (its residual, or its share when never evicted) plus the
-largest residual-to-share step fits the device. Among the devices that can take it:
+the sum of every replica's floor (its residual; its share when never evicted; its weights too
+while asleep at level 0) plus the largest floor-to-share step fits the device. Among the
+devices that can take it:
 
 1. devices where every replica, the new one included, fits awake at once (no swap ever):
    the tightest fit first, so small models pack together and large ones keep whole devices;
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .accounting import device_bytes, residual
+from .accounting import device_bytes, floor_bytes, residual
 from .model import BUSY_STATES, Device, Engine, Pool
 from .plan import Plan, Refusal, RefusalKind, Start, gib
 from .wake import make_room
@@ -46,17 +47,17 @@ class _Load:
     count: int = 0
     shares: int = 0  # every replica awake at once
     floor: int = 0  # every replica at its floor
-    widest: int = 0  # largest residual-to-share step of an evictable replica
+    widest: int = 0  # largest floor-to-share step of an evictable replica
     committed: int = 0
     busy: bool = False
 
     def add(self, e: Engine, default_residual: int) -> None:
-        res = residual(e, default_residual)
+        floor = floor_bytes(e, default_residual)
         self.count += 1
         self.shares += e.share
-        self.floor += res if e.evictable else e.share
+        self.floor += floor
         if e.evictable:
-            self.widest = max(self.widest, e.share - res)
+            self.widest = max(self.widest, e.share - floor)
         self.committed += device_bytes(e, default_residual)
         self.busy = self.busy or e.state in BUSY_STATES
 

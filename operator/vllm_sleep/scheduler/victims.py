@@ -45,9 +45,11 @@ def eviction_reason(e: Engine, now: float, verb: str, target: str) -> str:
 
 
 def sleep_level(e: Engine, host_used: int, host_budget: int | None) -> int:
-    """Level 1 while the node's host budget has room for the weights it pins (nothing more
-    when a backup is already held), else level 2; a model configured for level 2 always 2."""
-    if e.level == 2:
+    """The level that frees the engine's weights: level 1 while the node's host budget has
+    room for the weights it pins (nothing more when a backup is already held), else level 2; a
+    model configured for level 2 always 2. A level-0 (KV-only) model that must free its weights
+    sleeps at level 2: its pod's memory has no room for pinned weights (docs/scheduler.md)."""
+    if e.level in (0, 2):
         return 2
     extra = 0 if e.holds_backup else e.weights
     if host_budget is None or host_used + extra <= host_budget:

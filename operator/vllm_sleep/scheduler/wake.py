@@ -7,7 +7,14 @@ shares + sleeping residuals) stays within the device after every step.
 
 from __future__ import annotations
 
-from .accounting import device_bytes, device_committed, host_committed, residual
+from .accounting import (
+    asleep_bytes,
+    capacity_need,
+    device_bytes,
+    device_committed,
+    host_committed,
+    residual,
+)
 from .model import BUSY_STATES, Engine, EngineState, Pool
 from .plan import Plan, Refusal, RefusalKind, Sleep, Start, Step, Wake, gib
 from .victims import eviction_blocker, eviction_key, eviction_reason, host_cost, sleep_level
@@ -53,6 +60,17 @@ def make_room(pool: Pool, e: Engine, device: str, final: Step, now: float) -> Pl
     # The least the neighbours can hold: evictable awake engines at their residual.
     floor = sum(_floor(o, pool.default_residual) for o in others)
     if floor + e.share > memory:
+        keeping = [o for o in others if _kv_only_asleep(o)]
+        deepest = floor - sum(_kv_only_extra(o, pool.default_residual) for o in keeping)
+        if keeping and deepest + e.share <= memory:
+            names = ", ".join(o.replica for o in keeping)
+            return Refusal(
+                e.replica,
+                RefusalKind.NOT_NOW,
+                f"{e.replica} needs {gib(e.share)} but device {device} keeps {gib(floor)} for "
+                f"neighbours, with the weights of KV-only sleepers ({names}): they free them "
+                "only after their next wake",
+            )
         return Refusal(
             e.replica,
             RefusalKind.NEVER,
@@ -92,9 +110,22 @@ def make_room(pool: Pool, e: Engine, device: str, final: Step, now: float) -> Pl
 
     node = pool.node_of(device)
     host_used = host_committed(pool, node.name)
+    kv_only: set[str] = set()
     steps: list[Step] = []
     for o in victims:
-        level = sleep_level(o, host_used, node.host_budget)
+        # A level-0 model keeps its weights when the room is there without them and the
+        # device can still wake any of its replicas with them kept.
+        spare = free - need
+        if (
+            o.level == 0
+            and _kv_only_extra(o, pool.default_residual) <= spare
+            and _kv_only_fits(pool, device, frozenset({*kv_only, o.replica}), e)
+        ):
+            kv_only.add(o.replica)
+            free -= _kv_only_extra(o, pool.default_residual)
+            level = 0
+        else:
+            level = sleep_level(o, host_used, node.host_budget)
         host_used += host_cost(o, level)
         steps.append(Sleep(o.replica, level, eviction_reason(o, now, verb, e.replica)))
     steps.append(final)
@@ -111,11 +142,36 @@ def _floor(o: Engine, default_residual: int) -> int:
     return device_bytes(o, default_residual)
 
 
+def _kv_only_asleep(o: Engine) -> bool:
+    return o.state == EngineState.ASLEEP and o.sleep_level == 0 and o.evictable
+
+
+def _kv_only_extra(o: Engine, default_residual: int) -> int:
+    """What a KV-only sleeper holds beyond its residual: its weights, until its next wake."""
+    return asleep_bytes(o, 0, default_residual) - residual(o, default_residual)
+
+
+def _kv_only_fits(
+    pool: Pool, device: str, kv_only: frozenset[str], arriving: Engine | None = None
+) -> bool:
+    """Any replica on the device (and `arriving`, one being started there) can still be woken
+    with `kv_only` asleep at level 0, keeping their weights (sleepers at level 0 free them
+    only after their next wake)."""
+    engines = list(pool.on_device(device))
+    if arriving is not None and arriving.device != device:
+        engines.append(arriving)
+    need = capacity_need(engines, pool.default_residual, kv_only)
+    return need <= pool.device_by_id[device].memory
+
+
 def level_for_sleep(pool: Pool, replica: str) -> int:
     """The level for any other sleep of `replica` (idle timeout, pre-warm, on request): 1 while
-    its node's host budget has room, else 2."""
+    its node's host budget has room, else 2. A level-0 (KV-only) model: 0 while the device can
+    still wake each of its replicas with those weights kept, else 2."""
     e = pool.engine_by_replica[replica]
     if e.device is None:
         return e.level
+    if e.level == 0 and _kv_only_fits(pool, e.device, frozenset({e.replica})):
+        return 0
     node = pool.node_of(e.device)
     return sleep_level(e, host_committed(pool, node.name), node.host_budget)

@@ -219,6 +219,63 @@ def test_a_level_2_model_always_sleeps_at_level_2() -> None:
     assert steps(plan_wake(p, "c", NOW))[0].level == 2
 
 
+# --- level 0 (KV-only): the weights stay on the device ----------------------------------------
+
+
+def kv_only(name: str, frac: float, state: str, **kw: object) -> Engine:
+    """A level-0 model whose weights (20 GiB) fit beside a neighbour's, its KV cache not."""
+    share = int(frac * DEVICE)
+    fields: dict[str, object] = {"weights": 20 * G, "kv": share - 20 * G, "level": 0}
+    fields |= {"device": "gpu0", "residual": G}
+    if state == "awake":
+        fields |= {"state": EngineState.AWAKE, "woken_at": NOW - 3600}
+    else:
+        fields |= {"state": EngineState.ASLEEP, "sleep_level": 0}
+    fields.update(kw)
+    return Engine(name, name, share, **fields)  # type: ignore[arg-type]
+
+
+def test_kv_only_models_swap_by_releasing_their_kv_cache_only() -> None:
+    p = pool(kv_only("a", 0.6, "awake"), kv_only("b", 0.6, "asleep"), budget=0)  # fmt: skip
+    assert violations(p) == []  # b holds its weights asleep: 48 + 20 of 80 GiB
+    assert steps(plan_wake(p, "b", NOW)) == [Sleep("a", 0, "priority 0, idle 1h00m, to wake b"), Wake("b")]  # fmt: skip
+    after = run(p, plan_wake(p, "b", NOW))  # no host memory: the budget of 0 holds
+    a = after.engine_by_replica["a"]
+    assert (a.state, a.sleep_level, a.holds_backup) == (EngineState.ASLEEP, 0, False)
+    assert level_for_sleep(pool(kv_only("a", 0.6, "awake")), "a") == 0
+
+
+def test_a_kv_only_model_frees_its_weights_when_the_room_needs_them() -> None:
+    # The neighbour's share does not fit beside a's weights: a sleeps at level 2 (its pod has
+    # no room for pinned weights), although its model says level 0.
+    p = pool(kv_only("a", 0.6, "awake"), asleep("c", 0.9, 2, residual=0))
+    assert steps(plan_wake(p, "c", NOW))[0] == Sleep("a", 2, "priority 0, idle 1h00m, to wake c")
+    # Idle sleeps too: with c placed there, a kept at level 0 (48 GiB) would block c's wake.
+    assert level_for_sleep(p, "a") == 2
+
+
+def test_without_a_kv_size_a_kv_only_sleeper_is_counted_with_its_weights_and_residual() -> None:
+    sized = kv_only("a", 0.6, "asleep")
+    unsized = replace(sized, kv=None)
+    nothing_known = replace(unsized, weights=0)
+    p = pool(sized)
+    assert device_states(p)[0].committed_bytes == 20 * G  # share - KV cache
+    assert device_states(pool(unsized))[0].committed_bytes == 21 * G  # weights + 1 GiB residual
+    assert device_states(pool(nothing_known))[0].committed_bytes == int(0.6 * DEVICE)
+
+
+def test_a_kv_only_sleeper_in_the_way_is_not_now_not_never() -> None:
+    # a keeps 47 GiB of weights asleep; d (60 GiB) fits only once a frees them after a wake.
+    a = kv_only("a", 0.6, "asleep", weights=47 * G, kv=1 * G)
+    p = pool(a, asleep("d", 0.75, 2, residual=0))
+    refusal = plan_wake(p, "d", NOW)
+    assert isinstance(refusal, Refusal) and refusal.kind == RefusalKind.NOT_NOW
+    assert "KV-only" in refusal.reason and "a" in refusal.reason
+    # Placement prefers a device without it.
+    placed = place(pool(a, Engine("e", "e", int(0.75 * DEVICE)), devices=2), NOW)
+    assert placed.assignments == {"e": "gpu1"}
+
+
 # --- never fits, busy devices, placement ------------------------------------------------------
 
 

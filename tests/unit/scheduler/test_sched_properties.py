@@ -27,6 +27,7 @@ from vllm_sleep.scheduler import (
     Start,
     Wake,
     awake_wanted,
+    level_for_sleep,
     place,
     plan_demand,
     plan_wake,
@@ -39,13 +40,43 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 # --- the rules, restated independently -------------------------------------------------------
 
 
+def res_of(pool: Pool, e: Engine) -> int:
+    return min(pool.default_residual if e.residual is None else e.residual, e.share)
+
+
+def kept(pool: Pool, e: Engine) -> int:
+    """Level 0 (KV-only) keeps the weights: share - KV when sized, else weights + residual,
+    else (nothing known) the share; never below the residual nor above the share."""
+    r = res_of(pool, e)
+    k = e.share - e.kv if e.kv is not None else (e.weights + r if e.weights else e.share)
+    return min(e.share, max(k, r))
+
+
 def dev_bytes(pool: Pool, e: Engine) -> int:
     if e.state == EngineState.PENDING:
         return 0
     if e.state == EngineState.ASLEEP:
-        r = pool.default_residual if e.residual is None else e.residual
-        return min(r, e.share)
+        return kept(pool, e) if e.sleep_level == 0 else res_of(pool, e)
     return e.share  # loading, awake, sleeping, waking: the whole share, conservatively
+
+
+def wakeable(pool: Pool, device: str) -> bool:
+    """Any replica on the device can be awake with the others asleep as low as plans can bring
+    them: residual, but a level-0 sleeper keeps its weights; never-evicted ones stay awake."""
+    on = [e for e in pool.engines if e.device == device]
+    floors = {
+        e.replica: e.share
+        if not e.evictable
+        else kept(pool, e)
+        if e.state == EngineState.ASLEEP and e.sleep_level == 0
+        else res_of(pool, e)
+        for e in on
+    }
+    return all(
+        sum(f for r, f in floors.items() if r != e.replica) + e.share
+        <= pool.device_by_id[device].memory
+        for e in on
+    )
 
 
 def host_of(e: Engine) -> int:
@@ -114,9 +145,8 @@ def recency(e: Engine) -> float:
     return max((t for t in (e.last_activity, e.woken_at) if t is not None), default=-math.inf)
 
 
-def gain(pool: Pool, e: Engine) -> int:
-    r = pool.default_residual if e.residual is None else e.residual
-    return e.share - min(r, e.share)
+def gain(pool: Pool, e: Engine, level: int = 1) -> int:
+    return e.share - (kept(pool, e) if level == 0 else res_of(pool, e))
 
 
 # --- pools ------------------------------------------------------------------------------------
@@ -167,16 +197,18 @@ def pools(draw: st.DrawFn, max_engines: int = 12, mode: str = "any") -> Pool:
         device = None
         if state != EngineState.PENDING or draw(st.booleans()):
             device = draw(st.sampled_from([d.id for d in devices]))
-        level = draw(st.sampled_from([1, 1, 2]))
+        level = draw(st.sampled_from([0, 1, 1, 2]))
         sleep_level = None
         if state in (EngineState.SLEEPING, EngineState.ASLEEP, EngineState.WAKING):
-            sleep_level = draw(st.sampled_from([1, 2])) if level == 1 else 2
+            sleep_level = draw(st.sampled_from({0: [0, 2], 1: [1, 2], 2: [2]}[level]))
+        share = int(draw(st.sampled_from(shares)) * 80 * G)
+        kv = draw(st.one_of(st.none(), st.sampled_from([share * n // 8 for n in range(9)])))
         keeps = draw(st.booleans())
         rare = st.integers(0, 5).map(lambda n: max(0, n - 3))  # mostly 0
         e = Engine(
             replica=f"r{i}",
             model=f"m{draw(st.integers(0, 3))}",
-            share=int(draw(st.sampled_from(shares)) * 80 * G),
+            share=share,
             weights=draw(st.integers(0, 32)) * G // 2,
             device=device,
             state=state,
@@ -192,6 +224,7 @@ def pools(draw: st.DrawFn, max_engines: int = 12, mode: str = "any") -> Pool:
             residual=draw(st.one_of(st.none(), st.integers(0, 6).map(lambda g: g * G // 2))),
             holds_backup=keeps and state != EngineState.PENDING and draw(st.booleans()),
             keeps_backup=keeps,
+            kv=kv,
         )
         # The scheduler is asked from sound (observed) states: an engine that would break
         # one is observed asleep instead, or not at all.
@@ -266,9 +299,15 @@ def check_wake(pool: Pool, target: str) -> None:
         )
         assert free_all < e.share, "refused although evicting every allowed neighbour fits it"
         if result.kind == RefusalKind.NEVER:
+            # Level-0 sleepers free their weights after their next wake: not "never" for them.
             floor = sum(
-                dev_bytes(pool, o)
-                - (gain(pool, o) if o.state == EngineState.AWAKE and o.evictable else 0)
+                res_of(pool, o)
+                if o.evictable
+                and (
+                    o.state == EngineState.AWAKE
+                    or (o.state == EngineState.ASLEEP and o.sleep_level == 0)
+                )
+                else dev_bytes(pool, o)
                 for o in others
             )
             assert floor + e.share > memory, "'never' although sleeping neighbours would fit it"
@@ -306,23 +345,29 @@ def check_wake(pool: Pool, target: str) -> None:
         prefix.add(o.replica)
         free += gain(pool, o)
     assert {v.replica for v in victims} <= prefix
-    total = memory - used(pool, e.device) + sum(gain(pool, v) for v in victims)
+    levels = {s.replica: s.level for s in result.steps[:-1] if isinstance(s, Sleep)}
+    total = memory - used(pool, e.device) + sum(gain(pool, v, levels[v.replica]) for v in victims)
     assert total >= need
     for v in victims:
-        assert total - gain(pool, v) < need, f"{v.replica} evicted without need"
-    # Levels: configured level 2 stays 2; level 2 for a level-1 model only when 1 did not fit.
+        assert total - gain(pool, v, levels[v.replica]) < need, f"{v.replica} evicted without need"
+    # Levels: configured level 2 stays 2; level 2 for a level-1 model only when 1 did not fit;
+    # a level-0 model sleeps at 0 (no host cost) or, when its weights must go, at 2.
     node = pool.node_of(e.device)
     host = pinned(pool, node.name)
     for s, v in zip(result.steps[:-1], victims, strict=True):
         assert isinstance(s, Sleep)
         extra = 0 if v.holds_backup else v.weights
-        if v.level == 2 or (node.host_budget is not None and host + extra > node.host_budget):
+        if v.level == 0:
+            assert s.level in (0, 2)
+        elif v.level == 2 or (node.host_budget is not None and host + extra > node.host_budget):
             assert s.level == 2
         else:
             assert s.level == 1
         host += extra if s.level == 1 else 0
         assert "priority" in s.reason and target in s.reason
-    check_plan_steps(pool, result)
+    after = check_plan_steps(pool, result)
+    if 0 in levels.values():  # weights kept only where every replica stays wakeable
+        assert wakeable(after, e.device)
 
 
 @SETTINGS
@@ -382,15 +427,7 @@ def test_placement_is_sound_stable_and_deterministic(pool: Pool, rnd: random.Ran
         on = [e for e in after.engines if e.device == d.id]
         assert len(on) <= pool.slots_per_device or d.id not in devices
         if d.id in devices:  # each replica there can be awake while the others sleep
-            for e in on:
-                rest = sum(
-                    dev_bytes(after, replace(o, state=EngineState.ASLEEP, sleep_level=2))
-                    if o.evictable
-                    else o.share
-                    for o in on
-                    if o is not e
-                )
-                assert rest + e.share <= d.memory
+            assert wakeable(after, d.id)
     # The order engines are listed in does not matter.
     shuffled = list(pool.engines)
     rnd.shuffle(shuffled)
@@ -428,3 +465,20 @@ def test_demand_wakes_at_most_what_is_wanted_one_plan_per_device(pool: Pool, per
         for p in plans:
             assert pool.engine_by_replica[p.replica].model == model
             check_plan_steps(pool, p)
+
+
+@SETTINGS
+@given(st.one_of(pools(), pools(mode="settled"), pools(mode="crowded")))
+def test_idle_sleeps_keep_weights_only_where_every_replica_stays_wakeable(pool: Pool) -> None:
+    for e in pool.engines:
+        if e.state != EngineState.AWAKE or e.device is None:
+            continue
+        level = level_for_sleep(pool, e.replica)
+        if e.level == 0:
+            assert level in (0, 2)
+        else:
+            assert level in (e.level, 2)
+        if level == 0:  # kept weights never make a replica there unwakeable
+            asleep = replace(e, state=EngineState.ASLEEP, sleep_level=0)
+            after = replace(pool, engines=tuple(asleep if o is e else o for o in pool.engines))
+            assert wakeable(after, e.device)
