@@ -460,8 +460,8 @@ class UpstreamPool:
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for runs the connect in a task of its
             # own and, when the caller is cancelled (the client left) just as the connect
-            # completes, returns the connection and drops the cancellation, so the request
-            # was sent after all and its handler ran on to the end.
+            # completes, returns the connection and drops the cancellation: the request would
+            # be sent after all and its handler run on to the end.
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(factory, host, port)
         except (OSError, TimeoutError) as e:
