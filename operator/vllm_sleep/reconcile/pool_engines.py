@@ -96,7 +96,6 @@ def model_engines(
         woken_at = pod.memory.woken_at
         if woken_at is None and state == EngineState.AWAKE:
             woken_at = report.since
-        residual = getattr(report, "residual_bytes", None)
         held = obs.held
         if (
             state == EngineState.AWAKE
@@ -116,7 +115,7 @@ def model_engines(
                 last_activity=report.last_activity,
                 inflight=obs.inflight,
                 held=held,
-                residual=residual if isinstance(residual, int) and residual >= 0 else None,
+                residual=report.residual_bytes,  # measured by the agent after a sleep
             )
         )
     for pod_name in request.indexes.values():

@@ -5,26 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.gpu_pool import DeviceStatus, GPUPoolStatus, Sharing
-from ..scheduler import EngineState, Pool
-from ..scheduler.accounting import device_committed
+from ..api.gpu_pool import GPUPoolStatus, Sharing
+from ..scheduler import Pool
+from ..scheduler.status import device_states
 from .pool_devices import claim_name
 
 
 def pool_status(pool: Pool, sharing: Sharing) -> dict[str, Any]:
-    devices = []
-    for d in pool.devices:
-        here = pool.on_device(d.id)
-        devices.append(
-            DeviceStatus(
-                node=d.node,
-                device=d.id,
-                claim=claim_name(d.id) if sharing == Sharing.DRA else None,
-                models=sorted(e.replica for e in here),
-                awake=sorted(e.replica for e in here if e.state == EngineState.AWAKE),
-                committed_bytes=device_committed(pool, d.id),
-            )
-        )
+    devices = [
+        d.model_copy(update={"claim": claim_name(d.device)}) if sharing == Sharing.DRA else d
+        for d in device_states(pool)
+    ]
     status = GPUPoolStatus(
         nodes=len(pool.nodes),
         devices=len(pool.devices),

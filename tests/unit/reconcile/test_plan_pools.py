@@ -1,0 +1,100 @@
+"""A pooled model's pass: pods are created only where and when its pool's gate seats them, and
+the gate's actions, evictions and refusals become the plan's actions, Events and status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planning import body, observed, pod
+
+from vllm_sleep.api.gpu_pool import GPUPoolSpec
+from vllm_sleep.api.names import ANNOTATION_DEVICE
+from vllm_sleep.reconcile.builders import GpuAttachment
+from vllm_sleep.reconcile.lifecycle import Sleep
+from vllm_sleep.reconcile.placement import Placement
+from vllm_sleep.reconcile.plan import plan
+from vllm_sleep.reconcile.pool_devices import claim_name
+from vllm_sleep.reconcile.pool_gate import Gate, PoolRequest
+
+
+def pooled(sharing: str) -> Placement:
+    spec = GPUPoolSpec.model_validate({"sharing": sharing, "deviceMemory": "80Gi"})
+    return Placement(GpuAttachment(pool=spec))
+
+
+def keeper(**gate: Any) -> tuple[list[PoolRequest], Any]:
+    seen: list[PoolRequest] = []
+    base: dict[str, Any] = {
+        "actions": (),
+        "seats": {},
+        "turns": {},
+        "waiting": {},
+        "never": {},
+        "evictions": (),
+    }
+
+    def gatekeeper(request: PoolRequest) -> Gate:
+        seen.append(request)
+        return Gate(**{**base, **gate})
+
+    return seen, gatekeeper
+
+
+def test_no_pod_is_created_until_the_pool_seats_it() -> None:
+    seen, gk = keeper()
+    out = plan(observed(body(replicas=2), placement=pooled("TimeSlicing"), gatekeeper=gk))
+    assert out.create == ()
+    assert dict(seen[0].indexes) == {0: "m-0", 1: "m-1"}
+
+
+def test_a_seated_pod_is_pinned_to_its_node_and_under_dra_references_its_device_claim() -> None:
+    _, gk = keeper(seats={1: "node-a/gpu-1"})
+    out = plan(observed(body(replicas=2), placement=pooled("DRA"), gatekeeper=gk))
+    (created,) = out.create
+    assert created.name == "m-1"
+    manifest = created.manifest
+    assert manifest["metadata"]["annotations"][ANNOTATION_DEVICE] == "node-a/gpu-1"
+    assert manifest["spec"]["nodeSelector"]["kubernetes.io/hostname"] == "node-a"
+    claims = manifest["spec"]["resourceClaims"]
+    assert claims == [{"name": "gpu", "resourceClaimName": claim_name("node-a/gpu-1")}]
+
+
+def test_a_pod_made_before_its_model_joined_a_pool_is_replaced() -> None:
+    _, gk = keeper()
+    raw = body()
+    out = plan(observed(raw, pods=[pod(raw)], placement=pooled("TimeSlicing"), gatekeeper=gk))
+    assert [d.name for d in out.delete] == ["m-0"]
+
+
+def test_evictions_and_refusals_become_events_and_the_status_says_why() -> None:
+    sleep = Sleep("m-0", 1, "evicted: priority 0, idle 4m, to wake ns/b-0")
+    _, gk = keeper(
+        actions=(sleep,),
+        evictions=("evicted ns/m-0 (priority 0, idle 4m) to wake ns/b-0",),
+        waiting={"ns/m-1": "device n/gpu-0 is busy: ns/b-0 is waking"},
+    )
+    out = plan(observed(body(replicas=2), placement=pooled("TimeSlicing"), gatekeeper=gk))
+    assert out.actions == (sleep,)
+    reasons = [(e.reason, e.message) for e in out.events]
+    assert ("Evicted", "evicted ns/m-0 (priority 0, idle 4m) to wake ns/b-0") in reasons
+    assert any(r == "WaitingForDevice" for r, _ in reasons)
+    awake = next(c for c in out.status["conditions"] if c["type"] == "Awake")
+    assert awake["reason"] == "WaitingForDevice" and "is waking" in awake["message"]
+    again = plan(
+        observed(
+            body(replicas=2),
+            placement=pooled("TimeSlicing"),
+            gatekeeper=gk,
+            reported=out.reported,
+        )
+    )
+    assert "WaitingForDevice" not in [e.reason for e in again.events]  # said once
+
+
+def test_a_model_that_can_never_fit_is_degraded_with_a_cannot_place_event() -> None:
+    _, gk = keeper(never={"ns/m-0": "ns/m-0 needs 92.0 GiB: the largest device (80.0 GiB)"})
+    out = plan(observed(body(), placement=pooled("TimeSlicing"), gatekeeper=gk))
+    assert out.create == ()
+    assert [e.reason for e in out.events] == ["CannotPlace"]
+    degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and "92.0 GiB" in degraded["message"]
