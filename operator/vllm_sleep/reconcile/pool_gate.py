@@ -18,7 +18,7 @@ observed, so an operator restarted mid-plan continues from the engines' real sta
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..api.gpu_pool import Sharing
 from ..scheduler import (
@@ -31,6 +31,7 @@ from ..scheduler import (
     Sleep,
     Start,
     Wake,
+    level_for_sleep,
     place,
     plan_wake,
 )
@@ -197,7 +198,10 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
                 out.append(a)
         elif isinstance(a, SleepAction):
             if sleep_ok(a, device, replica):
-                out.append(a)
+                # Past the node's host offload budget a level-1 sleep would pin more than it
+                # may: the pool says level 2 (idle sleeps and the pre-warm alike).
+                level = max(a.level, level_for_sleep(pool, replica))
+                out.append(a if level == a.level else replace(a, level=level))
                 if device is not None:
                     turns[device] = replica
         elif replica in wake_ok:

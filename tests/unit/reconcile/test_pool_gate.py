@@ -158,3 +158,17 @@ def test_under_dra_a_device_serves_one_namespace_at_a_time() -> None:
     assert [p.device for p in plans] == ["n/gpu-1"]
     plans, _ = pool_plans(PoolView(pool, Sharing.TIME_SLICING), NOW)
     assert [p.device for p in plans] == ["n/gpu-0"]  # time slicing packs them together
+
+
+def test_an_idle_sleep_past_the_nodes_host_budget_is_level_2() -> None:
+    pool = Pool(
+        devices=(Device("n/gpu-0", "n", 80 * GIB),),
+        nodes=(Node("n", host_budget=20 * GIB),),
+        engines=(
+            engine("ns/a-0", EngineState.AWAKE, share=30 * GIB, weights=16 * GIB),
+            engine("ns/b-0", EngineState.ASLEEP, share=30 * GIB, weights=16 * GIB),
+        ),
+    )
+    idle = Sleep("a-0", 1, "idle for 60s")
+    g = gate(PoolView(pool, Sharing.TIME_SLICING), "ns", request(pod("a-0"), actions=(idle,)), NOW)
+    assert g.actions == (Sleep("a-0", 2, "idle for 60s"),)

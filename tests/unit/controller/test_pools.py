@@ -1,0 +1,110 @@
+"""The pool actor: members publish their replicas, device turns serialise steps across models,
+and a turn is released once its holder is observed settled."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from vllm_sleep.api.agent_protocol import AgentState, StateReport
+from vllm_sleep.api.gpu_pool import GPUPoolSpec
+from vllm_sleep.api.model_deployment import ModelDeployment
+from vllm_sleep.controller.pools import PoolActor
+from vllm_sleep.metrics import OperatorMetrics
+from vllm_sleep.reconcile.lifecycle import Sleep
+from vllm_sleep.reconcile.observe import observe_pod
+from vllm_sleep.reconcile.plan import observe_replica
+from vllm_sleep.reconcile.pool_devices import PoolDevice
+from vllm_sleep.reconcile.pool_gate import PoolRequest
+
+GIB = 1 << 30
+NOW = 1_800_000_000.0
+
+
+def model(name: str) -> ModelDeployment:
+    return ModelDeployment.from_body(
+        {
+            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
+            "spec": {
+                "model": "org/model",
+                "image": "vllm/vllm-openai:v0.33.0",
+                "resources": {"gpuMemoryUtilization": 0.3, "weightsSize": "2Gi"},
+                "placement": {"pool": "p"},
+            },
+        }
+    )
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.status: list[dict[str, Any]] = []
+
+    async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
+        self.status.append(status)
+
+
+def actor() -> PoolActor:
+    a = PoolActor("p", FakeKube(), OperatorMetrics())  # type: ignore[arg-type]
+    a.spec = GPUPoolSpec.model_validate({"sharing": "TimeSlicing", "deviceMemory": "80Gi"})
+    a.devices = (PoolDevice("n/gpu-0", "n", "gpu-0", 80 * GIB),)
+    return a
+
+
+def member(name: str, state: AgentState, actions: tuple = ()) -> tuple[Any, PoolRequest, Any]:  # type: ignore[type-arg]
+    p = observe_pod(
+        {
+            "metadata": {
+                "name": f"{name}-0",
+                "uid": f"uid-{name}-0",
+                "labels": {"vllm-sleep.io/replica": "0"},
+                "annotations": {"vllm-sleep.io/device": "n/gpu-0"},
+            },
+            "spec": {"nodeName": "n"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        }
+    )
+    rep = StateReport(state=state, version=1, level=1 if state == AgentState.ASLEEP else None)
+    req = PoolRequest(
+        live=[p],
+        observations={p.name: observe_replica(p, rep)},
+        indexes={0: p.name},
+        actions=actions,
+    )
+    return model(name), req, {p.name: rep}
+
+
+def test_two_models_cannot_start_steps_on_one_device_at_once_until_the_first_settles() -> None:
+    async def run() -> None:
+        a = actor()
+        ma, ra, rep_a = member("a", AgentState.AWAKE, (Sleep("a-0", 1, "idle"),))
+        mb, rb, rep_b = member("b", AgentState.AWAKE, (Sleep("b-0", 1, "idle"),))
+        first = a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        assert first.actions == (Sleep("a-0", 1, "idle"),)
+        assert a.turns == {"n/gpu-0": "ns/a-0"}
+        # b's pass comes before a's sleep was even observed: the device's turn is a's.
+        assert a.gatekeeper("ns", mb, rep_b, NOW)(rb).actions == ()
+        # a's next pass sees it asleep (settled): the turn is released, b may go.
+        ma2, ra2, rep_a2 = member("a", AgentState.ASLEEP)
+        a.gatekeeper("ns", ma2, rep_a2, NOW)(ra2)
+        assert a.turns == {}
+        assert a.gatekeeper("ns", mb, rep_b, NOW)(rb).actions == (Sleep("b-0", 1, "idle"),)
+        await asyncio.sleep(1.2)  # the coalesced status write
+        states = a._kube.status[-1]["deviceStates"]  # type: ignore[attr-defined]
+        assert states[0]["device"] == "n/gpu-0" and sorted(states[0]["models"]) == [
+            "ns/a-0",
+            "ns/b-0",
+        ]
+
+    asyncio.run(run())
+
+
+def test_a_member_that_leaves_releases_its_turns() -> None:
+    async def run() -> None:
+        a = actor()
+        ma, ra, rep_a = member("a", AgentState.AWAKE, (Sleep("a-0", 1, "idle"),))
+        a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        assert a.turns
+        a.leave("ns/a")
+        assert a.turns == {} and "ns/a" not in a.engines
+
+    asyncio.run(run())
