@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from .api.demand import demand_lease, demand_lease_name, renew_patch, sleep_request_patch
 from .api.model_deployment import ModelDeployment
-from .api.names import GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
+from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
+from .api.quantity import Quantity
 
 
 def parser() -> argparse.ArgumentParser:
@@ -162,5 +163,42 @@ def _status(objs: Any, ns: str | None) -> int:
             status.get("lastActivityTime") or "-",
             f"{wake:.2f}s" if isinstance(wake, int | float) else "-",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    try:
+        pools = objs.list_cluster_custom_object(GROUP, VERSION, GPU_POOL_PLURAL)["items"]
+    except Exception:  # GPUPools are cluster-scoped: a namespaced user may not list them
+        pools = []
+    rows = device_rows(pools)
+    if rows:
+        devices = Table(title="GPU devices")
+        for col in ("POOL", "DEVICE", "MODELS", "AWAKE", "COMMITTED"):
+            devices.add_column(col)
+        for row in rows:
+            devices.add_row(*row)
+        console.print(devices)
     return 0
+
+
+def device_rows(pools: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """One row per device of every GPUPool's status: replicas placed, awake, memory committed."""
+    rows = []
+    for p in pools:
+        spec, status = p.get("spec") or {}, p.get("status") or {}
+        try:
+            total = Quantity.parse(spec.get("deviceMemory", "0")).bytes()
+        except ValueError:
+            total = 0
+        for d in status.get("deviceStates") or []:
+            used = int(d.get("committedBytes") or 0)
+            memory = f"{used / 2**30:.1f} / {total / 2**30:.0f} GiB" if total else f"{used} B"
+            rows.append(
+                (
+                    p["metadata"]["name"],
+                    str(d.get("device", "-")),
+                    str(len(d.get("models") or [])),
+                    ", ".join(d.get("awake") or []) or "-",
+                    memory,
+                )
+            )
+    return rows

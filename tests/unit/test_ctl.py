@@ -58,3 +58,28 @@ def test_a_lease_created_meanwhile_is_renewed() -> None:
     coord = Coord(404, 409)
     renew_demand(coord, CLIENT, "team", MDEP, holder="cli", now=NOW)
     assert [c[0] for c in coord.calls] == ["patch", "create", "patch"]
+
+
+def test_status_shows_each_pool_device_with_its_memory() -> None:
+    from vllm_sleep.ctl import device_rows
+
+    pool = {
+        "metadata": {"name": "h100"},
+        "spec": {"deviceMemory": "80Gi"},
+        "status": {
+            "deviceStates": [
+                {
+                    "node": "n",
+                    "device": "n/gpu-0",
+                    "models": ["ns/a-0", "ns/b-0"],
+                    "awake": ["ns/a-0"],
+                    "committedBytes": 66 * 2**30,
+                },
+                {"node": "n", "device": "n/gpu-1"},
+            ]
+        },
+    }
+    assert device_rows([pool]) == [
+        ("h100", "n/gpu-0", "2", "ns/a-0", "66.0 / 80 GiB"),
+        ("h100", "n/gpu-1", "0", "-", "0.0 / 80 GiB"),
+    ]
