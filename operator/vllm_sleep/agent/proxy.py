@@ -100,7 +100,6 @@ class PublicProxy:
     def rejected(self, path: str, status: int) -> None:
         """A request the HTTP layer refused (malformed, too large, too slow): the client's
         error, logged as such."""
-        self._denied.inc()
         log.info("public request for %s refused: %d", path[:200] or "-", status)
 
     async def handle(self, request: Request, reply: Reply) -> None:
