@@ -35,6 +35,8 @@ from .helpers import (
 )
 
 DEVICE = "vllm-sleep.io/device"
+# Requests of the random-traffic test; VLLM_SLEEP_POOL_REQUESTS=10000 for the full run
+# (about 10 requests a second, nearly every one needing a swap: ~17 minutes).
 REQUESTS = int(os.environ.get("VLLM_SLEEP_POOL_REQUESTS", "200"))
 
 
@@ -136,6 +138,7 @@ def reasons(kube: Kube, namespace: str, name: str) -> list[str]:
     return [e.reason for e in events(kube, namespace, name)]
 
 
+@pytest.mark.timeout(max(300, 120 + REQUESTS // 5))
 @pytest.mark.parametrize("sharing", ["DRA", "TimeSlicing"])
 def test_four_models_on_one_gpu_swap_under_random_traffic(
     kube: Kube,
