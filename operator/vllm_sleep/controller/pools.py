@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 INVENTORY_SECONDS = 30.0  # devices change rarely (nodes join or leave)
 STARTING_SECONDS = 120.0  # a seated pod not observed by then was never created
 STATUS_DELAY = 1.0  # status writes are coalesced
+STALE_TURN = 120.0  # a settled holder's turn another member may clear
 SETTLED = frozenset({EngineState.AWAKE, EngineState.ASLEEP, EngineState.PENDING})
 
 
@@ -55,6 +56,7 @@ class PoolActor:
         self.engines: dict[str, tuple[Engine, ...]] = {}  # model key -> its replicas
         self.wants: dict[str, frozenset[str]] = {}  # model key -> replicas it wants awake
         self.turns: dict[str, str] = {}  # device -> replica whose step runs there
+        self._turn_since: dict[str, float] = {}  # device -> when its turn was taken
         self.starting: dict[str, tuple[str, float]] = {}  # replica -> (device, seated at)
         self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
         self._evicting_for: dict[str, float] = {}  # replica -> when its first eviction began
@@ -113,6 +115,7 @@ class PoolActor:
         for device, holder in list(self.turns.items()):
             if holder in gone:
                 del self.turns[device]
+                self._turn_since.pop(device, None)
         for replica in gone:
             self.starting.pop(replica, None)
         self._kick_others(key)
@@ -150,6 +153,7 @@ class PoolActor:
             )
             g = gate(view, ns, request, now)
             self.turns.update(g.turns)
+            self._turn_since.update({d: time.monotonic() for d in g.turns})
             for i, device in g.seats.items():
                 self.starting[replica_key(ns, request.indexes[i])] = (device, time.monotonic())
             self._count(g, now)
@@ -178,12 +182,21 @@ class PoolActor:
         by_replica = {e.replica: e for e in engines}
         released = False
         mine = {e.replica for e in engines}
+        everyone = {e.replica: e for es in self.engines.values() for e in es}
+        mono = time.monotonic()
         for device, holder in list(self.turns.items()):
-            if holder not in mine:
-                continue
-            e = by_replica.get(holder)
-            if e is None or e.device != device or e.state in SETTLED:
+            if holder in mine:
+                e = by_replica.get(holder)
+                stale = e is None or e.device != device or e.state in SETTLED
+            else:
+                # The holder's own loop releases its turn; if that loop stalled (or its model
+                # left without saying so), a turn whose holder looks settled expires.
+                other = everyone.get(holder)
+                settled = other is None or other.state in SETTLED
+                stale = settled and mono - self._turn_since.get(device, mono) > STALE_TURN
+            if stale:
                 del self.turns[device]
+                self._turn_since.pop(device, None)
                 released = True
         for e in engines:
             if e.state == EngineState.AWAKE and e.replica in self._evicting_for:

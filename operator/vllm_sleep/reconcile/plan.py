@@ -181,10 +181,12 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         if g.never:
             problem = problem or next(iter(g.never.values()))
         waiting = frozenset(g.waiting)
-        if waiting:
-            waiting_text = "; ".join(g.waiting[r] for r in sorted(waiting))
-            if not waiting <= observed.reported.waiting:
-                events.append(Event("Normal", "WaitingForDevice", waiting_text))
+        if waiting and not waiting <= observed.reported.waiting:
+            text = "; ".join(g.waiting[r] for r in sorted(waiting))
+            events.append(Event("Normal", "WaitingForDevice", text))
+        why = {**g.queued, **g.waiting}
+        if why:
+            waiting_text = "; ".join(why[r] for r in sorted(why))
     if problem and problem != observed.reported.problem:
         events.append(Event("Warning", "CannotPlace", problem))
     facts = StatusFacts(

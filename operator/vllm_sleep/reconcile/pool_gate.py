@@ -65,9 +65,10 @@ class Gate:
     actions: tuple[Action, ...]  # the lifecycle's actions that may run now, and evictions
     seats: Mapping[int, str]  # replica index -> device: pods to create now
     turns: Mapping[str, str]  # device -> replica: the steps this pass starts
-    waiting: Mapping[str, str]  # replica -> why it waits (cannot fit now)
+    waiting: Mapping[str, str]  # replica -> why it cannot fit now (protected neighbours, full)
     never: Mapping[str, str]  # replica -> why it can never fit (nothing is evicted for it)
     evictions: tuple[str, ...]  # Event messages: "evicted ns/a-0 (priority 0, idle 4m) to wake .."
+    queued: Mapping[str, str] = field(default_factory=dict)  # replica -> waits for a busy device
 
 
 def namespace_of(replica: str) -> str:
@@ -207,21 +208,25 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
         elif replica in wake_ok:
             out.append(a)
 
-    waiting = {
-        r.replica: r.reason
-        for r in refusals
-        if r.kind == RefusalKind.NOT_NOW and r.replica in indexes
-    }
+    waiting: dict[str, str] = {}
+    queued: dict[str, str] = {}
+    for r in refusals:
+        if r.kind == RefusalKind.NOT_NOW and r.replica in indexes:
+            # A busy device clears by itself in seconds; protected neighbours or a full pool
+            # may not: only those are worth an Event.
+            transient = "is busy" in r.reason or r.reason.startswith(f"{r.replica} is ")
+            (queued if transient else waiting)[r.replica] = r.reason
     for a in actions:  # wakes wanted but not planned now: their device runs something else
         replica = f"{namespace}/{a.pod}"
-        if not isinstance(a, (SleepAction, Route)) and replica not in wake_ok:
-            waiting.setdefault(replica, f"{replica} waits for its device's turn")
+        wake = not isinstance(a, (SleepAction, Route))
+        if wake and replica not in wake_ok and replica not in waiting:
+            queued.setdefault(replica, f"{replica} waits for its device's turn")
     never = {
         r.replica: r.reason
         for r in refusals
         if r.kind == RefusalKind.NEVER and r.replica in indexes
     }
-    return Gate(tuple(out), seats, turns, waiting, never, tuple(evictions))
+    return Gate(tuple(out), seats, turns, waiting, never, tuple(evictions), queued)
 
 
 def _device(pool: Pool, replica: str) -> str | None:
