@@ -93,7 +93,7 @@ CHANGED: Obj = {
     "gateway": {
         "replicas": 4,
         "apiKeysSecret": "gateway-keys",
-        "extraArgs": ["--wake-timeout=300"],
+        "extraArgs": ["--demand-interval=5"],
         "service": {"type": "NodePort", "nodePort": 30080, "annotations": {"a": "b"}},
         "scheduling": {"tolerations": [{"key": "x", "operator": "Exists"}]},
     },

@@ -8,11 +8,10 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vllm_sleep.api.names import PUBLIC_PORT
-
-from .routing import DEFAULT_MAX_QUEUED, DEFAULT_WAKE_TIMEOUT
+from vllm_sleep.api.served_names import ExposureError, ExposurePolicy
 
 MIB = 1 << 20
 
@@ -45,8 +44,8 @@ class GatewayConfig:
     connect_timeout: float = 3.0
     read_timeout: float | None = None  # between two upstream reads; None = no limit
     send_timeout: float | None = 60.0  # a client not reading this long is cut; None = never
-    default_wake_timeout: float = DEFAULT_WAKE_TIMEOUT
-    default_max_queued: int = DEFAULT_MAX_QUEUED
+    # Which namespaces may serve which model names (api.served_names); empty = all.
+    exposure: ExposurePolicy = field(default_factory=ExposurePolicy)
     access_log: bool = False
 
     @property
@@ -61,10 +60,8 @@ class GatewayConfig:
             ns = parser.parse_args(argv)
         except SystemExit as e:
             raise GatewayConfigError(f"invalid arguments: {' '.join(argv)}") from e
-        if ns.max_body_bytes <= 0 or ns.max_queued < 0 or ns.wake_timeout <= 0:
-            raise GatewayConfigError(
-                "--max-body-bytes, --wake-timeout must be > 0, --max-queued >= 0"
-            )
+        if ns.max_body_bytes <= 0:
+            raise GatewayConfigError("--max-body-bytes must be > 0")
         if ns.read_timeout < 0 or ns.send_timeout < 0:
             raise GatewayConfigError("--read-timeout/--send-timeout must be >= 0 (0 = none)")
         for flag in ("header_timeout", "body_timeout"):
@@ -89,8 +86,10 @@ class GatewayConfig:
         for flag in ("demand_interval", "connect_timeout", "read_timeout", "send_timeout"):
             if math.isnan(getattr(ns, flag)):
                 raise GatewayConfigError(f"--{flag.replace('_', '-')} must be a number")
-        if not math.isfinite(ns.wake_timeout):
-            raise GatewayConfigError("--wake-timeout must be a finite number")
+        try:
+            exposure = ExposurePolicy.parse(ns.expose)
+        except ExposureError as e:
+            raise GatewayConfigError(str(e)) from e
         namespaces = tuple(n for part in ns.namespace for n in part.split(",") if n)
         return cls(
             listen_host=ns.host,
@@ -112,8 +111,7 @@ class GatewayConfig:
             connect_timeout=ns.connect_timeout,
             read_timeout=ns.read_timeout or None,
             send_timeout=ns.send_timeout or None,
-            default_wake_timeout=ns.wake_timeout,
-            default_max_queued=ns.max_queued,
+            exposure=exposure,
             access_log=ns.access_log,
         )
 
@@ -173,16 +171,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="cut a client that reads nothing for this long (its request is aborted); 0 = never",
     )
     a(
-        "--wake-timeout",
-        type=float,
-        default=DEFAULT_WAKE_TIMEOUT,
-        help="hold bound when a ModelDeployment sets no spec.wake.timeout",
-    )
-    a(
-        "--max-queued",
-        type=int,
-        default=DEFAULT_MAX_QUEUED,
-        help="per-model hold queue when a ModelDeployment sets no spec.wake.maxQueued",
+        "--expose",
+        action="append",
+        default=[],
+        metavar="NAMESPACE=PATTERN[,PATTERN]",
+        help="multi-tenant installs: the model names (glob patterns) each namespace may serve; "
+        "repeat per namespace; once given, unlisted namespaces serve nothing (docs/security.md)",
     )
     a("--access-log", action="store_true")
     return p

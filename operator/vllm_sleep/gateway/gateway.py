@@ -40,7 +40,9 @@ class Gateway:
         self.source = source
         self.demand = demand
         self.metrics = metrics or GatewayMetrics()
-        self.router = Router(demand, self.metrics, demand_interval=config.demand_interval)
+        self.router = Router(
+            demand, self.metrics, demand_interval=config.demand_interval, exposure=config.exposure
+        )
         self.ready = False
         self.port = 0
         self._server: Server | None = None

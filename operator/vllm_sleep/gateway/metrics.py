@@ -59,8 +59,9 @@ class GatewayMetrics:
         )
         self.name_conflicts = Gauge(
             "vllm_sleep_gateway_served_name_conflicts",
-            "1 for each ModelDeployment refused its servedModelName: an older one serves it",
-            ["namespace", "name", "served_name"],
+            "1 for each ModelDeployment refused its servedModelName, by reason: "
+            "ServedNameConflict (an older one serves it) or ServedNameNotExposed (--expose)",
+            ["namespace", "name", "served_name", "reason"],
             registry=r,
         )
         self.watch_restarts = Counter(

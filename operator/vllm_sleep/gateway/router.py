@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from ..api.served_names import ExposurePolicy
 from .demand import DemandSignal
 from .metrics import GatewayMetrics
 from .routing import ModelKey, ModelSpec, ModelTable, PodState
@@ -35,8 +36,9 @@ class Router:
         *,
         demand_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        exposure: ExposurePolicy | None = None,
     ) -> None:
-        self.table = ModelTable()
+        self.table = ModelTable(exposure)
         self._demand = demand
         self._metrics = metrics
         self._interval = demand_interval
@@ -45,7 +47,7 @@ class Router:
         self._signalling: dict[ModelKey, asyncio.Task[None]] = {}
         self._pump: asyncio.Task[None] | None = None
         self._ending = False  # end_holds() was called
-        self._conflicts: dict[ModelKey, tuple[ModelKey, str]] = {}  # as last reported
+        self._refused: dict[ModelKey, tuple[str, str]] = {}  # -> (reason, served), as reported
 
     # -- BackendSink ---------------------------------------------------------------------------
 
@@ -74,31 +76,28 @@ class Router:
 
     def _report_conflicts(self) -> None:
         """Log and export each ModelDeployment refused its served name, once per change."""
-        now: dict[ModelKey, tuple[ModelKey, str]] = {}
-        for refused, owner in self.table.conflicts.items():
-            spec = self.table.lookup_key(refused)
+        now: dict[ModelKey, tuple[str, str]] = {}
+        for key, refusal in self.table.refused.items():
+            spec = self.table.lookup_key(key)
             if spec is not None:
-                now[refused] = (owner, spec.served_name)
+                now[key] = (refusal.reason.value, spec.served_name)
+                if self._refused.get(key) != now[key]:
+                    log.warning(
+                        "ModelDeployment %s/%s: %s", key.namespace, key.name, refusal.message
+                    )
         gauge = self._metrics.name_conflicts
-        for refused, (owner, served) in now.items():
-            if self._conflicts.get(refused) != (owner, served):
-                log.warning(
-                    "ModelDeployment %s/%s asks for served name %r, which %s/%s (older) "
-                    "serves: refused, it gets no traffic",
-                    refused.namespace,
-                    refused.name,
-                    served,
-                    owner.namespace,
-                    owner.name,
+        for key, (reason, served) in now.items():
+            gauge.labels(key.namespace, key.name, served, reason).set(1)
+        for key, (reason, served) in self._refused.items():
+            if now.get(key) != (reason, served):
+                gauge.remove(key.namespace, key.name, served, reason)
+            if key not in now:
+                log.info(
+                    "ModelDeployment %s/%s: its served name is no longer refused",
+                    key.namespace,
+                    key.name,
                 )
-                gauge.labels(refused.namespace, refused.name, served).set(1)
-        for refused, (_owner, served) in self._conflicts.items():
-            still = now.get(refused)
-            if still is None or still[1] != served:
-                gauge.remove(refused.namespace, refused.name, served)
-            if still is None:
-                log.info("ModelDeployment %s/%s: no name conflict", refused.namespace, refused.name)
-        self._conflicts = now
+        self._refused = now
 
     def replace_pods(self, pods: Sequence[PodState]) -> None:
         self.table.replace_all(None, pods)

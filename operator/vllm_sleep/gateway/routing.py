@@ -11,13 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..api.model_spec import WakeSpec
+from ..api.served_names import Claim, ExposurePolicy, Refusal, RefusalReason, resolve
 
 _WAKE = WakeSpec()  # the API's defaults, which the apiserver fills in too
 DEFAULT_WAKE_TIMEOUT = _WAKE.timeout.total_seconds()
 DEFAULT_MAX_QUEUED = _WAKE.max_queued
-
-
-_UNKNOWN_AGE = float("inf")  # sorts a ModelDeployment without a creation time last
 
 
 @dataclass(frozen=True, order=True)
@@ -91,11 +89,13 @@ class _Model:
 class ModelTable:
     """Models, their pods, in-flight counts per pod and held requests per model."""
 
-    def __init__(self) -> None:
+    def __init__(self, exposure: ExposurePolicy | None = None) -> None:
         self._models: dict[ModelKey, _Model] = {}
         self._served: dict[str, ModelKey] = {}
-        # ModelDeployments refused their served name: refused -> the owner of the name.
-        self.conflicts: dict[ModelKey, ModelKey] = {}
+        self._exposure = exposure or ExposurePolicy()
+        # ModelDeployments that serve nothing, and why (api.served_names: an older owner of
+        # the name, or the exposure policy).
+        self.refused: dict[ModelKey, Refusal] = {}
         self._inflight: dict[tuple[str, str], int] = {}
         self._turn = 0  # rotates among equally loaded replicas
 
@@ -158,19 +158,26 @@ class ModelTable:
             del self._models[key]
 
     def _reindex(self) -> None:
-        # One owner per served name: the oldest ModelDeployment (creationTimestamp, then
-        # namespace/name, so every gateway replica agrees). A newer one asking for a name that
-        # is served never takes its traffic, whatever its namespace: it is refused, listed in
-        # `conflicts`, until the owner is gone. An unknown creation time counts as newest.
-        served: dict[str, ModelKey] = {}
-        conflicts: dict[ModelKey, ModelKey] = {}
-        specs = [(key, entry.spec) for key, entry in self._models.items() if entry.spec]
-        for key, spec in sorted(specs, key=lambda ks: (ks[1].created or _UNKNOWN_AGE, ks[0])):
-            owner = served.setdefault(spec.served_name, key)
-            if owner != key:
-                conflicts[key] = owner
-        self._served = served
-        self.conflicts = conflicts
+        # The rule is api.served_names' (the operator reports the same refusals as conditions).
+        claims = [
+            Claim(key.namespace, key.name, entry.spec.served_name, entry.spec.created or None)
+            for key, entry in self._models.items()
+            if entry.spec is not None
+        ]
+        resolution = resolve(claims, self._exposure)
+        self._served = {
+            served: ModelKey(c.namespace, c.name) for served, c in resolution.owners.items()
+        }
+        self.refused = {ModelKey(*key): r for key, r in resolution.refused.items()}
+
+    @property
+    def conflicts(self) -> dict[ModelKey, ModelKey]:
+        """Refused because an older ModelDeployment owns the name: refused -> owner."""
+        return {
+            key: ModelKey(*r.owner)
+            for key, r in self.refused.items()
+            if r.reason == RefusalReason.CONFLICT and r.owner is not None
+        }
 
     # -- queries -------------------------------------------------------------------------------
 

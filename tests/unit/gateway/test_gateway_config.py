@@ -28,8 +28,10 @@ def test_zero_means_no_timeout() -> None:
         ["--read-timeout", "-1"],
         ["--connect-timeout", "0"],
         ["--max-body-bytes", "0"],
-        ["--max-queued", "-1"],
         ["--port", "x"],
+        ["--expose", "team-a"],
+        ["--expose", "team-a="],
+        ["--expose", "Team_A=llama-*"],
     ],
 )
 def test_invalid_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
@@ -45,8 +47,6 @@ def test_invalid_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
         ["--port", "-1"],
         ["--backend-port", "0"],
         ["--backend-port", "65536"],
-        ["--wake-timeout", "nan"],
-        ["--wake-timeout", "inf"],
         ["--connect-timeout", "nan"],
         ["--read-timeout", "nan"],
         ["--send-timeout", "nan"],
@@ -61,3 +61,22 @@ def test_out_of_range_flags_are_refused_with_the_flag_named(argv: list[str]) -> 
 def test_valid_ports_still_pass() -> None:
     cfg = GatewayConfig.from_cli(["--port", "0", "--backend-port", "65535"], {})
     assert (cfg.port, cfg.backend_port) == (0, 65535)
+
+
+def test_removed_flags_are_refused() -> None:
+    # spec.wake.timeout and spec.wake.maxQueued always come from the ModelDeployment (the API
+    # fills their defaults), so the gateway has no second default to drift from them.
+    for flag in ("--wake-timeout", "--max-queued"):
+        with pytest.raises(GatewayConfigError):
+            GatewayConfig.from_cli([flag, "10"], {})
+
+
+def test_expose_flags_build_one_policy() -> None:
+    cfg = GatewayConfig.from_cli(
+        ["--expose", "team-a=team-a-*,shared-*", "--expose", "team-b=llama-8b"], {}
+    )
+    assert cfg.exposure.allows("team-a", "shared-qwen")
+    assert cfg.exposure.allows("team-b", "llama-8b")
+    assert not cfg.exposure.allows("team-b", "team-a-x")
+    assert not cfg.exposure.allows("team-c", "anything")
+    assert GatewayConfig.from_cli([], {}).exposure.allows("any", "name")

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from vllm_sleep.api.served_names import ExposurePolicy, RefusalReason
 from vllm_sleep.gateway import MemoryDemand
 from vllm_sleep.gateway.metrics import GatewayMetrics
 from vllm_sleep.gateway.router import Router
@@ -67,7 +68,12 @@ def test_the_router_logs_and_exports_each_conflict_once(
     def gauge() -> float | None:
         return metrics.registry.get_sample_value(
             "vllm_sleep_gateway_served_name_conflicts",
-            {"namespace": "aaa", "name": "grab", "served_name": "qwen-7b"},
+            {
+                "namespace": "aaa",
+                "name": "grab",
+                "served_name": "qwen-7b",
+                "reason": "ServedNameConflict",
+            },
         )
 
     caplog.set_level(logging.INFO, logger="vllm_sleep.gateway.router")
@@ -80,3 +86,44 @@ def test_the_router_logs_and_exports_each_conflict_once(
     assert gauge() == 1.0
     router.remove_model(INTRUDER.key)
     assert gauge() is None
+
+
+def test_a_name_outside_the_exposure_policy_is_never_served() -> None:
+    policy = ExposurePolicy.parse(["team-b=qwen-*", "aaa=grab-*"])
+    table = ModelTable(policy)
+    table.replace_all([INTRUDER, VICTIM], None)
+    # The intruder's namespace may not serve "qwen-7b" at all; the victim keeps it.
+    assert table.lookup("qwen-7b") == VICTIM
+    assert table.refused[INTRUDER.key].reason == RefusalReason.NOT_EXPOSED
+    assert table.conflicts == {}
+
+
+def test_a_refused_owner_does_not_block_an_allowed_newcomer() -> None:
+    # The older object is outside the policy: it never owned the name, so the newer one
+    # (allowed) serves it instead of both being refused.
+    policy = ExposurePolicy.parse(["aaa=qwen-*"])
+    table = ModelTable(policy)
+    table.replace_all([VICTIM, INTRUDER], None)
+    assert table.lookup("qwen-7b") == INTRUDER
+    assert set(table.refused) == {VICTIM.key}
+
+
+def test_the_router_exports_policy_refusals_with_their_reason() -> None:
+    metrics = GatewayMetrics()
+    router = Router(
+        MemoryDemand(),
+        metrics,
+        demand_interval=10.0,
+        exposure=ExposurePolicy.parse(["team-b=other-*"]),
+    )
+    router.upsert_model(VICTIM)
+    labels = {
+        "namespace": "team-b",
+        "name": "qwen",
+        "served_name": "qwen-7b",
+        "reason": "ServedNameNotExposed",
+    }
+    sample = "vllm_sleep_gateway_served_name_conflicts"
+    assert metrics.registry.get_sample_value(sample, labels) == 1.0
+    router.remove_model(VICTIM.key)
+    assert metrics.registry.get_sample_value(sample, labels) is None
