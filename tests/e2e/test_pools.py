@@ -261,7 +261,8 @@ def test_a_model_larger_than_the_device_is_refused_and_nothing_is_evicted(
     remove_models(kube, namespace)
 
 
-def agent_state(kube: Kube, namespace: str, model: str) -> str | None:
+def agent_url(kube: Kube, namespace: str, model: str) -> tuple[str, dict[str, str]]:
+    """The control URL of the model's agent and the headers to read its /state."""
     import base64
 
     from kubernetes import client
@@ -270,19 +271,8 @@ def agent_state(kube: Kube, namespace: str, model: str) -> str | None:
         f"{model}-control-token", namespace
     )
     token = base64.b64decode(secret.data["token"]).decode()
-    pods = [p for p in model_pods(kube, namespace, model) if p.status.pod_ip]
-    if not pods:
-        return None
-    try:
-        r = httpx.get(
-            f"http://{pods[0].status.pod_ip}:8002/state",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
-        )
-    except httpx.HTTPError:
-        return None
-    state: str = r.json()["state"]
-    return state
+    ip = next(p.status.pod_ip for p in model_pods(kube, namespace, model) if p.status.pod_ip)
+    return f"http://{ip}:8002/state", {"Authorization": f"Bearer {token}"}
 
 
 def test_operator_killed_mid_swap_converges_without_evicting_twice(
@@ -298,7 +288,7 @@ def test_operator_killed_mid_swap_converges_without_evicting_twice(
     slow = {  # big weights and a slowed engine: the eviction's sleep takes seconds
         "env": [
             {"name": "VLLM_SIM_PROFILE", "value": "legacy"},
-            {"name": "VLLM_SIM_TIME_SCALE", "value": "3"},
+            {"name": "VLLM_SIM_TIME_SCALE", "value": "10"},
         ],
         "sleep": {"idleTimeout": "1h"},
     }
@@ -311,14 +301,19 @@ def test_operator_killed_mid_swap_converges_without_evicting_twice(
     r = httpx.post(f"{gateway}/v1/chat/completions", json=chat("a"), timeout=180)
     assert r.status_code == 200, r.text
 
+    url, headers = agent_url(kube, namespace, "a")
+
     async def wake_b_and_kill_mid_swap() -> int:
         async with httpx.AsyncClient(timeout=240) as client:
             request = asyncio.create_task(
                 client.post(f"{gateway}/v1/chat/completions", json=chat("b"))
             )
-            while agent_state(kube, namespace, "a") not in ("draining", "sleeping"):
+            while (await client.get(url, headers=headers)).json()["state"] not in (
+                "draining",
+                "sleeping",
+            ):
                 assert not request.done(), "b was served before a's eviction was seen"
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.005)
             operator.kill()  # in the middle of the eviction
             operator.start()
             return (await request).status_code

@@ -14,6 +14,7 @@ from ..api.names import (
     CONDITION_AWAKE,
     GPU_POOL_PLURAL,
     GROUP,
+    LABEL_MODEL,
     MODEL_DEPLOYMENT_PLURAL,
     VERSION,
 )
@@ -53,6 +54,14 @@ class Kube:
         await self.objects.create_namespaced_custom_object(
             "resource.k8s.io", "v1", namespace, "resourceclaims", manifest
         )
+
+    async def list_model_pods(self) -> list[dict[str, Any]]:
+        """Every model pod the operator may see (all namespaces)."""
+        resp: Any = await self.core.list_pod_for_all_namespaces(
+            label_selector=LABEL_MODEL, _preload_content=False
+        )
+        items: list[dict[str, Any]] = (await resp.json()).get("items", [])
+        return items
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         resp: Any = await self.core.list_node(_preload_content=False)

@@ -27,6 +27,7 @@ from typing import Any
 from ..api.agent_protocol import StateReport
 from ..api.gpu_pool import GPUPoolSpec, Sharing
 from ..api.model_deployment import ModelDeployment
+from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL
 from ..metrics import OperatorMetrics
 from ..reconcile.lifecycle import Wake
 from ..reconcile.pool_devices import PoolDevice, claim_manifest, claim_name, pool_devices
@@ -56,6 +57,7 @@ class PoolActor:
         self.engines: dict[str, tuple[Engine, ...]] = {}  # model key -> its replicas
         self.wants: dict[str, frozenset[str]] = {}  # model key -> replicas it wants awake
         self.turns: dict[str, str] = {}  # device -> replica whose step runs there
+        self.occupants: dict[str, set[str]] = {}  # device -> models with a pod there
         self._turn_since: dict[str, float] = {}  # device -> when its turn was taken
         self.starting: dict[str, tuple[str, float]] = {}  # replica -> (device, seated at)
         self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
@@ -81,9 +83,36 @@ class PoolActor:
                 "resource.k8s.io", "v1", "deviceclasses", spec.device_class_name
             )
         devices = pool_devices(spec, nodes, slices, device_class)
+        self.occupants = await self._occupants({d.id for d in devices})
         if devices != self.devices or spec != self.spec:
             log.info("GPUPool %s: %d device(s)", self.name, len(devices))
         self.spec, self.devices, self._inventory_at = spec, devices, now
+
+    async def _occupants(self, devices: set[str]) -> dict[str, set[str]]:
+        """Device -> models with a pod seated there. Until each of them has published its
+        replicas (e.g. right after an operator restart), its device runs nothing new: the
+        memory its engines hold is not known yet."""
+        try:
+            pods = await self._kube.list_model_pods()
+        except Exception:
+            log.warning("GPUPool %s: model pods not listed", self.name, exc_info=True)
+            return self.occupants
+        out: dict[str, set[str]] = {}
+        for p in pods:
+            meta = p.get("metadata") or {}
+            device = (meta.get("annotations") or {}).get(ANNOTATION_DEVICE)
+            owner = (meta.get("labels") or {}).get(LABEL_MODEL)
+            if device in devices and owner:
+                out.setdefault(device, set()).add(model_key(meta.get("namespace", ""), owner))
+        return out
+
+    def unknown(self) -> dict[str, str]:
+        """Devices held by pods of models that have not published yet (as turns)."""
+        return {
+            device: "(a model not yet observed)"
+            for device, models in self.occupants.items()
+            if models - set(self.engines)
+        }
 
     def snapshot(self) -> Pool:
         spec = self.spec
@@ -110,6 +139,8 @@ class PoolActor:
 
     def leave(self, key: str) -> None:
         self.members.pop(key, None)
+        for models in self.occupants.values():
+            models.discard(key)
         gone = {e.replica for e in self.engines.pop(key, ())}
         self.wants.pop(key, None)
         for device, holder in list(self.turns.items()):
@@ -148,7 +179,7 @@ class PoolActor:
             view = PoolView(
                 pool=self.snapshot(),
                 sharing=spec.sharing,
-                turns=dict(self.turns),
+                turns={**self.unknown(), **self.turns},
                 wants=frozenset().union(*self.wants.values()),
             )
             g = gate(view, ns, request, now)

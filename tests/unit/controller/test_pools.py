@@ -21,14 +21,14 @@ GIB = 1 << 30
 NOW = 1_800_000_000.0
 
 
-def model(name: str) -> ModelDeployment:
+def model(name: str, util: float = 0.3) -> ModelDeployment:
     return ModelDeployment.from_body(
         {
             "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
             "spec": {
                 "model": "org/model",
                 "image": "vllm/vllm-openai:v0.33.0",
-                "resources": {"gpuMemoryUtilization": 0.3, "weightsSize": "2Gi"},
+                "resources": {"gpuMemoryUtilization": util, "weightsSize": "2Gi"},
                 "placement": {"pool": "p"},
             },
         }
@@ -50,7 +50,9 @@ def actor() -> PoolActor:
     return a
 
 
-def member(name: str, state: AgentState, actions: tuple = ()) -> tuple[Any, PoolRequest, Any]:  # type: ignore[type-arg]
+def member(
+    name: str, state: AgentState, actions: tuple = (), util: float = 0.3
+) -> tuple[Any, PoolRequest, Any]:  # type: ignore[type-arg]
     p = observe_pod(
         {
             "metadata": {
@@ -70,7 +72,7 @@ def member(name: str, state: AgentState, actions: tuple = ()) -> tuple[Any, Pool
         indexes={0: p.name},
         actions=actions,
     )
-    return model(name), req, {p.name: rep}
+    return model(name, util), req, {p.name: rep}
 
 
 def test_two_models_cannot_start_steps_on_one_device_at_once_until_the_first_settles() -> None:
@@ -106,5 +108,30 @@ def test_a_member_that_leaves_releases_its_turns() -> None:
         assert a.turns
         a.leave("ns/a")
         assert a.turns == {} and "ns/a" not in a.engines
+
+    asyncio.run(run())
+
+
+def test_an_eviction_counts_a_swap_whose_duration_ends_when_its_target_is_awake() -> None:
+    async def run() -> None:
+        a = actor()
+        m = a._metrics
+        # b-0 asleep and wanted; a-0 awake and idle: b's wake needs a's eviction.
+        a.occupants = {"n/gpu-0": {"ns/a", "ns/b"}}  # both have pods there (a restart)
+        mb, rb, rep_b = member("b", AgentState.ASLEEP, util=0.8)
+        from vllm_sleep.reconcile.lifecycle import Wake
+
+        rb = PoolRequest(rb.live, rb.observations, rb.indexes, (Wake("b-0", "held"),))
+        ma, ra, rep_a = member("a", AgentState.AWAKE, util=0.8)
+        # b publishes first: a (awake) is not known yet, so b's device runs nothing.
+        assert a.gatekeeper("ns", mb, rep_b, NOW)(rb).actions == ()
+        victim = a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        assert [type(x).__name__ for x in victim.actions] == ["Route", "Sleep"]
+        value = m.registry.get_sample_value
+        assert value("vllm_sleep_pool_evictions_total", {"pool": "p"}) == 1
+        assert value("vllm_sleep_pool_swaps_total", {"pool": "p"}) == 1
+        mb2, rb2, rep_b2 = member("b", AgentState.AWAKE, util=0.8)
+        a.gatekeeper("ns", mb2, rep_b2, NOW + 2.5)(rb2)
+        assert value("vllm_sleep_pool_swap_duration_seconds_sum", {"pool": "p"}) == 2.5
 
     asyncio.run(run())
