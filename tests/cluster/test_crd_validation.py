@@ -67,7 +67,7 @@ BAD_MODELS: list[tuple[str, dict[str, Any], str]] = [
     ("priority-huge", {"spec": {"placement": {"priority": 10**9}}}, "spec.placement.priority"),
     # -- enums
     ("level-3", {"spec": {"sleep": {"level": 3}}}, "spec.sleep.level"),
-    ("level-0", {"spec": {"sleep": {"level": 0}}}, "spec.sleep.level"),
+    ("level-negative", {"spec": {"sleep": {"level": -1}}}, "spec.sleep.level"),
     ("level-string", {"spec": {"sleep": {"level": "1"}}}, "spec.sleep.level"),
     ("policy-unknown", {"spec": {"sleep": {"policy": "Sometimes"}}}, "spec.sleep.policy"),
     ("policy-lowercase", {"spec": {"sleep": {"policy": "auto"}}}, "spec.sleep.policy"),
@@ -130,6 +130,7 @@ BAD_POOLS: list[tuple[str, dict[str, Any], str]] = [
 GOOD_MODELS: list[tuple[str, dict[str, Any]]] = [
     ("minimal", {}),
     ("level2-without-weights", {"spec": {"sleep": {"level": 2}, "resources": {"weightsSize": None}}}),
+    ("level0-kv-only", {"spec": {"sleep": {"level": 0}, "resources": {"weightsSize": None}}}),
     ("integer-quantity", {"spec": {"resources": {"weightsSize": 17179869184, "cpu": 4}}}),
     ("compound-durations", {"spec": {"sleep": {"idleTimeout": "1h30m", "drainTimeout": "1m30s"}, "placement": {"minAwake": "2m", "pool": "h100-shared"}}}),
     ("zero-replicas-auto", {"spec": {"replicas": 0}}),
