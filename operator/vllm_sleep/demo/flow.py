@@ -23,9 +23,14 @@ from .models import (
     DEFAULT_TIME_SCALE,
     MODELS,
     NAMESPACE,
+    POOL,
     manifest,
+    pool_manifest,
 )
+from .record import Recorder
+from .timeline import Request, Summary, Swap, summarize
 from .track import Tracker
+from .traffic import Traffic, schedule
 from .view import live_view
 
 POLL_SECONDS = 0.25
@@ -41,6 +46,11 @@ class DemoConfig:
     max_tokens: int = 20  # the simulator's text repeats after 20 words
     wait_idle: bool = True  # False: ask for the sleep (`vllm-sleep sleep`) instead of waiting
     load_timeout: float = 240.0
+    pool: str = POOL
+    swap_seconds: float = 15.0  # how long the swap phase sends requests
+    swap_rate: float = 1.5  # requests a second, on average
+    swap_tokens: int = 4
+    seed: int = 11
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -61,17 +71,21 @@ class Report:
     last_wake: float | None = None  # the operator's measured wake (status.lastWakeSeconds)
     asleep_again_after: float | None = None  # last token -> Asleep
     violations: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)  # the swap phase's
+    swaps: list[Swap] = field(default_factory=list)
+    summary: Summary | None = None
 
 
 def deploy(cluster: Cluster, cfg: DemoConfig, host_scale: float) -> list[str]:
     cluster.ensure_namespace(cfg.namespace)
-    docs = [
+    docs = [pool_manifest(cfg.pool)] + [
         manifest(
             m,
             cfg.namespace,
             total_scale=cfg.time_scale,
             host_scale=host_scale,
             idle_timeout=cfg.idle_timeout,
+            pool=cfg.pool,
         )
         for m in MODELS
     ]
@@ -88,23 +102,32 @@ def watch_until(
     timeout: float,
     footer: Callable[[Tracker], str] = lambda _t: "",
     tracker: Tracker | None = None,
+    recorder: Recorder | None = None,
 ) -> Tracker:
-    """Poll the models and redraw the table until `done`; fail on a Failed model or timeout."""
+    """Poll the models (and the device, with a recorder) and redraw until `done`; fail on a
+    Failed model or timeout."""
     tracker = tracker or Tracker(cfg.names, time.monotonic())
     deadline = time.monotonic() + timeout
 
     def render() -> Any:
-        return live_view(tracker, title, cfg.time_scale, footer(tracker))
+        device = recorder.last if recorder else None
+        return live_view(tracker, title, cfg.time_scale, footer(tracker), device)
+
+    def look() -> None:
+        now = time.monotonic()
+        tracker.update(cluster.models(cfg.namespace), now)
+        if recorder is not None:
+            recorder.poll(tracker, now)
 
     try:
         with Live(render(), console=console, refresh_per_second=8, transient=False) as live:
             while True:
-                tracker.update(cluster.models(cfg.namespace), time.monotonic())
+                look()
                 live.update(render())
                 if done(tracker):
                     # One more look for the last frame: `done` may have been decided by an event
                     # (the first token) newer than the snapshot just drawn.
-                    tracker.update(cluster.models(cfg.namespace), time.monotonic())
+                    look()
                     live.update(render())
                     return tracker
                 if tracker.failed():
@@ -125,9 +148,17 @@ def watch_until(
             console.line()
 
 
-def wait_prewarmed(cluster: Cluster, cfg: DemoConfig, console: Console, report: Report) -> Tracker:
-    """Loading -> pre-warm (first sleep) -> Asleep, for every model."""
+def wait_prewarmed(
+    cluster: Cluster,
+    cfg: DemoConfig,
+    console: Console,
+    report: Report,
+    recorder: Recorder | None = None,
+) -> Tracker:
+    """Loading -> pre-warm (first sleep) -> Asleep, for every model (one at a time: start-up on
+    a shared device is serialised)."""
     t0 = time.monotonic()
+    _mark(recorder, "load + pre-warm")
     tracker = watch_until(
         cluster,
         cfg,
@@ -136,6 +167,7 @@ def wait_prewarmed(cluster: Cluster, cfg: DemoConfig, console: Console, report: 
         title="Models loading, pre-warming, going to sleep",
         timeout=cfg.load_timeout,
         footer=lambda t: f"  {time.monotonic() - t0:.1f} s since apply",
+        recorder=recorder,
     )
     report.ready_after = time.monotonic() - t0
     return tracker
@@ -147,6 +179,7 @@ def request_through_gateway(
     console: Console,
     gateway_url: str,
     report: Report,
+    recorder: Recorder | None = None,
 ) -> ChatResult:
     """Send one streaming chat to the sleeping model: the table shows the wake while the gateway
     holds the request, then the tokens stream in."""
@@ -164,6 +197,7 @@ def request_through_gateway(
             first.append(chat.events.get())
         return bool(first)
 
+    _mark(recorder, "one request")
     chat.start()
     watch_until(
         cluster,
@@ -176,6 +210,7 @@ def request_through_gateway(
         footer=lambda _t: (
             "" if first else f"  waiting for the first token: {time.monotonic() - t0:.1f} s"
         ),
+        recorder=recorder,
     )
     event = first[0]
     if event.kind == "done":  # no token at all: an error answer
@@ -197,16 +232,71 @@ def request_through_gateway(
     return chat.result
 
 
-def back_to_sleep(cluster: Cluster, cfg: DemoConfig, console: Console, report: Report) -> None:
-    """Idle for idleTimeout -> Draining -> Asleep (or an explicit `vllm-sleep sleep`)."""
+def swap_phase(
+    cluster: Cluster,
+    cfg: DemoConfig,
+    console: Console,
+    gateway_url: str,
+    report: Report,
+    recorder: Recorder,
+) -> list[Request]:
+    """Requests hopping between the models for `swap_seconds`: each wake of a sleeping model
+    needs the awake one evicted first (the operator drains it, sleeps it, waits for its memory,
+    then wakes the target; the gateway holds the request meanwhile)."""
+    plan = schedule(cfg.names, cfg.swap_seconds, cfg.swap_rate, cfg.seed)
+    traffic = Traffic(gateway_url, plan, recorder.origin, max_tokens=cfg.swap_tokens)
+    _mark(recorder, "swaps")
+    traffic.start()
+
+    def footer(_t: Tracker) -> str:
+        got = list(traffic.requests)
+        ok = sum(r.ok for r in got)
+        return (
+            f"  {len(got)}/{len(plan)} answered ({ok} ok), {traffic.in_flight} in flight; "
+            f"GPU {recorder.timeline.device_bytes / 2**30:.0f} GiB: one model awake at a time"
+        )
+
+    watch_until(
+        cluster,
+        cfg,
+        console,
+        lambda _t: traffic.done,
+        title=f"Swaps: {len(plan)} requests over {cfg.swap_seconds:g} s, hopping between models",
+        timeout=cfg.swap_seconds + cfg.load_timeout,
+        footer=footer,
+        recorder=recorder,
+    )
+    report.requests = sorted(traffic.requests, key=lambda r: r.sent)
+    failed = [r for r in report.requests if not r.ok]
+    if failed:
+        raise DemoError(
+            f"{len(failed)} of {len(plan)} swap-phase requests failed, e.g. "
+            f"{failed[0].model}: HTTP {failed[0].status} {failed[0].error}"
+        )
+    return report.requests
+
+
+def back_to_sleep(
+    cluster: Cluster,
+    cfg: DemoConfig,
+    console: Console,
+    report: Report,
+    recorder: Recorder | None = None,
+) -> None:
+    """Idle for idleTimeout -> Draining -> Asleep (or an explicit `vllm-sleep sleep`), until
+    every model sleeps."""
     t0 = time.monotonic()
+    awake = [n for n, v in cluster.models(cfg.namespace).items() if _phase(v) != "Asleep"]
+    awake = [n for n in cfg.names if n in awake] or [cfg.chat_model]
+    _mark(recorder, "idle")
     if not cfg.wait_idle:
-        cluster.request_sleep(cfg.namespace, cfg.chat_model)
+        for name in awake:
+            cluster.request_sleep(cfg.namespace, name)
 
     def footer(_t: Tracker) -> str:
         elapsed = time.monotonic() - t0
         if not cfg.wait_idle:
-            return f"  `vllm-sleep sleep {cfg.chat_model}` requested {elapsed:.1f} s ago"
+            return f"  `vllm-sleep sleep {' '.join(awake)}` requested {elapsed:.1f} s ago"
         left = cfg.idle_seconds - elapsed
         if left > 0:
             return (
@@ -218,13 +308,34 @@ def back_to_sleep(cluster: Cluster, cfg: DemoConfig, console: Console, report: R
         cluster,
         cfg,
         console,
-        lambda t: t.phase(cfg.chat_model) == "Asleep",
-        title=f"{cfg.chat_model} idle: back to sleep",
+        lambda t: t.all_in("Asleep"),
+        title=f"{', '.join(awake)} idle: back to sleep",
         timeout=cfg.idle_seconds + 120,
         footer=footer,
+        recorder=recorder,
     )
     report.asleep_again_after = time.monotonic() - t0
 
 
-def check_violations(cluster: Cluster, cfg: DemoConfig, report: Report) -> None:
-    report.violations = cluster.violations(cfg.namespace)
+def check_violations(
+    cluster: Cluster, cfg: DemoConfig, report: Report, recorder: Recorder | None = None
+) -> None:
+    """Contract violations of the demo's engines: those on the demo node (the recorder's
+    sim-kubelet) and any on the cluster's own nodes."""
+    found = recorder.violations() if recorder else []
+    if cluster.kubelet_admin_url:
+        found += cluster.violations(cfg.namespace)
+    report.violations = found
+    if recorder is not None:
+        report.summary, report.swaps = summarize(
+            recorder.timeline, report.requests, report.violations
+        )
+
+
+def _mark(recorder: Recorder | None, label: str) -> None:
+    if recorder is not None:
+        recorder.timeline.mark(time.monotonic() - recorder.origin, label)
+
+
+def _phase(obj: dict[str, Any]) -> str:
+    return str((obj.get("status") or {}).get("phase") or "Pending")

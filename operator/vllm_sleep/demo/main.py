@@ -2,8 +2,11 @@
 
 Steps: a local cluster with simulated GPU nodes (reused when `vllm-sleep dev up` runs one),
 CRDs + RBAC, the operator and the gateway as background processes with ServiceAccount tokens,
-three models that load, pre-warm and fall asleep, one request through the gateway that wakes a
-model and streams, the model asleep again, and zero requests that reached a sleeping engine.
+a one-GPU demo node whose GPU a GPUPool shares between three models that load, pre-warm and
+fall asleep one after the other, one request through the gateway that wakes a model and
+streams, then traffic hopping between the models, so the GPU (one model awake at a time) swaps
+them: evict one, wake the next. Every model asleep again, zero requests that reached a sleeping
+engine, zero OOMs, and a PNG timeline of the models' states and the GPU's memory.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from rich.table import Table
 from ..testing.cluster.build import BuildError
 from ..testing.cluster.processes import ClusterError
 from . import cluster as local
-from . import services
+from . import gpunode, services
 from .flow import (
     DemoConfig,
     Report,
@@ -29,12 +33,14 @@ from .flow import (
     check_violations,
     deploy,
     request_through_gateway,
+    swap_phase,
     wait_prewarmed,
 )
 from .kube import DemoError
 from .models import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_TIME_SCALE,
+    DEVICE_GIB,
     FAST_TIME_SCALE,
     MODELS,
     by_name,
@@ -42,8 +48,14 @@ from .models import (
     real_equivalent_ttft,
     render_examples,
 )
+from .plot import NoMatplotlib, write_png
+from .record import Recorder
+from .timeline import Timeline
 from .track import Tracker
-from .view import next_steps, timing_model_table
+from .view import next_steps, swap_summary, timing_model_table
+
+DEFAULT_PNG = Path(tempfile.gettempdir()) / "vllm-sleep-demo-timeline.png"
+FAST_SWAP_SECONDS = 8.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,6 +92,18 @@ def parser() -> argparse.ArgumentParser:
         help="restart the operator and the gateway even if they run",
     )
     p.add_argument(
+        "--swap-seconds",
+        type=float,
+        default=None,
+        help="how long the swap phase sends requests (default 15, 8 with --fast)",
+    )
+    p.add_argument(
+        "--png",
+        type=Path,
+        default=DEFAULT_PNG,
+        help=f"where to write the timeline picture (default {DEFAULT_PNG})",
+    )
+    p.add_argument(
         "--write-examples",
         type=Path,
         metavar="DIR",
@@ -98,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     scale = args.time_scale or (FAST_TIME_SCALE if args.fast else DEFAULT_TIME_SCALE)
     cfg = DemoConfig(time_scale=scale, idle_timeout=args.idle_timeout, wait_idle=not args.fast)
+    if args.swap_seconds or args.fast:
+        cfg.swap_seconds = args.swap_seconds or FAST_SWAP_SECONDS
     console = Console()
     try:
         return run(args, cfg, console)
@@ -153,19 +179,44 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
     console.print(
         f"  operator + gateway {how}, each with its own ServiceAccount token (least privilege)"
     )
-    console.print(f"  gateway: [bold]{svc.gateway_url}/v1[/]   logs: {lc.state.logs}/\n")
+    console.print(f"  gateway: [bold]{svc.gateway_url}/v1[/]   logs: {lc.state.logs}/")
+    with console.status("starting the demo's GPU node (one simulated 80 GiB H100) ..."):
+        node = gpunode.ensure(
+            lc.cluster,
+            Path(lc.state.state_dir),
+            cfg.time_scale,
+            record=lambda pid: _record(lc, pid),
+        )
+    console.print(
+        f"  GPU node {node.name}: one simulated H100, {DEVICE_GIB:.0f} GiB "
+        f"({'reused' if node.reused else 'its own sim-kubelet'}), tainted for the demo only\n"
+    )
 
     console.print(timing_model_table(cfg.time_scale))
     console.print()
 
-    step(console, 3, f"Deploy three models in namespace {cfg.namespace} (deploy/examples/demo/)")
-    for line in deploy(lc.cluster, cfg, lc.host_scale):
+    step(
+        console,
+        3,
+        f"One GPUPool, three models on its one GPU, namespace {cfg.namespace} "
+        "(deploy/examples/demo/)",
+    )
+    console.print(
+        f"  each model takes 60% of the GPU awake ({DEVICE_GIB * 0.6:.0f} GiB) and ~1.4 GiB "
+        "asleep: the GPU holds one awake at a time"
+    )
+    timeline = Timeline(cfg.names, int(DEVICE_GIB * 2**30))
+    recorder = Recorder(
+        lc.cluster, node.admin_url, cfg.namespace, cfg.pool, timeline, time.monotonic()
+    )
+    for line in deploy(lc.cluster, cfg, node.time_scale):
         console.print(f"  $ kubectl apply -f deploy/examples/demo/  ->  {line}")
     report = Report()
-    tracker = wait_prewarmed(lc.cluster, cfg, console, report)
+    tracker = wait_prewarmed(lc.cluster, cfg, console, report, recorder)
     console.print(
-        f"  all three pre-warmed and asleep after {fmt_seconds(report.ready_after)}: "
-        "their GPU memory is free, and the slow first sleep is already paid.\n"
+        f"  all three pre-warmed and asleep after {fmt_seconds(report.ready_after)}, loaded one "
+        "after the other (start-up on a shared GPU is serialised): the GPU is free again, and "
+        "the slow first sleep is already paid.\n"
     )
 
     step(console, 4, f"One request to the sleeping {cfg.chat_model}, through the gateway")
@@ -173,18 +224,27 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
         f"  $ curl {svc.gateway_url}/v1/chat/completions -d "
         f'\'{{"model": "{cfg.chat_model}", "stream": true, ...}}\''
     )
-    chat = request_through_gateway(lc.cluster, cfg, console, svc.gateway_url, report)
+    chat = request_through_gateway(lc.cluster, cfg, console, svc.gateway_url, report, recorder)
     console.print(comparison(cfg, report))
     console.print(f"  {len(chat.tokens)} tokens streamed in {fmt_seconds(chat.total)}\n")
 
+    step(console, 5, "Traffic to all three: the GPU swaps them (evict one, wake the next)")
+    console.print(
+        f"  random bursts through the gateway for {cfg.swap_seconds:g} s; a request for a "
+        "sleeping model is held while the operator drains and sleeps the awake one, waits for "
+        "its memory to be released, then wakes the target"
+    )
+    swap_phase(lc.cluster, cfg, console, svc.gateway_url, report, recorder)
+    console.print()
+
     step(
         console,
-        5,
-        f"{cfg.chat_model} goes back to sleep"
-        + ("" if cfg.wait_idle else " (`vllm-sleep sleep`, --fast)"),
+        6,
+        "Back to sleep" + ("" if cfg.wait_idle else " (`vllm-sleep sleep`, --fast)"),
     )
-    back_to_sleep(lc.cluster, cfg, console, report)
-    check_violations(lc.cluster, cfg, report)
+    back_to_sleep(lc.cluster, cfg, console, report, recorder)
+    check_violations(lc.cluster, cfg, report, recorder)
+    recorder.close()
     if report.violations:
         console.print(
             f"[bold red]  {len(report.violations)} contract violation(s):[/] "
@@ -199,6 +259,13 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
 
     console.print(Rule("Summary"))
     console.print(summary(cfg, report, tracker))
+    if report.summary is not None:
+        console.print(swap_summary(report.summary, report.swaps, cfg.time_scale))
+    try:
+        png = write_png(timeline, report.requests, report.swaps, args.png)
+        console.print(f"\n[bold]timeline:[/] {png}  (models' states above, GPU memory below)\n")
+    except NoMatplotlib as e:
+        console.print(f"\n[yellow]{e}[/]\n")
     out = lc.cluster.kubectl("get", "mdep", "-n", cfg.namespace, check=False).stdout
     console.print(f"$ kubectl get mdep -n {cfg.namespace}\n{out}")
     console.print(f"demo took {time.monotonic() - started:.0f} s of wall time")
@@ -221,6 +288,12 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
         )
     )
     return 1 if report.violations else 0
+
+
+def _record(lc: local.LocalCluster, pid: int) -> None:
+    """The demo node's sim-kubelet stops with the cluster (`vllm-sleep dev down`)."""
+    lc.state.pids[gpunode.PROCESS] = pid
+    lc.state.save()
 
 
 def step(console: Console, n: int, title: str) -> None:

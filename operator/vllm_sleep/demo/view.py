@@ -9,8 +9,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .models import MODELS, DemoModel, fmt_seconds
+from .models import MODELS, POOL_NODE, DemoModel, fmt_seconds
+from .record import DeviceView
+from .timeline import Summary, Swap
 from .track import ModelView, Tracker
+
+GiB = 2**30
+MODEL_COLORS = ("green", "magenta", "yellow", "cyan", "red", "blue")
+BAR_WIDTH = 48
 
 PHASE_STYLE = {
     "Pending": "dim",
@@ -79,8 +85,48 @@ def transitions_text(tracker: Tracker, last: int = 8) -> Text:
     return text
 
 
-def live_view(tracker: Tracker, title: str, scale: float, footer: str = "") -> Group:
-    parts: list[Table | Text] = [models_table(tracker, title, scale), transitions_text(tracker)]
+def memory_bar(held: dict[str, int], names: tuple[str, ...], total: int) -> Text:
+    """The device as a bar: each model's bytes in its colour, free memory dotted."""
+    text = Text()
+    cells = 0
+    for i, name in enumerate(names):
+        n = round(BAR_WIDTH * held.get(name, 0) / total) if total else 0
+        n = min(n, BAR_WIDTH - cells)
+        text.append("█" * n, style=MODEL_COLORS[i % len(MODEL_COLORS)])
+        cells += n
+    text.append("·" * (BAR_WIDTH - cells), style="dim")
+    return text
+
+
+def device_text(device: DeviceView, names: tuple[str, ...]) -> Text:
+    text = Text(f"GPU {POOL_NODE}/gpu-0  ", style="bold")
+    text.append_text(memory_bar(device.held, names, device.total_bytes))
+    used = "-" if device.used_bytes is None else f"{device.used_bytes / GiB:.1f}"
+    text.append(f"  {used} / {device.total_bytes / GiB:.0f} GiB used (simulator)")
+    if device.committed_bytes is not None:
+        text.append(f", {device.committed_bytes / GiB:.1f} GiB committed (operator)", style="dim")
+    text.append("\n  ")
+    for i, name in enumerate(names):
+        engine = device.engines.get(name)
+        text.append("■ ", style=MODEL_COLORS[i % len(MODEL_COLORS)])
+        state = engine.state if engine else "-"
+        if engine and engine.transition:
+            state = engine.transition
+        text.append(f"{name} {device.held.get(name, 0) / GiB:.1f} GiB ({state})   ")
+    return text
+
+
+def live_view(
+    tracker: Tracker,
+    title: str,
+    scale: float,
+    footer: str = "",
+    device: DeviceView | None = None,
+) -> Group:
+    parts: list[Table | Text] = [models_table(tracker, title, scale)]
+    if device is not None:
+        parts.append(device_text(device, tracker.names))
+    parts.append(transitions_text(tracker))
     if footer:
         parts.append(Text(footer, style="italic"))
     return Group(*parts)
@@ -134,3 +180,66 @@ def next_steps(
     width = max(len(cmd) for cmd, note in rows if note)
     lines = [f"{cmd:<{width}}  # {note}" if note else cmd for cmd, note in rows]
     return Panel("\n".join(lines), title="Try next", title_align="left", border_style="green")
+
+
+def swap_summary(summary: Summary, found: list[Swap], scale: float, last: int = 6) -> Group:
+    """What the swap phase did: the totals, then the last few swaps one by one."""
+    totals = Table(title="Swaps on one GPU", title_justify="left", show_header=False)
+    totals.add_column("", style="bold")
+    totals.add_column("", justify="right")
+    totals.add_column("", style="dim")
+    ok = "bold green"
+    totals.add_row("swaps (evict one model, wake another)", str(summary.swaps), "")
+    totals.add_row(
+        "request -> first token, swap (median / max)",
+        f"{fmt_seconds(summary.ttft_swap_p50)} / {fmt_seconds(summary.ttft_swap_max)}",
+        "held by the gateway while the operator swapped",
+    )
+    totals.add_row(
+        "  engine's own sleep + wake (median)",
+        fmt_seconds(summary.engine_p50),
+        f"status.lastSleepSeconds + lastWakeSeconds, x{scale:g} time",
+    )
+    totals.add_row(
+        "request -> first token, model already awake (median)",
+        fmt_seconds(summary.ttft_warm_p50),
+        "",
+    )
+    totals.add_row(
+        "requests that waited for a swap",
+        f"{summary.waited} of {summary.requests}",
+        f"{summary.succeeded} answered 200",
+    )
+    peak = "-" if summary.peak_used_bytes is None else f"{summary.peak_used_bytes / GiB:.1f}"
+    totals.add_row(
+        "peak GPU memory used", f"{peak} / {summary.device_bytes / GiB:.0f} GiB", "simulator"
+    )
+    totals.add_row("most models awake at once", str(summary.max_awake), "")
+    totals.add_row(
+        "requests that reached a sleeping engine",
+        Text(str(summary.to_sleeping), ok if not summary.to_sleeping else "bold red"),
+        "legacy vLLM: one would crash the engine",
+    )
+    totals.add_row(
+        "GPU out-of-memory errors",
+        Text(str(summary.ooms), ok if not summary.ooms else "bold red"),
+        "startup, wake or host",
+    )
+    totals.add_row(
+        "contract violations, all kinds",
+        Text(str(summary.violations), ok if not summary.violations else "bold red"),
+        "sim-kubelet /violations",
+    )
+    each = Table(title=f"Last {min(last, len(found))} swaps", title_justify="left")
+    each.add_column("at", justify="right")
+    each.add_column("evicted -> woken")
+    each.add_column("request -> first token", justify="right", style="green")
+    each.add_column("engine sleep + wake", justify="right")
+    for s in found[-last:]:
+        each.add_row(
+            f"+{s.awake_at:.1f}s",
+            f"{s.evicted} -> {s.woken}",
+            fmt_seconds(s.ttft),
+            fmt_seconds(s.engine_seconds),
+        )
+    return Group(totals, each) if found else Group(totals)

@@ -8,21 +8,27 @@ from pathlib import Path
 
 import pytest
 
+from vllm_sleep.api.gpu_pool import GPUPool
 from vllm_sleep.api.model_deployment import ModelDeployment
 from vllm_sleep.demo import services
 from vllm_sleep.demo.chat import parse_sse_line
 from vllm_sleep.demo.cluster import parse_time_scale
 from vllm_sleep.demo.models import (
+    DEVICE_GIB,
     MODELS,
+    POOL,
+    POOL_NODE,
     by_name,
     engine_env,
     manifest,
+    pool_manifest,
     real_equivalent_ttft,
     render_examples,
 )
 from vllm_sleep.demo.track import Tracker
 from vllm_sleep.demo.view import explain
-from vllm_sleep.testing.sim.config import SimConfig
+from vllm_sleep.testing.sim.config import DEFAULT_RESIDUAL, SimConfig
+from vllm_sleep.testing.sim.units import GiB
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -63,10 +69,34 @@ def test_the_simulator_reads_the_demo_env_as_intended() -> None:
 
 def test_timings_are_the_simulators_model() -> None:
     llama = by_name("llama-8b")
-    assert llama.timings.load == pytest.approx(38.6, abs=0.05)  # docs/simulator.md, 16 GiB
-    assert llama.timings.wake == pytest.approx(0.35, abs=0.01)
+    t = llama.timings
+    assert t.load == pytest.approx(38.6, abs=0.05)  # docs/simulator.md, 16 GiB
+    # 0.35 s for the weights plus mapping the KV cache (48 - 16 - 1.4 GiB) at ~0.75 ms/GiB.
+    assert llama.kv_bytes == int(48 * GiB) - 16 * GiB - DEFAULT_RESIDUAL
+    assert t.wake == pytest.approx(0.35 + 0.001 + 0.030 / 40 * 30.6, abs=0.01)
+    assert t.first_sleep > 0.69 * 16  # legacy: PyTorch's pinned allocator pins the backup
     awake, asleep = llama.gpu_gib()
-    assert awake == pytest.approx(36.0) and asleep == pytest.approx(1.4)
+    assert awake == pytest.approx(48.0) and asleep == pytest.approx(1.4)
+
+
+def test_one_model_awake_at_a_time_fits_the_device_two_do_not() -> None:
+    """What the demo's swaps rest on: any one model awake beside the others asleep fits the
+    80 GiB GPU; any two awake do not."""
+    for m in MODELS:
+        awake, _ = m.gpu_gib()
+        others = [o.gpu_gib() for o in MODELS if o is not m]
+        assert awake + sum(a for _, a in others) <= DEVICE_GIB
+        assert all(awake + o_awake > DEVICE_GIB for o_awake, _ in others)
+
+
+def test_the_models_are_placed_in_the_demo_pool_on_the_demo_node() -> None:
+    pool = GPUPool.from_body(pool_manifest())
+    assert pool.spec.node_selector == {"kubernetes.io/hostname": POOL_NODE}
+    assert pool.spec.device_memory.bytes() == int(DEVICE_GIB * GiB)
+    assert {t.key for t in pool.spec.tolerations} >= {"vllm-sleep.io/demo", "nvidia.com/gpu"}
+    for m in MODELS:
+        md = ModelDeployment.from_body(manifest(m, total_scale=0.1, host_scale=0.1))
+        assert md.spec.placement.pool == POOL
 
 
 def test_real_equivalent_ttft_adds_back_only_the_engine_time() -> None:
