@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from vllm_sleep.api import ModelDeploymentSpec
+from vllm_sleep.api import ModelDeploymentSpec, names
 from vllm_sleep.reconcile import builders
 from vllm_sleep.testing.sim import EngineHost, GiB, SimEngine
 from vllm_sleep.testing.sim.testkit import start
@@ -226,7 +226,10 @@ def pod_argv_env(name: str, resources: dict[str, object]) -> tuple[list[str], di
             skip = not skip
             continue
         argv.append(a)
-    return argv, {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    # The logging config is written by the pod's agent, which this test does not run.
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env.pop(names.ENV_VLLM_LOGGING_CONFIG, None)
+    return argv, env
 
 
 @pytest.mark.parametrize(
