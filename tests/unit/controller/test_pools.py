@@ -135,3 +135,19 @@ def test_an_eviction_counts_a_swap_whose_duration_ends_when_its_target_is_awake(
         assert value("vllm_sleep_pool_swap_duration_seconds_sum", {"pool": "p"}) == 2.5
 
     asyncio.run(run())
+
+
+def test_exclusive_pools_seat_one_replica_per_device() -> None:
+    async def run() -> None:
+        a = actor()
+        a.spec = GPUPoolSpec.model_validate(
+            {"sharing": "Exclusive", "deviceMemory": "80Gi", "slotsPerDevice": 1}
+        )
+        assert a.snapshot().slots_per_device == 1
+        ma, ra, rep_a = member("a", AgentState.ASLEEP)
+        a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        pending = PoolRequest(live=[], observations={}, indexes={0: "c-0"}, actions=())
+        g = a.gatekeeper("ns", model("c"), {}, NOW)(pending)
+        assert g.seats == {} and "full" in g.waiting["ns/c-0"]
+
+    asyncio.run(run())
