@@ -35,6 +35,7 @@ from vllm_sleep.demo.models import DEVICE_GIB, MODELS, POOL_NODE
 from vllm_sleep.demo.plot import write_png
 from vllm_sleep.demo.record import Recorder
 from vllm_sleep.demo.timeline import Timeline
+from vllm_sleep.demo.view import swap_summary
 
 from .conftest import Proc
 from .helpers import get_model, model_pods
@@ -125,12 +126,14 @@ def test_demo_steps_prewarm_wake_stream_swap_and_sleep_again_without_violations(
         assert summary.peak_used_bytes is not None
         assert summary.peak_used_bytes <= summary.device_bytes
 
+        console.print(swap_summary(summary, report.swaps, cfg.time_scale))
         png = write_png(timeline, report.requests, report.swaps, tmp_path / "timeline.png")
         assert png.stat().st_size > 10_000
         assert png_size(png) == (1430, 715)  # 13 x 6.5 inches at 110 dpi
         text = out.getvalue()
         assert "first token after" in text and cfg.chat_model in text
         assert f"GPU {POOL_NODE}/gpu-0" in text  # the live device line
+        assert "Swaps on one GPU" in text and f"{POOL_NODE}/{POOL_NODE}" not in text
     finally:
         recorder.close()
         cluster.kubectl("delete", "mdep", "--all", "-n", namespace, "--wait=false", check=False)

@@ -12,7 +12,7 @@ from rich.text import Text
 from .models import MODELS, POOL_NODE, DemoModel, fmt_seconds
 from .record import DeviceView
 from .timeline import Summary, Swap
-from .track import ModelView, Tracker
+from .track import ModelView, Replica, Tracker
 
 GiB = 2**30
 MODEL_COLORS = ("green", "magenta", "yellow", "cyan", "red", "blue")
@@ -67,11 +67,18 @@ def models_table(tracker: Tracker, title: str, scale: float) -> Table:
             Text(view.phase, PHASE_STYLE.get(view.phase, "")),
             rep.pod if rep else "-",
             rep.state if rep else "-",
-            f"{rep.node}/{rep.device}" if rep and rep.device != "-" else (rep.node if rep else "-"),
+            where(rep) if rep else "-",
             fmt_seconds(view.last_sleep),
             explain(view),
         )
     return table
+
+
+def where(rep: Replica) -> str:
+    """node/device; a pooled replica's device id already names its node."""
+    if rep.device == "-":
+        return rep.node
+    return rep.device if rep.device.startswith(f"{rep.node}/") else f"{rep.node}/{rep.device}"
 
 
 def transitions_text(tracker: Tracker, last: int = 8) -> Text:
@@ -170,7 +177,8 @@ def next_steps(
         rows.append((f"alias kubectl={kubectl}", ""))
     rows += [
         ("kubectl get mdep -A", "STATE / AWAKE columns"),
-        (f"{cli} status -A", ""),
+        (f"{cli} status -A", "models, and the GPU's devices and memory"),
+        ("kubectl get gpupool demo-gpu -o yaml", "status.deviceStates: who is awake"),
         (f"{cli} wake qwen-7b -n {namespace} --wait", "or just send it a request"),
         (f"{cli} sleep {model} -n {namespace} --wait", ""),
         (curl, ""),

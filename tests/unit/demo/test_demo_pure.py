@@ -185,3 +185,14 @@ def test_services_are_reused_only_when_recorded_alive_and_tokens_fresh(tmp_path:
     assert not services._reusable(fresh, other)  # gateway not recorded in this cluster
     fresh.save(tmp_path)
     assert services.DemoState.load(tmp_path) == fresh
+
+
+def test_where_shows_a_pooled_replicas_device_once() -> None:
+    from vllm_sleep.demo.track import Replica
+    from vllm_sleep.demo.view import where
+
+    pooled = Replica("a-0", "demo-gpu-0", "demo-gpu-0/gpu-0", "Asleep", 1)
+    assert where(pooled) == "demo-gpu-0/gpu-0"
+    plain = Replica("a-0", "gpu-node-1", "gpu-1", "Awake", None)
+    assert where(plain) == "gpu-node-1/gpu-1"
+    assert where(Replica("a-0", "gpu-node-1", "-", "Pending", None)) == "gpu-node-1"
