@@ -119,12 +119,16 @@ class Timeline:
         return found
 
     def value_after(self, key: str, model: str, at: float) -> float | None:
-        """The first `last_sleep`/`last_wake` of `model` sampled at or after `at`."""
+        """The first `last_sleep`/`last_wake` of `model` reported after `at`: the first value
+        sampled at or after `at` that differs from the one sampled before (the status still
+        shows the previous sleep's duration until the new one is written)."""
+        before: float | None = None
         for s in self.samples:
-            if s.at >= at:
-                got = getattr(s, key).get(model)
-                if got is not None:
-                    return float(got)
+            got = getattr(s, key).get(model)
+            if s.at < at:
+                before = got
+            elif got is not None and got != before:
+                return float(got)
         return None
 
 

@@ -86,7 +86,8 @@ def swap_timeline() -> Timeline:
                     for m, s in zip("abc", (a, b, c), strict=True)
                 },
                 used_bytes=int(50.8 * GiB),
-                last_sleep={"a": 0.3} if at >= 2.5 else {},
+                # a's pre-warm sleep (0.9 s) until its eviction's sleep is written
+                last_sleep={"a": 0.3 if at >= 2.5 else 0.9},
                 last_wake={"b": 0.1} if at >= 3.0 else {},
             )
         )
