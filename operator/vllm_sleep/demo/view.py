@@ -11,7 +11,7 @@ from rich.text import Text
 
 from .models import MODELS, POOL_NODE, DemoModel, fmt_seconds
 from .record import DeviceView
-from .timeline import Summary, Swap
+from .timeline import Engine, Summary, Swap
 from .track import ModelView, Replica, Tracker
 
 GiB = 2**30
@@ -105,6 +105,17 @@ def memory_bar(held: dict[str, int], names: tuple[str, ...], total: int) -> Text
     return text
 
 
+ENGINE_WORDS = {"sleeping": "asleep", "sleep": "going to sleep", "wake": "waking"}
+
+
+def engine_words(engine: Engine | None) -> str:
+    """The simulator's engine state in the demo's words (its "sleeping" means asleep)."""
+    if engine is None:
+        return "not started"
+    what = engine.transition or engine.state
+    return {"startup": "loading", **ENGINE_WORDS}.get(what, what)
+
+
 def device_text(device: DeviceView, names: tuple[str, ...]) -> Text:
     text = Text(f"GPU {POOL_NODE}/gpu-0  ", style="bold")
     text.append_text(memory_bar(device.held, names, device.total_bytes))
@@ -116,9 +127,7 @@ def device_text(device: DeviceView, names: tuple[str, ...]) -> Text:
     for i, name in enumerate(names):
         engine = device.engines.get(name)
         text.append("■ ", style=MODEL_COLORS[i % len(MODEL_COLORS)])
-        state = engine.state if engine else "-"
-        if engine and engine.transition:
-            state = engine.transition
+        state = engine_words(engine)
         text.append(f"{name} {device.held.get(name, 0) / GiB:.1f} GiB ({state})   ")
     return text
 

@@ -21,7 +21,7 @@ from vllm_sleep.demo.timeline import (
     waited_for_swap,
 )
 from vllm_sleep.demo.traffic import schedule
-from vllm_sleep.demo.view import BAR_WIDTH, device_text, memory_bar
+from vllm_sleep.demo.view import BAR_WIDTH, device_text, engine_words, memory_bar
 
 GiB = 2**30
 
@@ -189,7 +189,10 @@ def test_memory_bar_and_device_line() -> None:
     view = DeviceView(80 * GiB, used_bytes=50 * GiB, committed_bytes=52 * GiB, held={"a": 48 * GiB})
     text = device_text(view, ("a", "b")).plain
     assert "50.0 / 80 GiB used" in text and "52.0 GiB committed" in text
-    assert "a 48.0 GiB" in text and "b 0.0 GiB" in text
+    assert "a 48.0 GiB" in text and "b 0.0 GiB (not started)" in text
+    assert engine_words(Engine("sleeping")) == "asleep"
+    assert engine_words(Engine("awake", transition="sleep")) == "going to sleep"
+    assert engine_words(Engine("loading", transition="startup")) == "loading"
 
 
 def png_size(path: Path) -> tuple[int, int]:
