@@ -213,9 +213,9 @@ def swap_summary(summary: Summary, found: list[Swap], scale: float, last: int = 
         "held by the gateway while the operator swapped",
     )
     totals.add_row(
-        "  engine's own sleep + wake (median)",
+        "  of which the engines' sleep + wake (median)",
         fmt_seconds(summary.engine_p50),
-        f"status.lastSleepSeconds + lastWakeSeconds, x{scale:g} time",
+        f"the agents' calls: status.lastSleepSeconds + lastWakeSeconds, x{scale:g} time",
     )
     totals.add_row(
         "request -> first token, model already awake (median)",
