@@ -160,15 +160,7 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
         console.print(
             f"  reusing the running local cluster: {lc.state.api_url} (state in {lc.state.state_dir})"
         )
-    console.print(
-        f"  GPU time runs at [bold]x{cfg.time_scale:g}[/] (sim-kubelet x{lc.host_scale:g}"
-        + (
-            ""
-            if abs(lc.host_scale - cfg.time_scale) < 1e-9
-            else f", engines x{cfg.time_scale / lc.host_scale:g}"
-        )
-        + "): every duration below is shown measured and as the simulated real-GPU time.\n"
-    )
+    console.print()
 
     step(console, 2, "Install: CRDs, RBAC, operator, gateway")
     for line in services.install(lc.cluster):
@@ -189,7 +181,16 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
         )
     console.print(
         f"  GPU node {node.name}: one simulated H100, {DEVICE_GIB:.0f} GiB "
-        f"({'reused' if node.reused else 'its own sim-kubelet'}), tainted for the demo only\n"
+        f"({'reused' if node.reused else 'its own sim-kubelet'}), tainted for the demo only"
+    )
+    console.print(
+        f"  GPU time runs at [bold]x{cfg.time_scale:g}[/] (demo node x{node.time_scale:g}"
+        + (
+            ""
+            if abs(node.time_scale - cfg.time_scale) < 1e-9
+            else f", engines x{cfg.time_scale / node.time_scale:g}"
+        )
+        + "): every duration below is shown measured and as the simulated real-GPU time.\n"
     )
 
     console.print(timing_model_table(cfg.time_scale))

@@ -42,7 +42,7 @@ def test_band_trusts_the_engine_for_awake_and_asleep_and_the_status_for_what_com
     assert band("Awake", Engine("dead")) == "awake"
 
 
-def timeline(*rows: tuple[float, dict[str, str]], **extra: dict[float, Sample]) -> Timeline:
+def timeline(*rows: tuple[float, dict[str, str]]) -> Timeline:
     tl = Timeline(("a", "b", "c"), 80 * GiB)
     for at, bands in rows:
         tl.add(Sample(at, {"a": "asleep", "b": "asleep", "c": "asleep", **bands}))
