@@ -146,7 +146,8 @@ class Gateway(_Values):
         description="Secret whose key `keys` lists API keys, one per line (empty: no auth)",
     )
     extraArgs: list[str] = Field(
-        default_factory=list, description="more `vllm-sleep gateway` flags, e.g. --expose=team-a=team-a-*"
+        default_factory=list,
+        description="more `vllm-sleep gateway` flags, e.g. --expose=team-a=team-a-*",
     )
     podDisruptionBudget: Disruption = Disruption()
     scheduling: Scheduling = Scheduling()
