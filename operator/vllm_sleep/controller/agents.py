@@ -13,11 +13,13 @@ from ..api.agent_protocol import (
     MAX_WAIT,
     PARAM_DRAIN_TIMEOUT,
     PARAM_LEVEL,
+    PARAM_REASON,
     PARAM_VERSION,
     PARAM_WAIT,
     PATH_SLEEP,
     PATH_STATE,
     PATH_WAKE,
+    REASON_IDLE,
     UNREACHABLE_REPORT,
     StateReport,
 )
@@ -76,8 +78,12 @@ class AgentClient:
         except ValueError:
             return UNREACHABLE
 
-    async def sleep(self, pod_ip: str, token: str, level: int, drain_timeout: float) -> StateReport:
+    async def sleep(
+        self, pod_ip: str, token: str, level: int, drain_timeout: float, *, idle: bool = False
+    ) -> StateReport:
         params = {PARAM_LEVEL: str(level), PARAM_DRAIN_TIMEOUT: str(drain_timeout)}
+        if idle:  # refused (409) by the agent while requests run: its count is exact
+            params[PARAM_REASON] = REASON_IDLE
         return await self._transition(pod_ip, token, PATH_SLEEP, params)
 
     async def wake(self, pod_ip: str, token: str) -> StateReport:

@@ -15,6 +15,7 @@ from .children import Children
 from .kube import Kube
 from .podcache import PodCache
 from .pools import Pools
+from .served_names import ServedNames
 from .settings import Settings
 
 __all__ = ["Context", "Kickable", "Settings"]
@@ -39,6 +40,7 @@ class Context:
     controllers: dict[tuple[str, str], Kickable] = field(default_factory=dict)  # (ns, model)
     pods: PodCache = field(default_factory=PodCache)
     pools: Pools | None = None  # GPUPool actors (main makes them; None: no pool support)
+    names: ServedNames = field(default_factory=ServedNames)  # who the gateway serves per name
 
     def record_transition(
         self, namespace: str, model: str, what: str, level: int, seconds: float

@@ -68,8 +68,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                 del ctx.controllers[(namespace, name)]
 
     @kopf.on.event(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry)
-    def model_changed(name: str, namespace: str | None, type: str, **_: Any) -> None:
+    def model_changed(
+        name: str, namespace: str | None, type: str, body: kopf.Body, **_: Any
+    ) -> None:
         _kick(ctx, namespace, name)
+        for other_ns, other in ctx.names.observe(type, body):  # a name owner came or went
+            _kick(ctx, other_ns, other)
         if type == "DELETED" and namespace:
             ctx.demand.pop((namespace, name), None)
             ctx.pods.forget(namespace, name)

@@ -14,6 +14,7 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..api.served_names import ExposureError, ExposurePolicy
 from ..logs import configure
 from ..metrics import OperatorMetrics
 from .agents import AgentClient
@@ -21,6 +22,7 @@ from .context import Context, Settings
 from .handlers import register
 from .kube import Kube
 from .pools import Pools
+from .served_names import ServedNames
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/vllm-sleep/vllm-sleep-operator:0.1.0"
 
@@ -42,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
         "--health-bind",
         default=os.environ.get("VLLM_SLEEP_HEALTH_BIND", "127.0.0.1:8081"),
         help="host:port for kopf's /healthz liveness endpoint",
+    )
+    p.add_argument(
+        "--expose",
+        action="append",
+        default=[],
+        metavar="NAMESPACE=PATTERN[,PATTERN]",
+        help="the gateway's --expose policy, so refused models say so in their status",
     )
     p.add_argument("--resync-seconds", type=float, default=30.0)
     p.add_argument("--log-level", default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"))
@@ -93,6 +102,7 @@ async def run(args: argparse.Namespace) -> None:
             children=Children(kube),
             parse=parse_model,
             pools=Pools(kube, metrics),
+            names=ServedNames(args.exposure),
         )
         registry = kopf.OperatorRegistry()
         register(registry, ctx)
@@ -110,7 +120,12 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        args.exposure = ExposurePolicy.parse(args.expose)
+    except ExposureError as e:
+        p.error(str(e))
     configure(args.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
     # kopf logs every successful event handler at INFO; ours only kick a model's loop.

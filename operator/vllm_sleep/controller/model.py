@@ -136,6 +136,7 @@ class ModelController:
             reported=self.reported,
             last_sleep_seconds=self.last_sleep_seconds,
             last_wake_seconds=self.last_wake_seconds,
+            name_refusal=self.ctx.names.refusal(self.namespace, self.name),
         )
 
     async def apply(self, the_plan: Plan, model: ModelDeployment) -> None:
@@ -212,7 +213,9 @@ class ModelController:
         )
         self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
         try:
-            report = await self.ctx.agents.sleep(ip, token, action.level, drain_timeout)
+            report = await self.ctx.agents.sleep(
+                ip, token, action.level, drain_timeout, idle=action.idle
+            )
         except AgentError as e:
             self._failed("sleep", name, e)
             return
@@ -249,7 +252,10 @@ class ModelController:
         self.emit("Normal", "Woke", f"{name}: awake in {seconds:.2f}s")
 
     def _failed(self, what: str, pod: str, e: AgentError) -> None:
-        if e.status == 409:  # a transition already runs (e.g. started before an operator restart)
+        # 409: a transition already runs (e.g. started before an operator restart), or an idle
+        # sleep met a request the last report did not show: the agent's next report (it bumps
+        # its version when in-flight leaves 0) brings the decision back; nothing failed.
+        if e.status == 409:
             return
         self.ctx.metrics.transitions.labels(self.namespace, self.name, what, "error").inc()
         reason = "DrainTimeout" if e.status == 504 else f"{what.capitalize()}Failed"

@@ -58,6 +58,10 @@ class Sleep:
     pod: str
     level: int
     reason: str
+    # An idle sleep (idle timer, pre-warm): the agent refuses it while requests run, because
+    # its count is exact and this decision may rest on a report older than the newest request.
+    # False: forced (policy, explicit request, eviction): the agent drains first.
+    idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def _awake(
         # asking for the model right now (recent demand).
         recent = demand_at is not None and now - demand_at <= policy.idle_timeout
         if not recent:
-            return _sleep(r, policy.level, "pre-warm after load"), None
+            return _sleep(r, policy.level, "pre-warm after load", idle=True), None
     route: list[Action] = [] if r.routed else [Route(r.pod, True)]
     if r.inflight > 0 or r.held > 0:
         return route, policy.idle_timeout
@@ -153,7 +157,7 @@ def _awake(
     young_until = (mem.woken_at or 0.0) + policy.min_awake
     due = max(idle_at, young_until)
     if now >= due:
-        return _sleep(r, policy.level, f"idle for {now - since:.0f}s"), None
+        return _sleep(r, policy.level, f"idle for {now - since:.0f}s", idle=True), None
     return route, due - now
 
 
@@ -172,12 +176,12 @@ def _asked_to_sleep(
     return all(sleep_request > t for t in newer_than)
 
 
-def _sleep(r: ReplicaObservation, level: int, reason: str) -> list[Action]:
+def _sleep(r: ReplicaObservation, level: int, reason: str, *, idle: bool = False) -> list[Action]:
     # Leave routing first, then sleep: a request never races a sleeping engine.
     return (
-        [Route(r.pod, False), Sleep(r.pod, level, reason)]
+        [Route(r.pod, False), Sleep(r.pod, level, reason, idle)]
         if r.routed
-        else [Sleep(r.pod, level, reason)]
+        else [Sleep(r.pod, level, reason, idle)]
     )
 
 

@@ -32,6 +32,7 @@ from ..api.demand import parse_micro_time
 from ..api.gpu_pool import Sharing
 from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH, pod_name
+from ..api.served_names import Refusal
 from .builders import GpuAttachment, Manifest, Owner, model_pod
 from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
 from .observe import ObservedPod
@@ -54,6 +55,7 @@ class Reported:
     restarts: Mapping[str, int] = field(default_factory=dict)  # pod uid -> restarts reported
     problem: str | None = None  # the placement problem of the last pass
     waiting: frozenset[str] = frozenset()  # pooled replicas that waited for room last pass
+    name_refusal: str | None = None  # the served-name refusal already posted
 
 
 # A pooled model's pool: publishes the request's replicas and returns what may run (the
@@ -78,6 +80,8 @@ class Observed:
     last_sleep_seconds: float | None = None
     last_wake_seconds: float | None = None
     gatekeeper: Gatekeeper | None = None  # set for a model in a GPUPool
+    # Why the gateway serves this model nothing (api.served_names), or None.
+    name_refusal: Refusal | None = None
 
 
 @dataclass(frozen=True)
@@ -189,8 +193,15 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
             waiting_text = "; ".join(why[r] for r in sorted(why))
     if problem and problem != observed.reported.problem:
         events.append(Event("Warning", "CannotPlace", problem))
+    refusal = observed.name_refusal
+    if refusal is not None and refusal.message != observed.reported.name_refusal:
+        events.append(Event("Warning", refusal.reason.value, refusal.message))
     facts = StatusFacts(
-        problem, observed.last_sleep_seconds, observed.last_wake_seconds, waiting_text
+        problem,
+        observed.last_sleep_seconds,
+        observed.last_wake_seconds,
+        waiting_text,
+        (refusal.reason.value, refusal.message) if refusal else None,
     )
     return Plan(
         delete=delete,
@@ -198,7 +209,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         watch={p.name: p.ip for p in live if p.ip and not p.deleting},
         actions=admit(runnable),
         events=tuple(events),
-        reported=Reported(restarts, problem, waiting),
+        reported=Reported(restarts, problem, waiting, refusal.message if refusal else None),
         status=model_status(model, live, observations, observed.reports, now, facts),
         next_check_in=decision.next_check_in,
     )

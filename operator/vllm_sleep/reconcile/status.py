@@ -32,6 +32,8 @@ class StatusFacts:
     last_sleep_seconds: float | None = None  # duration of this operator's last sleep
     last_wake_seconds: float | None = None
     waiting: str | None = None  # pooled: why a wanted replica waits for room on its device
+    # Why the gateway serves this model no traffic (api.served_names): (reason, message).
+    name_refusal: tuple[str, str] | None = None
 
 
 def rfc3339(ts: float) -> str:
@@ -90,6 +92,7 @@ def model_status(
             unscheduled,
             now,
             facts.waiting,
+            facts.name_refusal,
         ),
     }
     if activity:
@@ -135,6 +138,7 @@ def _conditions(
     unscheduled: str | None,
     now: float,
     waiting: str | None = None,
+    name_refusal: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     # lastTransitionTime moves only when a condition's status flips (metav1.Condition).
     old = {c.type: c for c in previous}
@@ -153,7 +157,20 @@ def _conditions(
         }
 
     # Ready: the model can serve a request now or after a wake (asleep is a healthy state).
-    ready = phase in (Phase.AWAKE, Phase.ASLEEP, Phase.WAKING, Phase.DRAINING) and not problem
+    # A model refused its served name is healthy but unreachable through the gateway: not Ready.
+    ready = (
+        phase in (Phase.AWAKE, Phase.ASLEEP, Phase.WAKING, Phase.DRAINING)
+        and not problem
+        and name_refusal is None
+    )
+    if problem:
+        degraded = ("Problem", problem)
+    elif name_refusal is not None:
+        degraded = name_refusal
+    elif failed:
+        degraded = ("ReplicasFailed", f"{failed} replica(s) failed")
+    else:
+        degraded = ("AsExpected", "no problems")
     return [
         cond(ConditionType.READY, ready, phase.value, reason),
         cond(
@@ -168,10 +185,5 @@ def _conditions(
             "PodsScheduled" if not unscheduled else "Unschedulable",
             unscheduled or "all pods placed",
         ),
-        cond(
-            ConditionType.DEGRADED,
-            bool(problem or failed),
-            "Problem" if problem else ("ReplicasFailed" if failed else "AsExpected"),
-            problem or (f"{failed} replica(s) failed" if failed else "no problems"),
-        ),
+        cond(ConditionType.DEGRADED, degraded[0] != "AsExpected", *degraded),
     ]

@@ -29,7 +29,7 @@ def obs(state: AgentState = AgentState.AWAKE, **kw: object) -> ReplicaObservatio
 
 def test_prewarm_sleeps_a_freshly_loaded_replica_before_routing_it() -> None:
     d = decide(AUTO, [obs(routed=False)], {}, demand_at=None, now=NOW)
-    assert d.actions == [Sleep("m-0", 1, "pre-warm after load")]
+    assert d.actions == [Sleep("m-0", 1, "pre-warm after load", idle=True)]
 
 
 def test_recent_demand_skips_prewarm_and_routes() -> None:
@@ -45,7 +45,7 @@ def test_held_requests_skip_prewarm() -> None:
 def test_idle_replica_leaves_routing_then_sleeps() -> None:
     mem = {"m-0": ReplicaMemory(woken_at=NOW - 700, prewarmed=True)}
     d = decide(AUTO, [obs(routed=True, last_activity=NOW - 601)], mem, None, NOW)
-    assert d.actions == [Route("m-0", False), Sleep("m-0", 1, "idle for 601s")]
+    assert d.actions == [Route("m-0", False), Sleep("m-0", 1, "idle for 601s", idle=True)]
 
 
 def test_active_replica_stays_and_reports_when_to_look_again() -> None:

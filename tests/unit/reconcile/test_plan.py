@@ -106,7 +106,7 @@ def test_an_awake_prewarmed_replica_joins_routing() -> None:
 def test_a_freshly_loaded_replica_is_prewarmed_by_a_sleep() -> None:
     raw = body(sleep={"level": 2})
     p = plan(observed(raw, [pod(raw)], {"m-0": report()}))
-    assert p.actions == (Sleep("m-0", 2, "pre-warm after load"),)
+    assert p.actions == (Sleep("m-0", 2, "pre-warm after load", idle=True),)
 
 
 def test_an_idle_routed_replica_leaves_routing_then_sleeps() -> None:

@@ -1,0 +1,72 @@
+"""Every ModelDeployment's served-name claim, so each model knows whether the gateway serves it.
+
+The gateway routes by `api.served_names.resolve`; the operator applies the same function to the
+same objects (fed by kopf's ModelDeployment watch) and reports a refusal as the refused object's
+`Degraded` condition and a Warning Event. Nothing here is persisted: the watch's initial list
+rebuilds it after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.model_deployment import ModelDeployment
+from ..api.served_names import Claim, ExposurePolicy, Refusal, resolve
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+class ServedNames:
+    def __init__(self, exposure: ExposurePolicy | None = None) -> None:
+        self._exposure = exposure or ExposurePolicy()
+        self._claims: dict[Key, Claim] = {}
+        self._refused: dict[Key, Refusal] = {}
+
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> set[Key]:
+        """Take one watch event; return the models whose refusal changed (to kick them)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if event_type == "DELETED":
+            self._claims.pop(key, None)
+        else:
+            claim = _claim(body)
+            if claim is None:  # invalid: its own controller reports why; it claims nothing
+                self._claims.pop(key, None)
+            else:
+                self._claims[key] = claim
+        before = self._refused
+        self._refused = dict(resolve(self._claims.values(), self._exposure).refused)
+        return {
+            k for k in before.keys() | self._refused.keys() if before.get(k) != self._refused.get(k)
+        }
+
+    def refusal(self, namespace: str, name: str) -> Refusal | None:
+        return self._refused.get((namespace, name))
+
+
+def _claim(body: Mapping[str, Any]) -> Claim | None:
+    try:
+        model = ModelDeployment.from_body(dict(body))
+    except (ValidationError, ValueError):
+        return None
+    meta = model.metadata
+    created = _unix(body.get("metadata", {}).get("creationTimestamp"))
+    return Claim(meta.namespace or "", meta.name, model.spec.served_name(meta.name), created)
+
+
+def _unix(value: object) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
