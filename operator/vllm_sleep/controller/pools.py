@@ -35,6 +35,7 @@ from ..reconcile.pool_engines import model_engines, model_key, replica_key
 from ..reconcile.pool_gate import Gate, PoolRequest, PoolView, gate
 from ..reconcile.pool_status import pool_status
 from ..scheduler import Device, Engine, EngineState, Node, Pool
+from ..vllm.versions import Features, VLLMVersion
 from .kube import Kube
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,14 @@ class PoolActor:
             self._forget_started(ns, request)
             starting = {r: d for r, (d, _) in self.starting.items()}
             engines = model_engines(
-                model, request, reports, spec.device_memory.bytes(), starting, demand_at, now
+                model,
+                request,
+                reports,
+                spec.device_memory.bytes(),
+                starting,
+                demand_at,
+                now,
+                keeps_backup=backup_kept_while_awake,
             )
             wants = frozenset(
                 replica_key(ns, a.pod) for a in request.actions if isinstance(a, Wake)
@@ -301,6 +309,24 @@ class PoolActor:
             self._status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._status_task
+
+
+def engine_version(report: StateReport, image: str) -> VLLMVersion | None:
+    """The replica's vLLM version: as its agent read it from `/version`, else its image tag
+    ("vllm/vllm-openai:v0.34.0" -> 0.34.0); None when neither says."""
+    if report.engine_version:
+        known = VLLMVersion.parse(report.engine_version)
+        if known is not None:
+            return known
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    tag = name.rpartition(":")[2] if ":" in name else ""
+    return VLLMVersion.parse(tag) if tag else None
+
+
+def backup_kept_while_awake(report: StateReport, image: str) -> bool:
+    """Whether the replica's pinned host backup stays after a wake (vLLM >= 0.34; an unknown
+    version is counted as keeping it, the reading that never under-counts host memory)."""
+    return Features(engine_version(report, image)).backup_kept_while_awake
 
 
 def _signature(engines: tuple[Engine, ...]) -> tuple[tuple[str, str | None, str], ...]:

@@ -7,7 +7,7 @@ operator runs, and the pod's memory annotations. Nothing here is remembered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from ..api.agent_protocol import AgentState, StateReport
@@ -43,13 +43,34 @@ def replica_key(namespace: str, pod: str) -> str:
 
 
 def share_bytes(spec: ModelDeploymentSpec, device_memory: int) -> int:
-    """Device bytes the engine takes awake: KV cache + weights when the KV cache is sized in
-    bytes, else its gpuMemoryUtilization of the device (what vLLM's startup check asks for)."""
-    res = spec.resources
-    if res.kv_cache_size is not None:
-        weights = res.weights_size.bytes() if res.weights_size is not None else 0
-        return max(1, res.kv_cache_size.bytes() + weights)
-    return max(1, int(res.gpu_memory_utilization * device_memory))
+    """Device bytes the engine takes awake: its gpuMemoryUtilization of the device, even when
+    the KV cache is sized in bytes. The pod always carries --gpu-memory-utilization, and vLLM's
+    startup check asks for that much free device memory whatever the KV size; the agent's
+    --engine-memory-bytes is this same number."""
+    return max(1, int(spec.resources.gpu_memory_utilization * device_memory))
+
+
+def kv_bytes(spec: ModelDeploymentSpec, share: int) -> int | None:
+    """Bytes of the KV cache when `resources.kvCacheSize` sizes it: what a level-0 (KV-only)
+    sleep frees. Never more than the share (vLLM cannot map more than it was given)."""
+    kv = spec.resources.kv_cache_size
+    return None if kv is None else min(kv.bytes(), share)
+
+
+def backup_held(
+    state: EngineState, sleep_level: int | None, slept_once: bool, spec_level: int, keeps: bool
+) -> bool:
+    """Whether the engine's pinned host backup of its weights exists now.
+
+    Asleep (or going to or waking from) at level 1: always. Otherwise only on a version that
+    keeps the backup made by a level-1 sleep while awake (vLLM >= 0.34), from its first sleep
+    on. Which level that sleep used is not recorded, so a level-1 model that slept once counts
+    its backup (an over-count when the host budget made that sleep level 2: the safe side)."""
+    if state in _SLEEPY and sleep_level == 1:
+        return True
+    if state == EngineState.PENDING or not keeps:
+        return False
+    return slept_once and spec_level == 1
 
 
 def model_engines(
@@ -60,21 +81,27 @@ def model_engines(
     starting: Mapping[str, str] | None = None,
     demand_at: float | None = None,
     now: float = 0.0,
+    keeps_backup: Callable[[StateReport, str], bool] = lambda report, image: False,
 ) -> tuple[Engine, ...]:
     """Every replica of the model: its pods (by observation) and the replicas without a pod
     (pending, or starting on the device they were just seated on).
 
     Requests a gateway holds for the model are not at any agent yet: while its demand Lease
     was renewed after a replica's wake (within DEMAND_FRESH), that awake replica counts one
-    request held, so it is not evicted before the requests that woke it arrive."""
+    request held, so it is not evicted before the requests that woke it arrive.
+
+    `keeps_backup(report, image)`: whether the replica's vLLM keeps its pinned host backup
+    while awake (the operator reads the version from the agent's report, else the image tag)."""
     pods, observations = request.live, request.observations
     ns, name = model.metadata.namespace or "", model.metadata.name
     spec = model.spec
     starting = starting or {}
+    share = share_bytes(spec, device_memory)
     base = Engine(
         replica="",
         model=model_key(ns, name),
-        share=share_bytes(spec, device_memory),
+        share=share,
+        kv=kv_bytes(spec, share),
         weights=spec.resources.weights_size.bytes() if spec.resources.weights_size else 0,
         level=int(spec.sleep.level),
         priority=spec.placement.priority,
@@ -93,6 +120,8 @@ def model_engines(
         report = reports.get(pod.name, StateReport(state=AgentState.UNREACHABLE))
         state = _state(pod, obs)
         level = report.level if report.level in (1, 2) else int(spec.sleep.level)
+        keeps = keeps_backup(report, spec.image)
+        slept_once = pod.memory.prewarmed or pod.memory.slept_at is not None
         woken_at = pod.memory.woken_at
         if woken_at is None and state == EngineState.AWAKE:
             woken_at = report.since
@@ -116,6 +145,14 @@ def model_engines(
                 inflight=obs.inflight,
                 held=held,
                 residual=report.residual_bytes,  # measured by the agent after a sleep
+                holds_backup=backup_held(
+                    state,
+                    level if state in _SLEEPY else None,
+                    slept_once,
+                    int(spec.sleep.level),
+                    keeps,
+                ),
+                keeps_backup=keeps,
             )
         )
     for pod_name in request.indexes.values():

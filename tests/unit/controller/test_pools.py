@@ -151,3 +151,15 @@ def test_exclusive_pools_seat_one_replica_per_device() -> None:
         assert g.seats == {} and "full" in g.waiting["ns/c-0"]
 
     asyncio.run(run())
+
+
+def test_the_backup_kept_while_awake_follows_the_agents_version_else_the_image_tag() -> None:
+    from vllm_sleep.controller.pools import backup_kept_while_awake
+
+    awake = AgentState.AWAKE
+    assert backup_kept_while_awake(StateReport(state=awake), "vllm/vllm-openai:v0.34.0")
+    assert not backup_kept_while_awake(StateReport(state=awake), "reg:5000/vllm-openai:v0.33.1")
+    reported = StateReport(state=awake, engine_version="0.16.0")
+    assert not backup_kept_while_awake(reported, "vllm/vllm-openai:v0.34.0")  # the agent knows
+    # Neither says: counted as kept, the reading that never under-counts host memory.
+    assert backup_kept_while_awake(StateReport(state=awake), "vllm/vllm-openai:latest")
