@@ -1,7 +1,8 @@
 """What one pooled model may do this pass, given its pool's snapshot. Pure.
 
-Every member of a pool derives the same plans from the same snapshot (`pool_plans`): a wake
-plan for each replica its model wants awake (held requests, demand, AlwaysAwake) and a placement
+Every member of a pool derives the same plans from the same snapshot (`pool_plans`): wake
+plans for as many of the replicas its model wants awake (held requests, demand, AlwaysAwake) as
+its demand needs (`wake_options`) and a placement
 for each replica without a pod, at most one plan per device, highest priority first. A model
 then runs only the *first step* of the plans that concern it, and only when its device's turn is
 free:
@@ -33,6 +34,7 @@ from ..scheduler import (
     Wake,
     level_for_sleep,
     place,
+    plan_demand,
     plan_wake,
 )
 from .lifecycle import Action, ReplicaObservation, Route
@@ -75,14 +77,42 @@ def namespace_of(replica: str) -> str:
     return replica.split("/", 1)[0]
 
 
-def pool_plans(view: PoolView, now: float) -> tuple[list[Plan], list[Refusal]]:
-    """Every plan the pool wants now, at most one per device, most important first."""
+# Requests (held + in flight) one awake replica of a model with several is meant to carry
+# before demand wakes another (docs/scheduler.md, "Demand-proportional wake").
+WAKE_PER_REPLICA = 8
+
+
+def wake_options(view: PoolView, now: float) -> tuple[list[Plan | Refusal], frozenset[str]]:
+    """The wakes the pool plans now, and the replicas wanted awake that demand does not need.
+
+    A model's replicas wake in proportion to its demand (`scheduler.plan_demand`): the first
+    wanted one as soon as anything asks (the lifecycle wants a wake only then), another for
+    every WAKE_PER_REPLICA held and in-flight requests, instead of every replica at once and
+    the neighbours evicted for them. AlwaysAwake models (never evicted) wake every replica."""
     pool = view.pool
-    options: list[Plan | Refusal] = [
-        plan_wake(pool, e.replica, now)
-        for e in pool.engines
-        if e.replica in view.wants and e.state == EngineState.ASLEEP
-    ]
+    wanted: dict[str, list[Engine]] = {}
+    for e in pool.engines:
+        if e.replica in view.wants and e.state == EngineState.ASLEEP:
+            wanted.setdefault(e.model, []).append(e)
+    options: list[Plan | Refusal] = []
+    for model, es in sorted(wanted.items()):
+        if not all(e.evictable for e in es):
+            options += [plan_wake(pool, e.replica, now) for e in es]
+            continue
+        candidates = frozenset(e.replica for e in es)
+        options += plan_demand(pool, model, WAKE_PER_REPLICA, now, 1, candidates)
+    considered = {o.replica for o in options}
+    spare = frozenset(e.replica for es in wanted.values() for e in es) - considered
+    return options, spare
+
+
+def pool_plans(
+    view: PoolView, now: float, wakes: list[Plan | Refusal] | None = None
+) -> tuple[list[Plan], list[Refusal]]:
+    """Every plan the pool wants now, at most one per device, most important first.
+    `wakes`: `wake_options`, when the caller already has them."""
+    pool = view.pool
+    options = list(wake_options(view, now)[0] if wakes is None else wakes)
     pending = [e for e in pool.engines if e.state == EngineState.PENDING and e.device is None]
     if view.sharing == Sharing.DRA:
         # A namespace's pods reference its own claim of a device, and a device is allocated to
@@ -136,7 +166,8 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
     pods = {f"{namespace}/{p.name}": p for p in request.live}
     indexes = {f"{namespace}/{name}": i for i, name in request.indexes.items()}
     actions = request.actions
-    plans, refusals = pool_plans(view, now)
+    wakes, spare = wake_options(view, now)
+    plans, refusals = pool_plans(view, now, wakes)
     turns: dict[str, str] = {}
 
     def free(device: str | None, replica: str) -> bool:
@@ -219,7 +250,7 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
     for a in actions:  # wakes wanted but not planned now: their device runs something else
         replica = f"{namespace}/{a.pod}"
         wake = not isinstance(a, (SleepAction, Route))
-        if wake and replica not in wake_ok and replica not in waiting:
+        if wake and replica not in wake_ok and replica not in waiting and replica not in spare:
             queued.setdefault(replica, f"{replica} waits for its device's turn")
     never = {
         r.replica: r.reason

@@ -23,12 +23,22 @@ def awake_wanted(held: int, inflight: int, replicas: int, per_replica: int) -> i
     return min(replicas, -(-demand // per_replica))
 
 
-def plan_demand(pool: Pool, model: str, per_replica: int, now: float) -> list[Plan | Refusal]:
+def plan_demand(
+    pool: Pool,
+    model: str,
+    per_replica: int,
+    now: float,
+    least: int = 0,
+    candidates: frozenset[str] | None = None,
+) -> list[Plan | Refusal]:
     """Wake plans for as many more of `model`'s replicas as its demand wants.
 
     Replicas already awake or waking count first. The others are tried cheapest first (a plan
     with fewer evictions, then replica id), at most one plan per device, since a device runs one
     plan at a time; a replica that cannot be woken now is returned as its refusal.
+
+    `least`: replicas wanted up whatever the counts say (1 while requests wait outside every
+    engine, at a gateway). `candidates`: the sleeping replicas that may be woken (all if None).
     """
     replicas = [e for e in pool.engines if e.model == model]
     held = sum(e.held for e in replicas)
@@ -38,11 +48,19 @@ def plan_demand(pool: Pool, model: str, per_replica: int, now: float) -> list[Pl
         for e in replicas
         if e.state in (EngineState.AWAKE, EngineState.LOADING, EngineState.WAKING)
     )
-    missing = awake_wanted(held, inflight, len(replicas), per_replica) - up
+    wanted = max(
+        min(least, len(replicas)), awake_wanted(held, inflight, len(replicas), per_replica)
+    )
+    missing = wanted - up
     if missing <= 0:
         return []
     sleeping = sorted(
-        (e for e in replicas if e.state == EngineState.ASLEEP), key=lambda e: e.replica
+        (
+            e
+            for e in replicas
+            if e.state == EngineState.ASLEEP and (candidates is None or e.replica in candidates)
+        ),
+        key=lambda e: e.replica,
     )
     options = [plan_wake(pool, e.replica, now) for e in sleeping]
     plans = sorted(

@@ -7,8 +7,9 @@ from vllm_sleep.api.gpu_pool import Sharing
 from vllm_sleep.reconcile.lifecycle import ReplicaMemory, Route, Sleep, Wake
 from vllm_sleep.reconcile.lifecycle import Sleep as SleepAction
 from vllm_sleep.reconcile.observe import ObservedPod
-from vllm_sleep.reconcile.pool_gate import PoolRequest, PoolView, gate, pool_plans
+from vllm_sleep.reconcile.pool_gate import WAKE_PER_REPLICA, PoolRequest, PoolView, gate, pool_plans
 from vllm_sleep.scheduler import Device, Engine, EngineState, Node, Pool
+from vllm_sleep.scheduler import Wake as WakeStep
 
 GIB = 1 << 30
 NOW = 1_800_000_000.0
@@ -172,3 +173,48 @@ def test_an_idle_sleep_past_the_nodes_host_budget_is_level_2() -> None:
     idle = Sleep("a-0", 1, "idle for 60s")
     g = gate(PoolView(pool, Sharing.TIME_SLICING), "ns", request(pod("a-0"), actions=(idle,)), NOW)
     assert g.actions == (Sleep("a-0", 2, "idle for 60s"),)
+
+
+def two_replicas(first: Engine, devices: int = 2) -> Pool:
+    second = engine("ns/m-1", EngineState.ASLEEP, device="n/gpu-1")
+    return one_gpu(first, second, devices=devices)
+
+
+def woken(plans: list) -> list[str]:  # type: ignore[type-arg]
+    return [p.replica for p in plans if isinstance(p.steps[-1], WakeStep)]
+
+
+def test_one_request_for_a_model_with_two_sleeping_replicas_wakes_one() -> None:
+    pool = two_replicas(engine("ns/m-0", EngineState.ASLEEP))
+    view = PoolView(pool, Sharing.TIME_SLICING, wants=frozenset({"ns/m-0", "ns/m-1"}))
+    plans, refusals = pool_plans(view, NOW)
+    assert woken(plans) == ["ns/m-0"] and refusals == []
+    g = gate(
+        view,
+        "ns",
+        request(
+            pod("m-0"), pod("m-1", device="n/gpu-1"), actions=(Wake("m-0", "d"), Wake("m-1", "d"))
+        ),
+        NOW,
+    )
+    assert [a.pod for a in g.actions] == ["m-0"]
+    assert "ns/m-1" not in g.queued  # not waiting for anything: its model does not need it
+
+
+def test_another_replica_wakes_once_the_awake_ones_carry_their_share_of_requests() -> None:
+    wants = frozenset({"ns/m-1"})
+    light = two_replicas(engine("ns/m-0", EngineState.AWAKE, inflight=WAKE_PER_REPLICA))
+    assert woken(pool_plans(PoolView(light, Sharing.TIME_SLICING, wants=wants), NOW)[0]) == []
+    busy = two_replicas(engine("ns/m-0", EngineState.AWAKE, inflight=WAKE_PER_REPLICA, held=1))
+    assert woken(pool_plans(PoolView(busy, Sharing.TIME_SLICING, wants=wants), NOW)[0]) == [
+        "ns/m-1"
+    ]
+
+
+def test_an_always_awake_model_wakes_every_replica() -> None:
+    first = engine("ns/m-0", EngineState.ASLEEP, evictable=False)
+    pool = one_gpu(
+        first, engine("ns/m-1", EngineState.ASLEEP, device="n/gpu-1", evictable=False), devices=2
+    )
+    view = PoolView(pool, Sharing.TIME_SLICING, wants=frozenset({"ns/m-0", "ns/m-1"}))
+    assert sorted(woken(pool_plans(view, NOW)[0])) == ["ns/m-0", "ns/m-1"]
