@@ -97,6 +97,7 @@ CHANGED: Obj = {
         "service": {"type": "NodePort", "nodePort": 30080, "annotations": {"a": "b"}},
         "scheduling": {"tolerations": [{"key": "x", "operator": "Exists"}]},
     },
+    "exposedNames": {"team-b": ["qwen-*"], "team-a": ["team-a-*", "shared-*"]},
     "networkPolicy": {
         "modelNamespaces": ["team-a", "team-b"],
         "publicPortFromNamespaces": ["batch"],

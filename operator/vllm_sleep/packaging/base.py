@@ -87,6 +87,7 @@ def operator_deployment(v: Values) -> Obj:
             f"--health-bind=0.0.0.0:{o.healthPort}",
             f"--log-level={o.logLevel}",
             *(f"--namespace={ns}" for ns in o.watchNamespaces),
+            *expose_args(v),
             *o.extraArgs,
         ],
         "ports": [
@@ -102,6 +103,11 @@ def operator_deployment(v: Values) -> Obj:
     return _deployment(v, n.OPERATOR, o.replicas, container, "Recreate", o.scheduling)
 
 
+def expose_args(v: Values) -> list[str]:
+    """One served-name policy for both processes (api.served_names): same flags, same order."""
+    return [f"--expose={ns}={','.join(p)}" for ns, p in sorted(v.exposedNames.items())]
+
+
 def gateway_deployment(v: Values) -> Obj:
     g = v.gateway
     container: Obj = {
@@ -114,6 +120,7 @@ def gateway_deployment(v: Values) -> Obj:
             "--host=0.0.0.0",
             f"--port={g.port}",
             *(f"--namespace={ns}" for ns in g.watchNamespaces),
+            *expose_args(v),
             *g.extraArgs,
         ],
         "ports": [{"name": "http", "containerPort": g.port}],

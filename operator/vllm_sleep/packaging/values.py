@@ -249,6 +249,16 @@ class Values(_Values):
     )
     operator: Operator = Operator()
     gateway: Gateway = Gateway()
+    exposedNames: dict[NamespaceName, list[Annotated[str, Field(min_length=1, max_length=253)]]] = (
+        Field(
+            default_factory=dict,
+            description=(
+                "multi-tenant installs: namespace -> glob patterns of the model names it may "
+                "serve (--expose on operator and gateway); once set, unlisted namespaces serve "
+                "nothing (empty: every name)"
+            ),
+        )
+    )
     networkPolicy: NetworkPolicy = NetworkPolicy()
     metrics: Metrics = Metrics()
     examples: Examples = Examples()
