@@ -55,6 +55,23 @@ class Kube:
             "resource.k8s.io", "v1", namespace, "resourceclaims", manifest
         )
 
+    async def list_claims(self, label_selector: str) -> list[dict[str, Any]]:
+        """ResourceClaims with these labels, in every namespace."""
+        data: dict[str, Any] = await self.objects.list_cluster_custom_object(
+            "resource.k8s.io", "v1", "resourceclaims", label_selector=label_selector
+        )
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    async def delete_claim(self, namespace: str, name: str) -> None:
+        try:
+            await self.objects.delete_namespaced_custom_object(
+                "resource.k8s.io", "v1", namespace, "resourceclaims", name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     async def list_model_pods(self) -> list[dict[str, Any]]:
         """Every model pod the operator may see (all namespaces)."""
         resp: Any = await self.core.list_pod_for_all_namespaces(

@@ -30,7 +30,14 @@ from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL
 from ..metrics import OperatorMetrics
 from ..reconcile.lifecycle import Wake
-from ..reconcile.pool_devices import PoolDevice, claim_manifest, claim_name, pool_devices
+from ..reconcile.pool_devices import (
+    LABEL_POOL,
+    PoolDevice,
+    claim_manifest,
+    claim_name,
+    pool_devices,
+    unused_claims,
+)
 from ..reconcile.pool_engines import model_engines, model_key, replica_key
 from ..reconcile.pool_gate import Gate, PoolRequest, PoolView, gate
 from ..reconcile.pool_status import pool_status
@@ -65,6 +72,7 @@ class PoolActor:
         self._evicting_for: dict[str, float] = {}  # replica -> when its first eviction began
         self._waiting: set[str] = set()
         self._claims: set[tuple[str, str]] = set()
+        self._claim_used: dict[tuple[str, str], float] = {}  # (ns, claim) -> last handed out
         self._status_task: asyncio.Task[None] | None = None
         self._last_status: dict[str, Any] | None = None
 
@@ -84,28 +92,17 @@ class PoolActor:
                 "resource.k8s.io", "v1", "deviceclasses", spec.device_class_name
             )
         devices = pool_devices(spec, nodes, slices, device_class)
-        self.occupants = await self._occupants({d.id for d in devices})
-        if devices != self.devices or spec != self.spec:
-            log.info("GPUPool %s: %d device(s)", self.name, len(devices))
-        self.spec, self.devices, self._inventory_at = spec, devices, now
-
-    async def _occupants(self, devices: set[str]) -> dict[str, set[str]]:
-        """Device -> models with a pod seated there. Until each of them has published its
-        replicas (e.g. right after an operator restart), its device runs nothing new: the
-        memory its engines hold is not known yet."""
         try:
             pods = await self._kube.list_model_pods()
         except Exception:
             log.warning("GPUPool %s: model pods not listed", self.name, exc_info=True)
-            return self.occupants
-        out: dict[str, set[str]] = {}
-        for p in pods:
-            meta = p.get("metadata") or {}
-            device = (meta.get("annotations") or {}).get(ANNOTATION_DEVICE)
-            owner = (meta.get("labels") or {}).get(LABEL_MODEL)
-            if device in devices and owner:
-                out.setdefault(device, set()).add(model_key(meta.get("namespace", ""), owner))
-        return out
+        else:
+            self.occupants = _occupants(pods, {d.id for d in devices})
+            if spec.sharing == Sharing.DRA:
+                await self.collect_claims(pods)
+        if devices != self.devices or spec != self.spec:
+            log.info("GPUPool %s: %d device(s)", self.name, len(devices))
+        self.spec, self.devices, self._inventory_at = spec, devices, now
 
     def unknown(self) -> dict[str, str]:
         """Devices held by pods of models that have not published yet (as turns)."""
@@ -272,6 +269,7 @@ class PoolActor:
     async def ensure_claim(self, namespace: str, device_id: str) -> str:
         """The namespace's ResourceClaim of the device (created once); its name."""
         name = claim_name(device_id)
+        self._claim_used[(namespace, name)] = time.monotonic()
         if (namespace, device_id) in self._claims or self.spec is None:
             return name
         device = next((d for d in self.devices if d.id == device_id), None)
@@ -282,6 +280,22 @@ class PoolActor:
         )
         self._claims.add((namespace, device_id))
         return name
+
+    async def collect_claims(self, pods: list[dict[str, Any]]) -> None:
+        """Delete the pool's claims no pod of their namespace references any more. A claim
+        handed out for a pod about to be created (within STARTING_SECONDS) is kept."""
+        try:
+            claims = await self._kube.list_claims(f"{LABEL_POOL}={self.name}")
+            mono = time.monotonic()
+            for ns, name in unused_claims(self.name, claims, pods):
+                if mono - self._claim_used.get((ns, name), -math.inf) < STARTING_SECONDS:
+                    continue
+                await self._kube.delete_claim(ns, name)
+                log.info("GPUPool %s: deleted unused ResourceClaim %s/%s", self.name, ns, name)
+                self._claim_used.pop((ns, name), None)
+                self._claims = {c for c in self._claims if (c[0], claim_name(c[1])) != (ns, name)}
+        except Exception:  # the next inventory pass tries again
+            log.warning("GPUPool %s: unused claims not collected", self.name, exc_info=True)
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -327,6 +341,20 @@ def backup_kept_while_awake(report: StateReport, image: str) -> bool:
     """Whether the replica's pinned host backup stays after a wake (vLLM >= 0.34; an unknown
     version is counted as keeping it, the reading that never under-counts host memory)."""
     return Features(engine_version(report, image)).backup_kept_while_awake
+
+
+def _occupants(pods: list[dict[str, Any]], devices: set[str]) -> dict[str, set[str]]:
+    """Device -> models with a pod seated there. Until each of them has published its
+    replicas (e.g. right after an operator restart), its device runs nothing new: the
+    memory its engines hold is not known yet."""
+    out: dict[str, set[str]] = {}
+    for p in pods:
+        meta = p.get("metadata") or {}
+        device = (meta.get("annotations") or {}).get(ANNOTATION_DEVICE)
+        owner = (meta.get("labels") or {}).get(LABEL_MODEL)
+        if device in devices and owner:
+            out.setdefault(device, set()).add(model_key(meta.get("namespace", ""), owner))
+    return out
 
 
 def _signature(engines: tuple[Engine, ...]) -> tuple[tuple[str, str | None, str], ...]:

@@ -180,6 +180,29 @@ def claim_manifest(
     }
 
 
+def unused_claims(
+    pool: str, claims: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> list[tuple[str, str]]:
+    """(namespace, name) of the pool's claims that no pod of their namespace references.
+
+    Pods of several models share a claim, so no owner reference can delete it: the pool's
+    actor does, once its last pod is gone (a pod being deleted still references it)."""
+    used = {
+        ((p.get("metadata") or {}).get("namespace", ""), str(c.get("resourceClaimName")))
+        for p in pods
+        for c in ((p.get("spec") or {}).get("resourceClaims") or [])
+    }
+    out: list[tuple[str, str]] = []
+    for c in claims:
+        meta = c.get("metadata") or {}
+        if (meta.get("labels") or {}).get(LABEL_POOL) != pool or meta.get("deletionTimestamp"):
+            continue
+        key = (str(meta.get("namespace", "")), str(meta.get("name")))
+        if key not in used:
+            out.append(key)
+    return sorted(out)
+
+
 def _int(value: object) -> int:
     try:
         return max(0, int(str(value)))

@@ -163,3 +163,50 @@ def test_the_backup_kept_while_awake_follows_the_agents_version_else_the_image_t
     assert not backup_kept_while_awake(reported, "vllm/vllm-openai:v0.34.0")  # the agent knows
     # Neither says: counted as kept, the reading that never under-counts host memory.
     assert backup_kept_while_awake(StateReport(state=awake), "vllm/vllm-openai:latest")
+
+
+class ClaimKube(FakeKube):
+    def __init__(self, claims: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.claims = claims
+        self.deleted: list[tuple[str, str]] = []
+        self.created: list[dict[str, Any]] = []
+
+    async def list_claims(self, label_selector: str) -> list[dict[str, Any]]:
+        assert label_selector == "vllm-sleep.io/pool=p"
+        return self.claims
+
+    async def delete_claim(self, namespace: str, name: str) -> None:
+        self.deleted.append((namespace, name))
+
+    async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
+        self.created.append(manifest)
+        return True
+
+
+def test_a_claim_is_deleted_once_no_pod_of_its_namespace_references_it_and_made_again() -> None:
+    from vllm_sleep.reconcile.pool_devices import claim_name
+
+    a = actor()
+    name = claim_name("n/gpu-0")
+    labels = {"vllm-sleep.io/pool": "p"}
+    kube = ClaimKube([{"metadata": {"namespace": "ns", "name": name, "labels": labels}}])
+    a._kube = kube  # type: ignore[assignment]
+    pod = {
+        "metadata": {"namespace": "ns"},
+        "spec": {"resourceClaims": [{"resourceClaimName": name}]},
+    }
+
+    async def run() -> None:
+        await a.ensure_claim("ns", "n/gpu-0")
+        await a.collect_claims([])  # just handed out: its pod is about to be created
+        assert kube.deleted == []
+        a._claim_used.clear()  # (as if handed out long ago)
+        await a.collect_claims([pod])
+        assert kube.deleted == []
+        await a.collect_claims([])
+        assert kube.deleted == [("ns", name)]
+        await a.ensure_claim("ns", "n/gpu-0")  # a later pod there gets it created again
+        assert len(kube.created) == 2
+
+    asyncio.run(run())

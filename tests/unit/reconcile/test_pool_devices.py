@@ -75,3 +75,20 @@ def test_one_claim_per_device_selects_exactly_it() -> None:
     assert request["deviceClassName"] == "sim"
     assert request["selectors"][0]["cel"]["expression"].endswith(".index == 1")
     assert len(claim_name("a-very-long-node-name.example.com/gpu-15" * 3)) <= 63
+
+
+def test_a_claim_no_pod_of_its_namespace_references_is_unused() -> None:
+    from vllm_sleep.reconcile.pool_devices import LABEL_POOL, unused_claims
+
+    def claim(ns: str, name: str, pool: str = "p") -> dict[str, Any]:
+        return {"metadata": {"namespace": ns, "name": name, "labels": {LABEL_POOL: pool}}}
+
+    def pod(ns: str, claim_name: str) -> dict[str, Any]:
+        refs = [{"name": "gpu", "resourceClaimName": claim_name}]
+        return {"metadata": {"namespace": ns}, "spec": {"resourceClaims": refs}}
+
+    claims = [claim("a", "gpu-x"), claim("b", "gpu-x"), claim("a", "gpu-y"), claim("c", "z", "q")]
+    pods = [pod("a", "gpu-x"), pod("c", "gpu-y"), {"metadata": {"namespace": "a"}, "spec": {}}]
+    # b's copy of gpu-x and a's gpu-y: a pod of another namespace does not keep them; another
+    # pool's claim is never this pool's business.
+    assert unused_claims("p", claims, pods) == [("a", "gpu-y"), ("b", "gpu-x")]
