@@ -1,0 +1,81 @@
+"""vLLM 0.34 (issue 12): the simulator's default profile. On 0.34 an engine started without a
+memory share takes all free device memory (the extensible KV cache), so a second engine on the
+device fails to start and a sleeping neighbour cannot wake. The operator always passes an explicit
+share: two models on one simulated GPU both start (pre-warm in turn) and wake in turn. 0.34 also
+keeps an engine's pinned host backup from its first level-1 sleep until the process exits, awake
+or asleep: the node's pinned host memory (the sim-kubelet's `GET /nodes`) still counts the awake
+engine's backup.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from conftest import Kube
+
+from .conftest import Proc
+from .helpers import apply, chat, model_pods, wait_phase
+from .test_kv_tier import sim_state
+from .test_pools import (
+    block_first_gpu,
+    device_of,
+    make_pool,
+    pooled,
+    pools,  # noqa: F401  (the fixture)
+    remove_models,
+    violations,
+)
+
+GIB = 2**30
+
+
+def test_two_models_on_one_gpu_start_and_wake_in_turn_on_0_34(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],  # noqa: F811
+) -> None:
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    blocked = block_first_gpu(kube, namespace, pool)
+    names = ("a", "b")
+    for name in names:  # no VLLM_SIM_PROFILE: the simulator's default profile, 0.34
+        apply(kube, pooled(name, namespace, pool, 0.6, env=[], sleep={"level": 1}))
+    for name in names:
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)
+    seats = {device_of(kube, namespace, n) for n in names}
+    assert len(seats) == 1 and blocked not in seats, seats
+
+    for name in names:
+        pod = model_pods(kube, namespace, name)[0]
+        vllm = next(c for c in pod.spec.containers if "--enable-sleep-mode" in (c.args or []))
+        i = vllm.args.index("--gpu-memory-utilization")
+        assert vllm.args[i + 1] == "0.6", vllm.args
+        state = sim_state(kube, namespace, name)
+        assert state["memory"]["extensible_kv"] is False, state["memory"]
+        assert state["memory"]["gpu_memory_utilization"] == 0.6
+
+    node = model_pods(kube, namespace, "a")[0].spec.node_name
+
+    def pinned() -> dict[str, int]:
+        nodes = kubelet_admin.get("/nodes").json()["nodes"]
+        report = next(n for n in nodes if n["node"] == node)
+        assert report["pinned_bytes"] >= sum(report["pods"].values())
+        return {n: report["pods"].get(f"{namespace}/{pod}", 0) for n, pod in pods.items()}
+
+    pods = {n: model_pods(kube, namespace, n)[0].metadata.name for n in names}
+    assert pinned() == {"a": 2 * GIB, "b": 2 * GIB}  # both backed up by their pre-warm
+
+    for name in ("a", "b", "a"):
+        r = httpx.post(f"{gateway}/v1/chat/completions", json=chat(name), timeout=120)
+        assert r.status_code == 200, r.text
+        wait_phase(kube, namespace, name, "Awake", timeout=30)
+        other = "b" if name == "a" else "a"
+        wait_phase(kube, namespace, other, "Asleep", timeout=30)
+        # The awake engine's backup stays pinned on 0.34 (0.33 would free it on wake).
+        assert pinned() == {"a": 2 * GIB, "b": 2 * GIB}
+        assert sim_state(kube, namespace, name)["pinned_host_bytes"] == 2 * GIB
+
+    assert violations(kubelet_admin, namespace) == []
+    remove_models(kube, namespace)
