@@ -127,6 +127,9 @@ def gpu_pool_crd() -> dict[str, Any]:
         {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
         {"name": "Devices", "type": "integer", "jsonPath": ".status.devices"},
         {"name": "Models", "type": "integer", "jsonPath": ".status.models"},
+        {"name": "Awake", "type": "integer", "jsonPath": ".status.awake"},
+        {"name": "Committed%", "type": "integer", "jsonPath": ".status.committedPercent"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas", "priority": 1},
         _age(),
     ]
     return _crd(

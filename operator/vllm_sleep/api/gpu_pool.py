@@ -99,6 +99,12 @@ class GPUPoolStatus(ApiModel):
     nodes: int | None = Field(default=None, ge=0)
     devices: int | None = Field(default=None, ge=0)
     models: int | None = Field(default=None, ge=0)
+    # Summed over devices: replicas placed, replicas awake, and device bytes committed (also as
+    # a share of the pool's device memory, for `kubectl get gpupools`).
+    replicas: int | None = Field(default=None, ge=0)
+    awake: int | None = Field(default=None, ge=0)
+    committed_bytes: int | None = Field(default=None, ge=0)
+    committed_percent: int | None = Field(default=None, ge=0)
     device_states: list[DeviceStatus] = Field(default_factory=list)
     observed_generation: int | None = None
     conditions: list[Condition] = Field(

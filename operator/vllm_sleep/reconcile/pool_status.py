@@ -16,10 +16,16 @@ def pool_status(pool: Pool, sharing: Sharing) -> dict[str, Any]:
         d.model_copy(update={"claim": claim_name(d.device)}) if sharing == Sharing.DRA else d
         for d in device_states(pool)
     ]
+    committed = sum(d.committed_bytes or 0 for d in devices)
+    memory = sum(d.memory for d in pool.devices)
     status = GPUPoolStatus(
         nodes=len(pool.nodes),
         devices=len(pool.devices),
         models=len({e.model for e in pool.engines}),
+        replicas=sum(len(d.models) for d in devices),
+        awake=sum(len(d.awake) for d in devices),
+        committed_bytes=committed,
+        committed_percent=round(100 * committed / memory) if memory else 0,
         device_states=devices,
     )
     out: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
