@@ -177,6 +177,40 @@ def dashboard() -> dict[str, Any]:
             y=32,
             unit="ops",
         ),
+        _panel(
+            11,
+            "GPU pool evictions and swaps per second",
+            [
+                (f"sum by (pool) (rate(vllm_sleep_pool_evictions_total{RATE}))", "evict {{pool}}"),
+                (f"sum by (pool) (rate(vllm_sleep_pool_swaps_total{RATE}))", "swap {{pool}}"),
+                (
+                    f"sum by (pool, kind) (rate(vllm_sleep_pool_plan_refusals_total{RATE}))",
+                    "refused {{pool}} {{kind}}",
+                ),
+            ],
+            x=0,
+            y=40,
+            unit="ops",
+            description="A wake that needed room: neighbours put to sleep, and plans refused.",
+        ),
+        _panel(
+            12,
+            "GPU pool swap duration (p50, p95)",
+            [
+                (
+                    _quantile(0.5, "vllm_sleep_pool_swap_duration_seconds_bucket", "pool"),
+                    "p50 {{pool}}",
+                ),
+                (
+                    _quantile(0.95, "vllm_sleep_pool_swap_duration_seconds_bucket", "pool"),
+                    "p95 {{pool}}",
+                ),
+            ],
+            x=12,
+            y=40,
+            unit="s",
+            description="From the first eviction to the target replica awake.",
+        ),
     ]
     return {
         "uid": DASHBOARD_UID,
