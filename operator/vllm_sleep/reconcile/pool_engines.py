@@ -45,9 +45,15 @@ def replica_key(namespace: str, pod: str) -> str:
 def share_bytes(spec: ModelDeploymentSpec, device_memory: int) -> int:
     """Device bytes the engine takes awake: its gpuMemoryUtilization of the device, even when
     the KV cache is sized in bytes. The pod always carries --gpu-memory-utilization, and vLLM's
-    startup check asks for that much free device memory whatever the KV size; the agent's
+    startup check asks for that much free device memory whatever the KV size; a sized KV cache
+    plus the weights counts instead only when larger (the engine maps them all). The agent's
     --engine-memory-bytes is this same number."""
-    return max(1, int(spec.resources.gpu_memory_utilization * device_memory))
+    res = spec.resources
+    share = int(res.gpu_memory_utilization * device_memory)
+    if res.kv_cache_size is not None:
+        weights = res.weights_size.bytes() if res.weights_size is not None else 0
+        share = max(share, res.kv_cache_size.bytes() + weights)
+    return max(1, share)
 
 
 def kv_bytes(spec: ModelDeploymentSpec, share: int) -> int | None:

@@ -97,11 +97,11 @@ def test_the_share_of_a_model_with_a_kv_size_is_what_the_startup_check_needs() -
     assert e.kv == 4 * GIB
 
 
-def test_a_kv_size_larger_than_the_share_is_capped_at_the_share() -> None:
+def test_a_kv_size_and_weights_past_the_utilization_count_whole() -> None:
     m = model(kvCacheSize="64Gi")
     req, rep = request(AgentState.AWAKE, {})
     (e,) = model_engines(m, req, {"m-0": rep}, DEVICE)
-    assert e.kv == e.share
+    assert e.share == 72 * GIB and e.kv == 64 * GIB  # more than 0.4 x 80 GiB: all of it
 
 
 @pytest.mark.parametrize("kv", [None, "4Gi"])
