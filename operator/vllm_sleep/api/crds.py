@@ -121,7 +121,7 @@ def model_deployment_crd() -> dict[str, Any]:
 def gpu_pool_crd() -> dict[str, Any]:
     schema = _root(GPUPoolSpec, GPUPoolStatus, [])
     schema["description"] = "Shared GPU capacity that ModelDeployments are placed on."
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Sharing", "type": "string", "jsonPath": ".spec.sharing"},
         {"name": "Device-Memory", "type": "string", "jsonPath": ".spec.deviceMemory"},
         {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
