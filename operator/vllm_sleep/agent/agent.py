@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
 
 from ..h1 import Server
+from ..serve import Service
 from ..vllm import VLLMClient
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
@@ -31,7 +31,7 @@ UPSTREAM_KEEPALIVE = 4.0
 SHUTDOWN_GRACE = 2.0
 
 
-class Agent:
+class Agent(Service):
     def __init__(self, config: AgentConfig, *, clock: Clock = SYSTEM) -> None:
         self.config = config
         self.clock = clock  # the one clock of this agent: every part below reads it
@@ -149,15 +149,6 @@ class Agent:
             await self._session.close()
             self._session = None
         await self.vllm.aclose()
-
-    async def __aenter__(self) -> Agent:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _serve(self, runner: web.BaseRunner, port: int) -> int:
         await runner.setup()

@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import sys
 
-from ..logs import configure
+from ..serve import cli_main, serve_until, stop_on_signals
 from .agent import Agent
 from .clock import Clock
 from .config import AgentConfig, AgentConfigError, build_parser
 
 
 def main(argv: list[str]) -> int:
-    configure()
-    if any(a in ("-h", "--help") for a in argv):
-        build_parser().print_help()
-        return 0
-    try:
-        config = AgentConfig.from_cli(argv, os.environ)
-    except AgentConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_run(config))
-    except OSError as e:  # port taken, address not available
-        print(f"vllm-sleep agent: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return cli_main(
+        argv,
+        prog="vllm-sleep agent",
+        print_help=lambda: build_parser().print_help(),
+        load=lambda args: AgentConfig.from_cli(args, os.environ),
+        errors=AgentConfigError,
+        run=_run,
+    )
 
 
 async def _run(config: AgentConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with Agent(config, clock=Clock()):
-        await stop.wait()
+    with stop_on_signals() as stop:
+        await serve_until(Agent(config, clock=Clock()), stop)

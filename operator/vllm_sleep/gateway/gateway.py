@@ -7,10 +7,10 @@ returns (port 0 = a free port, see `url`).
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 
 from ..h1 import Limits, Server, UpstreamPool
 from ..http_common import MAX_HEAD_BYTES, MAX_HEADERS
+from ..serve import Service
 from .auth import ApiKeys
 from .config import GatewayConfig
 from .demand import DemandSignal
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight streams when stopping
 
 
-class Gateway:
+class Gateway(Service):
     def __init__(
         self,
         config: GatewayConfig,
@@ -116,12 +116,3 @@ class Gateway:
             await self._pool.close()
             self._pool = None
         await self.demand.close()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -1,0 +1,116 @@
+"""What every long-running `vllm-sleep` server (the pod agent, the gateway) shares: a service
+started and stopped as an async context, the SIGTERM/SIGINT stop, and the CLI start-up around
+them. No HTTP here: both servers and the test harness may import it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from .logs import configure
+
+C = TypeVar("C")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Service(ABC):
+    """A server bound by `start()` (which, failing or cancelled, stops what it started) and
+    released by `stop()`; `async with` does both."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event SIGTERM or SIGINT sets while the block runs (on platforms with loop signal
+    handlers; elsewhere Ctrl-C stays a KeyboardInterrupt)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def serve_until(service: Service, stop: asyncio.Event) -> None:
+    """Start `service`, serve until `stop` is set, then stop it.
+
+    A start can wait long (the gateway's first list while the API is down), so it races
+    `stop`: a stop is heard at any time, and a start cut short stops what it started."""
+    starting = asyncio.ensure_future(service.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+    if starting.cancelled():
+        return
+    starting.result()  # raise what made the start fail
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def cli_main(
+    argv: list[str],
+    *,
+    prog: str,
+    print_help: Callable[[], None],
+    load: Callable[[list[str]], C],
+    errors: type[Exception],
+    run: Callable[[C], Coroutine[Any, Any, None]],
+    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run,
+) -> int:
+    """A server's `main`: help (0), a configuration `load` refuses with `errors` (2), an
+    address it cannot bind or a file it cannot read (1), else `run` until it returns (0)."""
+    configure()
+    if any(a in ("-h", "--help") for a in argv):
+        print_help()
+        return 0
+    try:
+        config = load(argv)
+    except errors as e:
+        print(_prefixed(prog, e), file=sys.stderr)
+        return 2
+    try:
+        runner(run(config))
+    except OSError as e:
+        print(_prefixed(prog, e), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _prefixed(prog: str, error: Exception) -> str:
+    message = str(error)
+    return message if message.startswith(f"{prog}:") else f"{prog}: {message}"
