@@ -53,6 +53,11 @@ def cel(
     return out
 
 
+def list_map(*keys: str) -> JsonDict:
+    """Schema marks for a list Kubernetes merges item by item, each item known by `keys`."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
 def _duration(raw: Any) -> timedelta:
     if isinstance(raw, timedelta):
         return raw

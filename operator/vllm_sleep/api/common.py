@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel
+from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel, list_map
 
 # Environment variable names Kubernetes accepts (any printable except '='); we keep it to the
 # portable C-identifier-ish set so a typo (a space, a '=') fails at apply time.
@@ -82,3 +82,8 @@ class Condition(ApiModel):
     message: str = Field(default="", max_length=32768)
     last_transition_time: datetime
     observed_generation: int | None = Field(default=None, ge=0)
+
+
+def conditions_field() -> Any:
+    """A status's `conditions`: one entry per type, merged by type (as metav1.Condition lists)."""
+    return Field(default_factory=list, json_schema_extra=list_map("type"))

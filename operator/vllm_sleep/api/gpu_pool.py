@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel
-from .common import Condition, Toleration
+from .common import Condition, Toleration, conditions_field
 from .model_deployment import ObjectMeta
 from .quantity import Quantity
 
@@ -107,13 +107,7 @@ class GPUPoolStatus(ApiModel):
     committed_percent: int | None = Field(default=None, ge=0)
     device_states: list[DeviceStatus] = Field(default_factory=list)
     observed_generation: int | None = None
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
-    )
+    conditions: list[Condition] = conditions_field()
 
 
 class GPUPool(ApiModel):

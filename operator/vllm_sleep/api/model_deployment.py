@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 from pydantic.config import JsonDict
 
-from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel
+from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel, list_map
 from .common import EnvVar, LocalObjectReference, Toleration
 from .model_spec import ImagePullPolicy, ModelResources, Placement, SleepSpec, WakeSpec
 from .model_status import ModelDeploymentStatus
@@ -94,8 +94,7 @@ class ModelDeploymentSpec(ApiModel):
         max_length=128,
         description="Environment of the vLLM container (plain values).",
         json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["name"],
+            **list_map("name"),
             "x-kubernetes-validations": [
                 cel(
                     "self.all(e, !(e.name in " + str(list(RESERVED_ENV)) + "))",

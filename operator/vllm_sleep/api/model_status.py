@@ -8,7 +8,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from .base import ApiModel
-from .common import Condition
+from .common import Condition, conditions_field
 
 
 class ModelPhase(StrEnum):
@@ -54,10 +54,4 @@ class ModelDeploymentStatus(ApiModel):
     last_sleep_seconds: float | None = Field(default=None, ge=0)
     last_wake_seconds: float | None = Field(default=None, ge=0)
     observed_generation: int | None = None
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
-    )
+    conditions: list[Condition] = conditions_field()
