@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
 from pydantic import ConfigDict, Field
 
 from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel
 from .common import Condition, Toleration, conditions_field
-from .model_deployment import ObjectMeta
+from .model_deployment import KubeObject
 from .quantity import Quantity
 
 
@@ -110,13 +109,6 @@ class GPUPoolStatus(ApiModel):
     conditions: list[Condition] = conditions_field()
 
 
-class GPUPool(ApiModel):
-    model_config = ConfigDict(extra="ignore")
-
-    metadata: ObjectMeta
+class GPUPool(KubeObject):
     spec: GPUPoolSpec
     status: GPUPoolStatus | None = None
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> GPUPool:
-        return cls.model_validate(dict(body))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from pydantic import ConfigDict, Field
 from pydantic.config import JsonDict
@@ -146,17 +146,22 @@ class ObjectMeta(ApiModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class ModelDeployment(ApiModel):
+class KubeObject(ApiModel):
+    """An object of one of our kinds as the apiserver holds it; subclasses add spec and status."""
+
     model_config = ConfigDict(extra="ignore")  # apiVersion, kind
 
     metadata: ObjectMeta
-    spec: ModelDeploymentSpec
-    status: ModelDeploymentStatus | None = None
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> ModelDeployment:
+    def from_body(cls, body: dict[str, Any]) -> Self:
         """Parse an object from the apiserver or a file; raises pydantic.ValidationError."""
         return cls.model_validate(dict(body))
+
+
+class ModelDeployment(KubeObject):
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
 
     @property
     def served_model_name(self) -> str:
