@@ -41,10 +41,13 @@ def pod_url(kube: Kube, namespace: str, name: str) -> str:
     return f"http://{pods[0].status.pod_ip}:8000"
 
 
+@pytest.mark.parametrize("profile", ["legacy", "0.33", "0.34"])
 def test_apply_prewarm_wake_on_request_idle_sleep(
-    kube: Kube, namespace: str, operator: Proc, kubelet_admin: httpx.Client
+    kube: Kube, namespace: str, operator: Proc, kubelet_admin: httpx.Client, profile: str
 ) -> None:
-    apply(kube, model_manifest("llama", namespace, sleep={"idleTimeout": "3s"}))
+    """The same lifecycle on every vLLM behaviour the simulator knows (docs/simulator.md)."""
+    env = [{"name": "VLLM_SIM_PROFILE", "value": profile}]
+    apply(kube, model_manifest("llama", namespace, sleep={"idleTimeout": "3s"}, env=env))
     obj = wait_phase(kube, namespace, "llama", "Asleep", timeout=120)
     assert obj["status"]["replicas"][0]["state"] == "Asleep"
     reasons = [e.reason for e in events(kube, namespace, "llama")]
