@@ -142,23 +142,14 @@ def _check_model(model: object) -> str | BadRequest:
     return model
 
 
-def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
+async def decode_body_async(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
     """The body with its Content-Encoding undone, bounded by `limit` after decompression.
 
     Done by the gateway itself so a corrupt or oversized (zip bomb) body is a clean 400/413,
-    never a parser error, and forwarded bodies are always identity-encoded.
+    never a parser error, and forwarded bodies are always identity-encoded. It yields to the
+    event loop after each _OUT bytes it produces (a small body can inflate to `limit`: one
+    uninterrupted call would stall every other request).
     """
-    steps = _decode(body, encoding, limit)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-
-async def decode_body_async(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
-    """`decode_body`, yielding to the event loop after each _OUT bytes it produces (a small
-    body can inflate to `limit`: one uninterrupted call would stall every other request)."""
     steps = _decode(body, encoding, limit)
     while True:
         try:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 
 import pytest
 
-from vllm_sleep.gateway.inbound import MAX_GZIP_MEMBERS, BadRequest, decode_body
+from vllm_sleep.gateway.inbound import MAX_GZIP_MEMBERS, BadRequest, decode_body_async
 
 BODY = b'{"model": "m", "messages": []}'
+
+
+def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
+    return asyncio.run(decode_body_async(body, encoding, limit))
 
 
 def test_concatenated_gzip_members_are_all_decoded() -> None:
