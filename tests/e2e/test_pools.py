@@ -328,3 +328,104 @@ def test_operator_killed_mid_swap_converges_without_evicting_twice(
     assert len(evictions) <= 1, [e.message for e in evictions]
     assert violations(kubelet_admin, namespace) == []
     remove_models(kube, namespace)
+
+
+def replica_states(kube: Kube, namespace: str, name: str) -> list[str]:
+    return sorted(r["state"] for r in get_model(kube, namespace, name)["status"]["replicas"])
+
+
+def test_one_request_wakes_one_of_two_replicas(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],
+) -> None:
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    block_first_gpu(kube, namespace, pool)
+    apply(kube, pooled("two", namespace, pool, 0.4, replicas=2))
+
+    def both_asleep() -> bool:
+        status = get_model(kube, namespace, "two").get("status") or {}
+        return [r.get("state") for r in status.get("replicas") or []] == ["Asleep", "Asleep"]
+
+    wait_for(both_asleep, 180, what="both replicas pre-warmed")
+    r = httpx.post(f"{gateway}/v1/chat/completions", json=chat("two"), timeout=120)
+    assert r.status_code == 200, r.text
+    wait_phase(kube, namespace, "two", "Awake", timeout=30)
+    # Demand-proportional: one request wants one replica awake, not both.
+    assert replica_states(kube, namespace, "two") == ["Asleep", "Awake"]
+    woke = [e for e in events(kube, namespace, "two") if e.reason == "Waking"]
+    assert len(woke) == 1, [e.message for e in woke]
+    assert violations(kubelet_admin, namespace) == []
+    remove_models(kube, namespace)
+
+
+def test_min_awake_holds_the_eviction_then_the_waiting_request_is_served(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],
+) -> None:
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    block_first_gpu(kube, namespace, pool)
+    apply(kube, pooled("young", namespace, pool, 0.8, placement={"minAwake": "20s"}))
+    apply(kube, pooled("other", namespace, pool, 0.8))
+    for name in ("young", "other"):
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)
+    r = httpx.post(f"{gateway}/v1/chat/completions", json=chat("young"), timeout=120)
+    assert r.status_code == 200, r.text
+
+    def waiting_reason() -> str | None:
+        conds = (get_model(kube, namespace, "other").get("status") or {}).get("conditions") or []
+        awake = next((c for c in conds if c["type"] == "Awake"), None)
+        return awake["message"] if awake and awake["reason"] == "WaitingForDevice" else None
+
+    async def wake_other() -> tuple[int, str, str]:
+        async with httpx.AsyncClient(timeout=180) as client:
+            request = asyncio.create_task(
+                client.post(f"{gateway}/v1/chat/completions", json=chat("other"))
+            )
+            why = await asyncio.to_thread(wait_for, waiting_reason, 30, what="other waits")
+            young_then = get_model(kube, namespace, "young")["status"]["phase"]
+            return (await request).status_code, why, young_then
+
+    code, why, young_then = asyncio.run(wake_other())
+    assert code == 200
+    assert "minAwake" in why, why  # the young neighbour is protected, not evicted at once
+    assert young_then == "Awake"
+    msg = next(e.message for e in events(kube, namespace, "young") if e.reason == "Evicted")
+    assert msg.endswith("to wake " + f"{namespace}/other-0"), msg
+    assert violations(kubelet_admin, namespace) == []
+    remove_models(kube, namespace)
+
+
+def test_past_the_host_budget_sleeps_are_level_2_and_their_wakes_reload_weights(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],
+) -> None:
+    # Room on the node's host for one level-1 sleeper's weights (2Gi): the second sleeps at 2.
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing", hostOffloadBudget="3Gi")
+    apply(kube, pooled("first", namespace, pool, 0.4))
+    wait_phase(kube, namespace, "first", "Asleep", timeout=180)
+    apply(kube, pooled("second", namespace, pool, 0.4))
+    wait_phase(kube, namespace, "second", "Asleep", timeout=180)
+
+    def levels(name: str) -> list[int | None]:
+        return [r.get("level") for r in get_model(kube, namespace, name)["status"]["replicas"]]
+
+    assert levels("first") == [1] and levels("second") == [2]
+    body = chat("second", "the same question", max_tokens=6)
+    r = httpx.post(f"{gateway}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    answer = r.json()["choices"][0]["message"]["content"]
+    assert answer.strip() and set(answer.split()) != {"!"}, answer  # reloaded weights, not zeros
+    assert violations(kubelet_admin, namespace) == []  # no garbage_weights recorded
+    remove_models(kube, namespace)
