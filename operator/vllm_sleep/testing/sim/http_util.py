@@ -92,6 +92,21 @@ async def read_json(request: web.BaseRequest) -> tuple[Any, BodyError | None]:
         return None, BodyError(f"JSON decode error: {e}")
 
 
+async def read_json_object(
+    engine: SimEngine, request: web.BaseRequest, *, required: bool
+) -> dict[str, Any] | web.Response:
+    """The body of a route that wants a JSON object, or the answer vLLM gives when it is not
+    one (see `raw_json_error`; a non-object: 400). Without `required`, no body reads as {}."""
+    body, err = await read_json(request)
+    if err:
+        return raw_json_error(engine, err)
+    if body is None and not required:
+        return {}
+    if not isinstance(body, dict):
+        return openai_error(400, "Request body must be a JSON object", "Bad Request")
+    return body
+
+
 def raw_json_error(engine: SimEngine, err: BodyError) -> web.Response:
     """A route that calls `await raw_request.json()` and catches only JSONDecodeError: bad JSON
     is a 400, an undecodable body escapes as an unhandled exception (vLLM's catch-all 500;

@@ -9,6 +9,8 @@ and /wake_up fail with 500. The response bodies are this simulator's (UNCONFIRME
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from . import ops, ops_checkpoint
@@ -23,20 +25,20 @@ def _state(engine: SimEngine) -> web.Response:
     return json_response({"state": engine.checkpoint})
 
 
-async def prepare(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
+async def _step(engine: SimEngine, step: Callable[[SimEngine], Awaitable[object]]) -> web.Response:
     try:
-        await ops_checkpoint.checkpoint_prepare(engine)
+        await step(engine)
     except (ops.UtilityError, EngineDead) as e:
         return openai_error(500, str(e) or "EngineCore died", "InternalServerError")
     return _state(engine)
+
+
+async def prepare(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
+    return await _step(engine, ops_checkpoint.checkpoint_prepare)
 
 
 async def restore(engine: SimEngine, _request: web.BaseRequest) -> web.Response:
-    try:
-        await ops_checkpoint.checkpoint_restore(engine)
-    except (ops.UtilityError, EngineDead) as e:
-        return openai_error(500, str(e) or "EngineCore died", "InternalServerError")
-    return _state(engine)
+    return await _step(engine, ops_checkpoint.checkpoint_restore)
 
 
 async def status(engine: SimEngine, _request: web.BaseRequest) -> web.Response:

@@ -20,8 +20,7 @@ from .http_util import (
     json_response,
     openai_error,
     plain_500,
-    raw_json_error,
-    read_json,
+    read_json_object,
 )
 from .scheduler import EngineDead
 
@@ -140,11 +139,9 @@ async def reset_other_cache(_engine: SimEngine, _request: web.BaseRequest) -> we
 
 
 async def collective_rpc(engine: SimEngine, request: web.BaseRequest) -> web.Response:
-    body, err = await read_json(request)
-    if err:
-        return raw_json_error(engine, err)
-    if not isinstance(body, dict):
-        return openai_error(400, "Request body must be a JSON object", "Bad Request")
+    body = await read_json_object(engine, request, required=True)
+    if isinstance(body, web.Response):
+        return body
     method = body.get("method")
     if not method:
         return openai_error(400, "Missing 'method' in request body", "Bad Request")
@@ -204,12 +201,10 @@ async def is_paused(engine: SimEngine, _request: web.BaseRequest) -> web.Respons
 
 
 async def abort_requests(engine: SimEngine, request: web.BaseRequest) -> web.Response:
-    body, err = await read_json(request)
-    if err:
-        return raw_json_error(engine, err)
-    if body is not None and not isinstance(body, dict):
-        return openai_error(400, "Request body must be a JSON object", "Bad Request")
-    n = ops.abort_requests(engine, (body or {}).get("request_ids"))
+    body = await read_json_object(engine, request, required=False)
+    if isinstance(body, web.Response):
+        return body
+    n = ops.abort_requests(engine, body.get("request_ids"))
     return json_response({"status": "aborted", "aborted": n})
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .engine import SimEngine
-from .http_util import Route, json_response, openai_error, raw_json_error, read_json
+from .http_util import Route, json_response, openai_error, read_json_object
 from .routes_dev import NEW
 
 _WEIGHT_ROUTES = {
@@ -28,11 +28,9 @@ _WEIGHT_ROUTES = {
 
 def _json_object_route(answer: Mapping[str, object]) -> Route:
     async def handler(engine: SimEngine, request: web.BaseRequest) -> web.Response:
-        body, err = await read_json(request)
-        if err:
-            return raw_json_error(engine, err)
-        if body is not None and not isinstance(body, dict):
-            return openai_error(400, "Request body must be a JSON object", "Bad Request")
+        body = await read_json_object(engine, request, required=False)
+        if isinstance(body, web.Response):
+            return body
         return json_response(answer)
 
     return Route({"POST": handler}, dev=True, profiles=NEW)
@@ -51,11 +49,9 @@ async def get_world_size(_engine: SimEngine, _request: web.BaseRequest) -> web.R
 
 
 async def scale_elastic_ep(engine: SimEngine, request: web.BaseRequest) -> web.Response:
-    body, err = await read_json(request)
-    if err:
-        return raw_json_error(engine, err)
-    if not isinstance(body, dict):
-        return openai_error(400, "Request body must be a JSON object", "Bad Request")
+    body = await read_json_object(engine, request, required=True)
+    if isinstance(body, web.Response):
+        return body
     size = body.get("new_data_parallel_size")
     drain = body.get("drain_timeout", 120)
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
