@@ -4,12 +4,14 @@ them. No HTTP here: both servers and the test harness may import it."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -84,23 +86,23 @@ async def serve_until(service: Service, stop: asyncio.Event) -> None:
 
 def cli_main(
     argv: list[str],
-    *,
     prog: str,
-    print_help: Callable[[], None],
-    load: Callable[[list[str]], C],
-    errors: type[Exception],
+    parser: Callable[[], argparse.ArgumentParser],
+    load: Callable[[list[str], Mapping[str, str]], C],
     run: Callable[[C], Coroutine[Any, Any, None]],
+    *,
     runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run,
 ) -> int:
-    """A server's `main`: help (0), a configuration `load` refuses with `errors` (2), an
-    address it cannot bind or a file it cannot read (1), else `run` until it returns (0)."""
+    """A server's `main`: `--help` prints the `parser`'s help (0); a configuration `load` (from
+    the arguments and the environment) refuses with ValueError (2); an address `run` cannot bind
+    or a file it cannot read (1); else `run` until it returns (0)."""
     configure()
     if any(a in ("-h", "--help") for a in argv):
-        print_help()
+        parser().print_help()
         return 0
     try:
-        config = load(argv)
-    except errors as e:
+        config = load(argv, os.environ)
+    except ValueError as e:
         print(_prefixed(prog, e), file=sys.stderr)
         return 2
     try:

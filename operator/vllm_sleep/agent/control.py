@@ -14,20 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..api.agent_protocol import (
-    MAX_WAIT,
-    PARAM_DRAIN_TIMEOUT,
-    PARAM_LEVEL,
-    PARAM_REASON,
-    PARAM_VERSION,
-    PARAM_WAIT,
-    PATH_SLEEP,
-    PATH_STATE,
-    PATH_WAKE,
-    REASON_IDLE,
-    SLEEP_LEVELS,
-    StateReport,
-)
+from ..api import agent_protocol as protocol
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .gate import Gate
@@ -61,9 +48,9 @@ class ControlAPI:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
-        app.router.add_get(PATH_STATE, self.state)
-        app.router.add_post(PATH_SLEEP, self.sleep)
-        app.router.add_post(PATH_WAKE, self.wake)
+        app.router.add_get(protocol.PATH_STATE, self.state)
+        app.router.add_post(protocol.PATH_SLEEP, self.sleep)
+        app.router.add_post(protocol.PATH_WAKE, self.wake)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         return app
@@ -71,14 +58,14 @@ class ControlAPI:
     def snapshot(self) -> dict[str, object]:
         return self.report().to_json()
 
-    def report(self) -> StateReport:
+    def report(self) -> protocol.StateReport:
         b, g = self._board, self._gate
         now_mono, now_wall = self._clock.monotonic(), self._clock.wall()
 
         def wall(mono: float | None) -> float | None:
             return None if mono is None else round(now_wall - (now_mono - mono), 3)
 
-        return StateReport(
+        return protocol.StateReport(
             state=b.state,
             level=b.level,
             inflight=g.inflight,
@@ -118,8 +105,13 @@ class ControlAPI:
 
     async def state(self, request: web.Request) -> web.Response:
         try:
-            wait = _number(request.query.get(PARAM_WAIT, "0"), PARAM_WAIT, 0.0, MAX_WAIT)
-            raw_version = request.query.get(PARAM_VERSION)
+            wait = _number(
+                request.query.get(protocol.PARAM_WAIT, "0"),
+                protocol.PARAM_WAIT,
+                0.0,
+                protocol.MAX_WAIT,
+            )
+            raw_version = request.query.get(protocol.PARAM_VERSION)
             version = int(raw_version) if raw_version is not None else None
         except ValueError as e:
             return error_response(400, str(e))
@@ -129,18 +121,20 @@ class ControlAPI:
 
     async def sleep(self, request: web.Request) -> web.Response:
         try:
-            level = int(request.query.get(PARAM_LEVEL, "1"))
-            if level not in SLEEP_LEVELS:
-                raise ValueError(f"{PARAM_LEVEL} must be one of {SLEEP_LEVELS}, got {level}")
+            level = int(request.query.get(protocol.PARAM_LEVEL, "1"))
+            if level not in protocol.SLEEP_LEVELS:
+                raise ValueError(
+                    f"{protocol.PARAM_LEVEL} must be one of {protocol.SLEEP_LEVELS}, got {level}"
+                )
             drain = _number(
-                request.query.get(PARAM_DRAIN_TIMEOUT, str(self._config.drain_timeout)),
-                PARAM_DRAIN_TIMEOUT,
+                request.query.get(protocol.PARAM_DRAIN_TIMEOUT, str(self._config.drain_timeout)),
+                protocol.PARAM_DRAIN_TIMEOUT,
                 0.0,
                 math.inf,
             )
         except ValueError as e:
             return error_response(400, str(e))
-        idle = request.query.get(PARAM_REASON) == REASON_IDLE
+        idle = request.query.get(protocol.PARAM_REASON) == protocol.REASON_IDLE
         return self._answer(await self._transitions.sleep(level, drain, idle=idle))
 
     async def wake(self, _request: web.Request) -> web.Response:

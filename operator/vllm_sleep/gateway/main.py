@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..serve import cli_main, serve_until, stop_on_signals
-from .config import GatewayConfig, GatewayConfigError, build_parser
+from .config import GatewayConfig, build_parser
 from .demand import LeaseDemand
 from .gateway import Gateway
 from .kube_source import KubernetesSource, kube_client
@@ -18,11 +17,10 @@ from .metrics import GatewayMetrics
 def main(argv: list[str]) -> int:
     return cli_main(
         argv,
-        prog="vllm-sleep gateway",
-        print_help=lambda: build_parser().print_help(),
-        load=lambda args: GatewayConfig.from_cli(args, os.environ),
-        errors=GatewayConfigError,
-        run=_run,
+        "vllm-sleep gateway",
+        build_parser,
+        GatewayConfig.from_cli,
+        _run,
         runner=_event_loop_runner(),
     )
 
