@@ -80,10 +80,17 @@ def _up(state_dir: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _down(state_dir: Path) -> int:
+def _load(state_dir: Path) -> controlplane.ClusterState | None:
+    """The cluster `up` left in `state_dir`; None (said on stdout) if there is none."""
     state = controlplane.ClusterState.load(state_dir)
     if state is None:
         print(f"no cluster in {state_dir}")
+    return state
+
+
+def _down(state_dir: Path) -> int:
+    state = _load(state_dir)
+    if state is None:
         return 0
     controlplane.stop(state)
     left = [n for n, alive in state.alive().items() if alive]
@@ -101,9 +108,8 @@ def _status(state_dir: Path) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    state = controlplane.ClusterState.load(state_dir)
+    state = _load(state_dir)
     if state is None:
-        print(f"no cluster in {state_dir}")
         return 1
     table = Table(title=f"vllm-sleep dev cluster ({state.api_url})")
     for col in ("process", "pid", "running"):
