@@ -666,18 +666,22 @@ class _Connection(asyncio.Protocol):
             limits = self._limits
             self._arm_timer(limits.header_timeout if self._in_head else limits.body_timeout)
             return
-        if self._in_head and self._limits.header_timeout is not None:
-            left = self._head_started + self._limits.header_timeout - now
-            if left > 0:
-                self._arm_timer(left)
-                return
-            self._refuse(_Reject(408, "The request head did not arrive in time."))
-        elif self._in_body and self._limits.body_timeout is not None:
-            left = self.last_active + self._limits.body_timeout - now
-            if left > 0:
-                self._arm_timer(left)
-                return
-            self._refuse(_Reject(408, "The request body stopped arriving."))
+        # The head is bounded from its first byte, the body from its last progress.
+        if self._in_head:
+            since, bound = self._head_started, self._limits.header_timeout
+            late = "The request head did not arrive in time."
+        elif self._in_body:
+            since, bound = self.last_active, self._limits.body_timeout
+            late = "The request body stopped arriving."
+        else:
+            return
+        if bound is None:
+            return
+        left = since + bound - now
+        if left > 0:
+            self._arm_timer(left)
+        else:
+            self._refuse(_Reject(408, late))
 
     def _next(self) -> None:
         request = self._pending.popleft()
