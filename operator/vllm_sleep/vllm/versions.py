@@ -43,10 +43,14 @@ class Features:
 
     version: VLLMVersion | None
 
+    def _since(self, major: int, minor: int, patch: int = 0) -> bool:
+        """The version is known and at least this release (unknown: the feature is off)."""
+        return self.version is not None and self.version.at_least(major, minor, patch)
+
     @property
     def sleep_mode_param(self) -> bool:
         """`/sleep?mode=` exists (0.17). Older versions ignore it; ≥0.32 validate it (400)."""
-        return self.version is not None and self.version.at_least(0, 17)
+        return self._since(0, 17)
 
     @property
     def http_reload_weights(self) -> bool:
@@ -61,7 +65,7 @@ class Features:
     def sleep_resets_prefix_cache(self) -> bool:
         """Sleep resets the prefix cache itself (0.10.1); before, stale hits after a wake point
         at discarded KV, so the caller must reset after waking."""
-        return self.version is not None and self.version.at_least(0, 10, 1)
+        return self._since(0, 10, 1)
 
     @property
     def sleep_races_running_kernels(self) -> bool:
@@ -81,36 +85,36 @@ class Features:
 
         Informational: the agent never forwards to a non-awake engine whatever the version.
         """
-        return self.version is not None and self.version.at_least(0, 17)
+        return self._since(0, 17)
 
     @property
     def sleep_state_gauge(self) -> bool:
         """`vllm:engine_sleep_state` exists (0.12)."""
-        return self.version is not None and self.version.at_least(0, 12)
+        return self._since(0, 12)
 
     @property
     def release_kv_cache_memory(self) -> bool:
         """`POST /release_kv_cache_memory` exists (0.31): the KV-only sleep tier (pause, release
         the KV cache, and a wake that re-maps only the KV cache while the weights stay). The
         agent's level 0 needs it."""
-        return self.version is not None and self.version.at_least(0, 31)
+        return self._since(0, 31)
 
     @property
     def sleep_reset_connector(self) -> bool:
         """`/sleep` and `/release_kv_cache_memory` take `reset_connector` (0.34)."""
-        return self.version is not None and self.version.at_least(0, 34)
+        return self._since(0, 34)
 
     @property
     def checkpoint_routes(self) -> bool:
         """`/checkpoint/prepare|restore|status` exist whenever sleep mode is on (0.34): not
         dev-gated and not behind --api-key, so they must be kept away from clients."""
-        return self.version is not None and self.version.at_least(0, 34)
+        return self._since(0, 34)
 
     @property
     def extensible_kv_cache(self) -> bool:
         """Without --gpu-memory-utilization the engine takes nearly all free device memory at
         start and skips the startup check (0.34): always pass a share."""
-        return self.version is not None and self.version.at_least(0, 34)
+        return self._since(0, 34)
 
     @property
     def backup_kept_while_awake(self) -> bool:
