@@ -7,38 +7,33 @@ No panel shows evictions: no component counts them yet (the operator records an 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 DASHBOARD_UID = "vllm-sleep-overview"
 RATE = "[5m]"
 _DS = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def _panel(
-    pid: int,
-    title: str,
-    targets: list[tuple[str, str]],
-    *,
-    x: int,
-    y: int,
-    unit: str = "short",
-    kind: str = "timeseries",
-    w: int = 12,
-    h: int = 8,
-    description: str = "",
-) -> dict[str, Any]:
+class Panel(NamedTuple):
+    title: str
+    targets: list[tuple[str, str]]  # (PromQL expression, legend)
+    unit: str = "short"
+    description: str = ""
+
+
+def _panel(pid: int, spec: Panel, *, x: int, y: int) -> dict[str, Any]:
     return {
         "id": pid,
-        "type": kind,
-        "title": title,
-        "description": description,
+        "type": "timeseries",
+        "title": spec.title,
+        "description": spec.description,
         "datasource": _DS,
-        "gridPos": {"h": h, "w": w, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": spec.unit}, "overrides": []},
         "options": {},
         "targets": [
             {"refId": chr(ord("A") + i), "datasource": _DS, "expr": expr, "legendFormat": legend}
-            for i, (expr, legend) in enumerate(targets)
+            for i, (expr, legend) in enumerate(spec.targets)
         ],
     }
 
@@ -47,26 +42,24 @@ def _quantile(q: float, bucket: str, by: str) -> str:
     return f"histogram_quantile({q}, sum by (le, {by}) (rate({bucket}{RATE})))"
 
 
+def _quantiles(bucket: str, by: str, legend: str, *qs: float) -> list[tuple[str, str]]:
+    """One target per quantile of one histogram, its legend led by pNN."""
+    return [(_quantile(q, bucket, by), f"p{round(q * 100)} {legend}") for q in qs]
+
+
 def dashboard() -> dict[str, Any]:
-    panels = [
-        _panel(
-            1,
+    specs = [
+        Panel(
             "Models by phase",
             [("sum by (phase) (vllm_sleep_models)", "{{phase}}")],
-            x=0,
-            y=0,
             description="ModelDeployments in each phase (operator).",
         ),
-        _panel(
-            2,
+        Panel(
             "Engines by state",
             [("sum by (state) (vllm_sleep_agent_state)", "{{state}}")],
-            x=12,
-            y=0,
             description="Model pods' engines in each state, as their agents report it.",
         ),
-        _panel(
-            3,
+        Panel(
             "Sleeps and wakes per second",
             [
                 (
@@ -74,43 +67,27 @@ def dashboard() -> dict[str, Any]:
                     "{{transition}} {{outcome}}",
                 )
             ],
-            x=0,
-            y=8,
             unit="ops",
         ),
-        _panel(
-            4,
+        Panel(
             "Transition duration (p50, p95)",
-            [
-                (
-                    _quantile(
-                        0.5, "vllm_sleep_transition_duration_seconds_bucket", "transition, level"
-                    ),
-                    "p50 {{transition}} L{{level}}",
-                ),
-                (
-                    _quantile(
-                        0.95, "vllm_sleep_transition_duration_seconds_bucket", "transition, level"
-                    ),
-                    "p95 {{transition}} L{{level}}",
-                ),
-            ],
-            x=12,
-            y=8,
+            _quantiles(
+                "vllm_sleep_transition_duration_seconds_bucket",
+                "transition, level",
+                "{{transition}} L{{level}}",
+                0.5,
+                0.95,
+            ),
             unit="s",
         ),
-        _panel(
-            5,
+        Panel(
             "Requests held for a wake",
             [
                 ("sum by (model) (vllm_sleep_gateway_held_requests)", "gateway {{model}}"),
                 ("sum(vllm_sleep_agent_requests_held)", "agents"),
             ],
-            x=0,
-            y=16,
         ),
-        _panel(
-            6,
+        Panel(
             "Hold time by outcome (p95)",
             [
                 (
@@ -122,37 +99,25 @@ def dashboard() -> dict[str, Any]:
                     "agent {{outcome}}",
                 ),
             ],
-            x=12,
-            y=16,
             unit="s",
         ),
-        _panel(
-            7,
+        Panel(
             "Gateway requests by status",
             [(f"sum by (code) (rate(vllm_sleep_gateway_requests_total{RATE}))", "{{code}}")],
-            x=0,
-            y=24,
             unit="reqps",
         ),
-        _panel(
-            8,
+        Panel(
             "Gateway upstream latency (time to first byte)",
-            [
-                (
-                    _quantile(0.5, "vllm_sleep_gateway_upstream_latency_seconds_bucket", "model"),
-                    "p50 {{model}}",
-                ),
-                (
-                    _quantile(0.99, "vllm_sleep_gateway_upstream_latency_seconds_bucket", "model"),
-                    "p99 {{model}}",
-                ),
-            ],
-            x=12,
-            y=24,
+            _quantiles(
+                "vllm_sleep_gateway_upstream_latency_seconds_bucket",
+                "model",
+                "{{model}}",
+                0.5,
+                0.99,
+            ),
             unit="s",
         ),
-        _panel(
-            9,
+        Panel(
             "Requests rejected by agents",
             [
                 (
@@ -160,12 +125,9 @@ def dashboard() -> dict[str, Any]:
                     "{{reason}}",
                 )
             ],
-            x=0,
-            y=32,
             unit="reqps",
         ),
-        _panel(
-            10,
+        Panel(
             "Reconcile errors",
             [
                 (
@@ -173,12 +135,9 @@ def dashboard() -> dict[str, Any]:
                     "{{namespace}}/{{model}}",
                 )
             ],
-            x=12,
-            y=32,
             unit="ops",
         ),
-        _panel(
-            11,
+        Panel(
             "GPU pool evictions and swaps per second",
             [
                 (f"sum by (pool) (rate(vllm_sleep_pool_evictions_total{RATE}))", "evict {{pool}}"),
@@ -188,30 +147,20 @@ def dashboard() -> dict[str, Any]:
                     "refused {{pool}} {{kind}}",
                 ),
             ],
-            x=0,
-            y=40,
             unit="ops",
             description="A wake that needed room: neighbours put to sleep, and plans refused.",
         ),
-        _panel(
-            12,
+        Panel(
             "GPU pool swap duration (p50, p95)",
-            [
-                (
-                    _quantile(0.5, "vllm_sleep_pool_swap_duration_seconds_bucket", "pool"),
-                    "p50 {{pool}}",
-                ),
-                (
-                    _quantile(0.95, "vllm_sleep_pool_swap_duration_seconds_bucket", "pool"),
-                    "p95 {{pool}}",
-                ),
-            ],
-            x=12,
-            y=40,
+            _quantiles(
+                "vllm_sleep_pool_swap_duration_seconds_bucket", "pool", "{{pool}}", 0.5, 0.95
+            ),
             unit="s",
             description="From the first eviction to the target replica awake.",
         ),
     ]
+    # Two panels a row, in the order listed.
+    panels = [_panel(i + 1, spec, x=12 * (i % 2), y=8 * (i // 2)) for i, spec in enumerate(specs)]
     return {
         "uid": DASHBOARD_UID,
         "title": "vLLM sleep operator",
