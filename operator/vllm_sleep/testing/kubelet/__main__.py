@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
 from ...logs import configure
+from ...serve import stop_on_signals
 from ..sim.units import parse_bytes
 from .kubelet import SimKubelet
 from .nodes import NodeSpec
@@ -46,22 +46,19 @@ async def run(args: argparse.Namespace) -> None:
     runner = web.AppRunner(kubelet.admin_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.admin_port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(kubelet.run())
-    await asyncio.wait(
-        [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
-    )
-    if task.done() and task.exception():
-        raise task.exception()  # type: ignore[misc]
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await kubelet.stop()
-    await runner.cleanup()
-    await api.close()
+    with stop_on_signals() as stop:
+        await asyncio.wait(
+            [task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        if task.done() and task.exception():
+            raise task.exception()  # type: ignore[misc]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await kubelet.stop()
+        await runner.cleanup()
+        await api.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,11 @@ VLLM_SIM_* environment variables; see docs/simulator.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 
+from ...serve import stop_on_signals
 from .args import SIM_FLAGS
 from .config import SimConfig, SimConfigError
 from .host import EngineHost
@@ -42,18 +41,14 @@ async def _serve(cfg: SimConfig) -> int:
         cfg.host or "0.0.0.0",
         engine.bound_port,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    dead = asyncio.create_task(engine.dead.wait())
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({dead, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    crashed = engine.dead.is_set() and not stop.is_set()
-    for t in (dead, stopped):
-        t.cancel()
-    await host.stop_all()
+    with stop_on_signals() as stop:
+        dead = asyncio.create_task(engine.dead.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({dead, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        crashed = engine.dead.is_set() and not stop.is_set()
+        for t in (dead, stopped):
+            t.cancel()
+        await host.stop_all()
     if crashed:
         log.error(
             "engine exited: %s",
