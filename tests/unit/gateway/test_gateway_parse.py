@@ -206,10 +206,14 @@ def test_an_object_without_a_name_is_no_model() -> None:
 
 
 def test_decode_body_handles_gzip_deflate_and_bombs() -> None:
+    import asyncio
     import gzip
     import zlib
 
-    from vllm_sleep.gateway.inbound import decode_body
+    from vllm_sleep.gateway.inbound import decode_body_async
+
+    def decode_body(body: bytes, encoding: str, limit: int) -> bytes | BadRequest:
+        return asyncio.run(decode_body_async(body, encoding, limit))
 
     raw = b'{"model": "m"}'
     assert decode_body(raw, "", 100) == raw
