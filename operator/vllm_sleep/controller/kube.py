@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -19,6 +19,8 @@ from ..api.names import (
     VERSION,
 )
 from ..reconcile.status import rfc3339
+
+T = TypeVar("T")
 
 
 class Kube:
@@ -104,12 +106,9 @@ class Kube:
         )
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        try:
-            secret = await self.core.read_namespaced_secret(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        secret = await _unless_absent(self.core.read_namespaced_secret(name, namespace))
+        if secret is None:
+            return None
         raw = (secret.data or {}).get(key)
         return base64.b64decode(raw).decode() if raw else None
 
@@ -170,22 +169,24 @@ class Kube:
     async def get_cluster_object(
         self, group: str, version: str, plural: str, name: str
     ) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = await self.objects.get_cluster_custom_object(
-                group, version, plural, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        obj: dict[str, Any] | None = await _unless_absent(
+            self.objects.get_cluster_custom_object(group, version, plural, name)
+        )
         return obj
 
     async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
-        try:
-            lease = await self.coord.read_namespaced_lease(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        lease = await _unless_absent(self.coord.read_namespaced_lease(name, namespace))
+        if lease is None:
+            return None
         renew = lease.spec.renew_time if lease.spec else None
         return renew.timestamp() if renew else None
+
+
+async def _unless_absent(call: Awaitable[T]) -> T | None:
+    """The object, or None when the apiserver says it does not exist (404); other errors raise."""
+    try:
+        return await call
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
