@@ -59,7 +59,7 @@ async def test_sleeping_engine_keeps_residual_and_pins_host_memory(
         assert host.pinned_bytes("node-0") == 16 * GiB
         await c.post("/wake_up")
         assert gpu.held_by(a) == 40 * GiB
-        # 0.34 keeps the backup for the engine's life; before, it was freed on wake (§8)
+        # 0.34 keeps the backup for the engine's life; before, it was freed on wake (docs/vllm.md#vllm-034)
         assert host.pinned_bytes("node-0") == (16 * GiB if kept_awake else 0)
         await c.post("/sleep?level=1")
         assert host.pinned_bytes("node-0") == 16 * GiB

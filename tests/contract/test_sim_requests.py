@@ -115,7 +115,7 @@ async def test_api_key_guards_v1_but_not_dev_routes(host: EngineHost) -> None:
         assert (
             await c.get("/v1/models", headers={"Authorization": "Bearer sekret"})
         ).status_code == 200
-        assert (await c.get("/is_sleeping")).status_code == 200  # dev routes are unprotected (§1)
+        assert (await c.get("/is_sleeping")).status_code == 200  # unprotected (docs/vllm.md)
 
 
 async def test_request_while_asleep_is_queued_until_full_wake(

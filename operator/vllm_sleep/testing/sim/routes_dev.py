@@ -1,6 +1,6 @@
 """Dev-mode routes (VLLM_SERVER_DEV_MODE=1): /sleep, /wake_up, /is_sleeping, /collective_rpc, ...
 
-Parameters are read from the query string only; no vLLM version reads a body on /sleep (§2).
+Parameters are read from the query string only; no vLLM version reads a body on /sleep (docs/vllm.md#endpoints).
 The 0.33 profile validates and answers JSON; legacy (≤0.16) answers empty 200s, and a non-int
 level is an unhandled ValueError (plain-text 500).
 """

@@ -12,7 +12,7 @@ from .metrics_text import render_metrics
 
 
 async def health(engine: SimEngine, _req: web.BaseRequest) -> web.Response:
-    # 200 while asleep in every version: liveness only (§3). 503 once the engine core died.
+    # 200 while asleep in every version: liveness only (docs/vllm.md#requests-while-asleep). 503 once the engine core died.
     return empty(503 if engine.phase != "running" else 200)
 
 

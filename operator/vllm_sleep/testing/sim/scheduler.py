@@ -47,7 +47,7 @@ class Scheduler:
         self.dead = False
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
-        # vLLM's scheduler gauges only update while the core steps: frozen while paused (§5).
+        # vLLM's scheduler gauges only update while the core steps: frozen while paused (docs/vllm.md#metrics).
         self._frozen_stats: tuple[int, int] | None = None
 
     @property
