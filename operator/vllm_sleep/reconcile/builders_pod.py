@@ -128,8 +128,13 @@ def _memory(spec: ModelDeploymentSpec) -> tuple[str | None, str | None]:
 
 def _engine_memory(spec: ModelDeploymentSpec, gpu: GpuAttachment) -> int | None:
     """The engine's awake device bytes, as the pool scheduler counts them (one device per
-    pooled replica); unknown without a pool, which says how large its devices are."""
-    if gpu.pool is None:
+    pooled replica); unknown without a pool, which says how large its devices are.
+
+    Unknown too when `kvCacheSize` sizes the KV cache: the engine then maps weights + KV +
+    its own overhead, less than the utilization share its startup check needs, so share - freed
+    would overstate the residual by the unused part of the share. Such replicas keep the pool's
+    `sleepResidual` (docs/agent.md, "Residual memory")."""
+    if gpu.pool is None or spec.resources.kv_cache_size is not None:
         return None
     return share_bytes(spec, gpu.pool.device_memory.bytes())
 

@@ -106,6 +106,7 @@ def test_a_kv_size_and_weights_past_the_utilization_count_whole() -> None:
 
 @pytest.mark.parametrize("kv", [None, "4Gi"])
 def test_the_agents_engine_memory_is_the_share_the_pool_counts(kv: str | None) -> None:
+    """Passed only where the engine fills its share (no kvCacheSize): then it is the share."""
     m = model(**({"kvCacheSize": kv} if kv else {}))
     pool = GPUPoolSpec.model_validate({"sharing": "TimeSlicing", "deviceMemory": "80Gi"})
     owner = owner_from_body({"metadata": {"name": "m", "namespace": "ns", "uid": "uid-m"}})
@@ -113,5 +114,8 @@ def test_the_agents_engine_memory_is_the_share_the_pool_counts(kv: str | None) -
         owner, m.spec, 0, agent_image="agent:dev", gpu=GpuAttachment(pool=pool, node="n")
     )
     args = [a for c in pod["spec"]["initContainers"] for a in c.get("args", [])]
+    if kv is not None:
+        assert "--engine-memory-bytes" not in args
+        return
     engine_memory = int(args[args.index("--engine-memory-bytes") + 1])
     assert engine_memory == share_bytes(m.spec, DEVICE)
