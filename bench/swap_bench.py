@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -410,6 +411,7 @@ def main() -> int:
     p.add_argument("--weights", default="16Gi")
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--phases", default="swap,tier,trace")
+    p.add_argument("--keep-logs", type=Path, help="copy the processes' logs here")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "swap.json")
     args = p.parse_args()
     args.gateway_port = free_port()
@@ -444,6 +446,8 @@ def main() -> int:
         deploy(cluster, [pool_manifest()])
         result = asyncio.run(run(args, cluster))
     finally:
+        if args.keep_logs:  # the operator's, gateway's and sim-kubelet's logs, for a stall
+            shutil.copytree(cluster.dir, args.keep_logs, dirs_exist_ok=True, ignore=_not_logs)
         cluster.close()
     result["setup"] = {
         "command": "python bench/swap_bench.py " + " ".join(sys.argv[1:]),
@@ -462,6 +466,10 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v.get("summary", v) for k, v in result.items()}, indent=1))
     return 0
+
+
+def _not_logs(directory: str, entries: list[str]) -> list[str]:
+    return [e for e in entries if not (e.endswith(".log") or Path(directory, e).is_dir())]
 
 
 if __name__ == "__main__":
