@@ -4,17 +4,19 @@ device fails to start and a sleeping neighbour cannot wake. The operator always 
 share: two models on one simulated GPU both start (pre-warm in turn) and wake in turn. 0.34 also
 keeps an engine's pinned host backup from its first level-1 sleep until the process exits, awake
 or asleep: the node's pinned host memory (the sim-kubelet's `GET /nodes`) still counts the awake
-engine's backup.
+engine's backup, and so does the operator's host offload budget (a pool's `hostOffloadBudget`):
+a third model pre-warms at level 2 when the awake engine's kept backup leaves no room.
 """
 
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from conftest import Kube
 
 from .conftest import Proc
-from .helpers import apply, chat, model_pods, wait_phase
+from .helpers import apply, chat, get_model, model_pods, wait_phase
 from .test_kv_tier import sim_state
 from .test_pools import (
     block_first_gpu,
@@ -77,5 +79,46 @@ def test_two_models_on_one_gpu_start_and_wake_in_turn_on_0_34(
         assert pinned() == {"a": 2 * GIB, "b": 2 * GIB}
         assert sim_state(kube, namespace, name)["pinned_host_bytes"] == 2 * GIB
 
+    assert violations(kubelet_admin, namespace) == []
+    remove_models(kube, namespace)
+
+
+@pytest.mark.parametrize(("profile", "backup_kept"), [("0.34", True), ("0.33", False)])
+def test_the_host_budget_counts_an_awake_engines_kept_backup(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],  # noqa: F811
+    profile: str,
+    backup_kept: bool,
+) -> None:
+    # 5 GiB of pinned host memory per node for level-1 sleepers: two 2 GiB backups fit, three
+    # do not. After a and b pre-warm (4 GiB) and a wakes, a's backup stays pinned on 0.34, so c
+    # pre-warms at level 2 (discarding its weights) instead of pinning a third backup; 0.33
+    # frees a's backup on wake, so c pins its own.
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing", hostOffloadBudget="5Gi")
+    block_first_gpu(kube, namespace, pool)
+    env = [{"name": "VLLM_SIM_PROFILE", "value": profile}]
+    for name in ("a", "b"):
+        apply(kube, pooled(name, namespace, pool, 0.3, env=env, sleep={"level": 1}))
+    for name in ("a", "b"):
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)
+    r = httpx.post(f"{gateway}/v1/chat/completions", json=chat("a"), timeout=120)
+    assert r.status_code == 200, r.text
+    wait_phase(kube, namespace, "a", "Awake", timeout=30)
+    kept = sim_state(kube, namespace, "a")["pinned_host_bytes"]
+    assert kept == (2 * GIB if backup_kept else 0)
+
+    apply(kube, pooled("c", namespace, pool, 0.3, env=env, sleep={"level": 1}))
+    wait_phase(kube, namespace, "c", "Asleep", timeout=180)
+    c = sim_state(kube, namespace, "c")
+    if backup_kept:
+        assert c["level"] == 2, c
+        assert c["transfers"]["weights_to_host"] == 0 and c["pinned_host_bytes"] == 0, c
+    else:
+        assert c["level"] == 1 and c["pinned_host_bytes"] == 2 * GIB, c
+    assert get_model(kube, namespace, "a")["status"]["phase"] == "Awake"
     assert violations(kubelet_admin, namespace) == []
     remove_models(kube, namespace)
