@@ -206,10 +206,14 @@ class ModelController:
     async def _sleep(self, action: Sleep, ip: str, token: str, drain_timeout: float) -> None:
         name = action.pod
         started = time.monotonic()
-        # Memory first, action second: if the operator dies mid-sleep, its successor knows the
-        # pre-warm happened and that only demand newer than this moment should wake the replica.
-        await self.ctx.kube.annotate_pod(
-            self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True)
+        # The memory (pre-warm done; only demand newer than this moment wakes the replica) is
+        # written alongside the agent call, not before it: an eviction is on the waking model's
+        # request path. If the operator dies before the write lands, its successor reads the
+        # same facts from the agent's report (asleep, and since when: `plan.replica_memory`).
+        remember = asyncio.create_task(
+            self.ctx.kube.annotate_pod(
+                self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True)
+            )
         )
         self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
         try:
@@ -217,8 +221,10 @@ class ModelController:
                 ip, token, action.level, drain_timeout, idle=action.idle
             )
         except AgentError as e:
+            await remember
             self._failed("sleep", name, e)
             return
+        await remember
         seconds = time.monotonic() - started
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.last_sleep_seconds = seconds
