@@ -46,7 +46,8 @@ BAD_MODELS: list[tuple[str, dict[str, Any], str]] = [
     ("no-model", {"spec": {"model": None}}, "spec.model: Required value"),
     ("empty-model", {"spec": {"model": ""}}, "spec.model"),
     ("no-image", {"spec": {"image": None}}, "spec.image: Required value"),
-    ("no-resources", {"spec": {"resources": None}}, "spec.resources: Required value"),
+    # resources defaults to {}: then the default sleep level 1 misses its weightsSize
+    ("no-resources", {"spec": {"resources": None}}, "sleep level 1 needs resources.weightsSize"),
     ("model-not-string", {"spec": {"model": 7}}, "spec.model"),
     ("replicas-string", {"spec": {"replicas": "two"}}, "spec.replicas"),
     ("replicas-float", {"spec": {"replicas": 1.5}}, "spec.replicas"),
@@ -130,6 +131,9 @@ BAD_POOLS: list[tuple[str, dict[str, Any], str]] = [
 GOOD_MODELS: list[tuple[str, dict[str, Any]]] = [
     ("minimal", {}),
     ("level2-without-weights", {"spec": {"sleep": {"level": 2}, "resources": {"weightsSize": None}}}),
+    # no memory share: the operator derives one (reconcile/share.py)
+    ("no-utilization", {"spec": {"resources": {"gpuMemoryUtilization": None}}}),
+    ("no-resources-level2", {"spec": {"sleep": {"level": 2}, "resources": None}}),
     ("level0-kv-only", {"spec": {"sleep": {"level": 0}, "resources": {"weightsSize": None}}}),
     ("integer-quantity", {"spec": {"resources": {"weightsSize": 17179869184, "cpu": 4}}}),
     ("compound-durations", {"spec": {"sleep": {"idleTimeout": "1h30m", "drainTimeout": "1m30s"}, "placement": {"minAwake": "2m", "pool": "h100-shared"}}}),

@@ -104,7 +104,9 @@ class ModelDeploymentSpec(ApiModel):
         },
     )
     replicas: int = Field(default=1, ge=0, le=64)
-    resources: ModelResources
+    resources: ModelResources = Field(
+        default_factory=ModelResources, json_schema_extra={"default": {}}
+    )
     sleep: SleepSpec = Field(default_factory=SleepSpec, json_schema_extra={"default": {}})
     wake: WakeSpec = Field(default_factory=WakeSpec, json_schema_extra={"default": {}})
     placement: Placement = Field(default_factory=Placement, json_schema_extra={"default": {}})

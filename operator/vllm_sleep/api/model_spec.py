@@ -29,12 +29,16 @@ _POSITIVE_QUANTITY = cel(
 
 
 class ModelResources(ApiModel):
-    gpu_memory_utilization: float = Field(
+    gpu_memory_utilization: float | None = Field(
+        default=None,
         gt=0,
         le=1,
         description=(
             "Share of one device's memory this engine may use (vLLM --gpu-memory-utilization). "
-            "Engines sharing a device must sum to at most 1 minus sleeping neighbours' residuals."
+            "Engines sharing a device must sum to at most 1 minus sleeping neighbours' residuals. "
+            "Unset: the operator still passes an explicit share, never the version's default: "
+            "0.9 on whole devices; in a GPUPool, (deviceMemory - (slotsPerDevice - 1) x "
+            "sleepResidual) / deviceMemory, rounded down to two decimals."
         ),
     )
     weights_size: Quantity | None = Field(

@@ -171,7 +171,7 @@ class PoolActor:
                 model,
                 request,
                 reports,
-                spec.device_memory.bytes(),
+                spec,
                 starting,
                 demand_at,
                 now,

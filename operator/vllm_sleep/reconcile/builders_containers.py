@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import names
+from ..api.gpu_pool import GPUPoolSpec
 from ..api.model_deployment import ModelDeploymentSpec
 from .builders_owner import Owner
+from .share import effective_utilization
 
 VLLM_HOST = "127.0.0.1"  # unreachable from outside the pod: the dev endpoints stay private
 HEALTH_PATH = "/health"  # the agent's public /health reflects vLLM's (200 while asleep)
@@ -43,17 +45,18 @@ def _http_probe(
     }
 
 
-def memory_share_args(spec: ModelDeploymentSpec) -> list[str]:
+def memory_share_args(spec: ModelDeploymentSpec, pool: GPUPoolSpec | None = None) -> list[str]:
     """The engine's explicit memory share, never the version's default.
 
     `--gpu-memory-utilization` always: vLLM's startup check compares free device memory with it
     even when the KV size is fixed, and on 0.34 an unset share means "all free memory" (the
     extensible KV cache), which leaves no room for sleeping neighbours to wake. With
     `resources.kvCacheSize`, `--kv-cache-memory-bytes` too: a fixed KV size, so a wake re-maps
-    a known amount, and on 0.34 the extensible KV cache stays off.
+    a known amount, and on 0.34 the extensible KV cache stays off. An unset
+    `resources.gpuMemoryUtilization` is derived from the pool (`share.effective_utilization`).
     """
     res = spec.resources
-    args = ["--gpu-memory-utilization", f"{res.gpu_memory_utilization:g}"]
+    args = ["--gpu-memory-utilization", f"{effective_utilization(spec, pool):g}"]
     if res.kv_cache_size is not None:
         args += ["--kv-cache-memory-bytes", str(res.kv_cache_size.bytes())]
     return args
@@ -64,6 +67,7 @@ def vllm_container(
     served: str,
     memory: tuple[str | None, str | None],
     gpu_limits: dict[str, str],
+    pool: GPUPoolSpec | None = None,
 ) -> dict[str, Any]:
     res = spec.resources
     args = [
@@ -75,7 +79,7 @@ def vllm_container(
         "--enable-sleep-mode",
         "--served-model-name",
         served,
-        *memory_share_args(spec),
+        *memory_share_args(spec, pool),
     ]
     if res.gpus > 1:
         args += ["--tensor-parallel-size", str(res.gpus)]

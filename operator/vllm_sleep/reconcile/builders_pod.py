@@ -63,7 +63,7 @@ def model_pod(
     if gpu.device:
         annotations[names.ANNOTATION_DEVICE] = gpu.device
 
-    vllm = vllm_container(spec, served, _memory(spec), _gpu_limits(spec, gpu))
+    vllm = vllm_container(spec, served, _memory(spec), _gpu_limits(spec, gpu), gpu.pool)
     if gpu.claim:
         vllm["resources"]["claims"] = [{"name": GPU_CLAIM_NAME}]
     pod_spec: dict[str, Any] = {
@@ -136,7 +136,7 @@ def _engine_memory(spec: ModelDeploymentSpec, gpu: GpuAttachment) -> int | None:
     `sleepResidual` (docs/agent.md, "Residual memory")."""
     if gpu.pool is None or spec.resources.kv_cache_size is not None:
         return None
-    return share_bytes(spec, gpu.pool.device_memory.bytes())
+    return share_bytes(spec, gpu.pool)
 
 
 def _gpu_limits(spec: ModelDeploymentSpec, gpu: GpuAttachment) -> dict[str, str]:

@@ -11,12 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from ..api.agent_protocol import AgentState, StateReport
+from ..api.gpu_pool import GPUPoolSpec
 from ..api.model_deployment import ModelDeployment, ModelDeploymentSpec
 from ..api.model_spec import SleepPolicy
 from ..scheduler import Engine, EngineState
 from .lifecycle import ReplicaObservation
 from .observe import ObservedPod
 from .pool_gate import PoolRequest
+from .share import effective_utilization
 
 _STATES: Mapping[AgentState, EngineState] = {
     AgentState.LOADING: EngineState.LOADING,
@@ -42,14 +44,15 @@ def replica_key(namespace: str, pod: str) -> str:
     return f"{namespace}/{pod}"
 
 
-def share_bytes(spec: ModelDeploymentSpec, device_memory: int) -> int:
-    """Device bytes the engine takes awake: its gpuMemoryUtilization of the device, even when
+def share_bytes(spec: ModelDeploymentSpec, pool: GPUPoolSpec) -> int:
+    """Device bytes the engine takes awake: its memory share of the pool's device (the spec's
+    gpuMemoryUtilization, or the one derived when unset: `share.effective_utilization`), even when
     the KV cache is sized in bytes. The pod always carries --gpu-memory-utilization, and vLLM's
     startup check asks for that much free device memory whatever the KV size; a sized KV cache
     plus the weights counts instead only when larger (the engine maps them all). The agent's
     --engine-memory-bytes is this same number."""
     res = spec.resources
-    share = int(res.gpu_memory_utilization * device_memory)
+    share = int(effective_utilization(spec, pool) * pool.device_memory.bytes())
     if res.kv_cache_size is not None:
         weights = res.weights_size.bytes() if res.weights_size is not None else 0
         share = max(share, res.kv_cache_size.bytes() + weights)
@@ -83,7 +86,7 @@ def model_engines(
     model: ModelDeployment,
     request: PoolRequest,
     reports: Mapping[str, StateReport],
-    device_memory: int,
+    pool: GPUPoolSpec,
     starting: Mapping[str, str] | None = None,
     demand_at: float | None = None,
     now: float = 0.0,
@@ -102,7 +105,7 @@ def model_engines(
     ns, name = model.metadata.namespace or "", model.metadata.name
     spec = model.spec
     starting = starting or {}
-    share = share_bytes(spec, device_memory)
+    share = share_bytes(spec, pool)
     base = Engine(
         replica="",
         model=model_key(ns, name),

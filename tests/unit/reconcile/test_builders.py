@@ -274,6 +274,33 @@ def test_vllm_logs_into_a_volume_the_agent_reads() -> None:
     assert agent["restartPolicy"] == "Always"
 
 
+@pytest.mark.parametrize(
+    ("pool", "util"),
+    [
+        (None, "0.9"),  # whole devices: vLLM's pre-0.34 default, never 0.34's all-free-memory
+        ({}, "0.92"),  # the pool's defaults: (80 - 3 x 2Gi) / 80 = 0.925, rounded down
+        ({"slotsPerDevice": 2, "sleepResidual": "4Gi"}, "0.95"),
+        ({"slotsPerDevice": 1}, "1"),
+    ],
+)
+def test_a_spec_without_a_share_still_gets_an_explicit_one(
+    pool: dict[str, Any] | None, util: str
+) -> None:
+    gpu = None
+    if pool is not None:
+        pool_spec = GPUPoolSpec.model_validate({**POOL, "sharing": "TimeSlicing", **pool})
+        gpu = GpuAttachment(pool_spec)
+    pod = builders.model_pod(
+        OWNER, spec(resources={"weightsSize": "16Gi"}), 0, agent_image=AGENT, gpu=gpu
+    )
+    argv = _vllm(pod)["args"]
+    assert _flag(argv, "--gpu-memory-utilization") == util
+    assert argv.count("--gpu-memory-utilization") == 1
+    if pool is not None:  # the agent's share is the pool's count of the same share
+        engine = int(_flag(_agent(pod)["args"], "--engine-memory-bytes") or 0)
+        assert engine == int(float(util) * 80 * 2**30)
+
+
 def test_a_users_own_logging_config_replaces_the_operators() -> None:
     own = {"name": names.ENV_VLLM_LOGGING_CONFIG, "value": "/etc/vllm/log.json"}
     env = _vllm(builders.model_pod(OWNER, spec(env=[own]), 0, agent_image=AGENT))["env"]

@@ -20,6 +20,7 @@ from vllm_sleep.scheduler.accounting import host_committed
 
 GIB = 1 << 30
 DEVICE = 80 * GIB
+POOL = GPUPoolSpec.model_validate({"sharing": "TimeSlicing", "deviceMemory": "80Gi"})
 
 
 def model(**resources: Any) -> ModelDeployment:
@@ -65,7 +66,7 @@ SLEPT = {"vllm-sleep.io/prewarmed": "true", "vllm-sleep.io/slept-at": "180000000
 
 def engines(state: AgentState, annotations: dict[str, str], **kw: Any) -> Any:
     req, rep = request(state, annotations)
-    return model_engines(model(), req, {"m-0": rep}, DEVICE, **kw)
+    return model_engines(model(), req, {"m-0": rep}, POOL, **kw)
 
 
 def test_an_awake_engine_that_slept_once_holds_its_backup_on_a_version_that_keeps_it() -> None:
@@ -92,7 +93,7 @@ def test_a_level_1_sleeper_holds_its_backup_whatever_the_version() -> None:
 def test_the_share_of_a_model_with_a_kv_size_is_what_the_startup_check_needs() -> None:
     m = model(kvCacheSize="4Gi")
     req, rep = request(AgentState.AWAKE, {})
-    (e,) = model_engines(m, req, {"m-0": rep}, DEVICE)
+    (e,) = model_engines(m, req, {"m-0": rep}, POOL)
     assert e.share == int(0.4 * DEVICE)  # not KV + weights (12 GiB)
     assert e.kv == 4 * GIB
 
@@ -100,7 +101,7 @@ def test_the_share_of_a_model_with_a_kv_size_is_what_the_startup_check_needs() -
 def test_a_kv_size_and_weights_past_the_utilization_count_whole() -> None:
     m = model(kvCacheSize="64Gi")
     req, rep = request(AgentState.AWAKE, {})
-    (e,) = model_engines(m, req, {"m-0": rep}, DEVICE)
+    (e,) = model_engines(m, req, {"m-0": rep}, POOL)
     assert e.share == 72 * GIB and e.kv == 64 * GIB  # more than 0.4 x 80 GiB: all of it
 
 
@@ -118,4 +119,22 @@ def test_the_agents_engine_memory_is_the_share_the_pool_counts(kv: str | None) -
         assert "--engine-memory-bytes" not in args
         return
     engine_memory = int(args[args.index("--engine-memory-bytes") + 1])
-    assert engine_memory == share_bytes(m.spec, DEVICE)
+    assert engine_memory == share_bytes(m.spec, pool)
+
+
+def test_an_unset_share_counts_the_pools_derived_share() -> None:
+    """No gpuMemoryUtilization: the pool counts the share the pod's flag carries, (80 - 3 x 2) /
+    80 = 0.925 -> 0.92 of the device (the pool's defaults: 4 slots, 2 GiB residual)."""
+    m = ModelDeployment.from_body(
+        {
+            "metadata": {"name": "m", "namespace": "ns", "uid": "uid-m"},
+            "spec": {
+                "model": "org/model",
+                "image": "vllm/vllm-openai:v0.34.0",
+                "resources": {"weightsSize": "8Gi"},
+            },
+        }
+    )
+    req, rep = request(AgentState.AWAKE, {})
+    (e,) = model_engines(m, req, {"m-0": rep}, POOL)
+    assert e.share == int(0.92 * DEVICE)
