@@ -16,7 +16,7 @@ import pytest
 from conftest import Kube
 
 from .conftest import Proc
-from .helpers import apply, chat, get_model, model_pods, wait_phase
+from .helpers import apply, chat, get_model, model_manifest, model_pods, wait_phase
 from .test_kv_tier import sim_state
 from .test_pools import (
     block_first_gpu,
@@ -120,5 +120,49 @@ def test_the_host_budget_counts_an_awake_engines_kept_backup(
     else:
         assert c["level"] == 1 and c["pinned_host_bytes"] == 2 * GIB, c
     assert get_model(kube, namespace, "a")["status"]["phase"] == "Awake"
+    assert violations(kubelet_admin, namespace) == []
+    remove_models(kube, namespace)
+
+
+def test_two_models_without_a_memory_setting_share_one_gpu_on_0_34(
+    kube: Kube,
+    namespace: str,
+    operator: Proc,
+    gateway: str,
+    kubelet_admin: httpx.Client,
+    pools: list[str],  # noqa: F811
+) -> None:
+    """No gpuMemoryUtilization and no kvCacheSize: 0.34's own default (all free memory) would
+    keep the second engine from starting. The operator passes the pool's derived share instead,
+    (80 - 3 x 2) / 80 = 0.925, rounded down to 0.92, which leaves room for the sleeping
+    neighbour's residual (docs/api.md, resources.gpuMemoryUtilization)."""
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    blocked = block_first_gpu(kube, namespace, pool)
+    names = ("a", "b")
+    for name in names:  # the simulator's default profile, 0.34; only the weights' size is set
+        body = model_manifest(name, namespace, placement={"pool": pool}, env=[])
+        body["spec"]["resources"] = {"weightsSize": "2Gi"}  # the helper's default sets a share
+        apply(kube, body)
+    for name in names:
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)
+    seats = {device_of(kube, namespace, n) for n in names}
+    assert len(seats) == 1 and blocked not in seats, seats
+
+    for name in names:
+        pod = model_pods(kube, namespace, name)[0]
+        vllm = next(c for c in pod.spec.containers if "--enable-sleep-mode" in (c.args or []))
+        i = vllm.args.index("--gpu-memory-utilization")
+        assert vllm.args[i + 1] == "0.92", vllm.args
+        state = sim_state(kube, namespace, name)
+        assert state["memory"]["extensible_kv"] is False, state["memory"]
+        assert state["memory"]["gpu_memory_utilization"] == 0.92
+
+    for name in ("a", "b", "a"):
+        r = httpx.post(f"{gateway}/v1/chat/completions", json=chat(name), timeout=120)
+        assert r.status_code == 200, r.text
+        wait_phase(kube, namespace, name, "Awake", timeout=30)
+        other = "b" if name == "a" else "a"
+        wait_phase(kube, namespace, other, "Asleep", timeout=30)
+
     assert violations(kubelet_admin, namespace) == []
     remove_models(kube, namespace)

@@ -7,13 +7,11 @@ neighbour on the device to start or for a sleeping one to wake (docs/api.md, "re
 
 from __future__ import annotations
 
-import math
-
 from ..api.gpu_pool import GPUPoolSpec
 from ..api.model_deployment import ModelDeploymentSpec
 
 # Whole devices (no GPUPool): vLLM's own default before 0.34, which leaves room for the CUDA
-# context and the sampler's scratch memory outside the share.
+# context outside the share; never 0.34's 1.0 (all free memory, the extensible KV cache).
 WHOLE_DEVICE_UTILIZATION = 0.9
 _MIN_UTILIZATION = 0.01  # the CRD requires a share > 0
 
