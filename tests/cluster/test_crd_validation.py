@@ -273,6 +273,8 @@ def test_printer_columns(kube: Any, crds: None, namespace: str) -> None:
             "NODES",
             "DEVICES",
             "MODELS",
+            "AWAKE",
+            "COMMITTED%",
             "AGE",
         ]
     finally:

@@ -58,6 +58,7 @@ def make_pool(
     kube: Kube, made: list[str], namespace: str, node: str, sharing: str, **spec: Any
 ) -> str:
     name = f"{namespace[-20:]}-{sharing.lower()}"[-60:].strip("-")
+    _wait_node_free_of_others(kube, node, namespace)
     body: dict[str, Any] = {
         "sharing": sharing,
         "deviceMemory": "80Gi",
@@ -82,6 +83,21 @@ def make_pool(
     )
     made.append(name)
     return name
+
+
+def _wait_node_free_of_others(kube: Kube, node: str, namespace: str) -> None:
+    """A pool owns its nodes' devices: earlier tests' pods (unpooled, or still terminating)
+    would hold device memory the pool's scheduler does not know about, as another tenant's
+    pods would on a node the pool's nodeSelector should not have matched."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube.api_client)
+
+    def free() -> bool:
+        pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        return not [p for p in pods if p.metadata.namespace != namespace]
+
+    wait_for(free, 180, what=f"{node} free of other tests' pods")
 
 
 def pooled(name: str, namespace: str, pool: str, util: float, **spec: Any) -> dict[str, Any]:
