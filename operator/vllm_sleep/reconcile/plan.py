@@ -324,9 +324,13 @@ def observe_replica(
 def replica_memory(pod: ObservedPod, report: StateReport) -> ReplicaMemory:
     mem = pod.memory
     if report.state == AgentState.ASLEEP:
-        # An engine found asleep without our annotations (slept by a previous operator that
-        # died, or by hand): the agent's own clock says since when; it needs no pre-warm.
-        slept_at = mem.slept_at if mem.slept_at is not None else report.since
+        # Asleep since at least the agent's `since`: the annotation of this sleep may not have
+        # reached the pod cache yet (it is written alongside the agent call), and an older one
+        # would make demand that the sleep already answered look newer than it. Without any
+        # annotation (slept by a previous operator that died, or by hand) the agent's clock is
+        # all there is; either way it needs no pre-warm.
+        known = [t for t in (mem.slept_at, report.since) if t is not None]
+        slept_at = max(known) if known else None
         return ReplicaMemory(woken_at=mem.woken_at, slept_at=slept_at, prewarmed=True)
     return mem
 

@@ -202,6 +202,17 @@ def test_an_asleep_engine_without_our_annotations_needs_no_prewarm() -> None:
     assert kept.slept_at == NOW - 600
 
 
+def test_demand_answered_by_a_sleep_whose_annotation_lags_does_not_wake_it_again() -> None:
+    """The sleep's annotation is written alongside the agent call: the pod cache may still
+    hold the previous sleep's time when the agent already reports asleep since later."""
+    raw = body()
+    stale = pod(raw, annotations=PREWARMED_ASLEEP)  # slept_at = NOW - 600 (the pre-warm)
+    asleep = report(AgentState.ASLEEP, since=NOW - 1)  # this sleep, after the demand below
+    assert replica_memory(stale, asleep).slept_at == NOW - 1
+    p = plan(observed(raw, [stale], {"m-0": asleep}, demand_at=NOW - 5))
+    assert not [a for a in p.actions if isinstance(a, Wake)]
+
+
 # --- Events ----------------------------------------------------------------------------------
 
 
