@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from ..api.demand import parse_micro_time
 from ..api.model_deployment import ModelDeployment
 from ..api.served_names import Claim, ExposurePolicy, Refusal, resolve
 
@@ -57,16 +57,5 @@ def _claim(body: Mapping[str, Any]) -> Claim | None:
     except (ValidationError, ValueError):
         return None
     meta = model.metadata
-    created = _unix(body.get("metadata", {}).get("creationTimestamp"))
+    created = parse_micro_time(body.get("metadata", {}).get("creationTimestamp"))
     return Claim(meta.namespace or "", meta.name, model.spec.served_name(meta.name), created)
-
-
-def _unix(value: object) -> float | None:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

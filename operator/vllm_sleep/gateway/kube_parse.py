@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from vllm_sleep.api.demand import parse_micro_time
 from vllm_sleep.api.model_deployment import ModelDeployment
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
 
@@ -101,9 +101,5 @@ def model_spec(obj: Mapping[str, Any]) -> ModelSpec | None:
 
 
 def _unix(stamp: object) -> int:
-    if not isinstance(stamp, str):
-        return 0
-    try:
-        return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return 0
+    """Whole unix seconds of a creationTimestamp; 0 (unknown) when absent or unreadable."""
+    return int(parse_micro_time(stamp) or 0)
