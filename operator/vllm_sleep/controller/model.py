@@ -19,7 +19,7 @@ from typing import Any
 from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
 from ..reconcile.builders import Owner, owner_from_body
-from ..reconcile.lifecycle import Action, Route, Sleep, Wake
+from ..reconcile.lifecycle import Route, Sleep, Wake
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
 from ..reconcile.status import Status
@@ -156,9 +156,23 @@ class ModelController:
         self.watchers.sync(the_plan.watch, token)
         if the_plan.actions:
             log.info("%s/%s: %s", self.namespace, self.name, the_plan.actions)
-        for action in the_plan.actions:
-            await self._execute(action, the_plan.watch.get(action.pod), token, model)
+        # Readiness gates are written alongside the transitions, not before them: the agent
+        # holds every request that reaches a replica that is not awake (docs/agent.md), so the
+        # gate only steers the gateway, and an eviction is on the waking model's request path.
+        routes = [
+            asyncio.create_task(self._route(a)) for a in the_plan.actions if isinstance(a, Route)
+        ]
+        try:
+            for action in the_plan.actions:
+                if not isinstance(action, Route):
+                    await self._execute(action, the_plan.watch.get(action.pod), token, model)
+        finally:
+            await asyncio.gather(*routes)
         await self._write_status(the_plan.status)
+
+    async def _route(self, action: Route) -> None:
+        reason = "EngineAwake" if action.routed else "EngineNotAwake"
+        await self.ctx.kube.set_routed(self.namespace, action.pod, action.routed, reason)
 
     async def _ensure_claim(self, manifest: Mapping[str, Any]) -> None:
         """A pod seated under DRA references its device's claim: make sure it exists first."""
@@ -177,12 +191,8 @@ class ModelController:
         return self.ctx.pods.get(self.namespace, self.name)
 
     async def _execute(
-        self, action: Action, ip: str | None, token: str, model: ModelDeployment
+        self, action: Sleep | Wake, ip: str | None, token: str, model: ModelDeployment
     ) -> None:
-        if isinstance(action, Route):
-            reason = "EngineAwake" if action.routed else "EngineNotAwake"
-            await self.ctx.kube.set_routed(self.namespace, action.pod, action.routed, reason)
-            return
         if ip is None or action.pod in self.transitions:  # the plan filters these; a guard
             return
         kind = Transition.SLEEP if isinstance(action, Sleep) else Transition.WAKE

@@ -14,7 +14,7 @@ from vllm_sleep.controller.model import ModelController
 from vllm_sleep.controller.spec import parse_model
 from vllm_sleep.controller.watchers import AgentWatchers
 from vllm_sleep.metrics import OperatorMetrics
-from vllm_sleep.reconcile.lifecycle import Route, Wake
+from vllm_sleep.reconcile.lifecycle import Route, Sleep, Wake
 from vllm_sleep.reconcile.observe import observe_pod
 from vllm_sleep.reconcile.plan import CreatePod, DeletePod, Event, Plan, Reported, Transition
 
@@ -130,6 +130,54 @@ async def test_apply_carries_out_the_plan_in_order_and_writes_status_once() -> N
     kube.calls.clear()
     await ctl.apply(empty_plan(), model)  # same status: no write
     assert kube.calls == []
+    await ctl.watchers.close()
+
+
+class SlowRouteKube(FakeKube):
+    """Readiness-gate PATCHes that only finish when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def set_routed(self, namespace: str, pod: str, routed: bool, reason: str) -> None:
+        await self.release.wait()
+        await super().set_routed(namespace, pod, routed, reason)
+
+
+class SleepingAgents(FakeAgents):
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept = asyncio.Event()
+
+    async def sleep(
+        self, pod_ip: str, token: str, level: int, drain: float, *, idle: bool = False
+    ) -> StateReport:
+        self.calls.append(("sleep", pod_ip))
+        self.slept.set()
+        return StateReport(state=AgentState.ASLEEP, version=6, level=level)
+
+
+async def test_a_sleep_does_not_wait_for_its_readiness_gate_patch() -> None:
+    # An eviction is on the waking model's request path: the agent's /sleep starts while the
+    # gate's PATCH is still in flight (the agent, not the gate, keeps requests off the engine).
+    kube = SlowRouteKube()
+    ctl, _ = controller(kube)
+    agents = SleepingAgents()
+    ctl.ctx.agents = agents  # type: ignore[assignment]
+    model = ModelDeployment.from_body(BODY)
+    the_plan = empty_plan(
+        actions=(Route("m-0", False), Sleep("m-0", 1, "evicted")),
+        watch={"m-0": "10.0.0.1"},
+    )
+    applying = asyncio.create_task(ctl.apply(the_plan, model))
+    await asyncio.wait_for(agents.slept.wait(), timeout=5)
+    assert not applying.done()  # the pass still waits for its gate write
+    assert ("route", "m-0", False) not in kube.calls
+    kube.release.set()
+    await applying
+    assert ("route", "m-0", False) in kube.calls
+    await asyncio.gather(*ctl.transitions.values())
     await ctl.watchers.close()
 
 
