@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from ..metric_factory import MetricFactory
 
 UNKNOWN_MODEL = "_unknown"  # client-chosen names never become label values (cardinality)
 CLIENT_CLOSED = "499"  # `code` of requests whose client left before an answer (nginx's code)
@@ -15,61 +17,21 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        m = MetricFactory("vllm_sleep_gateway_", registry)
+        self.registry = m.registry
         self._requests: dict[tuple[str, str], Any] = {}
         self._upstream: dict[str, Any] = {}
-        r = self.registry
-        self.requests = Counter(
-            "vllm_sleep_gateway_requests",
-            "Requests answered, by model and HTTP status",
-            ["model", "code"],
-            registry=r,
-        )
-        self.held = Gauge(
-            "vllm_sleep_gateway_held_requests",
-            "Requests waiting for a model to wake",
-            ["model"],
-            registry=r,
-        )
-        self.hold_seconds = Histogram(
-            "vllm_sleep_gateway_hold_seconds",
-            "Time requests were held, by outcome",
-            ["outcome"],
-            buckets=_HOLD_BUCKETS,
-            registry=r,
-        )
-        self.upstream_latency = Histogram(
-            "vllm_sleep_gateway_upstream_latency_seconds",
-            "Request sent to upstream response headers received (time to first byte)",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_retries = Counter(
-            "vllm_sleep_gateway_upstream_retries",
-            "Requests moved to another replica, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.demand_signals = Counter(
-            "vllm_sleep_gateway_demand_signals",
-            "Demand Lease renewals, by result",
-            ["result"],
-            registry=r,
-        )
-        self.name_conflicts = Gauge(
-            "vllm_sleep_gateway_served_name_conflicts",
-            "1 for each ModelDeployment refused its servedModelName, by reason: "
-            "ServedNameConflict (an older one serves it) or ServedNameNotExposed (--expose)",
-            ["namespace", "name", "served_name", "reason"],
-            registry=r,
-        )
-        self.watch_restarts = Counter(
-            "vllm_sleep_gateway_watch_restarts",
-            "Watch relists, by resource",
-            ["resource"],
-            registry=r,
-        )
+        # One metric a line: name, help text, labels.
+        # fmt: off
+        self.requests = m.counter("requests", "Requests answered, by model and HTTP status", "model", "code")
+        self.held = m.gauge("held_requests", "Requests waiting for a model to wake", "model")
+        self.hold_seconds = m.histogram("hold_seconds", "Time requests were held, by outcome", "outcome", buckets=_HOLD_BUCKETS)
+        self.upstream_latency = m.histogram("upstream_latency_seconds", "Request sent to upstream response headers received (time to first byte)", "model", buckets=_LATENCY_BUCKETS)
+        self.upstream_retries = m.counter("upstream_retries", "Requests moved to another replica, by reason", "reason")
+        self.demand_signals = m.counter("demand_signals", "Demand Lease renewals, by result", "result")
+        self.name_conflicts = m.gauge("served_name_conflicts", "1 for each ModelDeployment refused its servedModelName, by reason: ServedNameConflict (an older one serves it) or ServedNameNotExposed (--expose)", "namespace", "name", "served_name", "reason")
+        self.watch_restarts = m.counter("watch_restarts", "Watch relists, by resource", "resource")
+        # fmt: on
 
     # The per-request series, with their label children cached: prometheus_client's
     # `labels()` takes a lock and builds a key on every call, on the proxy's hot path.
