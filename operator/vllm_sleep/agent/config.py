@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -28,40 +28,58 @@ class AgentConfigError(ValueError):
 class AgentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    listen_host: str = "0.0.0.0"
-    public_port: int = Field(PUBLIC_PORT, ge=0, le=65535)  # 0: pick a free port (tests)
-    control_port: int = Field(CONTROL_PORT, ge=0, le=65535)
-    upstream: str = f"http://127.0.0.1:{VLLM_PORT}"
-    control_token: SecretStr
+    # Each field but the token is a flag of `vllm-sleep agent` (build_parser): --listen-host for
+    # listen_host, its description the flag's help.
+    listen_host: str = Field("0.0.0.0", description="address for both ports (default 0.0.0.0)")
+    # 0: pick a free port (tests).
+    public_port: int = Field(
+        PUBLIC_PORT, ge=0, le=65535, description=f"OpenAI allowlist port ({PUBLIC_PORT})"
+    )
+    control_port: int = Field(
+        CONTROL_PORT, ge=0, le=65535, description=f"operator control port ({CONTROL_PORT})"
+    )
+    upstream: str = Field(
+        f"http://127.0.0.1:{VLLM_PORT}", description=f"vLLM base URL (http://127.0.0.1:{VLLM_PORT})"
+    )
+    control_token: SecretStr  # from --token-file or the environment (from_cli)
     # Inference requests arriving while the engine is not awake wait this long for it.
-    hold_timeout: float = Field(30.0, ge=0)
-    max_held: int = Field(1024, ge=0)
-    retry_after: int = Field(5, ge=1)  # seconds, in 503 answers
+    hold_timeout: float = Field(30.0, ge=0, description="seconds a request waits for a wake (30)")
+    max_held: int = Field(1024, ge=0, description="requests held at once, beyond: 429 (1024)")
+    retry_after: int = Field(5, ge=1, description="Retry-After seconds on 503 (5)")
     # Drain bound for POST /sleep without ?drain_timeout=.
-    drain_timeout: float = Field(60.0, ge=0)
+    drain_timeout: float = Field(60.0, ge=0, description="default drain bound for /sleep (60)")
     # A stream whose client went away is aborted by vLLM a moment after the agent closes it;
     # wait this long after such an abandon before sleeping (≤0.16 crashes on any running work).
-    settle_time: float = Field(0.5, ge=0)
+    settle_time: float = Field(0.5, ge=0, description="pause after an abandoned stream (0.5)")
     # /sleep, /wake_up and the level-2 reload: a first sleep of a 70B model takes ~45 s.
-    vllm_timeout: float = Field(900.0, gt=0)
-    poll_interval: float = Field(1.0, gt=0)  # while loading or failed: /health polls
-    health_interval: float = Field(5.0, gt=0)  # while awake or asleep
-    health_failures: int = Field(3, ge=1)  # consecutive failed polls before "failed"
+    vllm_timeout: float = Field(900.0, gt=0, description="timeout of vLLM sleep/wake calls (900)")
+    # /health polls while loading or failed, then while awake or asleep; consecutive failed
+    # polls before "failed".
+    poll_interval: float = Field(1.0, gt=0, description="/health poll while loading (1)")
+    health_interval: float = Field(5.0, gt=0, description="/health poll when up (5)")
+    health_failures: int = Field(3, ge=1, description="failed polls before 'failed' (3)")
     # The public port's request bounds, as the gateway's (docs/security.md): the whole head
     # within header_timeout, no body stall past body_timeout (0 = none), one body's size, and
     # the bytes of bodies held at once.
-    header_timeout: float = Field(60.0, ge=0)
-    body_timeout: float = Field(60.0, ge=0)
-    max_body_bytes: int = Field(32 << 20, gt=0)
-    max_buffered_bytes: int = Field(256 << 20, gt=0)
-    access_log: bool = False
+    header_timeout: float = Field(60.0, ge=0, description="request head must arrive within (60)")
+    body_timeout: float = Field(60.0, ge=0, description="request body may not stall for (60)")
+    max_body_bytes: int = Field(32 << 20, gt=0, description="request body bound (32 MiB)")
+    max_buffered_bytes: int = Field(256 << 20, gt=0, description="bodies held at once (256 MiB)")
+    access_log: bool = Field(False, description="log every public request")
     # The sleeping residual (agent/residual.py): vLLM's log file in a volume shared with the
     # vLLM container, and the engine's awake device memory (its share), both optional.
-    vllm_log_file: Path | None = None
-    engine_memory_bytes: int | None = Field(None, gt=0)
+    vllm_log_file: Path | None = Field(
+        None, description="vLLM's log file, for its sleep report (none)"
+    )
+    engine_memory_bytes: int | None = Field(
+        None, gt=0, description="the engine's awake share (none)"
+    )
     # Where to write vLLM's logging configuration (VLLM_LOGGING_CONFIG_PATH) at start, so that
     # vLLM logs into vllm_log_file too (agent/vllm_logging.py).
-    vllm_logging_config: Path | None = None
+    vllm_logging_config: Path | None = Field(
+        None,
+        description="write vLLM's logging config here at start, logging to --vllm-log-file (none)",
+    )
 
     @field_validator("upstream")
     @classmethod
@@ -123,31 +141,21 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vllm-sleep agent", description="the per-pod sleep guard (sidecar)")
-    p.add_argument("--listen-host", help="address for both ports (default 0.0.0.0)")
-    p.add_argument("--public-port", type=int, help=f"OpenAI allowlist port ({PUBLIC_PORT})")
-    p.add_argument("--control-port", type=int, help=f"operator control port ({CONTROL_PORT})")
-    p.add_argument("--upstream", help=f"vLLM base URL (http://127.0.0.1:{VLLM_PORT})")
-    p.add_argument("--token-file", help=f"control token file (default: ${ENV_CONTROL_TOKEN})")
-    p.add_argument("--hold-timeout", type=float, help="seconds a request waits for a wake (30)")
-    p.add_argument("--max-held", type=int, help="requests held at once, beyond: 429 (1024)")
-    p.add_argument("--retry-after", type=int, help="Retry-After seconds on 503 (5)")
-    p.add_argument("--drain-timeout", type=float, help="default drain bound for /sleep (60)")
-    p.add_argument("--settle-time", type=float, help="pause after an abandoned stream (0.5)")
-    p.add_argument("--vllm-timeout", type=float, help="timeout of vLLM sleep/wake calls (900)")
-    p.add_argument("--poll-interval", type=float, help="/health poll while loading (1)")
-    p.add_argument("--health-interval", type=float, help="/health poll when up (5)")
-    p.add_argument("--health-failures", type=int, help="failed polls before 'failed' (3)")
-    p.add_argument("--header-timeout", type=float, help="request head must arrive within (60)")
-    p.add_argument("--body-timeout", type=float, help="request body may not stall for (60)")
-    p.add_argument("--max-body-bytes", type=int, help="request body bound (32 MiB)")
-    p.add_argument("--max-buffered-bytes", type=int, help="bodies held at once (256 MiB)")
-    p.add_argument(
-        "--access-log", action="store_true", default=None, help="log every public request"
-    )
-    p.add_argument("--vllm-log-file", help="vLLM's log file, for its sleep report (none)")
-    p.add_argument("--engine-memory-bytes", type=int, help="the engine's awake share (none)")
-    p.add_argument(
-        "--vllm-logging-config",
-        help="write vLLM's logging config here at start, logging to --vllm-log-file (none)",
-    )
+    for name, info in AgentConfig.model_fields.items():
+        if name == "control_token":
+            p.add_argument(
+                "--token-file", help=f"control token file (default: ${ENV_CONTROL_TOKEN})"
+            )
+            continue
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            p.add_argument(flag, action="store_true", default=None, help=info.description)
+        else:
+            p.add_argument(flag, type=_scalar(info.annotation), help=info.description)
     return p
+
+
+def _scalar(annotation: object) -> type:
+    """The flag's type: int or float for numbers (argparse names a bad one), else str."""
+    kinds = get_args(annotation) or (annotation,)
+    return next((k for k in kinds if k in (int, float)), str)
