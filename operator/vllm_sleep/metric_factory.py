@@ -21,8 +21,16 @@ class MetricFactory:
     def counter(self, name: str, doc: str, *labels: str) -> Counter:
         return Counter(self.prefix + name, doc, labels, registry=self.registry)
 
-    def gauge(self, name: str, doc: str, *labels: str) -> Gauge:
-        return Gauge(self.prefix + name, doc, labels, registry=self.registry)
+    def gauge(self, name: str, doc: str, *labels: str, multiprocess_mode: str = "all") -> Gauge:
+        """`multiprocess_mode`: how a gauge of several processes merges (prometheus_client's
+        multiprocess mode; the gateway's workers)."""
+        return Gauge(
+            self.prefix + name,
+            doc,
+            labels,
+            registry=self.registry,
+            multiprocess_mode=multiprocess_mode,  # type: ignore[arg-type]
+        )
 
     def histogram(self, name: str, doc: str, *labels: str, buckets: Sequence[float]) -> Histogram:
         return Histogram(self.prefix + name, doc, labels, buckets=buckets, registry=self.registry)

@@ -14,6 +14,7 @@ from vllm_sleep.api.names import PUBLIC_PORT
 from vllm_sleep.api.served_names import ExposureError, ExposurePolicy
 
 MIB = 1 << 20
+MAX_WORKERS = 64
 
 
 class GatewayConfigError(ValueError):
@@ -47,6 +48,12 @@ class GatewayConfig:
     # Which namespaces may serve which model names (api.served_names); empty = all.
     exposure: ExposurePolicy = field(default_factory=ExposurePolicy)
     access_log: bool = False
+    # Processes serving the port (gateway/workers.py); None = one per CPU this process may use.
+    workers: int | None = None
+    # Set on each worker by its supervisor: listen with SO_REUSEPORT; a restarted worker joins
+    # the port only once its first list is in (its siblings serve meanwhile).
+    reuse_port: bool = False
+    bind_after_list: bool = False
 
     @property
     def identity(self) -> str:
@@ -86,6 +93,8 @@ class GatewayConfig:
         for flag in ("demand_interval", "connect_timeout", "read_timeout", "send_timeout"):
             if math.isnan(getattr(ns, flag)):
                 raise GatewayConfigError(f"--{flag.replace('_', '-')} must be a number")
+        if ns.workers is not None and not 1 <= ns.workers <= MAX_WORKERS:
+            raise GatewayConfigError(f"--workers must be 1-{MAX_WORKERS}")
         try:
             exposure = ExposurePolicy.parse(ns.expose)
         except ExposureError as e:
@@ -113,6 +122,7 @@ class GatewayConfig:
             send_timeout=ns.send_timeout or None,
             exposure=exposure,
             access_log=ns.access_log,
+            workers=ns.workers,
         )
 
 
@@ -179,4 +189,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "repeat per namespace; once given, unlisted namespaces serve nothing (docs/security.md)",
     )
     a("--access-log", action="store_true")
+    a(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes serving the port, each with its own watches and queues "
+        f"(default: one per CPU the process may use, its cgroup CPU limit included, at most 8; "
+        f"1-{MAX_WORKERS})",
+    )
     return p

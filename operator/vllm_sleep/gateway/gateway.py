@@ -90,9 +90,16 @@ class Gateway(Service):
             on_head=handler.head_check,
         )
         try:
-            self.port = await self._server.start(cfg.listen_host, cfg.port)
+            if not cfg.bind_after_list:
+                self.port = await self._server.start(
+                    cfg.listen_host, cfg.port, reuse_port=cfg.reuse_port
+                )
             await self.router.start()
             await self.source.start(self.router)  # returns after the first full list
+            if cfg.bind_after_list:
+                self.port = await self._server.start(
+                    cfg.listen_host, cfg.port, reuse_port=cfg.reuse_port
+                )
         except BaseException:
             # A start that failed or was cancelled (SIGTERM before the first list) would leave the
             # port bound and the watch and demand tasks running: `async with` never calls

@@ -1,9 +1,15 @@
-"""`vllm-sleep gateway ...`: wire the Kubernetes seams into a Gateway and serve until SIGTERM."""
+"""`vllm-sleep gateway ...`: wire the Kubernetes seams into a Gateway and serve until SIGTERM.
+
+With `--workers N` (N > 1; the default is one per usable CPU) this process supervises N
+workers (gateway/workers.py), each this same command serving the port with SO_REUSEPORT.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import dataclasses
+import os
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from ..serve import cli_main, serve_until, stop_on_signals
@@ -12,17 +18,53 @@ from .demand import LeaseDemand
 from .gateway import Gateway
 from .kube_source import KubernetesSource, kube_client
 from .metrics import GatewayMetrics
+from .workers import (
+    WorkerRole,
+    default_workers,
+    die_with_supervisor,
+    merged_registry,
+    supervise,
+    worker_role,
+)
 
 
 def main(argv: list[str]) -> int:
-    return cli_main(
-        argv,
-        "vllm-sleep gateway",
-        build_parser,
-        GatewayConfig.from_cli,
-        _run,
-        runner=_event_loop_runner(),
-    )
+    role = worker_role(os.environ)
+    if role is not None:
+        if not die_with_supervisor(role):
+            return 1
+        return cli_main(
+            argv,
+            "vllm-sleep gateway",
+            build_parser,
+            lambda args, env: _as_worker(GatewayConfig.from_cli(args, env), role),
+            lambda config: _run(config, role),
+            runner=_event_loop_runner(),
+        )
+    chosen: dict[str, int] = {}
+
+    def load(args: list[str], env: Mapping[str, str]) -> GatewayConfig:
+        config = GatewayConfig.from_cli(args, env)
+        chosen["workers"] = config.workers or default_workers()
+        return config
+
+    def run(config: GatewayConfig) -> Coroutine[Any, Any, None]:
+        if chosen["workers"] == 1:
+            return _run(config)
+        return _supervise(argv, config, chosen)
+
+    code = cli_main(argv, "vllm-sleep gateway", build_parser, load, run, runner=_runner(chosen))
+    return code or chosen.get("exit", 0)
+
+
+def _runner(chosen: dict[str, int]) -> Callable[[Coroutine[Any, Any, None]], None]:
+    loop_runner = _event_loop_runner()
+
+    def run(coro: Coroutine[Any, Any, None]) -> None:
+        # One process serves on the fastest loop; a supervisor only waits on its workers.
+        (loop_runner if chosen.get("workers") == 1 else asyncio.run)(coro)
+
+    return run
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -36,11 +78,23 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     return runner
 
 
-async def _run(config: GatewayConfig) -> None:
+def _as_worker(config: GatewayConfig, role: WorkerRole) -> GatewayConfig:
+    return dataclasses.replace(config, workers=1, reuse_port=True, bind_after_list=role.late)
+
+
+async def _supervise(argv: list[str], config: GatewayConfig, chosen: dict[str, int]) -> None:
+    chosen["exit"] = await supervise(
+        argv, config.listen_host, config.port, config.identity, chosen["workers"]
+    )
+
+
+async def _run(config: GatewayConfig, role: WorkerRole | None = None) -> None:
     with stop_on_signals() as stop:
         api = await kube_client(config.kubeconfig)
         try:
-            metrics = GatewayMetrics()
+            metrics = GatewayMetrics(worker=None if role is None else role.index)
+            if role is not None:
+                metrics.exposed = merged_registry()
             source = KubernetesSource(
                 api, metrics, namespaces=config.namespaces, port=config.backend_port
             )

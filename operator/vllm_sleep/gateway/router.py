@@ -90,6 +90,9 @@ class Router:
             gauge.labels(key.namespace, key.name, served, reason).set(1)
         for key, (reason, served) in self._refused.items():
             if now.get(key) != (reason, served):
+                # 0 first: with several workers the series lives in a metrics file that
+                # remove() does not touch (gateway/workers.py).
+                gauge.labels(key.namespace, key.name, served, reason).set(0)
                 gauge.remove(key.namespace, key.name, served, reason)
             if key not in now:
                 log.info(

@@ -48,6 +48,7 @@ class GatewayHandler:
         self._keys = api_keys
         self._is_ready = is_ready
         self._access_log = access_log
+        self._worker_requests = metrics.worker_requests
 
     async def __call__(self, request: Request, reply: Reply) -> None:
         model = UNKNOWN_MODEL
@@ -65,6 +66,8 @@ class GatewayHandler:
         finally:
             # No status: the client left first (handler cancelled), counted as nginx's 499.
             status = str(reply.status) if reply.status is not None else CLIENT_CLOSED
+            if self._worker_requests is not None:
+                self._worker_requests.inc()
             if request.path.startswith("/v1/"):
                 self._metrics.count_request(model, status)
             if self._access_log:
@@ -172,7 +175,7 @@ class GatewayHandler:
 
     def metrics(self) -> Response:
         return Response(
-            200, generate_latest(self._metrics.registry), content_type=CONTENT_TYPE_LATEST
+            200, generate_latest(self._metrics.exposed), content_type=CONTENT_TYPE_LATEST
         )
 
     def healthz(self) -> Response:

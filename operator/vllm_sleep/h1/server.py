@@ -827,13 +827,16 @@ class Server:
             log.exception("make_error(%d) failed", status)
             return plain_error(status, message)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port; `reuse_port`: SO_REUSEPORT, so several processes can each
+        listen on the same port and the kernel spreads new connections over them."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self, self._handler, self._limits, self._on_reject, self._on_head),
             host,
             port,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             backlog=1024,
         )
         self._sweeper = loop.create_task(self._sweep_idle())
