@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 from pydantic.config import JsonDict
@@ -25,121 +26,143 @@ _NAME_RULE: JsonDict = cel(
 )
 
 
-def _root(spec: type[BaseModel], status: type[BaseModel], rules: list[JsonDict]) -> Schema:
-    root: Schema = {
-        "type": "object",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": structural_schema(spec),
-            "status": structural_schema(status),
-        },
-    }
-    if rules:
-        root["x-kubernetes-validations"] = rules
-    return root
+class Column(NamedTuple):
+    """One `kubectl get` column; priority 1 (WIDE) shows only with `-o wide`."""
+
+    name: str
+    type: Literal["string", "integer", "date"]
+    json_path: str
+    priority: int = 0
+    description: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.description:
+            out["description"] = self.description
+        if self.priority:
+            out["priority"] = self.priority
+        return out
 
 
-def _crd(
-    *,
-    kind: str,
-    plural: str,
-    short_name: str,
-    scope: str,
-    schema: Schema,
-    columns: list[dict[str, Any]],
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{names.GROUP}",
-            "labels": {"app.kubernetes.io/name": names.MANAGED_BY},
-        },
-        "spec": {
-            "group": names.GROUP,
-            "scope": scope,
-            "names": {
-                "kind": kind,
-                "listKind": f"{kind}List",
-                "plural": plural,
-                "singular": kind.lower(),
-                "shortNames": [short_name],
-                # Not "all": `kubectl get all` is used in scripts that delete what it lists.
-                "categories": [names.CATEGORY],
+WIDE = 1
+_AGE = Column("Age", "date", ".metadata.creationTimestamp")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What differs between the two CRDs: names, scope, schema (from the models) and columns."""
+
+    kind: str
+    plural: str
+    short_name: str
+    scope: Literal["Namespaced", "Cluster"]
+    description: str
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    columns: tuple[Column, ...]
+    rules: tuple[JsonDict, ...] = ()  # CEL rules on the whole object (metadata included)
+
+    def schema(self) -> Schema:
+        root: Schema = {
+            "type": "object",
+            "required": ["spec"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object"},
+                "spec": structural_schema(self.spec),
+                "status": structural_schema(self.status),
             },
-            "versions": [
-                {
-                    "name": names.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+        }
+        if self.rules:
+            root["x-kubernetes-validations"] = list(self.rules)
+        root["description"] = self.description
+        return root
+
+    def crd(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {
+                "name": f"{self.plural}.{names.GROUP}",
+                "labels": {"app.kubernetes.io/name": names.MANAGED_BY},
+            },
+            "spec": {
+                "group": names.GROUP,
+                "scope": self.scope,
+                "names": {
+                    "kind": self.kind,
+                    "listKind": f"{self.kind}List",
+                    "plural": self.plural,
+                    "singular": self.kind.lower(),
+                    "shortNames": [self.short_name],
+                    # Not "all": `kubectl get all` is used in scripts that delete what it lists.
+                    "categories": [names.CATEGORY],
+                },
+                "versions": [
+                    {
+                        "name": names.VERSION,
+                        "served": True,
+                        "storage": True,
+                        "subresources": {"status": {}},
+                        "additionalPrinterColumns": [c.to_json() for c in self.columns],
+                        "schema": {"openAPIV3Schema": self.schema()},
+                    }
+                ],
+            },
+        }
 
 
-def _age() -> dict[str, Any]:
-    return {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+MODEL_DEPLOYMENT = Resource(
+    kind=names.MODEL_DEPLOYMENT_KIND,
+    plural=names.MODEL_DEPLOYMENT_PLURAL,
+    short_name=names.SHORT_NAME_MODEL_DEPLOYMENT,
+    scope="Namespaced",
+    description=(
+        "A vLLM model served in sleep mode: loaded once, put to sleep when idle, woken on demand."
+    ),
+    spec=ModelDeploymentSpec,
+    status=ModelDeploymentStatus,
+    rules=(_NAME_RULE,),
+    columns=(
+        Column("State", "string", ".status.phase"),
+        Column("Awake", "string", ".status.awake", description="awake replicas / desired replicas"),
+        Column("Pool", "string", ".spec.placement.pool"),
+        Column("Last-Activity", "date", ".status.lastActivityTime"),
+        _AGE,
+        Column("Model", "string", ".spec.model", WIDE),
+        Column("Level", "integer", ".spec.sleep.level", WIDE),
+        Column("Policy", "string", ".spec.sleep.policy", WIDE),
+    ),
+)
+GPU_POOL = Resource(
+    kind=names.GPU_POOL_KIND,
+    plural=names.GPU_POOL_PLURAL,
+    short_name=names.SHORT_NAME_GPU_POOL,
+    scope="Cluster",
+    description="Shared GPU capacity that ModelDeployments are placed on.",
+    spec=GPUPoolSpec,
+    status=GPUPoolStatus,
+    columns=(
+        Column("Sharing", "string", ".spec.sharing"),
+        Column("Device-Memory", "string", ".spec.deviceMemory"),
+        Column("Nodes", "integer", ".status.nodes"),
+        Column("Devices", "integer", ".status.devices"),
+        Column("Models", "integer", ".status.models"),
+        Column("Awake", "integer", ".status.awake"),
+        Column("Committed%", "integer", ".status.committedPercent"),
+        Column("Replicas", "integer", ".status.replicas", WIDE),
+        _AGE,
+    ),
+)
 
 
 def model_deployment_crd() -> dict[str, Any]:
-    schema = _root(ModelDeploymentSpec, ModelDeploymentStatus, [_NAME_RULE])
-    schema["description"] = (
-        "A vLLM model served in sleep mode: loaded once, put to sleep when idle, woken on demand."
-    )
-    columns = [
-        {"name": "State", "type": "string", "jsonPath": ".status.phase"},
-        {
-            "name": "Awake",
-            "type": "string",
-            "jsonPath": ".status.awake",
-            "description": "awake replicas / desired replicas",
-        },
-        {"name": "Pool", "type": "string", "jsonPath": ".spec.placement.pool"},
-        {"name": "Last-Activity", "type": "date", "jsonPath": ".status.lastActivityTime"},
-        _age(),
-        {"name": "Model", "type": "string", "jsonPath": ".spec.model", "priority": 1},
-        {"name": "Level", "type": "integer", "jsonPath": ".spec.sleep.level", "priority": 1},
-        {"name": "Policy", "type": "string", "jsonPath": ".spec.sleep.policy", "priority": 1},
-    ]
-    return _crd(
-        kind=names.MODEL_DEPLOYMENT_KIND,
-        plural=names.MODEL_DEPLOYMENT_PLURAL,
-        short_name=names.SHORT_NAME_MODEL_DEPLOYMENT,
-        scope="Namespaced",
-        schema=schema,
-        columns=columns,
-    )
+    return MODEL_DEPLOYMENT.crd()
 
 
 def gpu_pool_crd() -> dict[str, Any]:
-    schema = _root(GPUPoolSpec, GPUPoolStatus, [])
-    schema["description"] = "Shared GPU capacity that ModelDeployments are placed on."
-    columns: list[dict[str, Any]] = [
-        {"name": "Sharing", "type": "string", "jsonPath": ".spec.sharing"},
-        {"name": "Device-Memory", "type": "string", "jsonPath": ".spec.deviceMemory"},
-        {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
-        {"name": "Devices", "type": "integer", "jsonPath": ".status.devices"},
-        {"name": "Models", "type": "integer", "jsonPath": ".status.models"},
-        {"name": "Awake", "type": "integer", "jsonPath": ".status.awake"},
-        {"name": "Committed%", "type": "integer", "jsonPath": ".status.committedPercent"},
-        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas", "priority": 1},
-        _age(),
-    ]
-    return _crd(
-        kind=names.GPU_POOL_KIND,
-        plural=names.GPU_POOL_PLURAL,
-        short_name=names.SHORT_NAME_GPU_POOL,
-        scope="Cluster",
-        schema=schema,
-        columns=columns,
-    )
+    return GPU_POOL.crd()
 
 
 def all_crds() -> dict[str, dict[str, Any]]:
