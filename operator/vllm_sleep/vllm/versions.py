@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import overload
 
 _VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -37,35 +38,66 @@ class VLLMVersion:
         return (self.major, self.minor, self.patch) >= (major, minor, patch)
 
 
+class _Since:
+    """A behaviour present from one release on. An unknown version gets `unknown`: the answer
+    that is safe on every release."""
+
+    def __init__(self, major: int, minor: int, patch: int = 0, *, unknown: bool = False) -> None:
+        self.release = VLLMVersion(major, minor, patch)
+        self.unknown = unknown
+
+    @overload
+    def __get__(self, features: None, owner: type[Features]) -> _Since: ...
+    @overload
+    def __get__(self, features: Features, owner: type[Features]) -> bool: ...
+    def __get__(self, features: Features | None, owner: type[Features]) -> bool | _Since:
+        if features is None:
+            return self
+        version = features.version
+        return self.unknown if version is None else version >= self.release
+
+
 @dataclass(frozen=True)
 class Features:
-    """What one vLLM version does, as far as sleep mode is concerned."""
+    """What one vLLM version does, as far as sleep mode is concerned: each behaviour with the
+    release it appeared in."""
 
     version: VLLMVersion | None
 
-    def _since(self, major: int, minor: int, patch: int = 0) -> bool:
-        """The version is known and at least this release (unknown: the feature is off)."""
-        return self.version is not None and self.version.at_least(major, minor, patch)
-
-    @property
-    def sleep_mode_param(self) -> bool:
-        """`/sleep?mode=` exists (0.17). Older versions ignore it; ≥0.32 validate it (400)."""
-        return self._since(0, 17)
-
-    @property
-    def http_reload_weights(self) -> bool:
-        """`POST /collective_rpc` exists (0.10.2), so a level-2 wake can reload over HTTP.
-
-        Unknown version: assume yes and let the call fail loudly, rather than refuse level 2
-        on every engine whose `/version` is unreadable.
-        """
-        return self.version is None or self.version.at_least(0, 10, 2)
-
-    @property
-    def sleep_resets_prefix_cache(self) -> bool:
-        """Sleep resets the prefix cache itself (0.10.1); before, stale hits after a wake point
-        at discarded KV, so the caller must reset after waking."""
-        return self._since(0, 10, 1)
+    # `/sleep?mode=` exists. Older versions ignore it; ≥0.32 validate it (400).
+    sleep_mode_param = _Since(0, 17)
+    # `POST /collective_rpc` exists, so a level-2 wake can reload over HTTP. Unknown version:
+    # assume yes and let the call fail loudly, rather than refuse level 2 on every engine whose
+    # `/version` is unreadable.
+    http_reload_weights = _Since(0, 10, 2, unknown=True)
+    # Sleep resets the prefix cache itself; before, stale hits after a wake point at discarded
+    # KV, so the caller must reset after waking.
+    sleep_resets_prefix_cache = _Since(0, 10, 1)
+    # Requests reaching a sleeping engine are queued rather than crash it. Informational: the
+    # agent never forwards to a non-awake engine whatever the version.
+    guards_requests_while_asleep = _Since(0, 17)
+    # `vllm:engine_sleep_state` exists.
+    sleep_state_gauge = _Since(0, 12)
+    # `POST /release_kv_cache_memory` exists: the KV-only sleep tier (pause, release the KV
+    # cache, and a wake that re-maps only the KV cache while the weights stay). The agent's
+    # level 0 needs it.
+    release_kv_cache_memory = _Since(0, 31)
+    # `/sleep` and `/release_kv_cache_memory` take `reset_connector`.
+    sleep_reset_connector = _Since(0, 34)
+    # `/checkpoint/prepare|restore|status` exist whenever sleep mode is on: not dev-gated and
+    # not behind --api-key, so they must be kept away from clients.
+    checkpoint_routes = _Since(0, 34)
+    # Without --gpu-memory-utilization the engine takes nearly all free device memory at start
+    # and skips the startup check: always pass a share.
+    extensible_kv_cache = _Since(0, 34)
+    # The pinned host backup of the weights stays after a wake, from the first sleep until the
+    # process exits; before, it was freed on wake. Unknown version: yes, the answer that never
+    # under-counts host memory.
+    backup_kept_while_awake = _Since(0, 34, unknown=True)
+    # Level 2 discards a speculative-decoding draft model that reload_weights does not restore,
+    # unless --sleep-preserve-parameter-names keeps it. Unknown version: yes, so a speculative
+    # model is not put into level 2 unprotected.
+    level2_discards_draft = _Since(0, 34, unknown=True)
 
     @property
     def sleep_races_running_kernels(self) -> bool:
@@ -78,61 +110,6 @@ class Features:
         """
         v = self.version
         return v is not None and v.at_least(0, 17) and not v.at_least(0, 28)
-
-    @property
-    def guards_requests_while_asleep(self) -> bool:
-        """Requests reaching a sleeping engine are queued rather than crash it (0.17).
-
-        Informational: the agent never forwards to a non-awake engine whatever the version.
-        """
-        return self._since(0, 17)
-
-    @property
-    def sleep_state_gauge(self) -> bool:
-        """`vllm:engine_sleep_state` exists (0.12)."""
-        return self._since(0, 12)
-
-    @property
-    def release_kv_cache_memory(self) -> bool:
-        """`POST /release_kv_cache_memory` exists (0.31): the KV-only sleep tier (pause, release
-        the KV cache, and a wake that re-maps only the KV cache while the weights stay). The
-        agent's level 0 needs it."""
-        return self._since(0, 31)
-
-    @property
-    def sleep_reset_connector(self) -> bool:
-        """`/sleep` and `/release_kv_cache_memory` take `reset_connector` (0.34)."""
-        return self._since(0, 34)
-
-    @property
-    def checkpoint_routes(self) -> bool:
-        """`/checkpoint/prepare|restore|status` exist whenever sleep mode is on (0.34): not
-        dev-gated and not behind --api-key, so they must be kept away from clients."""
-        return self._since(0, 34)
-
-    @property
-    def extensible_kv_cache(self) -> bool:
-        """Without --gpu-memory-utilization the engine takes nearly all free device memory at
-        start and skips the startup check (0.34): always pass a share."""
-        return self._since(0, 34)
-
-    @property
-    def backup_kept_while_awake(self) -> bool:
-        """The pinned host backup of the weights stays after a wake, from the first sleep until
-        the process exits (0.34); before, it was freed on wake.
-
-        Unknown version: yes, the answer that never under-counts host memory.
-        """
-        return self.version is None or self.version.at_least(0, 34)
-
-    @property
-    def level2_discards_draft(self) -> bool:
-        """Level 2 discards a speculative-decoding draft model that reload_weights does not
-        restore, unless --sleep-preserve-parameter-names keeps it (0.34).
-
-        Unknown version: yes, so a speculative model is not put into level 2 unprotected.
-        """
-        return self.version is None or self.version.at_least(0, 34)
 
     @property
     def default_gpu_memory_utilization(self) -> float | None:
