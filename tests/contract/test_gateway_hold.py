@@ -503,3 +503,35 @@ async def test_an_agent_hold_timeout_before_the_deadline_is_held_again(
     assert not task.done() and queued(gateway) == 1
     upstreams[0].behaviour = None
     assert (await task).status_code == 200
+
+
+async def test_a_request_sent_back_to_the_queue_keeps_its_place(
+    gateway: Gateway, source: StaticSource, upstreams: list[Upstream], http: httpx.AsyncClient
+) -> None:
+    # The replica the watch showed awake fell asleep under the request (the agent refuses it,
+    # never forwarding it) while a newcomer took the only queue slot: the first request was
+    # admitted to the queue before it, and going back there is not a new admission.
+    gate = asyncio.Event()
+
+    async def fell_asleep(request: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return await refusal(ErrorCode.ENGINE_UNAVAILABLE)(request)
+
+    upstreams[0].behaviour = fell_asleep
+    source.add_model("m", [upstreams[0].url], awake=False, wake=WakePolicy(max_queued=1))
+    first = asyncio.create_task(chat(gateway, http))
+    await until(lambda: queued(gateway) == 1)
+    source.set_awake("m", True)
+    await until(lambda: upstreams[0].received == 1 and queued(gateway) == 0)
+    source.set_awake("m", False)  # the watch catches up: asleep again
+    second = asyncio.create_task(chat(gateway, http))
+    await until(lambda: queued(gateway) == 1)
+    gate.set()  # the agent's refusal: `first` goes back to the queue
+    await until(lambda: queued(gateway) == 2)
+    assert not first.done()
+    upstreams[0].behaviour = None
+    source.set_awake("m", True)
+    assert [(await t).status_code for t in (first, second)] == [200, 200]
+    text = (await http.get(gateway.url + "/metrics")).text
+    # One hold per request, observed once, when it finally left the queue.
+    assert 'vllm_sleep_gateway_hold_seconds_count{outcome="forwarded"} 2.0' in text

@@ -7,7 +7,7 @@ agent, which releases it the instant its engine is confirmed awake: no wait for 
 awake condition and the pod watch. Otherwise it waits here for the model to change. Either way
 the wake timeout (503) is the gateway's, and the request keeps its queue slot until it is
 released. A `Retry` from the proxy (see proxy.py for the exact rule) excludes that replica and
-loops; when every candidate has refused, the request waits briefly for the watch to catch up
+loops, back into the queue without a second admission check (it keeps its place); when every candidate has refused, the request waits briefly for the watch to catch up
 and tries them again, still within the same deadline. A client that disconnects cancels the
 handler (the h1 server cancels it), and `finally` frees its queue slot.
 """
@@ -37,7 +37,13 @@ _TIMED_OUT = object()  # _forward: held at an agent past the wake deadline
 
 
 class _Slot:
-    """A request's place in its model's hold queue (and the held gauge) while it waits."""
+    """A request's place in its model's hold queue (and the held gauge) while it waits.
+
+    Admission is checked once: a request sent back to the queue (an agent refused it, never
+    forwarding it) re-enters without the `maxQueued` check, so a newcomer that came in while
+    it was out cannot turn it into a 429. Its hold is observed once, when the request is done,
+    with the outcome and hold time of its last wait.
+    """
 
     def __init__(
         self,
@@ -51,25 +57,35 @@ class _Slot:
         self._table, self._metrics, self._key, self._label = table, metrics, key, label
         self._started, self._clock = started, clock
         self.active = False
-        self.deadline: float | None = None  # set on the first hold, kept across re-holds
+        self.deadline: float | None = None  # set on admission, kept across re-holds
+        self._outcome: tuple[str, float] | None = None
 
     def take(self, limit: int, timeout: float) -> bool:
-        if not self._table.try_enqueue(self._key, limit):
-            return False
-        self.active = True
         if self.deadline is None:
+            if not self._table.try_enqueue(self._key, limit):
+                return False
             self.deadline = self._started + timeout
+        else:
+            self._table.requeue(self._key)
+        self.active = True
         self._metrics.held.labels(self._label).inc()
         return True
 
-    def leave(self, outcome: str | None) -> None:
-        if not self.active:
-            return
-        self.active = False
-        self._table.dequeue(self._key)
-        self._metrics.held.labels(self._label).dec()
-        if outcome is not None:
-            self._metrics.hold_seconds.labels(outcome).observe(self._clock() - self._started)
+    def leave(self, outcome: str | None = None) -> None:
+        if self.active:
+            self.active = False
+            self._table.dequeue(self._key)
+            self._metrics.held.labels(self._label).dec()
+        if outcome is not None and self.deadline is not None:
+            self._outcome = (outcome, self._clock() - self._started)
+
+    def close(self) -> None:
+        """The request is done: its hold, if it had one, is observed (once)."""
+        self.leave()
+        if self._outcome is not None:
+            outcome, seconds = self._outcome
+            self._outcome = None
+            self._metrics.hold_seconds.labels(outcome).observe(seconds)
 
 
 class Dispatcher:
@@ -148,9 +164,9 @@ class Dispatcher:
             slot.leave("shutdown")  # answered 503 shutting_down by the handler
             raise
         finally:
-            if slot.deadline is not None and self._clock() < slot.deadline:
+            if slot.active and slot.deadline is not None and self._clock() < slot.deadline:
                 slot.leave("abandoned")
-            slot.leave(None)
+            slot.close()
 
     async def _wait(self, key: ModelKey, deadline: float, exclude: set[tuple[str, str]]) -> None:
         """Wait in the gateway's queue for the model's pods or spec to change.

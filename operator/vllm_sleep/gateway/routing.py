@@ -272,6 +272,10 @@ class ModelTable:
         entry.queued += 1
         return True
 
+    def requeue(self, key: ModelKey) -> None:
+        """Back into the queue without the bound: a request admitted before (dispatch._Slot)."""
+        self._models.setdefault(key, _Model()).queued += 1
+
     def dequeue(self, key: ModelKey) -> None:
         entry = self._models.get(key)
         if entry is not None and entry.queued > 0:
