@@ -85,3 +85,5 @@ def duration_field(default: timedelta, description: str, *rules: JsonDict) -> An
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # DNS-1123 subdomain (most object names, e.g. Secrets, ServiceAccounts).
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# The name of a Kubernetes object that has DNS-1123 subdomain names (most kinds).
+ObjectName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel, list_map
+from .base import ApiModel, ObjectName, cel, list_map
 
 # Environment variable names Kubernetes accepts (any printable except '='); we keep it to the
 # portable C-identifier-ish set so a typo (a space, a '=') fails at apply time.
@@ -21,7 +21,7 @@ class EnvVar(ApiModel):
 
 
 class LocalObjectReference(ApiModel):
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    name: ObjectName = Field(min_length=1)
 
 
 class TolerationOperator(StrEnum):

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel
+from .base import ApiModel, ObjectName, cel
 from .common import Condition, Toleration, conditions_field
 from .model_deployment import KubeObject
 from .quantity import Quantity
@@ -56,11 +56,8 @@ class GPUPoolSpec(ApiModel):
         ),
     )
     sharing: Sharing = Sharing.DRA
-    device_class_name: str = Field(
-        default="gpu.nvidia.com",
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="DRA DeviceClass of the pool's devices (sharing DRA).",
+    device_class_name: ObjectName = Field(
+        default="gpu.nvidia.com", description="DRA DeviceClass of the pool's devices (sharing DRA)."
     )
     device_resource_name: str = Field(
         default="nvidia.com/gpu",

@@ -7,7 +7,7 @@ from typing import Any, Self
 from pydantic import ConfigDict, Field
 from pydantic.config import JsonDict
 
-from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, cel, list_map
+from .base import ApiModel, ObjectName, cel, list_map
 from .common import EnvVar, LocalObjectReference, Toleration
 from .model_spec import ImagePullPolicy, ModelResources, Placement, SleepSpec, WakeSpec
 from .model_status import ModelDeploymentStatus
@@ -112,13 +112,9 @@ class ModelDeploymentSpec(ApiModel):
     placement: Placement = Field(default_factory=Placement, json_schema_extra={"default": {}})
     node_selector: dict[str, str] | None = Field(default=None, json_schema_extra=_MAP_STR)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    service_account_name: str | None = Field(
-        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
-    )
+    service_account_name: ObjectName | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
-    priority_class_name: str | None = Field(
-        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
-    )
+    priority_class_name: ObjectName | None = None
     pod_labels: dict[str, str] | None = Field(
         default=None,
         description="Extra pod labels (the operator's own vllm-sleep.io/ labels win).",

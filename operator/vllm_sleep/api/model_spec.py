@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import DNS_SUBDOMAIN_PATTERN, ApiModel, Duration, cel, duration_field
+from .base import ApiModel, Duration, ObjectName, cel, duration_field
 from .quantity import Quantity
 
 
@@ -123,11 +123,8 @@ class WakeSpec(ApiModel):
 
 
 class Placement(ApiModel):
-    pool: str | None = Field(
-        default=None,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="GPUPool to run in. Without a pool, each replica gets whole GPUs.",
+    pool: ObjectName | None = Field(
+        default=None, description="GPUPool to run in. Without a pool, each replica gets whole GPUs."
     )
     priority: int = Field(
         default=0,
