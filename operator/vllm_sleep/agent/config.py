@@ -42,6 +42,8 @@ class AgentConfig(BaseModel):
         f"http://127.0.0.1:{VLLM_PORT}", description=f"vLLM base URL (http://127.0.0.1:{VLLM_PORT})"
     )
     control_token: SecretStr  # from --token-file or the environment (from_cli)
+    # The file it was read from (a mounted Secret), followed for rotations (agent/token.py).
+    control_token_file: str | None = None
     # Inference requests arriving while the engine is not awake wait this long for it.
     hold_timeout: float = Field(30.0, ge=0, description="seconds a request waits for a wake (30)")
     max_held: int = Field(1024, ge=0, description="requests held at once, beyond: 429 (1024)")
@@ -110,6 +112,7 @@ class AgentConfig(BaseModel):
         ns = build_parser().parse_args(argv)
         values = {k: v for k, v in vars(ns).items() if v is not None and k != "token_file"}
         values["control_token"] = _read_token(ns.token_file, env)
+        values["control_token_file"] = ns.token_file
         try:
             return cls(**values)
         except ValidationError as e:
@@ -142,6 +145,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vllm-sleep agent", description="the per-pod sleep guard (sidecar)")
     for name, info in AgentConfig.model_fields.items():
+        if name == "control_token_file":
+            continue  # --token-file, below
         if name == "control_token":
             p.add_argument(
                 "--token-file", help=f"control token file (default: ${ENV_CONTROL_TOKEN})"

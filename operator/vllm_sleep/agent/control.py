@@ -6,7 +6,6 @@ no secrets, scraped by Prometheus) and `/healthz` (the agent process itself is u
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ from .gate import Gate
 from .metrics import AgentMetrics
 from .openai_errors import error_body, error_response
 from .state import StateBoard
+from .token import ControlToken
 from .transitions import Outcome, Transitions
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ class ControlAPI:
     ) -> None:
         self._config = config
         self._clock = clock
-        self._token = config.control_token.get_secret_value().encode()
+        self._token = ControlToken(
+            config.control_token.get_secret_value(), config.control_token_file
+        )
         self._board, self._gate = board, gate
         self._transitions, self._metrics = transitions, metrics
 
@@ -96,11 +98,10 @@ class ControlAPI:
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        # compare_digest: the time taken must not tell an attacker how much of a guess matched.
         # surrogateescape: the header's own bytes, whatever they are (aiohttp decodes them so),
         # so a non-UTF-8 token is a wrong token (401), never an encoding error.
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("utf-8", "surrogateescape"), self._token
+        return scheme.lower() == "bearer" and self._token.matches(
+            token.strip().encode("utf-8", "surrogateescape")
         )
 
     async def state(self, request: web.Request) -> web.Response:
