@@ -66,13 +66,17 @@ class Sleep:
 
 @dataclass(frozen=True)
 class Wake:
+    """Ask the pod's agent to wake its engine. The pod goes back into routing (a Route) only
+    once its agent reports it awake."""
+
     pod: str
     reason: str
 
 
 @dataclass(frozen=True)
 class Route:
-    """Set the pod's readiness gate: True puts it into routing, False takes it out."""
+    """Set the pod's readiness gate: True puts it into routing (once its agent reports it
+    awake), False takes it out (before a sleep, so no new request reaches a draining engine)."""
 
     pod: str
     routed: bool
