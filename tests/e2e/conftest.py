@@ -137,8 +137,9 @@ class GatewayProc(Proc):
         raise AssertionError(f"gateway not ready:\n{self.tail()}")
 
 
-def start_gateway(kube: Kube, logs: Path) -> GatewayProc:
-    """Start a gateway with its ServiceAccount's RBAC and wait until it listed everything."""
+def start_gateway(kube: Kube, logs: Path, workers: int = 1) -> GatewayProc:
+    """Start a gateway with its ServiceAccount's RBAC and wait until it listed everything.
+    One worker process unless asked (hold-queue bounds are per process)."""
     kubeconfig = service_account_kubeconfig(kube, "vllm-sleep-gateway", logs / "kubeconfig")
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -151,6 +152,7 @@ def start_gateway(kube: Kube, logs: Path) -> GatewayProc:
         f"--port={port}",
         f"--kubeconfig={kubeconfig}",
         "--demand-interval=1",
+        f"--workers={workers}",
     ]
     proc = GatewayProc(argv, env, logs, f"http://127.0.0.1:{port}")
     proc.start()

@@ -1,0 +1,197 @@
+"""`vllm-sleep gateway --workers N` as real processes: N workers on one port, supervised.
+
+The workers' API server is unreachable (their watches retry), so they serve what a gateway
+serves before its first list: /healthz, /metrics, /readyz 503. That is all the supervisor's
+contract needs; requests routed and held by several workers are tests/e2e/test_gateway_workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.contract
+
+HOST = "127.0.8.140"
+T = TypeVar("T")
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:9"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Callable[[], T | None], timeout: float = 30, what: str = "it") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid: int) -> set[int]:
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Supervised:
+    def __init__(self, tmp: Path, workers: int, *extra: str) -> None:
+        kubeconfig = tmp / "kubeconfig"
+        kubeconfig.write_text(KUBECONFIG)
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log = tmp / "gateway.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "vllm_sleep.cli",
+            "gateway",
+            f"--host={HOST}",
+            f"--port={self.port}",
+            f"--kubeconfig={kubeconfig}",
+            f"--workers={workers}",
+            *extra,
+        ]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    def healthz(self) -> int:
+        """One request on a new connection (the kernel picks the worker per connection)."""
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code
+        except httpx.HTTPError:
+            return 0
+
+    def per_worker(self) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        found = re.findall(
+            r'^vllm_sleep_gateway_worker_requests_total\{worker="(\d+)"\} (\S+)$', text, re.M
+        )
+        return {w: float(v) for w, v in found}
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[Supervised]:
+    gw = Supervised(tmp_path, 2)
+    try:
+        wait_for(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
+        wait_for(lambda: gw.healthz() == 200, what=f"/healthz\n{gw.tail()}")
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_workers_share_the_port_and_any_worker_answers_metrics_for_all(two: Supervised) -> None:
+    # Connections are spread by the kernel: with enough new ones, both workers answer.
+    def both_answered() -> dict[str, float] | None:
+        for _ in range(8):
+            assert two.healthz() == 200
+        counts = two.per_worker()
+        return counts if len(counts) == 2 and all(v > 0 for v in counts.values()) else None
+
+    counts = wait_for(both_answered, what=f"both workers answering\n{two.tail()}")
+    assert set(counts) == {"0", "1"}
+    # Before the first list every worker is not ready, whichever answers.
+    r = httpx.get(f"{two.url}/readyz", timeout=5)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+
+
+def test_a_killed_worker_is_restarted_while_the_other_serves(two: Supervised) -> None:
+    first = children(two.proc.pid)
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    # Connections queued at the dying worker's socket are reset with it (SO_REUSEPORT; see
+    # docs/gateway.md); once it is gone the survivor takes every new one.
+    wait_for(lambda: not alive(victim), what="the worker to die")
+    replaced = set[int]()
+
+    def restarted() -> bool:
+        assert two.healthz() == 200, two.tail()
+        nonlocal replaced
+        replaced = children(two.proc.pid)
+        return len(replaced) == 2 and victim not in replaced
+
+    wait_for(restarted, what=f"a new worker\n{two.tail()}")
+    assert replaced - first  # a new process took the dead one's place
+    assert "restarting" in two.tail()
+
+
+def test_sigterm_stops_every_worker_and_exits_0(two: Supervised) -> None:
+    workers = children(two.proc.pid)
+    two.proc.send_signal(signal.SIGTERM)
+    assert two.proc.wait(30) == 0, two.tail()
+    assert not any(alive(pid) for pid in workers)
+    assert two.healthz() == 0  # nobody listens
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(two: Supervised) -> None:
+    workers = children(two.proc.pid)
+    two.proc.kill()
+    two.proc.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in workers), 30, what="orphaned workers to end")
+    assert two.healthz() == 0
+
+
+def test_workers_that_keep_dying_make_the_supervisor_exit_1(tmp_path: Path) -> None:
+    # A keys file missing at start makes every worker fail as it starts.
+    gw = Supervised(tmp_path, 2, f"--api-keys-file={tmp_path / 'missing'}")
+    try:
+        assert gw.proc.wait(60) == 1, gw.tail()
+    finally:
+        gw.stop()
+    assert "giving up" in gw.tail()
+
+
+def test_one_worker_is_the_process_itself(tmp_path: Path) -> None:
+    gw = Supervised(tmp_path, 1)
+    try:
+        wait_for(lambda: gw.healthz() == 200, what=f"/healthz\n{gw.tail()}")
+        assert children(gw.proc.pid) == set()  # no supervisor, no fork
+        assert gw.per_worker() == {}  # and no per-worker series
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0
