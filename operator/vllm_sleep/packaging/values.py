@@ -37,6 +37,9 @@ def _or_empty(pattern: str) -> str:
 
 
 NamespaceName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+# Names that may be left empty: "" means the value is unset (see each field's description).
+OptionalNamespace = Annotated[str, Field(pattern=_or_empty(DNS_LABEL), max_length=63)]
+OptionalSecretName = Annotated[str, Field(pattern=_or_empty(DNS_SUBDOMAIN), max_length=253)]
 
 
 class _Values(BaseModel):
@@ -139,11 +142,8 @@ class Gateway(_Values):
         default_factory=list,
         description="route to models in these namespaces only (empty: every namespace)",
     )
-    apiKeysSecret: str = Field(
-        "",
-        pattern=_or_empty(DNS_SUBDOMAIN),
-        max_length=253,
-        description="Secret whose key `keys` lists API keys, one per line (empty: no auth)",
+    apiKeysSecret: OptionalSecretName = Field(
+        "", description="Secret whose key `keys` lists API keys, one per line (empty: no auth)"
     )
     extraArgs: list[str] = Field(
         default_factory=list,
@@ -167,11 +167,8 @@ class NetworkPolicy(_Values):
         default_factory=list,
         description="NetworkPolicyPeers allowed to call the gateway (empty: anyone)",
     )
-    monitoringNamespace: str = Field(
-        "",
-        pattern=_or_empty(DNS_LABEL),
-        max_length=63,
-        description="namespace of Prometheus: may scrape every metrics port",
+    monitoringNamespace: OptionalNamespace = Field(
+        "", description="namespace of Prometheus: may scrape every metrics port"
     )
 
 
@@ -196,8 +193,8 @@ class Dashboard(_Values):
         default_factory=lambda: {"grafana_dashboard": "1"},
         description="labels the Grafana sidecar selects on",
     )
-    namespace: str = Field(
-        "", pattern=_or_empty(DNS_LABEL), description="where the ConfigMap goes (empty: release)"
+    namespace: OptionalNamespace = Field(
+        "", description="where the ConfigMap goes (empty: release)"
     )
 
 
