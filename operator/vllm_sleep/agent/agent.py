@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # dropped before that, or a request can be written into a socket the server is closing.
 UPSTREAM_KEEPALIVE = 4.0
 SHUTDOWN_GRACE = 2.0
+CONTROL_IDLE_DEFAULT = 3630.0  # aiohttp's own, when the timeouts are 0 (none)
 
 
 class Agent(Service):
@@ -38,9 +39,7 @@ class Agent(Service):
         self.board = StateBoard(clock.monotonic)
         self.gate = Gate(
             max_held=config.max_held,
-            on_first_held=self.board.bump,
-            on_busy=self.board.bump,
-            on_idle=self.board.bump,
+            on_edge=self.board.bump,
             clock=clock.monotonic,
         )
         self.metrics = AgentMetrics(self.gate, self.board)
@@ -115,6 +114,13 @@ class Agent(Service):
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_GRACE,
                 logger=_ClientErrorLog(log, {}),
+                # aiohttp's keep-alive timer runs from the connection's start and from each
+                # answer, and only closes a connection still waiting for a complete head: so
+                # it is the control port's head timeout (idle and trickled heads alike), never
+                # a cut of a long-poll in progress. An unread body is drained for at most
+                # lingering_time, then the connection is closed.
+                keepalive_timeout=cfg.header_timeout or CONTROL_IDLE_DEFAULT,
+                lingering_time=cfg.body_timeout or CONTROL_IDLE_DEFAULT,
             )
             self.control_port = await self._serve(control, cfg.control_port)
         except BaseException:
