@@ -311,13 +311,14 @@ def observe_replica(
         elif running is Transition.WAKE and state == AgentState.ASLEEP:
             state = AgentState.WAKING
     return ReplicaObservation(
+        # The pod's own facts, then its agent's.
         pod=pod.name,
-        agent=state,
         routed=pod.routed,
+        deleting=pod.deleting,
+        agent=state,
         inflight=report.inflight,
         held=report.held,
         last_activity=report.last_activity,
-        deleting=pod.deleting,
     )
 
 
