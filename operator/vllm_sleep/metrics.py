@@ -23,6 +23,7 @@ class OperatorMetrics:
         self.models_by_phase = m.gauge("models", "ModelDeployments by phase", *_MODEL, "phase")
         self.reconcile_errors = m.counter("reconcile_errors_total", "Errors while reconciling a model", *_MODEL)
         self.demand_signals = m.counter("demand_signals_total", "Demand Lease renewals seen", *_MODEL)
+        self.leader = m.gauge("operator_leader", "1 while this replica acts (holds the leader Lease, or runs without leader election), 0 while it stands by")
 
         # GPU pools (docs/scheduler.md "In the operator").
         self.pool_evictions = m.counter("pool_evictions_total", "Awake replicas put to sleep to make room for a neighbour's wake or start", "pool")

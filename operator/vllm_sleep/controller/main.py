@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import socket
+import uuid
+from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,17 +19,38 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..api.leader import LEADER_LEASE_NAME, Timings
 from ..api.served_names import ExposureError, ExposurePolicy
 from ..logs import configure
 from ..metrics import OperatorMetrics
 from .agents import AgentClient
+from .agent_transport import PerAgentTransport
 from .context import Context, Settings
 from .handlers import register
 from .kube import Kube
+from .leader import LeaderElector
 from .pools import Pools
 from .served_names import ServedNames
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/vllm-sleep/vllm-sleep-operator:0.1.0"
+DEFAULT_LEASE_NAMESPACE = "vllm-sleep-system"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    """Where the leader Lease lives by default: the operator pod's own namespace."""
+    if ns := os.environ.get("POD_NAMESPACE"):
+        return ns
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or DEFAULT_LEASE_NAMESPACE
+    except OSError:
+        return DEFAULT_LEASE_NAMESPACE
+
+
+def _identity() -> str:
+    """Pod name plus a random part: a restarted process is a new candidate, never mistaken for
+    the one that held the Lease before it (that one may still be acting)."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,6 +79,20 @@ def parser() -> argparse.ArgumentParser:
         help="the gateway's --expose policy, so refused models say so in their status",
     )
     p.add_argument("--resync-seconds", type=float, default=30.0)
+    lead = p.add_argument_group("leader election (docs/reliability.md)")
+    lead.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="act only while holding the leader Lease (run 2+ replicas; the chart turns it on)",
+    )
+    lead.add_argument("--leader-lease-namespace", default=None, help="default: the pod's own")
+    lead.add_argument("--leader-lease-name", default=LEADER_LEASE_NAME)
+    lead.add_argument("--leader-identity", default=None, help="default: pod name + random")
+    t = Timings()
+    lead.add_argument("--leader-lease-duration", type=float, default=t.lease_duration)
+    lead.add_argument("--leader-renew-deadline", type=float, default=t.renew_deadline)
+    lead.add_argument("--leader-retry-period", type=float, default=t.retry_period)
     p.add_argument("--log-level", default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"))
     p.add_argument(
         "--debug", action="store_true", help="debug logs of the operator's own decisions"
@@ -82,6 +122,48 @@ async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
     return runner
 
 
+async def _serve_standby_health(bind: str) -> web.AppRunner:
+    """/healthz while standing by (kopf serves it once this replica leads): a standby is alive."""
+
+    async def handler(_req: web.Request) -> web.Response:
+        return web.json_response({"status": "standby"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    host, _, port = bind.rpartition(":")
+    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    return runner
+
+
+async def _lead(elector: LeaderElector, health_bind: str) -> None:
+    """Block as a standby until this replica holds the leader Lease."""
+    health = await _serve_standby_health(health_bind)
+    try:
+        await elector.acquire()
+    finally:
+        await health.cleanup()
+
+
+async def _act_while_leading(elector: LeaderElector, acting: Awaitable[None]) -> None:
+    """Run the handlers while renewing; a lost Lease ends the process (never a second actor),
+    a clean stop (SIGTERM: kopf returns) releases the Lease for a standby."""
+    handlers = asyncio.ensure_future(acting)
+    holding = asyncio.ensure_future(elector.hold())
+    try:
+        await asyncio.wait({handlers, holding}, return_when=asyncio.FIRST_COMPLETED)
+        if not handlers.done():
+            elector.stop_acting("another replica holds the leader Lease")
+        await handlers
+    finally:
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+        if handlers.done():
+            await elector.release()
+
+
 async def run(args: argparse.Namespace) -> None:
     from .children import Children
     from .spec import parse_model
@@ -91,9 +173,7 @@ async def run(args: argparse.Namespace) -> None:
     metrics = OperatorMetrics()
     settings = Settings(agent_image=args.agent_image, resync_seconds=args.resync_seconds)
     kube = Kube(api)
-    async with httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500)
-    ) as http:
+    async with httpx.AsyncClient(transport=PerAgentTransport()) as http:
         ctx = Context(
             settings=settings,
             kube=kube,
@@ -109,11 +189,27 @@ async def run(args: argparse.Namespace) -> None:
         runner = await _serve_metrics(metrics, args.metrics_bind)
         kwargs: dict[str, Any] = {"clusterwide": not args.namespace, "namespaces": args.namespace}
         try:
-            await kopf.operator(
+            elector = None
+            if args.leader_elect:
+                elector = LeaderElector(
+                    client.CoordinationV1Api(api),
+                    client.CoreV1Api(api),
+                    args.leader_lease_namespace or _own_namespace(),
+                    args.leader_lease_name,
+                    args.leader_identity or _identity(),
+                    args.timings,
+                    on_leading=lambda leading: metrics.leader.set(1 if leading else 0),
+                )
+                metrics.leader.set(0)
+                await _lead(elector, args.health_bind)
+            else:
+                metrics.leader.set(1)
+            acting = kopf.operator(
                 registry=registry,
                 liveness_endpoint=f"http://{args.health_bind}/healthz",
                 **kwargs,
             )
+            await (acting if elector is None else _act_while_leading(elector, acting))
         finally:
             await runner.cleanup()
             await api.close()
@@ -126,6 +222,12 @@ def main(argv: list[str]) -> int:
         args.exposure = ExposurePolicy.parse(args.expose)
     except ExposureError as e:
         p.error(str(e))
+    try:
+        args.timings = Timings(
+            args.leader_lease_duration, args.leader_renew_deadline, args.leader_retry_period
+        )
+    except ValueError as e:
+        p.error(f"leader election timings: {e}")
     configure(args.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
     # kopf logs every successful event handler at INFO; ours only kick a model's loop.
