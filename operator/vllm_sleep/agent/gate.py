@@ -36,15 +36,13 @@ class Gate:
         self,
         *,
         max_held: int,
-        on_first_held: Callable[[], None] = lambda: None,
-        on_busy: Callable[[], None] = lambda: None,
-        on_idle: Callable[[], None] = lambda: None,
+        on_edge: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_held = max_held
-        self._on_first_held = on_first_held
-        self._on_busy = on_busy
-        self._on_idle = on_idle
+        # Called on each edge the operator must hear of at once (agent/state.py): the first
+        # held request, the busy edge and the idle edge; once per burst, not per request.
+        self._on_edge = on_edge
         self._clock = clock
         self.mode = Mode.HOLD
         self.inflight = 0
@@ -94,7 +92,7 @@ class Gate:
         fut: asyncio.Future[Admission] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         if len(self._waiters) == 1:
-            self._on_first_held()
+            self._on_edge()  # the demand edge: a request waits, the operator should wake us
         try:
             await asyncio.wait((fut,), timeout=hold_timeout)
         except asyncio.CancelledError:
@@ -112,7 +110,7 @@ class Gate:
             self._idle.set()
             # The idle edge: the operator's idle timer starts here, so it must hear of it
             # (once per burst, not per request).
-            self._on_idle()
+            self._on_edge()
 
     async def wait_idle(self, timeout: float) -> bool:
         """True once nothing is in flight; False if `timeout` passed first."""
@@ -131,7 +129,7 @@ class Gate:
             # The busy edge, the idle edge's twin: an operator that last saw the engine idle
             # must hear at once that work started, or it may order an idle sleep under a
             # long request (once per burst, not per request).
-            self._on_busy()
+            self._on_edge()
 
     def _abandon(self, fut: asyncio.Future[Admission]) -> None:
         if fut.done() and not fut.cancelled() and fut.result() is Admission.ADMITTED:

@@ -36,12 +36,24 @@ async def test_held_requests_are_released_in_order_with_their_slots() -> None:
 
 async def test_first_held_request_signals_demand_once() -> None:
     signals: list[int] = []
-    gate = Gate(max_held=10, on_first_held=lambda: signals.append(1))
+    gate = Gate(max_held=10, on_edge=lambda: signals.append(1))
     tasks = [asyncio.create_task(gate.acquire(5)) for _ in range(3)]
     await asyncio.sleep(0)
     assert signals == [1]
     gate.open()
     await asyncio.gather(*tasks)
+
+
+async def test_busy_and_idle_edges_signal_once_per_burst() -> None:
+    signals: list[str] = []
+    gate = Gate(max_held=10, on_edge=lambda: signals.append(f"inflight={gate.inflight}"))
+    gate.open()
+    for _ in range(3):
+        assert await gate.acquire(1) is Admission.ADMITTED
+    assert signals == ["inflight=1"]  # the busy edge only
+    for _ in range(3):
+        gate.release()
+    assert signals == ["inflight=1", "inflight=0"]  # then the idle edge only
 
 
 async def test_hold_timeout_and_full_queue() -> None:
