@@ -8,7 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from vllm_sleep.api.names import PUBLIC_PORT
 from vllm_sleep.api.served_names import ExposureError, ExposurePolicy
@@ -99,30 +99,17 @@ class GatewayConfig:
             exposure = ExposurePolicy.parse(ns.expose)
         except ExposureError as e:
             raise GatewayConfigError(str(e)) from e
-        namespaces = tuple(n for part in ns.namespace for n in part.split(",") if n)
+        # A flag named as its field sets it as parsed; the timeouts read 0 as none; the rest
+        # are converted here.
+        values = {f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)}
+        for timeout in ("header_timeout", "body_timeout", "read_timeout", "send_timeout"):
+            values[timeout] = values[timeout] or None
         return cls(
+            **values,
             listen_host=ns.host,
-            port=ns.port,
             gateway_id=ns.id or env.get("POD_NAME", "") or f"gateway-{uuid.uuid4().hex[:8]}",
-            namespaces=namespaces,
-            kubeconfig=ns.kubeconfig,
-            api_keys_file=ns.api_keys_file,
-            max_body_bytes=ns.max_body_bytes,
-            header_timeout=ns.header_timeout or None,
-            body_timeout=ns.body_timeout or None,
-            max_buffered_bytes=ns.max_buffered_bytes,
-            max_body_chunks=ns.max_body_chunks,
-            max_json_tokens=ns.max_json_tokens,
-            max_json_depth=ns.max_json_depth,
-            retry_after=ns.retry_after,
-            demand_interval=ns.demand_interval,
-            backend_port=ns.backend_port,
-            connect_timeout=ns.connect_timeout,
-            read_timeout=ns.read_timeout or None,
-            send_timeout=ns.send_timeout or None,
+            namespaces=tuple(n for part in ns.namespace for n in part.split(",") if n),
             exposure=exposure,
-            access_log=ns.access_log,
-            workers=ns.workers,
         )
 
 
