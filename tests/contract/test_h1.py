@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import random
+import select
 import socket
 import struct
 from collections import deque
@@ -1270,6 +1271,146 @@ async def test_bytes_on_an_idle_connection_make_the_pool_drop_it() -> None:
         assert up.accepted == 2
 
 
+class RawUpstream:
+    """An upstream on plain sockets: the test decides the instant a connection closes (a
+    socket's close() is synchronous; an asyncio transport's is not)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind((UPSTREAM, 0))
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+
+    async def accept(self) -> socket.socket:
+        conn, _ = await asyncio.get_running_loop().sock_accept(self.listener)
+        return conn
+
+    async def answer(self, conn: socket.socket, response: bytes) -> None:
+        """Read one whole request (a head without a body, as `keep_alive_race` sends) and answer."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        while not data.endswith(b"\r\n\r\n"):
+            chunk = await loop.sock_recv(conn, 1 << 16)
+            assert chunk, "the pool closed the connection"
+            data += chunk
+        self.requests.append(data)
+        await loop.sock_sendall(conn, response)
+
+    async def serve_one(self, response: bytes) -> None:
+        conn = await self.accept()
+        with conn:
+            await self.answer(conn, response)
+            await asyncio.sleep(WAIT)  # keep it open while the pool reads
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+async def keep_alive_race(
+    pool: UpstreamPool, up: RawUpstream, close: Callable[[socket.socket], Awaitable[None]]
+) -> Exchange:
+    """One request answered on a connection the pool keeps; `close` closes the upstream's end
+    of it; the second request (which `close` may find pending) meets that close."""
+    first = asyncio.ensure_future(pool.request(UPSTREAM, up.port, upstream_head(b"/1"), b""))
+    conn = await up.accept()
+    await up.answer(conn, http(200, b"one"))
+    ex = await first
+    assert await ex.read(100) == (b"one", True)
+    ex.release()
+    fresh = asyncio.ensure_future(up.serve_one(http(200, b"two")))
+    try:
+        return await close(conn)  # type: ignore[func-returns-value]
+    finally:
+        fresh.cancel()
+        conn.close()
+
+
+async def test_a_pooled_connection_its_upstream_closed_is_not_written_to() -> None:
+    """The upstream's FIN is in the pool's socket, not yet read by the event loop, when the
+    next request takes that connection: it goes out on a fresh one, and the closed one got
+    not one byte."""
+    up = RawUpstream()
+    try:
+        async with pooled() as pool:
+
+            async def close_then_send(conn: socket.socket) -> Exchange:  # type: ignore[return]
+                conn.shutdown(socket.SHUT_WR)  # the idle close, as the upstream sees it
+                (idle,) = pool._idle[(UPSTREAM, up.port)]
+                client_end = idle.transport.get_extra_info("socket")  # type: ignore[union-attr]
+                # Blocking on purpose: the FIN is in, and the event loop has not run since.
+                assert select.select([client_end.fileno()], [], [], WAIT)[0]
+                ex = await pool.request(UPSTREAM, up.port, upstream_head(b"/2"), b"")
+                assert select.select([conn], [], [], WAIT)[0]
+                assert conn.recv(1) == b""  # dropped by the pool: not one byte written on it
+                return ex
+
+            ex = await keep_alive_race(pool, up, close_then_send)
+            assert await ex.read(100) == (b"two", True)
+            ex.release()
+        assert [r.split(b" ")[1] for r in up.requests] == [b"/1", b"/2"]
+    finally:
+        up.close()
+
+
+async def test_a_pooled_connection_reset_under_an_unread_request_sends_it_again() -> None:
+    """The upstream closes the connection with the request in its socket, unread: the reset
+    says no byte was taken, so the request goes out once more, on a fresh connection."""
+    up = RawUpstream()
+    try:
+        async with pooled() as pool:
+
+            async def close_under_request(conn: socket.socket) -> Exchange:
+                second = asyncio.ensure_future(
+                    pool.request(UPSTREAM, up.port, upstream_head(b"/2"), b"")
+                )
+                async with asyncio.timeout(WAIT):
+                    while not select.select([conn], [], [], 0)[0]:  # noqa: ASYNC110 - a socket has no event
+                        await asyncio.sleep(0.001)
+                conn.close()  # unread bytes in it: the kernel answers with a reset
+                return await second
+
+            ex = await keep_alive_race(pool, up, close_under_request)
+            assert await ex.read(100) == (b"two", True)
+            ex.release()
+        assert [r.split(b" ")[1] for r in up.requests] == [b"/1", b"/2"]  # read once
+    finally:
+        up.close()
+
+
+async def test_a_pooled_connection_closed_after_its_request_was_read_is_final() -> None:
+    """A clean close after the upstream read the request (it may be running): an
+    UpstreamError, never a second copy."""
+    up = RawUpstream()
+    try:
+        async with pooled() as pool:
+
+            async def read_then_close(conn: socket.socket) -> Exchange:
+                second = asyncio.ensure_future(
+                    pool.request(UPSTREAM, up.port, upstream_head(b"/2"), b"")
+                )
+                loop = asyncio.get_running_loop()
+                data = b""
+                while not data.endswith(b"\r\n\r\n"):
+                    data += await loop.sock_recv(conn, 1 << 16)
+                conn.close()  # everything read: a FIN
+                with pytest.raises(UpstreamError) as info:
+                    await second
+                assert not isinstance(info.value, UpstreamTimeout)
+                raise _Final()
+
+            with pytest.raises(_Final):
+                await keep_alive_race(pool, up, read_then_close)
+        assert [r.split(b" ")[1] for r in up.requests] == [b"/1"]  # the second never again
+    finally:
+        up.close()
+
+
+class _Final(Exception):
+    pass
+
+
 async def test_pool_close_closes_idle_connections_and_refuses_new_requests() -> None:
     async with Upstream(answering(http(200, b"ok"))) as up:
         pool = UpstreamPool(connect_timeout=1.0)
@@ -1976,6 +2117,8 @@ async def _uvloop_splice_503() -> None:
         test_a_body_that_stops_arriving_is_408_and_its_bytes_are_released,
         test_the_buffering_budget_is_shared_by_all_connections_and_released,
         test_a_head_refused_by_on_head_is_answered_before_the_body_is_read,
+        test_a_pooled_connection_reset_under_an_unread_request_sends_it_again,
+        test_a_pooled_connection_closed_after_its_request_was_read_is_final,
     ],
     ids=lambda case: case.__name__.removeprefix("test_").removeprefix("_uvloop_"),
 )

@@ -7,6 +7,10 @@ request provably never reached an engine:
   - the agent answered one of its own refusals (api.openai_errors.AGENT_REFUSALS: 503
     `hold_timeout`, `engine_unavailable`, `engine_unreachable`, 429 `queue_full`): the agent
     guarantees such a request was never forwarded to vLLM.
+(The upstream pool also sends a request again by itself, on a fresh connection to the same
+replica, when a pooled connection was closed under it before any byte of it was read: the
+keep-alive race, h1/client.py. That is not a retry in this sense: the first copy was never
+taken.)
 Anything else after the connection was open (a disconnect while writing or reading, a read
 timeout, any other status, including a 503 or 429 that vLLM itself produced) is final: the body may
 have reached the engine, so it is answered (502/504 or the upstream's own response), never resent.

@@ -4,13 +4,31 @@ The errors say exactly how far a request got, which is what the gateway's never-
 rule is built on:
   - ConnectError: the connection could not be opened; not one byte of the request was written;
   - UpstreamTimeout / UpstreamError: the request was written (it may have reached the engine).
-An idle pooled connection is closed after `idle_timeout` (below the agents' 75 s keep-alive,
-so the upstream never closes one under a request we are sending).
+An idle pooled connection is closed after `idle_timeout` (below the agents' 75 s keep-alive).
+
+An upstream may still close an idle connection at any moment (it stops, it restarts), and a
+request written onto it at that instant is the keep-alive race. The pool sends such a request
+again, once, on a fresh connection, exactly when no byte of it can have been taken:
+  - before writing onto a pooled connection, the pool asks the kernel whether it is readable:
+    an idle HTTP/1.1 connection has nothing to read, so readable means the upstream's close
+    (FIN or reset), or stray bytes, is already there; the connection is dropped unwritten
+    (urllib3's `is_connection_dropped`, done here because the event loop may not have read
+    that close yet);
+  - after writing onto a pooled connection: a reset (ECONNRESET/EPIPE) before the first
+    response byte means the upstream's kernel discarded bytes its process never read (a
+    socket closed with unread data answers with a reset; one that read everything closes with
+    a FIN, also when asyncio or libuv abort it: only SO_LINGER 0 resets regardless). Whoever upstream acts on a request only once it has all of it, as the agent does,
+    never acted on this one.
+A clean close (FIN) after the request was written is final: it looks the same as an upstream
+that read the request and then died. Go's net/http resends that case for idempotent methods
+only; every request here is a POST. A fresh connection is never retried (Go's rule too: a
+server that resets a new connection is not racing a keep-alive timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 from collections.abc import Callable
 from typing import cast
@@ -33,6 +51,10 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """No byte from the upstream within the read timeout."""
+
+
+class _Unread(UpstreamError):
+    """A pooled connection was reset before any response byte: the request was not read."""
 
 
 class _Conn(asyncio.Protocol):
@@ -65,6 +87,7 @@ class _Conn(asyncio.Protocol):
             self.close()
             return
         ex = self.exchange
+        ex.answered = True
         if not ex.complete:  # a finished exchange waits for nothing (see on_message_complete)
             self._rearm()
         if ex.sink is not None:
@@ -204,8 +227,11 @@ class Exchange:
         header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
         head_only: bool = False,
         buffered: frozenset[int] = frozenset({503}),
+        reused: bool = False,
     ) -> None:
         self._conn = conn
+        self._reused = reused  # the connection came from the pool (it carried requests before)
+        self.answered = False  # a byte of the response arrived
         self._buffered_statuses = buffered
         self._head_only = head_only  # the request was HEAD: the response has no body
         loop = asyncio.get_running_loop()
@@ -289,6 +315,9 @@ class Exchange:
             # The close is the end of this body, but only a clean EOF: a reset (exc set)
             # cut it short, and ending it would hand the client a truncated body as whole.
             self.message_complete(False)
+            return
+        if self._reused and not self.answered and isinstance(exc, _RESETS):
+            self.fail(_Unread(f"the pooled connection was reset: {exc}"))
             return
         self.fail(UpstreamError(f"the model server closed the connection: {exc or 'EOF'}"))
 
@@ -390,11 +419,29 @@ class Exchange:
         self.release()
 
 
+# A reset, reported by a read (ECONNRESET) or by a write after it (EPIPE).
+_RESETS = (ConnectionResetError, BrokenPipeError)
+
+
 def _close_delimited(headers: RawHeaders) -> bool:
     if find_header(headers, b"content-length") is not None:
         return False
     te = find_header(headers, b"transfer-encoding")
     return te is None or b"chunked" not in te.lower()
+
+
+def _readable(conn: _Conn) -> bool:
+    """Whether an idle connection has something to read now: the upstream's close (or bytes
+    nobody asked for), arrived but maybe not yet seen by the event loop."""
+    transport = conn.transport
+    if transport is None:
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whatever was asked
 
 
 class UpstreamPool:
@@ -425,10 +472,35 @@ class UpstreamPool:
         buffered: frozenset[int] = frozenset({503}),
     ) -> Exchange:
         """Send one request; returns once the response head is in (see Exchange for `sink`
-        and `buffered`)."""
-        conn = self._take(host, port) or await self._connect(host, port)
+        and `buffered`). Sent a second time only when the first copy provably was not read
+        (the module's docstring)."""
+        conn = self._take(host, port)
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(host, port)
+        try:
+            return await self._exchange(conn, reused, head, body, sink, header_filter, buffered)
+        except _Unread:
+            conn = await self._connect(host, port)
+            return await self._exchange(conn, False, head, body, sink, header_filter, buffered)
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        reused: bool,
+        head: bytes,
+        body: bytes,
+        sink: Reply | None,
+        header_filter: Callable[[RawHeaders], RawHeaders],
+        buffered: frozenset[int],
+    ) -> Exchange:
         exchange = Exchange(
-            conn, sink, header_filter, head_only=head.startswith(b"HEAD "), buffered=buffered
+            conn,
+            sink,
+            header_filter,
+            head_only=head.startswith(b"HEAD "),
+            buffered=buffered,
+            reused=reused,
         )
         conn.send(exchange, head, body)
         try:
@@ -446,7 +518,7 @@ class UpstreamPool:
         cutoff = time.monotonic() - self.idle_timeout
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
-            if conn.idle_since < cutoff:
+            if conn.idle_since < cutoff or _readable(conn):
                 conn.close()
             elif conn.transport is not None and not conn.transport.is_closing():
                 return conn
