@@ -52,9 +52,7 @@ class SimEngine:
         clock: Clock,
         memory_limit_bytes: int | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.device = device
-        self.host_memory = host_memory
+        self.cfg, self.device, self.host_memory = cfg, device, host_memory
         self.clock = clock.child(cfg.time_scale)
         self.name = f"{cfg.served_names[0]}@{cfg.host or '0.0.0.0'}:{cfg.port}"
         self.sched = Scheduler(cfg.max_num_seqs)
