@@ -79,7 +79,16 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def _as_worker(config: GatewayConfig, role: WorkerRole) -> GatewayConfig:
-    return dataclasses.replace(config, workers=1, reuse_port=True, bind_after_list=role.late)
+    # --max-buffered-bytes bounds the gateway's memory (the pod's limit), not one process's:
+    # each of N workers holds its share, and always at least one whole body.
+    share = max(config.max_body_bytes, config.max_buffered_bytes // (config.workers or 1))
+    return dataclasses.replace(
+        config,
+        workers=1,
+        reuse_port=True,
+        bind_after_list=role.late,
+        max_buffered_bytes=share,
+    )
 
 
 async def _supervise(argv: list[str], config: GatewayConfig, chosen: dict[str, int]) -> None:

@@ -127,7 +127,7 @@ def merged_registry() -> CollectorRegistry:
     from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
 
 
@@ -259,7 +259,7 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         with contextlib.suppress(OSError):
-            multiprocess.mark_process_dead(pid, str(self._metrics_dir))
+            multiprocess.mark_process_dead(pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
 
     async def _stop_all(self) -> None:
         """SIGTERM every worker (each drains: held requests 503, streams get their grace),
@@ -310,6 +310,7 @@ async def supervise(argv: Sequence[str], host: str, port: int, identity: str, wo
             *argv,
             f"--port={chosen}",
             f"--id={identity}",
+            f"--workers={workers}",  # how many share the port (and the memory bounds)
         ]
         log.info("gateway supervisor: %d workers on %s:%d", workers, host, chosen)
         return await Supervisor(command, workers, metrics_dir).run()

@@ -10,8 +10,10 @@ import pytest
 
 from vllm_sleep.gateway import GatewayConfig
 from vllm_sleep.gateway.config import GatewayConfigError
+from vllm_sleep.gateway.main import _as_worker
 from vllm_sleep.gateway.workers import (
     MAX_AUTO_WORKERS,
+    WorkerRole,
     cgroup_cpu_limit,
     default_workers,
     usable_cpus,
@@ -83,3 +85,15 @@ def test_worker_role_only_from_the_supervisor_environment() -> None:
         }
     )
     assert role is not None and (role.index, role.supervisor, role.late) == (3, 42, True)
+
+
+def test_each_worker_holds_its_share_of_the_body_budget() -> None:
+    # --max-buffered-bytes bounds the whole gateway's memory (the pod's limit), not one worker's.
+    mib = 1 << 20
+    cfg = GatewayConfig.from_cli(["--workers", "4"], {})
+    worker = _as_worker(cfg, WorkerRole(index=0, supervisor=0, late=True))
+    assert worker.max_buffered_bytes == cfg.max_buffered_bytes // 4 == 64 * mib
+    assert (worker.workers, worker.reuse_port, worker.bind_after_list) == (1, True, True)
+    # Never less than one whole body.
+    cfg = GatewayConfig.from_cli(["--workers", "16"], {})
+    assert _as_worker(cfg, WorkerRole(0, 0, False)).max_buffered_bytes == cfg.max_body_bytes
