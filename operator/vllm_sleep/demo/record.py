@@ -42,26 +42,21 @@ def committed(pool: dict[str, Any] | None) -> int | None:
     return int(sum(values)) if values else None
 
 
+@dataclass
 class Recorder:
     """Polls the demo node and the pool; appends one timeline sample per `poll`."""
 
-    def __init__(
-        self,
-        cluster: Cluster,
-        admin_url: str,
-        namespace: str,
-        pool: str,
-        timeline: Timeline,
-        origin: float,
-    ) -> None:
-        self.cluster = cluster
-        self.admin_url = admin_url
-        self.namespace = namespace
-        self.pool = pool
-        self.timeline = timeline
-        self.origin = origin  # time.monotonic() of the timeline's zero
-        self.last = DeviceView(timeline.device_bytes)
-        self._http = httpx.Client(timeout=1.0)
+    cluster: Cluster
+    admin_url: str
+    namespace: str
+    pool: str
+    timeline: Timeline
+    origin: float  # time.monotonic() of the timeline's zero
+    last: DeviceView = field(init=False)
+    _http: httpx.Client = field(init=False, default_factory=lambda: httpx.Client(timeout=1.0))
+
+    def __post_init__(self) -> None:
+        self.last = DeviceView(self.timeline.device_bytes)
 
     def close(self) -> None:
         self._http.close()
