@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import httpx
 import yaml
 
 from conftest import Kube
@@ -110,3 +111,15 @@ def chat(
         "max_tokens": max_tokens,
         "stream": stream,
     }
+
+
+def sim_state(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    """The model's engine's own record, at vLLM's loopback port inside its pod."""
+    from vllm_sleep.api import names
+    from vllm_sleep.testing.kubelet.ips import private_twin
+
+    ip = next(p.status.pod_ip for p in model_pods(kube, namespace, name) if p.status.pod_ip)
+    r = httpx.get(f"http://{private_twin(ip)}:{names.VLLM_PORT}/_sim/state", timeout=10)
+    r.raise_for_status()
+    state: dict[str, Any] = r.json()
+    return state

@@ -9,14 +9,12 @@ moved.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from conftest import Kube
 
 from .conftest import Proc
-from .helpers import apply, chat, events, get_model, model_pods, wait_phase
+from .helpers import apply, chat, events, get_model, sim_state, wait_phase
 from .test_pools import (
     block_first_gpu,
     device_of,
@@ -28,18 +26,6 @@ from .test_pools import (
 )
 
 PROFILE = [{"name": "VLLM_SIM_PROFILE", "value": "0.34"}]
-
-
-def sim_state(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    """The model's engine's own record, at vLLM's loopback port inside its pod."""
-    from vllm_sleep.api import names
-    from vllm_sleep.testing.kubelet.ips import private_twin
-
-    ip = next(p.status.pod_ip for p in model_pods(kube, namespace, name) if p.status.pod_ip)
-    r = httpx.get(f"http://{private_twin(ip)}:{names.VLLM_PORT}/_sim/state", timeout=10)
-    r.raise_for_status()
-    state: dict[str, Any] = r.json()
-    return state
 
 
 def test_a_level_0_model_swaps_by_remapping_its_kv_cache_only(

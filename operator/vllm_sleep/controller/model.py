@@ -20,6 +20,7 @@ from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
 from ..reconcile.builders import Owner, owner_from_body
 from ..reconcile.lifecycle import Route, Sleep, Wake
+from ..reconcile.node_loss import nodes_to_check
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
 from ..reconcile.status import Status
@@ -51,7 +52,6 @@ class ModelController:
         self.last_wake_seconds: float | None = None
         self._token: str | None = None
         self._last_status: Status | None = None
-        self._listed_at: float | None = None
         self._pool_name: str | None = None  # the GPUPool this model last published to
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
@@ -123,13 +123,16 @@ class ModelController:
 
     async def observe(self, model: ModelDeployment, owner: Owner) -> Observed:
         pods = [observe_pod(p) for p in await self._pods()]
+        reports = {p.name: self.watchers.report(p) for p in pods}
+        suspects = nodes_to_check(pods, reports)
         return Observed(
             model=model,
             owner=owner,
             agent_image=self.ctx.settings.agent_image,
             placement=await self.ctx.children.placement(model),
             pods=pods,
-            reports={p.name: self.watchers.report(p) for p in pods},
+            reports=reports,
+            nodes=await self.ctx.nodes.health(self.ctx.kube.get_node, suspects, time.monotonic()),
             now=time.time(),
             demand_at=self.ctx.demand.get((self.namespace, self.name)),
             transitions=dict(self.transition_kind),
@@ -144,7 +147,7 @@ class ModelController:
         kube = self.ctx.kube
         for gone in the_plan.delete:
             log.info("deleting pod %s/%s: %s", self.namespace, gone.name, gone.why)
-            await kube.delete_pod(self.namespace, gone.name, gone.uid)
+            await kube.delete_pod(self.namespace, gone.name, gone.uid, force=gone.force)
         for new in the_plan.create:
             await self._ensure_claim(new.manifest)
             if await kube.create_if_missing(new.manifest):
@@ -182,12 +185,10 @@ class ModelController:
             await self.ctx.pools.get(self._pool_name).ensure_claim(self.namespace, device)
 
     async def _pods(self) -> list[dict[str, Any]]:
-        """Pods from the watch-fed cache; a LIST on the first pass and every RELIST_SECONDS."""
-        now = time.monotonic()
-        if self._listed_at is None or now - self._listed_at > RELIST_SECONDS:
-            listed = await self.ctx.kube.list_pods(self.namespace, f"{LABEL_MODEL}={self.name}")
-            self.ctx.pods.replace(self.namespace, self.name, listed)
-            self._listed_at = now
+        """Pods from the watch-fed cache; one LIST per namespace first and every RELIST_SECONDS."""
+        ns = self.namespace
+        lister = lambda: self.ctx.kube.list_pods(ns, LABEL_MODEL)  # noqa: E731
+        await self.ctx.pods.refresh(ns, lister, RELIST_SECONDS, time.monotonic())
         return self.ctx.pods.get(self.namespace, self.name)
 
     async def _execute(
@@ -216,30 +217,42 @@ class ModelController:
     async def _sleep(self, action: Sleep, ip: str, token: str, drain_timeout: float) -> None:
         name = action.pod
         started = time.monotonic()
-        # The memory (pre-warm done; only demand newer than this moment wakes the replica) is
-        # written alongside the agent call, not before it: an eviction is on the waking model's
-        # request path. If the operator dies before the write lands, its successor reads the
-        # same facts from the agent's report (asleep, and since when: `plan.replica_memory`).
-        remember = asyncio.create_task(
-            self.ctx.kube.annotate_pod(
-                self.namespace, name, memory_patch(slept_at=time.time(), prewarmed=True)
-            )
-        )
-        self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
-        try:
-            report = await self.ctx.agents.sleep(
-                ip, token, action.level, drain_timeout, idle=action.idle
-            )
-        except AgentError as e:
+        patch = memory_patch(slept_at=time.time(), prewarmed=True)
+        if action.idle:
+            # An idle sleep (timer, pre-warm) is on no request's path, and its agent refuses it
+            # (409) while requests run: the memory is written, and the sleep told, only once it
+            # happened, so a refused one leaves no trace that would say it slept.
+            try:
+                report = await self.ctx.agents.sleep(
+                    ip, token, action.level, drain_timeout, idle=True
+                )
+            except AgentError as e:
+                self._failed("sleep", name, e)
+                return
+            await self.ctx.kube.annotate_pod(self.namespace, name, patch)
+        else:
+            # A forced sleep (an eviction, the policy, a request) may be on a waking model's
+            # request path: the memory (pre-warm done; only demand newer than this moment wakes
+            # the replica) is written alongside the agent call. If the operator dies before the
+            # write lands, its successor reads the same facts from the agent's report (asleep,
+            # and since when: `plan.replica_memory`).
+            remember = asyncio.create_task(self.ctx.kube.annotate_pod(self.namespace, name, patch))
+            self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
+            try:
+                report = await self.ctx.agents.sleep(ip, token, action.level, drain_timeout)
+            except AgentError as e:
+                await remember
+                self._failed("sleep", name, e)
+                return
             await remember
-            self._failed("sleep", name, e)
-            return
-        await remember
         seconds = time.monotonic() - started
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.last_sleep_seconds = seconds
         self.watchers.set_report(name, ip, report)
-        self.emit("Normal", "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s")
+        why = f" ({action.reason})" if action.idle else ""
+        self.emit(
+            "Normal", "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s{why}"
+        )
 
     async def _wake(self, action: Wake, ip: str, token: str, level: int) -> None:
         name = action.pod

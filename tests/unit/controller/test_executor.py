@@ -7,7 +7,7 @@ from typing import Any
 
 from vllm_sleep.api.agent_protocol import UNREACHABLE_REPORT, AgentState, StateReport
 from vllm_sleep.api.model_deployment import ModelDeployment
-from vllm_sleep.controller.agents import AgentClient
+from vllm_sleep.controller.agents import AgentClient, AgentError
 from vllm_sleep.controller.children import Children
 from vllm_sleep.controller.context import Context, Settings
 from vllm_sleep.controller.model import ModelController
@@ -178,6 +178,32 @@ async def test_a_sleep_does_not_wait_for_its_readiness_gate_patch() -> None:
     await applying
     assert ("route", "m-0", False) in kube.calls
     await asyncio.gather(*ctl.transitions.values())
+    await ctl.watchers.close()
+
+
+class RefusingAgents(FakeAgents):
+    async def sleep(
+        self, pod_ip: str, token: str, level: int, drain: float, *, idle: bool = False
+    ) -> StateReport:
+        self.calls.append(("sleep", pod_ip))
+        raise AgentError(409, "requests in flight")
+
+
+async def test_a_refused_idle_sleep_leaves_no_trace_a_done_one_is_told_and_remembered() -> None:
+    kube = FakeKube()
+    ctl, events = controller(kube)
+    ctl.ctx.agents = RefusingAgents()  # type: ignore[assignment]
+    model = ModelDeployment.from_body(BODY)
+    idle = empty_plan(actions=(Sleep("m-0", 1, "idle for 300s", idle=True),), watch={"m-0": "ip"})
+    await ctl.apply(idle, model)
+    await asyncio.gather(*ctl.transitions.values())
+    assert [c for c in kube.calls if c[0] == "annotate"] == []
+    assert events == []
+    ctl.ctx.agents = SleepingAgents()  # type: ignore[assignment]
+    await ctl.apply(idle, model)
+    await asyncio.gather(*ctl.transitions.values())
+    assert [c[:2] for c in kube.calls if c[0] == "annotate"] == [("annotate", "m-0")]
+    assert [(e[1], "idle for 300s" in e[2]) for e in events] == [("Slept", True)]
     await ctl.watchers.close()
 
 
