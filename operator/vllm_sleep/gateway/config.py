@@ -181,7 +181,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         type=int,
         default=None,
         help="processes serving the port, each with its own watches and queues "
-        f"(default: one per CPU the process may use, its cgroup CPU limit included, at most 8; "
+        f"(default: one per CPU the process may use, its cgroup CPU limit included, at most 4; "
         f"1-{MAX_WORKERS})",
     )
     return p

@@ -49,7 +49,7 @@ SUPERVISOR_ENV = "VLLM_SLEEP_GATEWAY_SUPERVISOR"  # the supervisor's pid
 LATE_ENV = "VLLM_SLEEP_GATEWAY_WORKER_LATE"  # "1": a restart, joins the port once listed
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it at import
 
-MAX_AUTO_WORKERS = 8  # each worker holds its own watches: past a few, more cost the apiserver
+MAX_AUTO_WORKERS = 4  # each worker is a whole gateway (~70 MB idle, its own watches)
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0  # seconds before a dead worker is started again
 STABLE_AFTER = 30.0  # a worker that lived this long starts its next backoff from the first
 MAX_DEATHS, DEATH_WINDOW = 5, 60.0  # this many deaths within the window: give up (exit 1)
