@@ -76,15 +76,17 @@ class Kube:
 
     async def list_model_pods(self) -> list[dict[str, Any]]:
         """Every model pod the operator may see (all namespaces)."""
-        resp: Any = await self.core.list_pod_for_all_namespaces(
-            label_selector=LABEL_MODEL, _preload_content=False
+        data = await _json(
+            self.core.list_pod_for_all_namespaces(
+                label_selector=LABEL_MODEL, _preload_content=False
+            )
         )
-        items: list[dict[str, Any]] = (await resp.json()).get("items", [])
+        items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def list_nodes(self) -> list[dict[str, Any]]:
-        resp: Any = await self.core.list_node(_preload_content=False)
-        items: list[dict[str, Any]] = (await resp.json()).get("items", [])
+        data = await _json(self.core.list_node(_preload_content=False))
+        items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def list_resource_slices(self) -> list[dict[str, Any]]:
@@ -96,13 +98,16 @@ class Kube:
 
     async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
         patch: Any = self.objects.patch_cluster_custom_object_status
-        await patch(
-            GROUP,
-            VERSION,
-            GPU_POOL_PLURAL,
-            name,
-            {"status": status},
-            _content_type="application/merge-patch+json",
+        await _json(
+            patch(
+                GROUP,
+                VERSION,
+                GPU_POOL_PLURAL,
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
         )
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
@@ -113,10 +118,11 @@ class Kube:
         return base64.b64decode(raw).decode() if raw else None
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        resp: Any = await self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False
+        data = await _json(
+            self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _preload_content=False
+            )
         )
-        data = await resp.json()
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
@@ -138,16 +144,23 @@ class Kube:
             "reason": reason,
             "lastTransitionTime": rfc3339(time.time()),
         }
-        await self.core.patch_namespaced_pod_status(
-            pod, namespace, {"status": {"conditions": [cond]}}
+        await _json(
+            self.core.patch_namespaced_pod_status(
+                pod, namespace, {"status": {"conditions": [cond]}}, _preload_content=False
+            )
         )
 
     async def annotate_pod(
         self, namespace: str, pod: str, annotations: dict[str, str | None]
     ) -> None:
         try:
-            await self.core.patch_namespaced_pod(
-                pod, namespace, {"metadata": {"annotations": annotations}}
+            await _json(
+                self.core.patch_namespaced_pod(
+                    pod,
+                    namespace,
+                    {"metadata": {"annotations": annotations}},
+                    _preload_content=False,
+                )
             )
         except ApiException as e:
             if e.status != 404:
@@ -156,14 +169,17 @@ class Kube:
     async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         # The generated client would send a dict as a JSON patch; status wants a merge patch.
         patch: Any = self.objects.patch_namespaced_custom_object_status
-        await patch(
-            GROUP,
-            VERSION,
-            namespace,
-            MODEL_DEPLOYMENT_PLURAL,
-            name,
-            {"status": status},
-            _content_type="application/merge-patch+json",
+        await _json(
+            patch(
+                GROUP,
+                VERSION,
+                namespace,
+                MODEL_DEPLOYMENT_PLURAL,
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
         )
 
     async def get_cluster_object(
@@ -180,6 +196,19 @@ class Kube:
             return None
         renew = lease.spec.renew_time if lease.spec else None
         return renew.timestamp() if renew else None
+
+
+async def _json(call: Awaitable[Any]) -> Any:
+    """The answer's JSON, read without the generated client's models (building them, dates
+    parsed by dateutil, costs more CPU than the request itself). Without preloading the client
+    raises nothing, so a non-2xx answer raises `ApiException` here, as a preloaded call would."""
+    resp = await call
+    try:
+        if not 200 <= resp.status <= 299:
+            raise ApiException(status=resp.status, reason=await resp.text())
+        return await resp.json()
+    finally:
+        resp.release()
 
 
 async def _unless_absent(call: Awaitable[T]) -> T | None:
