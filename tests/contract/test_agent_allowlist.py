@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from vllm_sleep.agent import Agent, AgentConfig
-from vllm_sleep.agent.routes import ROUTES as ALLOWED
+from vllm_sleep.api.routes import ROUTES as ALLOWED
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.server import ROUTES as SIM_ROUTES
 from vllm_sleep.testing.sim.testkit import start

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vllm_sleep.agent import Agent, AgentConfig
-from vllm_sleep.agent.routes import ROUTES as ALLOWED
+from vllm_sleep.api.routes import ROUTES as ALLOWED
 from vllm_sleep.testing.sim import EngineHost
 from vllm_sleep.testing.sim.testkit import start
 

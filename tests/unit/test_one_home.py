@@ -66,6 +66,13 @@ RULES = (
         r"^(hold_timeout|queue_full|engine_unavailable|engine_unreachable)$",
     ),
     Rule(
+        "the public surface (agent allowlist, gateway routes): api.routes.ROUTES",
+        r"^/v1/(chat/completions|completions|embeddings|responses|messages|score|rerank"
+        r"|audio/\w+)$|^/(pooling|classify|score|rerank|v2/rerank|inference/v1/generate"
+        r"|tokenize|detokenize)$",
+        scope=("gateway/", "agent/", "controller/", "reconcile/"),
+    ),
+    Rule(
         "ModelDeployment fields and defaults: api.model_deployment.ModelDeployment.from_body",
         "^(" + "|".join(sorted(_spec_aliases(ModelDeploymentSpec))) + ")$",
         scope=("gateway/", "agent/", "ctl.py"),

@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
+from ..api.routes import RouteKind, match
 from ..h1 import Limits, Reply, Request, Response, Server
 from ..http_common import HOP_BY_HOP, MAX_HEAD_BYTES, MAX_HEADERS, SMALL_BODY
 from .clock import SYSTEM, Clock
@@ -37,7 +38,6 @@ from .config import AgentConfig
 from .gate import Admission, Gate, Mode
 from .metrics import AgentMetrics
 from .openai_errors import error_body
-from .routes import Route, RouteKind, match
 from .state import StateBoard
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class PublicProxy:
             )
         if m.route.kind is RouteKind.PASSTHROUGH:
             self._passthrough.inc()
-            return await self._forward(request, reply, m.route, inference=False)
+            return await self._forward(request, reply, m.target, inference=False)
         self._inference.inc()
         held = self._gate.mode is not Mode.OPEN
         started = self._clock.monotonic()
@@ -151,7 +151,7 @@ class PublicProxy:
         if admission is not Admission.ADMITTED:
             return self._reject(admission)
         try:
-            return await self._forward(request, reply, m.route, inference=True)
+            return await self._forward(request, reply, m.target, inference=True)
         finally:
             self._gate.release()
 
@@ -174,9 +174,9 @@ class PublicProxy:
         )
 
     async def _forward(
-        self, request: Request, reply: Reply, route: Route, *, inference: bool
+        self, request: Request, reply: Reply, target: str, *, inference: bool
     ) -> Response | None:
-        url = self._config.upstream + route.path  # the table's path, never the client's
+        url = self._config.upstream + target  # the table's path, never the client's
         if request.query:
             url += "?" + request.query
         try:
@@ -207,7 +207,7 @@ class PublicProxy:
             if reply.started:
                 # vLLM broke off mid-body: the status line is out, so an incomplete response
                 # is the only honest signal left.
-                log.warning("relay of %s broke off: %s: %s", route.path, type(e).__name__, e)
+                log.warning("relay of %s broke off: %s: %s", target, type(e).__name__, e)
                 reply.abort()
                 return None
             return error_response(502, f"vLLM failed mid-request: {type(e).__name__}: {e}")

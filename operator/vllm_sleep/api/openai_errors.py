@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_ERROR = "upstream_error"  # 502
     SHUTTING_DOWN = "shutting_down"  # 503
     NOT_READY = "not_ready"  # 503: models not listed yet
+    NOT_ROUTED = "not_routed"  # 404: a vLLM route the gateway does not route (no model)
     # Either process, when the caller names no code.
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"

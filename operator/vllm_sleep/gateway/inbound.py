@@ -20,12 +20,8 @@ from typing import TypeVar
 
 import ijson
 
-# POST routes that carry a JSON body with "model" and go to the model's replicas. Multipart
-# audio routes (no JSON "model" to route by without parsing forms) and /v1/responses (stored
-# responses live on one replica; needs affinity the gateway does not have) are not routed.
-INFERENCE_PATHS = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/score"}
-)
+# The routes, and which body field names the model, are api.routes.GATEWAY_ROUTES; multipart
+# forms are read in form.py.
 MAX_MODEL_NAME = 512
 
 
@@ -47,7 +43,7 @@ def parse_model(body: bytes) -> str | BadRequest:
         return BadRequest("The request body is not valid JSON.", "invalid_json")
     if not isinstance(doc, dict):
         return BadRequest("The request body must be a JSON object.", "invalid_body")
-    return _check_model(doc.get("model", _MISSING))
+    return check_model(doc.get("model", _MISSING))
 
 
 _T = TypeVar("_T")
@@ -123,7 +119,7 @@ async def scan_model(body: bytes, limits: JsonLimits) -> str | BadRequest:
         return BadRequest("The request body is not valid JSON.", "invalid_json")
     if first:  # a lone number reports itself only at the end: valid JSON, not an object
         return BadRequest("The request body must be a JSON object.", "invalid_body")
-    return _check_model(model)
+    return check_model(model)
 
 
 class _Marker:
@@ -134,7 +130,7 @@ _MISSING = _Marker()
 _NOT_A_STRING = _Marker()
 
 
-def _check_model(model: object) -> str | BadRequest:
+def check_model(model: object) -> str | BadRequest:
     if model is _MISSING or model is None:
         return BadRequest("you must provide a model parameter", "missing_model", "model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:

@@ -16,11 +16,14 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..api.openai_errors import ErrorCode
+from ..api.routes import GATEWAY_ROUTES, ModelField, is_stored_response
 from ..h1 import Reply, Request, Response
 from .auth import ApiKeys
 from .dispatch import Dispatcher
 from .errors import error_response
-from .inbound import INFERENCE_PATHS, BadRequest, JsonLimits, decode_body_async, read_model
+from .form import read_form_model
+from .inbound import BadRequest, JsonLimits, decode_body_async, read_model
 from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
 from .proxy import forwarded_headers
 from .router import ShuttingDown
@@ -68,7 +71,7 @@ class GatewayHandler:
             status = str(reply.status) if reply.status is not None else CLIENT_CLOSED
             if self._worker_requests is not None:
                 self._worker_requests.inc()
-            if request.path.startswith("/v1/"):
+            if _is_api(request.path):
                 self._metrics.count_request(model, status)
             if self._access_log:
                 log.info(
@@ -82,7 +85,7 @@ class GatewayHandler:
 
     def rejected(self, path: str, status: int) -> None:
         """Requests the HTTP layer refused before routing (malformed, oversized) still count."""
-        if path.startswith("/v1/"):
+        if _is_api(path):
             self._metrics.count_request(UNKNOWN_MODEL, str(status))
 
     def head_check(self, request: Request) -> Response | None:
@@ -93,13 +96,23 @@ class GatewayHandler:
         # `is not None`, not truthiness: configured keys always mean auth, even with none loaded
         # (an empty file refuses everything; it must never read as "no auth").
         if (
-            path.startswith("/v1/")
+            _is_api(path)
             and keys is not None
             and not keys.check(request.header("Authorization"))
         ):
             return error_response(401, "Incorrect or missing API key.", "invalid_api_key")
-        if path in INFERENCE_PATHS:
+        if path in GATEWAY_ROUTES:
             return None if method == "POST" else _not_allowed(method, path, "POST")
+        if is_stored_response(path):
+            # It names no model, and it lives on the one replica that made it: no affinity
+            # to route by (docs/gateway.md, "Routes").
+            return error_response(
+                404,
+                "Stored responses are not routed by the gateway: a stored response lives on the "
+                "replica that created it. Send the conversation again instead of "
+                "`previous_response_id`, or call that replica.",
+                ErrorCode.NOT_ROUTED,
+            )
         if path not in _SIMPLE:
             return error_response(404, f"{path[:200]} is not served here.", "not_found")
         if method not in ("GET", "HEAD"):
@@ -111,12 +124,13 @@ class GatewayHandler:
         refused = self.head_check(request)
         if refused is not None:
             return UNKNOWN_MODEL, refused
-        if request.path in INFERENCE_PATHS:
-            return await self._inference(request, reply, request.path)
+        route = GATEWAY_ROUTES.get(request.path)
+        if route is not None:
+            return await self._inference(request, reply, request.path, route.model_field)
         return UNKNOWN_MODEL, _SIMPLE[request.path](self)
 
     async def _inference(
-        self, request: Request, reply: Reply, path: str
+        self, request: Request, reply: Reply, path: str, field: ModelField | None
     ) -> tuple[str, Response | None]:
         body = request.body  # the HTTP layer bounded it (413) and charged it to its budget
         encoding = request.header("Content-Encoding")
@@ -130,7 +144,10 @@ class GatewayHandler:
                     503, "The gateway holds too many request bodies; retry.", "busy", retry_after=1
                 )
             body = decoded
-        model = await read_model(body, self._json_limits)
+        if field is ModelField.FORM:
+            model = await read_form_model(body, request.header("Content-Type"))
+        else:
+            model = await read_model(body, self._json_limits)
         if isinstance(model, BadRequest):
             return UNKNOWN_MODEL, error_response(
                 model.status, model.message, model.code, param=model.param
@@ -193,6 +210,12 @@ _SIMPLE: dict[str, Callable[[GatewayHandler], Response]] = {
     "/healthz": GatewayHandler.healthz,
     "/readyz": GatewayHandler.readyz,
 }
+
+
+def _is_api(path: str) -> bool:
+    """The OpenAI-style API (behind the API keys, counted per model), not the gateway's own
+    endpoints: /v1/* and vLLM's routes outside /v1 (/pooling, /score, /inference/v1/generate...)."""
+    return path.startswith("/v1/") or path in GATEWAY_ROUTES
 
 
 def _json(doc: object, status: int = 200) -> Response:

@@ -1,0 +1,129 @@
+"""The public surface: which (method, path) pairs of vLLM reach the engine, and how. Pure.
+
+One table for the agent's public port (its allowlist) and the gateway (what it routes by
+model). vLLM binds 127.0.0.1, so this table is the only way into it from outside the pod.
+Paths are matched exactly on the percent-decoded path (dot segments are not folded, so a path
+holding one matches nothing), and what is forwarded is the *table's* path, never the client's
+spelling: `/v1/chat%2Fcompletions` or `/v1/../sleep` cannot smuggle anything past the table.
+The one templated path, `/v1/responses/{id}`, takes one segment of `[A-Za-z0-9_-]` (vLLM's
+ids are `resp_<hex>`), so no `/`, `.` or `%` reaches vLLM from it.
+
+Everything else stays unreachable: vLLM's dev routes (`/sleep`, `/wake_up`,
+`/collective_rpc`, ...), its RL and elastic-EP routes, `/load`, 0.34's `/checkpoint/*`,
+`/invocations` (SageMaker's one entry to every task, which would have to be classified by
+body), the LoRA load/unload routes, and the WebSocket `/v1/realtime` (docs/agent.md, "Public
+port").
+
+INFERENCE routes run on the GPU: the agent counts them in flight and holds them while the
+engine is not awake; the gateway routes them by the model their body names (`model_field`).
+PASSTHROUGH routes are answered by vLLM's frontend without touching the GPU (docs/vllm.md,
+"Requests while asleep"), so the agent always lets them through; the gateway does not route
+them (they name no model, or are per-pod utilities like /tokenize): docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+
+class RouteKind(Enum):
+    INFERENCE = "inference"
+    PASSTHROUGH = "passthrough"
+
+
+class ModelField(Enum):
+    """Where an inference request names its model (how the gateway routes it)."""
+
+    JSON = "json"  # the top-level `model` of a JSON object
+    FORM = "form"  # the `model` field of a multipart/form-data body (audio uploads)
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    kind: RouteKind
+    methods: frozenset[str]
+    model_field: ModelField | None = None  # inference routes only
+
+
+def _routes(
+    kind: RouteKind, methods: tuple[str, ...], field: ModelField | None, *paths: str
+) -> dict[str, Route]:
+    return {p: Route(p, kind, frozenset(methods), field) for p in paths}
+
+
+_INFERENCE, _PASSTHROUGH = RouteKind.INFERENCE, RouteKind.PASSTHROUGH
+
+ROUTES: dict[str, Route] = {
+    **_routes(
+        _INFERENCE,
+        ("POST",),
+        ModelField.JSON,
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",  # Anthropic's Messages API
+        "/inference/v1/generate",  # token ids in, token ids out
+        # Pooling models (embedding, classification, reward, cross-encoders).
+        "/pooling",
+        "/classify",
+        "/score",
+        "/v1/score",
+        "/rerank",
+        "/v1/rerank",
+        "/v2/rerank",
+    ),
+    **_routes(
+        _INFERENCE,
+        ("POST",),
+        ModelField.FORM,
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+    ),
+    **_routes(_PASSTHROUGH, ("GET",), None, "/v1/models", "/health", "/metrics", "/version"),
+    **_routes(
+        _PASSTHROUGH, ("POST",), None, "/tokenize", "/detokenize", "/v1/messages/count_tokens"
+    ),
+}
+
+# A stored response, by id: read it (GET, `?stream=true` replays its events) or cancel a
+# background one. Answered from the frontend's store; the GPU work is the creating request's.
+RESPONSE_ITEM = Route("/v1/responses/{id}", _PASSTHROUGH, frozenset({"GET"}))
+RESPONSE_CANCEL = Route("/v1/responses/{id}/cancel", _PASSTHROUGH, frozenset({"POST"}))
+_RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_-]{1,256})(/cancel)?")
+
+# What the gateway routes: inference routes, by the model they name.
+GATEWAY_ROUTES: dict[str, Route] = {
+    p: r for p, r in ROUTES.items() if r.kind is RouteKind.INFERENCE and r.model_field
+}
+
+
+@dataclass(frozen=True)
+class Match:
+    """The table's verdict: `route` is None for an unknown path; `allowed` is False when the
+    path is known but the method is not (405 rather than 404, like vLLM itself). `target` is
+    the path to forward: the table's own (a stored response's: its checked id in it)."""
+
+    route: Route | None
+    allowed: bool
+    target: str = ""
+
+
+def match(method: str, path: str) -> Match:
+    route = ROUTES.get(path)
+    if route is None:
+        found = _RESPONSE_ID.fullmatch(path)
+        if found is None:
+            return Match(None, False)
+        route = RESPONSE_CANCEL if found.group(2) else RESPONSE_ITEM
+        target = f"/v1/responses/{found.group(1)}{found.group(2) or ''}"
+        return Match(route, method in route.methods, target)
+    return Match(route, method in route.methods, route.path)
+
+
+def is_stored_response(path: str) -> bool:
+    """A path about one stored response (`GET /v1/responses/{id}`, `.../cancel`)."""
+    return _RESPONSE_ID.fullmatch(path) is not None
