@@ -23,7 +23,7 @@ from ..reconcile.lifecycle import Route, Sleep, Wake
 from ..reconcile.node_loss import nodes_to_check
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
-from ..reconcile.status import Status
+from ..reconcile.status import Status, keep_transition_times
 from .agents import AgentError
 from .context import Context
 from .pools import PoolActor
@@ -300,6 +300,7 @@ class ModelController:
         return self._token
 
     async def _write_status(self, status: Status) -> None:
+        status = keep_transition_times(status, self._last_status)
         if status == self._last_status:
             return
         await self.ctx.kube.patch_model_status(self.namespace, self.name, status)

@@ -111,6 +111,25 @@ def model_status(
     return status
 
 
+def keep_transition_times(status: Status, last: Status | None) -> Status:
+    """`status` with each condition's lastTransitionTime taken from `last` (the status this
+    operator wrote last) where that condition's status is the same there.
+
+    `model_status` reads the previous transition times from the model's body, which may not show
+    the last write yet: a condition that flipped in it would read as flipping again, with a new
+    time, on every pass until the body catches up (a status write per pass for nothing)."""
+    if not last:
+        return status
+    before = {c["type"]: c for c in last.get("conditions") or []}
+    conditions = []
+    for c in status.get("conditions") or []:
+        prior = before.get(c["type"])
+        if prior is not None and prior["status"] == c["status"]:
+            c = {**c, "lastTransitionTime": prior["lastTransitionTime"]}
+        conditions.append(c)
+    return {**status, "conditions": conditions} if "conditions" in status else status
+
+
 def replica_state(obs: ReplicaObservation) -> str:
     """The replica's state as `status.replicas[].state` spells it (docs/api.md)."""
     if obs.deleting:

@@ -32,3 +32,34 @@ def test_replace_seeds_and_models_are_separate() -> None:
     assert [p["metadata"]["name"] for p in c.get("ns", "a")] == ["a-0", "a-1"]
     c.forget("ns", "a")
     assert c.get("ns", "a") == [] and len(c.get("ns", "b")) == 1
+
+
+def labelled(name: str, model: str, ns: str = "ns") -> dict:  # type: ignore[type-arg]
+    p = pod(name, f"uid-{name}", 1, ns)
+    p["metadata"]["labels"] = {"vllm-sleep.io/model": model}
+    return p
+
+
+async def test_one_list_per_namespace_seeds_every_model_and_is_shared() -> None:
+    import asyncio
+
+    c = PodCache()
+    c.observe("ADDED", labelled("gone-0", "gone"), "gone")  # deleted while unwatched
+    lists: list[str] = []
+
+    async def lister() -> list[dict]:  # type: ignore[type-arg]
+        lists.append("ns")
+        await asyncio.sleep(0)
+        return [labelled("a-0", "a"), labelled("b-0", "b"), labelled("b-1", "b")]
+
+    # A thousand models starting at once: one LIST between them.
+    await asyncio.gather(*(c.refresh("ns", lister, 60.0, now=100.0) for _ in range(50)))
+    assert lists == ["ns"]
+    assert [p["metadata"]["name"] for p in c.get("ns", "b")] == ["b-0", "b-1"]
+    assert len(c.get("ns", "a")) == 1 and c.get("ns", "gone") == []
+    await c.refresh("ns", lister, 60.0, now=150.0)  # fresh enough: the watch keeps it
+    assert lists == ["ns"]
+    await c.refresh("ns", lister, 60.0, now=161.0)  # healed now and then
+    assert lists == ["ns", "ns"]
+    await c.refresh("other", lister, 60.0, now=161.0)  # namespaces list separately
+    assert len(lists) == 3

@@ -1,0 +1,61 @@
+"""The kopf adapters: event handlers run on the loop, and kopf's diff-base is built lean."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import kopf
+
+from vllm_sleep.controller.context import Context, Settings
+from vllm_sleep.controller.handlers import LeanDiffBase, register
+from vllm_sleep.metrics import OperatorMetrics
+
+
+def test_event_handlers_are_coroutines() -> None:
+    # A plain function would run in kopf's thread pool: a thread hop per event, and the
+    # controllers' asyncio Events set from outside their loop.
+    ctx = Context(
+        settings=Settings(agent_image="img"),
+        kube=None,  # type: ignore[arg-type]
+        agents=None,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+        children=None,  # type: ignore[arg-type]
+        parse=lambda body: None,  # type: ignore[arg-type,return-value]
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx)
+    handlers = registry._watching.get_all_handlers()
+    assert len(handlers) == 4
+    assert all(inspect.iscoroutinefunction(h.fn) for h in handlers)
+
+
+POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {
+        "name": "m-0",
+        "namespace": "ns",
+        "uid": "u",
+        "resourceVersion": "7",
+        "labels": {"vllm-sleep.io/model": "m"},
+        "annotations": {
+            "vllm-sleep.io/device": "n/gpu-0",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+        },
+        "ownerReferences": [{"kind": "ModelDeployment", "name": "m", "uid": "x"}],
+        "managedFields": [{"manager": "sim-kubelet", "fieldsV1": {"f:status": {}}}] * 50,
+    },
+    "spec": {"containers": [{"name": "vllm", "image": "i", "args": ["--port", "8000"]}]},
+    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}] * 5},
+}
+
+
+def test_lean_diff_base_builds_kopfs_essence_and_leaves_the_body_alone() -> None:
+    body = kopf.Body(copy.deepcopy(POD))
+    stock = kopf.AnnotationsDiffBaseStorage(prefix="vllm-sleep.io").build(body=body)
+    lean = LeanDiffBase(prefix="vllm-sleep.io").build(body=body)
+    assert lean == stock
+    assert "status" not in lean and "managedFields" not in lean.get("metadata", {})
+    assert dict(body) == POD
