@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 
 from vllm_sleep.controller.agent_transport import IDLE_SECONDS, PRUNE_EVERY, PerAgentTransport
@@ -57,3 +59,14 @@ async def test_an_idle_agents_pool_is_closed_and_a_busy_one_kept() -> None:
         assert len(transport) == 1
         await http.get("http://127.0.0.2:8002/state")  # the agent is back: a fresh pool
         assert len(made) == 3 and len(transport) == 2
+
+
+async def test_agent_pools_share_one_tls_context() -> None:
+    transport = PerAgentTransport()
+    async with httpx.AsyncClient(transport=transport) as http:
+        for ip in ("127.0.0.2", "127.0.0.3"):
+            with contextlib.suppress(httpx.HTTPError):  # nothing listens: only pools matter
+                await http.get(f"http://{ip}:1/state", timeout=0.5)
+        pools = list(transport._pools.values())
+        contexts = {id(p._pool._ssl_context) for p in pools}  # type: ignore[attr-defined]
+        assert len(pools) == 2 and len(contexts) == 1
