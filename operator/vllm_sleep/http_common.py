@@ -3,6 +3,7 @@ serve clients with vllm_sleep.h1."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 # RFC 9110 §7.6.1 hop-by-hop headers (plus the non-standard Proxy-Connection and Keep-Alive):
@@ -29,3 +30,30 @@ MAX_HEADERS: Final = 128
 
 # Responses with a known length up to this (and not SSE) are relayed in one write.
 SMALL_BODY = 1 << 20
+
+
+def forwarded_header_block(
+    headers: Iterable[tuple[bytes, bytes]], peer: str | None, drop: frozenset[bytes]
+) -> bytes:
+    """The client's header lines as the next hop gets them, names and values byte for byte:
+    the lower-case names in `drop` left out, and those the client named in `Connection`
+    (RFC 9110 §7.6.1: for this hop only); `X-Forwarded-For` extended with the client's
+    address."""
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    prior = None
+    hop_only: set[bytes] = set()
+    for name, value in headers:
+        low = name.lower()
+        if low == b"x-forwarded-for":
+            prior = value if prior is None else prior + b", " + value
+        elif low == b"connection":
+            hop_only.update(t.strip().lower() for t in value.split(b","))
+        elif low not in drop:
+            kept.append((low, name, value))
+    out = [b"%s: %s\r\n" % (name, value) for low, name, value in kept if low not in hop_only]
+    if peer:
+        chain = peer.encode() if prior is None else prior + b", " + peer.encode()
+        out.append(b"x-forwarded-for: %s\r\n" % chain)
+    elif prior is not None:
+        out.append(b"x-forwarded-for: %s\r\n" % prior)
+    return b"".join(out)

@@ -84,6 +84,17 @@ async def serve_until(service: Service, stop: asyncio.Event) -> None:
         await service.stop()
 
 
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's runner when installed, else asyncio's: both servers' request paths are event-loop
+    bound (docs/benchmarks.md), and each behaves the same on either loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
+    return runner
+
+
 def cli_main(
     argv: list[str],
     prog: str,

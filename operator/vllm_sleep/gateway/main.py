@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from ..serve import cli_main, serve_until, stop_on_signals
+from ..serve import cli_main, event_loop_runner, serve_until, stop_on_signals
 from .config import GatewayConfig, build_parser
 from .demand import LeaseDemand
 from .gateway import Gateway
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
             build_parser,
             lambda args, env: _as_worker(GatewayConfig.from_cli(args, env), role),
             lambda config: _run(config, role),
-            runner=_event_loop_runner(),
+            runner=event_loop_runner(),
         )
     chosen: dict[str, int] = {}
 
@@ -58,24 +58,13 @@ def main(argv: list[str]) -> int:
 
 
 def _runner(chosen: dict[str, int]) -> Callable[[Coroutine[Any, Any, None]], None]:
-    loop_runner = _event_loop_runner()
+    loop_runner = event_loop_runner()
 
     def run(coro: Coroutine[Any, Any, None]) -> None:
         # One process serves on the fastest loop; a supervisor only waits on its workers.
         (loop_runner if chosen.get("workers") == 1 else asyncio.run)(coro)
 
     return run
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
-    # The proxy path is event-loop bound (see docs/benchmarks.md); uvloop's faster loop is
-    # used when the image has it, and the gateway behaves the same without it.
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
-    return runner
 
 
 def _as_worker(config: GatewayConfig, role: WorkerRole) -> GatewayConfig:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from ..api.openai_errors import AGENT_REFUSAL_STATUSES, AGENT_REFUSALS, ErrorCode, error_code
 from ..h1 import ConnectError, Exchange, Reply, Request, Response, UpstreamError, UpstreamPool
 from ..h1 import UpstreamTimeout as _UpstreamTimeout
-from ..http_common import HOP_BY_HOP
+from ..http_common import HOP_BY_HOP, forwarded_header_block
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ _DROP_REQUEST = _HOP | {
     b"expect",
     b"x-forwarded-for",
 }
+_DROP_AUTH = _DROP_REQUEST | {b"authorization"}
 # Framing is the client connection's own (h1.Reply sets Content-Length or chunked).
 _DROP_RESPONSE = _HOP | {b"content-length"}
 _REFUSAL_PEEK = 1 << 16
@@ -61,26 +62,9 @@ SendResult = Exchange | Retry | Failed
 
 def forwarded_headers(request: Request, *, strip_auth: bool) -> bytes:
     """The client's headers as the upstream gets them (a header block without Host/length)."""
-    kept: list[tuple[bytes, bytes, bytes]] = []
-    prior = None
-    hop_only: set[bytes] = set()
-    for name, value in request.headers:
-        low = name.lower()
-        if low == b"x-forwarded-for":
-            prior = value if prior is None else prior + b", " + value
-        elif low == b"connection":
-            # RFC 9110 §7.6.1: headers the client named in Connection are for this hop only.
-            hop_only.update(t.strip().lower() for t in value.split(b","))
-        elif low not in _DROP_REQUEST and not (strip_auth and low == b"authorization"):
-            kept.append((low, name, value))
-    out = [b"%s: %s\r\n" % (name, value) for low, name, value in kept if low not in hop_only]
-    peer = request.peer
-    if peer:
-        chain = peer.encode() if prior is None else prior + b", " + peer.encode()
-        out.append(b"x-forwarded-for: %s\r\n" % chain)
-    elif prior is not None:
-        out.append(b"x-forwarded-for: %s\r\n" % prior)
-    return b"".join(out)
+    return forwarded_header_block(
+        request.headers, request.peer, _DROP_AUTH if strip_auth else _DROP_REQUEST
+    )
 
 
 def request_head(target: bytes, hostport: bytes, length: int, block: bytes) -> bytes:
