@@ -30,6 +30,7 @@ from .model import ModelController
 log = logging.getLogger(__name__)
 
 DEMAND_COMPONENT = COMPONENT_DEMAND_LEASE
+EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers only
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
@@ -121,6 +122,8 @@ class LeanDiffBase(kopf.AnnotationsDiffBaseStorage):
     kopf builds an "essence" (spec, labels, annotations) of every event of every watched object;
     its stock build deep-copies the whole body first, status and managedFields included, which
     was most of the operator's CPU per pod event at scale. Same essence, a fraction of the copy.
+    Pods and Leases get an empty one: only on.event handlers watch them here, and kopf diffs
+    essences for change handlers (on.create/update/field) alone.
     """
 
     def build(
@@ -128,6 +131,8 @@ class LeanDiffBase(kopf.AnnotationsDiffBaseStorage):
     ) -> kopf.BodyEssence:
         if extra_fields:  # handlers watching status fields: the stock build keeps them
             return super().build(body=body, extra_fields=extra_fields)
+        if body.get("kind") in EVENT_ONLY_KINDS:
+            return kopf.BodyEssence()
         meta = body.get("metadata") or {}
         lean = {k: v for k, v in body.items() if k not in ("metadata", "status")}
         lean["metadata"] = {

@@ -28,14 +28,22 @@ class ServedNames:
         self._exposure = exposure or ExposurePolicy()
         self._claims: dict[Key, Claim] = {}
         self._refused: dict[Key, Refusal] = {}
+        self._seen: dict[Key, tuple[Any, Any]] = {}  # (uid, generation) each claim came from
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> set[Key]:
         """Take one watch event; return the models whose refusal changed (to kick them)."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        seen = (meta.get("uid"), meta.get("generation"))
         if event_type == "DELETED":
             self._claims.pop(key, None)
+            self._seen.pop(key, None)
+        elif None not in seen and key in self._claims and self._seen.get(key) == seen:
+            # Same object, same spec (most events are status writes): the same claim, so the
+            # same answer; re-resolving every claim per event cost O(models) each.
+            return set()
         else:
+            self._seen[key] = seen
             claim = _claim(body)
             if claim is None:  # invalid: its own controller reports why; it claims nothing
                 self._claims.pop(key, None)

@@ -53,9 +53,16 @@ POD: dict[str, Any] = {
 
 
 def test_lean_diff_base_builds_kopfs_essence_and_leaves_the_body_alone() -> None:
-    body = kopf.Body(copy.deepcopy(POD))
+    body = kopf.Body({**copy.deepcopy(POD), "kind": "ModelDeployment"})
     stock = kopf.AnnotationsDiffBaseStorage(prefix="vllm-sleep.io").build(body=body)
     lean = LeanDiffBase(prefix="vllm-sleep.io").build(body=body)
     assert lean == stock
     assert "status" not in lean and "managedFields" not in lean.get("metadata", {})
-    assert dict(body) == POD
+    assert dict(body) == {**POD, "kind": "ModelDeployment"}
+
+
+def test_objects_watched_by_event_handlers_only_get_an_empty_essence() -> None:
+    lean = LeanDiffBase(prefix="vllm-sleep.io")
+    assert lean.build(body=kopf.Body(copy.deepcopy(POD))) == {}
+    model = {**POD, "apiVersion": "vllm-sleep.io/v1alpha1", "kind": "ModelDeployment"}
+    assert lean.build(body=kopf.Body(model))["spec"] == POD["spec"]

@@ -58,3 +58,26 @@ def test_an_invalid_object_claims_nothing() -> None:
     names.observe("ADDED", OWNER)
     assert names.observe("ADDED", bad) == set()
     assert names.refusal("aaa", "grab") is None
+
+
+def test_an_event_of_an_unchanged_spec_resolves_nothing_again(monkeypatch: Any) -> None:
+    import vllm_sleep.controller.served_names as module
+
+    names = ServedNames()
+    owner = {**OWNER, "metadata": {**OWNER["metadata"], "uid": "u1", "generation": 1}}
+    newer = {**NEWER, "metadata": {**NEWER["metadata"], "uid": "u2", "generation": 1}}
+    names.observe("ADDED", owner)
+    names.observe("ADDED", newer)
+    calls: list[int] = []
+    real = module.resolve
+    monkeypatch.setattr(module, "resolve", lambda *a: calls.append(1) or real(*a))
+    # Status writes: same uid and generation, so the same claims and the same refusals.
+    for _ in range(3):
+        assert names.observe("MODIFIED", {**newer, "status": {"phase": "Asleep"}}) == set()
+    assert calls == []
+    assert names.refusal("aaa", "grab") is not None
+    # A spec change (new generation) is resolved again: renamed away, the refusal goes.
+    renamed = md("aaa", "grab", "other", "2026-12-02T00:00:00Z")
+    renamed["metadata"].update(uid="u2", generation=2)
+    assert names.observe("MODIFIED", renamed) == {("aaa", "grab")}
+    assert calls == [1] and names.refusal("aaa", "grab") is None
