@@ -13,6 +13,7 @@ from ..metrics import OperatorMetrics
 from .agents import AgentClient
 from .children import Children
 from .kube import Kube
+from .nodes import NodeCache
 from .podcache import PodCache
 from .pools import Pools
 from .served_names import ServedNames
@@ -41,6 +42,7 @@ class Context:
     pods: PodCache = field(default_factory=PodCache)
     pools: Pools | None = None  # GPUPool actors (main makes them; None: no pool support)
     names: ServedNames = field(default_factory=ServedNames)  # who the gateway serves per name
+    nodes: NodeCache = field(default_factory=NodeCache)  # nodes of pods whose agent is silent
 
     def record_transition(
         self, namespace: str, model: str, what: str, level: int, seconds: float

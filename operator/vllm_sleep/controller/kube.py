@@ -89,6 +89,16 @@ class Kube:
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        """The Node as JSON; None when it does not exist."""
+        try:
+            node: dict[str, Any] = await _json(self.core.read_node(name, _preload_content=False))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return node
+
     async def list_resource_slices(self) -> list[dict[str, Any]]:
         data: dict[str, Any] = await self.objects.list_cluster_custom_object(
             "resource.k8s.io", "v1", "resourceslices"
@@ -126,9 +136,13 @@ class Kube:
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
-    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
+    async def delete_pod(
+        self, namespace: str, name: str, uid: str | None = None, *, force: bool = False
+    ) -> None:
+        """`force`: grace 0, the object goes at once (its node is lost: no kubelet will)."""
         body = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(uid=uid) if uid else None
+            preconditions=client.V1Preconditions(uid=uid) if uid else None,
+            grace_period_seconds=0 if force else None,
         )
         try:
             await self.core.delete_namespaced_pod(name, namespace, body=body)

@@ -8,7 +8,7 @@ Order of the decisions, as in KubeAI's and Knative's reconcilers:
 
 1. converge pods: create missing replicas, delete surplus, outdated (spec hash) and ended ones,
    but only when the model can be placed (`Placement.gpu`); terminating pods are shown, not
-   acted on;
+   acted on, unless their node is lost (`reconcile.node_loss`: force-deleted, then replaced);
 2. read each live replica's state from its agent's report, the pod's restart record and the
    transitions this operator has in flight, and its memory from the pod's annotations;
 3. `lifecycle.decide` the routes, sleeps and wakes; drop sleeps and wakes a replica cannot take
@@ -35,6 +35,7 @@ from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH, pod_name
 from ..api.served_names import Refusal
 from .builders import GpuAttachment, Manifest, Owner, model_pod
 from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
+from .node_loss import NODE_LOST_SECONDS, NodeHealth, lost, recheck_in
 from .observe import ObservedPod
 from .placement import Placement
 from .policy import policy_from_spec
@@ -82,6 +83,9 @@ class Observed:
     gatekeeper: Gatekeeper | None = None  # set for a model in a GPUPool
     # Why the gateway serves this model nothing (api.served_names), or None.
     name_refusal: Refusal | None = None
+    # The nodes of pods whose agent does not answer, by name (reconcile.node_loss).
+    nodes: Mapping[str, NodeHealth] = field(default_factory=dict)
+    node_lost_seconds: float = NODE_LOST_SECONDS
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class DeletePod:
     name: str
     uid: str | None  # a precondition: never delete a successor that took the name
     why: str
+    force: bool = False  # grace 0: its node is lost, no kubelet will confirm its end
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     model, now = observed.model, observed.now
     pooled = observed.gatekeeper is not None and observed.placement.gpu is not None
     live, delete, create = converge(observed, pooled)
-    events: list[Event] = []
+    events: list[Event] = [Event("Warning", "NodeLost", d.why) for d in delete if d.force]
     problem = observed.placement.problem
 
     restarts = dict(observed.reported.restarts)
@@ -211,8 +216,15 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         events=tuple(events),
         reported=Reported(restarts, problem, waiting, refusal.message if refusal else None),
         status=model_status(model, live, observations, observed.reports, now, facts),
-        next_check_in=decision.next_check_in,
+        next_check_in=_sooner(
+            decision.next_check_in,
+            recheck_in(list(live), observed.nodes, now, observed.node_lost_seconds),
+        ),
     )
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _running(obs: ReplicaObservation, running: Mapping[str, Transition]) -> ReplicaObservation:
@@ -268,6 +280,10 @@ def converge(
     have: set[int] = set()
     delete: list[DeletePod] = []
     for pod in observed.pods:
+        gone = lost(pod, observed.nodes, observed.now, observed.node_lost_seconds)
+        if gone is not None:  # even while terminating: its kubelet will never finish that
+            delete.append(DeletePod(pod.name, pod.uid, gone, force=True))
+            continue
         if pod.deleting:
             live.append(pod)
             have.add(pod.replica)

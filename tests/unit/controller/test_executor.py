@@ -41,8 +41,17 @@ class FakeKube:
         self.calls.append(("create", manifest["kind"], manifest["metadata"]["name"]))
         return True
 
-    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> None:
-        self.calls.append(("delete", name, uid))
+    async def delete_pod(
+        self, namespace: str, name: str, uid: str | None = None, *, force: bool = False
+    ) -> None:
+        self.calls.append(("delete", name, uid, "force") if force else ("delete", name, uid))
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get_node", name))
+        return {
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.pods

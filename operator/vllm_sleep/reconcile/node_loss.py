@@ -1,0 +1,122 @@
+"""Pods on lost nodes: when the operator stops waiting for Kubernetes and replaces them. Pure.
+
+When a node's kubelet stops reporting, Kubernetes marks the node `Ready=Unknown` (after the node
+monitor's grace period, 50 s by default), taints it, and evicts its pods only after their
+`tolerationSeconds` (300 s by default). Even then the pods stay `Terminating`: only the kubelet
+that is gone could confirm their end. A model's pods have fixed names (`<model>-<replica>`), so
+its replacement cannot even be created while the old object exists: the replica would be down
+until someone deleted the Node or force-deleted the pod.
+
+So the operator acts itself, the way a StatefulSet operator is told to: a pod whose node has not
+been Ready for `bound` seconds, or whose Node object is gone, is force-deleted (grace 0) and
+recreated elsewhere at once (a pooled replica is seated again on a device of a Ready node).
+Safe for this workload: a replica holds no state, a partitioned node's engine can no longer be
+routed to once its pod object is gone (every router follows the pod watch), and its GPU is that
+node's, not the replacement's.
+
+Only pods whose agent does not answer are checked (the controller looks their nodes up), so a
+healthy fleet costs no Node reads; a pod seated by a pool but not yet bound counts as being on
+its seat's node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..api.agent_protocol import AgentState, StateReport
+from ..api.demand import parse_micro_time
+from .observe import ObservedPod
+from .pool_devices import node_of
+
+NODE_LOST_SECONDS: Final = 60.0  # not Ready for this long: the node's pods are replaced
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    exists: bool
+    ready: str | None = None  # the Ready condition's status: "True", "False", "Unknown"
+    since: float | None = None  # unix seconds of its last transition
+    reason: str | None = None
+
+
+GONE: Final = NodeHealth(exists=False)
+
+
+def node_health(node: Mapping[str, Any] | None) -> NodeHealth:
+    """A Node object as the rule reads it (None: it does not exist)."""
+    if node is None or (node.get("metadata") or {}).get("deletionTimestamp"):
+        return GONE
+    for c in (node.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return NodeHealth(
+                exists=True,
+                ready=str(c.get("status")),
+                since=parse_micro_time(c.get("lastTransitionTime")),
+                reason=c.get("reason") or None,
+            )
+    return NodeHealth(exists=True)  # a node registering: no condition yet
+
+
+def node_name(pod: ObservedPod) -> str | None:
+    """The node a pod runs on, or is seated on by its pool before the scheduler bound it."""
+    if pod.node:
+        return pod.node
+    return node_of(pod.device) if pod.device else None
+
+
+def nodes_to_check(pods: Iterable[ObservedPod], reports: Mapping[str, StateReport]) -> set[str]:
+    """The nodes worth a look: those of pods whose agent does not answer although the pod runs,
+    is terminating, or waits unscheduled for its seat's node (not a pod still starting)."""
+    out: set[str] = set()
+    for pod in pods:
+        report = reports.get(pod.name)
+        silent = report is None or report.state is AgentState.UNREACHABLE
+        name = node_name(pod)
+        if silent and name and (pod.phase == "Running" or pod.deleting or pod.unscheduled):
+            out.add(name)
+    return out
+
+
+def lost(
+    pod: ObservedPod,
+    nodes: Mapping[str, NodeHealth],
+    now: float,
+    bound: float = NODE_LOST_SECONDS,
+) -> str | None:
+    """Why `pod` is lost with its node (an Event's message), or None.
+
+    A node not looked up (absent from `nodes`) is presumed fine; a Ready condition without a
+    transition time starts no clock."""
+    name = node_name(pod)
+    health = nodes.get(name) if name else None
+    if name is None or health is None:
+        return None
+    if not health.exists:
+        return f"{pod.name}: node {name} no longer exists; replacing the pod"
+    if health.ready == "True" or health.since is None:
+        return None
+    down = now - health.since
+    if down < bound:
+        return None
+    why = f" ({health.reason})" if health.reason else ""
+    return (
+        f"{pod.name}: node {name} has been Ready={health.ready}{why} for {down:.0f}s "
+        f"(bound {bound:.0f}s); force-deleting the pod to replace it"
+    )
+
+
+def recheck_in(
+    pods: list[ObservedPod], nodes: Mapping[str, NodeHealth], now: float, bound: float
+) -> float | None:
+    """Seconds until a pod on a node that is not Ready would pass the bound (None: none)."""
+    waits = []
+    for pod in pods:
+        name = node_name(pod)
+        health = nodes.get(name) if name else None
+        if health is not None and health.exists and health.ready != "True" and health.since:
+            left = health.since + bound - now
+            if left > 0:
+                waits.append(left)
+    return min(waits) if waits else None

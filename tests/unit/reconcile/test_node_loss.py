@@ -1,0 +1,132 @@
+"""Pods on lost nodes are force-deleted and replaced after a bound (reconcile.node_loss)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from planning import NOW, body, observed, pod, report
+
+from vllm_sleep.api.agent_protocol import AgentState
+from vllm_sleep.controller.nodes import NodeCache
+from vllm_sleep.reconcile.node_loss import (
+    GONE,
+    NODE_LOST_SECONDS,
+    NodeHealth,
+    lost,
+    node_health,
+    nodes_to_check,
+)
+from vllm_sleep.reconcile.observe import ObservedPod
+from vllm_sleep.reconcile.plan import DeletePod, plan
+
+
+def stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node(ready: str, since: float, *, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "n1"}
+    if deleting:
+        meta["deletionTimestamp"] = stamp(since)
+    cond = {
+        "type": "Ready",
+        "status": ready,
+        "reason": "NodeStatusUnknown",
+        "lastTransitionTime": stamp(since),
+    }
+    return {"metadata": meta, "status": {"conditions": [cond]}}
+
+
+def on(p: ObservedPod, name: str = "n1", **kw: Any) -> ObservedPod:
+    return replace(p, node=name, **kw)
+
+
+DOWN_LONG = NodeHealth(True, "Unknown", NOW - NODE_LOST_SECONDS - 1, "NodeStatusUnknown")
+DOWN_NOW = NodeHealth(True, "Unknown", NOW - 5, "NodeStatusUnknown")
+UP = NodeHealth(True, "True", NOW - 3600)
+
+
+def test_node_health_reads_the_ready_condition_and_its_time() -> None:
+    h = node_health(node("Unknown", NOW - 30))
+    assert h == NodeHealth(True, "Unknown", NOW - 30, "NodeStatusUnknown")
+    assert node_health(None) == GONE
+    assert node_health(node("False", NOW, deleting=True)) == GONE
+    assert node_health({"metadata": {"name": "n"}}) == NodeHealth(True)
+
+
+def test_a_pod_is_lost_only_past_the_bound_or_with_its_node_gone() -> None:
+    p = on(pod(body()))
+    assert lost(p, {"n1": UP}, NOW) is None
+    assert lost(p, {"n1": DOWN_NOW}, NOW) is None
+    why = lost(p, {"n1": DOWN_LONG}, NOW)
+    assert why is not None and "n1" in why and "Ready=Unknown" in why
+    assert lost(p, {"n1": GONE}, NOW) is not None
+    assert lost(p, {}, NOW) is None  # not looked up: presumed fine
+    assert lost(p, {"n1": NodeHealth(True, "False", None)}, NOW) is None  # no clock to run
+    assert lost(p, {"n1": DOWN_NOW}, NOW, bound=4) is not None
+
+
+def test_a_pooled_pod_not_yet_bound_counts_as_on_its_seats_node() -> None:
+    p = replace(pod(body()), node=None, device="n1/gpu-0", phase="Pending", ip=None)
+    assert lost(p, {"n1": DOWN_LONG}, NOW) is not None
+
+
+def test_only_nodes_of_silent_running_terminating_or_unscheduled_pods_are_checked() -> None:
+    raw = body(replicas=4)
+    answering = on(pod(raw, 0), "a")
+    silent = on(pod(raw, 1), "b")
+    starting = on(pod(raw, 2, phase="Pending"), "c")
+    stuck = on(pod(raw, 3, deleting=True), "d")
+    reports = {"m-0": report(AgentState.AWAKE)}
+    assert nodes_to_check([answering, silent, starting, stuck], reports) == {"b", "d"}
+
+
+def test_a_pod_on_a_lost_node_is_force_deleted_replaced_and_reported() -> None:
+    raw = body()
+    p = on(pod(raw, 0, routed=True))
+    the_plan = plan(observed(raw, [p], nodes={"n1": DOWN_LONG}))
+    assert [(d.name, d.force) for d in the_plan.delete] == [("m-0", True)]
+    assert [c.name for c in the_plan.create] == ["m-0"]  # the same name, free at once
+    assert [e.reason for e in the_plan.events] == ["NodeLost"]
+    assert the_plan.actions == ()  # nothing is asked of an agent that is gone
+
+
+def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted() -> None:
+    raw = body()
+    p = on(pod(raw, 0, deleting=True))
+    assert plan(observed(raw, [p])).delete == ()  # otherwise left to kubelet
+    the_plan = plan(observed(raw, [p], nodes={"n1": GONE}))
+    assert the_plan.delete == (DeletePod("m-0", p.uid, the_plan.delete[0].why, force=True),)
+
+
+def test_a_node_not_ready_for_less_than_the_bound_is_waited_for_with_a_timer() -> None:
+    raw = body(sleep={"idleTimeout": "1h"})
+    p = on(pod(raw, 0))
+    the_plan = plan(
+        observed(raw, [p], {"m-0": report(AgentState.UNREACHABLE)}, nodes={"n1": DOWN_NOW})
+    )
+    assert the_plan.delete == () and the_plan.create == ()
+    assert the_plan.next_check_in is not None
+    assert the_plan.next_check_in <= NODE_LOST_SECONDS - 5 + 1e-6
+
+
+def test_the_node_cache_reads_each_node_once_per_ttl() -> None:
+    reads: list[str] = []
+
+    async def get_node(name: str) -> dict[str, Any] | None:
+        reads.append(name)
+        return None if name == "gone" else node("True", NOW)
+
+    async def run() -> None:
+        cache = NodeCache(ttl=10)
+        first = await cache.health(get_node, ["a", "gone", "a"], 100.0)
+        assert first["gone"] == GONE and first["a"].ready == "True"
+        await cache.health(get_node, ["a"], 105.0)
+        assert reads == ["a", "gone"]
+        await cache.health(get_node, ["a"], 111.0)
+        assert reads == ["a", "gone", "a"]
+
+    asyncio.run(run())
