@@ -9,13 +9,26 @@ project routes through them — see docs/local-cluster.md).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import pki
-from .processes import ClusterError, free_port, http_ok, pid_alive, spawn, stop_pids, wait_ready
+from .processes import (
+    ClusterError,
+    free_port,
+    http_ok,
+    pid_alive,
+    reap,
+    spawn,
+    stop_pids,
+    wait_ready,
+)
 
 STATE_FILE = "state.json"
 SERVICE_CIDR = "10.96.0.0/16"  # never dialled: there is no kube-proxy; pods are found by watch
@@ -31,6 +44,9 @@ class ClusterState:
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)  # start order
     kubelet_admin_url: str | None = None
+    # How each process was started and is probed, so `restart` can start it again: name ->
+    # {"argv": [...], "probe": url, "token": bearer or None, "expect": text or None}.
+    launches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self) -> None:
         Path(self.state_dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -83,6 +99,12 @@ def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> Clu
     ) -> None:
         proc = spawn(name, argv, logs)
         state.pids[name] = proc.pid
+        state.launches[name] = {
+            "argv": argv,
+            "probe": probe_url,
+            "token": token,
+            "expect": expect.decode() if expect is not None else None,
+        }
         state.save()  # record pids before waiting, so `down` can clean up a failed start
         try:
             wait_ready(name, proc, http_ok(probe_url, token, expect), logs, timeout)
@@ -176,8 +198,43 @@ def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> Clu
     return state
 
 
+def restart(state: ClusterState, name: str, timeout: float = 120.0, *, crash: bool = True) -> float:
+    """Stop one process of the cluster (SIGKILL when `crash`, as a node or OOM kill would; else
+    SIGTERM) and start it again with the same command line and data; returns once its probe
+    passes again, with the seconds that took. etcd keeps its data directory, so a restarted
+    etcd (or an apiserver reconnecting to it) resumes where it was."""
+    launch = state.launches.get(name)
+    if launch is None:
+        raise ClusterError(f"{name} was not started by this control plane; cannot restart it")
+    started = time.monotonic()
+    old = state.pids.get(name)
+    if old is not None and crash:
+        try:
+            os.killpg(old, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 10
+        while pid_alive(old) and time.monotonic() < deadline:
+            reap(old)
+            time.sleep(0.05)
+    elif old is not None:
+        stop_pids([old])
+    proc = spawn(name, list(launch["argv"]), state.logs)
+    state.pids[name] = proc.pid
+    state.save()
+    expect = launch.get("expect")
+    probe = http_ok(launch["probe"], launch.get("token"), expect.encode() if expect else None)
+    wait_ready(name, proc, probe, state.logs, timeout)
+    return time.monotonic() - started
+
+
 def stop(state: ClusterState) -> None:
     """Stop everything, newest first (the apiserver drains badly once etcd is gone)."""
+    # A process restarted meanwhile (`restart`, maybe by another holder of this cluster) has a
+    # new pid: the saved state knows it.
+    saved = ClusterState.load(Path(state.state_dir))
+    if saved is not None:
+        state.pids = {**state.pids, **saved.pids}
     stop_pids(list(reversed(state.pids.values())))
     left = [n for n, alive in state.alive().items() if alive]
     if left:

@@ -117,18 +117,19 @@ def stop_pids(pids: list[int], grace: float = 5.0) -> None:
     deadline = time.monotonic() + grace
     for pid in pids:
         while pid_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
+            reap(pid)
             time.sleep(0.1)
         if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         for _ in range(50):
-            _reap(pid)
+            reap(pid)
             if not pid_alive(pid):
                 break
             time.sleep(0.05)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
+    """Collect an exited child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)

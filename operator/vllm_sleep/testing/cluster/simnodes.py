@@ -32,6 +32,12 @@ def start_sim_kubelet(
     proc = spawn("sim-kubelet", argv, state.logs)
     state.pids["sim-kubelet"] = proc.pid
     state.kubelet_admin_url = f"http://127.0.0.1:{port}"
+    state.launches["sim-kubelet"] = {
+        "argv": argv,
+        "probe": f"{state.kubelet_admin_url}/healthz",
+        "token": None,
+        "expect": None,
+    }
     state.save()
     try:
         wait_ready(

@@ -95,8 +95,8 @@ class SimKubelet:
 
     async def _on_pod(self, pod: dict[str, Any]) -> None:
         node = pod.get("spec", {}).get("nodeName")
-        if node not in self._nodes:
-            return
+        if node not in self._nodes or node in self._registrar.lost:
+            return  # not ours, or its kubelet is gone: nothing runs, stops or reports it
         uid = pod["metadata"]["uid"]
         if pod["metadata"].get("deletionTimestamp"):
             if uid not in self._deleting:
@@ -228,7 +228,37 @@ class SimKubelet:
         app.router.add_get("/pods", self._admin_pods)
         app.router.add_get("/violations", self._admin_violations)
         app.router.add_get("/nodes", self._admin_nodes)
+        app.router.add_post("/pods/{namespace}/{name}/kill", self._admin_kill)
+        app.router.add_post("/nodes/{name}/lose", self._admin_lose)
         return app
+
+    async def _admin_kill(self, req: web.Request) -> web.Response:
+        """`?container=NAME`: that container's process dies; the pod restarts it."""
+        key = f"{req.match_info['namespace']}/{req.match_info['name']}"
+        container = req.query.get("container", "")
+        for worker in self.workers.values():
+            if worker.key == key:
+                if await worker.kill(container):
+                    return web.json_response({"killed": container, "pod": key})
+                return web.json_response({"error": f"{container!r} is not running"}, status=409)
+        return web.json_response({"error": f"no pod {key} here"}, status=404)
+
+    async def _admin_lose(self, req: web.Request) -> web.Response:
+        """The node is lost: its kubelet stops (no heartbeat, no status), its containers die
+        without their pods being told; `?unknown_for=S` dates its Unknown condition back."""
+        name = req.match_info["name"]
+        if name not in self._nodes:
+            return web.json_response({"error": f"no node {name} here"}, status=404)
+        try:
+            unknown_for = float(req.query.get("unknown_for", "0"))
+        except ValueError:
+            return web.json_response({"error": "unknown_for must be seconds"}, status=400)
+        self._registrar.lost.add(name)  # before the pods stop: no status write escapes
+        gone = [uid for uid, w in self.workers.items() if w.pod["spec"].get("nodeName") == name]
+        for uid in gone:
+            await self._forget(uid)
+        await self._registrar.lose(name, unknown_for)
+        return web.json_response({"lost": name, "pods": len(gone)})
 
     async def _admin_nodes(self, _req: web.Request) -> web.Response:
         """Host memory per node: capacity and the pinned weight backups, per pod."""

@@ -155,6 +155,31 @@ class NodeRegistrar:
         self._nodes = nodes
         self._heartbeat = heartbeat
         self._task: asyncio.Task[None] | None = None
+        self.lost: set[str] = set()  # nodes whose kubelet is gone: no heartbeat, no status
+
+    async def lose(self, name: str, unknown_for: float = 0.0) -> None:
+        """The node's kubelet stops: no more Lease renewals or status. Its Ready condition is
+        set to Unknown as the node lifecycle controller would once its grace period (50 s by
+        default) ran out, dated `unknown_for` seconds back (a test's fast-forward of the
+        outage); the controller keeps that date and taints the node unreachable."""
+        self.lost.add(name)
+        since = datetime.fromtimestamp(datetime.now(UTC).timestamp() - unknown_for, UTC)
+        ts = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        reason, message = "NodeStatusUnknown", "Kubelet stopped posting node status."
+        conditions = [
+            {
+                "type": t,
+                "status": "Unknown",
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": ts,
+                "lastTransitionTime": ts,
+            }
+            for t in ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
+        ]
+        await client.CoreV1Api(self._api).patch_node_status(
+            name, {"status": {"conditions": conditions}}
+        )
 
     async def register(self) -> None:
         core = client.CoreV1Api(self._api)
@@ -184,6 +209,8 @@ class NodeRegistrar:
     async def _renew_leases(self) -> None:
         coord = client.CoordinationV1Api(self._api)
         for spec in self._nodes:
+            if spec.name in self.lost:
+                continue
             body = {
                 "metadata": {"name": spec.name, "namespace": "kube-node-lease"},
                 "spec": {
@@ -207,6 +234,8 @@ class NodeRegistrar:
                 await self._renew_leases()
                 ts = now()
                 for spec in self._nodes:
+                    if spec.name in self.lost:
+                        continue
                     await core.patch_node_status(
                         spec.name, {"status": {"conditions": _conditions(ts)}}
                     )

@@ -221,6 +221,15 @@ class PodWorker:
                     await asyncio.sleep(0.5)
                     self._dirty.set()
 
+    async def kill(self, container: str) -> bool:
+        """The container's process dies at once (as a SIGKILL or an OOM kill): kubelet's
+        restart loop then starts it again, counting a restart. False: it is not running."""
+        proc = self._procs.get(container)
+        if proc is None:
+            return False
+        await rt.stop_quietly(proc)
+        return True
+
     async def stop(self) -> None:
         """Graceful deletion: main containers first, then sidecars (kubelet's order)."""
         for task in self._tasks:
