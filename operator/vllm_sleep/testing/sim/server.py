@@ -12,6 +12,10 @@ import asyncio
 import logging
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
 from .engine import SimEngine
 from .http_util import Route, detail, json_response
@@ -20,16 +24,22 @@ from .routes_dev import DEV_ROUTES
 from .routes_info import INFO_ROUTES
 from .routes_openai import OPENAI_ROUTES
 from .routes_rl import RL_ROUTES
+from .routes_tasks import TASK_ROUTES, templated_route
 
 log = logging.getLogger(__name__)
 
 ROUTES: dict[str, Route] = {
     **INFO_ROUTES,
     **OPENAI_ROUTES,
+    **TASK_ROUTES,
     **DEV_ROUTES,
     **RL_ROUTES,
     **CHECKPOINT_ROUTES,
 }
+# vLLM (uvicorn, FastAPI) reads a body of any size. The simulator's bound is above what the
+# agent and the gateway forward at their defaults (--max-body-bytes 32 MiB, docs/security.md),
+# so a large upload the pod accepts reaches the engine here as it would reach vLLM; past it, 413.
+MAX_BODY = 64 << 20
 AUTH_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")  # 0.33 authenticate.py; ≤0.11 only /v1
 
 
@@ -42,7 +52,7 @@ async def dispatch(engine: SimEngine, request: web.BaseRequest) -> web.StreamRes
         if request.transport is not None:
             request.transport.close()
         raise ConnectionResetError("engine exited")
-    route = ROUTES.get(path)
+    route = ROUTES.get(path) or templated_route(path)
     if (
         route is None
         or (route.dev and not engine.cfg.dev_mode)
@@ -75,6 +85,18 @@ async def _sim_route(engine: SimEngine, path: str) -> web.Response:
     return detail(404, "Not Found")
 
 
+def _large_bodies(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    """aiohttp's request, with MAX_BODY instead of its 1 MiB `client_max_size`."""
+    loop = asyncio.get_running_loop()
+    return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
+
+
 async def serve(engine: SimEngine) -> None:
     """Bind the engine's socket (raises OSError if taken) and start answering."""
 
@@ -82,7 +104,13 @@ async def serve(engine: SimEngine) -> None:
         return await dispatch(engine, request)
 
     # vLLM (uvicorn + FastAPI) never decompresses request bodies: Content-Encoding is ignored.
-    server = web.Server(handler, handler_cancellation=True, access_log=None, auto_decompress=False)
+    server = web.Server(
+        handler,
+        request_factory=_large_bodies,
+        handler_cancellation=True,
+        access_log=None,
+        auto_decompress=False,
+    )
     runner = web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, engine.cfg.host, engine.cfg.port, reuse_address=True)
