@@ -249,7 +249,8 @@ async def _generate(engine: SimEngine, model: str, body: dict[str, Any]) -> web.
         return openai_error(
             400, "token_ids must be a non-empty list of integers", param="token_ids"
         )
-    params = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
+    raw_params = body.get("sampling_params")
+    params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
     prompt = " ".join(map(str, ids))
     pieces, err = await run_once(engine, prompt, _max_tokens(engine, params.get("max_tokens")))
     if err is not None:
@@ -291,9 +292,9 @@ async def audio(engine: SimEngine, request: web.BaseRequest) -> web.StreamRespon
         return openai_error(400, "There was an error parsing the body", "Bad Request")
     model = form.get("model") or engine.cfg.served_names[0]
     if not isinstance(model, str) or model not in engine.cfg.served_names:
-        return openai_error(404, f"The model `{model}` does not exist.", param="model")
+        return openai_error(404, f"The model `{model!s:.100}` does not exist.", param="model")
     upload = form.get("file")
-    if isinstance(upload, str) or upload is None:
+    if not isinstance(upload, web.FileField):
         return openai_error(400, "file: Field required", param="file")
     size = len(upload.file.read())
     pieces, err = await run_once(engine, f"audio {size}", engine.cfg.default_max_tokens)
