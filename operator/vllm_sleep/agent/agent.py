@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 from aiohttp import web
 
-from ..h1 import Server
+from ..h1 import Server, UpstreamPool
 from ..serve import Service
 from ..vllm import VLLMClient
 from .clock import SYSTEM, Clock
@@ -64,7 +63,7 @@ class Agent(Service):
         self.control = ControlAPI(
             config, self.board, self.gate, self.transitions, self.metrics, clock=clock
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._runners: list[web.BaseRunner] = []
         self._public: Server | None = None
         self._supervisor_task: asyncio.Task[None] | None = None
@@ -90,19 +89,14 @@ class Agent(Service):
             # Before listening: vLLM starts once this sidecar's startup probe passes, and
             # refuses to start without the file its VLLM_LOGGING_CONFIG_PATH names.
             write_logging_config(cfg.vllm_logging_config, cfg.vllm_log_file)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
-            # Pass bytes through untouched: no decompression, no invented headers.
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-        )
+        # No read timeout: a long generation streams, or (non-streamed) answers at its end.
+        self._pool = UpstreamPool(connect_timeout=5.0, idle_timeout=UPSTREAM_KEEPALIVE)
         proxy = PublicProxy(
             cfg,
             self.gate,
             self.board,
             self.metrics,
-            self._session,
+            self._pool,
             self.supervisor.poke,
             clock=self.clock,
         )
@@ -151,9 +145,9 @@ class Agent(Service):
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         await self.vllm.aclose()
 
     async def _serve(self, runner: web.BaseRunner, port: int) -> int:

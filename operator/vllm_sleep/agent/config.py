@@ -87,8 +87,10 @@ class AgentConfig(BaseModel):
     @classmethod
     def _http_url(cls, v: str) -> str:
         parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"upstream must be an http(s) URL with a host, got {v!r}")
+        # Plain HTTP: vLLM listens on the pod's loopback, and the public port's data path
+        # (h1's upstream pool) speaks no TLS.
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"upstream must be an http:// URL with a host, got {v!r}")
         if parts.path not in ("", "/") or parts.query:
             raise ValueError(f"upstream must not carry a path or query, got {v!r}")
         return v.rstrip("/")

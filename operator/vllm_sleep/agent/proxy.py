@@ -10,11 +10,15 @@ client's error, not the agent's.
 A request reaches the handler only once its body is complete, so an inference request is
 counted in flight only from then: a client that sends a head and then nothing holds no slot
 and cannot keep the model awake. Bodies are never parsed: the agent does not need the model
-name or the `stream` flag, only the route. Responses are relayed as they arrive (small ones
-with a known length in one write); an inference request holds its in-flight slot until vLLM's
+name or the `stream` flag, only the route. The request goes to vLLM over h1's upstream pool
+with the client's header bytes as they came (hop-by-hop ones dropped), and vLLM's answer is
+spliced into the client's connection from the upstream's protocol callbacks, the gateway's
+data path: no coroutine switch per chunk, one write per upstream read, vLLM paused while the
+client's socket buffer is full. An inference request holds its in-flight slot until vLLM's
 last byte was read or the client went away, so `inflight` counts exactly what the engine is
 working on. A client that leaves cancels its handler (h1), which closes the upstream request
-(vLLM aborts it) or drops a held request at once.
+(vLLM aborts it; the abandon is noted for the sleep's settle pause) or drops a held request
+at once.
 """
 
 from __future__ import annotations
@@ -23,16 +27,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from urllib.parse import unquote
-
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
+from urllib.parse import unquote, urlsplit
 
 from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
 from ..api.routes import RouteKind, match
-from ..h1 import Limits, Reply, Request, Response, Server
-from ..http_common import HOP_BY_HOP, MAX_HEAD_BYTES, MAX_HEADERS, SMALL_BODY
+from ..h1 import ConnectError, Limits, Reply, Request, Response, Server, UpstreamError, UpstreamPool
+from ..h1.wire import RawHeaders
+from ..http_common import HOP_BY_HOP, MAX_HEAD_BYTES, MAX_HEADERS, forwarded_header_block
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .gate import Admission, Gate, Mode
@@ -42,11 +43,15 @@ from .state import StateBoard
 
 log = logging.getLogger(__name__)
 
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 # Host is the upstream's; Content-Length is recomputed for the body actually sent; the h1
-# server answered Expect: 100-continue.
-_DROP_REQUEST = frozenset(h.encode() for h in HOP_BY_HOP | {"host", "content-length", "expect"})
-_DROP_RESPONSE = HOP_BY_HOP | {"content-length"}
-_XFF = b"x-forwarded-for"
+# server answered Expect: 100-continue. Content-Encoding stays: the body is passed as it came.
+_DROP_REQUEST = _HOP | {b"host", b"content-length", b"expect"}
+# Framing is the client connection's own (h1.Reply sets Content-Length or chunked).
+_DROP_RESPONSE = _HOP | {b"content-length"}
+# Every answer of vLLM is spliced into the client's connection as it arrives: the agent
+# inspects none (the gateway reads the agent's own refusals, which the agent makes itself).
+_SPLICE_ALL: frozenset[int] = frozenset()
 
 
 def error_response(
@@ -69,7 +74,7 @@ class PublicProxy:
         gate: Gate,
         board: StateBoard,
         metrics: AgentMetrics,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         on_upstream_down: Callable[[], None],
         *,
         clock: Clock = SYSTEM,
@@ -77,7 +82,10 @@ class PublicProxy:
         self._config = config
         self._clock = clock
         self._gate, self._board, self._metrics = gate, board, metrics
-        self._session = session
+        self._pool = pool
+        upstream = urlsplit(config.upstream)
+        self._upstream = (upstream.hostname or "", upstream.port or 80)
+        self._host = upstream.netloc.encode()
         self._on_upstream_down = on_upstream_down
         # Bound once: a labels() lookup per request is measurable in the proxy benchmark.
         self._denied = metrics.requests.labels("denied")
@@ -176,108 +184,65 @@ class PublicProxy:
     async def _forward(
         self, request: Request, reply: Reply, target: str, *, inference: bool
     ) -> Response | None:
-        url = self._config.upstream + target  # the table's path, never the client's
+        """Send the request to vLLM and splice its answer into `reply` from the upstream
+        connection's callbacks (h1), as the gateway does: one write per upstream read, vLLM
+        paused while the client's socket buffer is full (a slow client never makes the agent
+        buffer). Returns once vLLM's last byte was relayed, or the response to send instead."""
         if request.query:
-            url += "?" + request.query
+            target += "?" + request.query  # the table's path, never the client's
+        body = request.body
+        length = b"content-length: %d\r\n" % len(body) if body or request.method == "POST" else b""
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n" % (
+            request.method.encode(),
+            target.encode("latin-1"),
+            self._host,
+            length,
+            forwarded_header_block(request.headers, request.peer, _DROP_REQUEST),
+        )
+        host, port = self._upstream
         try:
-            headers = _request_headers(request)
-        except UnicodeDecodeError:
-            return error_response(400, "request headers must be ASCII or UTF-8")
-        try:
-            async with self._session.request(
-                request.method,
-                URL(url, encoded=True),
-                headers=headers,
-                data=request.body or None,
-                allow_redirects=False,
-            ) as upstream:
-                await self._relay(reply, upstream, inference=inference)
-                return None
-        except (TimeoutError, aiohttp.ClientConnectorError) as e:
-            self._metrics.upstream_errors.inc()
-            self._on_upstream_down()
-            return error_response(
-                503,
-                f"vLLM is not reachable: {type(e).__name__}",
-                code=ErrorCode.ENGINE_UNREACHABLE,
-                headers={"Retry-After": str(self._config.retry_after)},
-            )
-        except aiohttp.ClientError as e:
-            self._metrics.upstream_errors.inc()
-            if reply.started:
+            try:
+                exchange = await self._pool.request(
+                    host,
+                    port,
+                    head,
+                    body,
+                    sink=reply,
+                    header_filter=_response_headers,
+                    buffered=_SPLICE_ALL,
+                )
+            except ConnectError as e:
+                self._metrics.upstream_errors.inc()
+                self._on_upstream_down()
+                return error_response(
+                    503,
+                    f"vLLM is not reachable: {e}",
+                    code=ErrorCode.ENGINE_UNREACHABLE,
+                    headers={"Retry-After": str(self._config.retry_after)},
+                )
+            except UpstreamError as e:
+                self._metrics.upstream_errors.inc()
+                return error_response(502, f"vLLM failed mid-request: {e}")
+            try:
+                await exchange.finished()
+            except UpstreamError as e:
                 # vLLM broke off mid-body: the status line is out, so an incomplete response
                 # is the only honest signal left.
-                log.warning("relay of %s broke off: %s: %s", target, type(e).__name__, e)
+                self._metrics.upstream_errors.inc()
+                log.warning("relay of %s broke off: %s", target, e)
                 reply.abort()
-                return None
-            return error_response(502, f"vLLM failed mid-request: {type(e).__name__}: {e}")
-
-    async def _relay(
-        self, reply: Reply, upstream: aiohttp.ClientResponse, *, inference: bool
-    ) -> None:
-        """Copy vLLM's answer into the client's connection as it arrives, pausing vLLM while
-        the client's socket buffer is full (a slow client never makes the agent buffer)."""
-        headers = [
-            (name, value)
-            for name, value in upstream.raw_headers
-            if name.decode("latin-1").lower() not in _DROP_RESPONSE
-        ]
-        length = upstream.content_length
-        reason = upstream.reason.encode("latin-1") if upstream.reason else None
-        try:
-            if (
-                length is not None
-                and length <= SMALL_BODY
-                and upstream.content_type != "text/event-stream"
-            ):
-                body = await upstream.read()
-                reply.start(upstream.status, reason, headers, len(body))
-                reply.write(body)
-                reply.end()
-                return
-            reply.start(upstream.status, reason, headers, length)
-            reply.flush_head()
-            writable = asyncio.Event()
-            writable.set()
-            reply.on_flow(writable.clear, writable.set)
-            try:
-                async for chunk in upstream.content.iter_any():
-                    reply.write(chunk)
-                    if not writable.is_set():
-                        await writable.wait()
             finally:
-                reply.clear_flow()
-            reply.end()
+                exchange.release()  # back to the pool when complete, else closed
         except asyncio.CancelledError:
-            # The client left mid-answer. vLLM aborts the request once the upstream connection
-            # closes (leaving `async with`); a sleep must wait for that to land (<=0.16
-            # crashes on work still running).
+            # The client left before vLLM's last byte: before its head too (a non-streamed
+            # answer comes whole, at the end). The closed connection makes vLLM abort the
+            # request a moment later; a sleep must wait for that (<=0.16 crashes on work
+            # still running).
             if inference:
                 self._gate.note_abandoned()
             raise
+        return None
 
 
-def _request_headers(request: Request) -> CIMultiDict[str]:
-    """The client's headers as vLLM gets them: hop-by-hop ones (and those the client named in
-    `Connection`) dropped, `X-Forwarded-For` extended with the client's address."""
-    hop_only: set[bytes] = set()
-    for name, value in request.headers:
-        if name.lower() == b"connection":
-            hop_only.update(t.strip().lower() for t in value.split(b","))
-    out: CIMultiDict[str] = CIMultiDict()
-    prior: list[str] = []
-    for name, value in request.headers:
-        low = name.lower()
-        if low == _XFF:
-            prior.append(_text(value))
-        elif low not in _DROP_REQUEST and low not in hop_only:
-            out.add(_text(name), _text(value))
-    chain = [*prior, request.peer] if request.peer else prior
-    if chain:
-        out["X-Forwarded-For"] = ", ".join(chain)
-    return out
-
-
-def _text(raw: bytes) -> str:
-    # The upstream client writes header text as UTF-8: UTF-8 in, the same bytes out.
-    return raw.decode("utf-8")
+def _response_headers(headers: RawHeaders) -> RawHeaders:
+    return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
