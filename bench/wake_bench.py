@@ -1,7 +1,9 @@
 """Wake through the gateway: how much a wake-on-request adds over the engine's own wake.
 
-    .venv/bin/python bench/wake_bench.py [--cycles 20] [--time-scale 0.1]
+    .venv/bin/python bench/wake_bench.py [--cycles 200] [--time-scale 0.1]
                                          [--out bench/results/wake.json]
+                                         [--png docs/img/wake-added.png]
+    .venv/bin/python bench/wake_bench.py --plot bench/results/wake.json [--png ...]
 
 Starts its own local cluster (control plane + sim-kubelet on tmpfs, cached binaries), the
 operator and the gateway as processes with their ServiceAccounts' RBAC, and one model
@@ -20,6 +22,10 @@ agent awake -> response (the agent releasing the request it held, minus the requ
 cost). The gateway sends a held request to the asleep pod's agent, so the operator's awake
 condition (agent awake -> condition seen) and the kubelet's Ready (condition -> Ready) are
 reported too but are no longer on the request's path.
+
+`--png` draws the distribution (matplotlib): the added time per cycle in run order, and the
+cumulative distribution of the added time and of its two largest phases; `--plot FILE` draws
+it again from a results file without running anything.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 class Cluster:
-    def __init__(self, time_scale: float) -> None:
+    def __init__(self, time_scale: float, gpu_nodes: int = 1, gpus_per_node: int = 1) -> None:
         from vllm_sleep.testing.cluster import build, controlplane
         from vllm_sleep.testing.cluster.simnodes import start_simulated
 
@@ -70,7 +76,7 @@ class Cluster:
         root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         self.dir = root / f"vso-wake-bench-{os.getpid()}"
         self.state = start_simulated(
-            self.dir, bins, gpu_nodes=1, gpus_per_node=1, time_scale=time_scale
+            self.dir, bins, gpu_nodes=gpu_nodes, gpus_per_node=gpus_per_node, time_scale=time_scale
         )
         self.kubectl_bin = str(bins["k8s"] / "kubectl")
         self.kubeconfig = self.state.kubeconfig
@@ -126,6 +132,7 @@ class Timeline:
     def __init__(self) -> None:
         self.lease: list[float] = []  # a new renewTime seen
         self.agent: list[tuple[str, float]] = []  # (state, since) from the agent
+        self.held: list[float] = []  # the agent's report of a held request arrived here
         self.awake_cond: list[float] = []  # awake condition turned True
         self.ready: list[float] = []  # Ready turned True (with awake True)
 
@@ -182,6 +189,8 @@ async def follow_agent(session: aiohttp.ClientSession, url: str, token: str, tl:
             continue
         if s["version"] != version:
             tl.agent.append((s["state"], s["since"]))
+            if s.get("held") and s["state"] == "asleep":
+                tl.held.append(time.time())
             version = s["version"]
 
 
@@ -203,8 +212,11 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             return (obj.get("status") or {}).get("phase")
 
         async def gateway_view() -> dict[str, Any]:
-            async with http.get(f"{gateway}/v1/models") as r:
-                data = (await r.json())["data"]
+            try:
+                async with http.get(f"{gateway}/v1/models") as r:
+                    data = (await r.json())["data"]
+            except aiohttp.ClientConnectorError:  # the gateway is still starting
+                return {}
             return next((m for m in data if m["id"] == MODEL), {})
 
         async def until(pred: Any, what: str, timeout: float = 180) -> None:
@@ -245,7 +257,12 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             t0 = time.time()
             total = await timed()
             awake_cost = min([await timed() for _ in range(3)])
-            await asyncio.sleep(0.2)  # the pod watch catches up with Ready
+            # The watches catch up (a loaded host can take seconds to show Ready).
+            deadline = time.monotonic() + 10
+            while not (Timeline.first_after(tl.ready, t0) and Timeline.first_after(tl.lease, t0)):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
             waking = next((s for st, s in tl.agent if st == "waking" and s >= t0 - 0.01), None)
             awake = next((s for st, s in tl.agent if st == "awake" and s >= t0), None)
             if waking is None or awake is None:  # the long-poll missed a state: not counted
@@ -253,9 +270,13 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                 missed += 1
                 continue
             lease = Timeline.first_after(tl.lease, t0)
+            held = Timeline.first_after(tl.held, t0)
             cond = Timeline.first_after(tl.awake_cond, t0)
             ready = Timeline.first_after(tl.ready, t0)
-            assert lease and cond and ready, (lease, cond, ready)
+            if not (lease and cond and ready):  # a watch fell behind: not counted
+                print(f"cycle {i:2d}: watch missed: {(lease, cond, ready)}", flush=True)
+                missed += 1
+                continue
             wake = awake - waking
             row = {
                 "total": total,
@@ -270,6 +291,12 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                 "awake_to_condition": cond - awake,
                 "condition_to_ready": ready - cond,
             }
+            if held is not None and held < waking:
+                # The agent's held report as a long-poll (the operator's too) received it, and
+                # from there the operator's pass up to the agent's wake starting. Missing when
+                # the long-poll's answer already said `waking` (it reports the latest state).
+                row["to_held_seen"] = held - t0
+                row["held_seen_to_waking"] = waking - held
             if i:
                 cycles.append(row)
             print(
@@ -285,13 +312,16 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     await api.close()
+    keys = dict.fromkeys(k for c in cycles for k in c)
+    series = {k: [c[k] for c in cycles if k in c] for k in keys}
     summary = {
         k: {
-            "p50_ms": round(pct([c[k] for c in cycles], 50) * 1e3, 2),
-            "p99_ms": round(pct([c[k] for c in cycles], 99) * 1e3, 2),
-            "mean_ms": round(statistics.mean(c[k] for c in cycles) * 1e3, 2),
+            "p50_ms": round(pct(xs, 50) * 1e3, 2),
+            "p99_ms": round(pct(xs, 99) * 1e3, 2),
+            "mean_ms": round(statistics.mean(xs) * 1e3, 2),
+            "cycles": len(xs),
         }
-        for k in cycles[0]
+        for k, xs in series.items()
     }
     return {"summary": summary, "cycles": cycles, "missed_cycles": missed}
 
@@ -302,10 +332,16 @@ async def _eq(coro: Any, want: str) -> bool:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cycles", type=int, default=20)
+    p.add_argument("--cycles", type=int, default=200)
     p.add_argument("--time-scale", type=float, default=0.1)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "wake.json")
+    p.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "wake-added.png")
+    p.add_argument("--plot", type=Path, help="only draw --png from this results file")
+    p.add_argument("--keep-logs", type=Path, help="copy the operator's and gateway's logs here")
     args = p.parse_args()
+    if args.plot:
+        plot(json.loads(args.plot.read_text()), args.png)
+        return 0
     args.gateway_port = free_port()
     cluster = Cluster(args.time_scale)
     try:
@@ -355,6 +391,10 @@ def main() -> int:
                 time.sleep(0.2)
         result = asyncio.run(run(args, cluster))
     finally:
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in cluster.dir.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
         cluster.close()
     result["setup"] = {
         "cycles": args.cycles,
@@ -363,11 +403,48 @@ def main() -> int:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "uvloop": _has_uvloop(),
+        "loadavg_at_end": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
+    plot(result, args.png)
     return 0
+
+
+def plot(result: dict[str, Any], png: Path) -> None:
+    """Added time per cycle, and the distributions of it and of its two largest phases."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cycles = result["cycles"]
+    ms = {k: [c[k] * 1e3 for c in cycles if k in c] for k in cycles[0]}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=80)
+    ax1.plot(range(1, len(cycles) + 1), ms["added"], ".", markersize=4, label="added")
+    ax1.axhline(20, color="red", lw=0.8, ls="--", label="target p99 (20 ms)")
+    ax1.set(xlabel="cycle", ylabel="ms", title=f"added by the wake path, {len(cycles)} cycles")
+    series = {
+        "added": "added (total - engine wake - request awake)",
+        "request_to_waking": "request in -> agent starts waking",
+        "awake_to_response": "agent awake -> response (- request awake)",
+    }
+    for key, label in series.items():
+        xs = sorted(ms[key])
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        p50, p99 = pct(xs, 50), pct(xs, 99)
+        ax2.step(xs, ys, where="post", label=f"{label}: p50 {p50:.1f}, p99 {p99:.1f}")
+    ax2.axvline(20, color="red", lw=0.8, ls="--")
+    ax2.axhline(0.99, color="grey", lw=0.5)
+    ax2.set(xlabel="ms", ylabel="share of cycles", title="cumulative distribution", ylim=(0, 1.01))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    print(f"wrote {png}")
 
 
 def _has_uvloop() -> bool:

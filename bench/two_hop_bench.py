@@ -1,0 +1,318 @@
+"""Two hops against two nginx: the gateway and the pod agent in front of one simulated vLLM.
+
+    .venv/bin/python bench/two_hop_bench.py [--requests 2000] [--rounds 6]
+                                            [--concurrency 1,16,64] [--layouts shared,pinned]
+                                            [--out bench/results/two_hop.json]
+    .venv/bin/python bench/two_hop_bench.py --report bench/results/two_hop.json
+
+Every request crosses two proxies in production: the gateway, then the pod's agent. This puts
+the same upstream, the vLLM simulator (`vllm-sleep sim`, time scale 0: no simulated compute,
+8 streamed tokens per request), behind five targets, all processes of one run:
+
+    direct          load generator -> simulator
+    nginx           -> nginx (back) -> simulator
+    agent           -> agent -> simulator
+    nginx+nginx     -> nginx (front) -> nginx (back) -> simulator
+    gateway+agent   -> gateway -> agent -> simulator
+
+The agent is `vllm-sleep agent` as shipped (its public port, its own process); the gateway is
+gateway_bench.py's (StaticSource, uvloop); nginx is gateway_bench.py's configuration (one
+worker, upstream keepalive, `proxy_buffering off`). The load generator, the interleaved rounds
+and the CPU reading are gateway_bench.py's too: each cell warms every target, then runs
+`--rounds` rounds of every target in turn, the order rotated per round, so the host's drift is
+spread over all of them. Added = target percentile - direct percentile of the time to first
+chunk. CPU per request is read per hop (each proxy process's utime+stime from /proc, nginx's
+master and worker together) over the timed requests that hop carried.
+
+Layouts as in gateway_bench.py: `shared` lets the OS place everything; `pinned` puts every
+proxy on CPU 0 and the simulator and load generator on the other CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+import gateway_bench as gb
+
+SIM_HOST, AGENT_HOST = "127.0.11.1", "127.0.11.2"
+TOKEN = "two-hop-bench"
+PATH = "/v1/chat/completions"
+# target -> the proxy processes it crosses, first hop first
+TARGETS = {
+    "direct": (),
+    "nginx": ("nginx back",),
+    "agent": ("agent",),
+    "nginx+nginx": ("nginx front", "nginx back"),
+    "gateway+agent": ("gateway", "agent"),
+}
+PAIRS = (("agent", "nginx"), ("gateway+agent", "nginx+nginx"))
+
+
+def wait_listening(host: str, port: int, proc: subprocess.Popen[Any], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{what} did not listen on {host}:{port}")
+
+
+def start_cli(argv: list[str], cpus: set[int] | None, env: dict[str, str]) -> subprocess.Popen[Any]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vllm_sleep.cli", *argv],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
+
+
+def agent_awake(control: str) -> None:
+    """The agent starts holding (it detects the engine first): wait for `awake`."""
+    deadline = time.monotonic() + 30
+    req = urllib.request.Request(f"{control}/state", headers={"Authorization": f"Bearer {TOKEN}"})
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            if json.load(r)["state"] == "awake":
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the agent never reported the engine awake")
+
+
+def start_all(
+    tmp: Path,
+    procs: list[subprocess.Popen[Any]],
+    proxy_cpus: set[int] | None,
+    rest: set[int] | None,
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Every process of one layout, appended to `procs` as started (the caller stops them):
+    the URL of each target and the pid of each hop."""
+    sim_port = gb.free_port(SIM_HOST)
+    sim_argv = ["sim", gb.MODEL, "--host", SIM_HOST, "--port", str(sim_port)]
+    sim_argv += ["--time-scale", "0", "--default-max-tokens", "8"]
+    procs.append(start_cli(sim_argv, rest, {"VLLM_SERVER_DEV_MODE": "1"}))  # as in a pod
+    wait_listening(SIM_HOST, sim_port, procs[-1], "the simulator")
+    sim = f"{SIM_HOST}:{sim_port}"
+
+    public, control = gb.free_port(AGENT_HOST), gb.free_port(AGENT_HOST)
+    agent_argv = ["agent", "--listen-host", AGENT_HOST, "--upstream", f"http://{sim}"]
+    agent_argv += ["--public-port", str(public), "--control-port", str(control)]
+    procs.append(start_cli(agent_argv, proxy_cpus, {"VLLM_SLEEP_CONTROL_TOKEN": TOKEN}))
+    wait_listening(AGENT_HOST, control, procs[-1], "the agent")
+    agent_awake(f"http://{AGENT_HOST}:{control}")
+    agent = f"http://{AGENT_HOST}:{public}"
+
+    gw_port = gb.free_port(gb.HOSTS["gateway"])
+    gw_argv = ["--role", "gateway", "--port", str(gw_port), "--upstream", agent]
+    procs.append(gb.spawn([*gw_argv, "--loop", "uvloop"], proxy_cpus))
+
+    back_port, front_port = gb.free_port(gb.HOSTS["nginx"]), gb.free_port(gb.HOSTS["nginx"])
+    (tmp / "back").mkdir()
+    (tmp / "front").mkdir()
+    back = gb.start_nginx(tmp / "back", sim, back_port, proxy_cpus)
+    procs.append(back)
+    front_upstream = f"{gb.HOSTS['nginx']}:{back_port}"
+    front = gb.start_nginx(tmp / "front", front_upstream, front_port, proxy_cpus)
+    procs.append(front)
+
+    nginx = f"http://{gb.HOSTS['nginx']}"
+    urls = {
+        "direct": f"http://{sim}{PATH}",
+        "nginx": f"{nginx}:{back_port}{PATH}",
+        "agent": agent + PATH,
+        "nginx+nginx": f"{nginx}:{front_port}{PATH}",
+        "gateway+agent": f"http://{gb.HOSTS['gateway']}:{gw_port}{PATH}",
+    }
+    pids = {"agent": procs[1].pid, "gateway": procs[2].pid}
+    pids |= {"nginx back": back.pid, "nginx front": front.pid}
+    return urls, pids
+
+
+async def cell(
+    args: argparse.Namespace, urls: dict[str, str], pids: dict[str, int], streams: int
+) -> dict[str, Any]:
+    """One concurrency: every target, interleaved; each hop's CPU charged to the target."""
+    per_round = max(1, args.requests // args.rounds)
+    samples: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+    cpu = {t: dict.fromkeys(hops, 0.0) for t, hops in TARGETS.items()}
+    for target in TARGETS:
+        await gb.run_cell(urls[target], streams, 0, args.warmup)
+    names = list(TARGETS)
+    for rnd in range(args.rounds):
+        k = rnd % len(names)
+        for target in names[k:] + names[:k]:
+            before = {hop: gb.cpu_seconds(pids[hop]) for hop in TARGETS[target]}
+            samples[target].append(await gb.run_cell(urls[target], streams, per_round, 0))
+            for hop, then in before.items():
+                cpu[target][hop] += gb.cpu_seconds(pids[hop]) - then
+    row: dict[str, Any] = {}
+    timed = per_round * args.rounds
+    for target in names:
+        row[target] = gb.summarize(samples[target])
+        row[target]["cpu_us_per_request"] = {
+            hop: round(seconds / timed * 1e6, 1) for hop, seconds in cpu[target].items()
+        }
+        direct = row["direct"]["ttfb_ms"]
+        row[target]["added_ttfb_ms"] = {
+            p: round(row[target]["ttfb_ms"][p] - direct[p], 3) for p in ("p50", "p99")
+        }
+        print(f"c={streams:<3} {target:<14} {json.dumps(row[target])}", flush=True)
+    row["ratios"] = ratios(row)
+    print(f"c={streams:<3} ratios {json.dumps(row['ratios'])}", flush=True)
+    return row
+
+
+def ratios(row: dict[str, Any]) -> dict[str, Any]:
+    """Ours over nginx's: added time to first chunk per percentile, and CPU per request (the
+    agent's own hop, and both hops summed)."""
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 2) if b > 0 else None
+
+    out: dict[str, Any] = {}
+    for ours, theirs in PAIRS:
+        a, b = row[ours], row[theirs]
+        out[f"{ours} / {theirs}"] = {
+            "added_ttfb_p50": ratio(a["added_ttfb_ms"]["p50"], b["added_ttfb_ms"]["p50"]),
+            "added_ttfb_p99": ratio(a["added_ttfb_ms"]["p99"], b["added_ttfb_ms"]["p99"]),
+            "cpu_per_request": ratio(
+                sum(a["cpu_us_per_request"].values()), sum(b["cpu_us_per_request"].values())
+            ),
+        }
+    out["agent hop in two hops / nginx back hop in two"] = ratio(
+        row["gateway+agent"]["cpu_us_per_request"]["agent"],
+        row["nginx+nginx"]["cpu_us_per_request"]["nginx back"],
+    )
+    return out
+
+
+def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
+    ncpu = len(os.sched_getaffinity(0))
+    proxy_cpus = {0} if layout == "pinned" else None
+    rest = set(range(1, ncpu)) if layout == "pinned" else None
+    mine = os.sched_getaffinity(0)
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        if rest:
+            os.sched_setaffinity(0, rest)  # the load generator
+        urls, pids = start_all(tmp, procs, proxy_cpus, rest)
+        print(f"-- layout {layout}", flush=True)
+
+        async def every_cell() -> dict[str, Any]:
+            return {str(c): await cell(args, urls, pids, c) for c in args.concurrency}
+
+        return asyncio.run(every_cell())
+    finally:
+        os.sched_setaffinity(0, mine)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def report(path: Path) -> str:
+    """The results file as the table in docs/benchmarks.md."""
+    doc = json.loads(path.read_text())
+    lines = [
+        "| layout | streams | direct p50 / p99 | added p50 / p99: agent · nginx | "
+        "added p50 / p99: gateway+agent · nginx+nginx | CPU µs/req agent · nginx | "
+        "CPU µs/req gateway + agent · front + back nginx |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def added(r: dict[str, Any]) -> str:
+        a = r["added_ttfb_ms"]
+        return f"{a['p50']:+.2f} / {a['p99']:+.2f}"
+
+    for layout, cells in doc["results"].items():
+        for c, row in cells.items():
+            d = row["direct"]["ttfb_ms"]
+            two, ngx2 = row["gateway+agent"], row["nginx+nginx"]
+            g, ag = two["cpu_us_per_request"]["gateway"], two["cpu_us_per_request"]["agent"]
+            f, b = (
+                ngx2["cpu_us_per_request"]["nginx front"],
+                ngx2["cpu_us_per_request"]["nginx back"],
+            )
+            lines.append(
+                f"| {layout} | {c} | {d['p50']:.2f} / {d['p99']:.2f} "
+                f"| {added(row['agent'])} · {added(row['nginx'])} "
+                f"| {added(two)} · {added(ngx2)} "
+                f"| {row['agent']['cpu_us_per_request']['agent']:.0f} · "
+                f"{row['nginx']['cpu_us_per_request']['nginx back']:.0f} "
+                f"| {g:.0f} + {ag:.0f} · {f:.0f} + {b:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=2000, help="timed requests per target/cell")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
+    )
+    p.add_argument(
+        "--layouts",
+        type=lambda s: [x for x in s.split(",") if x in ("shared", "pinned")],
+        default=["shared", "pinned"],
+    )
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "two_hop.json")
+    p.add_argument("--report", type=Path, help="print a results file as a markdown table")
+    args = p.parse_args()
+    if args.report:
+        print(report(args.report))
+        return 0
+    load_before = os.getloadavg()
+    layouts: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="two-hop-") as tmp:
+        for layout in args.layouts:
+            if layout == "pinned" and len(os.sched_getaffinity(0)) < 2:
+                print("pinned layout needs 2 CPUs; skipped", flush=True)
+                continue
+            (Path(tmp) / layout).mkdir()
+            layouts[layout] = run_layout(args, layout, Path(tmp) / layout)
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = subprocess.run([nginx_bin, "-v"], capture_output=True, text=True).stderr.strip()
+    result = {
+        "benchmark": "two hops: gateway + agent vs nginx + nginx (SSE from the simulator)",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": load_before,
+            "loadavg_at_end": os.getloadavg(),
+            "nginx": nginx,
+        },
+        "params": {k: v for k, v in vars(args).items() if k not in ("out", "report")},
+        "results": layouts,
+    }
+    gb.write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
