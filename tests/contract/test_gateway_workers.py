@@ -7,6 +7,7 @@ contract needs; requests routed and held by several workers are tests/e2e/test_g
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -20,6 +21,9 @@ from typing import TypeVar
 
 import httpx
 import pytest
+
+from contract.test_gateway_start_stop import BlockedSource
+from vllm_sleep.gateway import Gateway, GatewayConfig, MemoryDemand, StaticSource
 
 pytestmark = pytest.mark.contract
 
@@ -195,3 +199,31 @@ def test_one_worker_is_the_process_itself(tmp_path: Path) -> None:
     finally:
         gw.stop()
     assert gw.proc.returncode == 0
+
+
+async def test_workers_listen_on_one_port_and_a_late_one_only_once_listed() -> None:
+    """In-process: two gateways share a port with reuse_port; one started with
+    bind_after_list (a restarted worker) takes no connection before its first list."""
+
+    async def readyz(url: str) -> int:
+        async with httpx.AsyncClient() as http:  # a new connection: the kernel picks a socket
+            return (await http.get(f"{url}/readyz")).status_code
+
+    port = free_port()
+    late_source = BlockedSource()
+    late_cfg = GatewayConfig(listen_host=HOST, port=port, reuse_port=True, bind_after_list=True)
+    late = Gateway(late_cfg, late_source, MemoryDemand())
+    cfg = GatewayConfig(listen_host=HOST, port=port, reuse_port=True)
+    async with Gateway(cfg, StaticSource("team"), MemoryDemand()) as first:
+        starting = asyncio.create_task(late.start())
+        await late_source.entered.wait()
+        # While the late one lists, every connection reaches the ready one (were the late one
+        # listening, the kernel would hand it about half of them: 503 not_ready).
+        assert [await readyz(first.url) for _ in range(20)] == [200] * 20
+        late_source.release.set()
+        await starting
+        try:
+            assert late.port == port
+            assert [await readyz(first.url) for _ in range(20)] == [200] * 20
+        finally:
+            await late.stop()
