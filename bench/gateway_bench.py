@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +273,13 @@ async def bench(
     return cells
 
 
-def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def placed(
+    layout: str,
+) -> Iterator[tuple[set[int] | None, set[int] | None, list[subprocess.Popen[Any]]]]:
+    """A layout's CPUs for the proxies and for everything else (None: the OS places it), this
+    process (the load generator) moved onto the latter, and a list of the processes started
+    for it, stopped when the block ends."""
     ncpu = len(os.sched_getaffinity(0))
     proxy_cpus = {0} if layout == "pinned" else None
     rest = set(range(1, ncpu)) if layout == "pinned" else None
@@ -280,6 +288,20 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, An
     try:
         if rest:
             os.sched_setaffinity(0, rest)  # the load generator
+        yield proxy_cpus, rest, procs
+    finally:
+        os.sched_setaffinity(0, mine)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
+    with placed(layout) as (proxy_cpus, rest, procs):
         up_port = free_port(HOSTS["upstream"])
         procs.append(
             spawn(
@@ -306,15 +328,6 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, An
         pids["nginx"] = ngx.pid
         print(f"-- layout {layout}", flush=True)
         return asyncio.run(bench(args, urls, pids))
-    finally:
-        os.sched_setaffinity(0, mine)
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

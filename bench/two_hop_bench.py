@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -207,14 +206,7 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
-    ncpu = len(os.sched_getaffinity(0))
-    proxy_cpus = {0} if layout == "pinned" else None
-    rest = set(range(1, ncpu)) if layout == "pinned" else None
-    mine = os.sched_getaffinity(0)
-    procs: list[subprocess.Popen[Any]] = []
-    try:
-        if rest:
-            os.sched_setaffinity(0, rest)  # the load generator
+    with gb.placed(layout) as (proxy_cpus, rest, procs):
         urls, pids = start_all(tmp, procs, proxy_cpus, rest)
         print(f"-- layout {layout}", flush=True)
 
@@ -222,15 +214,6 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, An
             return {str(c): await cell(args, urls, pids, c) for c in args.concurrency}
 
         return asyncio.run(every_cell())
-    finally:
-        os.sched_setaffinity(0, mine)
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def report(path: Path) -> str:

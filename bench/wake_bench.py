@@ -438,12 +438,12 @@ def plot(result: dict[str, Any], png: Path) -> None:
     ax2.axvline(20, color="red", lw=0.8, ls="--")
     ax2.axhline(0.99, color="grey", lw=0.5)
     ax2.set(xlabel="ms", ylabel="share of cycles", title="cumulative distribution", ylim=(0, 1.01))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="lower right")
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
+    fig.savefig(png, bbox_inches="tight")
     print(f"wrote {png}")
 
 

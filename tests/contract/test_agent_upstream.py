@@ -43,13 +43,18 @@ async def upstream() -> AsyncIterator[Upstream]:
         return web.json_response({"is_sleeping": False})
 
     app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/is_sleeping", awake)
-    app.router.add_post("/v1/completions", completions)
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/is_sleeping", awake),
+            web.post("/v1/completions", completions),
+        ]
+    )
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.3.3", 0).start()
-    up.url = f"http://127.0.3.3:{runner.addresses[0][1]}"
+    site = web.TCPSite(runner, "127.0.3.3", 0)
+    await site.start()
+    up.url = site.name
     yield up
     up.release.set()
     await runner.cleanup()
