@@ -50,12 +50,12 @@ from swap_bench import (
     deploy,
     model_manifest,
     phase_of,
-    start_stack,
+    pool_manifest,
     until,
 )
 from vllm_sleep.testing.arrivals import Arrival, TraceShape, arrivals
 from vllm_sleep.testing.replay import Outcome, replay
-from wake_bench import Cluster, _has_uvloop, free_port, pct
+from wake_bench import Cluster, _has_uvloop, free_port, pct, start_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "vllm-sleep.io/device"
@@ -396,14 +396,19 @@ def main() -> int:
     p.add_argument("--png", type=Path, default=ROOT / "bench" / "results" / "soak.png")
     p.add_argument("--plot", type=Path, help="draw the PNG from this results file, run nothing")
     args = p.parse_args()
-    if args.plot:
-        plot(json.loads(args.plot.read_text()), args.png)
-        return 0
+    result = json.loads(args.plot.read_text()) if args.plot else run_and_record(args)
+    plot(result, args.png)
+    return 0
+
+
+def run_and_record(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the soak on its own cluster, write the results file, print the summary."""
     args.gateway_port = free_port()
     load_before, started = os.getloadavg(), time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
     cluster = Cluster(args.time_scale, gpu_nodes=1, gpus_per_node=2)
     try:
-        start_stack(cluster, args.gateway_port)
+        start_stack(cluster, args.gateway_port, NS)
+        deploy(cluster, [pool_manifest()])
         result = asyncio.run(soak(args, cluster))
     finally:
         if args.keep_logs:
@@ -431,8 +436,7 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     brief = {k: v for k, v in result.items() if k not in ("samples", "spans", "requests_log")}
     print(json.dumps(brief, indent=1)[:6000])
-    plot(result, args.png)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

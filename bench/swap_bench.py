@@ -46,7 +46,15 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wake_bench import Cluster, Timeline, _has_uvloop, follow_agent, free_port, pct
+from wake_bench import (
+    Cluster,
+    Timeline,
+    _has_uvloop,
+    follow_agent,
+    free_port,
+    pct,
+    start_stack,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NS, POOL, NODE = "bench", "swap-gpu", "gpu-node-0"
@@ -400,34 +408,6 @@ async def _eq(coro: Any, want: str) -> bool:
     return bool(await coro == want)
 
 
-def start_stack(cluster: Cluster, gateway_port: int) -> None:
-    """CRDs, the project's namespace and RBAC, the bench namespace, the operator (procs[0]) and
-    the gateway (procs[1]) as processes with their ServiceAccounts' tokens, the GPUPool on
-    `NODE` (every GPU of it)."""
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
-    cluster.kubectl("wait", "--for=condition=Established", "crd/gpupools.vllm-sleep.io")
-    for f in ("namespace.yaml", "rbac.yaml"):
-        cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
-    cluster.kubectl("create", "namespace", NS)
-    cluster.spawn(
-        "operator",
-        [
-            "operator",
-            f"--metrics-bind=127.0.0.1:{free_port()}",
-            f"--health-bind=127.0.0.1:{free_port()}",
-        ],
-        cluster.sa_kubeconfig("vllm-sleep-operator"),
-    )
-    gw_cfg = cluster.sa_kubeconfig("vllm-sleep-gateway")
-    cluster.spawn(
-        "gateway",
-        ["gateway", "--host=127.0.0.1", f"--port={gateway_port}", f"--kubeconfig={gw_cfg}"],
-        gw_cfg,
-    )
-    deploy(cluster, [pool_manifest()])
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cycles", type=int, default=20)
@@ -445,7 +425,8 @@ def main() -> int:
     args.gateway_port = free_port()
     cluster = Cluster(args.time_scale)
     try:
-        start_stack(cluster, args.gateway_port)
+        start_stack(cluster, args.gateway_port, NS)
+        deploy(cluster, [pool_manifest()])
         result = asyncio.run(run(args, cluster))
     finally:
         if args.keep_logs:  # the operator's, gateway's and sim-kubelet's logs, for a stall

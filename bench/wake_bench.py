@@ -126,6 +126,33 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def start_stack(cluster: Cluster, gateway_port: int, namespace: str) -> None:
+    """CRDs, the project's namespace and RBAC, the bench's namespace, then the operator
+    (`cluster.procs[0]`) and the gateway (`procs[1]`) as processes, each with its
+    ServiceAccount's token (the RBAC the chart grants, never admin)."""
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    for crd in ("modeldeployments", "gpupools"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.vllm-sleep.io")
+    for f in ("namespace.yaml", "rbac.yaml"):
+        cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.spawn(
+        "operator",
+        [
+            "operator",
+            f"--metrics-bind=127.0.0.1:{free_port()}",
+            f"--health-bind=127.0.0.1:{free_port()}",
+        ],
+        cluster.sa_kubeconfig("vllm-sleep-operator"),
+    )
+    gw_cfg = cluster.sa_kubeconfig("vllm-sleep-gateway")
+    cluster.spawn(
+        "gateway",
+        ["gateway", "--host=127.0.0.1", f"--port={gateway_port}", f"--kubeconfig={gw_cfg}"],
+        gw_cfg,
+    )
+
+
 class Timeline:
     """Wall-clock arrival times of what the bench observes, appended by background tasks."""
 
@@ -250,6 +277,7 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             return time.perf_counter() - t
 
         cycles: list[dict[str, float]] = []
+        starts: list[tuple[float, float]] = []  # per counted cycle: request sent, agent waking
         missed = 0
         for i in range(args.cycles + 1):  # cycle 0 warms the path up and is not counted
             await until(asleep_everywhere, f"cycle {i}: asleep")
@@ -299,6 +327,7 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                 row["held_seen_to_waking"] = waking - held
             if i:
                 cycles.append(row)
+                starts.append((t0, waking))
             print(
                 f"cycle {i:2d}: total {total * 1e3:7.1f} ms  wake {wake * 1e3:6.1f}  "
                 f"added {row['added'] * 1e3:6.1f}  (lease {row['to_lease'] * 1e3:5.1f}, "
@@ -312,6 +341,12 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     await api.close()
+    for row, decided in zip(cycles, wake_decisions(cluster.dir / "operator.log", starts)):
+        if decided is not None:
+            # The operator's pass: from the request to its plan's Wake (its log line), and from
+            # there to the agent's wake starting (the annotation write and the /wake_up call).
+            row["request_to_decision"] = decided - row_start(starts, cycles, row)
+            row["decision_to_waking"] = row["request_to_waking"] - row["request_to_decision"]
     keys = dict.fromkeys(k for c in cycles for k in c)
     series = {k: [c[k] for c in cycles if k in c] for k in keys}
     summary = {
@@ -324,6 +359,28 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
         for k, xs in series.items()
     }
     return {"summary": summary, "cycles": cycles, "missed_cycles": missed}
+
+
+def row_start(starts: list[tuple[float, float]], cycles: list[dict[str, float]], row: Any) -> float:
+    return starts[next(i for i, c in enumerate(cycles) if c is row)][0]
+
+
+def wake_decisions(log: Path, starts: list[tuple[float, float]]) -> list[float | None]:
+    """Per cycle, when the operator logged the plan that wakes the model (its log's clock is
+    this host's, millisecond resolution); None when no such line falls in the cycle."""
+    import datetime
+
+    decided: list[float] = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if f"{NS}/{MODEL}: (Wake(" in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            decided.append(stamp.timestamp())
+    out: list[float | None] = []
+    for t0, waking in starts:
+        # The line is written once the plan is made, before the agent call: a few ms of
+        # slack for the log's clock rounding.
+        out.append(next((d for d in decided if t0 - 0.002 <= d <= waking + 0.002), None))
+    return out
 
 
 async def _eq(coro: Any, want: str) -> bool:
@@ -345,31 +402,7 @@ def main() -> int:
     args.gateway_port = free_port()
     cluster = Cluster(args.time_scale)
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
-        for f in ("namespace.yaml", "rbac.yaml"):
-            cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
-        cluster.kubectl("create", "namespace", NS)
-        cluster.spawn(
-            "operator",
-            [
-                "operator",
-                f"--metrics-bind=127.0.0.1:{free_port()}",
-                f"--health-bind=127.0.0.1:{free_port()}",
-            ],
-            cluster.sa_kubeconfig("vllm-sleep-operator"),
-        )
-        gw_cfg = cluster.sa_kubeconfig("vllm-sleep-gateway")
-        cluster.spawn(
-            "gateway",
-            [
-                "gateway",
-                "--host=127.0.0.1",
-                f"--port={args.gateway_port}",
-                f"--kubeconfig={gw_cfg}",
-            ],
-            gw_cfg,
-        )
+        start_stack(cluster, args.gateway_port, NS)
         manifest = {
             "apiVersion": "vllm-sleep.io/v1alpha1",
             "kind": "ModelDeployment",
