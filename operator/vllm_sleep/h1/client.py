@@ -68,6 +68,7 @@ class _Conn(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.exchange: Exchange | None = None
+        self.poller: select.poll | None = None  # asks the kernel if an idle one was closed
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -436,11 +437,13 @@ def _readable(conn: _Conn) -> bool:
     transport = conn.transport
     if transport is None:
         return True
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    poller = conn.poller
+    if poller is None:  # one per connection, registered once: a check is one poll(2)
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = conn.poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whatever was asked
 
 
