@@ -59,7 +59,47 @@ async def test_one_list_per_namespace_seeds_every_model_and_is_shared() -> None:
     assert len(c.get("ns", "a")) == 1 and c.get("ns", "gone") == []
     await c.refresh("ns", lister, 60.0, now=150.0)  # fresh enough: the watch keeps it
     assert lists == ["ns"]
-    await c.refresh("ns", lister, 60.0, now=161.0)  # healed now and then
+    await c.refresh("ns", lister, 60.0, now=161.0)  # healed now and then, in the background
+    for _ in range(3):
+        await asyncio.sleep(0)
     assert lists == ["ns", "ns"]
     await c.refresh("other", lister, 60.0, now=161.0)  # namespaces list separately
     assert len(lists) == 3
+
+
+async def test_a_heal_never_holds_up_a_pass() -> None:
+    import asyncio
+
+    c = PodCache()
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def slow() -> list[dict]:  # type: ignore[type-arg]
+        calls.append(1)
+        if len(calls) > 1:
+            await release.wait()  # a LIST of a big namespace on a busy apiserver
+        return [labelled("a-0", "a")]
+
+    await c.refresh("ns", slow, 60.0, now=0.0)  # the seed: awaited
+    await asyncio.wait_for(c.refresh("ns", slow, 60.0, now=100.0), 1.0)  # the heal: not
+    await asyncio.sleep(0)
+    assert calls == [1, 1] and len(c.get("ns", "a")) == 1
+    release.set()
+
+
+def test_what_the_watch_saw_during_a_list_wins_over_the_lists_snapshot() -> None:
+    c = PodCache()
+    c.observe("ADDED", labelled("a-0", "a"), "a")
+    c.observe("ADDED", labelled("gone-0", "gone"), "gone")  # its delete was missed
+    sent = 2  # the LIST goes out after those two events
+    newer = labelled("a-0", "a")
+    newer["metadata"]["resourceVersion"] = "9"
+    c.observe("MODIFIED", newer, "a")
+    c.observe("ADDED", labelled("b-0", "b"), "b")  # created after the LIST's snapshot
+    deleted = labelled("c-0", "c")
+    c.observe("DELETED", deleted, "c")  # deleted after the snapshot
+    snapshot = [labelled("a-0", "a"), labelled("c-0", "c")]  # no gone-0: deleted unseen
+    c.merge("ns", snapshot, sent)
+    assert c.get("ns", "a")[0]["metadata"]["resourceVersion"] == "9"
+    assert len(c.get("ns", "b")) == 1
+    assert c.get("ns", "c") == [] and c.get("ns", "gone") == []
