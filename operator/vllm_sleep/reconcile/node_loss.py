@@ -67,14 +67,14 @@ def node_name(pod: ObservedPod) -> str | None:
 
 
 def nodes_to_check(pods: Iterable[ObservedPod], reports: Mapping[str, StateReport]) -> set[str]:
-    """The nodes worth a look: those of pods whose agent does not answer although the pod runs,
-    is terminating, or waits unscheduled for its seat's node (not a pod still starting)."""
+    """The nodes worth a look: those of live pods whose agent does not answer (a pod bound to
+    a node whose kubelet is gone stays Pending, or Running, or Terminating, forever)."""
     out: set[str] = set()
     for pod in pods:
         report = reports.get(pod.name)
         silent = report is None or report.state is AgentState.UNREACHABLE
         name = node_name(pod)
-        if silent and name and (pod.phase == "Running" or pod.deleting or pod.unscheduled):
+        if silent and name and not pod.ended:
             out.add(name)
     return out
 

@@ -74,14 +74,17 @@ def test_a_pooled_pod_not_yet_bound_counts_as_on_its_seats_node() -> None:
     assert lost(p, {"n1": DOWN_LONG}, NOW) is not None
 
 
-def test_only_nodes_of_silent_running_terminating_or_unscheduled_pods_are_checked() -> None:
-    raw = body(replicas=4)
+def test_only_nodes_of_live_pods_whose_agent_is_silent_are_checked() -> None:
+    raw = body(replicas=5)
     answering = on(pod(raw, 0), "a")
     silent = on(pod(raw, 1), "b")
-    starting = on(pod(raw, 2, phase="Pending"), "c")
+    bound_pending = on(pod(raw, 2, phase="Pending"), "c")
     stuck = on(pod(raw, 3, deleting=True), "d")
+    ended = on(pod(raw, 4, phase="Failed"), "e")
+    unbound = pod(raw, 4, phase="Pending")
     reports = {"m-0": report(AgentState.AWAKE)}
-    assert nodes_to_check([answering, silent, starting, stuck], reports) == {"b", "d"}
+    pods = [answering, silent, bound_pending, stuck, ended, unbound]
+    assert nodes_to_check(pods, reports) == {"b", "c", "d"}
 
 
 def test_a_pod_on_a_lost_node_is_force_deleted_replaced_and_reported() -> None:

@@ -230,7 +230,17 @@ class SimKubelet:
         app.router.add_get("/nodes", self._admin_nodes)
         app.router.add_post("/pods/{namespace}/{name}/kill", self._admin_kill)
         app.router.add_post("/nodes/{name}/lose", self._admin_lose)
+        app.router.add_post("/nodes/{name}/restore", self._admin_restore)
         return app
+
+    async def _admin_restore(self, req: web.Request) -> web.Response:
+        """A lost node's kubelet comes back (empty: its pods died with it); pods bound to it
+        from now on run."""
+        name = req.match_info["name"]
+        if name not in self._nodes:
+            return web.json_response({"error": f"no node {name} here"}, status=404)
+        await self._registrar.restore(name)
+        return web.json_response({"restored": name})
 
     async def _admin_kill(self, req: web.Request) -> web.Response:
         """`?container=NAME`: that container's process dies; the pod restarts it."""
@@ -253,11 +263,12 @@ class SimKubelet:
             unknown_for = float(req.query.get("unknown_for", "0"))
         except ValueError:
             return web.json_response({"error": "unknown_for must be seconds"}, status=400)
-        self._registrar.lost.add(name)  # before the pods stop: no status write escapes
+        # The node's status first: an observer that finds a pod's agent silent finds the node
+        # already Unknown, as it would once the outage is older than the controller's grace.
+        await self._registrar.lose(name, unknown_for)
         gone = [uid for uid, w in self.workers.items() if w.pod["spec"].get("nodeName") == name]
         for uid in gone:
             await self._forget(uid)
-        await self._registrar.lose(name, unknown_for)
         return web.json_response({"lost": name, "pods": len(gone)})
 
     async def _admin_nodes(self, _req: web.Request) -> web.Response:

@@ -162,7 +162,7 @@ class NodeRegistrar:
         set to Unknown as the node lifecycle controller would once its grace period (50 s by
         default) ran out, dated `unknown_for` seconds back (a test's fast-forward of the
         outage); the controller keeps that date and taints the node unreachable."""
-        self.lost.add(name)
+        self.lost.add(name)  # first: no heartbeat or pod status write escapes from here on
         since = datetime.fromtimestamp(datetime.now(UTC).timestamp() - unknown_for, UTC)
         ts = since.strftime("%Y-%m-%dT%H:%M:%SZ")
         reason, message = "NodeStatusUnknown", "Kubelet stopped posting node status."
@@ -179,6 +179,14 @@ class NodeRegistrar:
         ]
         await client.CoreV1Api(self._api).patch_node_status(
             name, {"status": {"conditions": conditions}}
+        )
+
+    async def restore(self, name: str) -> None:
+        """The node's kubelet is back: heartbeats and a Ready status again."""
+        self.lost.discard(name)
+        await self._renew_leases()
+        await client.CoreV1Api(self._api).patch_node_status(
+            name, {"status": {"conditions": _conditions(now())}}
         )
 
     async def register(self) -> None:
