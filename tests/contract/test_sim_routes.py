@@ -181,3 +181,46 @@ async def test_an_asleep_034_engine_queues_a_pooling_request_until_the_wake(
     await until(lambda: engine.sched.waiting == 1)
     await http.post(engine.url + "/wake_up")
     assert (await task).status_code == 200
+
+
+def events(raw: bytes) -> list[str]:
+    """The `event:` types of an SSE body, in order."""
+    return [line[7:] for line in raw.decode().splitlines() if line.startswith("event: ")]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "/v1/messages",
+            ["message_start", "content_block_start"]
+            + ["content_block_delta"] * 2
+            + ["content_block_stop", "message_delta", "message_stop"],
+        ),
+        (
+            "/v1/responses",
+            ["response.created"] + ["response.output_text.delta"] * 2 + ["response.completed"],
+        ),
+    ],
+)
+async def test_a_stream_of_typed_events_through_the_gateway(
+    gateway: Gateway, http: httpx.AsyncClient, path: str, expected: list[str]
+) -> None:
+    body = {"model": "m", "stream": True, **BODIES[path]}
+    async with http.stream("POST", gateway.url + path, json=body) as s:
+        raw = b"".join([c async for c in s.aiter_raw()])
+    assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+    assert events(raw) == expected
+
+
+async def test_a_legacy_engine_asleep_ends_a_stream_with_an_error_event(host: EngineHost) -> None:
+    legacy = await start(
+        host, "m", "--enable-sleep-mode", "--host", "127.0.14.9", env={"VLLM_SIM_PROFILE": "legacy"}
+    )
+    async with httpx.AsyncClient(base_url=legacy.url, timeout=30) as client:
+        await client.post("/sleep?level=1")
+        body = {"model": "m", "stream": True, **BODIES["/v1/messages"]}
+        async with client.stream("POST", "/v1/messages", json=body) as s:
+            raw = b"".join([c async for c in s.aiter_raw()])
+    assert s.status_code == 200 and events(raw)[-1] == "error"
+    await assert_exited(legacy)

@@ -12,6 +12,7 @@ VLLM_ENABLE_RESPONSES_API_STORE is set, so every id is 404) never touch the GPU.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import zlib
@@ -21,12 +22,13 @@ from typing import Any
 from aiohttp import web
 
 from .engine import SimEngine
-from .generation import count_tokens, prompt_seed, run_request
+from .generation import Emit, count_tokens, prompt_seed, run_request
 from .http_util import Route, json_response, openai_error, read_json_object
+from .routes_openai import DEAD_MESSAGE as DEAD
 from .routes_openai import _admission_error, _dead
 from .scheduler import EngineDead
 
-Answer = Callable[[SimEngine, str, dict[str, Any]], Awaitable[web.StreamResponse]]
+Answer = Callable[[SimEngine, web.BaseRequest, str, dict[str, Any]], Awaitable[web.StreamResponse]]
 
 
 def _text_of(value: Any) -> str:
@@ -49,30 +51,85 @@ def _score(a: str, b: str) -> float:
     return round((zlib.crc32(f"{a}\0{b}".encode()) % 1000) / 1000, 3)
 
 
+def _admit(engine: SimEngine) -> web.Response | None:
+    """Chat's admission: None to run, else the answer (paused: 503; engine dead: 500)."""
+    try:
+        return _admission_error(engine)
+    except EngineDead:
+        return _dead(engine)
+
+
+async def _generate_tokens(engine: SimEngine, prompt: str, max_tokens: int, emit: Emit) -> None:
+    """Run an admitted request on the engine, `emit` per token. Raises EngineDead."""
+    prompt_tokens = count_tokens(prompt)
+    engine.metrics.prompt_tokens += prompt_tokens
+    req = engine.sched.new_request(prompt_tokens, max_tokens)
+
+    async def count(tok: str) -> None:
+        engine.metrics.generation_tokens += 1
+        await emit(tok)
+
+    engine.metrics.finish(await run_request(engine, req, prompt_seed(prompt), count))
+
+
 async def run_once(
     engine: SimEngine, prompt: str, max_tokens: int
 ) -> tuple[list[str], web.Response | None]:
     """Run one request on the engine: (generated tokens, None), or (_, the error answer)."""
-    try:
-        if (refused := _admission_error(engine)) is not None:
-            return [], refused
-    except EngineDead:
-        return [], _dead(engine)
-    prompt_tokens = count_tokens(prompt)
-    engine.metrics.prompt_tokens += prompt_tokens
-    req = engine.sched.new_request(prompt_tokens, max_tokens)
+    if (refused := _admit(engine)) is not None:
+        return [], refused
     pieces: list[str] = []
 
     async def collect(tok: str) -> None:
         pieces.append(tok)
-        engine.metrics.generation_tokens += 1
 
     try:
-        finish = await run_request(engine, req, prompt_seed(prompt), collect)
+        await _generate_tokens(engine, prompt, max_tokens, collect)
     except EngineDead:
         return [], _dead(engine)
-    engine.metrics.finish(finish)
     return pieces, None
+
+
+async def _stream(
+    engine: SimEngine,
+    request: web.BaseRequest,
+    prompt: str,
+    max_tokens: int,
+    first: list[dict[str, Any]],
+    delta: Callable[[str], dict[str, Any]],
+    last: Callable[[list[str]], list[dict[str, Any]]],
+) -> web.StreamResponse:
+    """An SSE answer of typed events (`event: <type>` + `data: <json>`, as vLLM writes the
+    Responses and Messages streams): `first`, one `delta` per token, then `last`. An engine
+    that dies mid-stream ends it with an `error` event."""
+    if (refused := _admit(engine)) is not None:
+        return refused
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+
+    async def send(event: dict[str, Any]) -> None:
+        data = json.dumps(event, separators=(",", ":"))
+        await resp.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
+
+    for event in first:
+        await send(event)
+    pieces: list[str] = []
+
+    async def emit(tok: str) -> None:
+        pieces.append(tok)
+        await send(delta(tok))
+
+    try:
+        await _generate_tokens(engine, prompt, max_tokens, emit)
+    except EngineDead:
+        await send({"type": "error", "error": {"type": "InternalServerError", "message": DEAD}})
+        return resp
+    for event in last(pieces):
+        await send(event)
+    await resp.write_eof()
+    return resp
 
 
 def _task(answer: Answer) -> Callable[[SimEngine, web.BaseRequest], Awaitable[web.StreamResponse]]:
@@ -85,7 +142,7 @@ def _task(answer: Answer) -> Callable[[SimEngine, web.BaseRequest], Awaitable[we
         model = body.get("model") or engine.cfg.served_names[0]
         if model not in engine.cfg.served_names:
             return openai_error(404, f"The model `{model}` does not exist.", param="model")
-        return await answer(engine, model, body)
+        return await answer(engine, request, model, body)
 
     return handler
 
@@ -104,7 +161,9 @@ def _inputs(body: dict[str, Any], name: str) -> list[str]:
     return [_text_of(v) for v in value] if isinstance(value, list) else [_text_of(value)]
 
 
-async def _embeddings(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _embeddings(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     texts = _inputs(body, "input")
     _, err = await run_once(engine, " ".join(texts), 1)
     if err is not None:
@@ -116,7 +175,9 @@ async def _embeddings(engine: SimEngine, model: str, body: dict[str, Any]) -> we
     return json_response({**_head("embd", model), "object": "list", "data": data, "usage": usage})
 
 
-async def _pooling(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _pooling(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     texts = _inputs(body, "input" if "input" in body else "messages")
     _, err = await run_once(engine, " ".join(texts), 1)
     if err is not None:
@@ -126,7 +187,9 @@ async def _pooling(engine: SimEngine, model: str, body: dict[str, Any]) -> web.S
     return json_response({**_head("pool", model), "object": "list", "data": data, "usage": usage})
 
 
-async def _classify(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _classify(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     texts = _inputs(body, "input")
     _, err = await run_once(engine, " ".join(texts), 1)
     if err is not None:
@@ -142,7 +205,9 @@ async def _classify(engine: SimEngine, model: str, body: dict[str, Any]) -> web.
     )
 
 
-async def _score_route(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _score_route(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     first = _text_of(body.get("text_1", body.get("queries")))
     seconds = _inputs(body, "text_2" if "text_2" in body else "documents")
     _, err = await run_once(engine, first + " " + " ".join(seconds), 1)
@@ -155,7 +220,9 @@ async def _score_route(engine: SimEngine, model: str, body: dict[str, Any]) -> w
     return json_response({**_head("score", model), "object": "list", "data": data, "usage": usage})
 
 
-async def _rerank(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _rerank(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     query = _text_of(body.get("query"))
     docs = _inputs(body, "documents")
     _, err = await run_once(engine, query + " " + " ".join(docs), 1)
@@ -188,62 +255,122 @@ def _max_tokens(engine: SimEngine, value: Any) -> int:
     return engine.cfg.default_max_tokens
 
 
-async def _responses(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _responses(
+    engine: SimEngine, request: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     prompt = _text_of(body.get("input")) + " " + _text_of(body.get("instructions"))
-    pieces, err = await run_once(engine, prompt, _max_tokens(engine, body.get("max_output_tokens")))
-    if err is not None:
-        return err
+    max_tokens = _max_tokens(engine, body.get("max_output_tokens"))
     n = count_tokens(prompt)
-    rid = f"resp_{uuid.uuid4().hex}"
-    return json_response(
-        {
+    rid, mid = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+
+    def response(status: str, pieces: list[str]) -> dict[str, Any]:
+        text = "".join(pieces)
+        content = [{"type": "output_text", "text": text, "annotations": []}]
+        message = {"type": "message", "id": mid, "role": "assistant", "status": status}
+        return {
             "id": rid,
             "object": "response",
             "created_at": int(time.time()),
             "model": model,
-            "status": "completed",
-            "output": [
-                {
-                    "type": "message",
-                    "id": f"msg_{uuid.uuid4().hex}",
-                    "role": "assistant",
-                    "status": "completed",
-                    "content": [
-                        {"type": "output_text", "text": "".join(pieces), "annotations": []}
-                    ],
-                }
-            ],
+            "status": status,
+            "output": [{**message, "content": content}] if status == "completed" else [],
             "usage": {
                 "input_tokens": n,
                 "output_tokens": len(pieces),
                 "total_tokens": n + len(pieces),
             },
         }
-    )
+
+    if body.get("stream") is True:
+        return await _stream(
+            engine,
+            request,
+            prompt,
+            max_tokens,
+            [{"type": "response.created", "response": response("in_progress", [])}],
+            lambda tok: {
+                "type": "response.output_text.delta",
+                "item_id": mid,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": tok,
+            },
+            lambda pieces: [
+                {"type": "response.completed", "response": response("completed", pieces)}
+            ],
+        )
+    pieces, err = await run_once(engine, prompt, max_tokens)
+    if err is not None:
+        return err
+    return json_response(response("completed", pieces))
 
 
-async def _messages(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _messages(
+    engine: SimEngine, request: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     if not isinstance(body.get("max_tokens"), int):
         return openai_error(400, "max_tokens: Field required", param="max_tokens")
     prompt = _text_of(body.get("system")) + " " + _text_of(body.get("messages"))
-    pieces, err = await run_once(engine, prompt, _max_tokens(engine, body["max_tokens"]))
+    max_tokens = _max_tokens(engine, body["max_tokens"])
+    n = count_tokens(prompt)
+    message: dict[str, Any] = {
+        "id": f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "stop_sequence": None,
+    }
+    if body.get("stream") is True:
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": n, "output_tokens": 0},
+        }
+        return await _stream(
+            engine,
+            request,
+            prompt,
+            max_tokens,
+            [
+                {"type": "message_start", "message": start},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ],
+            lambda tok: {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": tok},
+            },
+            lambda pieces: [
+                {"type": "content_block_stop", "index": 0},
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+                    "usage": {"output_tokens": len(pieces)},
+                },
+                {"type": "message_stop"},
+            ],
+        )
+    pieces, err = await run_once(engine, prompt, max_tokens)
     if err is not None:
         return err
     return json_response(
         {
-            "id": f"msg_{uuid.uuid4().hex}",
-            "type": "message",
-            "role": "assistant",
-            "model": model,
+            **message,
             "content": [{"type": "text", "text": "".join(pieces)}],
             "stop_reason": "max_tokens",
-            "stop_sequence": None,
-            "usage": {"input_tokens": count_tokens(prompt), "output_tokens": len(pieces)},
+            "usage": {"input_tokens": n, "output_tokens": len(pieces)},
         }
     )
 
 
-async def _generate(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _generate(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     ids = body.get("token_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
         return openai_error(
@@ -264,12 +391,16 @@ async def _generate(engine: SimEngine, model: str, body: dict[str, Any]) -> web.
     )
 
 
-async def _count_tokens(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _count_tokens(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     prompt = _text_of(body.get("system")) + " " + _text_of(body.get("messages"))
     return json_response({"input_tokens": count_tokens(prompt)})
 
 
-async def _tokenize(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _tokenize(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     text = _text_of(body.get("prompt", body.get("messages")))
     tokens = [zlib.crc32(w.encode()) % 32000 for w in text.split()] or [0]
     return json_response(
@@ -277,7 +408,9 @@ async def _tokenize(engine: SimEngine, model: str, body: dict[str, Any]) -> web.
     )
 
 
-async def _detokenize(engine: SimEngine, model: str, body: dict[str, Any]) -> web.StreamResponse:
+async def _detokenize(
+    engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
     tokens = body.get("tokens")
     if not isinstance(tokens, list):
         return openai_error(400, "tokens must be a list of integers", param="tokens")
