@@ -341,11 +341,12 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     await api.close()
-    for row, decided in zip(cycles, wake_decisions(cluster.dir / "operator.log", starts)):
+    decisions = wake_decisions(cluster.dir / "operator.log", starts)
+    for (t0, _), row, decided in zip(starts, cycles, decisions, strict=True):
         if decided is not None:
             # The operator's pass: from the request to its plan's Wake (its log line), and from
             # there to the agent's wake starting (the annotation write and the /wake_up call).
-            row["request_to_decision"] = decided - row_start(starts, cycles, row)
+            row["request_to_decision"] = decided - t0
             row["decision_to_waking"] = row["request_to_waking"] - row["request_to_decision"]
     keys = dict.fromkeys(k for c in cycles for k in c)
     series = {k: [c[k] for c in cycles if k in c] for k in keys}
@@ -359,10 +360,6 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
         for k, xs in series.items()
     }
     return {"summary": summary, "cycles": cycles, "missed_cycles": missed}
-
-
-def row_start(starts: list[tuple[float, float]], cycles: list[dict[str, float]], row: Any) -> float:
-    return starts[next(i for i, c in enumerate(cycles) if c is row)][0]
 
 
 def wake_decisions(log: Path, starts: list[tuple[float, float]]) -> list[float | None]:

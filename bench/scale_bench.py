@@ -1,0 +1,568 @@
+"""Scale: N ModelDeployments on M simulated GPU nodes, what the operator costs to bring up and hold.
+
+    .venv/bin/python bench/scale_bench.py [--models 200] [--nodes 50] [--gpus-per-node 8]
+        [--resync-seconds 30] [--steady-seconds 60] [--wakes 100] [--idle-timeout 20]
+        [--profile] [--out bench/results/scale-200x50.json]
+    .venv/bin/python bench/scale_bench.py --plot     # bench/results/scale.png from scale-*.json
+
+Starts its own local cluster (control plane + one sim-kubelet for all M nodes: every engine and
+agent runs in that one process), the operator and the gateway as processes with their
+ServiceAccounts' RBAC (`wake_bench.Cluster`). Each of them runs under a small probe
+(`scale_bench.py probe ...`) that counts the Kubernetes API requests the process makes at the
+client (method and resource, from aiohttp, which both kopf and kubernetes_asyncio use), and, with
+`--profile`, runs cProfile (a SIGUSR1 dumps the profile so far and starts a new one).
+
+Models: one replica on one whole simulated GPU each (no pool), level 1, 2 GiB of weights, the
+engine's simulated load `--load-seconds` (time scale 1). Measured:
+
+1. bring-up: from the first create (concurrent creates, as a GitOps tool applies) until every
+   model's status says Asleep (pre-warmed: loaded, then put to sleep), minus the load time;
+   the operator's CPU seconds over that time (utime+stime from /proc).
+2. steady state: `--steady-seconds` of an idle fleet: operator CPU (cores) and RSS, and the API
+   requests per second of the operator and of the gateway, by verb and resource.
+3. wakes: `--wakes` chat requests at once through the gateway, one per sleeping model: latency.
+4. idle sleeps: those models then idle; each one's sleep should start within idleTimeout + 2 s of
+   its last request (the agent's `last_activity` to its `draining`/`sleeping` since).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+NS = "scale"
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+WRITE_VERBS = ("create", "patch", "update", "delete")
+
+
+# --- the probe: runs inside the operator's and the gateway's processes ------------------------
+
+
+def classify(method: str, path: str, query: str) -> str | None:
+    """`verb resource[/subresource]` of a Kubernetes API request, or None for anything else."""
+    segs = [s for s in path.split("/") if s]
+    if not segs or segs[0] not in ("api", "apis"):
+        return None
+    segs = segs[2:] if segs[0] == "api" else segs[3:]  # drop api/v1 or apis/group/version
+    if len(segs) >= 3 and segs[0] == "namespaces":
+        segs = segs[2:]
+    if not segs:
+        return None
+    res, named, sub = segs[0], len(segs) > 1, "/".join(segs[2:])
+    verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method)
+    if verb is None:
+        watch = "watch=true" in query or "watch=1" in query
+        verb = "get" if named else ("watch" if watch else "list")
+    return f"{verb} {res}" + (f"/{sub}" if sub else "")
+
+
+def probe_main(argv: list[str]) -> int:
+    """`scale_bench.py probe COUNTS_FILE PROFILE_FILE|- -- <vllm-sleep cli args>`."""
+    counts_file, profile_file = Path(argv[0]), argv[1]
+    cli_args = argv[argv.index("--") + 1 :]
+    import aiohttp
+
+    counts: Counter[str] = Counter()
+    original = aiohttp.ClientSession._request
+
+    async def counted(self: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
+        url = aiohttp.client.URL(str_or_url) if isinstance(str_or_url, str) else str_or_url
+        query = url.query_string
+        params = kwargs.get("params")
+        if params:
+            query += "&" + "&".join(f"{k}={v}" for k, v in dict(params).items())
+        key = classify(method.upper(), url.path, query.lower())
+        if key is not None:
+            counts[key] += 1
+        return await original(self, method, str_or_url, **kwargs)
+
+    aiohttp.ClientSession._request = counted  # type: ignore[method-assign]
+
+    def dump_counts() -> None:
+        while True:
+            tmp = counts_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"t": time.time(), "counts": dict(counts)}))
+            tmp.replace(counts_file)
+            time.sleep(0.5)
+
+    threading.Thread(target=dump_counts, daemon=True).start()
+    from vllm_sleep.cli import main as cli_main
+
+    if profile_file == "-":
+        return cli_main(cli_args)
+    import cProfile
+
+    state = {"prof": cProfile.Profile(), "n": 0}
+
+    def dump(*_: Any) -> None:
+        prof = state["prof"]
+        prof.disable()  # type: ignore[attr-defined]
+        prof.dump_stats(f"{profile_file}.{state['n']}")  # type: ignore[attr-defined]
+        state["n"] = int(state["n"]) + 1  # type: ignore[call-overload]
+        state["prof"] = cProfile.Profile()
+        state["prof"].enable()  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, dump)
+    state["prof"].enable()  # type: ignore[attr-defined]
+    try:
+        return cli_main(cli_args)
+    finally:
+        dump()
+
+
+# --- the bench ---------------------------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def read_counts(path: Path) -> Counter[str]:
+    try:
+        return Counter(json.loads(path.read_text())["counts"])
+    except (OSError, ValueError):
+        return Counter()
+
+
+def rates(before: Counter[str], after: Counter[str], seconds: float) -> dict[str, float]:
+    diff = after - before
+    return {k: round(v / seconds, 3) for k, v in sorted(diff.items())}
+
+
+def model_manifest(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "apiVersion": "vllm-sleep.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "image": "vllm/vllm-openai:v0.34.0",
+            "replicas": 1,
+            "env": [
+                {"name": "VLLM_SIM_PROFILE", "value": "0.34"},
+                {"name": "VLLM_SIM_LOAD_SECONDS", "value": str(args.load_seconds)},
+            ],
+            "resources": {"gpuMemoryUtilization": 0.4, "weightsSize": "2Gi"},
+            "sleep": {"level": 1, "idleTimeout": f"{args.idle_timeout}s", "policy": "Auto"},
+        },
+    }
+
+
+class Processes:
+    """The operator's and gateway's pids and their probe files."""
+
+    def __init__(self, cluster: Any, args: argparse.Namespace) -> None:
+        from wake_bench import free_port
+
+        self.cluster = cluster
+        self.counts = {n: cluster.dir / f"{n}.counts.json" for n in ("operator", "gateway")}
+        self.profile = {n: cluster.dir / f"{n}.prof" for n in ("operator", "gateway")}
+        self.health = f"127.0.0.1:{free_port()}"
+        op = [
+            "operator",
+            f"--metrics-bind=127.0.0.1:{free_port()}",
+            f"--health-bind={self.health}",
+            f"--resync-seconds={args.resync_seconds}",
+        ]
+        self.pids = {"operator": self._spawn("operator", op, args.profile)}
+        gw_cfg = cluster.sa_kubeconfig("vllm-sleep-gateway")
+        self.gateway_port = free_port()
+        # One gateway process: its API requests are counted in it (workers would be their own).
+        gw = [
+            "gateway",
+            "--host=127.0.0.1",
+            f"--port={self.gateway_port}",
+            f"--kubeconfig={gw_cfg}",
+            "--workers=1",
+        ]
+        self.pids["gateway"] = self._spawn("gateway", gw, False, gw_cfg)
+
+    def _spawn(self, name: str, argv: list[str], profile: bool, cfg: str | None = None) -> int:
+        import subprocess
+
+        cfg = cfg or self.cluster.sa_kubeconfig(f"vllm-sleep-{name}")
+        env = {**os.environ, "KUBECONFIG": cfg, "PYTHONUNBUFFERED": "1"}
+        prof = str(self.profile[name]) if profile else "-"
+        log = (self.cluster.dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "probe", str(self.counts[name]), prof, "--", *argv],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.cluster.procs.append(proc)
+        return proc.pid
+
+    def signal_profile(self) -> None:
+        os.kill(self.pids["operator"], signal.SIGUSR1)
+
+
+async def wait_http(http: Any, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(url) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        await asyncio.sleep(0.3)
+    raise TimeoutError(url)
+
+
+async def phases(api: Any) -> dict[str, str | None]:
+    from kubernetes_asyncio import client
+
+    resp = await client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "vllm-sleep.io", "v1alpha1", NS, "modeldeployments", _preload_content=False
+    )
+    items = (await resp.json())["items"]
+    return {i["metadata"]["name"]: (i.get("status") or {}).get("phase") for i in items}
+
+
+async def create_models(api: Any, names: list[str], args: argparse.Namespace) -> None:
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    objs = client.CustomObjectsApi(api)
+    sem = asyncio.Semaphore(32)
+
+    async def one(name: str) -> None:
+        async with sem:
+            for _ in range(100):  # the namespace's default ServiceAccount may not exist yet
+                try:
+                    await objs.create_namespaced_custom_object(
+                        "vllm-sleep.io",
+                        "v1alpha1",
+                        NS,
+                        "modeldeployments",
+                        model_manifest(name, args),
+                    )
+                    return
+                except ApiException as e:
+                    if e.status == 409:
+                        return
+                    await asyncio.sleep(0.2)
+            raise RuntimeError(f"{name} not created")
+
+    await asyncio.gather(*(one(n) for n in names))
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    from wake_bench import pct
+
+    if not xs:
+        return {}
+    return {
+        "n": len(xs),
+        "p50": round(pct(xs, 50), 3),
+        "p90": round(pct(xs, 90), 3),
+        "p99": round(pct(xs, 99), 3),
+        "max": round(max(xs), 3),
+        "mean": round(statistics.mean(xs), 3),
+    }
+
+
+async def run(
+    args: argparse.Namespace, cluster: Any, procs: Processes, out: dict[str, Any]
+) -> None:
+    """Fills `out` phase by phase (a failed phase keeps the earlier ones)."""
+    import aiohttp
+    from kubernetes_asyncio import client, config
+
+    from swap_bench import chat
+    from wake_bench import Timeline, follow_agent
+
+    op = procs.pids["operator"]
+    others = {n: cluster.state.pids[n] for n in ("sim-kubelet", "kube-apiserver", "etcd")}
+    api = await config.new_client_from_config(config_file=cluster.kubeconfig)
+    gateway = f"http://127.0.0.1:{procs.gateway_port}"
+    names = [f"m{i:04d}" for i in range(args.models)]
+    # No connection limit: the agent long-polls hold one connection each, and the concurrent
+    # wakes must not queue behind them in aiohttp's default pool of 100.
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0)
+    ) as http:
+        await wait_http(http, f"http://{procs.health}/healthz")
+        await wait_http(http, f"{gateway}/readyz")
+        await asyncio.sleep(2)
+        # --- 1. bring-up
+        cpu0 = {"operator": proc_cpu(op), **{n: proc_cpu(p) for n, p in others.items()}}
+        load0 = os.getloadavg()
+        t0 = time.time()
+        await create_models(api, names, args)
+        applied = time.time() - t0
+        print(f"created {len(names)} models in {applied:.1f} s", flush=True)
+        progress: list[tuple[float, int, float]] = []  # (since t0, asleep, operator cpu s)
+        last_print = 0.0
+        while True:
+            ph = await phases(api)
+            asleep = sum(1 for p in ph.values() if p == "Asleep")
+            now = time.time() - t0
+            progress.append((round(now, 2), asleep, round(proc_cpu(op) - cpu0["operator"], 2)))
+            if now - last_print > 10:
+                print(f"  {now:6.1f} s: {asleep}/{len(names)} asleep", flush=True)
+                last_print = now
+            if asleep == len(names):
+                break
+            if now > args.timeout:
+                raise TimeoutError(f"{asleep}/{len(names)} asleep after {now:.0f} s")
+            await asyncio.sleep(1)
+        ready = time.time() - t0
+        load_time = args.load_seconds
+        cpu1 = {"operator": proc_cpu(op), **{n: proc_cpu(p) for n, p in others.items()}}
+        if args.profile:
+            procs.signal_profile()
+        out["bringup"] = {
+            "create_seconds": round(applied, 2),
+            "all_asleep_seconds": round(ready, 2),
+            "engine_load_seconds": load_time,
+            "beyond_load_seconds": round(ready - load_time, 2),
+            "cpu_seconds": {n: round(cpu1[n] - cpu0[n], 2) for n in cpu1},
+            "operator_rss_mib": round(proc_rss_mib(op), 1),
+            "loadavg_before": load0,
+            "loadavg_after": os.getloadavg(),
+            "progress": progress,
+        }
+        print(json.dumps({k: v for k, v in out["bringup"].items() if k != "progress"}), flush=True)
+        # --- 2. steady state
+        await asyncio.sleep(args.settle_seconds)
+        c0 = {n: read_counts(p) for n, p in procs.counts.items()}
+        s0, w0 = proc_cpu(op), time.time()
+        rss: list[float] = []
+        while time.time() - w0 < args.steady_seconds:
+            rss.append(proc_rss_mib(op))
+            await asyncio.sleep(5)
+        await asyncio.sleep(1)  # the probes write their counts every 0.5 s
+        s1, w1 = proc_cpu(op), time.time()
+        c1 = {n: read_counts(p) for n, p in procs.counts.items()}
+        if args.profile:
+            procs.signal_profile()
+        api_rates = {n: rates(c0[n], c1[n], w1 - w0) for n in c0}
+        out["steady"] = {
+            "seconds": round(w1 - w0, 1),
+            "operator_cores": round((s1 - s0) / (w1 - w0), 4),
+            "operator_rss_mib": round(max(rss), 1),
+            "api_per_second": api_rates,
+            "api_writes_per_second": {
+                n: round(sum(v for k, v in r.items() if k.split()[0] in WRITE_VERBS), 3)
+                for n, r in api_rates.items()
+            },
+            "loadavg": os.getloadavg(),
+        }
+        print(json.dumps(out["steady"]), flush=True)
+        # --- 3. concurrent wakes, 4. idle sleeps
+        core = client.CoreV1Api(api)
+        woken = names[: args.wakes]
+        pods = await core.list_namespaced_pod(NS, label_selector="vllm-sleep.io/model")
+        ip = {p.metadata.labels["vllm-sleep.io/model"]: p.status.pod_ip for p in pods.items}
+        tokens: dict[str, str] = {}
+        for n in woken:
+            secret = await core.read_namespaced_secret(f"{n}-control-token", NS)
+            tokens[n] = base64.b64decode(secret.data["token"]).decode()
+        tls = {n: Timeline() for n in woken}
+        followers = [
+            asyncio.create_task(follow_agent(http, f"http://{ip[n]}:8002", tokens[n], tls[n]))
+            for n in woken
+        ]
+        for _ in range(100):
+            if all(tls[n].agent and tls[n].agent[-1][0] == "asleep" for n in woken):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        print(f"waking {len(woken)} models at once", flush=True)
+        w_cpu0 = proc_cpu(op)
+        tw = time.time()
+        lat = await asyncio.gather(
+            *(asyncio.wait_for(chat(http, gateway, n), 120) for n in woken), return_exceptions=True
+        )
+        ok = [x for x in lat if isinstance(x, float)]
+        errors = [repr(x) for x in lat if not isinstance(x, float)]
+        out["wakes"] = {
+            "concurrent": len(woken),
+            "latency_s": summary(ok),
+            "errors": errors[:5],
+            "failed": len(errors),
+            "operator_cpu_seconds": round(proc_cpu(op) - w_cpu0, 2),
+            "engine_wake_s": summary(
+                [
+                    awake - waking
+                    for n in woken
+                    for waking in [next((s for st, s in tls[n].agent if st == "waking"), None)]
+                    for awake in [next((s for st, s in tls[n].agent if st == "awake"), None)]
+                    if waking is not None and awake is not None
+                ]
+            ),
+        }
+        print(json.dumps(out["wakes"]), flush=True)
+        deadline = time.time() + args.idle_timeout + 120
+        while time.time() < deadline:
+            if all(any(st == "asleep" and s > tw for st, s in tls[n].agent) for n in woken):
+                break
+            await asyncio.sleep(0.5)
+        lags, missing = [], 0
+        for n in woken:
+            async with http.get(
+                f"http://{ip[n]}:8002/state", headers={"Authorization": f"Bearer {tokens[n]}"}
+            ) as r:
+                last = (await r.json()).get("last_activity")
+            start = next(
+                (s for st, s in tls[n].agent if st in ("draining", "sleeping") and s > tw), None
+            )
+            if last is None or start is None:
+                missing += 1
+                continue
+            lags.append(start - last)
+        out["idle_sleeps"] = {
+            "idle_timeout_s": args.idle_timeout,
+            "last_request_to_sleep_s": summary(lags),
+            "within_timeout_plus_2s": sum(1 for x in lags if x <= args.idle_timeout + 2),
+            "did_not_sleep": missing,
+        }
+        print(json.dumps(out["idle_sleeps"]), flush=True)
+        for t in followers:
+            t.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+    await api.close()
+
+
+def plot() -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for f in sorted(RESULTS.glob("scale-*.json")):
+        runs.append((f.stem.removeprefix("scale-"), json.loads(f.read_text())))
+    if not runs:
+        print("no bench/results/scale-*.json", file=sys.stderr)
+        return 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, r in runs:
+        prog = r["bringup"]["progress"]
+        n = r["setup"]["models"]
+        ax1.plot([p[0] for p in prog], [100 * p[1] / n for p in prog], label=label)
+        ax2.plot([p[0] for p in prog], [p[2] for p in prog], label=label)
+    ax1.set(xlabel="seconds since the first create", ylabel="% of models Asleep (pre-warmed)")
+    ax2.set(xlabel="seconds since the first create", ylabel="operator CPU seconds")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Scale bench: bring-up of N models on M simulated GPU nodes (label: run)")
+    fig.tight_layout()
+    out = RESULTS / "scale.png"
+    fig.savefig(out, dpi=110)
+    print(out)
+    return 0
+
+
+def save(result: dict[str, Any], args: argparse.Namespace, out_path: Path) -> None:
+    from wake_bench import _has_uvloop
+
+    result["setup"] = {
+        "command": "python bench/scale_bench.py " + " ".join(sys.argv[1:]),
+        "models": args.models,
+        "nodes": args.nodes,
+        "gpus_per_node": args.gpus_per_node,
+        "resync_seconds": args.resync_seconds,
+        "load_seconds": args.load_seconds,
+        "idle_timeout": args.idle_timeout,
+        "steady_seconds": args.steady_seconds,
+        "profile": args.profile,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "uvloop": _has_uvloop(),
+        "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "probe":
+        return probe_main(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=int, default=200)
+    p.add_argument("--nodes", type=int, default=50)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument("--load-seconds", type=float, default=5.0)
+    p.add_argument("--idle-timeout", type=int, default=20)
+    p.add_argument("--settle-seconds", type=float, default=15.0)
+    p.add_argument("--steady-seconds", type=float, default=60.0)
+    p.add_argument("--wakes", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--profile", action="store_true", help="cProfile the operator")
+    p.add_argument("--label", default="", help="suffix of the results file name")
+    p.add_argument("--keep-logs", type=Path, help="copy logs and profiles here")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--plot", action="store_true", help="plot bench/results/scale-*.json")
+    args = p.parse_args()
+    if args.plot:
+        return plot()
+    if args.models > args.nodes * args.gpus_per_node:
+        p.error("each model takes a whole GPU: --models must be <= --nodes x --gpus-per-node")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from wake_bench import Cluster
+
+    label = f"{args.models}x{args.nodes}" + (f"-{args.label}" if args.label else "")
+    out_path = args.out or RESULTS / f"scale-{label}.json"
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the cluster on `kill`, too
+    result: dict[str, Any] = {}
+    cluster = Cluster(1.0, gpu_nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
+        for f in ("namespace.yaml", "rbac.yaml"):
+            cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "base" / f))
+        cluster.kubectl("create", "namespace", NS)
+        procs = Processes(cluster, args)
+        asyncio.run(run(args, cluster, procs, result))
+    finally:
+        save(result, args, out_path)
+        if args.keep_logs:
+            import shutil
+
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for f in cluster.dir.iterdir():
+                if f.suffix == ".log" or ".prof" in f.name:
+                    shutil.copy(f, args.keep_logs)
+            for f in (cluster.dir / "logs").glob("*.log"):
+                shutil.copy(f, args.keep_logs)
+        cluster.close()
+    print(json.dumps({k: v for k, v in result.items() if k != "bringup"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
