@@ -119,6 +119,7 @@ def gateway_deployment(v: Values) -> Obj:
             "gateway",
             "--host=0.0.0.0",
             f"--port={g.port}",
+            *([f"--workers={g.workers}"] if g.workers else []),
             *(f"--namespace={ns}" for ns in g.watchNamespaces),
             *expose_args(v),
             *g.extraArgs,
@@ -139,16 +140,18 @@ def gateway_deployment(v: Values) -> Obj:
         "resources": _resources(g.resources),
         "securityContext": _container_security(),
     }
+    # With several workers their metric files live in the temporary directory (docs/gateway.md,
+    # "Worker processes"); the root filesystem is read-only.
+    container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}]
     if g.apiKeysSecret:
         container["args"].append(f"--api-keys-file={API_KEYS_DIR}/{API_KEYS_KEY}")
-        container["volumeMounts"] = [
+        container["volumeMounts"].append(
             {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}
-        ]
+        )
+        volumes.append({"name": "api-keys", "secret": {"secretName": g.apiKeysSecret}})
     deployment = _deployment(v, n.GATEWAY, g.replicas, container, "RollingUpdate", g.scheduling)
-    if g.apiKeysSecret:
-        deployment["spec"]["template"]["spec"]["volumes"] = [
-            {"name": "api-keys", "secret": {"secretName": g.apiKeysSecret}}
-        ]
+    deployment["spec"]["template"]["spec"]["volumes"] = volumes
     return deployment
 
 

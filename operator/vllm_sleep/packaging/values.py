@@ -133,6 +133,13 @@ class Service(_Values):
 
 class Gateway(_Values):
     replicas: int = Field(2, ge=0, description="stateless: any number")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="processes per pod serving its port, each with its own watches and hold "
+        "queues (--workers); 0: one per CPU the pod may use (its CPU limit), at most 4",
+    )
     resources: Resources = Resources(
         requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "1Gi"}
     )
