@@ -58,8 +58,9 @@ TARGETS = {
     "agent": ("agent",),
     "nginx+nginx": ("nginx front", "nginx back"),
     "gateway+agent": ("gateway", "agent"),
+    "agent@base": ("agent@base",),  # with --base-tree: another checkout's agent, one hop
 }
-PAIRS = (("agent", "nginx"), ("gateway+agent", "nginx+nginx"))
+PAIRS = (("agent", "nginx"), ("gateway+agent", "nginx+nginx"), ("agent@base", "nginx"))
 
 
 def wait_listening(host: str, port: int, proc: subprocess.Popen[Any], what: str) -> None:
@@ -103,6 +104,7 @@ def start_all(
     procs: list[subprocess.Popen[Any]],
     proxy_cpus: set[int] | None,
     rest: set[int] | None,
+    base_tree: Path | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Every process of one layout, appended to `procs` as started (the caller stops them):
     the URL of each target and the pid of each hop."""
@@ -113,13 +115,16 @@ def start_all(
     wait_listening(SIM_HOST, sim_port, procs[-1], "the simulator")
     sim = f"{SIM_HOST}:{sim_port}"
 
-    public, control = gb.free_port(AGENT_HOST), gb.free_port(AGENT_HOST)
-    agent_argv = ["agent", "--listen-host", AGENT_HOST, "--upstream", f"http://{sim}"]
-    agent_argv += ["--public-port", str(public), "--control-port", str(control)]
-    procs.append(start_cli(agent_argv, proxy_cpus, {"VLLM_SLEEP_CONTROL_TOKEN": TOKEN}))
-    wait_listening(AGENT_HOST, control, procs[-1], "the agent")
-    agent_awake(f"http://{AGENT_HOST}:{control}")
-    agent = f"http://{AGENT_HOST}:{public}"
+    def start_agent(env: dict[str, str]) -> str:
+        public, control = gb.free_port(AGENT_HOST), gb.free_port(AGENT_HOST)
+        argv = ["agent", "--listen-host", AGENT_HOST, "--upstream", f"http://{sim}"]
+        argv += ["--public-port", str(public), "--control-port", str(control)]
+        procs.append(start_cli(argv, proxy_cpus, {"VLLM_SLEEP_CONTROL_TOKEN": TOKEN, **env}))
+        wait_listening(AGENT_HOST, control, procs[-1], "the agent")
+        agent_awake(f"http://{AGENT_HOST}:{control}")
+        return f"http://{AGENT_HOST}:{public}"
+
+    agent = start_agent({})
 
     gw_port = gb.free_port(gb.HOSTS["gateway"])
     gw_argv = ["--role", "gateway", "--port", str(gw_port), "--upstream", agent]
@@ -144,6 +149,9 @@ def start_all(
     }
     pids = {"agent": procs[1].pid, "gateway": procs[2].pid}
     pids |= {"nginx back": back.pid, "nginx front": front.pid}
+    if base_tree is not None:
+        urls["agent@base"] = start_agent({"PYTHONPATH": str(base_tree / "operator")}) + PATH
+        pids["agent@base"] = procs[-1].pid
     return urls, pids
 
 
@@ -152,11 +160,11 @@ async def cell(
 ) -> dict[str, Any]:
     """One concurrency: every target, interleaved; each hop's CPU charged to the target."""
     per_round = max(1, args.requests // args.rounds)
-    samples: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
-    cpu = {t: dict.fromkeys(hops, 0.0) for t, hops in TARGETS.items()}
-    for target in TARGETS:
+    names = [t for t in TARGETS if t in urls]
+    samples: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
+    cpu = {t: dict.fromkeys(TARGETS[t], 0.0) for t in names}
+    for target in names:
         await gb.run_cell(urls[target], streams, 0, args.warmup)
-    names = list(TARGETS)
     for rnd in range(args.rounds):
         k = rnd % len(names)
         for target in names[k:] + names[:k]:
@@ -189,7 +197,7 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
         return round(a / b, 2) if b > 0 else None
 
     out: dict[str, Any] = {}
-    for ours, theirs in PAIRS:
+    for ours, theirs in [(a, b) for a, b in PAIRS if a in row]:
         a, b = row[ours], row[theirs]
         out[f"{ours} / {theirs}"] = {
             "added_ttfb_p50": ratio(a["added_ttfb_ms"]["p50"], b["added_ttfb_ms"]["p50"]),
@@ -207,7 +215,7 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 
 def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
     with gb.placed(layout) as (proxy_cpus, rest, procs):
-        urls, pids = start_all(tmp, procs, proxy_cpus, rest)
+        urls, pids = start_all(tmp, procs, proxy_cpus, rest, args.base_tree)
         print(f"-- layout {layout}", flush=True)
 
         async def every_cell() -> dict[str, Any]:
@@ -230,6 +238,15 @@ def report(path: Path) -> str:
         a = r["added_ttfb_ms"]
         return f"{a['p50']:+.2f} / {a['p99']:+.2f}"
 
+    base = doc.get("base_commit")
+    if base:
+        lines[0] += f" CPU µs/req agent@{base[:7]} (added p50 / p99) |"
+        lines[1] += " --- |"
+
+    def base_cpu(row: dict[str, Any]) -> str:
+        r = row["agent@base"]
+        return f"{r['cpu_us_per_request']['agent@base']:.0f} ({added(r)})"
+
     for layout, cells in doc["results"].items():
         for c, row in cells.items():
             d = row["direct"]["ttfb_ms"]
@@ -246,8 +263,18 @@ def report(path: Path) -> str:
                 f"| {row['agent']['cpu_us_per_request']['agent']:.0f} · "
                 f"{row['nginx']['cpu_us_per_request']['nginx back']:.0f} "
                 f"| {g:.0f} + {ag:.0f} · {f:.0f} + {b:.0f} |"
+                + (f" {base_cpu(row)} |" if base else "")
             )
     return "\n".join(lines)
+
+
+def base_commit(tree: Path | None) -> str | None:
+    if tree is None:
+        return None
+    rev = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return rev.stdout.strip() or None
 
 
 def main() -> int:
@@ -265,6 +292,11 @@ def main() -> int:
     )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "two_hop.json")
     p.add_argument("--report", type=Path, help="print a results file as a markdown table")
+    p.add_argument(
+        "--base-tree",
+        type=Path,
+        help="also measure the agent of this checkout (e.g. a `git worktree` of an older commit)",
+    )
     args = p.parse_args()
     if args.report:
         print(report(args.report))
@@ -290,7 +322,12 @@ def main() -> int:
             "loadavg_at_end": os.getloadavg(),
             "nginx": nginx,
         },
-        "params": {k: v for k, v in vars(args).items() if k not in ("out", "report")},
+        "params": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("out", "report")
+        },
+        "base_commit": base_commit(args.base_tree),
         "results": layouts,
     }
     gb.write_result(args.out, result)
