@@ -204,7 +204,7 @@ def test_overlays_have_the_charts_crds_and_rbac(helm_bin: str, kube: Kube, overl
 
 BAD_VALUES = [
     ("operator.replicas=-1", "/operator/replicas"),
-    ("operator.replicas=2", "/operator/replicas"),
+    ("operator.replicas=2,operator.leaderElection=false", "/operator/replicas"),
     ("gateway.replicas=two", "/gateway/replicas"),
     ("image.repository=Bad Image!", "/image/repository"),
     ("image.tag=v1 beta", "/image/tag"),
@@ -311,7 +311,15 @@ def test_install_upgrade_uninstall(helm_bin: str, kube: Kube, release: tuple[str
     assert svc and svc["spec"]["type"] == "NodePort"
     assert _get(kube, "networkpolicy", names.MODEL_POLICY, "-n", models) is None
     bad = _helm(
-        helm_bin, kube, "upgrade", "vso", str(CHART), "-n", ns, "--set", "operator.replicas=3"
+        helm_bin,
+        kube,
+        "upgrade",
+        "vso",
+        str(CHART),
+        "-n",
+        ns,
+        "--set",
+        "operator.replicas=3,operator.leaderElection=false",
     )
     assert bad.returncode != 0 and "/operator/replicas" in bad.stderr
 

@@ -86,6 +86,7 @@ def operator_deployment(v: Values) -> Obj:
             f"--metrics-bind=0.0.0.0:{o.metricsPort}",
             f"--health-bind=0.0.0.0:{o.healthPort}",
             f"--log-level={o.logLevel}",
+            *(["--leader-elect"] if o.leaderElection else []),
             *(f"--namespace={ns}" for ns in o.watchNamespaces),
             *expose_args(v),
             *o.extraArgs,
@@ -94,13 +95,24 @@ def operator_deployment(v: Values) -> Obj:
             {"name": "metrics", "containerPort": o.metricsPort},
             {"name": "health", "containerPort": o.healthPort},
         ],
-        "env": [{"name": "VLLM_SLEEP_AGENT_IMAGE", "value": o.agentImage or image}],
+        # POD_NAME: the leader Lease's holderIdentity (plus a random part); POD_NAMESPACE: where
+        # the Lease lives.
+        "env": [
+            {"name": "VLLM_SLEEP_AGENT_IMAGE", "value": o.agentImage or image},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10},
         "resources": _resources(o.resources),
         "securityContext": _container_security(),
     }
-    # Recreate: the operator runs standalone, so two must never reconcile at once.
-    return _deployment(v, n.OPERATOR, o.replicas, container, "Recreate", o.scheduling)
+    # With leader election a new pod waits as a standby until the old one releases the Lease,
+    # so a rolling update never has two acting; without it, Recreate keeps them apart.
+    strategy = "RollingUpdate" if o.leaderElection else "Recreate"
+    return _deployment(v, n.OPERATOR, o.replicas, container, strategy, o.scheduling)
 
 
 def expose_args(v: Values) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..api.crds import all_crds
 from ..api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL
@@ -91,11 +91,26 @@ class Scheduling(_Values):
 
 
 class Operator(_Values):
+    # More than one replica needs leader election, or two would act at once (schema: if/then).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"leaderElection": {"const": False}},
+                "required": ["leaderElection"],
+            },
+            "then": {"properties": {"replicas": {"maximum": 1}}},
+        }
+    )
+
+    leaderElection: bool = Field(
+        True,
+        description="act only while holding the leader Lease (docs/reliability.md); needed "
+        "for replicas > 1, and lets a rolling update hand over without overlap",
+    )
     replicas: int = Field(
         1,
         ge=0,
-        le=1,
-        description="0 or 1: the operator runs standalone (no peering), so one at a time",
+        description="2+ keeps a standby that takes over within 17 s (needs leaderElection)",
     )
     resources: Resources = Resources(
         requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}
@@ -116,6 +131,13 @@ class Operator(_Values):
     healthPort: int = Field(8081, ge=1, le=65535, description="/healthz (liveness probe)")
     podDisruptionBudget: Disruption = Disruption()
     scheduling: Scheduling = Scheduling()
+
+    @field_validator("replicas")
+    @classmethod
+    def _one_unless_elected(cls, replicas: int, info: ValidationInfo) -> int:
+        if replicas > 1 and info.data.get("leaderElection") is False:
+            raise ValueError("more than one replica needs leaderElection: true")
+        return replicas
 
 
 class Service(_Values):

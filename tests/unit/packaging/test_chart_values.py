@@ -15,7 +15,7 @@ from vllm_sleep.packaging import reference, values
 
 BAD: list[tuple[dict[str, Any], str]] = [
     ({"operator": {"replicas": -1}}, "operator.replicas"),
-    ({"operator": {"replicas": 2}}, "operator.replicas"),
+    ({"operator": {"replicas": 2, "leaderElection": False}}, "operator.replicas"),
     ({"gateway": {"replicas": "two"}}, "gateway.replicas"),
     ({"image": {"repository": "Bad Image!"}}, "image.repository"),
     ({"image": {"tag": "v1 beta"}}, "image.tag"),
