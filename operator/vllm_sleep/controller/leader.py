@@ -134,7 +134,7 @@ class LeaderElector:
             if record.holder != self.identity:
                 return
             body = leader.write_patch(rv, leader.release_spec(record, self._wall()))
-            await self.coord.patch_namespaced_lease(self.name, self.namespace, body)
+            await self._patch(body)
             log.info("leader election: %s released the Lease", self.identity)
             await self._event(f"{self.identity} stopped leading and released the Lease")
         except _TRANSIENT as e:
@@ -166,41 +166,47 @@ class LeaderElector:
         assert decision.spec is not None
         sent = self._clock()
         try:
-            if self._seen is None:
-                body = leader.leader_lease(
-                    self.name, self.namespace, {LABEL_MANAGED_BY: MANAGED_BY}
-                )
-                body["spec"] = decision.spec
-                create: Any = (
-                    self.coord.create_namespaced_lease
-                )  # typed for V1Lease; a dict is sent as is
-                resp: Any = await create(self.namespace, body, _preload_content=False)
-            else:
-                patch = leader.write_patch(self._seen.resource_version, decision.spec)
-                resp = await self.coord.patch_namespaced_lease(
-                    self.name, self.namespace, patch, _preload_content=False
-                )
+            written = await self._write(decision.spec)
         except ApiException as e:
             if e.status == 409:
                 return decision, previous
             raise
-        written = await resp.json()
         rv, self._uid, record = leader.read_lease(written)
         self._seen = leader.see(None, rv, record, sent)
         self._until = leader.leading_until(sent, self.timings)
         return None, "" if previous == self.identity else previous
+
+    async def _write(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create the Lease (none seen) or patch the version seen; the Lease as written."""
+        if self._seen is None:
+            body = leader.leader_lease(self.name, self.namespace, {LABEL_MANAGED_BY: MANAGED_BY})
+            body["spec"] = spec
+            create: Any = self.coord.create_namespaced_lease  # typed for V1Lease; a dict goes as is
+            return await _json(await create(self.namespace, body, _preload_content=False))
+        return await self._patch(leader.write_patch(self._seen.resource_version, spec))
+
+    async def _patch(self, body: dict[str, Any]) -> dict[str, Any]:
+        # A merge patch (the typed signature lacks _content_type; a dict would go as JSON patch).
+        patch: Any = self.coord.patch_namespaced_lease
+        resp = await patch(
+            self.name,
+            self.namespace,
+            body,
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+        )
+        return await _json(resp)
 
     async def _read(self) -> dict[str, Any] | None:
         try:
             resp: Any = await self.coord.read_namespaced_lease(
                 self.name, self.namespace, _preload_content=False
             )
+            return await _json(resp)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        lease: dict[str, Any] = await resp.json()
-        return lease
 
     async def _event(self, message: str) -> None:
         body = leader.leader_event(
@@ -233,6 +239,15 @@ class LeaderElector:
                 )
                 return
             time.sleep(min(left, 0.25))
+
+
+async def _json(resp: Any) -> dict[str, Any]:
+    """The body of a response read with _preload_content=False, which the client hands back
+    whatever its status: an error status raises ApiException here, as a preloaded call would."""
+    body: dict[str, Any] = await resp.json(content_type=None)
+    if not 200 <= resp.status <= 299:
+        raise ApiException(status=resp.status, reason=str(body.get("message") or resp.reason))
+    return body
 
 
 def _brief(e: BaseException) -> str:

@@ -23,8 +23,8 @@ from ..api.leader import LEADER_LEASE_NAME, Timings
 from ..api.served_names import ExposureError, ExposurePolicy
 from ..logs import configure
 from ..metrics import OperatorMetrics
-from .agents import AgentClient
 from .agent_transport import PerAgentTransport
+from .agents import AgentClient
 from .context import Context, Settings
 from .handlers import register
 from .kube import Kube

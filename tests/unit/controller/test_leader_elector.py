@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from vllm_sleep.api.leader import Timings
 from vllm_sleep.controller.leader import LeaderElector
@@ -20,11 +19,18 @@ T = Timings()  # 15 / 10 / 2
 
 
 class Response:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
+    """What kubernetes_asyncio hands back with _preload_content=False: any status, no raise."""
 
-    async def json(self) -> dict[str, Any]:
+    def __init__(self, body: dict[str, Any] | None, status: int = 200) -> None:
+        self.body = body or {"kind": "Status", "code": status, "message": f"HTTP {status}"}
+        self.status = status
+        self.reason = "Error"
+
+    async def json(self, content_type: str | None = "application/json") -> dict[str, Any]:
         return copy.deepcopy(self.body)
+
+    def release(self) -> None:
+        pass
 
 
 class Store:
@@ -49,13 +55,13 @@ class Store:
     async def read_namespaced_lease(self, name: str, ns: str, **_: Any) -> Response:
         self._check()
         if self.lease is None:
-            raise ApiException(status=404)
+            return Response(None, 404)
         return Response(self.lease)
 
     async def create_namespaced_lease(self, ns: str, body: dict[str, Any], **_: Any) -> Response:
         self._check()
         if self.lease is not None:
-            raise ApiException(status=409)
+            return Response(None, 409)
         self.lease = copy.deepcopy(body)
         self.lease["metadata"]["uid"] = "lease-uid"
         self._stamp()
@@ -69,7 +75,7 @@ class Store:
             self.before_patch.pop(0)()
         assert self.lease is not None
         if body["metadata"]["resourceVersion"] != self.lease["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
+            return Response(None, 409)
         for key, value in body["spec"].items():
             if value is None:
                 self.lease["spec"].pop(key, None)
