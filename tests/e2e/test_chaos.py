@@ -36,7 +36,7 @@ from .helpers import apply, chat, model_manifest, model_pods, sim_state, wait_fo
 from .test_pools import block_first_gpu, make_pool, pooled, violations
 from .test_pools import pools as pools  # the fixture, shared
 
-KILLS = int(os.environ.get("VLLM_SLEEP_CHAOS_KILLS", "5"))
+KILLS = int(os.environ.get("VLLM_SLEEP_CHAOS_KILLS", "3"))
 SEED = int(os.environ.get("VLLM_SLEEP_CHAOS_SEED", "15"))
 POOL_NODE, LOST_NODE = "gpu-node-1", "gpu-node-0"
 SWAPPED = ["swap-a", "swap-b"]

@@ -28,7 +28,6 @@ from typing import Any, Final
 from ..api.agent_protocol import AgentState, StateReport
 from ..api.demand import parse_micro_time
 from .observe import ObservedPod
-from .pool_devices import node_of
 
 NODE_LOST_SECONDS: Final = 60.0  # not Ready for this long: the node's pods are replaced
 
@@ -59,11 +58,18 @@ def node_health(node: Mapping[str, Any] | None) -> NodeHealth:
     return NodeHealth(exists=True)  # a node registering: no condition yet
 
 
+def not_ready(node: Mapping[str, Any]) -> bool:
+    """The node says it is not Ready (False or Unknown): it takes no new pods, so a GPUPool
+    counts no devices on it (`pool_devices`) and seats nothing there."""
+    health = node_health(node)
+    return health.exists and health.ready is not None and health.ready != "True"
+
+
 def node_name(pod: ObservedPod) -> str | None:
     """The node a pod runs on, or is seated on by its pool before the scheduler bound it."""
     if pod.node:
         return pod.node
-    return node_of(pod.device) if pod.device else None
+    return pod.device.partition("/")[0] if pod.device else None  # "<node>/<name>"
 
 
 def nodes_to_check(pods: Iterable[ObservedPod], reports: Mapping[str, StateReport]) -> set[str]:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from ..api.gpu_pool import GPUPoolSpec, Sharing
 from ..api.names import ANNOTATION_DEVICE, GROUP, LABEL_MANAGED_BY, MANAGED_BY
+from .node_loss import not_ready
 
 GPU_COUNT_LABEL: Final = "nvidia.com/gpu.count"  # set by GPU feature discovery
 CLAIM_REQUEST: Final = "gpu"
@@ -137,6 +138,7 @@ def pool_devices(
     slices: Iterable[Mapping[str, Any]] = (),
     device_class: Mapping[str, Any] | None = None,
 ) -> tuple[PoolDevice, ...]:
+    nodes = [n for n in nodes if not not_ready(n)]  # a lost node's devices take no seats
     if spec.sharing == Sharing.DRA:
         return dra_devices(spec, nodes, slices, device_class)
     return plugin_devices(spec, nodes)

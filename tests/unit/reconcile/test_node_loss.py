@@ -133,3 +133,21 @@ def test_the_node_cache_reads_each_node_once_per_ttl() -> None:
         assert reads == ["a", "gone", "a"]
 
     asyncio.run(run())
+
+
+def test_a_pool_counts_no_devices_on_a_node_that_is_not_ready() -> None:
+    from vllm_sleep.api.gpu_pool import GPUPoolSpec
+    from vllm_sleep.reconcile.pool_devices import pool_devices
+
+    spec = GPUPoolSpec.model_validate(
+        {"sharing": "TimeSlicing", "deviceMemory": "80Gi", "deviceResourceName": "nvidia.com/gpu"}
+    )
+
+    def gpu_node(name: str, ready: str) -> dict[str, Any]:
+        n = node(ready, NOW)
+        n["metadata"] = {"name": name, "labels": {"nvidia.com/gpu.count": "1"}}
+        n["status"]["allocatable"] = {"nvidia.com/gpu": "1"}
+        return n
+
+    nodes = [gpu_node("up", "True"), gpu_node("lost", "Unknown"), gpu_node("sick", "False")]
+    assert [d.id for d in pool_devices(spec, nodes)] == ["up/gpu-0"]
