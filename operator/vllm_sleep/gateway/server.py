@@ -95,11 +95,7 @@ class GatewayHandler:
         keys = self._keys
         # `is not None`, not truthiness: configured keys always mean auth, even with none loaded
         # (an empty file refuses everything; it must never read as "no auth").
-        if (
-            _is_api(path)
-            and keys is not None
-            and not keys.check(request.header("Authorization"))
-        ):
+        if _is_api(path) and keys is not None and not keys.check(request.header("Authorization")):
             return error_response(401, "Incorrect or missing API key.", "invalid_api_key")
         if path in GATEWAY_ROUTES:
             return None if method == "POST" else _not_allowed(method, path, "POST")
