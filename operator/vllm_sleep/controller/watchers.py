@@ -17,6 +17,10 @@ from .agents import UNREACHABLE, AgentClient
 
 LONG_POLL_SECONDS = 30.0
 RETRY_SECONDS = 1.0
+# Consecutive failed polls before a known agent reads as unreachable. One lost poll (a busy
+# agent, a network blip) is not a dead agent: reporting it flipped replicas to Starting/Failed
+# and back, a status write and a node check each time, on every busy moment of a big fleet.
+UNREACHABLE_AFTER = 3
 
 
 class AgentWatchers:
@@ -60,10 +64,17 @@ class AgentWatchers:
 
     async def _watch(self, name: str, ip: str, token: str) -> None:
         version: int | None = None
+        failed = 0
         while True:
             report = await self._agents.state(
                 ip, token, version=version, wait=LONG_POLL_SECONDS if version is not None else 0
             )
+            failed = failed + 1 if report is UNREACHABLE else 0
+            known = self._reports.get(name, ("", UNREACHABLE))
+            if 0 < failed < UNREACHABLE_AFTER and known[0] == ip and known[1] is not UNREACHABLE:
+                version = None  # keep the last report; ask again (no long-poll) shortly
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
             changed = (ip, report) != self._reports.get(name)
             self._reports[name] = (ip, report)
             if changed:

@@ -41,3 +41,52 @@ def test_an_older_transition_answer_does_not_replace_a_newer_report() -> None:
     older_elsewhere = StateReport(state=AgentState.LOADING, version=1)  # a new pod, a new agent
     w.set_report("m-0", "10.0.0.2", older_elsewhere)
     assert w.report(pod("10.0.0.2")) == older_elsewhere
+
+
+class ScriptedAgents:
+    """Answers the long-polls from a script, then never again."""
+
+    def __init__(self, answers: list[StateReport]) -> None:
+        self.answers = answers
+
+    async def state(self, *_: object, **__: object) -> StateReport:
+        if self.answers:
+            return self.answers.pop(0)
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+
+async def _watch(answers: list[StateReport], monkeypatch: object) -> tuple[AgentWatchers, int]:
+    from vllm_sleep.controller import watchers
+
+    monkeypatch.setattr(watchers, "RETRY_SECONDS", 0)  # type: ignore[attr-defined]
+    kicks = 0
+    kick = asyncio.Event()
+    w = AgentWatchers(ScriptedAgents(answers), kick)  # type: ignore[arg-type]
+    w.sync({"m-0": "10.0.0.1"}, "t")
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if kick.is_set():
+            kicks += 1
+            kick.clear()
+    return w, kicks
+
+
+async def test_one_lost_poll_of_a_known_agent_changes_nothing(monkeypatch: object) -> None:
+    from vllm_sleep.controller.agents import UNREACHABLE
+
+    asleep = StateReport(state=AgentState.ASLEEP, level=1, version=4)
+    w, kicks = await _watch([asleep, UNREACHABLE, UNREACHABLE, asleep], monkeypatch)
+    assert w.report(pod("10.0.0.1")) == asleep
+    assert kicks == 1  # the first report only
+    await w.close()
+
+
+async def test_an_agent_that_keeps_failing_reads_as_unreachable(monkeypatch: object) -> None:
+    from vllm_sleep.controller.agents import UNREACHABLE
+    from vllm_sleep.controller.watchers import UNREACHABLE_AFTER
+
+    asleep = StateReport(state=AgentState.ASLEEP, level=1, version=4)
+    w, _ = await _watch([asleep] + [UNREACHABLE] * UNREACHABLE_AFTER, monkeypatch)
+    assert w.report(pod("10.0.0.1")) == UNREACHABLE
+    await w.close()
