@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -145,8 +146,23 @@ async def start_engine(
     return EngineProcess(engine)
 
 
+# Every simulated pod's agent runs in this one process, and an idle agent's /health polls of its
+# engine are most of that process's idle CPU at a thousand pods. This variable (seconds), when
+# set, replaces the agents' --health-interval (their poll while the engine is up; a crash is
+# noticed that much later). The scale bench sets it; unset, agents run as their pods say.
+AGENT_HEALTH_INTERVAL_ENV = "VLLM_SLEEP_SIM_AGENT_HEALTH_INTERVAL"
+
+
+def agent_args(args: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The agent's command line as this runtime runs it (see AGENT_HEALTH_INTERVAL_ENV)."""
+    stretched = environ.get(AGENT_HEALTH_INTERVAL_ENV)
+    return [*args, f"--health-interval={float(stretched)}"] if stretched else args
+
+
 async def start_agent(args: list[str], env: Mapping[str, str], pod_ip: str) -> AgentProcess:
     from ...agent import Agent, AgentConfig
+
+    args = agent_args(args, os.environ)
 
     if not any(a == "--listen-host" or a.startswith("--listen-host=") for a in args):
         args = [*args, "--listen-host", "0.0.0.0"]
