@@ -13,7 +13,9 @@ client (method and resource, from aiohttp, which both kopf and kubernetes_asynci
 `--profile`, runs cProfile (a SIGUSR1 dumps the profile so far and starts a new one).
 
 Models: one replica on one whole simulated GPU each (no pool), level 1, 2 GiB of weights, the
-engine's simulated load `--load-seconds` (time scale 1). Measured:
+engine's simulated load `--load-seconds` (time scale 1). The simulated agents poll their
+engine's /health every `--agent-health-interval` s while it is up (30; a real agent's 5 s made
+the one sim-kubelet process, not the operator, the bottleneck of a big fleet). Measured:
 
 1. bring-up: from the first create (concurrent creates, as a GitOps tool applies) until every
    model's status says Asleep (pre-warmed: loaded, then put to sleep), minus the load time;
@@ -196,8 +198,9 @@ class Processes:
             "--host=127.0.0.1",
             f"--port={self.gateway_port}",
             f"--kubeconfig={gw_cfg}",
-            "--workers=1",
         ]
+        if args.gateway_workers:  # 0: a gateway from before --workers existed
+            gw.append(f"--workers={args.gateway_workers}")
         self.pids["gateway"] = self._spawn("gateway", gw, False, gw_cfg)
 
     def _spawn(self, name: str, argv: list[str], profile: bool, cfg: str | None = None) -> int:
@@ -352,6 +355,7 @@ async def run(
         # --- 2. steady state
         await asyncio.sleep(args.settle_seconds)
         c0 = {n: read_counts(p) for n, p in procs.counts.items()}
+        o0 = {n: proc_cpu(p) for n, p in others.items()}
         s0, w0 = proc_cpu(op), time.time()
         rss: list[float] = []
         while time.time() - w0 < args.steady_seconds:
@@ -366,6 +370,9 @@ async def run(
         out["steady"] = {
             "seconds": round(w1 - w0, 1),
             "operator_cores": round((s1 - s0) / (w1 - w0), 4),
+            "other_cores": {
+                n: round((proc_cpu(p) - o0[n]) / (w1 - w0), 3) for n, p in others.items()
+            },
             "operator_rss_mib": round(max(rss), 1),
             "api_per_second": api_rates,
             "api_writes_per_second": {
@@ -426,10 +433,13 @@ async def run(
             await asyncio.sleep(0.5)
         lags, missing = [], 0
         for n in woken:
-            async with http.get(
-                f"http://{ip[n]}:8002/state", headers={"Authorization": f"Bearer {tokens[n]}"}
-            ) as r:
-                last = (await r.json()).get("last_activity")
+            try:
+                async with http.get(
+                    f"http://{ip[n]}:8002/state", headers={"Authorization": f"Bearer {tokens[n]}"}
+                ) as r:
+                    last = (await r.json()).get("last_activity")
+            except aiohttp.ClientError:  # the pod was replaced meanwhile
+                last = None
             start = next(
                 (s for st, s in tls[n].agent if st in ("draining", "sleeping") and s > tw), None
             )
@@ -493,6 +503,8 @@ def save(result: dict[str, Any], args: argparse.Namespace, out_path: Path) -> No
         "load_seconds": args.load_seconds,
         "idle_timeout": args.idle_timeout,
         "steady_seconds": args.steady_seconds,
+        "agent_health_interval": args.agent_health_interval,
+        "loadavg_at_save": os.getloadavg(),
         "profile": args.profile,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -523,6 +535,13 @@ def main() -> int:
     p.add_argument("--wakes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--profile", action="store_true", help="cProfile the operator")
+    p.add_argument(
+        "--agent-health-interval",
+        type=float,
+        default=30.0,
+        help="the simulated agents' /health poll while up (0: as the pods say, 5 s)",
+    )
+    p.add_argument("--gateway-workers", type=int, default=1, help="0: do not pass --workers")
     p.add_argument("--label", default="", help="suffix of the results file name")
     p.add_argument("--keep-logs", type=Path, help="copy logs and profiles here")
     p.add_argument("--out", type=Path)
@@ -538,6 +557,8 @@ def main() -> int:
     label = f"{args.models}x{args.nodes}" + (f"-{args.label}" if args.label else "")
     out_path = args.out or RESULTS / f"scale-{label}.json"
     signal.signal(signal.SIGTERM, _interrupt)  # stop the cluster on `kill`, too
+    if args.agent_health_interval:  # read by the sim-kubelet it starts (containers.py)
+        os.environ["VLLM_SLEEP_SIM_AGENT_HEALTH_INTERVAL"] = str(args.agent_health_interval)
     result: dict[str, Any] = {}
     cluster = Cluster(1.0, gpu_nodes=args.nodes, gpus_per_node=args.gpus_per_node)
     try:
