@@ -4,7 +4,6 @@ import pytest
 
 from vllm_sleep.api.routes import GATEWAY_ROUTES, ROUTES, ModelField, RouteKind, match
 
-
 # vLLM's routes that run on the GPU (docs/agent.md, "Public port"; docs/vllm.md).
 INFERENCE = [
     "/v1/chat/completions",
