@@ -17,7 +17,7 @@ from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.server import ROUTES as SIM_ROUTES
 from vllm_sleep.testing.sim.testkit import start, until
 
-from .test_gateway_agent import agent_for
+from .test_gateway_agent import TOKEN, agent_for
 from .test_sim_legacy import assert_exited
 
 pytestmark = pytest.mark.contract
@@ -224,3 +224,32 @@ async def test_a_legacy_engine_asleep_ends_a_stream_with_an_error_event(host: En
             raw = b"".join([c async for c in s.aiter_raw()])
     assert s.status_code == 200 and events(raw)[-1] == "error"
     await assert_exited(legacy)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/pooling", "/v2/rerank", FORMS[0]])
+async def test_the_agent_holds_each_new_inference_route_while_a_legacy_engine_sleeps(
+    host: EngineHost, http: httpx.AsyncClient, path: str
+) -> None:
+    legacy = await start(
+        host,
+        "m",
+        "--enable-sleep-mode",
+        "--host",
+        "127.0.14.11",
+        env={"VLLM_SIM_PROFILE": "legacy"},
+    )
+    agent = await agent_for(legacy, "127.0.14.12", hold_timeout=20.0)
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await http.post(agent.control_url + "/sleep?level=1", headers=auth)).is_success
+        if path in FORMS:
+            sent = http.post(agent.public_url + path, **audio_upload())
+        else:
+            sent = http.post(agent.public_url + path, json={"model": "m", **BODIES[path]})
+        task = asyncio.create_task(sent)
+        await until(lambda: agent.gate.held == 1)
+        assert (await http.post(agent.control_url + "/wake", headers=auth)).is_success
+        assert (await task).status_code == 200
+    finally:
+        await agent.stop()
+    assert not legacy.violations  # never reached the sleeping engine
