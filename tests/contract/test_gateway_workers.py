@@ -45,7 +45,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(pred: Callable[[], T | None], timeout: float = 30, what: str = "it") -> T:
+def wait_for(pred: Callable[[], T | None], timeout: float = 90, what: str = "it") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
@@ -176,7 +176,7 @@ def test_a_killed_supervisor_takes_its_workers_with_it(two: Supervised) -> None:
     workers = children(two.proc.pid)
     two.proc.kill()
     two.proc.wait(10)
-    wait_for(lambda: not any(alive(pid) for pid in workers), 30, what="orphaned workers to end")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 60, what="orphaned workers to end")
     assert two.healthz() == 0
 
 
