@@ -8,6 +8,9 @@ a thousand models starting at once make one LIST, not a thousand, and an idle fl
 costs one LIST per namespace per period. A heal runs in the background (a slow LIST of a big
 namespace must not stall every model's pass, a waking one included), and what the watch brought
 while it ran wins over the LIST's older snapshot.
+
+Pods are kept slim: what `reconcile.observe.observe_pod` reads (metadata without managedFields,
+status, spec.nodeName), about 40 % of a whole pod's memory; a thousand whole pods were ~60 MB.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class PodCache:
             name = p["metadata"]["name"]
             model = ((p.get("metadata") or {}).get("labels") or {}).get(LABEL_MODEL)
             if model and self._seen.get((namespace, name), 0) <= sent:
-                buckets.setdefault((namespace, model), {})[name] = p
+                buckets.setdefault((namespace, model), {})[name] = slim(p)
         self._pods.update(buckets)
 
     def observe(self, event_type: str | None, pod: dict[str, Any], model: str) -> None:
@@ -100,11 +103,11 @@ class PodCache:
             and current["metadata"].get("uid") == meta.get("uid")
         ):
             return  # an older version arriving late (list vs watch race)
-        bucket[name] = pod
+        bucket[name] = slim(pod)
         self._seen[(key[0], name)] = self._seq
 
     def replace(self, namespace: str, model: str, pods: list[dict[str, Any]]) -> None:
-        self._pods[(namespace, model)] = {p["metadata"]["name"]: p for p in pods}
+        self._pods[(namespace, model)] = {p["metadata"]["name"]: slim(p) for p in pods}
 
     def get(self, namespace: str, model: str) -> list[dict[str, Any]]:
         bucket = self._pods.get((namespace, model), {})
@@ -113,6 +116,17 @@ class PodCache:
     def forget(self, namespace: str, model: str) -> None:
         for name in self._pods.pop((namespace, model), {}):
             self._seen.pop((namespace, name), None)
+
+
+def slim(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod a reconcile pass reads (shallow: the watch's dicts are not mutated)."""
+    meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k != "managedFields"}
+    node = (pod.get("spec") or {}).get("nodeName")
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node} if node else {},
+        "status": pod.get("status") or {},
+    }
 
 
 def _rv(pod: dict[str, Any]) -> int:

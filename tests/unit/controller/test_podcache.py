@@ -103,3 +103,34 @@ def test_what_the_watch_saw_during_a_list_wins_over_the_lists_snapshot() -> None
     assert c.get("ns", "a")[0]["metadata"]["resourceVersion"] == "9"
     assert len(c.get("ns", "b")) == 1
     assert c.get("ns", "c") == [] and c.get("ns", "gone") == []
+
+
+def test_cached_pods_are_slim_and_observed_the_same() -> None:
+    from vllm_sleep.controller.podcache import slim
+    from vllm_sleep.reconcile.observe import observe_pod
+
+    whole = labelled("m-0", "m")
+    whole["metadata"]["labels"]["vllm-sleep.io/replica"] = "0"
+    whole["metadata"]["annotations"] = {"vllm-sleep.io/woken-at": "12.5", "x": "y"}
+    whole["metadata"]["managedFields"] = [{"manager": "kubelet", "fieldsV1": {}}] * 20
+    whole["spec"] = {"nodeName": "gpu-node-1", "containers": [{"name": "vllm", "env": []}]}
+    whole["status"] = {
+        "phase": "Running",
+        "podIP": "127.0.0.9",
+        "conditions": [{"type": "vllm-sleep.io/awake", "status": "True"}],
+        "containerStatuses": [
+            {
+                "name": "vllm",
+                "restartCount": 2,
+                "ready": False,
+                "lastState": {"terminated": {"exitCode": 1, "message": "CUDA OOM"}},
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            }
+        ],
+    }
+    c = PodCache()
+    c.observe("ADDED", whole, "m")
+    cached = c.get("ns", "m")[0]
+    assert "managedFields" not in cached["metadata"] and "containers" not in cached["spec"]
+    assert observe_pod(cached) == observe_pod(whole)
+    assert observe_pod(slim(whole)).failure is not None  # the crash is still seen
