@@ -24,6 +24,7 @@ from .workers import (
     die_with_supervisor,
     merged_registry,
     supervise,
+    tag_logs,
     worker_role,
 )
 
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
     if role is not None:
         if not die_with_supervisor(role):
             return 1
+        tag_logs(role)
         return cli_main(
             argv,
             "vllm-sleep gateway",

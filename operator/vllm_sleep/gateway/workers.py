@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..logs import FORMAT, configure
 from ..serve import stop_on_signals
 from .gateway import SHUTDOWN_GRACE
 
@@ -120,6 +121,14 @@ def die_with_supervisor(role: WorkerRole) -> bool:
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
     # Checked after the prctl: a supervisor that died before it would send nothing.
     return role.supervisor == 0 or os.getppid() == role.supervisor
+
+
+def tag_logs(role: WorkerRole) -> None:
+    """Every log line of this worker names it: N workers write to one stream."""
+    configure()
+    tagged = logging.Formatter(FORMAT.replace("%(name)s", f"%(name)s[worker {role.index}]"))
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(tagged)
 
 
 def merged_registry() -> CollectorRegistry:
