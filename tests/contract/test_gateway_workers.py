@@ -106,7 +106,7 @@ class Supervised:
         return {w: float(v) for w, v in found}
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.log.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -139,6 +139,8 @@ def test_workers_share_the_port_and_any_worker_answers_metrics_for_all(two: Supe
 
     counts = wait_for(both_answered, what=f"both workers answering\n{two.tail()}")
     assert set(counts) == {"0", "1"}
+    # One log stream, each worker's lines named (their watches log the unreachable API).
+    wait_for(lambda: "[worker 0]" in two.tail() and "[worker 1]" in two.tail(), what="tags")
     # Before the first list every worker is not ready, whichever answers.
     r = httpx.get(f"{two.url}/readyz", timeout=5)
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
