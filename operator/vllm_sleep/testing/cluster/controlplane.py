@@ -219,13 +219,23 @@ def restart(state: ClusterState, name: str, timeout: float = 120.0, *, crash: bo
             time.sleep(0.05)
     elif old is not None:
         stop_pids([old])
-    proc = spawn(name, list(launch["argv"]), state.logs)
-    state.pids[name] = proc.pid
-    state.save()
     expect = launch.get("expect")
     probe = http_ok(launch["probe"], launch.get("token"), expect.encode() if expect else None)
-    wait_ready(name, proc, probe, state.logs, timeout)
-    return time.monotonic() - started
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = spawn(name, list(launch["argv"]), state.logs)
+        state.pids[name] = proc.pid
+        state.save()
+        try:
+            wait_ready(name, proc, probe, state.logs, max(1.0, deadline - time.monotonic()))
+        except ClusterError as e:
+            # Its port was free-picked from the ephemeral range: while it was down, a client's
+            # outgoing connection may have been given that port as its own. Wait until it closes.
+            if "address already in use" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+            continue
+        return time.monotonic() - started
 
 
 def stop(state: ClusterState) -> None:
