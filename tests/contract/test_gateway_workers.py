@@ -71,10 +71,10 @@ def alive(pid: int) -> bool:
 
 
 class Supervised:
-    def __init__(self, tmp: Path, workers: int, *extra: str) -> None:
+    def __init__(self, tmp: Path, workers: int, *extra: str, port: int | None = None) -> None:
         kubeconfig = tmp / "kubeconfig"
         kubeconfig.write_text(KUBECONFIG)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = tmp / "gateway.log"
         argv = [
@@ -230,3 +230,16 @@ async def test_workers_listen_on_one_port_and_a_late_one_only_once_listed() -> N
             assert [await readyz(first.url) for _ in range(20)] == [200] * 20
         finally:
             await late.stop()
+
+
+def test_a_port_in_use_fails_the_supervisor_at_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        gw = Supervised(tmp_path, 2, port=taken.getsockname()[1])
+        try:
+            assert gw.proc.wait(120) == 1, gw.tail()
+        finally:
+            gw.stop()
+    assert "Address already in use" in gw.tail()
+    assert "worker 0 started" not in gw.tail()  # refused before any worker started
