@@ -5,6 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers (`-n auto`: tests/conftest.py picks the count). Later flags win:
+# PYTEST_ARGS=-n0 runs serially, PYTEST_ARGS="-n 2" with two workers.
+XDIST  := -n auto
 
 .PHONY: all venv build lint fmt crds manifests test test-unit test-contract test-cluster test-e2e demo dev-up dev-down bench clean
 
@@ -42,21 +45,21 @@ manifests: crds
 	$(BIN)/python -m vllm_sleep.packaging.manifests
 
 test-unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/unit $(XDIST) $(PYTEST_ARGS)
 
 test-contract: $(STAMP)
-	$(BIN)/pytest -q tests/contract $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/contract $(XDIST) $(PYTEST_ARGS)
 
 test-cluster: build
-	$(BIN)/pytest -q tests/cluster $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/cluster $(XDIST) $(PYTEST_ARGS)
 
 test-e2e: build
-	$(BIN)/pytest -q tests/e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/e2e $(XDIST) $(PYTEST_ARGS)
 
-# The whole suite: linters, then unit, contract, cluster and e2e tests in one pytest session
-# (one control plane for all cluster and e2e tests).
+# The whole suite: linters, then unit, contract, cluster and e2e tests in one pytest run, spread
+# over xdist workers (each worker starts one control plane for its cluster and e2e tests).
 test: lint build
-	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests $(XDIST) $(PYTEST_ARGS)
 
 demo: build
 	$(BIN)/vllm-sleep demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -214,7 +215,8 @@ def test_scheduler_binds_a_pod_to_a_node_that_fits(kube: Kube, namespace: str) -
 def test_dev_down_leaves_no_process(tmp_path: Path, kube: Kube) -> None:
     if kube.kubelet_admin_url is None:
         pytest.skip("external cluster")
-    state_dir = Path("/dev/shm") / f"vso-down-test-{tmp_path.name}"
+    # The pid keeps concurrent runs (xdist workers, other checkouts) out of each other's cluster.
+    state_dir = Path("/dev/shm") / f"vso-down-test-{os.getpid()}-{tmp_path.name}"
     cli = [sys.executable, "-m", "vllm_sleep.cli", "dev", "--state-dir", str(state_dir)]
     up = subprocess.run([*cli, "up", "--no-kubelet"], capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stderr
