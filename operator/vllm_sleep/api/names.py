@@ -50,7 +50,8 @@ CONTROL_PORT: Final = 8002  # agent: authenticated sleep/wake/state for the oper
 CONTAINER_VLLM: Final = "vllm"
 CONTAINER_AGENT: Final = "agent"
 
-# Environment of the agent: the control token comes from the per-model Secret.
+# The agent's control token: a key of the per-model Secret, mounted as a file in model pods
+# (the environment variable serves an agent run by hand).
 ENV_CONTROL_TOKEN: Final = "VLLM_SLEEP_CONTROL_TOKEN"
 SECRET_TOKEN_KEY: Final = "token"
 

@@ -71,6 +71,8 @@ class AgentClient:
             )
         except httpx.HTTPError:
             return UNREACHABLE
+        if resp.status_code == 401:  # the caller's token is stale (rotated): it must re-read
+            raise AgentError(401, _message(resp))
         if resp.status_code != 200:
             return UNREACHABLE
         try:

@@ -286,11 +286,16 @@ class ModelController:
         # its version when in-flight leaves 0) brings the decision back; nothing failed.
         if e.status == 409:
             return
+        if e.status == 401:  # the token was rotated: the next pass reads the Secret again
+            self._token = None
         self.ctx.metrics.transitions.labels(self.namespace, self.name, what, "error").inc()
         reason = "DrainTimeout" if e.status == 504 else f"{what.capitalize()}Failed"
         self.emit("Warning", reason, f"{pod}: {e.message}")
 
     async def _control_token(self) -> str:
+        if self.watchers.token_rejected:  # an agent refused it: the Secret was rotated
+            self.watchers.token_rejected = False
+            self._token = None
         if self._token is None:
             self._token = await self.ctx.kube.read_secret_key(
                 self.namespace, token_secret_name(self.name), SECRET_TOKEN_KEY

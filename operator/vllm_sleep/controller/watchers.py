@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from ..api.agent_protocol import StateReport
 from ..reconcile.observe import ObservedPod
-from .agents import UNREACHABLE, AgentClient
+from .agents import UNREACHABLE, AgentClient, AgentError
 
 LONG_POLL_SECONDS = 30.0
 RETRY_SECONDS = 1.0
@@ -27,8 +27,10 @@ class AgentWatchers:
     def __init__(self, agents: AgentClient, kick: asyncio.Event) -> None:
         self._agents = agents
         self._kick = kick
-        self._tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}  # pod -> (ip, task)
+        self._tasks: dict[str, tuple[str, str, asyncio.Task[None]]] = {}  # pod -> (ip, token, task)
         self._reports: dict[str, tuple[str, StateReport]] = {}  # pod -> (ip, last report)
+        # An agent refused the token (401): it was rotated; the model's loop reads it again.
+        self.token_rejected = False
 
     def report(self, pod: ObservedPod) -> StateReport:
         """The last report of the agent at this pod's IP: a pod replaced under the same name
@@ -52,23 +54,31 @@ class AgentWatchers:
     def sync(self, wanted: Mapping[str, str], token: str) -> None:
         """Watch exactly the agents in `wanted` (pod -> IP)."""
         for name in list(self._tasks):
-            ip, task = self._tasks[name]
+            ip, known_token, task = self._tasks[name]
             if wanted.get(name) != ip:  # pod gone or replaced (new IP)
                 task.cancel()
                 del self._tasks[name]
                 self._reports.pop(name, None)
+            elif known_token != token:  # the token was rotated: poll with the new one
+                task.cancel()
+                del self._tasks[name]
         for name, ip in wanted.items():
             if name not in self._tasks:
                 task = asyncio.create_task(self._watch(name, ip, token), name=f"agent-watch {name}")
-                self._tasks[name] = (ip, task)
+                self._tasks[name] = (ip, token, task)
 
     async def _watch(self, name: str, ip: str, token: str) -> None:
         version: int | None = None
         failed = 0
         while True:
-            report = await self._agents.state(
-                ip, token, version=version, wait=LONG_POLL_SECONDS if version is not None else 0
-            )
+            try:
+                report = await self._agents.state(
+                    ip, token, version=version, wait=LONG_POLL_SECONDS if version is not None else 0
+                )
+            except AgentError:  # 401: this token is no longer the agent's
+                self.token_rejected = True
+                self._kick.set()
+                report = UNREACHABLE
             failed = failed + 1 if report is UNREACHABLE else 0
             known = self._reports.get(name, ("", UNREACHABLE))
             if 0 < failed < UNREACHABLE_AFTER and known[0] == ip and known[1] is not UNREACHABLE:
@@ -86,9 +96,9 @@ class AgentWatchers:
                 version = report.version
 
     async def close(self) -> None:
-        for _ip, task in self._tasks.values():
+        for _ip, _token, task in self._tasks.values():
             task.cancel()
-        for _ip, task in self._tasks.values():
+        for _ip, _token, task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()

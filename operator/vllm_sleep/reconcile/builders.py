@@ -74,7 +74,9 @@ def model_service(owner: Owner, spec: ModelDeploymentSpec) -> Manifest:
 
 
 def control_token_secret(owner: Owner, token: str) -> Manifest:
-    """The agents' control token. Immutable: a new token means a new Secret and new pods."""
+    """The agents' control token. Mutable on purpose: replacing its value rotates the token in
+    place (pods mount it as a file that kubelet updates; docs/security.md "Rotating the control
+    token")."""
     if not token:
         raise ValueError("control token must not be empty")
     return {
@@ -84,7 +86,6 @@ def control_token_secret(owner: Owner, token: str) -> Manifest:
             owner, names.token_secret_name(owner.name), names.COMPONENT_CONTROL_TOKEN
         ),
         "type": "Opaque",
-        "immutable": True,
         "stringData": {names.SECRET_TOKEN_KEY: token},
     }
 

@@ -34,6 +34,26 @@ def _log_mount() -> dict[str, Any]:
     return {"name": LOG_VOLUME, "mountPath": LOG_DIR}
 
 
+# The control token reaches the agent as a file of the mounted Secret, not an environment
+# variable: kubelet updates the file when the Secret changes and the agent re-reads it, so a
+# token is rotated by replacing the Secret's value, without restarting any pod (docs/security.md).
+TOKEN_VOLUME = "control-token"
+TOKEN_DIR = "/var/run/secrets/vllm-sleep.io"
+TOKEN_FILE = f"{TOKEN_DIR}/{names.SECRET_TOKEN_KEY}"
+
+
+def token_volume(owner: Owner) -> dict[str, Any]:
+    secret = {
+        "secretName": names.token_secret_name(owner.name),
+        "items": [{"key": names.SECRET_TOKEN_KEY, "path": names.SECRET_TOKEN_KEY}],
+    }
+    return {"name": TOKEN_VOLUME, "secret": secret}
+
+
+def _token_mount() -> dict[str, Any]:
+    return {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}
+
+
 def _http_probe(
     path: str, port: int | str, period: int, failures: int, timeout: int
 ) -> dict[str, Any]:
@@ -161,28 +181,19 @@ def agent_container(
             f"{wake.timeout.total_seconds():g}",
             "--max-held",
             str(wake.max_queued),
+            "--token-file",
+            TOKEN_FILE,
             *residual,
         ],
         "ports": [
             {"name": "http", "containerPort": names.PUBLIC_PORT, "protocol": "TCP"},
             {"name": "control", "containerPort": names.CONTROL_PORT, "protocol": "TCP"},
         ],
-        "env": [
-            {
-                "name": names.ENV_CONTROL_TOKEN,
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": names.token_secret_name(owner.name),
-                        "key": names.SECRET_TOKEN_KEY,
-                    }
-                },
-            }
-        ],
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "1Gi"},
         },
-        "volumeMounts": [_log_mount()],
+        "volumeMounts": [_log_mount(), _token_mount()],
         "startupProbe": _http_probe(AGENT_HEALTH_PATH, "control", 1, 30, 2),
         "livenessProbe": _http_probe(AGENT_HEALTH_PATH, "control", 10, 3, 5),
         "securityContext": {

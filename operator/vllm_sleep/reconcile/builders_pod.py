@@ -15,7 +15,7 @@ from typing import Any
 from ..api import names
 from ..api.gpu_pool import GPUPoolSpec, Sharing
 from ..api.model_deployment import ModelDeploymentSpec
-from .builders_containers import agent_container, log_volume, vllm_container
+from .builders_containers import agent_container, log_volume, token_volume, vllm_container
 from .builders_owner import Owner, child_labels, owner_reference
 from .pool_engines import share_bytes
 
@@ -69,7 +69,7 @@ def model_pod(
     pod_spec: dict[str, Any] = {
         "initContainers": [agent_container(owner, spec, agent_image, _engine_memory(spec, gpu))],
         "containers": [vllm],
-        "volumes": [log_volume()],
+        "volumes": [log_volume(), token_volume(owner)],
         "readinessGates": [{"conditionType": names.CONDITION_AWAKE}],
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,

@@ -274,3 +274,28 @@ def test_a_report_belongs_to_the_pod_at_its_ip() -> None:
     assert watchers.report(old).state is AgentState.ASLEEP
     assert watchers.report(successor) is UNREACHABLE_REPORT
     assert watchers.report(no_ip) is UNREACHABLE_REPORT
+
+
+async def test_the_control_token_is_read_again_once_an_agent_refuses_it() -> None:
+    class RotatingKube(FakeKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = "old"
+            self.reads = 0
+
+        async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+            self.reads += 1
+            return self.token
+
+    kube = RotatingKube()
+    ctl, _ = controller(kube)
+    assert await ctl._control_token() == "old"
+    kube.token = "new"
+    assert await ctl._control_token() == "old"  # cached: no read per pass
+    ctl.watchers.token_rejected = True  # a long-poll got 401
+    assert await ctl._control_token() == "new"
+    assert not ctl.watchers.token_rejected and kube.reads == 2
+    kube.token = "newer"
+    ctl._failed("wake", "m-0", AgentError(401, "bad token"))  # a transition got 401
+    assert await ctl._control_token() == "newer"
+    await ctl.watchers.close()

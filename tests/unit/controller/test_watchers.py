@@ -90,3 +90,36 @@ async def test_an_agent_that_keeps_failing_reads_as_unreachable(monkeypatch: obj
     w, _ = await _watch([asleep] + [UNREACHABLE] * UNREACHABLE_AFTER, monkeypatch)
     assert w.report(pod("10.0.0.1")) == UNREACHABLE
     await w.close()
+
+
+class RotatedAgent:
+    """An agent whose token is `current`: anything else is refused (401)."""
+
+    def __init__(self, current: str) -> None:
+        self.current = current
+        self.tokens: list[str] = []
+
+    async def state(self, ip: str, token: str, **_: object) -> StateReport:
+        from vllm_sleep.controller.agents import AgentError
+
+        self.tokens.append(token)
+        if token != self.current:
+            raise AgentError(401, "bad token")
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+
+async def test_a_refused_token_is_flagged_and_a_new_one_restarts_the_polls() -> None:
+    agent = RotatedAgent("new")
+    kick = asyncio.Event()
+    w = AgentWatchers(agent, kick)  # type: ignore[arg-type]
+    w.sync({"m-0": "10.0.0.1"}, "old")
+    await asyncio.wait_for(kick.wait(), timeout=5)
+    assert w.token_rejected and agent.tokens[0] == "old"
+    w.sync({"m-0": "10.0.0.1"}, "new")  # the loop read the Secret again
+    for _ in range(100):
+        if "new" in agent.tokens:
+            break
+        await asyncio.sleep(0.01)
+    assert agent.tokens[-1] == "new"
+    await w.close()

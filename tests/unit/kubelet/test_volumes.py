@@ -78,3 +78,39 @@ def _spec() -> ModelDeploymentSpec:
             "resources": {"gpuMemoryUtilization": 0.4},
         }
     )
+
+
+def test_a_secret_volume_is_written_like_kubelets_atomic_writer_and_follows_updates(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    secret = {"secretName": "m-control-token", "items": [{"key": "token", "path": "token"}]}
+    p = pod([{"name": "tok", "secret": secret}], [{"name": "tok", "mountPath": "/run/tok"}])
+    values: dict[str, str | None] = {"token": None}
+    reads: list[tuple[str, str, str]] = []
+
+    async def read(namespace: str, name: str, key: str) -> str | None:
+        reads.append((namespace, name, key))
+        return values[key]
+
+    vols = PodVolumes(p, root=tmp_path)
+    vols.create()
+    d = vols.directory("tok")
+    assert d is not None
+    view = vols.view(p["spec"]["containers"][0])
+    path = Path(view.path("/run/tok/token"))
+    asyncio.run(vols.sync_secrets(read))  # no Secret yet: nothing written
+    assert not path.exists() and reads == [("ns", "m-control-token", "token")]
+    values["token"] = "one"
+    asyncio.run(vols.sync_secrets(read))
+    assert path.read_text() == "one"
+    assert path.is_symlink() and (d / "..data").is_symlink()
+    first = (d / "..data").resolve()
+    asyncio.run(vols.sync_secrets(read))  # unchanged: the same directory stays
+    assert (d / "..data").resolve() == first
+    values["token"] = "two"
+    asyncio.run(vols.sync_secrets(read))
+    assert path.read_text() == "two"
+    assert (d / "..data").resolve() != first and not first.exists()  # swapped, old removed
+    vols.remove()

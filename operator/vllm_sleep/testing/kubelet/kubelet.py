@@ -34,6 +34,9 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+SECRET_SYNC_SECONDS = 60.0  # kubelet's default --sync-frequency
+
+
 class SimKubelet:
     def __init__(self, api: client.ApiClient, nodes: list[NodeSpec], time_scale: float) -> None:
         self._api = api
@@ -53,11 +56,13 @@ class SimKubelet:
         self._background: set[asyncio.Task[None]] = set()  # terminations in progress
         self._http: aiohttp.ClientSession | None = None
         self.ready = False  # nodes registered and the first pod list processed
+        self._secret_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         self._http = aiohttp.ClientSession()
         await self._registrar.register()
         self.ready = True
+        self._secret_task = asyncio.create_task(self._secret_loop(), name="secret volumes")
         while True:
             try:
                 await self._watch()
@@ -163,6 +168,30 @@ class SimKubelet:
             if e.status != 404:  # a pod deleted meanwhile needs no status
                 raise
 
+    async def _secret_loop(self) -> None:
+        """kubelet's periodic sync of Secret volumes (`--sync-frequency`, 1 min)."""
+        while True:
+            await asyncio.sleep(SECRET_SYNC_SECONDS)
+            await self.sync_secrets()
+
+    async def sync_secrets(self) -> int:
+        """Rewrite every pod's Secret volumes whose Secret changed; how many pods were synced."""
+        synced = 0
+        seen: dict[tuple[str, str, str], str | None] = {}  # each Secret key read once a round
+
+        async def read(namespace: str, name: str, key: str) -> str | None:
+            if (namespace, name, key) not in seen:
+                seen[(namespace, name, key)] = await self._read_secret(namespace, name, key)
+            return seen[(namespace, name, key)]
+
+        for w in list(self.workers.values()):
+            try:
+                await w.volumes.sync_secrets(read)
+                synced += 1
+            except (ApiException, OSError) as e:  # the next sync tries again
+                log.warning("secret volumes of %s not synced: %s", w.key, e)
+        return synced
+
     async def _read_secret(self, namespace: str, name: str, key: str) -> str | None:
         try:
             secret = await self._core.read_namespaced_secret(name, namespace)
@@ -231,7 +260,12 @@ class SimKubelet:
         app.router.add_post("/pods/{namespace}/{name}/kill", self._admin_kill)
         app.router.add_post("/nodes/{name}/lose", self._admin_lose)
         app.router.add_post("/nodes/{name}/restore", self._admin_restore)
+        app.router.add_post("/secrets/sync", self._admin_sync_secrets)
         return app
+
+    async def _admin_sync_secrets(self, _req: web.Request) -> web.Response:
+        """Sync Secret volumes now (a test need not wait for the periodic sync)."""
+        return web.json_response({"pods": await self.sync_secrets()})
 
     async def _admin_restore(self, req: web.Request) -> web.Response:
         """A lost node's kubelet comes back (empty: its pods died with it); pods bound to it
@@ -313,6 +347,8 @@ class SimKubelet:
         return web.json_response({"count": len(items), "violations": items})
 
     async def stop(self) -> None:
+        if self._secret_task is not None:
+            self._secret_task.cancel()
         for uid in list(self.workers):
             await self._forget(uid)
         await self._registrar.stop()

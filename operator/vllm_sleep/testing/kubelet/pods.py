@@ -101,6 +101,7 @@ class PodWorker:
         self._tasks.append(asyncio.create_task(self._status_loop()))
         spec = self.pod["spec"]
         self.volumes.create()
+        await self.volumes.sync_secrets(self._read_secret)
         device = await self._resolve_device(self.pod)
         for c, view in zip(
             spec.get("initContainers") or [], self.view.init_containers, strict=True

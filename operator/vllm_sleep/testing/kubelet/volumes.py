@@ -11,18 +11,27 @@ reads right in another that mounts the same volume at the same path, as in a rea
 Like kubelet's, a volume lives as long as the pod, across container restarts, and is removed
 with it. Not simulated: `sizeLimit` (never enforced), `medium: Memory` (not counted in the
 node's memory), other volume kinds (their mount paths are left as they are).
+
+Secret volumes (with `items`) are written the way kubelet's atomic writer writes them: the files
+live in a timestamped directory, `..data` is a symlink to it and each item's path a symlink
+through `..data`; an update writes a new directory and swaps `..data` in one rename, so a reader
+sees the old files or the new ones, never a mix. `sync_secrets` is kubelet's periodic sync.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+DATA = "..data"
+
+SecretReader = Callable[[str, str, str], Awaitable[str | None]]  # (namespace, name, key)
 
 
 class PodVolumes:
@@ -33,6 +42,7 @@ class PodVolumes:
         self._root_parent = root
         self._root: Path | None = None
         self._dirs: dict[str, Path] = {}
+        self._written: dict[str, dict[str, str]] = {}  # secret volume -> the files it holds
 
     def create(self) -> None:
         """Make the pod's emptyDir directories (once, before its first container starts)."""
@@ -44,6 +54,27 @@ class PodVolumes:
                 d = self._root / _UNSAFE.sub("_", v["name"])
                 d.mkdir(mode=0o777)  # kubelet's emptyDir: writable by any container's user
                 self._dirs[v["name"]] = d
+            elif "secret" in v:
+                d = self._root / _UNSAFE.sub("_", v["name"])
+                d.mkdir(mode=0o755)
+                self._dirs[v["name"]] = d
+
+    async def sync_secrets(self, read: SecretReader) -> None:
+        """Write each secret volume's items as they are now (a missing Secret or key: nothing
+        yet, as kubelet keeps the pod waiting); an unchanged volume is not rewritten."""
+        namespace = self._pod["metadata"]["namespace"]
+        for v in self._pod["spec"].get("volumes") or []:
+            secret, d = v.get("secret"), self._dirs.get(v["name"])
+            if secret is None or d is None:
+                continue
+            files: dict[str, str] = {}
+            for item in secret.get("items") or []:
+                value = await read(namespace, secret["secretName"], item["key"])
+                if value is not None:
+                    files[item["path"]] = value
+            if files and files != self._written.get(v["name"]):
+                _write_atomically(d, files)
+                self._written[v["name"]] = files
 
     def remove(self) -> None:
         if self._root is not None:
@@ -91,3 +122,25 @@ class MountView:
 
 def _norm(path: str) -> str:
     return path.rstrip("/") or "/"
+
+
+def _write_atomically(d: Path, files: Mapping[str, str]) -> None:
+    """kubelet's atomic writer: new files in a fresh directory, then one rename of `..data`."""
+    new = Path(tempfile.mkdtemp(prefix="..", dir=d))
+    for path, value in files.items():
+        (new / path).parent.mkdir(parents=True, exist_ok=True)
+        (new / path).write_text(value)
+        (new / path).chmod(0o644)
+    new.chmod(0o755)
+    old = (d / DATA).resolve() if (d / DATA).is_symlink() else None
+    tmp = d / f"{DATA}_tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(new.name)
+    os.replace(tmp, d / DATA)
+    for path in files:
+        top = path.split("/", 1)[0]
+        link = d / top
+        if not link.is_symlink():
+            link.symlink_to(f"{DATA}/{top}")
+    if old is not None and old != new:
+        shutil.rmtree(old, ignore_errors=True)
