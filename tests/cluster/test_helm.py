@@ -89,6 +89,7 @@ CHANGED: Obj = {
         "resources": {"requests": {"cpu": 1}, "limits": {"memory": "2Gi"}},
         "podDisruptionBudget": {"enabled": False},
         "scheduling": {"nodeSelector": {"pool": "system"}},
+        "leaderElection": False,  # no --leader-elect, the Recreate strategy
     },
     "gateway": {
         "replicas": 4,
