@@ -20,7 +20,7 @@ class FakeCoord:
     def __init__(self, _api: Any) -> None:
         pass
 
-    async def patch_namespaced_lease(self, name: str, namespace: str, body: Any) -> None:
+    async def patch_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         FakeCoord.in_flight += 1
         FakeCoord.most = max(FakeCoord.most, FakeCoord.in_flight)
         await asyncio.sleep(0.01)  # a slow apiserver
@@ -38,3 +38,25 @@ async def test_leases_are_renewed_concurrently_within_the_bound(
     await registrar._renew_leases()
     assert sorted(FakeCoord.renewed) == sorted(s.name for s in specs[1:])
     assert FakeCoord.most == BEAT_CONCURRENCY
+
+
+class FlakyCoord:
+    calls = 0
+
+    def __init__(self, _api: Any) -> None:
+        pass
+
+    async def patch_namespaced_lease(self, name: str, *_: Any, **__: Any) -> None:
+        FlakyCoord.calls += 1
+        if FlakyCoord.calls == 1:
+            raise RuntimeError("connection reset")  # not an ApiException nor an OSError
+
+
+async def test_a_failed_beat_does_not_stop_the_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nodes.client, "CoordinationV1Api", FlakyCoord)
+    registrar = NodeRegistrar(None, [NodeSpec("n0", 1, 80 << 30)], heartbeat=0)  # type: ignore[arg-type]
+    task = asyncio.create_task(registrar._beat())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    assert FlakyCoord.calls >= 3

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
 
 DRIVER = "gpu.sim.vllm-sleep.io"
 DEVICE_CLASS = "sim-gpu.vllm-sleep.io"
@@ -30,6 +33,7 @@ KUBELET_VERSION = "v1.36.3"
 # nodes Unknown. The Lease is the heartbeat; like kubelet (nodeStatusReportFrequency), an
 # unchanged node status is posted far less often.
 BEAT_CONCURRENCY = 16
+BEAT_TIMEOUT = 10.0  # seconds per heartbeat request: one stuck request must not stall the rest
 STATUS_EVERY_BEATS = 6
 
 
@@ -234,7 +238,9 @@ class NodeRegistrar:
                 },
             }
             try:
-                await coord.patch_namespaced_lease(spec.name, "kube-node-lease", body)
+                await coord.patch_namespaced_lease(
+                    spec.name, "kube-node-lease", body, _request_timeout=BEAT_TIMEOUT
+                )
             except ApiException as e:
                 if e.status != 404:
                     raise
@@ -246,18 +252,23 @@ class NodeRegistrar:
         core = client.CoreV1Api(self._api)
 
         async def post_status(spec: NodeSpec) -> None:
-            await core.patch_node_status(spec.name, {"status": {"conditions": _conditions(ts)}})
+            await core.patch_node_status(
+                spec.name,
+                {"status": {"conditions": _conditions(ts)}},
+                _request_timeout=BEAT_TIMEOUT,
+            )
 
         beats = 0
         while True:
             await asyncio.sleep(self._heartbeat)
             beats += 1
-            with contextlib.suppress(ApiException, OSError, asyncio.TimeoutError):
+            try:
                 await self._renew_leases()
-            if beats % STATUS_EVERY_BEATS == 0:
-                ts = now()
-                with contextlib.suppress(ApiException, OSError, asyncio.TimeoutError):
+                if beats % STATUS_EVERY_BEATS == 0:
+                    ts = now()
                     await _each(post_status, [s for s in self._nodes if s.name not in self.lost])
+            except Exception:  # the next beat tries again: the heartbeat never stops for good
+                log.warning("node heartbeat failed", exc_info=True)
 
     async def stop(self) -> None:
         if self._task:
