@@ -84,7 +84,12 @@ class LeaderElector:
             try:
                 decision, previous = await self._round()
             except _TRANSIENT as e:
-                log.warning("leader election: cannot read the Lease (%s); retrying", _brief(e))
+                log.warning(
+                    "leader election: cannot read or write the Lease %s/%s (%s); retrying",
+                    self.namespace,
+                    self.name,
+                    _brief(e),
+                )
                 await self._sleep(self.timings.retry_period)
                 continue
             if decision is None:  # written: this replica leads
