@@ -188,15 +188,32 @@ def test_chaos(
     # -- 3. etcd, then the apiserver, crash and restart ---------------------------------------
     for name in ("etcd", "kube-apiserver"):
         before = phase_of(kube, namespace, SWAPPED)
-        clock.figures[f"{name} restart (until ready)"] = round(restart(state, name), 2)
-        # Everything resumes: a swap (the sleeping one asked for) goes through, and the
-        # operator's status follows it.
         sleeping = next(n for n, p in before.items() if p == "Asleep")
+        awake = next(n for n in SWAPPED if n != sleeping)
+        # A request for the sleeping model sent while the process is down: the gateway parks
+        # it at the agent, the operator hears it from the agent; neither needs the apiserver.
+        outage: dict[str, float] = {}
+
+        def during(model: str = sleeping, out: dict[str, float] = outage) -> None:
+            time.sleep(0.3)  # restart() has killed the process by then
+            t = time.monotonic()
+            out["code"] = ask(gateway, model, timeout=150)
+            out["seconds"] = time.monotonic() - t
+
+        asker = threading.Thread(target=during)
+        asker.start()
+        clock.figures[f"{name} restart (until ready)"] = round(restart(state, name), 2)
+        asker.join(160)
+        assert outage.get("code") == 200, (name, outage)
+        clock.figures[f"{name} down: request for a sleeping model answered"] = round(
+            outage["seconds"], 2
+        )
+        # Everything resumes: a swap back goes through, and the operator's status follows it.
         clock.measure(
             f"{name} restart -> swap served",
-            lambda model=sleeping: wait_for(lambda: ask(gateway, model) == 200, 120),
+            lambda model=awake: wait_for(lambda: ask(gateway, model) == 200, 120),
         )
-        wait_for(lambda model=sleeping: settled(kube, namespace, model, "Awake"), 60)
+        wait_for(lambda model=awake: settled(kube, namespace, model, "Awake"), 60)
         assert operator.proc is not None and operator.proc.poll() is None, operator.tail()
     assert violations(kubelet_admin, namespace) == []
     for name in SWAPPED:
