@@ -195,14 +195,9 @@ def leader_event(
 ) -> dict[str, Any]:
     """A core/v1 Event on the Lease (client-go posts its `LeaderElection` Events there too)."""
     stamp = wall.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    involved: dict[str, Any] = {
-        "apiVersion": LEASE_API_VERSION,
-        "kind": LEASE_KIND,
-        "name": lease_name,
-        "namespace": namespace,
-    }
-    if lease_uid:
-        involved["uid"] = lease_uid
+    uid = {"uid": lease_uid} if lease_uid else {}
+    involved = {"apiVersion": LEASE_API_VERSION, "kind": LEASE_KIND, **uid}
+    involved |= {"name": lease_name, "namespace": namespace}
     return {
         "apiVersion": "v1",
         "kind": "Event",

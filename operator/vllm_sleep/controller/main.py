@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,7 @@ async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    host, _, port = bind.rpartition(":")
-    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-    return runner
+    return await _serve_get(bind, "/metrics", handler)
 
 
 async def _serve_standby_health(bind: str) -> web.AppRunner:
@@ -128,8 +122,15 @@ async def _serve_standby_health(bind: str) -> web.AppRunner:
     async def handler(_req: web.Request) -> web.Response:
         return web.json_response({"status": "standby"})
 
+    return await _serve_get(bind, "/healthz", handler)
+
+
+async def _serve_get(
+    bind: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.AppRunner:
+    """One GET route on `bind` ("host:port"; host defaults to loopback)."""
     app = web.Application()
-    app.router.add_get("/healthz", handler)
+    app.router.add_get(path, handler)
     runner = web.AppRunner(app)
     await runner.setup()
     host, _, port = bind.rpartition(":")
