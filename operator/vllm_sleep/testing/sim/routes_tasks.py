@@ -164,27 +164,36 @@ def _inputs(body: dict[str, Any], name: str) -> list[str]:
 async def _embeddings(
     engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
 ) -> web.StreamResponse:
-    texts = _inputs(body, "input")
-    _, err = await run_once(engine, " ".join(texts), 1)
-    if err is not None:
-        return err
-    data = [
-        {"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(texts)
-    ]
-    usage = _usage(" ".join(texts))
-    return json_response({**_head("embd", model), "object": "list", "data": data, "usage": usage})
+    def item(i: int, t: str) -> dict[str, Any]:
+        return {"object": "embedding", "index": i, "embedding": _vector(t)}
+
+    return await _listed(engine, _inputs(body, "input"), model, "embd", item)
 
 
 async def _pooling(
     engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
 ) -> web.StreamResponse:
+    def item(i: int, t: str) -> dict[str, Any]:
+        return {"index": i, "object": "pooling", "data": _vector(t)}
+
     texts = _inputs(body, "input" if "input" in body else "messages")
+    return await _listed(engine, texts, model, "pool", item)
+
+
+async def _listed(
+    engine: SimEngine,
+    texts: list[str],
+    model: str,
+    prefix: str,
+    item: Callable[[int, str], dict[str, Any]],
+) -> web.StreamResponse:
+    """One engine pass over the inputs, answered as vLLM's list of per-input items."""
     _, err = await run_once(engine, " ".join(texts), 1)
     if err is not None:
         return err
-    data = [{"index": i, "object": "pooling", "data": _vector(t)} for i, t in enumerate(texts)]
+    data = [item(i, t) for i, t in enumerate(texts)]
     usage = _usage(" ".join(texts))
-    return json_response({**_head("pool", model), "object": "list", "data": data, "usage": usage})
+    return json_response({**_head(prefix, model), "object": "list", "data": data, "usage": usage})
 
 
 async def _classify(
