@@ -187,7 +187,9 @@ def test_chaos(
 
     # -- 3. etcd, then the apiserver, crash and restart ---------------------------------------
     for name in ("etcd", "kube-apiserver"):
-        before = phase_of(kube, namespace, SWAPPED)
+        before: dict[str, str | None] = wait_for(
+            lambda: settled_pair(kube, namespace), 60, what="one swapped model awake, one asleep"
+        )
         sleeping = next(n for n, p in before.items() if p == "Asleep")
         awake = next(n for n in SWAPPED if n != sleeping)
         # A request for the sleeping model sent while the process is down: the gateway parks
@@ -273,6 +275,11 @@ def phase_of(kube: Kube, namespace: str, names: list[str]) -> dict[str, str | No
     from .helpers import phase
 
     return {n: phase(kube, namespace, n) for n in names}
+
+
+def settled_pair(kube: Kube, namespace: str) -> dict[str, str | None] | None:
+    phases = phase_of(kube, namespace, SWAPPED)
+    return phases if sorted(str(p) for p in phases.values()) == ["Asleep", "Awake"] else None
 
 
 def _events(kube: Kube, namespace: str, name: str) -> list[Any]:
