@@ -56,7 +56,10 @@ async def test_a_failed_beat_does_not_stop_the_heartbeat(monkeypatch: pytest.Mon
     monkeypatch.setattr(nodes.client, "CoordinationV1Api", FlakyCoord)
     registrar = NodeRegistrar(None, [NodeSpec("n0", 1, 80 << 30)], heartbeat=0)  # type: ignore[arg-type]
     task = asyncio.create_task(registrar._beat())
-    for _ in range(20):
-        await asyncio.sleep(0)
-    task.cancel()
+    for _ in range(200):
+        if FlakyCoord.calls >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await registrar.stop()
+    await asyncio.wait_for(task, 5)
     assert FlakyCoord.calls >= 3

@@ -9,8 +9,8 @@ real kube-scheduler allocates ResourceClaims to simulated GPUs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,7 +165,8 @@ class NodeRegistrar:
         self._api = api
         self._nodes = nodes
         self._heartbeat = heartbeat
-        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.lost: set[str] = set()  # nodes whose kubelet is gone: no heartbeat, no status
 
     async def lose(self, name: str, unknown_for: float = 0.0) -> None:
@@ -212,7 +213,22 @@ class NodeRegistrar:
                 await core.patch_node_status(spec.name, {"status": body["status"]})
         await self._publish_dra()
         await self._renew_leases()
-        self._task = asyncio.create_task(self._beat(), name="node-heartbeat")
+        # Heartbeats come from their own thread and event loop: every simulated pod's engine
+        # and agent share this process's loop, and a busy stretch there (hundreds of pods
+        # starting) delayed renewals past the Lease's 40 s, so every node went NotReady.
+        self._thread = threading.Thread(target=self._beat_thread, name="node-heartbeat")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _beat_thread(self) -> None:
+        async def run() -> None:
+            api = client.ApiClient(configuration=self._api.configuration)
+            try:
+                await self._beat(api)
+            finally:
+                await api.close()
+
+        asyncio.run(run())
 
     async def _publish_dra(self) -> None:
         objs = client.CustomObjectsApi(self._api)
@@ -225,8 +241,8 @@ class NodeRegistrar:
                 if e.status != 409:
                     raise
 
-    async def _renew_leases(self) -> None:
-        coord = client.CoordinationV1Api(self._api)
+    async def _renew_leases(self, api: client.ApiClient | None = None) -> None:
+        coord = client.CoordinationV1Api(api or self._api)
 
         async def renew(spec: NodeSpec) -> None:
             body = {
@@ -248,8 +264,8 @@ class NodeRegistrar:
 
         await _each(renew, [s for s in self._nodes if s.name not in self.lost])
 
-    async def _beat(self) -> None:
-        core = client.CoreV1Api(self._api)
+    async def _beat(self, api: client.ApiClient | None = None) -> None:
+        core = client.CoreV1Api(api or self._api)
 
         async def post_status(spec: NodeSpec) -> None:
             await core.patch_node_status(
@@ -259,22 +275,25 @@ class NodeRegistrar:
             )
 
         beats = 0
-        while True:
-            await asyncio.sleep(self._heartbeat)
+        while not self._stopping.is_set():
+            await self._pause(self._heartbeat)
             beats += 1
             try:
-                await self._renew_leases()
+                await self._renew_leases(api)
                 if beats % STATUS_EVERY_BEATS == 0:
                     ts = now()
                     await _each(post_status, [s for s in self._nodes if s.name not in self.lost])
             except Exception:  # the next beat tries again: the heartbeat never stops for good
                 log.warning("node heartbeat failed", exc_info=True)
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, waking early when stopped (the event is set from another thread)."""
+        await asyncio.to_thread(self._stopping.wait, seconds)
+
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, BEAT_TIMEOUT + 1)
 
 
 async def _each(call: Callable[[NodeSpec], Awaitable[None]], specs: list[NodeSpec]) -> None:
