@@ -178,3 +178,17 @@ async def test_sleep_state_from_metrics(client: VLLMClient, fake: FakeVLLM) -> N
     assert gauge is not None and gauge.level == 1
     fake.override["/metrics"] = httpx.Response(500)
     assert await client.sleep_state_from_metrics() is None
+
+
+def test_plain_http_builds_no_verifying_tls_context_https_keeps_one() -> None:
+    # Loading the CA bundle cost ~0.15 s of CPU per agent; vLLM in the pod is plain http.
+    import ssl
+
+    from vllm_sleep.vllm.client import VLLMClient
+
+    def mode(url: str) -> ssl.VerifyMode:
+        pool = VLLMClient(url)._http._transport._pool  # type: ignore[attr-defined]
+        return pool._ssl_context.verify_mode  # type: ignore[no-any-return]
+
+    assert mode("http://127.0.0.1:8001") == ssl.CERT_NONE
+    assert mode("https://vllm.example:8001") == ssl.CERT_REQUIRED
