@@ -214,6 +214,7 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
+    tmp.mkdir()
     with gb.placed(layout) as (proxy_cpus, rest, procs):
         urls, pids = start_all(tmp, procs, proxy_cpus, rest, args.base_tree)
         print(f"-- layout {layout}", flush=True)
@@ -302,14 +303,10 @@ def main() -> int:
         print(report(args.report))
         return 0
     load_before = os.getloadavg()
-    layouts: dict[str, Any] = {}
+    # Pinning needs a CPU for the proxies and another for the rest.
+    usable = [x for x in args.layouts if x != "pinned" or len(os.sched_getaffinity(0)) > 1]
     with tempfile.TemporaryDirectory(prefix="two-hop-") as tmp:
-        for layout in args.layouts:
-            if layout == "pinned" and len(os.sched_getaffinity(0)) < 2:
-                print("pinned layout needs 2 CPUs; skipped", flush=True)
-                continue
-            (Path(tmp) / layout).mkdir()
-            layouts[layout] = run_layout(args, layout, Path(tmp) / layout)
+        layouts = {x: run_layout(args, x, Path(tmp) / x) for x in usable}
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
     nginx = subprocess.run([nginx_bin, "-v"], capture_output=True, text=True).stderr.strip()
     result = {
