@@ -14,6 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -189,9 +190,20 @@ class NodeRegistrar:
             }
             for t in ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
         ]
-        await client.CoreV1Api(self._api).patch_node_status(
-            name, {"status": {"conditions": conditions}}
-        )
+        core = client.CoreV1Api(self._api)
+        # Heartbeats run in their own thread: one already past its `lost` check may land just
+        # after this write and say Ready again. Write until a read shows Unknown.
+        for _ in range(5):
+            await core.patch_node_status(name, {"status": {"conditions": conditions}})
+            await asyncio.sleep(0.5)
+            node: Any = await core.read_node(name, _preload_content=False)
+            ready = [
+                c.get("status")
+                for c in ((await node.json()).get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ]
+            if ready == ["Unknown"]:
+                return
 
     async def restore(self, name: str) -> None:
         """The node's kubelet is back: heartbeats and a Ready status again."""
@@ -268,6 +280,8 @@ class NodeRegistrar:
         core = client.CoreV1Api(api or self._api)
 
         async def post_status(spec: NodeSpec) -> None:
+            if spec.name in self.lost:  # lost while this round ran
+                return
             await core.patch_node_status(
                 spec.name,
                 {"status": {"conditions": _conditions(ts)}},
