@@ -466,6 +466,14 @@ def plot(result: dict[str, Any], png: Path) -> None:
         p50, p99 = pct(xs, 50), pct(xs, 99)
         ax2.step(xs, ys, where="post", label=f"{label}: p50 {p50:.1f}, p99 {p99:.1f}")
     ax2.axvline(20, color="red", lw=0.8, ls="--")
+    # The slowest few cycles would squeeze the rest into a corner: cut at the added p99 and say
+    # how many lie beyond.
+    top = pct(ms["added"], 99) * 1.15
+    beyond = sum(x > top for x in ms["added"])
+    ax1.set_ylim(min(0.0, *ms["added"]) - 2, top)
+    ax2.set_xlim(min(0.0, *ms["awake_to_response"]) - 2, top)
+    if beyond:
+        ax1.set_title(f"added by the wake path, {len(cycles)} cycles ({beyond} above {top:.0f} ms)")
     ax2.axhline(0.99, color="grey", lw=0.5)
     ax2.set(xlabel="ms", ylabel="share of cycles", title="cumulative distribution", ylim=(0, 1.01))
     ax1.grid(alpha=0.3)
