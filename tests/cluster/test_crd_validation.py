@@ -116,6 +116,7 @@ BAD_MODELS: list[tuple[str, dict[str, Any], str]] = [
     ("args-kv-size", {"spec": {"args": ["--kv_cache_memory_bytes=8Gi"]}}, "args must not set --kv_cache_memory_bytes=8Gi"),
     ("args-tp-short", {"spec": {"args": ["-tp", "2"]}}, "args must not set -tp"),
     ("env-dev-mode", {"spec": {"env": [{"name": "VLLM_SERVER_DEV_MODE", "value": "0"}]}}, "env must not set VLLM_SERVER_DEV_MODE"),
+    ("env-responses-store", {"spec": {"env": [{"name": "VLLM_ENABLE_RESPONSES_API_STORE", "value": "1"}]}}, "env must not set VLLM_ENABLE_RESPONSES_API_STORE: background responses"),
     ("toleration-exists-with-value", {"spec": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}, "operator Exists must not set a value"),
     ("toleration-seconds-no-execute", {"spec": {"tolerations": [{"key": "k", "tolerationSeconds": 5}]}}, "tolerationSeconds needs effect NoExecute"),
 ]  # fmt: skip

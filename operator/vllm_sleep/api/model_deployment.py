@@ -11,7 +11,7 @@ from .base import ApiModel, ObjectName, cel, list_map
 from .common import EnvVar, LocalObjectReference, Toleration
 from .model_spec import ImagePullPolicy, ModelResources, Placement, SleepSpec, WakeSpec
 from .model_status import ModelDeploymentStatus
-from .names import ENV_SIM_WEIGHTS_BYTES, ENV_VLLM_DEV_MODE
+from .names import ENV_SIM_WEIGHTS_BYTES, ENV_VLLM_DEV_MODE, ENV_VLLM_RESPONSES_STORE
 
 # What clients send as "model": the usual Hugging Face ids ("org/name-1.5B:tag") and plain names.
 SERVED_MODEL_NAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._:/]*[A-Za-z0-9])?$"
@@ -99,7 +99,12 @@ class ModelDeploymentSpec(ApiModel):
                 cel(
                     "self.all(e, !(e.name in " + str(list(RESERVED_ENV)) + "))",
                     f"env must not set {', '.join(RESERVED_ENV)}: the operator sets them",
-                )
+                ),
+                cel(
+                    f"self.all(e, e.name != '{ENV_VLLM_RESPONSES_STORE}')",
+                    f"env must not set {ENV_VLLM_RESPONSES_STORE}: background responses run on "
+                    "after their answer, unseen by the agent, and a sleep would meet them",
+                ),
             ],
         },
     )

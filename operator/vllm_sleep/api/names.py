@@ -72,6 +72,9 @@ COMPONENT_DEMAND_LEASE: Final = "demand-lease"
 
 # Environment of the vLLM container that the operator owns (users may not set them).
 ENV_VLLM_DEV_MODE: Final = "VLLM_SERVER_DEV_MODE"  # enables /sleep, /wake_up, /is_sleeping
+# vLLM's store of responses: with it, `"background": true` responses generate on after their
+# answer, where the agent cannot count them, so a sleep would meet them running (docs/agent.md).
+ENV_VLLM_RESPONSES_STORE: Final = "VLLM_ENABLE_RESPONSES_API_STORE"
 ENV_SIM_WEIGHTS_BYTES: Final = "VLLM_SIM_WEIGHTS_BYTES"  # simulator only; real vLLM ignores it
 # vLLM's logging dictConfig, written by the agent (docs/agent.md "Residual memory"). Not
 # reserved: a user's own value replaces it, and the residual is then not measured.
