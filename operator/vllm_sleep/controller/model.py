@@ -229,14 +229,14 @@ class ModelController:
             except AgentError as e:
                 self._failed("sleep", name, e)
                 return
-            await self.ctx.kube.annotate_pod(self.namespace, name, patch)
+            await self._remember(name, patch)
         else:
             # A forced sleep (an eviction, the policy, a request) may be on a waking model's
             # request path: the memory (pre-warm done; only demand newer than this moment wakes
             # the replica) is written alongside the agent call. If the operator dies before the
             # write lands, its successor reads the same facts from the agent's report (asleep,
             # and since when: `plan.replica_memory`).
-            remember = asyncio.create_task(self.ctx.kube.annotate_pod(self.namespace, name, patch))
+            remember = asyncio.create_task(self._remember(name, patch))
             self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
             try:
                 report = await self.ctx.agents.sleep(ip, token, action.level, drain_timeout)
@@ -260,9 +260,7 @@ class ModelController:
         self.emit("Normal", "Waking", f"{name}: {action.reason}")
         # A wake is on a request's path: the memory (when it started; the idle timer counts from
         # it) is written alongside the agent call, not before it.
-        remember = asyncio.create_task(
-            self.ctx.kube.annotate_pod(self.namespace, name, memory_patch(woken_at=time.time()))
-        )
+        remember = asyncio.create_task(self._remember(name, memory_patch(woken_at=time.time())))
         try:
             report = await self.ctx.agents.wake(ip, token)
         except AgentError as e:
@@ -279,6 +277,15 @@ class ModelController:
         self.last_wake_seconds = seconds
         self.watchers.set_report(name, ip, report)
         self.emit("Normal", "Woke", f"{name}: awake in {seconds:.2f}s")
+
+    async def _remember(self, pod: str, patch: dict[str, str | None]) -> None:
+        """Write a transition's memory on its pod. A failed write is logged, not raised: the
+        transition itself happened, and the next pass reads the same facts from the agent's
+        report (`plan.replica_memory`) until a later write lands."""
+        try:
+            await self.ctx.kube.annotate_pod(self.namespace, pod, patch)
+        except Exception:
+            log.warning("%s/%s: memory annotation not written", self.namespace, pod, exc_info=True)
 
     def _failed(self, what: str, pod: str, e: AgentError) -> None:
         # 409: a transition already runs (e.g. started before an operator restart), or an idle

@@ -299,3 +299,21 @@ async def test_the_control_token_is_read_again_once_an_agent_refuses_it() -> Non
     ctl._failed("wake", "m-0", AgentError(401, "bad token"))  # a transition got 401
     assert await ctl._control_token() == "newer"
     await ctl.watchers.close()
+
+
+async def test_a_failed_memory_write_does_not_fail_the_transition() -> None:
+    class RefusingKube(FakeKube):
+        async def annotate_pod(self, namespace: str, pod: str, annotations: Any) -> None:
+            raise RuntimeError("403 right after an apiserver restart")
+
+    ctl, events = controller(RefusingKube())
+    ctl.ctx.agents = SleepingAgents()  # type: ignore[assignment]
+    model = ModelDeployment.from_body(BODY)
+    for idle in (False, True):
+        await ctl.apply(
+            empty_plan(actions=(Sleep("m-0", 1, "evicted", idle=idle),), watch={"m-0": "ip"}),
+            model,
+        )
+        await asyncio.gather(*ctl.transitions.values())  # raises if the task did
+    assert [e[1] for e in events] == ["Sleeping", "Slept", "Slept"]
+    await ctl.watchers.close()
