@@ -23,6 +23,7 @@ from ..api.leader import LEADER_LEASE_NAME, Timings
 from ..api.served_names import ExposureError, ExposurePolicy
 from ..logs import configure
 from ..metrics import OperatorMetrics
+from ..reconcile.node_loss import NODE_LOST_SECONDS
 from .agent_transport import PerAgentTransport
 from .agents import AgentClient
 from .context import Context, Settings
@@ -79,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
         help="the gateway's --expose policy, so refused models say so in their status",
     )
     p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--node-lost-seconds",
+        type=float,
+        default=NODE_LOST_SECONDS,
+        help="a pod whose agent is silent and whose node is gone or not Ready this long is "
+        "force-deleted and replaced (docs/operator.md)",
+    )
     lead = p.add_argument_group("leader election (docs/reliability.md)")
     lead.add_argument(
         "--leader-elect",
@@ -172,7 +180,11 @@ async def run(args: argparse.Namespace) -> None:
     await _load_kube_config()
     api = client.ApiClient()
     metrics = OperatorMetrics()
-    settings = Settings(agent_image=args.agent_image, resync_seconds=args.resync_seconds)
+    settings = Settings(
+        agent_image=args.agent_image,
+        resync_seconds=args.resync_seconds,
+        node_lost_seconds=args.node_lost_seconds,
+    )
     kube = Kube(api)
     async with httpx.AsyncClient(transport=PerAgentTransport()) as http:
         ctx = Context(
@@ -229,6 +241,8 @@ def main(argv: list[str]) -> int:
         )
     except ValueError as e:
         p.error(f"leader election timings: {e}")
+    if args.node_lost_seconds <= 0:
+        p.error("--node-lost-seconds must be positive")
     configure(args.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent poll is noise
     # kopf logs every successful event handler at INFO; ours only kick a model's loop.

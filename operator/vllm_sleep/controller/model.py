@@ -140,6 +140,7 @@ class ModelController:
             last_sleep_seconds=self.last_sleep_seconds,
             last_wake_seconds=self.last_wake_seconds,
             name_refusal=self.ctx.names.refusal(self.namespace, self.name),
+            node_lost_seconds=self.ctx.settings.node_lost_seconds,
         )
 
     async def apply(self, the_plan: Plan, model: ModelDeployment) -> None:

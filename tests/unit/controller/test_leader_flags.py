@@ -45,3 +45,16 @@ def test_the_lease_lives_in_the_pods_namespace(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("POD_NAMESPACE")
     monkeypatch.setattr(main, "SERVICE_ACCOUNT_NAMESPACE", main.Path("/nonexistent/namespace"))
     assert main._own_namespace() == main.DEFAULT_LEASE_NAMESPACE
+
+
+def test_the_node_loss_bound_is_a_flag_and_must_be_positive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vllm_sleep.reconcile.node_loss import NODE_LOST_SECONDS
+
+    assert main.parser().parse_args([]).node_lost_seconds == NODE_LOST_SECONDS
+    assert main.parser().parse_args(["--node-lost-seconds=120"]).node_lost_seconds == 120.0
+    with pytest.raises(SystemExit) as e:
+        main.main(["--node-lost-seconds=0"])
+    assert e.value.code == 2
+    assert "--node-lost-seconds must be positive" in capsys.readouterr().err
