@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -25,23 +26,30 @@ from .helpers import (
 )
 
 
-def agent_state(kube: Kube, namespace: str, model: str) -> str | None:
+def agent_probe(kube: Kube, namespace: str, model: str) -> Callable[[], str | None]:
+    """Reads the state of the model's (first) agent with one HTTP request: its address and token
+    are looked up once, so a poll keeps up with a transition of a second on a busy host."""
     core = client.CoreV1Api(kube.api_client)
     secret = core.read_namespaced_secret(f"{model}-control-token", namespace)
     token = base64.b64decode(secret.data["token"]).decode()
     pods = [p for p in model_pods(kube, namespace, model) if p.status.pod_ip]
     if not pods:
-        return None
-    try:
-        r = httpx.get(
-            f"http://{pods[0].status.pod_ip}:8002/state",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
-        )
-    except httpx.HTTPError:
-        return None
-    state: str = r.json()["state"]
+        return lambda: None
+    url = f"http://{pods[0].status.pod_ip}:8002/state"
+
+    def state() -> str | None:
+        try:
+            r = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        except httpx.HTTPError:
+            return None
+        answer: str = r.json()["state"]
+        return answer
+
     return state
+
+
+def agent_state(kube: Kube, namespace: str, model: str) -> str | None:
+    return agent_probe(kube, namespace, model)()
 
 
 def count(kube: Kube, namespace: str, model: str, reason: str) -> int:
@@ -86,17 +94,14 @@ def test_killed_during_wake_converges_without_repeating_it(
     manifest["spec"]["resources"].pop("weightsSize")
     apply(kube, manifest)
     wait_phase(kube, namespace, "slow-wake", "Asleep", timeout=120)
+    probe = agent_probe(kube, namespace, "slow-wake")  # the pod stays: a wake does not move it
     subprocess.run(
         [sys.executable, "-m", "vllm_sleep.cli", "wake", "slow-wake", "-n", namespace],
         check=True,
         env={"KUBECONFIG": str(kube.kubeconfig), "PATH": "/usr/bin:/bin"},
         capture_output=True,
     )
-    wait_for(
-        lambda: agent_state(kube, namespace, "slow-wake") == "waking",
-        timeout=60,
-        what="wake in progress",
-    )
+    wait_for(lambda: probe() == "waking", timeout=60, interval=0.02, what="wake in progress")
     operator.kill()
     operator.start()
     wait_phase(kube, namespace, "slow-wake", "Awake", timeout=120)
