@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NS = "scale"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TRACE_MEMORY_ENV = "SCALE_BENCH_TRACEMALLOC"  # frames to keep; the operator's probe reads it
 WRITE_VERBS = ("create", "patch", "update", "delete")
 
 
@@ -104,6 +105,23 @@ def probe_main(argv: list[str]) -> int:
     threading.Thread(target=dump_counts, daemon=True).start()
     from vllm_sleep.cli import main as cli_main
 
+    if os.environ.get(TRACE_MEMORY_ENV):  # where the memory is: top lines at each SIGUSR2
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ[TRACE_MEMORY_ENV]))
+        marks = {"n": 0}
+
+        def snapshot(*_: Any) -> None:
+            top = tracemalloc.take_snapshot().statistics("traceback")[:40]
+            lines = [
+                f"{s.size / 2**20:8.2f} MiB {s.count:8d} blocks\n"
+                + "\n".join(f"    {line}" for line in s.traceback.format()[-8:])
+                for s in top
+            ]
+            Path(f"{counts_file}.mem.{marks['n']}").write_text("\n".join(lines))
+            marks["n"] += 1
+
+        signal.signal(signal.SIGUSR2, snapshot)
     if profile_file == "-":
         return cli_main(cli_args)
     import cProfile
@@ -183,6 +201,7 @@ class Processes:
         self.counts = {n: cluster.dir / f"{n}.counts.json" for n in ("operator", "gateway")}
         self.profile = {n: cluster.dir / f"{n}.prof" for n in ("operator", "gateway")}
         self.health = f"127.0.0.1:{free_port()}"
+        self.trace_memory = args.trace_memory
         op = [
             "operator",
             f"--metrics-bind=127.0.0.1:{free_port()}",
@@ -208,6 +227,8 @@ class Processes:
 
         cfg = cfg or self.cluster.sa_kubeconfig(f"vllm-sleep-{name}")
         env = {**os.environ, "KUBECONFIG": cfg, "PYTHONUNBUFFERED": "1"}
+        if name == "operator" and self.trace_memory:
+            env[TRACE_MEMORY_ENV] = str(self.trace_memory)
         prof = str(self.profile[name]) if profile else "-"
         log = (self.cluster.dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
@@ -366,6 +387,8 @@ async def run(
         c1 = {n: read_counts(p) for n, p in procs.counts.items()}
         if args.profile:
             procs.signal_profile()
+        if args.trace_memory:
+            os.kill(op, signal.SIGUSR2)
         api_rates = {n: rates(c0[n], c1[n], w1 - w0) for n in c0}
         out["steady"] = {
             "seconds": round(w1 - w0, 1),
@@ -473,11 +496,19 @@ def plot() -> int:
         print("no bench/results/scale-*.json", file=sys.stderr)
         return 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, r in runs:
+    for name, r in runs:
+        if "bringup" not in r:  # a run that did not finish its bring-up
+            continue
         prog = r["bringup"]["progress"]
         n = r["setup"]["models"]
+        load = r["bringup"].get("loadavg_after", [None])[0]
+        label = name + (" (cProfile)" if r["setup"].get("profile") else "")
+        label += f", load {load:.0f}" if load is not None else ""
         ax1.plot([p[0] for p in prog], [100 * p[1] / n for p in prog], label=label)
-        ax2.plot([p[0] for p in prog], [p[2] for p in prog], label=label)
+        cpu = [(p[0], p[2]) for p in prog if p[2] is not None]
+        ax2.plot(
+            [c[0] for c in cpu], [c[1] for c in cpu], "o-" if len(cpu) < 3 else "-", label=label
+        )
     ax1.set(xlabel="seconds since the first create", ylabel="% of models Asleep (pre-warmed)")
     ax2.set(xlabel="seconds since the first create", ylabel="operator CPU seconds")
     for ax in (ax1, ax2):
@@ -541,6 +572,9 @@ def main() -> int:
         default=30.0,
         help="the simulated agents' /health poll while up (0: as the pods say, 5 s)",
     )
+    p.add_argument(
+        "--trace-memory", type=int, default=0, help="tracemalloc frames in the operator (0: off)"
+    )
     p.add_argument("--gateway-workers", type=int, default=1, help="0: do not pass --workers")
     p.add_argument("--label", default="", help="suffix of the results file name")
     p.add_argument("--keep-logs", type=Path, help="copy logs and profiles here")
@@ -576,7 +610,7 @@ def main() -> int:
 
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for f in cluster.dir.iterdir():
-                if f.suffix == ".log" or ".prof" in f.name:
+                if f.suffix == ".log" or ".prof" in f.name or ".mem." in f.name:
                     shutil.copy(f, args.keep_logs)
             for f in (cluster.dir / "logs").glob("*.log"):
                 shutil.copy(f, args.keep_logs)
