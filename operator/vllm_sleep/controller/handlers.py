@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -138,7 +138,7 @@ class LeanDiffBase(kopf.AnnotationsDiffBaseStorage):
         lean["metadata"] = {
             k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
         }
-        return super().build(body=kopf.Body(lean))
+        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
 
 
 def _kick(ctx: Context, namespace: str | None, name: str) -> None:
