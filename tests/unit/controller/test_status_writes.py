@@ -21,7 +21,13 @@ class CountingKube:
 
 
 def cond(ctype: str, status: str, at: str) -> dict[str, str]:
-    return {"type": ctype, "status": status, "reason": "r", "message": "m", "lastTransitionTime": at}
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": "r",
+        "message": "m",
+        "lastTransitionTime": at,
+    }
 
 
 def status(ready: str, at: str) -> dict[str, Any]:
