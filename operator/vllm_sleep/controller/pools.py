@@ -357,8 +357,11 @@ def _occupants(pods: list[dict[str, Any]], devices: set[str]) -> dict[str, set[s
     return out
 
 
-def _signature(engines: tuple[Engine, ...]) -> tuple[tuple[str, str | None, str], ...]:
-    return tuple((e.replica, e.device, e.state.value) for e in engines)
+def _signature(engines: tuple[Engine, ...]) -> tuple[tuple[str, str | None, str, bool], ...]:
+    """What, when it changes, may change another member's plan: where each replica is, its
+    state, and whether it is busy (requests in flight or held block its eviction, so its going
+    idle is what a wake waiting on it needs to hear; without it that wake waited for a resync)."""
+    return tuple((e.replica, e.device, e.state.value, bool(e.inflight or e.held)) for e in engines)
 
 
 class Pools:

@@ -210,3 +210,27 @@ def test_a_claim_is_deleted_once_no_pod_of_its_namespace_references_it_and_made_
         assert len(kube.created) == 2
 
     asyncio.run(run())
+
+
+def test_a_neighbour_going_idle_kicks_the_members_waiting_to_evict_it() -> None:
+    async def run() -> None:
+        a = actor()
+        kick_b = asyncio.Event()
+        a.join("ns/b", kick_b)
+        ma, ra, _ = member("a", AgentState.AWAKE)
+        busy = {"a-0": StateReport(state=AgentState.AWAKE, version=2, inflight=1)}
+        busy_req = PoolRequest(
+            ra.live, {"a-0": observe_replica(ra.live[0], busy["a-0"])}, ra.indexes, ()
+        )
+        a.gatekeeper("ns", ma, busy, NOW)(busy_req)
+        kick_b.clear()
+        a.gatekeeper("ns", ma, busy, NOW)(busy_req)  # nothing changed: no kick
+        assert not kick_b.is_set()
+        idle = {"a-0": StateReport(state=AgentState.AWAKE, version=3, inflight=0)}
+        idle_req = PoolRequest(
+            ra.live, {"a-0": observe_replica(ra.live[0], idle["a-0"])}, ra.indexes, ()
+        )
+        a.gatekeeper("ns", ma, idle, NOW)(idle_req)  # its requests finished: b may evict it
+        assert kick_b.is_set()
+
+    asyncio.run(run())
