@@ -22,6 +22,19 @@ from ..reconcile.status import rfc3339
 
 T = TypeVar("T")
 
+# Connections to the apiserver the operator's own client keeps (kopf's watches have their own).
+# Each TLS connection holds a 256 KiB read buffer plus its SSL state: the client's default of
+# 100, filled during a big fleet's bring-up, was tens of MB of the operator's memory. Requests
+# beyond this wait for a connection; the apiserver queues them anyway (priority and fairness).
+API_CONNECTIONS = 32
+
+
+def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
+    """The operator's Kubernetes client (after the kubeconfig or in-cluster config is loaded)."""
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
+
 
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:

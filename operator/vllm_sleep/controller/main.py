@@ -28,7 +28,7 @@ from .agent_transport import PerAgentTransport
 from .agents import AgentClient
 from .context import Context, Settings
 from .handlers import register
-from .kube import Kube
+from .kube import Kube, api_client
 from .leader import LeaderElector
 from .pools import Pools
 from .served_names import ServedNames
@@ -178,7 +178,7 @@ async def run(args: argparse.Namespace) -> None:
     from .spec import parse_model
 
     await _load_kube_config()
-    api = client.ApiClient()
+    api = api_client()
     metrics = OperatorMetrics()
     settings = Settings(
         agent_image=args.agent_image,
