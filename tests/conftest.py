@@ -75,8 +75,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     shared = _given_cluster() is not None
 
     class SuiteScheduling(LoadScopeScheduling):  # type: ignore[misc]
-        """Tests are handed out one at a time, in collection order (RUN_ORDER), to whichever
-        worker has fewer than three queued: a slow e2e test never holds a queue of others back.
+        """Tests are handed out one at a time, in collection order (RUN_ORDER): each worker holds
+        one queued beside the one it runs, so a slow e2e test never holds a queue of others back.
         With a given (shared) cluster, every cluster and e2e test is one unit of work: one worker
         runs them all in order, the others the rest. (xdist's `loadgroup` would be the tool, but
         its `xdist_group` marks have no effect with pytest >= 9.2: pytest-xdist issue #1386.)"""
