@@ -132,7 +132,9 @@ class ModelController:
             placement=await self.ctx.children.placement(model),
             pods=pods,
             reports=reports,
-            nodes=await self.ctx.nodes.health(self.ctx.kube.get_node, suspects, time.monotonic()),
+            nodes=await self.ctx.nodes.health(
+                self.ctx.kube.get_node, suspects, time.monotonic(), self.ctx.kube.list_nodes
+            ),
             now=time.time(),
             demand_at=self.ctx.demand.get((self.namespace, self.name)),
             transitions=dict(self.transition_kind),

@@ -30,6 +30,8 @@ from ..api.demand import parse_micro_time
 from .observe import ObservedPod
 
 NODE_LOST_SECONDS: Final = 60.0  # not Ready for this long: the node's pods are replaced
+# At least this share of the cluster's nodes not Ready: a disruption, nothing is replaced.
+DISRUPTION_SHARE: Final = 0.55
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,16 @@ def not_ready(node: Mapping[str, Any]) -> bool:
     counts no devices on it (`pool_devices`) and seats nothing there."""
     health = node_health(node)
     return health.exists and health.ready is not None and health.ready != "True"
+
+
+def disrupted(nodes: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether so many nodes are not Ready that the fault is more likely the control plane's or
+    the network's than the nodes' (kube-controller-manager's node lifecycle controller reasons
+    the same way: it slows evictions when 55 % of a zone is unhealthy and stops them when all of
+    it is). Replacing pods then would only churn: the replacements have nowhere better to go."""
+    listed = list(nodes)
+    down = sum(1 for n in listed if not_ready(n) or node_health(n).ready is None)
+    return bool(listed) and down >= DISRUPTION_SHARE * len(listed)
 
 
 def node_name(pod: ObservedPod) -> str | None:

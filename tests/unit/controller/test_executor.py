@@ -53,6 +53,9 @@ class FakeKube:
             "status": {"conditions": [{"type": "Ready", "status": "True"}]},
         }
 
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return [await self.get_node("n")]
+
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.pods
 

@@ -135,6 +135,37 @@ def test_the_node_cache_reads_each_node_once_per_ttl() -> None:
     asyncio.run(run())
 
 
+def test_most_nodes_down_at_once_is_a_disruption_and_replaces_nothing() -> None:
+    from vllm_sleep.reconcile.node_loss import disrupted
+
+    up, down = node("True", NOW), node("Unknown", NOW - 600)
+    assert not disrupted([])
+    assert not disrupted([up, down])  # one of two: a lost node, replace its pods
+    assert disrupted([up, down, down])  # two of three: more likely the network
+    assert disrupted([down])
+    cluster = [up, down, down]
+    gets: list[str] = []
+
+    async def get_node(name: str) -> dict[str, Any] | None:
+        gets.append(name)
+        return down
+
+    async def list_nodes() -> list[dict[str, Any]]:
+        return cluster
+
+    async def run() -> None:
+        cache = NodeCache(ttl=10)
+        assert await cache.health(get_node, ["n1"], 100.0, list_nodes) == {}
+        assert gets == []  # nothing is reported, so no pod is lost
+        cluster[1] = cluster[2] = up  # the nodes came back; one is still down
+        cluster.append(down)
+        assert await cache.health(get_node, ["n1"], 105.0, list_nodes) == {}  # within the ttl
+        seen = await cache.health(get_node, ["n1"], 111.0, list_nodes)
+        assert seen["n1"].ready == "Unknown"  # one of four down: a node loss again
+
+    asyncio.run(run())
+
+
 def test_a_pool_counts_no_devices_on_a_node_that_is_not_ready() -> None:
     from vllm_sleep.api.gpu_pool import GPUPoolSpec
     from vllm_sleep.reconcile.pool_devices import pool_devices
