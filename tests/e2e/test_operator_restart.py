@@ -87,9 +87,15 @@ def test_killed_during_sleep_converges_without_repeating_it(
 def test_killed_during_wake_converges_without_repeating_it(
     kube: Kube, namespace: str, operator: Proc
 ) -> None:
-    # Level 2 wakes reload the weights from disk: slow enough to be interrupted.
+    # Level 2 wakes reload the weights from disk: slow enough to be interrupted once the engine
+    # runs 4x slower than SLOW's (the reload then lasts seconds, which a poll on a busy host,
+    # e.g. beside other xdist workers, still catches).
+    slower = [
+        {"name": "VLLM_SIM_PROFILE", "value": "legacy"},
+        {"name": "VLLM_SIM_TIME_SCALE", "value": "20"},
+    ]
     manifest = model_manifest(
-        "slow-wake", namespace, **SLOW, sleep={"level": 2, "idleTimeout": "1h"}
+        "slow-wake", namespace, **{**SLOW, "env": slower}, sleep={"level": 2, "idleTimeout": "1h"}
     )
     manifest["spec"]["resources"].pop("weightsSize")
     apply(kube, manifest)
