@@ -11,13 +11,14 @@ import os
 import signal
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .logs import configure
 
 C = TypeVar("C")
+W = TypeVar("W")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -65,16 +66,7 @@ async def serve_until(service: Service, stop: asyncio.Event) -> None:
 
     A start can wait long (the gateway's first list while the API is down), so it races
     `stop`: a stop is heard at any time, and a start cut short stops what it started."""
-    starting = asyncio.ensure_future(service.start())
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+    starting = await until_stopped(service.start(), stop)
     if starting.cancelled():
         return
     starting.result()  # raise what made the start fail
@@ -82,6 +74,22 @@ async def serve_until(service: Service, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await service.stop()
+
+
+async def until_stopped(work: Awaitable[W], stop: asyncio.Event) -> asyncio.Future[W]:
+    """Run `work` until it ends or `stop` is set, whichever comes first; work cut short is
+    cancelled and awaited. Returns its future: done (result or exception) or cancelled."""
+    running = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    return running
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:

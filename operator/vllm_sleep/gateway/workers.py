@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..logs import FORMAT, configure
-from ..serve import stop_on_signals
+from ..serve import stop_on_signals, until_stopped
 from .gateway import SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -293,15 +293,7 @@ class Supervisor:
 
 async def _exited_before(proc: asyncio.subprocess.Process, stop: asyncio.Event) -> bool:
     """Wait until `proc` exits (True) or `stop` is set (False)."""
-    exited = asyncio.ensure_future(proc.wait())
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((exited, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not exited.done():
-            exited.cancel()
-    return exited.done() and not exited.cancelled()
+    return not (await until_stopped(proc.wait(), stop)).cancelled()
 
 
 async def supervise(argv: Sequence[str], host: str, port: int, identity: str, workers: int) -> int:
