@@ -39,16 +39,14 @@ class _Form:
         self._header_bytes = 0
         self._value_buf: bytearray | None = None  # the `model` field being read
 
+    # python-multipart's events this form listens to: `on_<event>` calls `self._<event>`.
+    EVENTS = (
+        "part_begin", "header_field", "header_value", "header_end", "headers_finished",
+        "part_data", "part_end",
+    )  # fmt: skip
+
     def callbacks(self) -> dict[str, object]:
-        return {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-        }
+        return {f"on_{event}": getattr(self, f"_{event}") for event in self.EVENTS}
 
     def _part_begin(self) -> None:
         self.parts += 1
