@@ -10,24 +10,9 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes import client
+from test_sim_kubelet import TOLERATE_GPU, wait_for
 
 from conftest import Kube
-
-TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-
-
-def wait_for(pred, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except (client.ApiException, OSError) as e:  # the apiserver may be restarting
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 def cluster_state(kube: Kube) -> Any:

@@ -19,7 +19,7 @@ def wait_for(pred, timeout: float = 60.0, what: str = "condition"):  # type: ign
     while time.monotonic() < deadline:
         try:
             last = pred()
-        except client.ApiException as e:
+        except (client.ApiException, OSError) as e:  # the apiserver may be restarting
             last = e
         if last and not isinstance(last, Exception):
             return last
