@@ -293,14 +293,10 @@ def test_install_upgrade_uninstall(helm_bin: str, kube: Kube, release: tuple[str
     assert binding and binding["subjects"][0]["namespace"] == ns
     assert _get(kube, "crd", "modeldeployments.vllm-sleep.io")
 
-    out = _helm(
-        helm_bin,
-        kube,
-        "upgrade",
-        "vso",
-        str(CHART),
-        "-n",
-        ns,
+    def upgrade(*args: str) -> subprocess.CompletedProcess[str]:
+        return _helm(helm_bin, kube, "upgrade", "vso", str(CHART), "-n", ns, *args)
+
+    out = upgrade(
         "--reuse-values",
         "--set",
         "gateway.replicas=3,gateway.service.type=NodePort,networkPolicy.enabled=false",
@@ -311,17 +307,7 @@ def test_install_upgrade_uninstall(helm_bin: str, kube: Kube, release: tuple[str
     svc = _get(kube, "service", names.GATEWAY, "-n", ns)
     assert svc and svc["spec"]["type"] == "NodePort"
     assert _get(kube, "networkpolicy", names.MODEL_POLICY, "-n", models) is None
-    bad = _helm(
-        helm_bin,
-        kube,
-        "upgrade",
-        "vso",
-        str(CHART),
-        "-n",
-        ns,
-        "--set",
-        "operator.replicas=3,operator.leaderElection=false",
-    )
+    bad = upgrade("--set", "operator.replicas=3,operator.leaderElection=false")
     assert bad.returncode != 0 and "/operator/replicas" in bad.stderr
 
     out = _helm(helm_bin, kube, "uninstall", "vso", "-n", ns, "--wait")
