@@ -81,12 +81,6 @@ class Recorder:
         return web.Response(status=status, body=body, headers={"Content-Type": ctype})
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 def config(upstream: str, **overrides: object) -> AgentConfig:
     values: dict[str, object] = {
         "listen_host": "127.0.5.2",

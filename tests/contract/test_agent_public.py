@@ -41,12 +41,6 @@ async def agent(engine: SimEngine) -> AsyncIterator[Agent]:
         yield a
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 def config(engine: SimEngine, **overrides: object) -> AgentConfig:
     return config_for(engine.url, **overrides)
 

@@ -9,7 +9,6 @@ the report's "still in use" figure device-wide: the residual must not include it
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -46,12 +45,6 @@ def logging_config(tmp_path: Path, max_bytes: int = 4096) -> Path:
     path = tmp_path / "logging.json"
     path.write_text(json.dumps(config))
     return path
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
 
 
 def agent_config(e: SimEngine, log_file: Path, engine_bytes: int | None) -> AgentConfig:

@@ -72,12 +72,6 @@ async def replicas() -> AsyncIterator[list[tuple[SimEngine, Agent]]]:
     await host.stop_all()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 async def test_chat_and_stream_through_gateway_agent_and_engine(
     replicas: list[tuple[SimEngine, Agent]], http: httpx.AsyncClient
 ) -> None:

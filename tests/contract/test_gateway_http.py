@@ -79,12 +79,6 @@ async def gateway(upstream: SseUpstream) -> AsyncIterator[Gateway]:
         yield g
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> None:
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]

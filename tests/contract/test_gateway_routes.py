@@ -43,12 +43,6 @@ async def gateway(source: StaticSource) -> AsyncIterator[Gateway]:
         yield g
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 def audio(model: str | None, *more: tuple[str, str]) -> dict[str, object]:
     data = dict(more)
     if model is not None:

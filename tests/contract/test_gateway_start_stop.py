@@ -54,12 +54,6 @@ async def upstream() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 async def test_405_on_a_get_route_allows_head_too(upstream: str, http: httpx.AsyncClient) -> None:
     source = StaticSource("team")
     source.add_model("m", [upstream])

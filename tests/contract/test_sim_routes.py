@@ -97,12 +97,6 @@ async def gateway(agent: Agent) -> AsyncIterator[Gateway]:
         yield g
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 def test_every_route_the_agent_forwards_is_served_by_the_simulator() -> None:
     assert set(ROUTES) <= set(SIM_ROUTES)
     for path, route in ROUTES.items():
