@@ -35,9 +35,11 @@ from hypothesis import strategies as st
 from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.api.routes import ROUTES as ALLOWED
 from vllm_sleep.testing.sim import EngineHost
+from vllm_sleep.testing.sim.server import ROUTES as SIM_ROUTES
 from vllm_sleep.testing.sim.testkit import start
 
 from .test_agent_field import Recorder
+from .test_gateway_fuzz import LoopThread
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(240)]
 
@@ -47,35 +49,21 @@ TOKEN = "fuzz-s3cret-token"
 TIMEOUT = 0.5  # the agent's head and body timeouts here
 MAX_BODY = 64 << 10
 EXAMPLES = 150
-DEV_PATHS = [
-    "/sleep",
-    "/wake_up",
-    "/is_sleeping",
-    "/collective_rpc",
-    "/reset_prefix_cache",
-    "/pause",
-    "/load",
-    "/checkpoint/prepare",
-    "/release_kv_cache_memory",
-    "/update_weights",
-]
+# Every engine route the agent must not forward (the simulator serves vLLM 0.34's whole table).
+DEV_PATHS = sorted(set(SIM_ROUTES) - set(ALLOWED))
 CONTROL_PATHS = ["/sleep", "/wake", "/state"]
 PUBLIC = ["/metrics", "/healthz", "/v1/models", "/health", "/v1/chat/completions"]
 
 
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+def fuzz(examples: int) -> settings:
+    """Hypothesis settings of every test here: reproducible examples, no deadline (one example
+    is several round trips over real sockets)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 class ClientRecorder(Recorder):
@@ -303,12 +291,7 @@ REWRITE_HEADERS = [
 # -- public port ------------------------------------------------------------------------------
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz(EXAMPLES)
 @given(
     data=st.data(),
     path=st.sampled_from(DEV_PATHS),
@@ -354,7 +337,7 @@ MALFORMED = [
 ]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@fuzz(60)
 @given(
     raw=st.one_of(
         st.sampled_from(MALFORMED),
@@ -374,7 +357,7 @@ def test_malformed_requests_are_refused_and_the_agent_keeps_serving(rig: Rig, ra
     still_serving(rig)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@fuzz(30)
 @given(
     size=st.one_of(st.integers(MAX_BODY - 8, MAX_BODY + 8), st.integers(1, 4 * MAX_BODY)),
     chunked=st.booleans(),
@@ -499,12 +482,7 @@ def dressed(draw: st.DrawFn) -> str:
     return path + "?token=" + TOKEN
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz(EXAMPLES)
 @given(
     target=dressed(),
     auth=TOKEN_VARIANTS,
@@ -533,7 +511,7 @@ def test_the_control_port_refuses_every_wrong_token_and_disguise(
     assert rig.agent.board.state.value == "awake"
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@fuzz(40)
 @given(
     raw=st.one_of(
         st.sampled_from([m.replace(b"/health", b"/state") for m in MALFORMED]),
