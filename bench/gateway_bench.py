@@ -109,7 +109,8 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-NGINX_CONF = """
+# nginx as a plain process under a scratch directory: every path it writes, inside it.
+NGINX_HEAD = """
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -122,7 +123,10 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    upstream backend {{ server {upstream}; keepalive 128; }}
+"""
+NGINX_CONF = (
+    NGINX_HEAD
+    + """    upstream backend {{ server {upstream}; keepalive 128; }}
     server {{
         listen {listen};
         location / {{
@@ -134,31 +138,40 @@ http {{
     }}
 }}
 """
+)
 
 
-def start_nginx(
-    tmp: Path, upstream_addr: str, port: int, cpus: set[int] | None = None
+def run_nginx(
+    tmp: Path, conf_text: str, host: str, port: int, cpus: set[int] | None = None
 ) -> subprocess.Popen[bytes]:
+    """nginx with `conf_text` as its configuration, once it accepts on host:port."""
+    import socket
+
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     conf = tmp / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(dir=tmp, upstream=upstream_addr, listen=f"{HOSTS['nginx']}:{port}")
-    )
+    conf.write_text(conf_text)
     proc = subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(tmp)],
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     deadline = time.monotonic() + 10
-    import socket
-
     while time.monotonic() < deadline:
         try:
-            socket.create_connection((HOSTS["nginx"], port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return proc
         except OSError:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("nginx did not start")
+
+
+def start_nginx(
+    tmp: Path, upstream_addr: str, port: int, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    """nginx as a reverse proxy to `upstream_addr`: the gateway's yardstick."""
+    listen = f"{HOSTS['nginx']}:{port}"
+    conf = NGINX_CONF.format(dir=tmp, upstream=upstream_addr, listen=listen)
+    return run_nginx(tmp, conf, HOSTS["nginx"], port, cpus)
 
 
 # -- load generator ---------------------------------------------------------------------------

@@ -52,26 +52,16 @@ HOST_UPSTREAM = "127.0.10.11"
 MODEL = "bench"
 SSE = 'data: {"choices":[{"delta":{"content":"tok"}}]}\\n\\ndata: [DONE]\\n\\n'
 
-NGINX_UPSTREAM = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_requests 1000000;
+NGINX_UPSTREAM = (
+    gb.NGINX_HEAD
+    + """    keepalive_requests 1000000;
     server {{
         listen {listen};
         location / {{ default_type text/event-stream; return 200 '{body}'; }}
     }}
 }}
 """
+)
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -211,18 +201,11 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path, script: Path) -
     up_port = gb.free_port(HOST_UPSTREAM)
     ngx_dir = tmp / layout
     ngx_dir.mkdir()
-    conf = ngx_dir / "nginx.conf"
-    conf.write_text(
-        NGINX_UPSTREAM.format(dir=ngx_dir, listen=f"{HOST_UPSTREAM}:{up_port}", body=SSE)
-    )
-    nginx = subprocess.Popen(
-        [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(ngx_dir)],
-        preexec_fn=(lambda: os.sched_setaffinity(0, other_cpus)) if other_cpus else None,
-    )
+    conf = NGINX_UPSTREAM.format(dir=ngx_dir, listen=f"{HOST_UPSTREAM}:{up_port}", body=SSE)
+    nginx = gb.run_nginx(ngx_dir, conf, HOST_UPSTREAM, up_port, other_cpus)
     upstream = f"http://{HOST_UPSTREAM}:{up_port}"
     gateways: dict[int, tuple[Any, str]] = {}
     try:
-        time.sleep(0.5)
         for n in args.workers:
             gateways[n] = start_gateway(n, upstream, gateway_cpus)
         for _, url in gateways.values():  # warm every pool once, untimed
