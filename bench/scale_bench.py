@@ -173,22 +173,16 @@ def rates(before: Counter[str], after: Counter[str], seconds: float) -> dict[str
 
 
 def model_manifest(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "apiVersion": "vllm-sleep.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "model": "meta-llama/Llama-3.1-8B-Instruct",
-            "image": "vllm/vllm-openai:v0.34.0",
-            "replicas": 1,
-            "env": [
-                {"name": "VLLM_SIM_PROFILE", "value": "0.34"},
-                {"name": "VLLM_SIM_LOAD_SECONDS", "value": str(args.load_seconds)},
-            ],
-            "resources": {"gpuMemoryUtilization": 0.4, "weightsSize": "2Gi"},
-            "sleep": {"level": 1, "idleTimeout": f"{args.idle_timeout}s", "policy": "Auto"},
-        },
-    }
+    from wake_bench import sim_model_manifest  # bench/ is on sys.path once main() ran
+
+    return sim_model_manifest(
+        name,
+        NS,
+        env={"VLLM_SIM_PROFILE": "0.34", "VLLM_SIM_LOAD_SECONDS": str(args.load_seconds)},
+        util=0.4,
+        weights="2Gi",
+        sleep={"level": 1, "idleTimeout": f"{args.idle_timeout}s", "policy": "Auto"},
+    )
 
 
 class Processes:

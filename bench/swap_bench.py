@@ -53,6 +53,7 @@ from wake_bench import (
     follow_agent,
     free_port,
     pct,
+    sim_model_manifest,
     start_stack,
 )
 
@@ -88,23 +89,15 @@ def pool_manifest() -> dict[str, Any]:
 
 
 def model_manifest(name: str, level: int, util: float, weights: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "vllm-sleep.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "model": "meta-llama/Llama-3.1-8B-Instruct",
-            "image": "vllm/vllm-openai:v0.34.0",
-            "replicas": 1,
-            "env": [
-                {"name": "VLLM_SIM_PROFILE", "value": "0.34"},
-                {"name": "VLLM_SIM_LOAD_SECONDS", "value": "3"},  # not measured: keep it short
-            ],
-            "resources": {"gpuMemoryUtilization": util, "weightsSize": weights},
-            "placement": {"pool": POOL},
-            "sleep": {"level": level, "idleTimeout": "1h", "policy": "Auto"},
-        },
-    }
+    return sim_model_manifest(
+        name,
+        NS,
+        env={"VLLM_SIM_PROFILE": "0.34", "VLLM_SIM_LOAD_SECONDS": "3"},  # not measured: short
+        util=util,
+        weights=weights,
+        sleep={"level": level, "idleTimeout": "1h", "policy": "Auto"},
+        placement={"pool": POOL},
+    )
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -55,6 +55,35 @@ NS, MODEL = "bench", "wake"
 AWAKE_COND = "vllm-sleep.io/awake"
 
 
+def sim_model_manifest(
+    name: str,
+    namespace: str,
+    *,
+    env: dict[str, str],
+    util: float,
+    weights: str,
+    sleep: dict[str, Any],
+    image: str = "vllm/vllm-openai:v0.34.0",
+    **spec: Any,
+) -> dict[str, Any]:
+    """A ModelDeployment of one replica the simulator serves: `env` configures the simulator
+    (VLLM_SIM_*), `spec` adds fields (placement)."""
+    return {
+        "apiVersion": "vllm-sleep.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "image": image,
+            "replicas": 1,
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "resources": {"gpuMemoryUtilization": util, "weightsSize": weights},
+            "sleep": sleep,
+            **spec,
+        },
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -400,19 +429,15 @@ def main() -> int:
     cluster = Cluster(args.time_scale)
     try:
         start_stack(cluster, args.gateway_port, NS)
-        manifest = {
-            "apiVersion": "vllm-sleep.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": MODEL, "namespace": NS},
-            "spec": {
-                "model": "meta-llama/Llama-3.1-8B-Instruct",
-                "image": "vllm/vllm-openai:v0.33.0",
-                "replicas": 1,
-                "env": [{"name": "VLLM_SIM_PROFILE", "value": "legacy"}],
-                "resources": {"gpuMemoryUtilization": 0.4, "weightsSize": "2Gi"},
-                "sleep": {"level": 1, "idleTimeout": "1s", "policy": "Auto"},
-            },
-        }
+        manifest = sim_model_manifest(
+            MODEL,
+            NS,
+            image="vllm/vllm-openai:v0.33.0",
+            env={"VLLM_SIM_PROFILE": "legacy"},
+            util=0.4,
+            weights="2Gi",
+            sleep={"level": 1, "idleTimeout": "1s", "policy": "Auto"},
+        )
         for _ in range(50):  # the ServiceAccount admission needs the namespace's default SA
             try:
                 cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
