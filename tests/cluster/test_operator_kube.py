@@ -85,3 +85,17 @@ def test_errors_still_raise_with_their_status(kube: Kube, namespace: str) -> Non
         await k.annotate_pod(namespace, "no-such-pod", {"example.com/a": "1"})  # 404 is quiet
 
     run(kube, missing)
+
+
+def test_a_missing_node_reads_as_none_an_existing_one_as_its_object(kube: Kube) -> None:
+    async def body(k: OperatorKube) -> tuple[Any, list[dict[str, Any]]]:
+        return await k.get_node("no-such-node"), await k.list_nodes()
+
+    missing, nodes = run(kube, body)
+    assert missing is None and nodes
+    name = nodes[0]["metadata"]["name"]
+
+    async def one(k: OperatorKube) -> Any:
+        return await k.get_node(name)
+
+    assert run(kube, one)["metadata"]["name"] == name

@@ -104,12 +104,9 @@ class Kube:
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         """The Node as JSON; None when it does not exist."""
-        try:
-            node: dict[str, Any] = await _json(self.core.read_node(name, _preload_content=False))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        node: dict[str, Any] | None = await _unless_absent(
+            _json(self.core.read_node(name, _preload_content=False))
+        )
         return node
 
     async def list_resource_slices(self) -> list[dict[str, Any]]:
