@@ -66,8 +66,25 @@ class ClusterState:
         return Path(self.state_dir) / "logs"
 
 
+START_ATTEMPTS = 3
+
+
 def start(state_dir: Path, bins: dict[str, Path], timeout: float = 180.0) -> ClusterState:
-    """Start etcd, apiserver, KCM and scheduler; return once all are ready."""
+    """Start etcd, apiserver, KCM and scheduler; return once all are ready.
+
+    Ports are picked free (bound to 0, then released), so another process on this host (another
+    test worker's cluster coming up at the same moment) can take one before ours binds it: a
+    start that fails with "address already in use" starts again from scratch on fresh ports."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start(state_dir, bins, timeout)
+        except ClusterError as e:
+            if "address already in use" not in str(e) or attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(state_dir: Path, bins: dict[str, Path], timeout: float) -> ClusterState:
     if state_dir.exists():
         shutil.rmtree(state_dir)
     (state_dir / "pki").mkdir(parents=True)
