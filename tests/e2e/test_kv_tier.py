@@ -16,9 +16,9 @@ from conftest import Kube
 from .conftest import Proc
 from .helpers import apply, chat, events, get_model, sim_state, wait_phase
 from .test_pools import (
-    block_first_gpu,
+    OneGpu,
     device_of,
-    make_pool,
+    one_gpu,  # noqa: F401  (the fixture)
     pooled,
     pools,  # noqa: F401  (the fixture)
     remove_models,
@@ -34,10 +34,10 @@ def test_a_level_0_model_swaps_by_remapping_its_kv_cache_only(
     operator: Proc,
     gateway: str,
     kubelet_admin: httpx.Client,
-    pools: list[str],  # noqa: F811
+    one_gpu: OneGpu,  # noqa: F811
 ) -> None:
-    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
-    blocked = block_first_gpu(kube, namespace, pool)
+    pool = one_gpu.pool
+    blocked = one_gpu.blocked
     # 0.6 of 80 GiB each: one awake at a time; the KV-only sleeper's 2 GiB of weights still fit
     # next to the awake neighbour, so the scheduler keeps them on the device.
     apply(kube, pooled("kv", namespace, pool, 0.6, env=PROFILE, sleep={"level": 0}))

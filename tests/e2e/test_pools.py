@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -124,6 +125,21 @@ def block_first_gpu(kube: Kube, namespace: str, pool: str) -> str:
     return device_of(kube, namespace, "blocker")
 
 
+@dataclass(frozen=True)
+class OneGpu:
+    pool: str  # a TimeSlicing pool over gpu-node-1
+    blocked: (
+        str  # its first GPU, held by an AlwaysAwake model: what a test places lands on the other
+    )
+
+
+@pytest.fixture
+def one_gpu(kube: Kube, namespace: str, operator: Proc, pools: list[str]) -> OneGpu:
+    """One free simulated GPU for the test's models (the set-up most pool tests share)."""
+    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
+    return OneGpu(pool, block_first_gpu(kube, namespace, pool))
+
+
 def remove_models(kube: Kube, namespace: str) -> None:
     """Free the devices for the next test (namespace deletion runs in the background)."""
     kube.kubectl("delete", "mdep", "--all", "-n", namespace, "--wait=false")
@@ -196,10 +212,9 @@ def test_a_third_model_evicts_the_lowest_priority_of_two_awake(
     operator: Proc,
     gateway: str,
     kubelet_admin: httpx.Client,
-    pools: list[str],
+    one_gpu: OneGpu,
 ) -> None:
-    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
-    block_first_gpu(kube, namespace, pool)
+    pool = one_gpu.pool
     for name, prio in (("low", 0), ("high", 5), ("third", 5)):
         apply(
             kube,
@@ -357,10 +372,9 @@ def test_one_request_wakes_one_of_two_replicas(
     operator: Proc,
     gateway: str,
     kubelet_admin: httpx.Client,
-    pools: list[str],
+    one_gpu: OneGpu,
 ) -> None:
-    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
-    block_first_gpu(kube, namespace, pool)
+    pool = one_gpu.pool
     apply(kube, pooled("two", namespace, pool, 0.4, replicas=2))
 
     def both_asleep() -> bool:
@@ -389,10 +403,9 @@ def test_min_awake_holds_the_eviction_then_the_waiting_request_is_served(
     operator: Proc,
     gateway: str,
     kubelet_admin: httpx.Client,
-    pools: list[str],
+    one_gpu: OneGpu,
 ) -> None:
-    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
-    block_first_gpu(kube, namespace, pool)
+    pool = one_gpu.pool
     apply(kube, pooled("young", namespace, pool, 0.8, placement={"minAwake": "20s"}))
     apply(kube, pooled("other", namespace, pool, 0.8))
     for name in ("young", "other"):

@@ -19,9 +19,11 @@ from .conftest import Proc
 from .helpers import apply, chat, get_model, model_manifest, model_pods, wait_phase
 from .test_kv_tier import sim_state
 from .test_pools import (
+    OneGpu,
     block_first_gpu,
     device_of,
     make_pool,
+    one_gpu,  # noqa: F401  (the fixture)
     pooled,
     pools,  # noqa: F401  (the fixture)
     remove_models,
@@ -37,26 +39,14 @@ def test_two_models_on_one_gpu_start_and_wake_in_turn_on_0_34(
     operator: Proc,
     gateway: str,
     kubelet_admin: httpx.Client,
-    pools: list[str],  # noqa: F811
+    one_gpu: OneGpu,  # noqa: F811
 ) -> None:
-    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
-    blocked = block_first_gpu(kube, namespace, pool)
+    pool = one_gpu.pool
+    blocked = one_gpu.blocked
     names = ("a", "b")
     for name in names:  # no VLLM_SIM_PROFILE: the simulator's default profile, 0.34
         apply(kube, pooled(name, namespace, pool, 0.6, env=[], sleep={"level": 1}))
-    for name in names:
-        wait_phase(kube, namespace, name, "Asleep", timeout=180)
-    seats = {device_of(kube, namespace, n) for n in names}
-    assert len(seats) == 1 and blocked not in seats, seats
-
-    for name in names:
-        pod = model_pods(kube, namespace, name)[0]
-        vllm = next(c for c in pod.spec.containers if "--enable-sleep-mode" in (c.args or []))
-        i = vllm.args.index("--gpu-memory-utilization")
-        assert vllm.args[i + 1] == "0.6", vllm.args
-        state = sim_state(kube, namespace, name)
-        assert state["memory"]["extensible_kv"] is False, state["memory"]
-        assert state["memory"]["gpu_memory_utilization"] == 0.6
+    assert_asleep_together_with_share(kube, namespace, names, blocked, "0.6")
 
     node = model_pods(kube, namespace, "a")[0].spec.node_name
 
@@ -130,32 +120,20 @@ def test_two_models_without_a_memory_setting_share_one_gpu_on_0_34(
     operator: Proc,
     gateway: str,
     kubelet_admin: httpx.Client,
-    pools: list[str],  # noqa: F811
+    one_gpu: OneGpu,  # noqa: F811
 ) -> None:
     """No gpuMemoryUtilization and no kvCacheSize: 0.34's own default (all free memory) would
     keep the second engine from starting. The operator passes the pool's derived share instead,
     (80 - 3 x 2) / 80 = 0.925, rounded down to 0.92, which leaves room for the sleeping
     neighbour's residual (docs/api.md, resources.gpuMemoryUtilization)."""
-    pool = make_pool(kube, pools, namespace, "gpu-node-1", "TimeSlicing")
-    blocked = block_first_gpu(kube, namespace, pool)
+    pool = one_gpu.pool
+    blocked = one_gpu.blocked
     names = ("a", "b")
     for name in names:  # the simulator's default profile, 0.34; only the weights' size is set
         body = model_manifest(name, namespace, placement={"pool": pool}, env=[])
         body["spec"]["resources"] = {"weightsSize": "2Gi"}  # the helper's default sets a share
         apply(kube, body)
-    for name in names:
-        wait_phase(kube, namespace, name, "Asleep", timeout=180)
-    seats = {device_of(kube, namespace, n) for n in names}
-    assert len(seats) == 1 and blocked not in seats, seats
-
-    for name in names:
-        pod = model_pods(kube, namespace, name)[0]
-        vllm = next(c for c in pod.spec.containers if "--enable-sleep-mode" in (c.args or []))
-        i = vllm.args.index("--gpu-memory-utilization")
-        assert vllm.args[i + 1] == "0.92", vllm.args
-        state = sim_state(kube, namespace, name)
-        assert state["memory"]["extensible_kv"] is False, state["memory"]
-        assert state["memory"]["gpu_memory_utilization"] == 0.92
+    assert_asleep_together_with_share(kube, namespace, names, blocked, "0.92")
 
     for name in ("a", "b", "a"):
         r = httpx.post(f"{gateway}/v1/chat/completions", json=chat(name), timeout=120)
@@ -166,3 +144,22 @@ def test_two_models_without_a_memory_setting_share_one_gpu_on_0_34(
 
     assert violations(kubelet_admin, namespace) == []
     remove_models(kube, namespace)
+
+
+def assert_asleep_together_with_share(
+    kube: Kube, namespace: str, names: tuple[str, ...], blocked: str, util: str
+) -> None:
+    """Every model pre-warmed on one device (not the blocked one), each engine started with
+    `--gpu-memory-utilization util` and, on 0.34, a fixed (not extensible) KV cache."""
+    for name in names:
+        wait_phase(kube, namespace, name, "Asleep", timeout=180)
+    seats = {device_of(kube, namespace, n) for n in names}
+    assert len(seats) == 1 and blocked not in seats, seats
+    for name in names:
+        pod = model_pods(kube, namespace, name)[0]
+        vllm = next(c for c in pod.spec.containers if "--enable-sleep-mode" in (c.args or []))
+        i = vllm.args.index("--gpu-memory-utilization")
+        assert vllm.args[i + 1] == util, vllm.args
+        state = sim_state(kube, namespace, name)
+        assert state["memory"]["extensible_kv"] is False, state["memory"]
+        assert state["memory"]["gpu_memory_utilization"] == float(util)
