@@ -414,16 +414,21 @@ def test_min_awake_holds_the_eviction_then_the_waiting_request_is_served(
     assert r.status_code == 200, r.text
 
     def waiting_reason() -> str | None:
+        """`other` waiting on young's minAwake. (Its first waiting message may name young's
+        request instead, when other's pass runs before young's has published it finished.)"""
         conds = (get_model(kube, namespace, "other").get("status") or {}).get("conditions") or []
         awake = next((c for c in conds if c["type"] == "Awake"), None)
-        return awake["message"] if awake and awake["reason"] == "WaitingForDevice" else None
+        waiting = awake and awake["reason"] == "WaitingForDevice"
+        return awake["message"] if waiting and "minAwake" in awake["message"] else None
 
     async def wake_other() -> tuple[int, str, str]:
         async with httpx.AsyncClient(timeout=180) as client:
             request = asyncio.create_task(
                 client.post(f"{gateway}/v1/chat/completions", json=chat("other"))
             )
-            why = await asyncio.to_thread(wait_for, waiting_reason, 30, what="other waits")
+            why = await asyncio.to_thread(
+                wait_for, waiting_reason, 30, what="other waits on young's minAwake"
+            )
             young_then = get_model(kube, namespace, "young")["status"]["phase"]
             return (await request).status_code, why, young_then
 
