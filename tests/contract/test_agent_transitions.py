@@ -104,6 +104,40 @@ async def test_sleep_wake_round_trip(
     assert not engine.violations  # incl. garbage_weights: level 2 reloaded before serving
 
 
+@pytest.mark.parametrize("level", [1, 2])
+async def test_a_granted_sleep_is_woken_by_the_first_held_request(
+    agent: Agent, engine: SimEngine, http: httpx.AsyncClient, level: int
+) -> None:
+    for _ in range(2):  # each sleep grants its own wake
+        resp = await control(http, agent, f"/sleep?level={level}&wake_on_request=1")
+        assert resp.status_code == 200, resp.text
+        assert (resp.json()["state"], resp.json()["wake_on_request"]) == ("asleep", True)
+        # No /wake from anyone: the held request wakes the engine, and is served once awake.
+        served = await asyncio.gather(
+            *(http.post(agent.public_url + "/v1/completions", json=COMPLETION) for _ in range(3))
+        )
+        assert [r.status_code for r in served] == [200] * 3, [r.text for r in served]
+        state = (await http.get(agent.control_url + "/state", headers=AUTH)).json()
+        assert (state["state"], state["woken_by"], state["wake_on_request"]) == (
+            "awake",
+            "request",
+            False,
+        )
+        assert state["wake_started"] <= state["since"]
+    # An ungranted sleep stays asleep under a request until the operator wakes it.
+    assert (await control(http, agent, f"/sleep?level={level}")).status_code == 200
+    held = asyncio.create_task(http.post(agent.public_url + "/v1/completions", json=COMPLETION))
+    async with asyncio.timeout(10):
+        while agent.gate.held == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    assert agent.board.state.value == "asleep" and not held.done()
+    resp = await control(http, agent, "/wake")
+    assert resp.status_code == 200 and resp.json()["woken_by"] == "operator"
+    assert (await held).status_code == 200
+    assert not engine.violations  # incl. garbage_weights: level 2 reloaded before serving
+
+
 async def test_bad_control_input_is_400(
     agent: Agent, http: httpx.AsyncClient, profile: str
 ) -> None:
@@ -115,6 +149,7 @@ async def test_bad_control_input_is_400(
         *kv_only,
         "/sleep?drain_timeout=-1",
         "/sleep?drain_timeout=nan",
+        "/sleep?wake_on_request=yes",
     ):
         resp = await control(http, agent, path)
         assert resp.status_code == 400, (path, resp.text)

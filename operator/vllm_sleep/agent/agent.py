@@ -39,6 +39,8 @@ class Agent(Service):
         self.gate = Gate(
             max_held=config.max_held,
             on_edge=self.board.bump,
+            # A held request wakes the engine itself when its sleep granted that.
+            on_held=lambda: self.transitions.wake_for_request(),
             clock=clock.monotonic,
         )
         self.metrics = AgentMetrics(self.gate, self.board)

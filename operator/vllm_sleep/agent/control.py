@@ -80,6 +80,9 @@ class ControlAPI:
             last_error=b.last_error,
             freed_bytes=b.freed_bytes,
             residual_bytes=b.residual_bytes,
+            wake_on_request=b.wake_grant,
+            woken_by=b.woken_by,
+            wake_started=wall(b.wake_started),
         )
 
     @web.middleware
@@ -133,10 +136,12 @@ class ControlAPI:
                 0.0,
                 math.inf,
             )
+            grant = _flag(request.query.get(protocol.PARAM_WAKE_ON_REQUEST, "0"))
         except ValueError as e:
             return error_response(400, str(e))
         idle = request.query.get(protocol.PARAM_REASON) == protocol.REASON_IDLE
-        return self._answer(await self._transitions.sleep(level, drain, idle=idle))
+        outcome = await self._transitions.sleep(level, drain, idle=idle, grant=grant)
+        return self._answer(outcome)
 
     async def wake(self, _request: web.Request) -> web.Response:
         return self._answer(await self._transitions.wake())
@@ -158,6 +163,14 @@ class ControlAPI:
         return web.Response(
             status=outcome.status, body=json.dumps(body).encode(), content_type="application/json"
         )
+
+
+def _flag(raw: str) -> bool:
+    value = protocol.FLAG_VALUES.get(raw.lower())
+    if value is None:
+        name = protocol.PARAM_WAKE_ON_REQUEST
+        raise ValueError(f"{name} must be one of {sorted(protocol.FLAG_VALUES)}, got {raw!r}")
+    return value
 
 
 def _number(raw: str, name: str, low: float, high: float) -> float:

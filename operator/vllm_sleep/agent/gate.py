@@ -37,12 +37,16 @@ class Gate:
         *,
         max_held: int,
         on_edge: Callable[[], None] = lambda: None,
+        on_held: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_held = max_held
         # Called on each edge the operator must hear of at once (agent/state.py): the first
         # held request, the busy edge and the idle edge; once per burst, not per request.
         self._on_edge = on_edge
+        # Called for every request that starts to wait (after the demand edge): the agent's
+        # own wake on request (agent/transitions.py) starts from here when the sleep granted it.
+        self._on_held = on_held
         self._clock = clock
         self.mode = Mode.HOLD
         self.inflight = 0
@@ -93,6 +97,7 @@ class Gate:
         self._waiters.append(fut)
         if len(self._waiters) == 1:
             self._on_edge()  # the demand edge: a request waits, the operator should wake us
+        self._on_held()
         try:
             await asyncio.wait((fut,), timeout=hold_timeout)
         except asyncio.CancelledError:

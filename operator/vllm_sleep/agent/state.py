@@ -13,7 +13,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ..api.agent_protocol import AgentState
+from ..api.agent_protocol import AgentState, WakeOrigin
+
+_WOKEN = frozenset({AgentState.WAKING, AgentState.AWAKE})
 
 
 class StateBoard:
@@ -30,11 +32,21 @@ class StateBoard:
         # The last measured sleep (agent/residual.py): what it freed, what stayed on the device.
         self.freed_bytes: int | None = None
         self.residual_bytes: int | None = None
+        # The operator's grant of the current sleep: a held request may wake the engine. Only
+        # while asleep: any other state drops it, so each wake consumes it.
+        self.wake_grant = False
+        # Who started the wake behind WAKING/AWAKE, and when (monotonic); None in other states.
+        self.woken_by: WakeOrigin | None = None
+        self.wake_started: float | None = None
         self._changed = asyncio.Event()
 
     def set(self, state: AgentState, *, level: int | None = None) -> None:
         if state is self.state and level == self.level:
             return
+        if state is not AgentState.ASLEEP:
+            self.wake_grant = False
+        if state not in _WOKEN:
+            self.woken_by = self.wake_started = None
         if state is not self.state:
             self.since = self._clock()
         self.state, self.level = state, level

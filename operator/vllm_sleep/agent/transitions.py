@@ -1,6 +1,8 @@
 """Sleep and wake, executed for the operator: drain, call vLLM, confirm, re-admit.
 
-One transition at a time (others get 409). Each runs in its own task so that an operator
+One transition at a time (others get 409; a wake that finds a wake running joins it). A sleep
+may grant the agent its wake (`wake_on_request`): then a request held while asleep starts the
+same wake sequence at once, without the operator's round trip, and the report says who woke it. Each runs in its own task so that an operator
 hanging up mid-way (timeout, restart) cannot leave the engine half-transitioned with the gate
 in the wrong position: the task finishes and the state tells the operator what happened.
 
@@ -21,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
 
-from ..api.agent_protocol import AgentState
+from ..api.agent_protocol import AgentState, WakeOrigin
 from ..vllm import VLLMClient, VLLMError, VLLMHTTPError, WakeTag
 from .clock import Clock
 from .gate import Gate
@@ -74,28 +74,69 @@ class Transitions:
         self._residual = residual or ResidualMeter(None, None)
         self._clock = clock  # the gate's and board's clock: their times are compared here
         self._task: asyncio.Task[Outcome] | None = None
+        self._waking = False  # the running task is a wake (a second wake joins it)
 
-    async def sleep(self, level: int, drain_timeout: float, *, idle: bool = False) -> Outcome:
+    async def sleep(
+        self, level: int, drain_timeout: float, *, idle: bool = False, grant: bool = False
+    ) -> Outcome:
         """`idle`: the operator's idle timer ordered it, so requests in flight refuse it (409)
-        instead of being drained; a forced sleep drains them."""
+        instead of being drained; a forced sleep drains them. `grant`: once asleep, a held
+        request may wake the engine (`wake_for_request`)."""
         if self._busy():  # first: a sleep still reading /version has not changed the state yet
             return self._conflict("sleep")
         if self._board.state is AgentState.ASLEEP:
-            return self._count("sleep", "noop", OK)  # idempotent; the level stays what it is
+            # Idempotent, the level stays what it is; the grant is the latest sleep order's.
+            if self._board.wake_grant != grant:
+                self._board.wake_grant = grant
+                self._board.bump()
+            outcome = self._count("sleep", "noop", OK)
+            self.wake_for_request()  # requests may already be waiting
+            return outcome
         if self._board.state is not AgentState.AWAKE:
             return self._conflict("sleep")
         if idle and self._gate.inflight:
             return self._not_idle()
-        return await self._run(self._sleep(level, drain_timeout, idle=idle))
+        task = asyncio.create_task(self._sleep(level, drain_timeout, idle=idle, grant=grant))
+        # Requests held while it drained or slept wait for a wake: with the grant, it starts
+        # as soon as the sleep is done, whether or not its caller is still there.
+        task.add_done_callback(lambda t: None if t.cancelled() else self.wake_for_request())
+        self._task, self._waking = task, False
+        return await asyncio.shield(task)
 
     async def wake(self) -> Outcome:
-        if self._busy():  # never "already awake" while a sleep is starting
-            return self._conflict("wake")
+        if self._busy():
+            if self._waking:
+                # The agent started it for a held request (or another caller did): the same
+                # wake, one transition; this caller gets its outcome.
+                self._metrics.transitions.labels("wake", "joined").inc()
+                return await asyncio.shield(self._wake_task())
+            return self._conflict("wake")  # never "already awake" while a sleep is starting
         if self._board.state is AgentState.AWAKE:
             return self._count("wake", "noop", OK)
         if self._board.state is not AgentState.ASLEEP:
             return self._conflict("wake")
-        return await self._run(self._wake())
+        return await asyncio.shield(self._start_wake(WakeOrigin.OPERATOR))
+
+    def wake_for_request(self) -> None:
+        """A request is held: wake the engine now if the sleep granted it and nothing runs.
+        Synchronous, so the state is `waking` before anyone reads the held report."""
+        if self._busy() or self._board.state is not AgentState.ASLEEP:
+            return
+        if not self._board.wake_grant or not self._gate.held:
+            return
+        log.info("waking the engine for %d held request(s) (granted by the sleep)", self._gate.held)
+        self._start_wake(WakeOrigin.REQUEST)
+
+    def _start_wake(self, origin: WakeOrigin) -> asyncio.Task[Outcome]:
+        level = self._board.level
+        self._board.woken_by, self._board.wake_started = origin, self._clock.monotonic()
+        self._board.set(AgentState.WAKING, level=level)  # consumes the grant
+        self._task, self._waking = asyncio.create_task(self._wake(level)), True
+        return self._task
+
+    def _wake_task(self) -> asyncio.Task[Outcome]:
+        assert self._task is not None
+        return self._task
 
     async def cancel(self) -> None:
         if self._task is not None and not self._task.done():
@@ -107,7 +148,9 @@ class Transitions:
 
     # -- sequences ----------------------------------------------------------------------------
 
-    async def _sleep(self, level: int, drain_timeout: float, *, idle: bool) -> Outcome:
+    async def _sleep(
+        self, level: int, drain_timeout: float, *, idle: bool, grant: bool = False
+    ) -> Outcome:
         started = self._clock.monotonic()
         try:
             features = await self._vllm.features()
@@ -158,6 +201,7 @@ class Transitions:
             if error is not None:
                 # e.g. our timeout fired while vLLM kept going; asleep is what matters for safety.
                 return self._count("sleep", "error", Outcome.from_error(502, error.path, error))
+            self._board.wake_grant = grant  # only a sleep that succeeded grants the next wake
             self._measure(level)
             self._metrics.transition_seconds.labels("sleep").observe(
                 self._clock.monotonic() - started
@@ -249,10 +293,10 @@ class Transitions:
         if measured is not None:
             self._board.freed_bytes, self._board.residual_bytes = measured
 
-    async def _wake(self) -> Outcome:
+    async def _wake(self, level: int | None) -> Outcome:
+        """The wake sequence, the operator's and the agent's own alike (`_start_wake` has set
+        `waking`): the same steps per level, the same confirmation before the gate opens."""
         started = self._clock.monotonic()
-        level = self._board.level
-        self._board.set(AgentState.WAKING, level=level)
         error: VLLMError | None = None
         try:
             await self._wake_sequence(level)
@@ -350,10 +394,6 @@ class Transitions:
         wait = self._settle_time - (self._clock.monotonic() - self._gate.last_abandoned)
         if wait > 0:
             await self._clock.sleep(wait)
-
-    async def _run(self, sequence: Coroutine[Any, Any, Outcome]) -> Outcome:
-        self._task = asyncio.create_task(sequence)
-        return await asyncio.shield(self._task)
 
     def _busy(self) -> bool:
         return self._task is not None and not self._task.done()

@@ -48,6 +48,21 @@ PARAM_DRAIN_TIMEOUT: Final = "drain_timeout"  # POST /sleep: seconds to wait for
 # Absent or anything else: a forced sleep (eviction, explicit), which drains.
 PARAM_REASON: Final = "reason"
 REASON_IDLE: Final = "idle"
+# POST /sleep: "1" grants the agent this sleep's wake: when a request is held while the engine
+# is asleep, the agent wakes it at once instead of waiting for the operator (docs/agent.md,
+# "Wake on request"). "0" or absent: only the operator wakes it. The grant lasts while the
+# engine stays asleep and is consumed by the next wake, whoever starts it; a later sleep
+# re-grants. The operator grants it only outside a GPUPool and only when the model's policy
+# lets a request wake it: in a pool a wake may need an eviction only the pool's plan may order.
+PARAM_WAKE_ON_REQUEST: Final = "wake_on_request"
+FLAG_VALUES: Final = {"1": True, "true": True, "0": False, "false": False}
+
+
+class WakeOrigin(StrEnum):
+    """Who started the wake that made the engine awake."""
+
+    OPERATOR = "operator"  # POST /wake
+    REQUEST = "request"  # the agent itself, for a request held while asleep, under the grant
 
 
 class StateReport(BaseModel):
@@ -73,6 +88,13 @@ class StateReport(BaseModel):
     # None until measured; residual_bytes also needs the engine's footprint (--engine-memory-bytes).
     freed_bytes: int | None = Field(default=None, ge=0)
     residual_bytes: int | None = Field(default=None, ge=0)
+    # The grant of the current sleep (PARAM_WAKE_ON_REQUEST); only ever true while asleep.
+    wake_on_request: bool = False
+    # While waking or awake after a wake: who started that wake, and when (unix seconds). None
+    # otherwise (awake since load, or after a refused sleep). The operator counts a wake it did
+    # not order from these (reconcile/agent_wake.py).
+    woken_by: WakeOrigin | None = None
+    wake_started: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json")

@@ -97,7 +97,12 @@ class Rig:
         self.fake = fake
         self.clock = FakeClock()
         self.board = StateBoard(self.clock.monotonic)
-        self.gate = Gate(max_held=10, clock=self.clock.monotonic)
+        # As the Agent wires it: a held request may start the agent's own wake.
+        self.gate = Gate(
+            max_held=10,
+            clock=self.clock.monotonic,
+            on_held=lambda: self.t.wake_for_request(),
+        )
         self.metrics = AgentMetrics(self.gate, self.board)
         self.vllm = VLLMClient("http://vllm", http=http)
         self.t = Transitions(
