@@ -16,6 +16,7 @@ from ..api.agent_protocol import (
     PARAM_REASON,
     PARAM_VERSION,
     PARAM_WAIT,
+    PARAM_WAKE_ON_REQUEST,
     PATH_SLEEP,
     PATH_STATE,
     PATH_WAKE,
@@ -81,11 +82,20 @@ class AgentClient:
             return UNREACHABLE
 
     async def sleep(
-        self, pod_ip: str, token: str, level: int, drain_timeout: float, *, idle: bool = False
+        self,
+        pod_ip: str,
+        token: str,
+        level: int,
+        drain_timeout: float,
+        *,
+        idle: bool = False,
+        wake_on_request: bool = False,
     ) -> StateReport:
         params = {PARAM_LEVEL: str(level), PARAM_DRAIN_TIMEOUT: str(drain_timeout)}
         if idle:  # refused (409) by the agent while requests run: its count is exact
             params[PARAM_REASON] = REASON_IDLE
+        if wake_on_request:  # the agent may wake it for a held request (the sleep's grant)
+            params[PARAM_WAKE_ON_REQUEST] = "1"
         return await self._transition(pod_ip, token, PATH_SLEEP, params)
 
     async def wake(self, pod_ip: str, token: str) -> StateReport:

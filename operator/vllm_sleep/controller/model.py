@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
 from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
+from ..reconcile.agent_wake import AgentWake
 from ..reconcile.builders import Owner, owner_from_body
 from ..reconcile.lifecycle import Route, Sleep, Wake
 from ..reconcile.node_loss import nodes_to_check
@@ -53,6 +54,11 @@ class ModelController:
         self._token: str | None = None
         self._last_status: Status | None = None
         self._pool_name: str | None = None  # the GPUPool this model last published to
+        # For a hand-off (`hand_off`): the last pass's observation, whether a pass is between
+        # its plan and the start of its transitions, and the hand-off whose plan is being applied.
+        self._observed: Observed | None = None
+        self._planning = False
+        self._handing_off: asyncio.Task[None] | None = None
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
@@ -90,6 +96,12 @@ class ModelController:
         observed = await self.observe(model, owner)
         pool = await self._pool(model, observed)
         if pool is not None:
+            if self._handing_off is not None:  # let a hand-off's transitions start first
+                await asyncio.wait([self._handing_off])
+            # What a hand-off or a finished transition changed while this pass awaited: the
+            # pool must never be told a replica is settled while its transition runs.
+            observed = self._refreshed(observed)
+            self._observed = observed
             # From here to the plan's end nothing awaits: the pool's gate, the device turns it
             # takes and the plan are one step no other member can interleave with.
             keeper = pool.gatekeeper(
@@ -97,8 +109,69 @@ class ModelController:
             )
             observed = replace(observed, gatekeeper=keeper)
         the_plan = plan(observed)
+        self._planning = True  # until its transitions started: a hand-off would plan them again
         await self.apply(the_plan, model)
         return the_plan.next_check_in
+
+    def _refreshed(self, observed: Observed) -> Observed:
+        """The observation with what changes without an API read brought up to now: the pods
+        (the watch-fed cache), the agents' reports, the running transitions, the demand."""
+        pods = [observe_pod(p) for p in self.ctx.pods.get(self.namespace, self.name)]
+        return replace(
+            observed,
+            pods=pods,
+            reports={p.name: self.watchers.report(p) for p in pods},
+            transitions=dict(self.transition_kind),
+            now=time.time(),
+            demand_at=self.ctx.demand.get((self.namespace, self.name)),
+            reported=self.reported,
+            last_sleep_seconds=self.last_sleep_seconds,
+            last_wake_seconds=self.last_wake_seconds,
+        )
+
+    def hand_off(self) -> None:
+        """Plan now and start what the pool admits, from the last pass's observation brought
+        up to date (`_refreshed`), without waiting for this loop's next pass: the pool calls it
+        when this model's step is the next one on a device (a neighbour's wake waits on this
+        replica's eviction, or a neighbour's sleep made room for this replica's wake), and a
+        pooled replica's finished transition calls it to publish its new state at once.
+
+        Synchronous from the observation to the transitions' tasks, like a pass's plan: the
+        same gate takes the same device turns. Pod creations, deletions and Route PATCHes run
+        in a task; the status is left to the pass that follows (the loop is kicked)."""
+        self.kick.set()
+        observed, pools, name = self._observed, self.ctx.pools, self._pool_name
+        if observed is None or pools is None or name is None or self._token is None:
+            return
+        if self._planning or (self._handing_off is not None and not self._handing_off.done()):
+            return  # a plan is being carried out: the kicked pass plans again after it
+        pool = pools.get(name)
+        if pool.spec is None:
+            return
+        try:
+            observed = self._refreshed(observed)
+            keeper = pool.gatekeeper(
+                self.namespace, observed.model, observed.reports, observed.now, observed.demand_at
+            )
+            the_plan = plan(replace(observed, gatekeeper=keeper))
+        except Exception:  # the kicked pass tries again, and says what failed
+            log.warning("%s/%s: hand-off not planned", self.namespace, self.name, exc_info=True)
+            return
+        if not (the_plan.actions or the_plan.create or the_plan.delete or the_plan.events):
+            return
+        self._planning = True
+        started = self.apply(the_plan, observed.model, write_status=False)
+        self._handing_off = asyncio.create_task(
+            self._hand_off_applied(started), name=f"hand-off {self.namespace}/{self.name}"
+        )
+
+    async def _hand_off_applied(self, applying: Coroutine[Any, Any, None]) -> None:
+        try:
+            await applying
+        except Exception:
+            log.warning("%s/%s: hand-off not applied", self.namespace, self.name, exc_info=True)
+        finally:
+            self._planning = False
 
     async def _pool(self, model: ModelDeployment, observed: Observed) -> PoolActor | None:
         """The model's GPUPool actor (inventory fresh), or None outside a pool."""
@@ -112,7 +185,7 @@ class ModelController:
             self._leave_pool()
         actor = pools.get(name)
         await actor.refresh(gpu.pool)
-        actor.join(f"{self.namespace}/{self.name}", self.kick)
+        actor.join(f"{self.namespace}/{self.name}", self.kick, self.hand_off)
         self._pool_name = name
         return actor
 
@@ -145,7 +218,9 @@ class ModelController:
             node_lost_seconds=self.ctx.settings.node_lost_seconds,
         )
 
-    async def apply(self, the_plan: Plan, model: ModelDeployment) -> None:
+    async def apply(
+        self, the_plan: Plan, model: ModelDeployment, *, write_status: bool = True
+    ) -> None:
         """Carry the plan out, in order; decides nothing."""
         kube = self.ctx.kube
         for gone in the_plan.delete:
@@ -168,13 +243,16 @@ class ModelController:
         routes = [
             asyncio.create_task(self._route(a)) for a in the_plan.actions if isinstance(a, Route)
         ]
+        routes += [asyncio.create_task(self._agent_woke(w, model)) for w in the_plan.agent_wakes]
         try:
             for action in the_plan.actions:
                 if not isinstance(action, Route):
                     await self._execute(action, the_plan.watch.get(action.pod), token, model)
         finally:
+            self._planning = False
             await asyncio.gather(*routes)
-        await self._write_status(the_plan.status)
+        if write_status:
+            await self._write_status(the_plan.status)
 
     async def _route(self, action: Route) -> None:
         reason = "EngineAwake" if action.routed else "EngineNotAwake"
@@ -213,7 +291,8 @@ class ModelController:
         def finished(_task: asyncio.Task[None], pod: str = action.pod) -> None:
             self.transitions.pop(pod, None)
             self.transition_kind.pop(pod, None)
-            self.kick.set()
+            # In a pool, its new state is published at once: a neighbour's wake may wait on it.
+            self.hand_off() if self._pool_name is not None else self.kick.set()
 
         task.add_done_callback(finished)
 
@@ -227,7 +306,12 @@ class ModelController:
             # happened, so a refused one leaves no trace that would say it slept.
             try:
                 report = await self.ctx.agents.sleep(
-                    ip, token, action.level, drain_timeout, idle=True
+                    ip,
+                    token,
+                    action.level,
+                    drain_timeout,
+                    idle=True,
+                    wake_on_request=action.wake_on_request,
                 )
             except AgentError as e:
                 self._failed("sleep", name, e)
@@ -242,7 +326,9 @@ class ModelController:
             remember = asyncio.create_task(self._remember(name, patch))
             self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
             try:
-                report = await self.ctx.agents.sleep(ip, token, action.level, drain_timeout)
+                report = await self.ctx.agents.sleep(
+                    ip, token, action.level, drain_timeout, wake_on_request=action.wake_on_request
+                )
             except AgentError as e:
                 await remember
                 self._failed("sleep", name, e)
@@ -280,6 +366,15 @@ class ModelController:
         self.last_wake_seconds = seconds
         self.watchers.set_report(name, ip, report)
         self.emit("Normal", "Woke", f"{name}: awake in {seconds:.2f}s")
+
+    async def _agent_woke(self, wake: AgentWake, model: ModelDeployment) -> None:
+        """A wake its agent ran for a held request (the plan posts the Event): counted as a
+        wake, and its start written as the replica's memory."""
+        if wake.seconds is not None:
+            level = wake.level if wake.level is not None else int(model.spec.sleep.level)
+            self.ctx.record_transition(self.namespace, self.name, "wake", level, wake.seconds)
+            self.last_wake_seconds = wake.seconds
+        await self._remember(wake.pod, memory_patch(woken_at=wake.started))
 
     async def _remember(self, pod: str, patch: dict[str, str | None]) -> None:
         """Write a transition's memory on its pod. A failed write is logged, not raised: the

@@ -31,6 +31,9 @@ class ModelPolicy:
     idle_timeout: float  # seconds
     min_awake: float  # seconds; never sleep a replica younger than this after a wake
     wake_on_request: bool = True
+    # Its sleeps grant the agent the wake of a held request (docs/agent.md, "Wake on request"):
+    # policy Auto with wake on request, outside a GPUPool (reconcile/policy.py).
+    agent_wake: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class ReplicaObservation:
     held: int = 0  # requests waiting in the agent for an awake engine
     last_activity: float | None = None  # unix seconds of the last inference request
     deleting: bool = False
+    wake_grant: bool = False  # asleep, and its agent may wake it for a held request
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class Sleep:
     # its count is exact and this decision may rest on a report older than the newest request.
     # False: forced (policy, explicit request, eviction): the agent drains first.
     idle: bool = False
+    # The agent may wake the replica itself for a request held while it sleeps (the grant is
+    # the sleep's: every sleep says it, and the next wake consumes it).
+    wake_on_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,12 +131,17 @@ def _decide_replica(
 ) -> tuple[list[Action], float | None]:
     if r.agent == AgentState.AWAKE:
         if _asked_to_sleep(policy, r, mem, demand_at, sleep_request):
-            return _sleep(r, policy.level, "sleep requested"), None
+            return _sleep(r, policy, "sleep requested"), None
         return _awake(policy, r, mem, demand_at, now)
     if r.agent == AgentState.ASLEEP:
         unroute: list[Action] = [Route(r.pod, False)] if r.routed else []
         if _wants_wake(policy, r, mem, demand_at):
             return [*unroute, Wake(r.pod, _wake_reason(policy, r))], None
+        if r.wake_grant and not policy.agent_wake:
+            # The policy changed (or the model joined a pool) since the sleep granted the agent
+            # its wake: the same sleep order, without the grant, takes it back (a no-op sleep).
+            why = "the agent may no longer wake it on request"
+            return [*unroute, Sleep(r.pod, policy.level, why, idle=True)], None
         return unroute, None
     # Loading, failed, unreachable or mid-transition: never route; act once it settles.
     return ([Route(r.pod, False)] if r.routed else []), None
@@ -145,14 +157,14 @@ def _awake(
     if policy.policy == Policy.ALWAYS_AWAKE:
         return ([] if r.routed else [Route(r.pod, True)]), None
     if policy.policy == Policy.ASLEEP:
-        return _sleep(r, policy.level, "policy is Asleep"), None
+        return _sleep(r, policy, "policy is Asleep"), None
     if not mem.prewarmed and mem.woken_at is None and r.held == 0 and r.inflight == 0:
         # Pre-warm: the first sleep after load is the slow one (pinned host buffers are
         # allocated), so pay it now, off any request's critical path, unless someone is
         # asking for the model right now (recent demand).
         recent = demand_at is not None and now - demand_at <= policy.idle_timeout
         if not recent:
-            return _sleep(r, policy.level, "pre-warm after load", idle=True), None
+            return _sleep(r, policy, "pre-warm after load", idle=True), None
     route: list[Action] = [] if r.routed else [Route(r.pod, True)]
     if r.inflight > 0 or r.held > 0:
         return route, policy.idle_timeout
@@ -161,7 +173,7 @@ def _awake(
     young_until = (mem.woken_at or 0.0) + policy.min_awake
     due = max(idle_at, young_until)
     if now >= due:
-        return _sleep(r, policy.level, f"idle for {now - since:.0f}s", idle=True), None
+        return _sleep(r, policy, f"idle for {now - since:.0f}s", idle=True), None
     return route, due - now
 
 
@@ -180,13 +192,12 @@ def _asked_to_sleep(
     return all(sleep_request > t for t in newer_than)
 
 
-def _sleep(r: ReplicaObservation, level: int, reason: str, *, idle: bool = False) -> list[Action]:
+def _sleep(
+    r: ReplicaObservation, policy: ModelPolicy, reason: str, *, idle: bool = False
+) -> list[Action]:
+    sleep = Sleep(r.pod, policy.level, reason, idle, wake_on_request=policy.agent_wake)
     # Leave routing first, then sleep: a request never races a sleeping engine.
-    return (
-        [Route(r.pod, False), Sleep(r.pod, level, reason, idle)]
-        if r.routed
-        else [Sleep(r.pod, level, reason, idle)]
-    )
+    return [Route(r.pod, False), sleep] if r.routed else [sleep]
 
 
 def _wants_wake(

@@ -33,6 +33,7 @@ from ..api.gpu_pool import Sharing
 from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH, pod_name
 from ..api.served_names import Refusal
+from .agent_wake import AgentWake, agent_wake, memory_with_agent_wake
 from .builders import GpuAttachment, Manifest, Owner, model_pod
 from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
 from .node_loss import NODE_LOST_SECONDS, NodeHealth, lost, recheck_in
@@ -57,6 +58,7 @@ class Reported:
     problem: str | None = None  # the placement problem of the last pass
     waiting: frozenset[str] = frozenset()  # pooled replicas that waited for room last pass
     name_refusal: str | None = None  # the served-name refusal already posted
+    agent_wakes: frozenset[str] = frozenset()  # wakes its agents ran, reported (AgentWake.key)
 
 
 # A pooled model's pool: publishes the request's replicas and returns what may run (the
@@ -122,6 +124,8 @@ class Plan:
     reported: Reported  # what the controller remembers for the next pass
     status: Status
     next_check_in: float | None  # seconds until a timer (idle, minAwake) may fire
+    # Wakes the agents ran on their own (reconcile/agent_wake.py), each once: write its memory.
+    agent_wakes: tuple[AgentWake, ...] = ()
 
 
 # Gate for sleeps and wakes before they run. A device-level scheduler replaces a Wake it cannot
@@ -143,6 +147,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     restarts = dict(observed.reported.restarts)
     observations: list[ReplicaObservation] = []
     memory: dict[str, ReplicaMemory] = {}
+    wakes: list[AgentWake] = []
     for pod in live:
         report = observed.reports.get(pod.name, UNREACHABLE_REPORT)
         obs = observe_replica(pod, report, observed.transitions.get(pod.name))
@@ -154,6 +159,10 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
                 events.append(Event("Warning", "EngineFailed", f"{pod.name}: {failure.reason}"))
         observations.append(obs)
         memory[pod.name] = replica_memory(pod, report)
+        woke = None if pod.deleting else agent_wake(pod.name, pod.memory, report)
+        wakes += [woke] if woke is not None else []
+    fresh = tuple(w for w in wakes if w.key not in observed.reported.agent_wakes)
+    events += [Event("Normal", "Woke", w.message) for w in fresh]
     seen = {p.uid or p.name for p in observed.pods}
     restarts = {k: v for k, v in restarts.items() if k in seen}
 
@@ -214,12 +223,19 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         watch={p.name: p.ip for p in live if p.ip and not p.deleting},
         actions=admit(runnable),
         events=tuple(events),
-        reported=Reported(restarts, problem, waiting, refusal.message if refusal else None),
+        reported=Reported(
+            restarts,
+            problem,
+            waiting,
+            refusal.message if refusal else None,
+            frozenset(w.key for w in wakes),
+        ),
         status=model_status(model, live, observations, observed.reports, now, facts),
         next_check_in=_sooner(
             decision.next_check_in,
             recheck_in(list(live), observed.nodes, now, observed.node_lost_seconds),
         ),
+        agent_wakes=fresh,
     )
 
 
@@ -335,6 +351,7 @@ def observe_replica(
         inflight=report.inflight,
         held=report.held,
         last_activity=report.last_activity,
+        wake_grant=report.wake_on_request,
     )
 
 
@@ -349,7 +366,9 @@ def replica_memory(pod: ObservedPod, report: StateReport) -> ReplicaMemory:
         known = [t for t in (mem.slept_at, report.since) if t is not None]
         slept_at = max(known) if known else None
         return ReplicaMemory(woken_at=mem.woken_at, slept_at=slept_at, prewarmed=True)
-    return mem
+    # Awake by its agent's own wake (granted by the sleep): a wake from its start, for
+    # minAwake and the idle timer, before its annotation is written.
+    return memory_with_agent_wake(mem, report)
 
 
 def _spec_hash(manifest: Manifest) -> str | None:

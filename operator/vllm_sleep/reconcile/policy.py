@@ -13,4 +13,10 @@ def policy_from_spec(spec: ModelDeploymentSpec) -> ModelPolicy:
         idle_timeout=spec.sleep.idle_timeout.total_seconds(),
         min_awake=spec.placement.min_awake.total_seconds(),
         wake_on_request=spec.wake.on_request,
+        # Never in a pool: there a wake may need an eviction only the pool's plan may order.
+        agent_wake=(
+            spec.sleep.policy.value == Policy.AUTO
+            and spec.wake.on_request
+            and spec.placement.pool is None
+        ),
     )

@@ -81,6 +81,7 @@ class FakeKube:
 class FakeAgents:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.granted: list[bool] = []  # each sleep's wake_on_request
 
     async def wake(self, pod_ip: str, token: str) -> StateReport:
         self.calls.append(("wake", pod_ip))
@@ -163,9 +164,17 @@ class SleepingAgents(FakeAgents):
         self.slept = asyncio.Event()
 
     async def sleep(
-        self, pod_ip: str, token: str, level: int, drain: float, *, idle: bool = False
+        self,
+        pod_ip: str,
+        token: str,
+        level: int,
+        drain: float,
+        *,
+        idle: bool = False,
+        wake_on_request: bool = False,
     ) -> StateReport:
         self.calls.append(("sleep", pod_ip))
+        self.granted.append(wake_on_request)
         self.slept.set()
         return StateReport(state=AgentState.ASLEEP, version=6, level=level)
 
@@ -195,9 +204,17 @@ async def test_a_sleep_does_not_wait_for_its_readiness_gate_patch() -> None:
 
 class RefusingAgents(FakeAgents):
     async def sleep(
-        self, pod_ip: str, token: str, level: int, drain: float, *, idle: bool = False
+        self,
+        pod_ip: str,
+        token: str,
+        level: int,
+        drain: float,
+        *,
+        idle: bool = False,
+        wake_on_request: bool = False,
     ) -> StateReport:
         self.calls.append(("sleep", pod_ip))
+        self.granted.append(wake_on_request)
         raise AgentError(409, "requests in flight")
 
 

@@ -106,7 +106,8 @@ def test_an_awake_prewarmed_replica_joins_routing() -> None:
 def test_a_freshly_loaded_replica_is_prewarmed_by_a_sleep() -> None:
     raw = body(sleep={"level": 2})
     p = plan(observed(raw, [pod(raw)], {"m-0": report()}))
-    assert p.actions == (Sleep("m-0", 2, "pre-warm after load", idle=True),)
+    # Policy Auto outside a pool: the sleep grants its agent the wake of a held request.
+    assert p.actions == (Sleep("m-0", 2, "pre-warm after load", idle=True, wake_on_request=True),)
 
 
 def test_an_idle_routed_replica_leaves_routing_then_sleeps() -> None:
@@ -138,7 +139,7 @@ def test_the_sleep_request_annotation_puts_an_awake_replica_to_sleep() -> None:
     raw = body(annotations={ANNOTATION_SLEEP_REQUEST: "2027-01-15T08:00:00.000000Z"})
     woken_before = {ANNOTATION_PREWARMED: "true", ANNOTATION_WOKEN_AT: "1000.000"}
     p = plan(observed(raw, [pod(raw, annotations=woken_before)], {"m-0": report()}, now=1.9e9))
-    assert p.actions == (Sleep("m-0", 1, "sleep requested"),)
+    assert p.actions == (Sleep("m-0", 1, "sleep requested", wake_on_request=True),)
 
 
 def test_no_sleep_or_wake_while_one_runs_or_without_an_ip_but_routes_still_change() -> None:
