@@ -16,12 +16,15 @@ then `Ready`).
 
     added = (through the gateway while asleep) - (agent-reported wake) - (same request awake)
 
-and the phases of the added time: gateway -> Lease seen, request -> agent starts waking (the
-operator's reaction to the Lease or to the agent's held count, whichever it hears first),
-agent awake -> response (the agent releasing the request it held, minus the request's own
+and the phases of the added time: gateway -> Lease seen, request -> agent starts waking (since
+the agent-initiated wake, the agent's own reaction to the held request: the model's sleeps
+grant it, policy Auto outside a pool; before, the operator's reaction to the Lease or to the
+agent's held count, whichever it heard first), agent awake -> response (the agent releasing the request it held, minus the request's own
 cost). The gateway sends a held request to the asleep pod's agent, so the operator's awake
 condition (agent awake -> condition seen) and the kubelet's Ready (condition -> Ready) are
-reported too but are no longer on the request's path.
+reported too but are no longer on the request's path. Each counted cycle says who started
+its wake (`woken_by` in the agent's report): `request` (the agent) or `operator` (an older
+agent, or an operator wake that got there first); the results count both.
 
 `--png` draws the distribution (matplotlib): the added time per cycle in run order, and the
 cumulative distribution of the added time and of its two largest phases; `--plot FILE` draws
@@ -189,6 +192,7 @@ class Timeline:
         self.lease: list[float] = []  # a new renewTime seen
         self.agent: list[tuple[str, float]] = []  # (state, since) from the agent
         self.held: list[float] = []  # the agent's report of a held request arrived here
+        self.woken_by: dict[float, str | None] = {}  # awake since -> who started that wake
         self.awake_cond: list[float] = []  # awake condition turned True
         self.ready: list[float] = []  # Ready turned True (with awake True)
 
@@ -245,6 +249,8 @@ async def follow_agent(session: aiohttp.ClientSession, url: str, token: str, tl:
             continue
         if s["version"] != version:
             tl.agent.append((s["state"], s["since"]))
+            if s["state"] == "awake":
+                tl.woken_by[s["since"]] = s.get("woken_by")
             if s.get("held") and s["state"] == "asleep":
                 tl.held.append(time.time())
             version = s["version"]
@@ -308,6 +314,7 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
         cycles: list[dict[str, float]] = []
         starts: list[tuple[float, float]] = []  # per counted cycle: request sent, agent waking
         missed = 0
+        woken_by: dict[str, int] = {}  # counted cycles by who started the wake
         for i in range(args.cycles + 1):  # cycle 0 warms the path up and is not counted
             await until(asleep_everywhere, f"cycle {i}: asleep")
             await asyncio.sleep(0.5)  # let every watch settle
@@ -354,11 +361,14 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
                 # the long-poll's answer already said `waking` (it reports the latest state).
                 row["to_held_seen"] = held - t0
                 row["held_seen_to_waking"] = waking - held
+            by = str(tl.woken_by.get(awake))
             if i:
                 cycles.append(row)
                 starts.append((t0, waking))
+                woken_by[by] = woken_by.get(by, 0) + 1
             print(
-                f"cycle {i:2d}: total {total * 1e3:7.1f} ms  wake {wake * 1e3:6.1f}  "
+                f"cycle {i:2d} (woken by {by}): total {total * 1e3:7.1f} ms  "
+                f"wake {wake * 1e3:6.1f}  "
                 f"added {row['added'] * 1e3:6.1f}  (lease {row['to_lease'] * 1e3:5.1f}, "
                 f"to waking {row['request_to_waking'] * 1e3:5.1f}, "
                 f"release {row['awake_to_response'] * 1e3:5.1f}; "
@@ -388,7 +398,7 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
         }
         for k, xs in series.items()
     }
-    return {"summary": summary, "cycles": cycles, "missed_cycles": missed}
+    return {"summary": summary, "cycles": cycles, "missed_cycles": missed, "woken_by": woken_by}
 
 
 def wake_decisions(log: Path, starts: list[tuple[float, float]]) -> list[float | None]:
