@@ -159,7 +159,9 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
                 events.append(Event("Warning", "EngineFailed", f"{pod.name}: {failure.reason}"))
         observations.append(obs)
         memory[pod.name] = replica_memory(pod, report)
-        woke = None if pod.deleting else agent_wake(pod.name, pod.memory, report)
+        # A wake of the operator's own in flight (one that joined the agent's) is its to count.
+        mine = pod.deleting or pod.name in observed.transitions
+        woke = None if mine else agent_wake(pod.name, pod.memory, report)
         wakes += [woke] if woke is not None else []
     fresh = tuple(w for w in wakes if w.key not in observed.reported.agent_wakes)
     events += [Event("Normal", "Woke", w.message) for w in fresh]

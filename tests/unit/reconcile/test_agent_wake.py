@@ -16,7 +16,7 @@ from vllm_sleep.reconcile.observe import (
     ANNOTATION_SLEPT_AT,
     ANNOTATION_WOKEN_AT,
 )
-from vllm_sleep.reconcile.plan import Reported, plan
+from vllm_sleep.reconcile.plan import Reported, Transition, plan
 from vllm_sleep.reconcile.policy import policy_from_spec
 
 SLEPT = NOW - 10
@@ -138,3 +138,10 @@ def test_reported_keeps_only_the_wakes_still_unwritten() -> None:
     old = Reported(agent_wakes=frozenset({"m-0@1.000"}))
     p = plan(observed(raw, [pod(raw, annotations=remembered())], {"m-0": woken()}, reported=old))
     assert p.reported.agent_wakes == frozenset({f"m-0@{STARTED:.3f}"})
+
+
+def test_a_wake_of_the_operators_own_that_joined_is_the_operators_to_count() -> None:
+    raw = body()
+    pods = [pod(raw, annotations=remembered())]
+    p = plan(observed(raw, pods, {"m-0": woken()}, transitions={"m-0": Transition.WAKE}))
+    assert p.agent_wakes == () and not any(e.reason == "Woke" for e in p.events)
