@@ -96,8 +96,8 @@ class ModelController:
         observed = await self.observe(model, owner)
         pool = await self._pool(model, observed)
         if pool is not None:
-            if self._handing_off is not None:  # let a hand-off's transitions start first
-                await asyncio.wait([self._handing_off])
+            while self._handing_off is not None and not self._handing_off.done():
+                await asyncio.wait([self._handing_off])  # its transitions start first
             # What a hand-off or a finished transition changed while this pass awaited: the
             # pool must never be told a replica is settled while its transition runs.
             observed = self._refreshed(observed)
@@ -110,7 +110,10 @@ class ModelController:
             observed = replace(observed, gatekeeper=keeper)
         the_plan = plan(observed)
         self._planning = True  # until its transitions started: a hand-off would plan them again
-        await self.apply(the_plan, model)
+        try:
+            await self.apply(the_plan, model)
+        finally:
+            self._planning = False
         return the_plan.next_check_in
 
     def _refreshed(self, observed: Observed) -> Observed:
@@ -292,7 +295,10 @@ class ModelController:
             self.transitions.pop(pod, None)
             self.transition_kind.pop(pod, None)
             # In a pool, its new state is published at once: a neighbour's wake may wait on it.
-            self.hand_off() if self._pool_name is not None else self.kick.set()
+            if self._pool_name is not None:
+                self.hand_off()
+            else:
+                self.kick.set()
 
         task.add_done_callback(finished)
 

@@ -69,6 +69,7 @@ class PoolActor:
         self._turn_since: dict[str, float] = {}  # device -> when its turn was taken
         self.starting: dict[str, tuple[str, float]] = {}  # replica -> (device, seated at)
         self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
+        self.hand_offs: dict[str, Callable[[], None]] = {}  # model key -> runs its step now
         self._evicting_for: dict[str, float] = {}  # replica -> when its first eviction began
         self._waiting: set[str] = set()
         self._claims: set[tuple[str, str]] = set()
@@ -132,11 +133,19 @@ class PoolActor:
 
     # --- members ----------------------------------------------------------------------------
 
-    def join(self, key: str, kick: asyncio.Event) -> None:
+    def join(
+        self, key: str, kick: asyncio.Event, hand_off: Callable[[], None] | None = None
+    ) -> None:
+        """`hand_off`: plans the member's step and starts it, synchronously, from what its
+        loop has cached (`ModelController.hand_off`); called when the step is the next one on
+        a device, so a swap's sleep and wake follow each other without waiting for passes."""
         self.members[key] = kick
+        if hand_off is not None:
+            self.hand_offs[key] = hand_off
 
     def leave(self, key: str) -> None:
         self.members.pop(key, None)
+        self.hand_offs.pop(key, None)
         for models in self.occupants.values():
             models.discard(key)
         gone = {e.replica for e in self.engines.pop(key, ())}
@@ -180,7 +189,7 @@ class PoolActor:
             wants = frozenset(
                 replica_key(ns, a.pod) for a in request.actions if isinstance(a, Wake)
             )
-            self._publish(key, engines, wants, now)
+            moved = self._publish(key, engines, wants, now)
             view = PoolView(
                 pool=self.snapshot(),
                 sharing=spec.sharing,
@@ -193,6 +202,8 @@ class PoolActor:
             for i, device in g.seats.items():
                 self.starting[replica_key(ns, request.indexes[i])] = (device, time.monotonic())
             self._count(g, now)
+            if moved:
+                self._hand_off(key, g.next_steps)
             return g
 
         return keeper
@@ -210,7 +221,8 @@ class PoolActor:
 
     def _publish(
         self, key: str, engines: tuple[Engine, ...], wants: frozenset[str], now: float
-    ) -> None:
+    ) -> bool:
+        """Record the member's replicas; whether that may change another member's plan."""
         before = self.engines.get(key)
         changed = _signature(before or ()) != _signature(engines) or self.wants.get(key) != wants
         self.engines[key] = engines
@@ -241,6 +253,21 @@ class PoolActor:
         if changed or released:
             self._kick_others(key)
             self._schedule_status()
+        return changed or released
+
+    def _hand_off(self, key: str, replicas: tuple[str, ...]) -> None:
+        """Hand the next steps to their models' loops now (soon after this synchronous gate,
+        on the event loop), not at their next pass. Each plans and gates again itself, so
+        this only makes a step start sooner, never lets one start that its gate refuses."""
+        owners = {e.replica: e.model for es in self.engines.values() for e in es}
+        due = {owners[r] for r in replicas if r in owners} - {key}
+        if not due:
+            return
+        loop = asyncio.get_running_loop()
+        for model in sorted(due):
+            hand_off = self.hand_offs.get(model)
+            if hand_off is not None:
+                loop.call_soon(hand_off)
 
     def _count(self, g: Gate, now: float) -> None:
         m = self._metrics

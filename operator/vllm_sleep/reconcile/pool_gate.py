@@ -71,6 +71,10 @@ class Gate:
     never: Mapping[str, str]  # replica -> why it can never fit (nothing is evicted for it)
     evictions: tuple[str, ...]  # Event messages: "evicted ns/a-0 (priority 0, idle 4m) to wake .."
     queued: Mapping[str, str] = field(default_factory=dict)  # replica -> waits for a busy device
+    # Other models' replicas whose step is next on a device free for it (an eviction this
+    # pass's wake waits on, a wake a settled neighbour made room for): the pool hands the turn
+    # to their models at once instead of waiting for their next pass.
+    next_steps: tuple[str, ...] = ()
 
 
 def namespace_of(replica: str) -> str:
@@ -185,11 +189,14 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
     seats: dict[int, str] = {}
     evictions: list[str] = []
     claimed: set[str] = set()  # devices whose next step is another replica's plan
+    others: list[str] = []
     for p in plans:
         first = p.steps[0]
         replica = first.replica
         if replica not in indexes:
             claimed.add(p.device)
+            if free(p.device, replica):
+                others.append(replica)
             continue
         if not free(p.device, replica):
             continue
@@ -257,7 +264,7 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
         for r in refusals
         if r.kind == RefusalKind.NEVER and r.replica in indexes
     }
-    return Gate(tuple(out), seats, turns, waiting, never, tuple(evictions), queued)
+    return Gate(tuple(out), seats, turns, waiting, never, tuple(evictions), queued, tuple(others))
 
 
 def _device(pool: Pool, replica: str) -> str | None:
