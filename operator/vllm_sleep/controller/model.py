@@ -109,7 +109,7 @@ class ModelController:
             )
             observed = replace(observed, gatekeeper=keeper)
         the_plan = plan(observed)
-        self._planning = True  # until its transitions started: a hand-off would plan them again
+        self._planning = True  # until its transitions start: a hand-off would plan them again
         try:
             await self.apply(the_plan, model)
         finally:
@@ -141,8 +141,14 @@ class ModelController:
 
         Synchronous from the observation to the transitions' tasks, like a pass's plan: the
         same gate takes the same device turns. Pod creations, deletions and Route PATCHes run
-        in a task; the status is left to the pass that follows (the loop is kicked)."""
-        self.kick.set()
+        in a task; the status is left to the pass that follows (the loop is kicked, after the
+        hand-off's task was created so that its transitions start first)."""
+        try:
+            self._hand_off()
+        finally:
+            self.kick.set()
+
+    def _hand_off(self) -> None:
         observed, pools, name = self._observed, self.ctx.pools, self._pool_name
         if observed is None or pools is None or name is None or self._token is None:
             return
@@ -162,7 +168,6 @@ class ModelController:
             return
         if not (the_plan.actions or the_plan.create or the_plan.delete or the_plan.events):
             return
-        self._planning = True
         started = self.apply(the_plan, observed.model, write_status=False)
         self._handing_off = asyncio.create_task(
             self._hand_off_applied(started), name=f"hand-off {self.namespace}/{self.name}"
@@ -171,10 +176,8 @@ class ModelController:
     async def _hand_off_applied(self, applying: Coroutine[Any, Any, None]) -> None:
         try:
             await applying
-        except Exception:
+        except Exception:  # the kicked pass tries again, and says what failed
             log.warning("%s/%s: hand-off not applied", self.namespace, self.name, exc_info=True)
-        finally:
-            self._planning = False
 
     async def _pool(self, model: ModelDeployment, observed: Observed) -> PoolActor | None:
         """The model's GPUPool actor (inventory fresh), or None outside a pool."""

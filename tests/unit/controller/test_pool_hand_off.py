@@ -201,3 +201,47 @@ async def test_a_swap_runs_the_eviction_and_then_the_wake_without_a_pass_between
     finally:
         for c in ctls.values():
             await c.watchers.close()
+
+
+async def test_a_pass_that_observed_before_a_hand_off_never_publishes_its_replica_settled() -> None:
+    ctls, agents, _ = controllers()
+    a, b = ctls["a"], ctls["b"]
+    actor = a.ctx.pools.get("p")  # type: ignore[union-attr]
+    evictions = actor._metrics.registry.get_sample_value
+    try:
+        await a.reconcile_once(body("a"))
+        await b.reconcile_once(body("b"))
+        await settle()
+        await a.reconcile_once(body("a"))
+        # a's next pass observes a-0 awake with nothing running, then awaits (an API read).
+        observed = asyncio.Event()
+        go_on = asyncio.Event()
+        observe = a.observe
+
+        async def slow_observe(*args: Any) -> Any:
+            seen = await observe(*args)
+            observed.set()
+            await go_on.wait()
+            return seen
+
+        a.observe = slow_observe  # type: ignore[method-assign]
+        stale = asyncio.create_task(a.reconcile_once(body("a")))
+        await observed.wait()
+        # Meanwhile b's pass plans its wake and a's eviction starts by hand-off.
+        await b.reconcile_once(body("b"))
+        await settle()
+        assert agents.calls == [("sleep", IPS["a"])]
+        go_on.set()
+        await stale
+        # The pass published what runs now, not what it had observed: a-0 is being evicted,
+        # its device's turn is still its own, and it was evicted once.
+        (engine,) = actor.engines["ns/a"]
+        assert engine.state == EngineState.SLEEPING
+        assert actor.turns == {DEVICE: "ns/a-0"}
+        assert evictions("vllm_sleep_pool_evictions_total", {"pool": "p"}) == 1
+        agents.release.set()
+        await settle()
+        assert agents.calls == [("sleep", IPS["a"]), ("wake", IPS["b"])]
+    finally:
+        for c in ctls.values():
+            await c.watchers.close()

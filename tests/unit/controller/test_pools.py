@@ -234,3 +234,34 @@ def test_a_neighbour_going_idle_kicks_the_members_waiting_to_evict_it() -> None:
         assert kick_b.is_set()
 
     asyncio.run(run())
+
+
+def test_a_change_that_makes_another_models_step_next_hands_that_model_the_turn() -> None:
+    async def run() -> None:
+        a = actor()
+        handed: list[str] = []
+        for name in ("a", "b"):
+            a.join(f"ns/{name}", asyncio.Event(), lambda name=name: handed.append(name))
+        from vllm_sleep.reconcile.lifecycle import Wake
+
+        ma, ra, rep_a = member("a", AgentState.AWAKE, util=0.8)
+        a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        mb, rb, rep_b = member("b", AgentState.ASLEEP, util=0.8)
+        rb = PoolRequest(rb.live, rb.observations, rb.indexes, (Wake("b-0", "held"),))
+        # b now wants its wake, which needs a's eviction first: a's model gets the turn.
+        a.gatekeeper("ns", mb, rep_b, NOW)(rb)
+        await asyncio.sleep(0)
+        assert handed == ["a"]
+        # The same pass again changes nothing: nobody is handed anything twice.
+        a.gatekeeper("ns", mb, rep_b, NOW)(rb)
+        await asyncio.sleep(0)
+        assert handed == ["a"]
+        # a is published asleep: b's wake is next, b's model gets the turn.
+        ma2, ra2, rep_a2 = member("a", AgentState.ASLEEP, util=0.8)
+        a.gatekeeper("ns", ma2, rep_a2, NOW)(ra2)
+        await asyncio.sleep(0)
+        assert handed == ["a", "b"]
+        a.leave("ns/a")
+        assert "ns/a" not in a.hand_offs
+
+    asyncio.run(run())

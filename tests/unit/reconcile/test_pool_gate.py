@@ -218,3 +218,27 @@ def test_an_always_awake_model_wakes_every_replica() -> None:
     )
     view = PoolView(pool, Sharing.TIME_SLICING, wants=frozenset({"ns/m-0", "ns/m-1"}))
     assert sorted(woken(pool_plans(view, NOW)[0])) == ["ns/m-0", "ns/m-1"]
+
+
+def test_the_gate_names_the_other_models_step_that_is_next_on_a_free_device() -> None:
+    # a-0's wake waits on b-0's eviction: a's gate names it, so the pool hands b the turn.
+    pool = one_gpu(
+        engine("ns/a-0", EngineState.ASLEEP, held=1),
+        engine("ns/b-0", EngineState.AWAKE, priority=10),
+    )
+    view = PoolView(pool, Sharing.TIME_SLICING, wants=frozenset({"ns/a-0"}))
+    mine = gate(view, "ns", request(pod("a-0"), actions=(Wake("a-0", "held"),)), NOW)
+    assert mine.next_steps == ("ns/b-0",)
+    # b-0 asleep: the plan is a-0's wake alone; b's gate names it.
+    asleep = one_gpu(
+        engine("ns/a-0", EngineState.ASLEEP, held=1), engine("ns/b-0", EngineState.ASLEEP)
+    )
+    view = PoolView(asleep, Sharing.TIME_SLICING, wants=frozenset({"ns/a-0"}))
+    assert gate(view, "ns", request(pod("b-0")), NOW).next_steps == ("ns/a-0",)
+    # Nothing is named while another step runs on the device: its end hands the turn on.
+    busy = PoolView(asleep, Sharing.TIME_SLICING, {"n/gpu-0": "ns/c-0"}, frozenset({"ns/a-0"}))
+    assert gate(busy, "ns", request(pod("b-0")), NOW).next_steps == ()
+    # A member's own step is its own to run, never named.
+    assert (
+        gate(view, "ns", request(pod("a-0"), actions=(Wake("a-0", "held"),)), NOW).next_steps == ()
+    )
