@@ -12,6 +12,18 @@ from vllm_sleep.testing.kubelet import nodes
 from vllm_sleep.testing.kubelet.nodes import BEAT_CONCURRENCY, NodeRegistrar, NodeSpec
 
 
+class Answer:
+    """An unread answer (`_preload_content=False`): the status only."""
+
+    status = 200
+
+    async def __aenter__(self) -> Answer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+
 class FakeCoord:
     in_flight = 0
     most = 0
@@ -20,12 +32,15 @@ class FakeCoord:
     def __init__(self, _api: Any) -> None:
         pass
 
-    async def patch_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> None:
+    async def patch_namespaced_lease(
+        self, name: str, namespace: str, body: Any, **_: Any
+    ) -> Answer:
         FakeCoord.in_flight += 1
         FakeCoord.most = max(FakeCoord.most, FakeCoord.in_flight)
         await asyncio.sleep(0.01)  # a slow apiserver
         FakeCoord.in_flight -= 1
         FakeCoord.renewed.append(name)
+        return Answer()
 
 
 async def test_leases_are_renewed_concurrently_within_the_bound(
@@ -46,10 +61,11 @@ class FlakyCoord:
     def __init__(self, _api: Any) -> None:
         pass
 
-    async def patch_namespaced_lease(self, name: str, *_: Any, **__: Any) -> None:
+    async def patch_namespaced_lease(self, name: str, *_: Any, **__: Any) -> Answer:
         FlakyCoord.calls += 1
         if FlakyCoord.calls == 1:
             raise RuntimeError("connection reset")  # not an ApiException nor an OSError
+        return Answer()
 
 
 async def test_a_failed_beat_does_not_stop_the_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 
 from aiohttp import web
@@ -61,9 +63,39 @@ async def run(args: argparse.Namespace) -> None:
         await api.close()
 
 
+# A file path: the process runs under cProfile, and each SIGUSR1 dumps the profile so far to
+# `<path>.<n>` and starts a new one (the scale bench sets it to see where a big fleet's CPU goes).
+PROFILE_ENV = "VLLM_SLEEP_SIM_KUBELET_PROFILE"
+
+
 def main(argv: list[str] | None = None) -> int:
     configure()
-    asyncio.run(run(parser().parse_args(argv)))
+    args = parser().parse_args(argv)
+    out = os.environ.get(PROFILE_ENV)
+    if not out:
+        asyncio.run(run(args))
+        return 0
+    import cProfile
+
+    state = {"prof": cProfile.Profile(), "n": 0}
+
+    def dump(*_: object) -> None:
+        prof = state["prof"]
+        assert isinstance(prof, cProfile.Profile)
+        prof.disable()
+        prof.dump_stats(f"{out}.{state['n']}")
+        state["n"] = int(str(state["n"])) + 1
+        state["prof"] = fresh = cProfile.Profile()
+        fresh.enable()
+
+    signal.signal(signal.SIGUSR1, dump)
+    first = state["prof"]
+    assert isinstance(first, cProfile.Profile)
+    first.enable()
+    try:
+        asyncio.run(run(args))
+    finally:
+        dump()
     return 0
 
 

@@ -19,6 +19,8 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from . import rawapi
+
 log = logging.getLogger(__name__)
 
 DRIVER = "gpu.sim.vllm-sleep.io"
@@ -265,14 +267,20 @@ class NodeRegistrar:
                     "renewTime": now(),
                 },
             }
-            try:
-                await coord.patch_namespaced_lease(
-                    spec.name, "kube-node-lease", body, _request_timeout=BEAT_TIMEOUT
+            patch = coord.patch_namespaced_lease(
+                spec.name,
+                "kube-node-lease",
+                body,
+                _request_timeout=BEAT_TIMEOUT,
+                _preload_content=False,
+            )
+            if not await rawapi.send(patch, absent_ok=True):
+                create = coord.create_namespaced_lease(
+                    "kube-node-lease",
+                    body,  # type: ignore[arg-type]
+                    _preload_content=False,
                 )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-                await coord.create_namespaced_lease("kube-node-lease", body)  # type: ignore[arg-type]
+                await rawapi.send(create)
 
         await _each(renew, [s for s in self._nodes if s.name not in self.lost])
 
@@ -282,10 +290,13 @@ class NodeRegistrar:
         async def post_status(spec: NodeSpec) -> None:
             if spec.name in self.lost:  # lost while this round ran
                 return
-            await core.patch_node_status(
-                spec.name,
-                {"status": {"conditions": _conditions(ts)}},
-                _request_timeout=BEAT_TIMEOUT,
+            await rawapi.send(
+                core.patch_node_status(
+                    spec.name,
+                    {"status": {"conditions": _conditions(ts)}},
+                    _request_timeout=BEAT_TIMEOUT,
+                    _preload_content=False,
+                )
             )
 
         beats = 0

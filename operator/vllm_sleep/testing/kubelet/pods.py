@@ -54,6 +54,7 @@ class PodWorker:
         http: aiohttp.ClientSession,
         now: Callable[[], str],
         restart_backoff: float = 1.0,
+        status_batch: float = 0.0,
     ) -> None:
         self.pod = pod
         self.pod_ip = pod_ip
@@ -64,6 +65,7 @@ class PodWorker:
         self._http = http
         self._now = now
         self._backoff = restart_backoff
+        self._status_batch = status_batch  # seconds of changes gathered into one status write
         self._procs: dict[str, rt.Process | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_written: dict[str, Any] | None = None
@@ -225,6 +227,11 @@ class PodWorker:
     async def _status_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            # kubelet sees container changes at its PLEG relist (once a second) and writes the
+            # pod's status once for all it found: a pod's start (sidecar, init, main container,
+            # startup probe) is a write or two, not one per step.
+            if self._status_batch > 0:
+                await asyncio.sleep(self._status_batch)
             self._dirty.clear()
             status = compute(self.pod, self.view, self._now())
             if self._last_written is None or comparable(status) != comparable(self._last_written):
