@@ -19,6 +19,7 @@ from ..api.names import (
     VERSION,
 )
 from ..reconcile.status import rfc3339
+from . import coalesce
 
 T = TypeVar("T")
 
@@ -37,11 +38,18 @@ def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self, api: client.ApiClient, status_window: float = coalesce.DEFAULT_WINDOW_SECONDS
+    ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.objects = client.CustomObjectsApi(api)
+        # A model's status changes several times a second while it starts: at most one write per
+        # model per window, the latest (`controller/coalesce.py`).
+        self.model_status: coalesce.Coalescer[tuple[str, str], dict[str, Any]] = coalesce.Coalescer(
+            self._write_model_status, status_window
+        )
 
     async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
         """Create a child object; True if created, False if it already existed."""
@@ -191,6 +199,12 @@ class Kube:
                 raise
 
     async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Written now, or (another write of this model's status went out less than the
+        window ago) coalesced with any that follow and written when the window ends."""
+        await self.model_status.submit((namespace, name), status)
+
+    async def _write_model_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
+        namespace, name = key
         # The generated client would send a dict as a JSON patch; status wants a merge patch.
         patch: Any = self.objects.patch_namespaced_custom_object_status
         await _json(

@@ -1,0 +1,110 @@
+"""Writes of a latest-wins value per key (a model's status), at most one per window per key.
+
+A model going through start-up changes its status several times within a second (its pod is
+created, scheduled, its agent answers, its engine loads, it is pre-warmed asleep): each change
+written as it happens is a write to the apiserver and a watch event to every watcher of the
+object, the operator itself included, for a state the next write supersedes within
+milliseconds. The first write of a quiet key goes out at once (a status change is seen without
+delay); writes that follow within `window` seconds are coalesced, and the latest of them is
+written when the window ends. So a transient state shorter than the window may never appear in
+the status (the model's Events still say what happened), and the final state always does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+DEFAULT_WINDOW_SECONDS = 2.0
+PRUNE_EVERY = 1024  # submits between forgetting the write times of quiet keys
+
+
+class Coalescer(Generic[K, V]):
+    def __init__(
+        self,
+        write: Callable[[K, V], Awaitable[None]],
+        window: float = DEFAULT_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self._window = window
+        self._clock = clock
+        self._last: dict[K, float] = {}  # when the key's last write started
+        self._pending: dict[K, V] = {}  # the value to write when the key's window ends
+        self._flushers: dict[K, asyncio.Task[None]] = {}
+        self._locks: dict[K, asyncio.Lock] = {}  # one write per key at a time, in order
+        self._submits = 0
+
+    async def submit(self, key: K, value: V) -> None:
+        """Write `value` now (raising what the write raises) if the key was quiet for a window;
+        otherwise keep it as the key's latest and return: it is written when the window ends
+        (retried after each failed try until it lands or a newer value replaces it)."""
+        self._submits += 1
+        if self._submits % PRUNE_EVERY == 0:
+            self._prune()
+        now = self._clock()
+        quiet = now - self._last.get(key, -math.inf) >= self._window
+        if self._window <= 0 or (quiet and key not in self._flushers):
+            self._last[key] = now
+            async with self._lock(key):
+                await self._write(key, value)
+            return
+        self._pending[key] = value
+        if key not in self._flushers:
+            self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")
+
+    def pending(self, key: K) -> V | None:
+        return self._pending.get(key)
+
+    async def drain(self) -> None:
+        """Wait until every coalesced value was written (tests; a clean shutdown)."""
+        while self._flushers:
+            await asyncio.gather(*list(self._flushers.values()), return_exceptions=True)
+
+    def _lock(self, key: K) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _flush(self, key: K) -> None:
+        try:
+            while key in self._pending:
+                delay = self._last.get(key, -math.inf) + self._window - self._clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                value = self._pending.pop(key)
+                self._last[key] = self._clock()
+                try:
+                    async with self._lock(key):
+                        await self._write(key, value)
+                except ApiException as e:
+                    if e.status == 404:  # the object is gone: nothing to say about it
+                        continue
+                    log.warning("write of %s failed (%s); retrying", key, e.status)
+                    self._pending.setdefault(key, value)
+                except Exception:
+                    log.warning("write of %s failed; retrying", key, exc_info=True)
+                    self._pending.setdefault(key, value)
+        finally:
+            self._flushers.pop(key, None)
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for key in [k for k, t in self._last.items() if now - t >= self._window]:
+            if key not in self._flushers:
+                del self._last[key]
+                lock = self._locks.get(key)
+                if lock is not None and not lock.locked():
+                    del self._locks[key]

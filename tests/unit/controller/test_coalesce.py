@@ -1,0 +1,102 @@
+"""A model's status writes: the first at once, the ones within a window coalesced to the latest."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from vllm_sleep.controller.coalesce import Coalescer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def writer(log: list[tuple[str, int]], fail: list[BaseException] | None = None):  # type: ignore[no-untyped-def]
+    async def write(key: str, value: int) -> None:
+        if fail:
+            raise fail.pop(0)
+        log.append((key, value))
+
+    return write
+
+
+async def test_the_first_write_goes_at_once_the_next_ones_coalesce_to_the_latest() -> None:
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    c: Coalescer[str, int] = Coalescer(writer(log), window=0.01, clock=clock)
+    await c.submit("m", 1)
+    assert log == [("m", 1)]  # written before submit returned
+    for v in (2, 3, 4):
+        await c.submit("m", v)
+    assert log == [("m", 1)] and c.pending("m") == 4
+    await c.submit("other", 9)  # another key is not held by this one's window
+    assert log == [("m", 1), ("other", 9)]
+    clock.t += 1  # the window passed: the flusher writes the latest
+    await c.drain()
+    assert log == [("m", 1), ("other", 9), ("m", 4)]
+    clock.t += 1
+    await c.submit("m", 5)  # quiet for a window: at once again
+    assert log[-1] == ("m", 5)
+
+
+async def test_a_failed_coalesced_write_is_retried_and_a_gone_object_dropped() -> None:
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    fail: list[BaseException] = []
+    c: Coalescer[str, int] = Coalescer(writer(log, fail), window=0.01, clock=clock)
+    await c.submit("m", 1)
+    fail.append(ApiException(status=500))
+    await c.submit("m", 2)
+    clock.t += 1
+    await c.drain()
+    assert log == [("m", 1), ("m", 2)]  # the 500 was retried
+    fail.append(ApiException(status=404))
+    await c.submit("m", 3)
+    await c.drain()
+    assert log == [("m", 1), ("m", 2)] and c.pending("m") is None
+
+
+async def test_a_failed_immediate_write_raises_to_the_caller() -> None:
+    fail: list[BaseException] = [ApiException(status=409)]
+    c: Coalescer[str, int] = Coalescer(writer([], fail), window=0.01)
+    try:
+        await c.submit("m", 1)
+    except ApiException as e:
+        assert e.status == 409
+    else:
+        raise AssertionError("the write's error was swallowed")
+
+
+async def test_no_window_writes_every_value() -> None:
+    log: list[tuple[str, int]] = []
+    c: Coalescer[str, int] = Coalescer(writer(log), window=0)
+    for v in range(3):
+        await c.submit("m", v)
+    assert log == [("m", 0), ("m", 1), ("m", 2)]
+
+
+async def test_writes_of_one_key_never_overlap() -> None:
+    running: list[int] = []
+    seen_overlap: list[bool] = []
+    clock = Clock()
+
+    async def slow(key: str, value: int) -> None:
+        seen_overlap.append(bool(running))
+        running.append(value)
+        await asyncio.sleep(0.02)
+        running.remove(value)
+
+    c: Coalescer[str, int] = Coalescer(slow, window=0.001, clock=clock)
+    first = asyncio.create_task(c.submit("m", 1))
+    await asyncio.sleep(0)
+    await c.submit("m", 2)  # within the window: coalesced
+    clock.t += 1  # the window ends while the first write is still in flight
+    await first
+    await c.drain()
+    assert seen_overlap == [False, False]
