@@ -70,14 +70,21 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             if ctx.controllers.get((namespace, name)) is controller:
                 del ctx.controllers[(namespace, name)]
 
+    changes = ModelChanges()
+
     @kopf.on.event(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry)
     async def model_changed(
         name: str, namespace: str | None, type: str, body: kopf.Body, **_: Any
     ) -> None:
-        _kick(ctx, namespace, name)
+        if changes.needs_pass(type, body):
+            _kick(ctx, namespace, name)
         for other_ns, other in ctx.names.observe(type, body):  # a name owner came or went
             _kick(ctx, other_ns, other)
         if type == "DELETED" and namespace:
+            changes.forget(namespace, name)
+            forget = getattr(ctx.parse, "forget", None)  # the ParseMemo's kept model
+            if forget is not None:
+                forget(namespace, name)
             ctx.demand.pop((namespace, name), None)
             ctx.pods.forget(namespace, name)
             ctx.forget_model(namespace, name)  # no stale per-model metric series
@@ -114,6 +121,37 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         renew = renew_time(spec)
         if renew is not None and namespace:
             ctx.signal_demand(namespace, labels[LABEL_MODEL], renew)
+
+
+class ModelChanges:
+    """Which ModelDeployment events are news to the model's control loop.
+
+    Most events of a model are the echo of the operator's own status write: the pass that wrote
+    it already acted on everything else in the body, and a pass for it (a kick) would compute
+    the same plan again. Its spec (generation), labels, annotations and deletion are what a
+    pass reads from the body beyond its own status, so a change of those kicks; an event that
+    changed none of them does not (the daemon's body is kopf's live one: the next pass reads it
+    as it is then)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def needs_pass(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        mark = (
+            meta.get("generation"),
+            meta.get("deletionTimestamp"),
+            tuple(sorted((meta.get("labels") or {}).items())),
+            tuple(sorted((meta.get("annotations") or {}).items())),
+        )
+        if self._seen.get(key) == mark and event_type == "MODIFIED":
+            return False
+        self._seen[key] = mark
+        return True
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._seen.pop((namespace, name), None)
 
 
 class LeanDiffBase(kopf.AnnotationsDiffBaseStorage):

@@ -175,6 +175,7 @@ async def _act_while_leading(elector: LeaderElector, acting: Awaitable[None]) ->
 
 async def run(args: argparse.Namespace) -> None:
     from .children import Children
+    from .parse_memo import ParseMemo
     from .spec import parse_model
 
     await _load_kube_config()
@@ -193,7 +194,7 @@ async def run(args: argparse.Namespace) -> None:
             agents=AgentClient(http),
             metrics=metrics,
             children=Children(kube),
-            parse=parse_model,
+            parse=ParseMemo(parse_model),
             pools=Pools(kube, metrics),
             names=ServedNames(args.exposure),
         )

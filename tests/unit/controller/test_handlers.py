@@ -66,3 +66,58 @@ def test_objects_watched_by_event_handlers_only_get_an_empty_essence() -> None:
     assert lean.build(body=kopf.Body(copy.deepcopy(POD))) == {}
     model = {**POD, "apiVersion": "vllm-sleep.io/v1alpha1", "kind": "ModelDeployment"}
     assert lean.build(body=kopf.Body(model))["spec"] == POD["spec"]
+
+
+class Kicked:
+    def __init__(self) -> None:
+        import asyncio
+
+        self.kick = asyncio.Event()
+
+
+def md(generation: int, status: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "vllm-sleep.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {
+            "namespace": "ns",
+            "name": "m",
+            "uid": "u",
+            "generation": generation,
+            "annotations": annotations or {},
+        },
+        "spec": {"model": "x"},
+        "status": {"phase": status},
+    }
+
+
+async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_does() -> None:
+    ctx = Context(
+        settings=Settings(agent_image="img"),
+        kube=None,  # type: ignore[arg-type]
+        agents=None,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+        children=None,  # type: ignore[arg-type]
+        parse=lambda body: None,  # type: ignore[arg-type,return-value]
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx)
+    changed = next(
+        h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "model_changed"
+    )
+    ctl = Kicked()
+    ctx.controllers[("ns", "m")] = ctl  # type: ignore[assignment]
+
+    async def event(kind: str, body: dict[str, Any]) -> bool:
+        ctl.kick.clear()
+        await changed(name="m", namespace="ns", type=kind, body=kopf.Body(body))  # type: ignore[arg-type]
+        return ctl.kick.is_set()
+
+    assert await event("ADDED", md(1, "Pending"))
+    assert not await event("MODIFIED", md(1, "Starting"))  # only the status moved: our write
+    assert not await event("MODIFIED", md(1, "Asleep"))
+    assert await event("MODIFIED", md(2, "Asleep"))  # a spec change
+    assert await event("MODIFIED", md(2, "Asleep", {"a": "b"}))  # an annotation
+    assert not await event("MODIFIED", md(2, "Awake", {"a": "b"}))
+    assert await event("DELETED", md(2, "Awake", {"a": "b"}))
+    assert await event("ADDED", md(1, "Pending"))  # the same name again: a new model
