@@ -154,7 +154,7 @@ async def test_a_failed_wake_on_request_consumes_the_grant(rig: Rig) -> None:
     request = asyncio.create_task(rig.gate.acquire(10))
     async with asyncio.timeout(5):
         while rig.board.state is not AgentState.ASLEEP or count(rig, "error") == 0:
-            await asyncio.sleep(0.005)
+            await rig.board.wait_change(rig.board.version, 1.0)
     assert rig.board.last_error and "/wake_up" in rig.board.last_error
     assert not rig.board.wake_grant and rig.gate.mode is Mode.HOLD
     another = asyncio.create_task(rig.gate.acquire(10))
