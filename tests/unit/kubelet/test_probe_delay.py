@@ -12,3 +12,12 @@ def test_fast_until_ready_and_for_a_while_after_then_the_pods_period() -> None:
     assert probe_delay(10.0, ready=True, ready_for=1.0) == 1.0
     assert probe_delay(10.0, ready=True, ready_for=FAST_PROBE_SECONDS + 1) == 10.0
     assert probe_delay(0.5, ready=True, ready_for=FAST_PROBE_SECONDS + 1) == 0.5
+
+
+def test_the_fast_window_after_readiness_can_be_shortened() -> None:
+    from vllm_sleep.testing.kubelet.kubelet import FAST_PROBE_ENV, fast_probe_seconds
+
+    assert probe_delay(10.0, ready=True, ready_for=6.0, fast_for=5.0) == 10.0
+    assert probe_delay(10.0, ready=True, ready_for=4.0, fast_for=5.0) == 1.0
+    assert fast_probe_seconds({FAST_PROBE_ENV: "5"}) == 5.0
+    assert fast_probe_seconds({}) == FAST_PROBE_SECONDS

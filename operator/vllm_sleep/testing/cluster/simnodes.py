@@ -16,7 +16,26 @@ def start_sim_kubelet(
     gpu_memory: str = "80Gi",
     time_scale: float = 0.05,
     timeout: float = 60.0,
+    shards: int = 1,
 ) -> None:
+    """`shards` > 1: that many sim-kubelet processes, each kubelet for every Kth node (a big
+    fleet's engines and agents spread over processes, as over real nodes). The first one's
+    admin API is `state.kubelet_admin_url`; each answers for its own nodes and pods."""
+    for shard in range(shards):
+        _start_one(state, gpu_nodes, gpus_per_node, gpu_memory, time_scale, timeout, shard, shards)
+
+
+def _start_one(
+    state: ClusterState,
+    gpu_nodes: int,
+    gpus_per_node: int,
+    gpu_memory: str,
+    time_scale: float,
+    timeout: float,
+    shard: int,
+    shards: int,
+) -> None:
+    name = "sim-kubelet" if shard == 0 else f"sim-kubelet-{shard}"
     port = free_port()
     argv = [
         sys.executable,
@@ -29,20 +48,22 @@ def start_sim_kubelet(
         f"--time-scale={time_scale}",
         f"--admin-port={port}",
     ]
-    proc = spawn("sim-kubelet", argv, state.logs)
-    state.pids["sim-kubelet"] = proc.pid
-    state.kubelet_admin_url = f"http://127.0.0.1:{port}"
-    state.launches["sim-kubelet"] = {
+    if shards > 1:
+        argv.append(f"--shard={shard}/{shards}")
+    proc = spawn(name, argv, state.logs)
+    state.pids[name] = proc.pid
+    admin = f"http://127.0.0.1:{port}"
+    if shard == 0:
+        state.kubelet_admin_url = admin
+    state.launches[name] = {
         "argv": argv,
-        "probe": f"{state.kubelet_admin_url}/healthz",
+        "probe": f"{admin}/healthz",
         "token": None,
         "expect": None,
     }
     state.save()
     try:
-        wait_ready(
-            "sim-kubelet", proc, http_ok(f"{state.kubelet_admin_url}/healthz"), state.logs, timeout
-        )
+        wait_ready(name, proc, http_ok(f"{admin}/healthz"), state.logs, timeout)
     except ClusterError:
         stop(state)
         raise
@@ -56,6 +77,7 @@ def start_simulated(
     gpus_per_node: int = 2,
     gpu_memory: str = "80Gi",
     time_scale: float = 0.05,
+    kubelet_shards: int = 1,
 ) -> ClusterState:
     """A control plane plus simulated GPU nodes: what `dev up`, the tests, the bench and the
     demo all start."""
@@ -66,5 +88,6 @@ def start_simulated(
         gpus_per_node=gpus_per_node,
         gpu_memory=gpu_memory,
         time_scale=time_scale,
+        shards=kubelet_shards,
     )
     return state

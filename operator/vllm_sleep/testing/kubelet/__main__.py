@@ -29,12 +29,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-prefix", default="gpu-node")
     p.add_argument("--time-scale", type=float, default=0.05)
     p.add_argument("--admin-port", type=int, required=True)
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/K: this process is kubelet for the nodes whose index is I modulo K (a big "
+        "simulated fleet runs in K processes, as real nodes each run their own kubelet)",
+    )
     return p
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """`I/K` -> (I, K), with 0 <= I < K."""
+    index, _, count = text.partition("/")
+    i, k = int(index), int(count or "1")
+    if not 0 <= i < k:
+        raise ValueError(f"--shard {text}: want I/K with 0 <= I < K")
+    return i, k
 
 
 async def run(args: argparse.Namespace) -> None:
     await config.load_kube_config(config_file=args.kubeconfig)
     api = client.ApiClient()
+    shard, shards = shard_of(args.shard)
     nodes = [
         NodeSpec(
             f"{args.node_prefix}-{i}",
@@ -43,8 +59,9 @@ async def run(args: argparse.Namespace) -> None:
             memory=args.node_memory,
         )
         for i in range(args.gpu_nodes)
+        if i % shards == shard
     ]
-    kubelet = SimKubelet(api, nodes, args.time_scale)
+    kubelet = SimKubelet(api, nodes, args.time_scale, ip_region=(shard, shards))
     runner = web.AppRunner(kubelet.admin_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.admin_port).start()
@@ -72,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     configure()
     args = parser().parse_args(argv)
     out = os.environ.get(PROFILE_ENV)
+    if out and args.shard != "0/1":
+        out += ".shard" + args.shard.replace("/", "of")
     if not out:
         asyncio.run(run(args))
         return 0

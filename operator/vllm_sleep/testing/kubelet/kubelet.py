@@ -11,7 +11,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +28,7 @@ from . import rawapi
 from .hostmem import engine_owners, node_report, quantity_bytes
 from .ips import IPPool, address_free
 from .nodes import GPU_RESOURCE, GPU_SHARED_RESOURCE, NodeRegistrar, NodeSpec
-from .pods import PodWorker
+from .pods import FAST_PROBE_SECONDS, PodWorker
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,18 @@ def now() -> str:
 
 
 SECRET_SYNC_SECONDS = 60.0  # kubelet's default --sync-frequency
+IP_POOL_SIZE = 60000
 PLEG_RELIST_SECONDS = 1.0  # how often kubelet looks at its containers' states
+
+
+# Seconds of probing every second after a container turned ready (`pods.probe_delay`), when
+# set; the scale bench shortens it (most of a big fleet's probes were of ready engines).
+FAST_PROBE_ENV = "VLLM_SLEEP_SIM_FAST_PROBE_SECONDS"
+
+
+def fast_probe_seconds(environ: Mapping[str, str]) -> float:
+    value = environ.get(FAST_PROBE_ENV)
+    return float(value) if value else FAST_PROBE_SECONDS
 
 
 def status_batch(time_scale: float) -> float:
@@ -46,7 +59,13 @@ def status_batch(time_scale: float) -> float:
 
 
 class SimKubelet:
-    def __init__(self, api: client.ApiClient, nodes: list[NodeSpec], time_scale: float) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        nodes: list[NodeSpec],
+        time_scale: float,
+        ip_region: tuple[int, int] = (0, 1),
+    ) -> None:
         self._api = api
         self._core = client.CoreV1Api(api)
         self._nodes = {n.name: n for n in nodes}
@@ -55,8 +74,12 @@ class SimKubelet:
         for n in nodes:  # pinned weight backups count against the node's memory
             self.host.host_memory(n.name, limit_bytes=quantity_bytes(n.memory))
         self._time_scale = time_scale
-        # Other local clusters share 127/8: skip taken addresses, start somewhere random.
-        self._ips = IPPool(probe=address_free, start=random.randrange(60000))
+        # Other local clusters share 127/8: skip taken addresses, start somewhere random. The
+        # sim-kubelets of one cluster (`--shard I/K`) each start in their own Kth of the range.
+        region, regions = ip_region
+        part = IP_POOL_SIZE // regions
+        start = region * part + random.randrange(part)
+        self._ips = IPPool(size=IP_POOL_SIZE, probe=address_free, start=start)
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self.past_workers: list[PodWorker] = []  # deleted pods, kept for their violation record
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
@@ -142,6 +165,7 @@ class SimKubelet:
             now,
             restart_backoff=max(0.2, 2.0 * self._time_scale),
             status_batch=status_batch(self._time_scale),
+            fast_probe_seconds=fast_probe_seconds(os.environ),
         )
         self.workers[uid] = worker
         self._worker_tasks[uid] = asyncio.create_task(worker.run(), name=f"pod {worker.key}")

@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 FAST_PROBE_SECONDS = 30.0  # probe every second this long after readiness settles
 
 
-def probe_delay(period: float, ready: bool, ready_for: float) -> float:
+def probe_delay(
+    period: float, ready: bool, ready_for: float, fast_for: float = FAST_PROBE_SECONDS
+) -> float:
     """Seconds to the next probe: faster than kubelet (at most 1 s) until the container is ready
-    and for FAST_PROBE_SECONDS after, so tests wait less; then the pod's own period (a thousand
+    and for `fast_for` seconds after, so tests wait less; then the pod's own period (a thousand
     simulated pods probed every second were most of this process's CPU)."""
-    fast = not ready or ready_for < FAST_PROBE_SECONDS
+    fast = not ready or ready_for < fast_for
     return min(period, 1.0) if fast else period
 
 
@@ -55,6 +57,7 @@ class PodWorker:
         now: Callable[[], str],
         restart_backoff: float = 1.0,
         status_batch: float = 0.0,
+        fast_probe_seconds: float = FAST_PROBE_SECONDS,
     ) -> None:
         self.pod = pod
         self.pod_ip = pod_ip
@@ -66,6 +69,7 @@ class PodWorker:
         self._now = now
         self._backoff = restart_backoff
         self._status_batch = status_batch  # seconds of changes gathered into one status write
+        self._fast_probe_seconds = fast_probe_seconds
         self._procs: dict[str, rt.Process | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_written: dict[str, Any] | None = None
@@ -208,7 +212,10 @@ class PodWorker:
                 self._dirty.set()
                 settled_at = time.monotonic() if ok else math.inf
             period = float((probe or {}).get("periodSeconds", 10))
-            await asyncio.sleep(probe_delay(period, view.ready, time.monotonic() - settled_at))
+            ready_for = time.monotonic() - settled_at
+            await asyncio.sleep(
+                probe_delay(period, view.ready, ready_for, self._fast_probe_seconds)
+            )
 
     async def _http_probe(self, c: dict[str, Any], probe: dict[str, Any]) -> bool:
         get = probe.get("httpGet")
