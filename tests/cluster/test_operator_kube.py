@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,3 +100,59 @@ def test_a_missing_node_reads_as_none_an_existing_one_as_its_object(kube: Kube) 
         return await k.get_node(name)
 
     assert run(kube, one)["metadata"]["name"] == name
+
+
+def test_create_if_missing_says_whether_it_created_and_errors_raise(
+    kube: Kube, namespace: str
+) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "probe-secret", "namespace": namespace},
+        "stringData": {"k": "v"},
+    }
+
+    async def body(k: OperatorKube) -> tuple[bool, bool, int]:
+        first = await k.create_if_missing(secret)
+        again = await k.create_if_missing(secret)
+        bad = {**secret, "metadata": {"name": "Not_A_Name", "namespace": namespace}}
+        try:
+            await k.create_if_missing(bad)
+        except ApiException as e:
+            return first, again, int(e.status)
+        return first, again, 0
+
+    assert run(kube, body) == (True, False, 422)
+
+
+def test_status_writes_of_one_model_within_the_window_end_with_the_latest(
+    kube: Kube, namespace: str
+) -> None:
+    name = "coalesced"
+    crds = Path(__file__).resolve().parents[2] / "crds"
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    kube.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
+    applied = kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        input=f"""
+apiVersion: vllm-sleep.io/v1alpha1
+kind: ModelDeployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{model: m, image: i, resources: {{weightsSize: 1Gi}}}}
+""",
+    )
+    assert applied.returncode == 0, applied.stderr
+
+    async def body(k: OperatorKube) -> None:
+        for phase in ("Pending", "Loading", "Asleep"):
+            await k.patch_model_status(namespace, name, {"phase": phase})
+        await k.model_status.drain()
+
+    run(kube, body)
+    out = kube.kubectl(
+        "get", "modeldeployment", name, "-n", namespace, "-o", "jsonpath={.status.phase}"
+    )
+    assert out.stdout.strip() == "Asleep"

@@ -64,18 +64,19 @@ class Kube:
         }
         create = creators[kind]
         try:
-            await create(ns, manifest)
+            # The answer as JSON, not as a generated model (a V1Pod built per created pod).
+            await _json(create(ns, manifest, _preload_content=False))
         except ApiException as e:
             if e.status == 409:
                 return False
-            if e.status == 403 and "being terminated" in str(e.body):
+            if e.status == 403 and "being terminated" in f"{e.body} {e.reason}":
                 return False  # the namespace is going away, and the model with it
             raise
         return True
 
-    async def _create_claim(self, namespace: str, manifest: dict[str, Any]) -> None:
-        await self.objects.create_namespaced_custom_object(
-            "resource.k8s.io", "v1", namespace, "resourceclaims", manifest
+    async def _create_claim(self, namespace: str, manifest: dict[str, Any], **kw: Any) -> Any:
+        return await self.objects.create_namespaced_custom_object(
+            "resource.k8s.io", "v1", namespace, "resourceclaims", manifest, **kw
         )
 
     async def list_claims(self, label_selector: str) -> list[dict[str, Any]]:
