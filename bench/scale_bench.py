@@ -50,6 +50,8 @@ NS = "scale"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 TRACE_MEMORY_ENV = "SCALE_BENCH_TRACEMALLOC"  # frames to keep; the operator's probe reads it
 WRITE_VERBS = ("create", "patch", "update", "delete")
+KUBELET_PROFILE_ENV = "VLLM_SLEEP_SIM_KUBELET_PROFILE"
+TRACE_ENV = "SCALE_BENCH_TRACE_WRITES"
 
 
 # --- the probe: runs inside the operator's and the gateway's processes ------------------------
@@ -81,6 +83,12 @@ def probe_main(argv: list[str]) -> int:
 
     counts: Counter[str] = Counter()
     original = aiohttp.ClientSession._request
+    # Every write, with the start of its body: what a model's bring-up writes, in order.
+    trace = (
+        counts_file.with_suffix(".writes").open("w", buffering=1)
+        if os.environ.get(TRACE_ENV)
+        else None
+    )
 
     async def counted(self: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
         url = aiohttp.client.URL(str_or_url) if isinstance(str_or_url, str) else str_or_url
@@ -91,6 +99,9 @@ def probe_main(argv: list[str]) -> int:
         key = classify(method.upper(), url.path, query.lower())
         if key is not None:
             counts[key] += 1
+            if trace is not None and key.split()[0] in WRITE_VERBS:
+                body = kwargs.get("json") if kwargs.get("json") is not None else kwargs.get("data")
+                trace.write(f"{time.time():.3f} {key} {url.path} {str(body)[:600]}\n")
         return await original(self, method, str_or_url, **kwargs)
 
     aiohttp.ClientSession._request = counted  # type: ignore[method-assign]
@@ -147,8 +158,10 @@ def probe_main(argv: list[str]) -> int:
 # --- the bench ---------------------------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of a live process."""
+def proc_cpu(pid: int | list[int]) -> float:
+    """CPU seconds (user + system, all threads) of a live process (of several: their sum)."""
+    if isinstance(pid, list):
+        return sum(proc_cpu(p) for p in pid)
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
@@ -165,6 +178,33 @@ def read_counts(path: Path) -> Counter[str]:
         return Counter(json.loads(path.read_text())["counts"])
     except (OSError, ValueError):
         return Counter()
+
+
+def apiserver_requests(cluster: Any) -> Counter[str]:
+    """Every client's requests so far, by `verb resource[/subresource]`, from the apiserver's
+    own `apiserver_request_total` (the sim-kubelet, scheduler and controllers included)."""
+    import re
+
+    out: Counter[str] = Counter()
+    try:
+        text = cluster.kubectl("get", "--raw", "/metrics")
+    except Exception:  # a bench figure, not a reason to stop the run
+        return out
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        verb = labels.get("verb", "").lower()
+        verb = {"post": "create", "put": "update"}.get(verb, verb)
+        res = labels.get("resource", "")
+        if labels.get("subresource"):
+            res += "/" + labels["subresource"]
+        out[f"{verb} {res}"] += int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def writes(counts: Counter[str] | dict[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k.split()[0] in (*WRITE_VERBS, "apply"))
 
 
 def rates(before: Counter[str], after: Counter[str], seconds: float) -> dict[str, float]:
@@ -196,6 +236,7 @@ class Processes:
         self.profile = {n: cluster.dir / f"{n}.prof" for n in ("operator", "gateway")}
         self.health = f"127.0.0.1:{free_port()}"
         self.trace_memory = args.trace_memory
+        self.profiled = args.profile
         op = [
             "operator",
             f"--metrics-bind=127.0.0.1:{free_port()}",
@@ -236,7 +277,12 @@ class Processes:
         return proc.pid
 
     def signal_profile(self) -> None:
-        os.kill(self.pids["operator"], signal.SIGUSR1)
+        if self.profiled:
+            os.kill(self.pids["operator"], signal.SIGUSR1)
+        if os.environ.get(KUBELET_PROFILE_ENV):
+            for name, pid in self.cluster.state.pids.items():
+                if name.startswith("sim-kubelet"):
+                    os.kill(pid, signal.SIGUSR1)
 
 
 async def wait_http(http: Any, url: str, timeout: float = 120) -> None:
@@ -316,7 +362,13 @@ async def run(
     from wake_bench import Timeline, follow_agent
 
     op = procs.pids["operator"]
-    others = {n: cluster.state.pids[n] for n in ("sim-kubelet", "kube-apiserver", "etcd")}
+    pids = cluster.state.pids
+    others: dict[str, int | list[int]] = {n: pids[n] for n in ("kube-apiserver", "etcd")}
+    others["sim-kubelet"] = [p for n, p in pids.items() if n.startswith("sim-kubelet")]
+    others["scheduler+controllers"] = [
+        pids[n] for n in ("kube-scheduler", "kube-controller-manager") if n in pids
+    ]
+    others["gateway"] = procs.pids["gateway"]
     api = await config.new_client_from_config(config_file=cluster.kubeconfig)
     gateway = f"http://127.0.0.1:{procs.gateway_port}"
     names = [f"m{i:04d}" for i in range(args.models)]
@@ -330,6 +382,8 @@ async def run(
         await asyncio.sleep(2)
         # --- 1. bring-up
         cpu0 = {"operator": proc_cpu(op), **{n: proc_cpu(p) for n, p in others.items()}}
+        srv0 = apiserver_requests(cluster)
+        op0 = read_counts(procs.counts["operator"])
         load0 = os.getloadavg()
         t0 = time.time()
         await create_models(api, names, args)
@@ -353,8 +407,11 @@ async def run(
         ready = time.time() - t0
         load_time = args.load_seconds
         cpu1 = {"operator": proc_cpu(op), **{n: proc_cpu(p) for n, p in others.items()}}
-        if args.profile:
+        if args.profile or args.profile_kubelet:
             procs.signal_profile()
+        await asyncio.sleep(1)  # the probes write their counts every 0.5 s
+        srv = dict(sorted((apiserver_requests(cluster) - srv0).items()))
+        op_req = dict(sorted((read_counts(procs.counts["operator"]) - op0).items()))
         out["bringup"] = {
             "create_seconds": round(applied, 2),
             "all_asleep_seconds": round(ready, 2),
@@ -362,11 +419,19 @@ async def run(
             "beyond_load_seconds": round(ready - load_time, 2),
             "cpu_seconds": {n: round(cpu1[n] - cpu0[n], 2) for n in cpu1},
             "operator_rss_mib": round(proc_rss_mib(op), 1),
+            "api_requests": {"apiserver (all clients)": srv, "operator": op_req},
+            "api_writes_per_model": {
+                "apiserver (all clients)": round(writes(srv) / len(names), 2),
+                "operator": round(writes(op_req) / len(names), 2),
+            },
             "loadavg_before": load0,
             "loadavg_after": os.getloadavg(),
             "progress": progress,
         }
-        print(json.dumps({k: v for k, v in out["bringup"].items() if k != "progress"}), flush=True)
+        print(
+            json.dumps({k: v for k, v in out["bringup"].items() if k != "progress"}, indent=1),
+            flush=True,
+        )
         # --- 2. steady state
         await asyncio.sleep(args.settle_seconds)
         c0 = {n: read_counts(p) for n, p in procs.counts.items()}
@@ -379,7 +444,7 @@ async def run(
         await asyncio.sleep(1)  # the probes write their counts every 0.5 s
         s1, w1 = proc_cpu(op), time.time()
         c1 = {n: read_counts(p) for n, p in procs.counts.items()}
-        if args.profile:
+        if args.profile or args.profile_kubelet:
             procs.signal_profile()
         if args.trace_memory:
             os.kill(op, signal.SIGUSR2)
@@ -529,6 +594,8 @@ def save(result: dict[str, Any], args: argparse.Namespace, out_path: Path) -> No
         "idle_timeout": args.idle_timeout,
         "steady_seconds": args.steady_seconds,
         "agent_health_interval": args.agent_health_interval,
+        "fast_probe_seconds": args.fast_probe_seconds,
+        "kubelet_shards": args.kubelet_shards or max(1, args.nodes // 50),
         "loadavg_at_save": os.getloadavg(),
         "profile": args.profile,
         "python": platform.python_version(),
@@ -561,13 +628,34 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--profile", action="store_true", help="cProfile the operator")
     p.add_argument(
+        "--profile-kubelet",
+        action="store_true",
+        help="cProfile the sim-kubelet (dumps next to the results file, .kubelet.prof.N)",
+    )
+    p.add_argument(
         "--agent-health-interval",
         type=float,
         default=30.0,
         help="the simulated agents' /health poll while up (0: as the pods say, 5 s)",
     )
     p.add_argument(
+        "--fast-probe-seconds",
+        type=float,
+        default=5.0,
+        help="the sim-kubelet probes a ready container every second this long, then at its "
+        "period (-1: the sim-kubelet's own default, 30)",
+    )
+    p.add_argument(
         "--trace-memory", type=int, default=0, help="tracemalloc frames in the operator (0: off)"
+    )
+    p.add_argument(
+        "--kubelet-shards",
+        type=int,
+        default=0,
+        help="sim-kubelet processes, each kubelet for every Kth node (0: one per 50 nodes)",
+    )
+    p.add_argument(
+        "--trace-writes", action="store_true", help="log the operator's writes (<name>.writes)"
     )
     p.add_argument("--gateway-workers", type=int, default=1, help="0: do not pass --workers")
     p.add_argument("--label", default="", help="suffix of the results file name")
@@ -587,8 +675,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the cluster on `kill`, too
     if args.agent_health_interval:  # read by the sim-kubelet it starts (containers.py)
         os.environ["VLLM_SLEEP_SIM_AGENT_HEALTH_INTERVAL"] = str(args.agent_health_interval)
+    if args.fast_probe_seconds >= 0:  # read by the sim-kubelet (kubelet.py FAST_PROBE_ENV)
+        os.environ["VLLM_SLEEP_SIM_FAST_PROBE_SECONDS"] = str(args.fast_probe_seconds)
+    if args.trace_writes:  # read by the probes
+        os.environ[TRACE_ENV] = "1"
+    if args.profile_kubelet:  # read by the sim-kubelet it starts (testing/kubelet/__main__.py)
+        os.environ[KUBELET_PROFILE_ENV] = str(out_path.with_suffix(".kubelet.prof"))
     result: dict[str, Any] = {}
-    cluster = Cluster(1.0, gpu_nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+    shards = args.kubelet_shards or max(1, args.nodes // 50)
+    cluster = Cluster(
+        1.0, gpu_nodes=args.nodes, gpus_per_node=args.gpus_per_node, kubelet_shards=shards
+    )
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
@@ -604,7 +701,7 @@ def main() -> int:
 
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for f in cluster.dir.iterdir():
-                if f.suffix == ".log" or ".prof" in f.name or ".mem." in f.name:
+                if f.suffix in (".log", ".writes") or ".prof" in f.name or ".mem." in f.name:
                     shutil.copy(f, args.keep_logs)
             for f in (cluster.dir / "logs").glob("*.log"):
                 shutil.copy(f, args.keep_logs)

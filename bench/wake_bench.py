@@ -99,7 +99,9 @@ def pct(xs: list[float], p: float) -> float:
 
 
 class Cluster:
-    def __init__(self, time_scale: float, gpu_nodes: int = 1, gpus_per_node: int = 1) -> None:
+    def __init__(
+        self, time_scale: float, gpu_nodes: int = 1, gpus_per_node: int = 1, kubelet_shards: int = 1
+    ) -> None:
         from vllm_sleep.testing.cluster import build, controlplane
         from vllm_sleep.testing.cluster.simnodes import start_simulated
 
@@ -108,7 +110,12 @@ class Cluster:
         root = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         self.dir = root / f"vso-wake-bench-{os.getpid()}"
         self.state = start_simulated(
-            self.dir, bins, gpu_nodes=gpu_nodes, gpus_per_node=gpus_per_node, time_scale=time_scale
+            self.dir,
+            bins,
+            gpu_nodes=gpu_nodes,
+            gpus_per_node=gpus_per_node,
+            time_scale=time_scale,
+            kubelet_shards=kubelet_shards,
         )
         self.kubectl_bin = str(bins["k8s"] / "kubectl")
         self.kubeconfig = self.state.kubeconfig
