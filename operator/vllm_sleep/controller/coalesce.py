@@ -8,6 +8,10 @@ milliseconds. The first write of a quiet key goes out at once (a status change i
 delay); writes that follow within `window` seconds are coalesced, and the latest of them is
 written when the window ends. So a transient state shorter than the window may never appear in
 the status (the model's Events still say what happened), and the final state always does.
+
+With `defer_first`, the first write of a key this process never wrote waits for the window too:
+a new model's first status ("Pending, no pods yet", written by the pass that creates its pod)
+is superseded by the next pass's within a second or two.
 """
 
 from __future__ import annotations
@@ -36,10 +40,13 @@ class Coalescer(Generic[K, V]):
         write: Callable[[K, V], Awaitable[None]],
         window: float = DEFAULT_WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        defer_first: bool = False,
     ) -> None:
         self._write = write
         self._window = window
         self._clock = clock
+        self._defer_first = defer_first
+        self._known: set[K] = set()  # keys written (or queued) before: `defer_first`
         self._last: dict[K, float] = {}  # when the key's last write started
         self._pending: dict[K, V] = {}  # the value to write when the key's window ends
         self._flushers: dict[K, asyncio.Task[None]] = {}
@@ -54,6 +61,9 @@ class Coalescer(Generic[K, V]):
         if self._submits % PRUNE_EVERY == 0:
             self._prune()
         now = self._clock()
+        if self._defer_first and key not in self._known and self._window > 0:
+            self._known.add(key)
+            self._last[key] = now  # as if written now: the window starts here
         quiet = now - self._last.get(key, -math.inf) >= self._window
         if self._window <= 0 or (quiet and key not in self._flushers):
             self._last[key] = now
@@ -63,6 +73,10 @@ class Coalescer(Generic[K, V]):
         self._pending[key] = value
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")
+
+    def forget(self, key: K) -> None:
+        """The key's object is gone: a new one of the same name starts afresh."""
+        self._known.discard(key)
 
     def pending(self, key: K) -> V | None:
         return self._pending.get(key)

@@ -82,6 +82,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             _kick(ctx, other_ns, other)
         if type == "DELETED" and namespace:
             changes.forget(namespace, name)
+            ctx.kube.model_status.forget((namespace, name))
             forget = getattr(ctx.parse, "forget", None)  # the ParseMemo's kept model
             if forget is not None:
                 forget(namespace, name)

@@ -100,3 +100,25 @@ async def test_writes_of_one_key_never_overlap() -> None:
     await first
     await c.drain()
     assert seen_overlap == [False, False]
+
+
+async def test_with_defer_first_a_new_keys_first_write_waits_for_the_window() -> None:
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    c: Coalescer[str, int] = Coalescer(writer(log), window=0.01, clock=clock, defer_first=True)
+    await c.submit("m", 1)  # "Pending, no pods yet"
+    await c.submit("m", 2)  # the next pass's, a moment later
+    assert log == []
+    clock.t += 1
+    await c.drain()
+    assert log == [("m", 2)]
+    clock.t += 1
+    await c.submit("m", 3)  # known now: a change after a quiet window goes at once
+    assert log[-1] == ("m", 3)
+    c.forget("m")  # deleted; a new model of that name is new again
+    clock.t += 1
+    await c.submit("m", 4)
+    assert log[-1] == ("m", 3)
+    clock.t += 1
+    await c.drain()
+    assert log[-1] == ("m", 4)

@@ -92,9 +92,16 @@ def md(generation: int, status: str, annotations: dict[str, str] | None = None) 
 
 
 async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_does() -> None:
+    from types import SimpleNamespace
+
+    from vllm_sleep.controller.coalesce import Coalescer
+
+    async def write(key: Any, value: Any) -> None:
+        pass
+
     ctx = Context(
         settings=Settings(agent_image="img"),
-        kube=None,  # type: ignore[arg-type]
+        kube=SimpleNamespace(model_status=Coalescer(write)),  # type: ignore[arg-type]
         agents=None,  # type: ignore[arg-type]
         metrics=OperatorMetrics(),
         children=None,  # type: ignore[arg-type]
