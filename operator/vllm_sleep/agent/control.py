@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -82,7 +82,7 @@ class ControlAPI:
             residual_bytes=b.residual_bytes,
             wake_on_request=b.wake_grant,
             woken_by=b.woken_by,
-            wake_started=wall(b.wake_started),
+            wake_started=b.wake_started,  # unix seconds already, read once at the start
         )
 
     @web.middleware
@@ -136,11 +136,14 @@ class ControlAPI:
                 0.0,
                 math.inf,
             )
-            grant = _flag(request.query.get(protocol.PARAM_WAKE_ON_REQUEST, "0"))
+            grant = _flag(request.query, protocol.PARAM_WAKE_ON_REQUEST)
+            grant_only = _flag(request.query, protocol.PARAM_GRANT_ONLY)
         except ValueError as e:
             return error_response(400, str(e))
         idle = request.query.get(protocol.PARAM_REASON) == protocol.REASON_IDLE
-        outcome = await self._transitions.sleep(level, drain, idle=idle, grant=grant)
+        outcome = await self._transitions.sleep(
+            level, drain, idle=idle, grant=grant, grant_only=grant_only
+        )
         return self._answer(outcome)
 
     async def wake(self, _request: web.Request) -> web.Response:
@@ -165,10 +168,10 @@ class ControlAPI:
         )
 
 
-def _flag(raw: str) -> bool:
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    raw = query.get(name, "0")
     value = protocol.FLAG_VALUES.get(raw.lower())
     if value is None:
-        name = protocol.PARAM_WAKE_ON_REQUEST
         raise ValueError(f"{name} must be one of {sorted(protocol.FLAG_VALUES)}, got {raw!r}")
     return value
 

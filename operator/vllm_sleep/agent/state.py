@@ -35,7 +35,8 @@ class StateBoard:
         # The operator's grant of the current sleep: a held request may wake the engine. Only
         # while asleep: any other state drops it, so each wake consumes it.
         self.wake_grant = False
-        # Who started the wake behind WAKING/AWAKE, and when (monotonic); None in other states.
+        # Who the wake behind WAKING/AWAKE is accounted to (its starter, or the operator once
+        # its /wake joined it), and when it started (unix seconds, read once); else None.
         self.woken_by: WakeOrigin | None = None
         self.wake_started: float | None = None
         self._changed = asyncio.Event()

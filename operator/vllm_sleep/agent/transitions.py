@@ -77,13 +77,25 @@ class Transitions:
         self._waking = False  # the running task is a wake (a second wake joins it)
 
     async def sleep(
-        self, level: int, drain_timeout: float, *, idle: bool = False, grant: bool = False
+        self,
+        level: int,
+        drain_timeout: float,
+        *,
+        idle: bool = False,
+        grant: bool = False,
+        grant_only: bool = False,
     ) -> Outcome:
         """`idle`: the operator's idle timer ordered it, so requests in flight refuse it (409)
         instead of being drained; a forced sleep drains them. `grant`: once asleep, a held
-        request may wake the engine (`wake_for_request`)."""
+        request may wake the engine (`wake_for_request`). `grant_only`: set the grant of the
+        sleep in place and nothing else; refused (409) unless asleep."""
         if self._busy():  # first: a sleep still reading /version has not changed the state yet
             return self._conflict("sleep")
+        if grant_only and self._board.state is not AgentState.ASLEEP:
+            # Ordered from a report that said asleep: the engine woke since (for a request),
+            # and a sleep now would cut its minAwake and idle timer short.
+            self._metrics.transitions.labels("sleep", "conflict").inc()
+            return Outcome(409, f"not asleep ({self._board.state.value}): grant left unchanged")
         if self._board.state is AgentState.ASLEEP:
             # Idempotent, the level stays what it is; the grant is the latest sleep order's.
             if self._board.wake_grant != grant:
@@ -109,9 +121,11 @@ class Transitions:
                 # The agent started it for a held request (or another caller did): the same
                 # wake, one transition; this caller gets its outcome.
                 self._metrics.transitions.labels("wake", "joined").inc()
+                self._claim_wake()
                 return await asyncio.shield(self._wake_task())
             return self._conflict("wake")  # never "already awake" while a sleep is starting
         if self._board.state is AgentState.AWAKE:
+            self._claim_wake()
             return self._count("wake", "noop", OK)
         if self._board.state is not AgentState.ASLEEP:
             return self._conflict("wake")
@@ -127,9 +141,19 @@ class Transitions:
         log.info("waking the engine for %d held request(s) (granted by the sleep)", self._gate.held)
         self._start_wake(WakeOrigin.REQUEST)
 
+    def _claim_wake(self) -> None:
+        """An operator's `/wake` that joined the agent's own wake, or found it done, makes it
+        the operator's: the operator counts the wake it ordered (its Event, its metric), so the
+        report must no longer offer it as the agent's (`woken_by`), or it is counted twice."""
+        if self._board.woken_by is WakeOrigin.REQUEST:
+            self._board.woken_by = WakeOrigin.OPERATOR
+            self._board.bump()
+
     def _start_wake(self, origin: WakeOrigin) -> asyncio.Task[Outcome]:
         level = self._board.level
-        self._board.woken_by, self._board.wake_started = origin, self._clock.monotonic()
+        # The start as unix seconds, read once: the operator keys the wake by it, so every
+        # report must give the same value (a conversion per report moves with the wall clock).
+        self._board.woken_by, self._board.wake_started = origin, round(self._clock.wall(), 3)
         self._board.set(AgentState.WAKING, level=level)  # consumes the grant
         self._task, self._waking = asyncio.create_task(self._wake(level)), True
         return self._task

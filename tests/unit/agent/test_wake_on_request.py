@@ -9,6 +9,7 @@ import httpx
 import pytest
 from test_transitions import FakeVLLM, Rig
 
+from vllm_sleep.agent.clock import Clock
 from vllm_sleep.agent.config import AgentConfig
 from vllm_sleep.agent.control import ControlAPI
 from vllm_sleep.agent.gate import Admission, Mode
@@ -49,14 +50,11 @@ async def asleep(rig: Rig, level: int = 1, *, grant: bool) -> None:
     rig.fake.log.clear()
 
 
-def report(rig: Rig) -> dict[str, object]:
+def report(rig: Rig, wall_offset: float = 0.0) -> dict[str, object]:
+    """`/state` as the control API answers it; `wall_offset`: the wall clock stepped since."""
+    clock = Clock(rig.clock.monotonic, lambda: rig.clock.wall() + wall_offset, rig.clock.sleep)
     api = ControlAPI(
-        AgentConfig(control_token="t"),
-        rig.board,
-        rig.gate,
-        rig.t,
-        rig.metrics,
-        clock=rig.clock.clock(),
+        AgentConfig(control_token="t"), rig.board, rig.gate, rig.t, rig.metrics, clock=clock
     )
     return api.snapshot()
 
@@ -126,7 +124,31 @@ async def test_an_operator_wake_meanwhile_joins_the_agents_wake(
     assert await request is Admission.ADMITTED
     assert rig.fake.log.count("/wake_up") == 1
     assert (count(rig, "ok"), count(rig, "joined")) == (1, 1)
-    assert rig.board.woken_by is WakeOrigin.REQUEST
+    # The operator counts the wake it joined (its Woke Event, its metric): the report says so,
+    # or the operator's next pass would count the same wake a second time as the agent's.
+    assert report(rig)["woken_by"] == "operator"
+
+
+async def test_an_operator_wake_that_finds_the_agents_wake_done_takes_it_over(rig: Rig) -> None:
+    await asleep(rig, grant=True)
+    assert await rig.gate.acquire(10) is Admission.ADMITTED
+    assert report(rig)["woken_by"] == "request"
+    # The operator ordered its wake from a report older than the agent's: it counts that wake.
+    assert (await rig.t.wake()).status == 200
+    assert report(rig)["woken_by"] == "operator"
+    assert rig.fake.log.count("/wake_up") == 1
+
+
+async def test_the_wake_start_reported_is_the_same_in_every_report(rig: Rig) -> None:
+    """The operator keys the wake by its start: re-derived from the monotonic clock at every
+    report, a wall clock that stepped (or two readings straddling a millisecond) would make
+    the same wake look new, counted and announced again."""
+    await asleep(rig, grant=True)
+    assert await rig.gate.acquire(10) is Admission.ADMITTED
+    first = report(rig)["wake_started"]
+    rig.clock.now += 600
+    assert report(rig, wall_offset=0.25)["wake_started"] == first
+    assert report(rig, wall_offset=-0.0004)["wake_started"] == first
 
 
 async def test_requests_held_during_a_granted_sleep_wake_it_when_it_is_done(
@@ -186,3 +208,24 @@ async def test_a_sleep_that_failed_grants_nothing(rig: Rig) -> None:
     assert (await rig.t.sleep(1, drain_timeout=1, grant=True)).status == 502
     assert rig.board.state is AgentState.AWAKE and not rig.board.wake_grant
     assert report(rig)["woken_by"] is None  # awake, but not by a wake
+
+
+async def test_a_grant_only_order_never_sleeps_an_engine_that_woke_meanwhile(rig: Rig) -> None:
+    """The operator takes a grant back (its policy changed) from a report that said asleep; the
+    agent may have woken the engine for a request since. That order must not become a sleep
+    of an engine that just woke (minAwake, the idle timer): it changes the grant or nothing."""
+    await asleep(rig, grant=True)
+    assert await rig.gate.acquire(10) is Admission.ADMITTED
+    rig.gate.release()
+    rig.fake.log.clear()
+    refused = await rig.t.sleep(1, drain_timeout=1, idle=True, grant_only=True)
+    assert refused.status == 409 and "not asleep" in refused.message
+    assert rig.board.state is AgentState.AWAKE and rig.fake.log == []
+    assert rig.gate.mode is Mode.OPEN
+    # Asleep, it takes the grant back without touching the engine.
+    assert (await rig.t.sleep(1, drain_timeout=1)).status == 200
+    assert (await rig.t.sleep(1, drain_timeout=1, grant=True, grant_only=True)).status == 200
+    assert rig.board.wake_grant
+    rig.fake.log.clear()
+    assert (await rig.t.sleep(2, drain_timeout=1, grant_only=True)).status == 200
+    assert not rig.board.wake_grant and rig.board.level == 1 and rig.fake.log == []
