@@ -55,6 +55,10 @@ REASON_IDLE: Final = "idle"
 # re-grants. The operator grants it only outside a GPUPool and only when the model's policy
 # lets a request wake it: in a pool a wake may need an eviction only the pool's plan may order.
 PARAM_WAKE_ON_REQUEST: Final = "wake_on_request"
+# POST /sleep: "1" changes only the grant of the sleep in place (as `wake_on_request` says): 409
+# unless the engine is asleep, never a sleep. The operator takes a grant back with it: its
+# report said asleep, but the agent may have woken the engine for a request since.
+PARAM_GRANT_ONLY: Final = "grant_only"
 FLAG_VALUES: Final = {"1": True, "true": True, "0": False, "false": False}
 
 
