@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ..api.agent_protocol import (
     MAX_WAIT,
     PARAM_DRAIN_TIMEOUT,
+    PARAM_GRANT_ONLY,
     PARAM_LEVEL,
     PARAM_REASON,
     PARAM_VERSION,
@@ -90,12 +91,15 @@ class AgentClient:
         *,
         idle: bool = False,
         wake_on_request: bool = False,
+        grant_only: bool = False,
     ) -> StateReport:
         params = {PARAM_LEVEL: str(level), PARAM_DRAIN_TIMEOUT: str(drain_timeout)}
         if idle:  # refused (409) by the agent while requests run: its count is exact
             params[PARAM_REASON] = REASON_IDLE
         if wake_on_request:  # the agent may wake it for a held request (the sleep's grant)
             params[PARAM_WAKE_ON_REQUEST] = "1"
+        if grant_only:  # only the grant of the sleep in place: 409 unless asleep
+            params[PARAM_GRANT_ONLY] = "1"
         return await self._transition(pod_ip, token, PATH_SLEEP, params)
 
     async def wake(self, pod_ip: str, token: str) -> StateReport:

@@ -309,6 +309,24 @@ class ModelController:
         name = action.pod
         started = time.monotonic()
         patch = memory_patch(slept_at=time.time(), prewarmed=True)
+        if action.grant_only:
+            # A grant taken back: no sleep happens (409 unless asleep), so none is remembered,
+            # counted or told; a refusal means the engine woke since, and the next pass sees it.
+            try:
+                report = await self.ctx.agents.sleep(
+                    ip,
+                    token,
+                    action.level,
+                    drain_timeout,
+                    idle=True,
+                    wake_on_request=action.wake_on_request,
+                    grant_only=True,
+                )
+            except AgentError as e:
+                self._failed("sleep", name, e)
+                return
+            self.watchers.set_report(name, ip, report)
+            return
         if action.idle:
             # An idle sleep (timer, pre-warm) is on no request's path, and its agent refuses it
             # (409) while requests run: the memory is written, and the sleep told, only once it

@@ -69,6 +69,9 @@ class Sleep:
     # The agent may wake the replica itself for a request held while it sleeps (the grant is
     # the sleep's: every sleep says it, and the next wake consumes it).
     wake_on_request: bool = False
+    # Only the grant of the sleep in place changes (`wake_on_request` says how): the agent
+    # refuses it unless asleep, so it is never a sleep, and nothing counts it as one.
+    grant_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,9 @@ def _decide_replica(
             return [*unroute, Wake(r.pod, _wake_reason(policy, r))], None
         if r.wake_grant and not policy.agent_wake:
             # The policy changed (or the model joined a pool) since the sleep granted the agent
-            # its wake: the same sleep order, without the grant, takes it back (a no-op sleep).
+            # its wake: a grant-only order takes it back (refused if the engine woke since).
             why = "the agent may no longer wake it on request"
-            return [*unroute, Sleep(r.pod, policy.level, why, idle=True)], None
+            return [*unroute, Sleep(r.pod, policy.level, why, idle=True, grant_only=True)], None
         return unroute, None
     # Loading, failed, unreachable or mid-transition: never route; act once it settles.
     return ([Route(r.pod, False)] if r.routed else []), None

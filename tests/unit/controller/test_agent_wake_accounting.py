@@ -52,3 +52,20 @@ async def test_an_agent_wake_is_remembered_and_counted_without_calling_the_agent
     assert 'model="m",namespace="ns",outcome="ok",transition="wake"} 1.0' in text
     assert events == []  # the plan's own Event says it (reconcile tests)
     await ctl.watchers.close()
+
+
+async def test_a_grant_taken_back_is_no_sleep_of_the_operators() -> None:
+    """The take-back is a grant-only order: no slept-at memory (demand older than now would
+    look answered), no sleep counted, no Slept Event; the agent's answer is the new report."""
+    kube = RecordingKube()
+    ctl, events = controller(kube)
+    agents = SleepingAgents()
+    ctl.ctx.agents = agents  # type: ignore[assignment]
+    model = ModelDeployment.from_body(BODY)
+    take_back = Sleep("m-0", 1, "no longer granted", idle=True, grant_only=True)
+    await ctl.apply(empty_plan(actions=(take_back,), watch={"m-0": "ip"}), model)
+    await asyncio.gather(*ctl.transitions.values())
+    assert agents.grant_only == [True] and agents.granted == [False]
+    assert kube.annotations == [] and events == []
+    assert "vllm_sleep_transitions_total{" not in generate_latest(ctl.ctx.metrics.registry).decode()
+    await ctl.watchers.close()

@@ -82,6 +82,7 @@ class FakeAgents:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.granted: list[bool] = []  # each sleep's wake_on_request
+        self.grant_only: list[bool] = []  # ...and its grant_only
 
     async def wake(self, pod_ip: str, token: str) -> StateReport:
         self.calls.append(("wake", pod_ip))
@@ -172,9 +173,11 @@ class SleepingAgents(FakeAgents):
         *,
         idle: bool = False,
         wake_on_request: bool = False,
+        grant_only: bool = False,
     ) -> StateReport:
         self.calls.append(("sleep", pod_ip))
         self.granted.append(wake_on_request)
+        self.grant_only.append(grant_only)
         self.slept.set()
         return StateReport(state=AgentState.ASLEEP, version=6, level=level)
 
@@ -212,9 +215,11 @@ class RefusingAgents(FakeAgents):
         *,
         idle: bool = False,
         wake_on_request: bool = False,
+        grant_only: bool = False,
     ) -> StateReport:
         self.calls.append(("sleep", pod_ip))
         self.granted.append(wake_on_request)
+        self.grant_only.append(grant_only)
         raise AgentError(409, "requests in flight")
 
 

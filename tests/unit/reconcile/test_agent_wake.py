@@ -127,6 +127,8 @@ def test_a_grant_the_policy_no_longer_allows_is_taken_back() -> None:
     p = plan(observed(raw, [pod(raw, annotations=remembered())], {"m-0": asleep}))
     [sleep] = [a for a in p.actions if isinstance(a, Sleep)]
     assert not sleep.wake_on_request and sleep.idle  # a no-op sleep at the agent, ungranted
+    # Only the grant: refused by an agent that woke the engine meanwhile, never a new sleep.
+    assert sleep.grant_only
     # A grant the policy allows is left alone.
     raw = with_spec()
     p = plan(observed(raw, [pod(raw, annotations=remembered())], {"m-0": asleep}))
