@@ -24,7 +24,8 @@ cost). The gateway sends a held request to the asleep pod's agent, so the operat
 condition (agent awake -> condition seen) and the kubelet's Ready (condition -> Ready) are
 reported too but are no longer on the request's path. Each counted cycle says who started
 its wake (`woken_by` in the agent's report): `request` (the agent) or `operator` (an older
-agent, or an operator wake that got there first); the results count both.
+agent, an operator wake that got there first, or one that joined the agent's: the operator
+counts a wake it joined, so the report gives it to the operator); the results count both.
 
 `--png` draws the distribution (matplotlib): the added time per cycle in run order, and the
 cumulative distribution of the added time and of its two largest phases; `--plot FILE` draws
