@@ -201,15 +201,23 @@ async def test_agent_restarted_beside_a_sleeping_engine_reports_asleep(
 ) -> None:
     async with Agent(config(engine)) as first:
         await wait_state(first, "awake")
-        assert (await control(http, first, "/sleep?level=2")).status_code == 200
+        resp = await control(http, first, "/sleep?level=2&wake_on_request=1")
+        assert resp.status_code == 200 and resp.json()["wake_on_request"] is True
     async with Agent(config(engine)) as second:
         assert second.board.state.value == "loading"  # never assumes awake
         await wait_state(second, "asleep", "awake")
         state = (await http.get(second.control_url + "/state", headers=AUTH)).json()
         assert (state["state"], state["level"]) == ("asleep", 2)  # from vllm:engine_sleep_state
+        # The grant was the first agent's: a restarted one holds for the operator.
+        assert state["wake_on_request"] is False
         held = asyncio.create_task(
             http.post(second.public_url + "/v1/completions", json=COMPLETION)
         )
+        async with asyncio.timeout(10):
+            while second.gate.held == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        assert second.board.state.value == "asleep" and not held.done()
         assert (await control(http, second, "/wake")).status_code == 200
         assert (await held).status_code == 200
     assert not engine.violations

@@ -229,3 +229,16 @@ async def test_a_grant_only_order_never_sleeps_an_engine_that_woke_meanwhile(rig
     rig.fake.log.clear()
     assert (await rig.t.sleep(2, drain_timeout=1, grant_only=True)).status == 200
     assert not rig.board.wake_grant and rig.board.level == 1 and rig.fake.log == []
+
+
+async def test_an_engine_lost_during_the_agents_wake_refuses_the_held_requests(rig: Rig) -> None:
+    """Not a hang until the hold timeout, and never a request forwarded: the state is
+    unknowable, so `failed`, which answers the held requests 503 at once."""
+    await asleep(rig, grant=True)
+    lost = httpx.ConnectError("connection refused")
+    rig.fake.then["/wake_up"] = [lost]
+    rig.fake.then["/is_sleeping"] = [lost]
+    async with asyncio.timeout(5):
+        assert await rig.gate.acquire(600) is Admission.REFUSED
+    assert rig.board.state is AgentState.FAILED and not rig.board.wake_grant
+    assert rig.gate.mode is Mode.REFUSE and rig.board.woken_by is None
