@@ -295,3 +295,55 @@ async def test_thousand_requests_with_interleaved_sleeps_no_violations(
     assert held and held > 0  # the hold was exercised, not just the happy path
     assert engine.violations == [] and engine.state == "awake"
     assert agent.gate.inflight == 0 and agent.gate.held == 0
+
+
+@pytest.mark.parametrize("profile", ["legacy"])
+async def test_granted_sleeps_under_load_racing_operator_orders_no_violations(
+    agent: Agent, engine: SimEngine, http: httpx.AsyncClient, profile: str
+) -> None:
+    """The agent's own wakes under load, raced by what the operator may send meanwhile: its
+    `/wake` (joins, or finds it done), a take-back (`grant_only`), nothing. No request may reach
+    the engine asleep or mid-transition, no level-2 wake may skip the reload, none may hang."""
+    total, workers = 600, 30
+    statuses: list[int] = []
+    counter = itertools.count()
+
+    async def client() -> None:
+        while next(counter) < total:
+            body = {**COMPLETION, "stream": len(statuses) % 3 == 0}
+            resp = await http.post(agent.public_url + "/v1/completions", json=body)
+            statuses.append(resp.status_code)
+
+    async def operator() -> int:
+        cycles = 0
+        for level in itertools.cycle([1, 2]):
+            if len(statuses) >= total:
+                return cycles
+            # A granted sleep; 409 while the agent's own wake (or the last one) still runs.
+            resp = await control(
+                http, agent, f"/sleep?level={level}&drain_timeout=1&wake_on_request=1"
+            )
+            assert resp.status_code in (200, 409, 504), resp.text
+            await asyncio.sleep(0.002 * (cycles % 4))
+            if cycles % 3 == 0:
+                resp = await control(http, agent, "/wake")
+                assert resp.status_code == 200, resp.text
+            elif cycles % 3 == 1:
+                resp = await control(http, agent, "/sleep?level=1&grant_only=1")
+                assert resp.status_code in (200, 409), resp.text
+                assert resp.status_code == 409 or resp.json()["state"] == "asleep"
+            cycles += 1
+            await asyncio.sleep(0.01)
+        return cycles
+
+    op = asyncio.create_task(operator())
+    await asyncio.gather(*(client() for _ in range(workers)))
+    cycles = await op
+    assert len(statuses) == total and set(statuses) == {200}
+    assert cycles >= 3
+    woken = agent.metrics.registry.get_sample_value(
+        "vllm_sleep_agent_transitions_total", {"kind": "wake", "result": "ok"}
+    )
+    assert woken and woken >= 2  # the agent's own wakes were exercised
+    assert engine.violations == []
+    assert agent.gate.inflight == 0 and agent.gate.held == 0
