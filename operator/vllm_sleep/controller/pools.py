@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 INVENTORY_SECONDS = 30.0  # devices change rarely (nodes join or leave)
 STARTING_SECONDS = 120.0  # a seated pod not observed by then was never created
 STATUS_DELAY = 1.0  # status writes are coalesced
+REREAD_RETRY = 5.0  # seconds before a failed background re-read of the devices is tried again
 STALE_TURN = 120.0  # a settled holder's turn another member may clear
 SETTLED = frozenset({EngineState.AWAKE, EngineState.ASLEEP, EngineState.PENDING})
 
@@ -62,6 +63,7 @@ class PoolActor:
         self.spec: GPUPoolSpec | None = None
         self.devices: tuple[PoolDevice, ...] = ()
         self._inventory_at = -math.inf
+        self._rereading: asyncio.Task[None] | None = None
         self.engines: dict[str, tuple[Engine, ...]] = {}  # model key -> its replicas
         self.wants: dict[str, frozenset[str]] = {}  # model key -> replicas it wants awake
         self.turns: dict[str, str] = {}  # device -> replica whose step runs there
@@ -80,10 +82,30 @@ class PoolActor:
     # --- inventory --------------------------------------------------------------------------
 
     async def refresh(self, spec: GPUPoolSpec) -> None:
-        """Re-read the pool's devices when the spec changed or the last read is old."""
+        """Read the pool's devices first and when the spec changed; re-read them when the last
+        read is old, in the background: a member's pass (on a swap's path) never waits for
+        the periodic re-read, and the devices it changes change rarely (nodes join or leave)."""
         now = time.monotonic()
-        if spec == self.spec and now - self._inventory_at < INVENTORY_SECONDS:
-            return
+        if spec != self.spec:
+            await self._read(spec, now)
+        elif now - self._inventory_at >= INVENTORY_SECONDS and (
+            self._rereading is None or self._rereading.done()  # one re-read at a time
+        ):
+            self._inventory_at = now
+            self._rereading = asyncio.create_task(
+                self._reread(spec, now), name=f"GPUPool {self.name} inventory"
+            )
+
+    async def _reread(self, spec: GPUPoolSpec, now: float) -> None:
+        try:
+            await self._read(spec, now, current_only=True)
+        except Exception:  # the devices read before stay; tried again shortly
+            log.warning("GPUPool %s: devices not re-read", self.name, exc_info=True)
+            self._inventory_at = now - INVENTORY_SECONDS + REREAD_RETRY
+
+    async def _read(self, spec: GPUPoolSpec, now: float, current_only: bool = False) -> None:
+        """Read the devices of `spec`; `current_only`: keep them only if the pool's spec is
+        still `spec` when the read ends (a background re-read the spec's change overtook)."""
         nodes = await self._kube.list_nodes()
         slices: list[dict[str, Any]] = []
         device_class: dict[str, Any] | None = None
@@ -101,6 +123,8 @@ class PoolActor:
             self.occupants = _occupants(pods, {d.id for d in devices})
             if spec.sharing == Sharing.DRA:
                 await self.collect_claims(pods)
+        if current_only and spec != self.spec:
+            return
         if devices != self.devices or spec != self.spec:
             log.info("GPUPool %s: %d device(s)", self.name, len(devices))
         self.spec, self.devices, self._inventory_at = spec, devices, now
@@ -346,10 +370,11 @@ class PoolActor:
             log.warning("GPUPool %s: status not written", self.name, exc_info=True)
 
     async def close(self) -> None:
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+        for task in (self._status_task, self._rereading):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def engine_version(report: StateReport, image: str) -> VLLMVersion | None:

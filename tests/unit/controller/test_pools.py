@@ -265,3 +265,63 @@ def test_a_change_that_makes_another_models_step_next_hands_that_model_the_turn(
         assert "ns/a" not in a.hand_offs
 
     asyncio.run(run())
+
+
+class SlowNodesKube(FakeKube):
+    """Nodes listed only once `answer` is set; one node with one shared GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.node_lists = 0
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        self.node_lists += 1
+        await self.answer.wait()
+        node = {
+            "metadata": {"name": "n", "labels": {}},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "1"},
+                "capacity": {"nvidia.com/gpu": "1"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+        return [node, {**node, "metadata": {"name": "m", "labels": {}}}]
+
+    async def list_model_pods(self) -> list[dict[str, Any]]:
+        return []
+
+
+def test_the_periodic_re_read_of_the_devices_never_holds_a_members_pass() -> None:
+    async def run() -> None:
+        a = actor()
+        kube = SlowNodesKube()
+        a._kube = kube  # type: ignore[assignment]
+        spec = a.spec
+        assert spec is not None
+        a._inventory_at = -1e9  # the last read is old
+        before = a.devices
+        refresh = asyncio.create_task(a.refresh(spec))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # The pass goes on with the devices read before while the re-read waits on the API.
+        assert refresh.done() and a.devices == before and kube.node_lists == 1
+        await a.refresh(spec)  # a second pass meanwhile starts no second re-read
+        assert kube.node_lists == 1
+        kube.answer.set()
+        assert a._rereading is not None
+        await a._rereading
+        assert {d.node for d in a.devices} == {"n", "m"}  # a node joined
+        # A changed spec is read before the pass goes on.
+        kube.answer.clear()
+        changed = spec.model_copy(update={"slots_per_device": 2})
+        blocked = asyncio.create_task(a.refresh(changed))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not blocked.done()
+        kube.answer.set()
+        await blocked
+        assert a.spec == changed
+        await a.close()
+
+    asyncio.run(run())
