@@ -150,6 +150,7 @@ async def test_bad_control_input_is_400(
         "/sleep?drain_timeout=-1",
         "/sleep?drain_timeout=nan",
         "/sleep?wake_on_request=yes",
+        "/sleep?grant_only=2",
     ):
         resp = await control(http, agent, path)
         assert resp.status_code == 400, (path, resp.text)
