@@ -254,20 +254,41 @@ class Reply:
             self._out(head)
 
     def write(self, chunk: bytes) -> None:
+        # Called once per upstream chunk, usually from inside a cork (the upstream's read):
+        # one piece appended per chunk, no further calls.
         if not chunk or self.done or self._head_only:
             return
-        outer = self._corked is not None
-        if not outer:
-            self._corked = []  # one write for head, chunk size, chunk and CRLF
-        self.flush_head()
+        size = len(chunk)
         if self._chunked:
-            self._out(b"%x\r\n" % len(chunk))
-            self._out(chunk)
-            self._out(b"\r\n")
+            if size > _COPY_LIMIT:  # not copied: size line, chunk and CRLF go by writelines
+                outer = self._corked is not None
+                self.cork()
+                self.flush_head()
+                self._out(b"%x\r\n" % size)
+                self._out(chunk)
+                self._out(b"\r\n")
+                if not outer:
+                    self.uncork()
+                return
+            data = b"%x\r\n%b\r\n" % (size, chunk)
         else:
             if self._remaining is not None:
-                self._remaining -= len(chunk)
-            self._out(chunk)
+                self._remaining -= size
+            data = chunk
+        corked = self._corked
+        if corked is None:
+            if self._head is None:
+                self._conn.write(data)
+                return
+            corked = self._corked = []  # the head and these bytes in one write
+            outer = False
+        else:
+            outer = True
+        head = self._head
+        if head is not None:
+            self._head = None
+            corked.append(head)
+        corked.append(data)
         if not outer:
             self.uncork()
 
@@ -509,34 +530,48 @@ class _Connection(asyncio.Protocol):
         self._in_head = False
         self._in_body = True
         self._heads += 1
-        if self._parser.should_upgrade():  # else the request would run, then the close cut it
+        parser = self._parser
+        if parser.should_upgrade():  # else the request would run, then the close cut it
             raise _Reject(400, "Protocol upgrades are not supported.")
-        if (
-            self._parser.get_http_version() == "1.0"
-            and find_header(self._headers, b"transfer-encoding") is not None
-        ):
+        # The framing headers in one pass (the first of each, as find_header; every
+        # Transfer-Encoding): a length test first, since lower() allocates.
+        codings: list[bytes] | None = None
+        length = expect = None
+        for name, value in self._headers:
+            size = len(name)
+            if size == 17:
+                if name.lower() == b"transfer-encoding":
+                    if codings is None:
+                        codings = []
+                    codings.append(value)
+            elif size == 14:
+                if length is None and name.lower() == b"content-length":
+                    length = value
+            elif size == 6 and expect is None and name.lower() == b"expect":
+                expect = value
+        version = parser.get_http_version()
+        if version == "1.0" and codings is not None:
             # RFC 9112 §6.1: HTTP/1.0 has no chunked framing; such a message's framing is
             # faulty (a classic smuggling vector between hops that disagree). llhttp would
             # decode it as chunked.
             raise _Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0.")
-        chunked = _check_codings(self._headers)
-        length = find_header(self._headers, b"content-length")
+        chunked = codings is not None and _check_codings(codings)
         if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
             raise _Reject(413, "The request body is too large.")
-        expect = find_header(self._headers, b"expect")
         # Decided after this read (data_received): only a client still waiting needs it.
         self._expect = expect is not None and expect.lower() == b"100-continue"
         url = httptools.parse_url(self._url)
+        query = url.query
         request = self._request = Request(
-            method=self._parser.get_method().decode("latin-1"),
-            path=(url.path or b"/").decode("latin-1"),
-            query=(url.query or b"").decode("latin-1"),
-            version=self._parser.get_http_version(),
-            headers=self._headers,
-            body=b"",
-            peer=self._peer,
-            keep_alive=self._parser.should_keep_alive(),
-            budget=self._server.budget,
+            parser.get_method().decode("latin-1"),
+            (url.path or b"/").decode("latin-1"),
+            query.decode("latin-1") if query else "",
+            version,
+            self._headers,
+            b"",
+            self._peer,
+            parser.should_keep_alive(),
+            self._server.budget,
         )
         self._cancel_timer()  # the head's; the body's is armed if this read leaves it short
         if self._on_head is not None and (chunked or (length is not None and int(length) > 0)):
@@ -775,15 +810,11 @@ def _closing_request(peer: str | None) -> Request:
     return Request("GET", "/", "", "1.1", [], b"", peer, keep_alive=False)
 
 
-def _check_codings(headers: RawHeaders) -> bool:
-    """True for a chunked body. `chunked` is the only transfer coding understood: any other
-    (`gzip, chunked`, `x, chunked`) is 501 (RFC 9112 §6.1), and `chunked` must come once."""
-    codings = [
-        c.strip().lower()
-        for name, value in headers
-        if name.lower() == b"transfer-encoding"
-        for c in value.split(b",")
-    ]
+def _check_codings(values: list[bytes]) -> bool:
+    """True for a chunked body (`values`: every Transfer-Encoding field's). `chunked` is the
+    only transfer coding understood: any other (`gzip, chunked`, `x, chunked`) is 501
+    (RFC 9112 §6.1), and `chunked` must come once."""
+    codings = [c.strip().lower() for value in values for c in value.split(b",")]
     if not codings:
         return False
     for coding in codings:

@@ -62,7 +62,7 @@ def header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
 
 def raw_header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Headers as llhttp parsed them: it rejects line breaks in names and values."""
-    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers])  # a list joins faster
 
 
 def find_header(headers: RawHeaders, lower_name: bytes) -> bytes | None:
