@@ -30,6 +30,7 @@ from .model import ModelController
 log = logging.getLogger(__name__)
 
 DEMAND_COMPONENT = COMPONENT_DEMAND_LEASE
+EVENT_POSTERS = 4
 EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers only
 
 
@@ -45,6 +46,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = LeanDiffBase(prefix=GROUP)
         settings.posting.level = logging.INFO
+        # kopf posts each Event on its own connection, as many at once as are queued: a fleet's
+        # pre-warm "Slept" Events came by the hundred, each connection holding a TLS read
+        # buffer (memory the process kept). A few posters drain the queue just as well.
+        settings.posting.worker_limit = EVENT_POSTERS
         settings.watching.server_timeout = 270
         settings.peering.standalone = True
 
@@ -74,8 +79,14 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     @kopf.on.event(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry)
     async def model_changed(
-        name: str, namespace: str | None, type: str, body: kopf.Body, **_: Any
+        name: str,
+        namespace: str | None,
+        type: str,
+        body: kopf.Body,
+        event: Mapping[str, Any],
+        **_: Any,
     ) -> None:
+        drop_managed_fields(event.get("object"))
         if changes.needs_pass(type, body):
             _kick(ctx, namespace, name)
         for other_ns, other in ctx.names.observe(type, body):  # a name owner came or went
@@ -122,6 +133,17 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         renew = renew_time(spec)
         if renew is not None and namespace:
             ctx.signal_demand(namespace, labels[LABEL_MODEL], renew)
+
+
+def drop_managed_fields(raw: Any) -> None:
+    """Drop the object's managedFields, in place.
+
+    kopf keeps each ModelDeployment's latest body for its daemon (the very dict of the event),
+    and managedFields (a field tree per writer: spec, finalizers, status) was the largest part
+    of it, which nothing here reads: tens of KB per model for the life of the model."""
+    meta = raw.get("metadata") if isinstance(raw, dict) else None
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
 
 
 class ModelChanges:

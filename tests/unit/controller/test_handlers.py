@@ -117,7 +117,8 @@ async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_doe
 
     async def event(kind: str, body: dict[str, Any]) -> bool:
         ctl.kick.clear()
-        await changed(name="m", namespace="ns", type=kind, body=kopf.Body(body))  # type: ignore[arg-type]
+        event = {"type": kind, "object": body}
+        await changed(name="m", namespace="ns", type=kind, body=kopf.Body(body), event=event)  # type: ignore[arg-type]
         return ctl.kick.is_set()
 
     assert await event("ADDED", md(1, "Pending"))
@@ -128,3 +129,54 @@ async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_doe
     assert not await event("MODIFIED", md(2, "Awake", {"a": "b"}))
     assert await event("DELETED", md(2, "Awake", {"a": "b"}))
     assert await event("ADDED", md(1, "Pending"))  # the same name again: a new model
+
+
+async def test_the_kept_body_of_a_model_loses_its_managed_fields() -> None:
+    from types import SimpleNamespace
+
+    from vllm_sleep.controller.coalesce import Coalescer
+
+    async def write(key: Any, value: Any) -> None:
+        pass
+
+    ctx = Context(
+        settings=Settings(agent_image="img"),
+        kube=SimpleNamespace(model_status=Coalescer(write)),  # type: ignore[arg-type]
+        agents=None,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+        children=None,  # type: ignore[arg-type]
+        parse=lambda body: None,  # type: ignore[arg-type,return-value]
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx)
+    changed = next(
+        h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "model_changed"
+    )
+    raw = md(1, "Pending")
+    raw["metadata"]["managedFields"] = [{"manager": "kopf", "fieldsV1": {"f:status": {}}}]
+    event = {"type": "ADDED", "object": raw}
+    await changed(name="m", namespace="ns", type="ADDED", body=kopf.Body(raw), event=event)  # type: ignore[arg-type]
+    assert "managedFields" not in raw["metadata"]
+    assert raw["metadata"]["generation"] == 1 and raw["status"] == {"phase": "Pending"}
+
+
+def test_kopf_posts_events_with_a_few_workers() -> None:
+    from vllm_sleep.controller.handlers import EVENT_POSTERS
+
+    ctx = Context(
+        settings=Settings(agent_image="img"),
+        kube=None,  # type: ignore[arg-type]
+        agents=None,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+        children=None,  # type: ignore[arg-type]
+        parse=lambda body: None,  # type: ignore[arg-type,return-value]
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx)
+    settings = kopf.OperatorSettings()
+    assert settings.posting.worker_limit is None  # kopf's default: unbounded
+    (configure,) = [
+        h.fn for h in registry._activities.get_all_handlers() if h.fn.__name__ == "configure"
+    ]
+    configure(settings=settings)
+    assert settings.posting.worker_limit == EVENT_POSTERS
