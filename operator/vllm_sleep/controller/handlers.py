@@ -30,7 +30,8 @@ from .model import ModelController
 log = logging.getLogger(__name__)
 
 DEMAND_COMPONENT = COMPONENT_DEMAND_LEASE
-EVENT_POSTERS = 4
+EVENT_POSTERS = 16
+EVENT_POSTER_IDLE_SECONDS = 0.05
 EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers only
 
 
@@ -46,10 +47,13 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = LeanDiffBase(prefix=GROUP)
         settings.posting.level = logging.INFO
-        # kopf posts each Event on its own connection, as many at once as are queued: a fleet's
-        # pre-warm "Slept" Events came by the hundred, each connection holding a TLS read
-        # buffer (memory the process kept). A few posters drain the queue just as well.
+        # kopf posts Events with a worker per object, as many at once as objects have Events
+        # queued: a fleet's pre-warm "Slept" Events came by the hundred, each on its own
+        # connection with a TLS read buffer (memory the process kept). A bounded few drain the
+        # queue as fast when each leaves as soon as its object has nothing more to post (kopf
+        # keeps one waiting a second for more, which would cap the posting at a few a second).
         settings.posting.worker_limit = EVENT_POSTERS
+        settings.posting.idle_timeout = EVENT_POSTER_IDLE_SECONDS
         settings.watching.server_timeout = 270
         settings.peering.standalone = True
 

@@ -161,7 +161,7 @@ async def test_the_kept_body_of_a_model_loses_its_managed_fields() -> None:
 
 
 def test_kopf_posts_events_with_a_few_workers() -> None:
-    from vllm_sleep.controller.handlers import EVENT_POSTERS
+    from vllm_sleep.controller.handlers import EVENT_POSTER_IDLE_SECONDS, EVENT_POSTERS
 
     ctx = Context(
         settings=Settings(agent_image="img"),
@@ -180,3 +180,4 @@ def test_kopf_posts_events_with_a_few_workers() -> None:
     ]
     configure(settings=settings)
     assert settings.posting.worker_limit == EVENT_POSTERS
+    assert settings.posting.idle_timeout == EVENT_POSTER_IDLE_SECONDS < 1.0  # kopf's: 1 s
