@@ -107,11 +107,32 @@ class Dispatcher:
         self, reply: Reply, spec: ModelSpec, target: bytes, block: bytes, body: bytes
     ) -> Response | None:
         """Answer one request: a Response to send, or None when the upstream's was relayed."""
-        table, key = self._table, spec.key
         started = self._clock()
+        exclude: set[tuple[str, str]] = set()
+        # The common case first, with no hold slot to set up and tear down: an awake replica.
+        replica = self._table.choose(spec.key, _NONE)
+        if replica is not None:
+            result = await self._forward(reply, spec, replica, target, block, body)
+            if not isinstance(result, Retry):
+                return result if isinstance(result, Response) else None
+            self._metrics.upstream_retries.labels(result.reason).inc()
+            exclude.add(replica.pod)
+        return await self._dispatch(reply, spec, target, block, body, started, exclude)
+
+    async def _dispatch(
+        self,
+        reply: Reply,
+        spec: ModelSpec,
+        target: bytes,
+        block: bytes,
+        body: bytes,
+        started: float,
+        exclude: set[tuple[str, str]],
+    ) -> Response | None:
+        """`dispatch` past its first try: choose, hold, forward, until answered."""
+        table, key = self._table, spec.key
         # The label is fixed: the spec may be refreshed while held.
         slot = _Slot(table, self._metrics, key, spec.served_name, started, self._clock)
-        exclude: set[tuple[str, str]] = set()
         try:
             while True:
                 replica = table.choose(key, frozenset(exclude) if exclude else _NONE)

@@ -55,9 +55,18 @@ class GatewayHandler:
 
     async def __call__(self, request: Request, reply: Reply) -> None:
         model = UNKNOWN_MODEL
-        started = time.monotonic()
+        started = time.monotonic() if self._access_log else 0.0
         try:
-            model, resp = await self._route(request, reply)
+            # _route inlined: one coroutine fewer per request.
+            resp = self.head_check(request)
+            if resp is None:
+                route = GATEWAY_ROUTES.get(request.path)
+                if route is not None:
+                    model, resp = await self._inference(
+                        request, reply, request.path, route.model_field
+                    )
+                else:
+                    resp = _SIMPLE[request.path](self)
             if resp is not None:
                 reply.send(resp)
         except Exception:
@@ -95,7 +104,7 @@ class GatewayHandler:
         keys = self._keys
         # `is not None`, not truthiness: configured keys always mean auth, even with none loaded
         # (an empty file refuses everything; it must never read as "no auth").
-        if _is_api(path) and keys is not None and not keys.check(request.header("Authorization")):
+        if keys is not None and _is_api(path) and not keys.check(request.header("Authorization")):
             return error_response(401, "Incorrect or missing API key.", "invalid_api_key")
         if path in GATEWAY_ROUTES:
             return None if method == "POST" else _not_allowed(method, path, "POST")
@@ -115,15 +124,6 @@ class GatewayHandler:
             # HEAD is served too (RFC 9110 §10.2.1: Allow lists every method the route takes).
             return _not_allowed(method, path, "GET, HEAD")
         return None
-
-    async def _route(self, request: Request, reply: Reply) -> tuple[str, Response | None]:
-        refused = self.head_check(request)
-        if refused is not None:
-            return UNKNOWN_MODEL, refused
-        route = GATEWAY_ROUTES.get(request.path)
-        if route is not None:
-            return await self._inference(request, reply, request.path, route.model_field)
-        return UNKNOWN_MODEL, _SIMPLE[request.path](self)
 
     async def _inference(
         self, request: Request, reply: Reply, path: str, field: ModelField | None
