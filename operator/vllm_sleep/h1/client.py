@@ -246,7 +246,6 @@ class Exchange:
         "_error",
         "_filter",
         "_finished",
-        "_head",
         "_head_only",
         "_reusable",
         "_reused",
@@ -254,6 +253,7 @@ class Exchange:
         "_target",
         "answered",
         "complete",
+        "head",
         "headers",
         "reason",
         "sink",
@@ -274,7 +274,7 @@ class Exchange:
         self.answered = False  # a byte of the response arrived
         self._buffered_statuses = buffered
         self._head_only = head_only  # the request was HEAD: the response has no body
-        self._head: asyncio.Future[None] = conn.loop.create_future()
+        self.head: asyncio.Future[None] = conn.loop.create_future()  # resolved by the head
         self._done: asyncio.Future[None] | None = None
         self._target = sink
         self._filter = header_filter
@@ -298,8 +298,8 @@ class Exchange:
         self.status = status
         if self._target is not None and status not in self._buffered_statuses:
             self._attach(self._target)
-        if not self._head.done():
-            self._head.set_result(None)
+        if not self.head.done():
+            self.head.set_result(None)
         if self._head_only:
             # llhttp cannot be told a response answers a HEAD (httptools has no way to skip
             # the body), so it would wait for Content-Length bytes that never come: the
@@ -364,9 +364,9 @@ class Exchange:
         if self.complete or self._error is not None:
             return
         self._error = error
-        if not self._head.done():
-            self._head.set_exception(error)
-            self._head.exception()  # retrieved: nobody may be awaiting it any more
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved: nobody may be awaiting it any more
         self._wake()
 
     def _wake(self) -> None:
@@ -381,7 +381,7 @@ class Exchange:
     # -- used by the caller ------------------------------------------------------------------
 
     async def wait_head(self) -> None:
-        await self._head
+        await self.head
 
     @property
     def content_length(self) -> int | None:
@@ -425,7 +425,11 @@ class Exchange:
     async def finished(self) -> None:
         """Wait until a spliced body is complete; UpstreamError when the upstream broke off."""
         if not self.complete and self._error is None:
-            await self._wait()
+            self._done = done = self._conn.loop.create_future()  # _wait, inlined: per request
+            try:
+                await done
+            finally:
+                self._done = None
         if self._error is not None and not self.complete:
             raise self._error
 
@@ -519,33 +523,21 @@ class UpstreamPool:
         reused = conn is not None
         if conn is None:
             conn = await self._connect(host, port)
-        try:
-            return await self._exchange(conn, reused, head, body, sink, header_filter, buffered)
-        except _Unread:
-            conn = await self._connect(host, port)
-            return await self._exchange(conn, False, head, body, sink, header_filter, buffered)
-
-    async def _exchange(
-        self,
-        conn: _Conn,
-        reused: bool,
-        head: bytes,
-        body: bytes,
-        sink: Reply | None,
-        header_filter: Callable[[RawHeaders], RawHeaders],
-        buffered: frozenset[int],
-    ) -> Exchange:
-        exchange = Exchange(
-            conn,
-            sink,
-            header_filter,
-            head_only=head.startswith(b"HEAD "),
-            buffered=buffered,
-            reused=reused,
-        )
+        head_only = head.startswith(b"HEAD ")
+        exchange = Exchange(conn, sink, header_filter, head_only, buffered, reused)
         conn.send(exchange, head, body)
         try:
-            await exchange._head  # wait_head() without a coroutine frame of its own
+            await exchange.head  # awaited here, not in a coroutine of its own: one per request
+        except _Unread:
+            exchange.close()
+            conn = await self._connect(host, port)
+            exchange = Exchange(conn, sink, header_filter, head_only, buffered, False)
+            conn.send(exchange, head, body)
+            try:
+                await exchange.head
+            except BaseException:
+                exchange.close()
+                raise
         except BaseException:
             exchange.close()
             raise
