@@ -175,6 +175,7 @@ async def _act_while_leading(elector: LeaderElector, acting: Awaitable[None]) ->
 
 async def run(args: argparse.Namespace) -> None:
     from .children import Children
+    from .memory import glibc_trim, trim_periodically
     from .parse_memo import ParseMemo
     from .spec import parse_model
 
@@ -201,6 +202,8 @@ async def run(args: argparse.Namespace) -> None:
         registry = kopf.OperatorRegistry()
         register(registry, ctx)
         runner = await _serve_metrics(metrics, args.metrics_bind)
+        trim = glibc_trim()
+        trimming = asyncio.create_task(trim_periodically(trim)) if trim is not None else None
         kwargs: dict[str, Any] = {"clusterwide": not args.namespace, "namespaces": args.namespace}
         try:
             elector = None
@@ -225,6 +228,8 @@ async def run(args: argparse.Namespace) -> None:
             )
             await (acting if elector is None else _act_while_leading(elector, acting))
         finally:
+            if trimming is not None:
+                trimming.cancel()
             await runner.cleanup()
             await api.close()
 
