@@ -212,12 +212,17 @@ class SimKubelet:
     async def sync_secrets(self) -> int:
         """Rewrite every pod's Secret volumes whose Secret changed; how many pods were synced."""
         synced = 0
-        seen: dict[tuple[str, str, str], str | None] = {}  # each Secret key read once a round
+        # A namespace's Secrets are listed once a round, not read one by one: a thousand pods'
+        # token volumes were a thousand GETs a minute (kubelet itself watches them).
+        listed: dict[str, dict[str, dict[str, str]]] = {}  # namespace -> name -> data
 
         async def read(namespace: str, name: str, key: str) -> str | None:
-            if (namespace, name, key) not in seen:
-                seen[(namespace, name, key)] = await self._read_secret(namespace, name, key)
-            return seen[(namespace, name, key)]
+            if namespace not in listed:
+                listing = self._core.list_namespaced_secret(namespace, _preload_content=False)
+                items = (await rawapi.read(listing)).get("items") or []
+                listed[namespace] = {i["metadata"]["name"]: i.get("data") or {} for i in items}
+            raw = listed[namespace].get(name, {}).get(key)
+            return base64.b64decode(raw).decode() if raw is not None else None
 
         for w in list(self.workers.values()):
             try:
