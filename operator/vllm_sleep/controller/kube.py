@@ -69,7 +69,7 @@ class Kube:
         except ApiException as e:
             if e.status == 409:
                 return False
-            if e.status == 403 and "being terminated" in f"{e.body} {e.reason}":
+            if e.status == 403 and "being terminated" in f"{e.body!s} {e.reason}":
                 return False  # the namespace is going away, and the model with it
             raise
         return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 from ..reconcile.node_loss import NodeHealth, disrupted, node_health
@@ -61,7 +62,8 @@ class NodeCache:
         for name in wanted:
             cached = self._seen.get(name)
             if cached is None or now - cached[0] >= self._ttl:
-                cached = (now, node_health(await self._once(name, lambda n=name: get_node(n))))
+                node = await self._once(name, partial(get_node, name))
+                cached = (now, node_health(node))
                 self._seen[name] = cached
             out[name] = cached[1]
         return out
