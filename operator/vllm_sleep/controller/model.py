@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from ..api.agent_protocol import AgentState, StateReport
 from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_DEVICE, LABEL_MODEL, SECRET_TOKEN_KEY, token_secret_name
 from ..reconcile.agent_wake import AgentWake
@@ -45,7 +46,7 @@ class ModelController:
         self.name = name
         self.emit = emit
         self.kick = asyncio.Event()  # set by demand, pod changes, agent reports, finished tasks
-        self.watchers = AgentWatchers(ctx.agents, self.kick)
+        self.watchers = AgentWatchers(ctx.agents, self.kick, self._reported)
         self.transitions: dict[str, asyncio.Task[None]] = {}  # pod name -> running sleep/wake
         self.transition_kind: dict[str, Transition] = {}
         self.reported = Reported()  # what Events already said (the plan deduplicates with it)
@@ -59,6 +60,7 @@ class ModelController:
         self._observed: Observed | None = None
         self._planning = False
         self._handing_off: asyncio.Task[None] | None = None
+        self._hand_off_writes: set[asyncio.Task[None]] = set()  # a hand-off's routes, in flight
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
@@ -140,9 +142,10 @@ class ModelController:
         pooled replica's finished transition calls it to publish its new state at once.
 
         Synchronous from the observation to the transitions' tasks, like a pass's plan: the
-        same gate takes the same device turns. Pod creations, deletions and Route PATCHes run
-        in a task; the status is left to the pass that follows (the loop is kicked, after the
-        hand-off's task was created so that its transitions start first)."""
+        same gate takes the same device turns. The readiness gates are written alongside, in
+        the background; a plan that creates or deletes pods is carried out in a task instead
+        (those writes come first). The status is left to the pass that follows: the loop is
+        kicked once the transitions started."""
         try:
             self._hand_off()
         finally:
@@ -168,16 +171,30 @@ class ModelController:
             return
         if not (the_plan.actions or the_plan.create or the_plan.delete or the_plan.events):
             return
-        started = self.apply(the_plan, observed.model, write_status=False)
-        self._handing_off = asyncio.create_task(
-            self._hand_off_applied(started), name=f"hand-off {self.namespace}/{self.name}"
-        )
+        name = f"hand-off {self.namespace}/{self.name}"
+        if the_plan.create or the_plan.delete or self.watchers.token_rejected:
+            # API writes (or the token's read) come first: the plan is carried out in a task,
+            # and the loop's next pass (or hand-off) waits for it before it plans again.
+            applying = self.apply(the_plan, observed.model, write_status=False)
+            self._handing_off = asyncio.create_task(self._hand_off_applied(applying), name=name)
+        else:  # the transitions start now; the writes alongside them run in the background
+            writes = asyncio.gather(*self._start(the_plan, self._token, observed.model))
+            task = asyncio.create_task(self._hand_off_applied(writes), name=name)
+            self._hand_off_writes.add(task)
+            task.add_done_callback(self._hand_off_writes.discard)
 
-    async def _hand_off_applied(self, applying: Coroutine[Any, Any, None]) -> None:
+    async def _hand_off_applied(self, applying: Awaitable[Any]) -> None:
         try:
             await applying
         except Exception:  # the kicked pass tries again, and says what failed
             log.warning("%s/%s: hand-off not applied", self.namespace, self.name, exc_info=True)
+
+    def _reported(self, pod: str, report: StateReport) -> None:
+        """A pooled replica that is not awake holds requests: the wake they wait for (or the
+        eviction it needs first) is on their path, so it is handed off now, not planned at
+        the loop's next pass. Other reports only kick the loop."""
+        if self._pool_name is not None and report.held and report.state != AgentState.AWAKE:
+            self.hand_off()
 
     async def _pool(self, model: ModelDeployment, observed: Observed) -> PoolActor | None:
         """The model's GPUPool actor (inventory fresh), or None outside a pool."""
@@ -236,29 +253,37 @@ class ModelController:
             await self._ensure_claim(new.manifest)
             if await kube.create_if_missing(new.manifest):
                 log.info("created pod %s/%s", self.namespace, new.name)
+        token = await self._control_token()
+        try:
+            writes = self._start(the_plan, token, model)
+        finally:
+            self._planning = False
+        await asyncio.gather(*writes)
+        if write_status:
+            await self._write_status(the_plan.status)
+
+    def _start(
+        self, the_plan: Plan, token: str, model: ModelDeployment
+    ) -> list[asyncio.Task[None]]:
+        """Post the plan's Events and start its transitions (tasks of their own) and its
+        writes alongside them; the writes' tasks, for the caller to await. Synchronous."""
         for event in the_plan.events:
             self.emit(event.type, event.reason, event.message)
         self.reported = the_plan.reported
-        token = await self._control_token()
         self.watchers.sync(the_plan.watch, token)
         if the_plan.actions:
             log.info("%s/%s: %s", self.namespace, self.name, the_plan.actions)
         # Readiness gates are written alongside the transitions, not before them: the agent
         # holds every request that reaches a replica that is not awake (docs/agent.md), so the
         # gate only steers the gateway, and an eviction is on the waking model's request path.
-        routes = [
+        writes = [
             asyncio.create_task(self._route(a)) for a in the_plan.actions if isinstance(a, Route)
         ]
-        routes += [asyncio.create_task(self._agent_woke(w, model)) for w in the_plan.agent_wakes]
-        try:
-            for action in the_plan.actions:
-                if not isinstance(action, Route):
-                    await self._execute(action, the_plan.watch.get(action.pod), token, model)
-        finally:
-            self._planning = False
-            await asyncio.gather(*routes)
-        if write_status:
-            await self._write_status(the_plan.status)
+        writes += [asyncio.create_task(self._agent_woke(w, model)) for w in the_plan.agent_wakes]
+        for action in the_plan.actions:
+            if not isinstance(action, Route):
+                self._execute(action, the_plan.watch.get(action.pod), token, model)
+        return writes
 
     async def _route(self, action: Route) -> None:
         reason = "EngineAwake" if action.routed else "EngineNotAwake"
@@ -278,7 +303,7 @@ class ModelController:
         await self.ctx.pods.refresh(ns, lister, RELIST_SECONDS, time.monotonic())
         return self.ctx.pods.get(self.namespace, self.name)
 
-    async def _execute(
+    def _execute(
         self, action: Sleep | Wake, ip: str | None, token: str, model: ModelDeployment
     ) -> None:
         if ip is None or action.pod in self.transitions:  # the plan filters these; a guard

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..api.agent_protocol import StateReport
 from ..reconcile.observe import ObservedPod
@@ -24,9 +24,15 @@ UNREACHABLE_AFTER = 3
 
 
 class AgentWatchers:
-    def __init__(self, agents: AgentClient, kick: asyncio.Event) -> None:
+    def __init__(
+        self,
+        agents: AgentClient,
+        kick: asyncio.Event,
+        on_report: Callable[[str, StateReport], None] | None = None,
+    ) -> None:
         self._agents = agents
         self._kick = kick
+        self._on_report = on_report  # told of each changed report (pod name, report)
         self._tasks: dict[str, tuple[str, str, asyncio.Task[None]]] = {}  # pod -> (ip, token, task)
         self._reports: dict[str, tuple[str, StateReport]] = {}  # pod -> (ip, last report)
         # An agent refused the token (401): it was rotated; the model's loop reads it again.
@@ -88,6 +94,8 @@ class AgentWatchers:
             changed = (ip, report) != self._reports.get(name)
             self._reports[name] = (ip, report)
             if changed:
+                if self._on_report is not None:  # first: what it starts runs before the pass
+                    self._on_report(name, report)
                 self._kick.set()
             if report is UNREACHABLE or report.version is None:
                 version = None

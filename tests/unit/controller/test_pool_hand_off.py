@@ -1,7 +1,7 @@
-"""A swap on one device hands its steps from model to model through the pool actor: the
-requested model's pass plans the eviction and the victim's model starts it at once, and the
-victim's finished sleep publishes it asleep (with its measured residual) and starts the
-requested model's wake, with no reconcile pass of either loop in between."""
+"""A swap on one device hands its steps from model to model through the pool actor: a request
+held at the sleeping model's agent (or that model's pass) plans the eviction and the victim's
+model starts it at once, and the victim's finished sleep publishes it asleep (with its measured
+residual) and starts the requested model's wake, with no reconcile pass of either loop between."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ class FakeKube:
 
 
 class FakeAgents:
-    """Agents at IPS: a awake, b asleep with one request held. a's sleep waits for `release`."""
+    """Agents at IPS: a awake, b asleep. `tell` answers a long-poll; a's sleep waits for
+    `release`."""
 
     def __init__(self, pool: PoolActor) -> None:
         self.pool = pool
@@ -124,12 +125,18 @@ class FakeAgents:
                 since=time.time() - 5,
                 last_activity=time.time() - 5,
             ),
-            IPS["b"]: StateReport(state=AgentState.ASLEEP, version=1, level=1, held=1),
+            IPS["b"]: StateReport(state=AgentState.ASLEEP, version=1, level=1),
+        }
+        self.news: dict[str, asyncio.Queue[StateReport]] = {
+            ip: asyncio.Queue() for ip in IPS.values()
         }
 
+    def tell(self, pod_ip: str, **report: Any) -> None:
+        self.news[pod_ip].put_nowait(StateReport(**report))
+
     async def state(self, pod_ip: str, token: str, **kw: Any) -> StateReport:
-        if kw.get("version") is not None:
-            await asyncio.sleep(3600)  # the long-poll: nothing changes unless a test says so
+        if kw.get("version") is not None:  # the long-poll: answers what a test tells
+            return await self.news[pod_ip].get()
         return self.reports[pod_ip]
 
     async def sleep(self, pod_ip: str, token: str, level: int, *_: Any, **__: Any) -> StateReport:
@@ -174,20 +181,24 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def both_published(ctls: dict[str, ModelController]) -> None:
+    """Each loop's pass once, so their agents are watched; then again with the reports in."""
+    for _ in range(2):
+        await ctls["a"].reconcile_once(body("a"))
+        await ctls["b"].reconcile_once(body("b"))
+        await settle()
+
+
 async def test_a_swap_runs_the_eviction_and_then_the_wake_without_a_pass_between_them() -> None:
     ctls, agents, kube = controllers()
     a, b = ctls["a"], ctls["b"]
     try:
-        # Each loop's pass once, so their agents are watched; then with the reports in.
-        await a.reconcile_once(body("a"))
-        await b.reconcile_once(body("b"))
+        await both_published(ctls)
+        assert agents.calls == []  # a awake and idle for 5 s, b asleep: nothing to do
+        # A request is held at b's agent: its report plans b's wake behind a's eviction, and
+        # a's model starts that eviction at once (neither loop ran a pass since).
+        agents.tell(IPS["b"], state=AgentState.ASLEEP, version=2, level=1, held=1)
         await settle()
-        await a.reconcile_once(body("a"))
-        assert agents.calls == []  # a is awake and idle for 5 s: nothing to do on its own
-        await b.reconcile_once(body("b"))
-        await settle()
-        # b's pass planned its wake behind a's eviction; a's model started that eviction
-        # at once (its own loop ran no pass since).
         assert agents.calls == [("sleep", IPS["a"])]
         assert a.transition_kind == {"a-0": Transition.SLEEP}
         assert ("route", "a-0", False) in kube.calls
@@ -209,10 +220,7 @@ async def test_a_pass_that_observed_before_a_hand_off_never_publishes_its_replic
     actor = a.ctx.pools.get("p")  # type: ignore[union-attr]
     evictions = actor._metrics.registry.get_sample_value
     try:
-        await a.reconcile_once(body("a"))
-        await b.reconcile_once(body("b"))
-        await settle()
-        await a.reconcile_once(body("a"))
+        await both_published(ctls)
         # a's next pass observes a-0 awake with nothing running, then awaits (an API read).
         observed = asyncio.Event()
         go_on = asyncio.Event()
@@ -227,7 +235,9 @@ async def test_a_pass_that_observed_before_a_hand_off_never_publishes_its_replic
         a.observe = slow_observe  # type: ignore[method-assign]
         stale = asyncio.create_task(a.reconcile_once(body("a")))
         await observed.wait()
-        # Meanwhile b's pass plans its wake and a's eviction starts by hand-off.
+        # Meanwhile the gateway signals demand for b: b's pass plans its wake, and a's
+        # eviction starts by hand-off.
+        b.ctx.signal_demand("ns", "b", time.time())
         await b.reconcile_once(body("b"))
         await settle()
         assert agents.calls == [("sleep", IPS["a"])]
