@@ -2243,3 +2243,114 @@ async def test_a_client_draining_slowly_for_longer_than_the_send_timeout_is_not_
             got += len(data)
             await asyncio.sleep(0.05)
         assert server.connections  # still open, ready for the next request
+
+
+# -- whole: the caller wakes once, when the spliced answer is complete ---------------------------
+
+FRAMED: dict[str, Any] = {"header_filter": drop_framing}
+
+
+async def test_whole_returns_once_the_spliced_answer_is_complete_and_streams_meanwhile() -> None:
+    returned: list[tuple[bool, bool]] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        head = upstream_head(request.path.encode(), request.body)
+        ex = await pool.request(
+            UPSTREAM, up.port, head, request.body, sink=reply, whole=True, **FRAMED
+        )
+        returned.append((ex.complete, ex.head_at > 0))
+        await ex.finished()  # at once: nothing left to wait for
+        ex.release()
+
+    async def stream(up: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        while await requests.next() is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"one"))
+            await up.gate.wait()
+            writer.write(chunk(b"two") + b"0\r\n\r\n")
+
+    async with (
+        Upstream(stream) as up,
+        pooled() as pool,
+        serving(handler) as (_, port),
+        connect(port) as w,
+    ):
+        for n in range(2):
+            up.gate.clear()
+            await w.send(post("/v1/x", b"{}"))
+            await w.until(lambda: w.partial_body() == b"one")  # spliced as it comes
+            assert len(returned) == n  # ...while the request has not returned
+            up.gate.set()
+            r = await w.response()
+            assert r.body == b"onetwo"
+        assert up.accepted == 1  # complete, so pooled again
+    assert returned == [(True, True)] * 2
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"a" * 40,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b"a" * 40),
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_whole_returns_an_answer_cut_short_and_finished_raises(cut: bytes) -> None:
+    # The head went out: the caller must get the exchange (its reply started), not an error
+    # it would answer with a second response.
+    outcome: list[str] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        ex = await pool.request(
+            UPSTREAM, up.port, upstream_head(), b"", sink=reply, whole=True, **FRAMED
+        )
+        try:
+            await ex.finished()
+            outcome.append("finished")
+        except UpstreamError:
+            outcome.append(f"raised, started={reply.started}")
+            reply.abort()
+        finally:
+            ex.release()
+
+    async def cut_short(_: Upstream, requests: Requests, writer: asyncio.StreamWriter) -> None:
+        await requests.next()
+        writer.write(cut)
+        await writer.drain()
+        writer.close()
+
+    async with (
+        Upstream(cut_short) as up,
+        pooled() as pool,
+        serving(handler) as (_, port),
+        connect(port) as w,
+    ):
+        await w.send(post("/v1/x", b"{}"))
+        with pytest.raises(IncompleteResponse) as info:
+            await w.response()
+    partial = info.value.partial
+    assert partial is not None and partial.status == 200 and partial.body == b"a" * 40
+    assert outcome == ["raised, started=True"]
+
+
+async def test_whole_still_returns_a_buffered_status_at_its_head() -> None:
+    refusal = json.dumps({"error": {"code": "queue_full", "message": "full"}}).encode()
+    seen: list[tuple[int, bool, tuple[bytes, bool]]] = []
+
+    async def handler(request: Request, reply: Reply) -> None:
+        ex = await pool.request(
+            UPSTREAM, up.port, upstream_head(), b"", sink=reply, whole=True, **FRAMED
+        )
+        seen.append((ex.status, reply.started, await ex.read(1 << 16)))
+        ex.release()
+        reply.send(Response(200, b"retried elsewhere", content_type="text/plain"))
+
+    async with (
+        Upstream(answering(http(503, refusal, "content-type: application/json"))) as up,
+        pooled() as pool,
+        serving(handler) as (_, port),
+        connect(port) as w,
+    ):
+        await w.send(get("/"))
+        r = await w.response()
+        assert (r.status, r.body) == (200, b"retried elsewhere")
+    assert seen == [(503, False, (refusal, True))]

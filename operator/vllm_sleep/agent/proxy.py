@@ -210,6 +210,9 @@ class PublicProxy:
                     sink=reply,
                     header_filter=_response_headers,
                     buffered=_SPLICE_ALL,
+                    # Back once vLLM's answer was relayed (or broke off): one wake-up of this
+                    # handler per request, not one at the head and one at the end.
+                    whole=True,
                 )
             except ConnectError as e:
                 self._metrics.upstream_errors.inc()

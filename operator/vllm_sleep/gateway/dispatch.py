@@ -221,8 +221,10 @@ class Dispatcher:
         table.acquire(replica)
         try:
             if slot is None:
-                sent_at = self._clock()
-                result = await send(self._pool, replica.url, target, block, body, reply)
+                sent_at = time.monotonic()  # Exchange.head_at's clock
+                # `whole`: back once the answer was relayed (the handler wakes once, not at
+                # the head and again at the end); the head's time is kept for the metric.
+                result = await send(self._pool, replica.url, target, block, body, reply, whole=True)
             else:
                 sending = asyncio.create_task(
                     send(self._pool, replica.url, target, block, body, reply)
@@ -243,7 +245,8 @@ class Dispatcher:
                 slot.leave("forwarded")  # the agent answered: the request is no longer held
             if isinstance(result, Failed):
                 return result.response
-            self._metrics.observe_upstream(spec.served_name, self._clock() - sent_at)
+            latency = result.head_at - sent_at if slot is None else self._clock() - sent_at
+            self._metrics.observe_upstream(spec.served_name, latency)
             try:
                 await result.finished()  # the body is spliced into `reply` as it comes
             except UpstreamError as e:

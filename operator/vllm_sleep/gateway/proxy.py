@@ -100,9 +100,18 @@ def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 
 async def send(
-    pool: UpstreamPool, url: str, target: bytes, block: bytes, body: bytes, reply: Reply
+    pool: UpstreamPool,
+    url: str,
+    target: bytes,
+    block: bytes,
+    body: bytes,
+    reply: Reply,
+    *,
+    whole: bool = False,
 ) -> SendResult:
-    """Send once; an Exchange returned is already being relayed into `reply`."""
+    """Send once; an Exchange returned is already being relayed into `reply` (with `whole`,
+    already relayed, unless it is a refusal-sized answer spliced after the peek: see
+    UpstreamPool.request)."""
     host, port = host_port(url)
     head = request_head(target, host_header(url), len(body), block)
     try:
@@ -114,6 +123,7 @@ async def send(
             sink=reply,
             header_filter=response_headers,
             buffered=AGENT_REFUSAL_STATUSES,
+            whole=whole,
         )
     except ConnectError:
         return Retry("connect")

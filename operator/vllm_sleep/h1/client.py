@@ -251,9 +251,11 @@ class Exchange:
         "_reused",
         "_size",
         "_target",
+        "_whole",
         "answered",
         "complete",
         "head",
+        "head_at",
         "headers",
         "reason",
         "sink",
@@ -268,8 +270,13 @@ class Exchange:
         head_only: bool = False,
         buffered: frozenset[int] = frozenset({503}),
         reused: bool = False,
+        whole: bool = False,
     ) -> None:
         self._conn = conn
+        # A spliced response resolves `head` only once complete (or broken off): the caller,
+        # who would only wait for the end next, wakes once per request, not twice.
+        self._whole = whole
+        self.head_at = 0.0  # time.monotonic() when the final head arrived
         self._reused = reused  # the connection came from the pool (it carried requests before)
         self.answered = False  # a byte of the response arrived
         self._buffered_statuses = buffered
@@ -296,8 +303,13 @@ class Exchange:
             self.headers, self.reason = [], b""
             return
         self.status = status
+        self.head_at = time.monotonic()
         if self._target is not None and status not in self._buffered_statuses:
             self._attach(self._target)
+            if self._whole:
+                if self._head_only:
+                    self.message_complete(False)  # see below
+                return  # `head` resolves when the body is complete (message_complete, fail)
         if not self.head.done():
             self.head.set_result(None)
         if self._head_only:
@@ -339,6 +351,8 @@ class Exchange:
         self._reusable = keep_alive
         if self.sink is not None:
             self.sink.end()
+        if not self.head.done():  # a `whole` exchange
+            self.head.set_result(None)
         self._wake()
 
     def desync(self) -> None:
@@ -364,7 +378,11 @@ class Exchange:
         if self.complete or self._error is not None:
             return
         self._error = error
-        if not self.head.done():
+        if not self.head.done() and self.sink is not None:
+            # A `whole` exchange whose head went out: it is returned (the caller must
+            # know the reply started), and `finished` raises the error.
+            self.head.set_result(None)
+        elif not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved: nobody may be awaiting it any more
         self._wake()
@@ -515,23 +533,26 @@ class UpstreamPool:
         sink: Reply | None = None,
         header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
         buffered: frozenset[int] = frozenset({503}),
+        whole: bool = False,
     ) -> Exchange:
         """Send one request; returns once the response head is in (see Exchange for `sink`
-        and `buffered`). Sent a second time only when the first copy provably was not read
-        (the module's docstring)."""
+        and `buffered`), or with `whole`, for a response spliced into `sink`, once it is
+        complete or broke off (then `finished()` raises at once): for a caller that only
+        waits for the end, one wake-up per request instead of two. Sent a second time only
+        when the first copy provably was not read (the module's docstring)."""
         conn = self._take(host, port)
         reused = conn is not None
         if conn is None:
             conn = await self._connect(host, port)
         head_only = head.startswith(b"HEAD ")
-        exchange = Exchange(conn, sink, header_filter, head_only, buffered, reused)
+        exchange = Exchange(conn, sink, header_filter, head_only, buffered, reused, whole)
         conn.send(exchange, head, body)
         try:
             await exchange.head  # awaited here, not in a coroutine of its own: one per request
         except _Unread:
             exchange.close()
             conn = await self._connect(host, port)
-            exchange = Exchange(conn, sink, header_filter, head_only, buffered, False)
+            exchange = Exchange(conn, sink, header_filter, head_only, buffered, False, whole)
             conn.send(exchange, head, body)
             try:
                 await exchange.head
