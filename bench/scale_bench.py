@@ -448,6 +448,11 @@ async def run(
             procs.signal_profile()
         if args.trace_memory:
             os.kill(op, signal.SIGUSR2)
+            dump = Path(f"{procs.counts['operator']}.mem.0")
+            for _ in range(240):  # a snapshot of a big heap takes a while
+                if os.path.exists(dump):  # noqa: ASYNC240 - a bench, polling a file
+                    break
+                await asyncio.sleep(0.5)
         api_rates = {n: rates(c0[n], c1[n], w1 - w0) for n in c0}
         out["steady"] = {
             "seconds": round(w1 - w0, 1),
