@@ -25,6 +25,7 @@ from ..reconcile.lifecycle import Route, Sleep, Wake
 from ..reconcile.node_loss import nodes_to_check
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
+from ..reconcile.pool_gate import Gate, PoolRequest
 from ..reconcile.status import Status, keep_transition_times
 from .agents import AgentError
 from .context import Context
@@ -34,6 +35,10 @@ from .watchers import AgentWatchers
 log = logging.getLogger(__name__)
 
 RELIST_SECONDS = 60.0  # heal the pod cache even if a watch event was missed
+# While a pooled replica's wake waits (a busy device, a protected neighbour), its loop looks
+# again this often: a neighbour's protection that ends (minAwake, fresh demand) is an expiry,
+# not an event that kicks anyone, and a missed kick must not cost a whole resync.
+WAITING_RECHECK_SECONDS = 1.0
 
 Emit = Callable[[str, str, str], None]  # (type, reason, message) -> posts a k8s Event
 Body = Mapping[str, Any]  # a ModelDeployment as kopf hands it over
@@ -97,6 +102,7 @@ class ModelController:
         await self.ctx.children.ensure(owner, model)
         observed = await self.observe(model, owner)
         pool = await self._pool(model, observed)
+        waits = False
         if pool is not None:
             while self._handing_off is not None and not self._handing_off.done():
                 await asyncio.wait([self._handing_off])  # its transitions start first
@@ -109,14 +115,28 @@ class ModelController:
             keeper = pool.gatekeeper(
                 self.namespace, model, observed.reports, observed.now, observed.demand_at
             )
-            observed = replace(observed, gatekeeper=keeper)
+
+            def gated(request: PoolRequest) -> Gate:
+                nonlocal waits
+                g = keeper(request)
+                waits = bool(g.waiting or g.queued)
+                return g
+
+            observed = replace(observed, gatekeeper=gated)
         the_plan = plan(observed)
         self._planning = True  # until its transitions start: a hand-off would plan them again
         try:
             await self.apply(the_plan, model)
         finally:
             self._planning = False
-        return the_plan.next_check_in
+        next_in = the_plan.next_check_in
+        if waits:
+            return (
+                WAITING_RECHECK_SECONDS
+                if next_in is None
+                else min(next_in, WAITING_RECHECK_SECONDS)
+            )
+        return next_in
 
     def _refreshed(self, observed: Observed) -> Observed:
         """The observation with what changes without an API read brought up to now: the pods

@@ -14,7 +14,7 @@ from vllm_sleep.api.gpu_pool import GPUPoolSpec
 from vllm_sleep.api.names import CONDITION_AWAKE
 from vllm_sleep.controller.children import Children
 from vllm_sleep.controller.context import Context, Settings
-from vllm_sleep.controller.model import ModelController
+from vllm_sleep.controller.model import WAITING_RECHECK_SECONDS, ModelController
 from vllm_sleep.controller.pools import PoolActor, Pools
 from vllm_sleep.controller.spec import parse_model
 from vllm_sleep.metrics import OperatorMetrics
@@ -252,6 +252,27 @@ async def test_a_pass_that_observed_before_a_hand_off_never_publishes_its_replic
         agents.release.set()
         await settle()
         assert agents.calls == [("sleep", IPS["a"]), ("wake", IPS["b"])]
+    finally:
+        for c in ctls.values():
+            await c.watchers.close()
+
+
+async def test_a_wake_waiting_on_a_busy_neighbour_is_looked_at_again_soon() -> None:
+    ctls, agents, _ = controllers()
+    a, b = ctls["a"], ctls["b"]
+    try:
+        await both_published(ctls)
+        # a runs a request (never evicted meanwhile); b gets one held: b's wake waits.
+        agents.tell(IPS["a"], state=AgentState.AWAKE, version=2, inflight=1)
+        agents.tell(IPS["b"], state=AgentState.ASLEEP, version=2, level=1, held=1)
+        await settle()
+        await a.reconcile_once(body("a"))
+        next_in = await b.reconcile_once(body("b"))
+        assert agents.calls == []
+        # Nothing may kick b when what protects a ends (a timer, not an event): its loop looks
+        # again well before the periodic resync.
+        assert next_in is not None and next_in <= WAITING_RECHECK_SECONDS
+        assert b.ctx.settings.resync_seconds > WAITING_RECHECK_SECONDS
     finally:
         for c in ctls.values():
             await c.watchers.close()
