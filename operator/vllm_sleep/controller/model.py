@@ -168,6 +168,8 @@ class ModelController:
         kicked once the transitions started."""
         try:
             self._hand_off()
+        except Exception:  # never into its caller (an agent's watch, the pool): the pass retries
+            log.warning("%s/%s: hand-off failed", self.namespace, self.name, exc_info=True)
         finally:
             self.kick.set()
 
@@ -180,26 +182,24 @@ class ModelController:
         pool = pools.get(name)
         if pool.spec is None:
             return
-        try:
-            observed = self._refreshed(observed)
-            keeper = pool.gatekeeper(
-                self.namespace, observed.model, observed.reports, observed.now, observed.demand_at
-            )
-            the_plan = plan(replace(observed, gatekeeper=keeper))
-        except Exception:  # the kicked pass tries again, and says what failed
-            log.warning("%s/%s: hand-off not planned", self.namespace, self.name, exc_info=True)
-            return
+        observed = self._refreshed(observed)
+        keeper = pool.gatekeeper(
+            self.namespace, observed.model, observed.reports, observed.now, observed.demand_at
+        )
+        the_plan = plan(replace(observed, gatekeeper=keeper))
         if not (the_plan.actions or the_plan.create or the_plan.delete or the_plan.events):
             return
-        name = f"hand-off {self.namespace}/{self.name}"
+        task_name = f"hand-off {self.namespace}/{self.name}"
         if the_plan.create or the_plan.delete or self.watchers.token_rejected:
             # API writes (or the token's read) come first: the plan is carried out in a task,
             # and the loop's next pass (or hand-off) waits for it before it plans again.
             applying = self.apply(the_plan, observed.model, write_status=False)
-            self._handing_off = asyncio.create_task(self._hand_off_applied(applying), name=name)
+            self._handing_off = asyncio.create_task(
+                self._hand_off_applied(applying), name=task_name
+            )
         else:  # the transitions start now; the writes alongside them run in the background
             writes = asyncio.gather(*self._start(the_plan, self._token, observed.model))
-            task = asyncio.create_task(self._hand_off_applied(writes), name=name)
+            task = asyncio.create_task(self._hand_off_applied(writes), name=task_name)
             self._hand_off_writes.add(task)
             task.add_done_callback(self._hand_off_writes.discard)
 

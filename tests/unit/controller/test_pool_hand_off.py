@@ -276,3 +276,18 @@ async def test_a_wake_waiting_on_a_busy_neighbour_is_looked_at_again_soon() -> N
     finally:
         for c in ctls.values():
             await c.watchers.close()
+
+
+async def test_a_failing_hand_off_never_reaches_its_caller_and_kicks_the_loop() -> None:
+    ctls, _, _ = controllers()
+    b = ctls["b"]
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    b._hand_off = broken  # type: ignore[method-assign]
+    # Its callers are an agent's long-poll (which must keep polling) and the pool actor.
+    b._reported("b-0", StateReport(state=AgentState.ASLEEP, version=2, held=1))
+    b._pool_name = "p"
+    b._reported("b-0", StateReport(state=AgentState.ASLEEP, version=3, held=1))
+    assert b.kick.is_set()  # the loop's pass tries again
