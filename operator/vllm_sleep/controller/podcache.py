@@ -118,14 +118,29 @@ class PodCache:
             self._seen.pop((namespace, name), None)
 
 
+# What a pass reads of a pod's status (`reconcile.observe.observe_pod`), and of each container's.
+STATUS_KEYS = ("phase", "podIP", "conditions", "containerStatuses")
+CONTAINER_STATUS_KEYS = ("name", "ready", "restartCount", "state", "lastState")
+
+
 def slim(pod: dict[str, Any]) -> dict[str, Any]:
-    """The part of a pod a reconcile pass reads (shallow: the watch's dicts are not mutated)."""
+    """The part of a pod a reconcile pass reads (shallow: the watch's dicts are not mutated).
+
+    Kept for every model pod for as long as it lives: the status is cut to what a pass reads
+    (no init containers' statuses, no images, IDs, host IPs or start times), which was most of
+    a cached pod."""
     meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k != "managedFields"}
     node = (pod.get("spec") or {}).get("nodeName")
+    whole = pod.get("status") or {}
+    status = {k: whole[k] for k in STATUS_KEYS if k in whole}
+    if "containerStatuses" in status:
+        status["containerStatuses"] = [
+            {k: c[k] for k in CONTAINER_STATUS_KEYS if k in c} for c in status["containerStatuses"]
+        ]
     return {
         "metadata": meta,
         "spec": {"nodeName": node} if node else {},
-        "status": pod.get("status") or {},
+        "status": status,
     }
 
 

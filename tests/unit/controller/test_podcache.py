@@ -134,3 +134,45 @@ def test_cached_pods_are_slim_and_observed_the_same() -> None:
     assert "managedFields" not in cached["metadata"] and "containers" not in cached["spec"]
     assert observe_pod(cached) == observe_pod(whole)
     assert observe_pod(slim(whole)).failure is not None  # the crash is still seen
+
+
+def test_a_cached_pods_status_keeps_only_what_a_pass_reads() -> None:
+    from vllm_sleep.controller.podcache import slim
+    from vllm_sleep.reconcile.observe import observe_pod
+
+    container = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.34.0",
+        "imageID": "sha256:abc",
+        "containerID": "containerd://0123",
+        "started": True,
+        "ready": True,
+        "restartCount": 0,
+        "state": {"running": {"startedAt": "2026-12-07T10:00:00Z"}},
+        "lastState": {},
+        "volumeMounts": [{"name": "v", "mountPath": "/v"}] * 5,
+    }
+    whole = labelled("m-0", "m")
+    whole["status"] = {
+        "phase": "Running",
+        "podIP": "127.0.0.9",
+        "podIPs": [{"ip": "127.0.0.9"}],
+        "hostIP": "10.0.0.1",
+        "hostIPs": [{"ip": "10.0.0.1"}],
+        "startTime": "2026-12-07T10:00:00Z",
+        "qosClass": "Burstable",
+        "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/3 nodes"}],
+        "containerStatuses": [container],
+        "initContainerStatuses": [{**container, "name": "agent"}],
+    }
+    cut = slim(whole)["status"]
+    assert set(cut) == {"phase", "podIP", "conditions", "containerStatuses"}
+    assert set(cut["containerStatuses"][0]) == {
+        "name",
+        "ready",
+        "restartCount",
+        "state",
+        "lastState",
+    }
+    assert observe_pod(slim(whole)) == observe_pod(whole)
+    assert "image" in whole["status"]["containerStatuses"][0]  # the watch's dict is untouched
