@@ -92,9 +92,11 @@ class Supervised:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
     def healthz(self) -> int:
-        """One request on a new connection (the kernel picks the worker per connection)."""
+        """One request on a new connection (the kernel picks the worker per connection). The
+        timeout is a client's, not a latency bound: a worker that was just started may take a
+        moment for its first answer on a loaded host, and the claim is that it answers."""
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code
+            return httpx.get(f"{self.url}/healthz", timeout=15).status_code
         except httpx.HTTPError:
             return 0
 
