@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ..api.served_names import ExposurePolicy
@@ -47,18 +47,17 @@ class Router:
         self._signalling: dict[ModelKey, asyncio.Task[None]] = {}
         self._pump: asyncio.Task[None] | None = None
         self._ending = False  # end_holds() was called
-        self._refused: dict[ModelKey, tuple[str, str]] = {}  # -> (reason, served), as reported
+        # -> (served name, reason), as reported: the gauge's last two labels
+        self._refused: dict[ModelKey, tuple[str, str]] = {}
 
     # -- BackendSink ---------------------------------------------------------------------------
 
     def upsert_model(self, spec: ModelSpec) -> None:
-        self.table.upsert_model(spec)
-        self._report_conflicts()
+        self._report_conflicts(self.table.upsert_model(spec))
         self._notify(spec.key)
 
     def remove_model(self, key: ModelKey) -> None:
-        self.table.remove_model(key)
-        self._report_conflicts()
+        self._report_conflicts(self.table.remove_model(key))
         self._notify(key)
 
     def upsert_pod(self, pod: PodState) -> None:
@@ -74,33 +73,41 @@ class Router:
         self._report_conflicts()
         self._notify_all()
 
-    def _report_conflicts(self) -> None:
-        """Log and export each ModelDeployment refused its served name, once per change."""
-        now: dict[ModelKey, tuple[str, str]] = {}
-        for key, refusal in self.table.refused.items():
-            spec = self.table.lookup_key(key)
-            if spec is not None:
-                now[key] = (refusal.reason.value, spec.served_name)
-                if self._refused.get(key) != now[key]:
-                    log.warning(
-                        "ModelDeployment %s/%s: %s", key.namespace, key.name, refusal.message
-                    )
+    def _report_conflicts(self, keys: Iterable[ModelKey] | None = None) -> None:
+        """Log and export each ModelDeployment refused its served name, once per change.
+
+        `keys`: the models whose refusal may have changed (the table says which); None, all.
+        """
+        if keys is None:
+            keys = self._refused.keys() | self.table.refused.keys()
         gauge = self._metrics.name_conflicts
-        for key, (reason, served) in now.items():
-            gauge.labels(key.namespace, key.name, served, reason).set(1)
-        for key, (reason, served) in self._refused.items():
-            if now.get(key) != (reason, served):
+        for key in keys:
+            refusal = self.table.refused.get(key)
+            spec = None if refusal is None else self.table.lookup_key(key)
+            before = self._refused.get(key)
+            now = (
+                None
+                if refusal is None or spec is None
+                else (spec.served_name, refusal.reason.value)
+            )
+            if now == before:
+                continue
+            if before is not None:
                 # 0 first: with several workers the series lives in a metrics file that
                 # remove() does not touch (gateway/workers.py).
-                gauge.labels(key.namespace, key.name, served, reason).set(0)
-                gauge.remove(key.namespace, key.name, served, reason)
-            if key not in now:
+                gauge.labels(key.namespace, key.name, *before).set(0)
+                gauge.remove(key.namespace, key.name, *before)
+            if now is not None and refusal is not None:
+                self._refused[key] = now
+                gauge.labels(key.namespace, key.name, *now).set(1)
+                log.warning("ModelDeployment %s/%s: %s", key.namespace, key.name, refusal.message)
+            else:
+                del self._refused[key]
                 log.info(
                     "ModelDeployment %s/%s: its served name is no longer refused",
                     key.namespace,
                     key.name,
                 )
-        self._refused = now
 
     def replace_pods(self, pods: Sequence[PodState]) -> None:
         self.table.replace_all(None, pods)

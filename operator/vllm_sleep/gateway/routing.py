@@ -2,7 +2,8 @@
 
 No I/O and no clock: the server feeds it watch events and the current time. Everything a request
 needs to decide (route, hold, refuse) is answered here in O(replicas of one model), so the data
-path never scans the whole cluster. Tested with hypothesis in tests/unit/gateway.
+path never scans the whole cluster; a watch event likewise costs the one model (and served name)
+it changes, never the fleet. Tested with hypothesis in tests/unit/gateway.
 """
 
 from __future__ import annotations
@@ -86,12 +87,18 @@ class _Model:
     awake: tuple[Replica, ...] | None = None  # cache of the awake replicas; None = stale
 
 
+def _claim(spec: ModelSpec) -> Claim:
+    return Claim(spec.key.namespace, spec.key.name, spec.served_name, spec.created or None)
+
+
 class ModelTable:
     """Models, their pods, in-flight counts per pod and held requests per model."""
 
     def __init__(self, exposure: ExposurePolicy | None = None) -> None:
         self._models: dict[ModelKey, _Model] = {}
         self._served: dict[str, ModelKey] = {}
+        self._claims: dict[str, dict[ModelKey, Claim]] = {}  # served name -> its claims
+        self._pod_model: dict[tuple[str, str], ModelKey] = {}  # pod -> the model it serves
         self._exposure = exposure or ExposurePolicy()
         # ModelDeployments that serve nothing, and why (api.served_names: an older owner of
         # the name, or the exposure policy).
@@ -101,19 +108,29 @@ class ModelTable:
 
     # -- watch input ---------------------------------------------------------------------------
 
-    def upsert_model(self, spec: ModelSpec) -> None:
-        self._models.setdefault(spec.key, _Model()).spec = spec
-        self._reindex()
+    def upsert_model(self, spec: ModelSpec) -> set[ModelKey]:
+        """Returns the models whose refusal may have changed (see `_resolve_names`)."""
+        entry = self._models.setdefault(spec.key, _Model())
+        old, entry.spec = entry.spec, spec
+        if old is not None and (old.served_name, old.created) == (spec.served_name, spec.created):
+            return set()  # same claim (most events are status writes): the same answer
+        return self._reclaim(spec.key, old, spec)
 
-    def remove_model(self, key: ModelKey) -> None:
+    def remove_model(self, key: ModelKey) -> set[ModelKey]:
         entry = self._models.get(key)
-        if entry is not None:
-            entry.spec = None
+        if entry is None or entry.spec is None:
             self._gc(key)
-        self._reindex()
+            return set()
+        old, entry.spec = entry.spec, None
+        self._gc(key)
+        return self._reclaim(key, old, None)
 
     def upsert_pod(self, pod: PodState) -> ModelKey:
         key = ModelKey(pod.namespace, pod.model)
+        moved = self._pod_model.get(pod.key)
+        if moved is not None and moved != key:
+            self._drop_pod(moved, pod.key)  # relabelled: it no longer serves the old model
+        self._pod_model[pod.key] = key
         entry = self._models.setdefault(key, _Model())
         entry.pods[pod.key] = pod
         entry.awake = None
@@ -124,12 +141,16 @@ class ModelTable:
         return key
 
     def remove_pod(self, namespace: str, name: str) -> ModelKey | None:
-        for key, entry in self._models.items():
-            if entry.pods.pop((namespace, name), None) is not None:
-                entry.awake = None
-                self._gc(key)
-                return key
-        return None
+        key = self._pod_model.pop((namespace, name), None)
+        if key is not None:
+            self._drop_pod(key, (namespace, name))
+        return key
+
+    def _drop_pod(self, key: ModelKey, pod: tuple[str, str]) -> None:
+        entry = self._models.get(key)
+        if entry is not None and entry.pods.pop(pod, None) is not None:
+            entry.awake = None
+            self._gc(key)
 
     def replace_all(
         self, specs: Iterable[ModelSpec] | None, pods: Iterable[PodState] | None
@@ -147,6 +168,7 @@ class ModelTable:
             for entry in self._models.values():
                 entry.pods.clear()
                 entry.awake = None
+            self._pod_model.clear()
             for pod in pods:
                 self.upsert_pod(pod)
             for key in list(self._models):
@@ -157,18 +179,58 @@ class ModelTable:
         if entry is not None and entry.spec is None and not entry.pods and entry.queued == 0:
             del self._models[key]
 
+    # The rule is api.served_names' (the operator reports the same refusals as conditions). It
+    # decides each served name from that name's claims alone, so a watch event re-resolves only
+    # the names it touches: re-resolving every claim per event made a bring-up O(models^2).
+
     def _reindex(self) -> None:
-        # The rule is api.served_names' (the operator reports the same refusals as conditions).
-        claims = [
-            Claim(key.namespace, key.name, entry.spec.served_name, entry.spec.created or None)
-            for key, entry in self._models.items()
-            if entry.spec is not None
-        ]
-        resolution = resolve(claims, self._exposure)
+        """Every claim at once (a relist)."""
+        self._claims = {}
+        for key, entry in self._models.items():
+            if entry.spec is not None:
+                self._claims.setdefault(entry.spec.served_name, {})[key] = _claim(entry.spec)
+        resolution = resolve(
+            (c for claims in self._claims.values() for c in claims.values()), self._exposure
+        )
         self._served = {
             served: ModelKey(c.namespace, c.name) for served, c in resolution.owners.items()
         }
         self.refused = {ModelKey(*key): r for key, r in resolution.refused.items()}
+
+    def _reclaim(
+        self, key: ModelKey, old: ModelSpec | None, new: ModelSpec | None
+    ) -> set[ModelKey]:
+        names: set[str] = set()
+        if old is not None:
+            names.add(old.served_name)
+            claims = self._claims.get(old.served_name)
+            if claims is not None:
+                claims.pop(key, None)
+        if new is not None:
+            names.add(new.served_name)
+            self._claims.setdefault(new.served_name, {})[key] = _claim(new)
+        return self._resolve_names(names, key)
+
+    def _resolve_names(self, names: Iterable[str], changed: ModelKey) -> set[ModelKey]:
+        """Re-decide these served names from their claims; returns every claimant's key (and
+        `changed`, which may have left them), the only refusals this can have changed."""
+        touched = {changed}
+        self.refused.pop(changed, None)
+        for served in names:
+            claims = self._claims.get(served) or {}
+            for key in claims:
+                self.refused.pop(key, None)
+            touched.update(claims)
+            self._served.pop(served, None)
+            if not claims:
+                self._claims.pop(served, None)
+                continue
+            resolution = resolve(claims.values(), self._exposure)
+            for name, c in resolution.owners.items():
+                self._served[name] = ModelKey(c.namespace, c.name)
+            for k, r in resolution.refused.items():
+                self.refused[ModelKey(*k)] = r
+        return touched
 
     @property
     def conflicts(self) -> dict[ModelKey, ModelKey]:
