@@ -352,7 +352,7 @@ def test_operator_killed_mid_swap_converges_without_evicting_twice(
 
     assert asyncio.run(wake_b_and_kill_mid_swap()) == 200
     wait_phase(kube, namespace, "b", "Awake", timeout=60)
-    # Status writes are coalesced (1 s per model): a's may land a moment after b's.
+    # Status writes are coalesced per model (docs/operator.md): a's may land after b's.
     wait_phase(kube, namespace, "a", "Asleep", timeout=10)
     evictions = [
         e for e in events(kube, namespace, "a") if e.reason == "Evicted" and "to wake" in e.message
@@ -430,7 +430,7 @@ def test_min_awake_holds_the_eviction_then_the_waiting_request_is_served(
             why = await asyncio.to_thread(
                 wait_for, waiting_reason, 30, what="other waits on young's minAwake"
             )
-            # Awake and protected, not evicted: its status (writes coalesced over 1 s) may
+            # Awake and protected, not evicted: its status (writes coalesced per model) may
             # still say Waking for a moment; minAwake (20 s) keeps it awake meanwhile.
             young = await asyncio.to_thread(wait_phase, kube, namespace, "young", "Awake", 10)
             return (await request).status_code, why, young["status"]["phase"]
