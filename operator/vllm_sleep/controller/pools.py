@@ -52,6 +52,10 @@ STARTING_SECONDS = 120.0  # a seated pod not observed by then was never created
 STATUS_DELAY = 1.0  # status writes are coalesced
 REREAD_RETRY = 5.0  # seconds before a failed background re-read of the devices is tried again
 STALE_TURN = 120.0  # a settled holder's turn another member may clear
+# A step named next again by a gate whose inputs did not change (a waiting wake's recheck) is
+# handed to its model at most this often: what made it next may be only time passing (a
+# neighbour's minAwake ending), which publishes nothing and so kicks no one.
+REHAND_SECONDS = 1.0
 SETTLED = frozenset({EngineState.AWAKE, EngineState.ASLEEP, EngineState.PENDING})
 
 
@@ -72,6 +76,7 @@ class PoolActor:
         self.starting: dict[str, tuple[str, float]] = {}  # replica -> (device, seated at)
         self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
         self.hand_offs: dict[str, Callable[[], None]] = {}  # model key -> runs its step now
+        self._handed_at: dict[str, float] = {}  # model key -> when it was last handed a step
         self._evicting_for: dict[str, float] = {}  # replica -> when its first eviction began
         self._waiting: set[str] = set()
         self._claims: set[tuple[str, str]] = set()
@@ -170,6 +175,7 @@ class PoolActor:
     def leave(self, key: str) -> None:
         self.members.pop(key, None)
         self.hand_offs.pop(key, None)
+        self._handed_at.pop(key, None)
         for models in self.occupants.values():
             models.discard(key)
         gone = {e.replica for e in self.engines.pop(key, ())}
@@ -226,8 +232,7 @@ class PoolActor:
             for i, device in g.seats.items():
                 self.starting[replica_key(ns, request.indexes[i])] = (device, time.monotonic())
             self._count(g, now)
-            if moved:
-                self._hand_off(key, g.next_steps)
+            self._hand_off(key, g.next_steps, now, moved)
             return g
 
         return keeper
@@ -279,18 +284,25 @@ class PoolActor:
             self._schedule_status()
         return changed or released
 
-    def _hand_off(self, key: str, replicas: tuple[str, ...]) -> None:
+    def _hand_off(self, key: str, replicas: tuple[str, ...], now: float, moved: bool) -> None:
         """Hand the next steps to their models' loops now (soon after this synchronous gate,
         on the event loop), not at their next pass. Each plans and gates again itself, so
-        this only makes a step start sooner, never lets one start that its gate refuses."""
+        this only makes a step start sooner, never lets one start that its gate refuses.
+
+        After a change (`moved`) at once; otherwise at most every REHAND_SECONDS per model:
+        a step can become next with nothing published (a neighbour's minAwake ends while a
+        wake waits on it), and the waiting model's recheck is then the only one to see it."""
         owners = {e.replica: e.model for es in self.engines.values() for e in es}
         due = {owners[r] for r in replicas if r in owners} - {key}
+        if not moved:
+            due = {m for m in due if now - self._handed_at.get(m, -math.inf) >= REHAND_SECONDS}
         if not due:
             return
         loop = asyncio.get_running_loop()
         for model in sorted(due):
             hand_off = self.hand_offs.get(model)
             if hand_off is not None:
+                self._handed_at[model] = now
                 loop.call_soon(hand_off)
 
     def _count(self, g: Gate, now: float) -> None:

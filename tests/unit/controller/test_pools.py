@@ -4,6 +4,7 @@ and a turn is released once its holder is observed settled."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from vllm_sleep.api.agent_protocol import AgentState, StateReport
@@ -263,6 +264,49 @@ def test_a_change_that_makes_another_models_step_next_hands_that_model_the_turn(
         assert handed == ["a", "b"]
         a.leave("ns/a")
         assert "ns/a" not in a.hand_offs
+
+    asyncio.run(run())
+
+
+def test_a_step_that_becomes_next_as_time_passes_is_handed_over_by_the_waiting_recheck() -> None:
+    """A wake that waits on a neighbour's minAwake: when it ends nothing is published (time
+    passed, no state changed), so only the waiting model's recheck sees the eviction is now
+    next. It must hand it over (at most every REHAND_SECONDS), not leave it to the
+    neighbour's resync 30 s later."""
+
+    async def run() -> None:
+        from vllm_sleep.controller.pools import REHAND_SECONDS
+        from vllm_sleep.reconcile.lifecycle import Wake
+
+        a = actor()
+        handed: list[str] = []
+        for name in ("a", "b"):
+            a.join(f"ns/{name}", asyncio.Event(), lambda name=name: handed.append(name))
+        raw = model("a", util=0.8).model_dump(by_alias=True, mode="json")
+        raw["spec"]["placement"]["minAwake"] = "10s"
+        ma = ModelDeployment.model_validate(raw)
+        _, ra, rep_a = member("a", AgentState.AWAKE, util=0.8)
+        pod = ra.live[0]
+        woke = replace(pod, memory=replace(pod.memory, woken_at=NOW - 5))  # minAwake: 5 s to go
+        ra = PoolRequest(
+            [woke], {woke.name: observe_replica(woke, rep_a[woke.name])}, ra.indexes, ()
+        )
+        a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        mb, rb, rep_b = member("b", AgentState.ASLEEP, util=0.8)
+        rb = PoolRequest(rb.live, rb.observations, rb.indexes, (Wake("b-0", "held"),))
+        waiting = a.gatekeeper("ns", mb, rep_b, NOW)(rb)
+        assert waiting.waiting and not waiting.actions  # a is protected for 5 s more
+        await asyncio.sleep(0)
+        assert handed == []
+        # b's rechecks: same inputs; a's minAwake ends at NOW + 5.
+        for t, expect in (
+            (NOW + 6, ["a"]),
+            (NOW + 6 + REHAND_SECONDS / 2, ["a"]),  # not again at once
+            (NOW + 6 + REHAND_SECONDS, ["a", "a"]),  # still next, still not taken: again
+        ):
+            a.gatekeeper("ns", mb, rep_b, t)(rb)
+            await asyncio.sleep(0)
+            assert handed == expect, t - NOW
 
     asyncio.run(run())
 
