@@ -357,36 +357,16 @@ class ModelController:
         if action.grant_only:
             # A grant taken back: no sleep happens (409 unless asleep), so none is remembered,
             # counted or told; a refusal means the engine woke since, and the next pass sees it.
-            try:
-                report = await self.ctx.agents.sleep(
-                    ip,
-                    token,
-                    action.level,
-                    drain_timeout,
-                    idle=True,
-                    wake_on_request=action.wake_on_request,
-                    grant_only=True,
-                )
-            except AgentError as e:
-                self._failed("sleep", name, e)
-                return
-            self.watchers.set_report(name, ip, report)
+            report = await self._order_sleep(action, ip, token, drain_timeout, grant_only=True)
+            if report is not None:
+                self.watchers.set_report(name, ip, report)
             return
         if action.idle:
             # An idle sleep (timer, pre-warm) is on no request's path, and its agent refuses it
             # (409) while requests run: the memory is written, and the sleep told, only once it
             # happened, so a refused one leaves no trace that would say it slept.
-            try:
-                report = await self.ctx.agents.sleep(
-                    ip,
-                    token,
-                    action.level,
-                    drain_timeout,
-                    idle=True,
-                    wake_on_request=action.wake_on_request,
-                )
-            except AgentError as e:
-                self._failed("sleep", name, e)
+            report = await self._order_sleep(action, ip, token, drain_timeout)
+            if report is None:
                 return
             await self._remember(name, patch)
         else:
@@ -397,15 +377,10 @@ class ModelController:
             # and since when: `plan.replica_memory`).
             remember = asyncio.create_task(self._remember(name, patch))
             self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
-            try:
-                report = await self.ctx.agents.sleep(
-                    ip, token, action.level, drain_timeout, wake_on_request=action.wake_on_request
-                )
-            except AgentError as e:
-                await remember
-                self._failed("sleep", name, e)
-                return
+            report = await self._order_sleep(action, ip, token, drain_timeout)
             await remember
+            if report is None:
+                return
         seconds = time.monotonic() - started
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.last_sleep_seconds = seconds
@@ -414,6 +389,25 @@ class ModelController:
         self.emit(
             "Normal", "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s{why}"
         )
+
+    async def _order_sleep(
+        self, action: Sleep, ip: str, token: str, drain_timeout: float, grant_only: bool = False
+    ) -> StateReport | None:
+        """The agent's answer to the sleep order, or None when it refused (said by `_failed`).
+        Idle and grant-only orders are refused while requests run (`idle=True`)."""
+        try:
+            return await self.ctx.agents.sleep(
+                ip,
+                token,
+                action.level,
+                drain_timeout,
+                idle=action.idle or grant_only,
+                wake_on_request=action.wake_on_request,
+                grant_only=grant_only,
+            )
+        except AgentError as e:
+            self._failed("sleep", action.pod, e)
+            return None
 
     async def _wake(self, action: Wake, ip: str, token: str, level: int) -> None:
         name = action.pod
