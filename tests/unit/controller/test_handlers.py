@@ -91,7 +91,8 @@ def md(generation: int, status: str, annotations: dict[str, str] | None = None) 
     }
 
 
-async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_does() -> None:
+def model_changed_handler() -> tuple[Context, Any]:
+    """A Context whose status writes go nowhere, and its registered `model_changed` handler."""
     from types import SimpleNamespace
 
     from vllm_sleep.controller.coalesce import Coalescer
@@ -112,6 +113,11 @@ async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_doe
     changed = next(
         h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "model_changed"
     )
+    return ctx, changed
+
+
+async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_does() -> None:
+    ctx, changed = model_changed_handler()
     ctl = Kicked()
     ctx.controllers[("ns", "m")] = ctl  # type: ignore[assignment]
 
@@ -132,26 +138,7 @@ async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_doe
 
 
 async def test_the_kept_body_of_a_model_loses_its_managed_fields() -> None:
-    from types import SimpleNamespace
-
-    from vllm_sleep.controller.coalesce import Coalescer
-
-    async def write(key: Any, value: Any) -> None:
-        pass
-
-    ctx = Context(
-        settings=Settings(agent_image="img"),
-        kube=SimpleNamespace(model_status=Coalescer(write)),  # type: ignore[arg-type]
-        agents=None,  # type: ignore[arg-type]
-        metrics=OperatorMetrics(),
-        children=None,  # type: ignore[arg-type]
-        parse=lambda body: None,  # type: ignore[arg-type,return-value]
-    )
-    registry = kopf.OperatorRegistry()
-    register(registry, ctx)
-    changed = next(
-        h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "model_changed"
-    )
+    _ctx, changed = model_changed_handler()
     raw = md(1, "Pending")
     raw["metadata"]["managedFields"] = [{"manager": "kopf", "fieldsV1": {"f:status": {}}}]
     event = {"type": "ADDED", "object": raw}
