@@ -226,10 +226,21 @@ def request_through_gateway(
     report.chat = chat.result
     if chat.result.error:
         raise DemoError(f"chat stream broke: {chat.result.error}")
-    obj = cluster.models(cfg.namespace).get(cfg.chat_model) or {}
-    wake = (obj.get("status") or {}).get("lastWakeSeconds")
-    report.last_wake = float(wake) if wake is not None else None
+    report.last_wake = _reported_wake(cluster, cfg)
     return chat.result
+
+
+def _reported_wake(cluster: Cluster, cfg: DemoConfig, timeout: float = 15.0) -> float | None:
+    """The operator's measured wake (status.lastWakeSeconds) once the status says it: the
+    answer can come first (the agent releases the request as the engine wakes, and a model's
+    status writes are coalesced, docs/operator.md)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = cluster.models(cfg.namespace).get(cfg.chat_model) or {}
+        wake = (obj.get("status") or {}).get("lastWakeSeconds")
+        if wake is not None or time.monotonic() > deadline:
+            return float(wake) if wake is not None else None
+        time.sleep(0.2)
 
 
 def swap_phase(
