@@ -16,16 +16,7 @@ from vllm_sleep.metrics import OperatorMetrics
 def test_event_handlers_are_coroutines() -> None:
     # A plain function would run in kopf's thread pool: a thread hop per event, and the
     # controllers' asyncio Events set from outside their loop.
-    ctx = Context(
-        settings=Settings(agent_image="img"),
-        kube=None,  # type: ignore[arg-type]
-        agents=None,  # type: ignore[arg-type]
-        metrics=OperatorMetrics(),
-        children=None,  # type: ignore[arg-type]
-        parse=lambda body: None,  # type: ignore[arg-type,return-value]
-    )
-    registry = kopf.OperatorRegistry()
-    register(registry, ctx)
+    _ctx, _changed, registry = registered()
     handlers = registry._watching.get_all_handlers()
     assert len(handlers) == 4
     assert all(inspect.iscoroutinefunction(h.fn) for h in handlers)
@@ -93,6 +84,13 @@ def md(generation: int, status: str, annotations: dict[str, str] | None = None) 
 
 def model_changed_handler() -> tuple[Context, Any]:
     """A Context whose status writes go nowhere, and its registered `model_changed` handler."""
+    ctx, changed, _registry = registered()
+    return ctx, changed
+
+
+def registered() -> tuple[Context, Any, kopf.OperatorRegistry]:
+    """The operator's handlers registered on a Context whose status writes go nowhere, and
+    the `model_changed` handler among them."""
     from types import SimpleNamespace
 
     from vllm_sleep.controller.coalesce import Coalescer
@@ -113,7 +111,7 @@ def model_changed_handler() -> tuple[Context, Any]:
     changed = next(
         h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "model_changed"
     )
-    return ctx, changed
+    return ctx, changed, registry
 
 
 async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_does() -> None:
