@@ -10,6 +10,11 @@ from pydantic import Field
 from .base import ApiModel
 from .common import Condition, conditions_field
 
+# The operator writes a model's status at most once per this many seconds (the latest value
+# at the window's end, docs/operator.md): a reader that acted on the model a moment ago sees
+# the status catch up within it.
+STATUS_WRITE_WINDOW_SECONDS = 2.0
+
 
 class ModelPhase(StrEnum):
     """The model as a whole; docs/api.md explains each."""

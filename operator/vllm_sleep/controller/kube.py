@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ..api.model_status import STATUS_WRITE_WINDOW_SECONDS
 from ..api.names import (
     CONDITION_AWAKE,
     GPU_POOL_PLURAL,
@@ -39,7 +40,7 @@ def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
 
 class Kube:
     def __init__(
-        self, api: client.ApiClient, status_window: float = coalesce.DEFAULT_WINDOW_SECONDS
+        self, api: client.ApiClient, status_window: float = STATUS_WRITE_WINDOW_SECONDS
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)

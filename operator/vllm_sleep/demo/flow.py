@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 
 from ..api.duration import parse_duration
+from ..api.model_status import STATUS_WRITE_WINDOW_SECONDS
 from .chat import ChatResult, ChatThread, Event
 from .kube import Cluster, DemoError
 from .models import (
@@ -297,6 +298,8 @@ def back_to_sleep(
     """Idle for idleTimeout -> Draining -> Asleep (or an explicit `vllm-sleep sleep`), until
     every model sleeps."""
     t0 = time.monotonic()
+    # The swap phase's last wakes may not be in the statuses yet (coalesced writes).
+    time.sleep(STATUS_WRITE_WINDOW_SECONDS + 0.5)
     awake = [n for n, v in cluster.models(cfg.namespace).items() if _phase(v) != "Asleep"]
     awake = [n for n in cfg.names if n in awake] or [cfg.chat_model]
     _mark(recorder, "idle")
