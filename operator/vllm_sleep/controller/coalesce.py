@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-DEFAULT_WINDOW_SECONDS = 2.0
 PRUNE_EVERY = 1024  # submits between forgetting the write times of quiet keys
 
 
@@ -38,7 +37,7 @@ class Coalescer(Generic[K, V]):
     def __init__(
         self,
         write: Callable[[K, V], Awaitable[None]],
-        window: float = DEFAULT_WINDOW_SECONDS,
+        window: float,
         clock: Callable[[], float] = time.monotonic,
         defer_first: bool = False,
     ) -> None:

@@ -66,7 +66,7 @@ class Kube:
         create = creators[kind]
         try:
             # The answer as JSON, not as a generated model (a V1Pod built per created pod).
-            await _json(create(ns, manifest, _preload_content=False))
+            await json_answer(create(ns, manifest, _preload_content=False))
         except ApiException as e:
             if e.status == 409:
                 return False
@@ -99,7 +99,7 @@ class Kube:
 
     async def list_model_pods(self) -> list[dict[str, Any]]:
         """Every model pod the operator may see (all namespaces)."""
-        data = await _json(
+        data = await json_answer(
             self.core.list_pod_for_all_namespaces(
                 label_selector=LABEL_MODEL, _preload_content=False
             )
@@ -108,14 +108,14 @@ class Kube:
         return items
 
     async def list_nodes(self) -> list[dict[str, Any]]:
-        data = await _json(self.core.list_node(_preload_content=False))
+        data = await json_answer(self.core.list_node(_preload_content=False))
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         """The Node as JSON; None when it does not exist."""
-        node: dict[str, Any] | None = await _unless_absent(
-            _json(self.core.read_node(name, _preload_content=False))
+        node: dict[str, Any] | None = await unless_absent(
+            json_answer(self.core.read_node(name, _preload_content=False))
         )
         return node
 
@@ -128,7 +128,7 @@ class Kube:
 
     async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
         patch: Any = self.objects.patch_cluster_custom_object_status
-        await _json(
+        await json_answer(
             patch(
                 GROUP,
                 VERSION,
@@ -141,14 +141,14 @@ class Kube:
         )
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        secret = await _unless_absent(self.core.read_namespaced_secret(name, namespace))
+        secret = await unless_absent(self.core.read_namespaced_secret(name, namespace))
         if secret is None:
             return None
         raw = (secret.data or {}).get(key)
         return base64.b64decode(raw).decode() if raw else None
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        data = await _json(
+        data = await json_answer(
             self.core.list_namespaced_pod(
                 namespace, label_selector=selector, _preload_content=False
             )
@@ -178,7 +178,7 @@ class Kube:
             "reason": reason,
             "lastTransitionTime": rfc3339(time.time()),
         }
-        await _json(
+        await json_answer(
             self.core.patch_namespaced_pod_status(
                 pod, namespace, {"status": {"conditions": [cond]}}, _preload_content=False
             )
@@ -188,7 +188,7 @@ class Kube:
         self, namespace: str, pod: str, annotations: dict[str, str | None]
     ) -> None:
         try:
-            await _json(
+            await json_answer(
                 self.core.patch_namespaced_pod(
                     pod,
                     namespace,
@@ -209,7 +209,7 @@ class Kube:
         namespace, name = key
         # The generated client would send a dict as a JSON patch; status wants a merge patch.
         patch: Any = self.objects.patch_namespaced_custom_object_status
-        await _json(
+        await json_answer(
             patch(
                 GROUP,
                 VERSION,
@@ -225,33 +225,31 @@ class Kube:
     async def get_cluster_object(
         self, group: str, version: str, plural: str, name: str
     ) -> dict[str, Any] | None:
-        obj: dict[str, Any] | None = await _unless_absent(
+        obj: dict[str, Any] | None = await unless_absent(
             self.objects.get_cluster_custom_object(group, version, plural, name)
         )
         return obj
 
     async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
-        lease = await _unless_absent(self.coord.read_namespaced_lease(name, namespace))
+        lease = await unless_absent(self.coord.read_namespaced_lease(name, namespace))
         if lease is None:
             return None
         renew = lease.spec.renew_time if lease.spec else None
         return renew.timestamp() if renew else None
 
 
-async def _json(call: Awaitable[Any]) -> Any:
+async def json_answer(call: Awaitable[Any]) -> Any:
     """The answer's JSON, read without the generated client's models (building them, dates
     parsed by dateutil, costs more CPU than the request itself). Without preloading the client
     raises nothing, so a non-2xx answer raises `ApiException` here, as a preloaded call would."""
     resp = await call
-    try:
+    async with resp:  # released on the way out, read or not
         if not 200 <= resp.status <= 299:
             raise ApiException(status=resp.status, reason=await resp.text())
         return await resp.json()
-    finally:
-        resp.release()
 
 
-async def _unless_absent(call: Awaitable[T]) -> T | None:
+async def unless_absent(call: Awaitable[T]) -> T | None:
     """The object, or None when the apiserver says it does not exist (404); other errors raise."""
     try:
         return await call

@@ -100,7 +100,7 @@ def registered() -> tuple[Context, Any, kopf.OperatorRegistry]:
 
     ctx = Context(
         settings=Settings(agent_image="img"),
-        kube=SimpleNamespace(model_status=Coalescer(write)),  # type: ignore[arg-type]
+        kube=SimpleNamespace(model_status=Coalescer(write, window=0)),  # type: ignore[arg-type]
         agents=None,  # type: ignore[arg-type]
         metrics=OperatorMetrics(),
         children=None,  # type: ignore[arg-type]
@@ -148,16 +148,7 @@ async def test_the_kept_body_of_a_model_loses_its_managed_fields() -> None:
 def test_kopf_posts_events_with_a_few_workers() -> None:
     from vllm_sleep.controller.handlers import EVENT_POSTER_IDLE_SECONDS, EVENT_POSTERS
 
-    ctx = Context(
-        settings=Settings(agent_image="img"),
-        kube=None,  # type: ignore[arg-type]
-        agents=None,  # type: ignore[arg-type]
-        metrics=OperatorMetrics(),
-        children=None,  # type: ignore[arg-type]
-        parse=lambda body: None,  # type: ignore[arg-type,return-value]
-    )
-    registry = kopf.OperatorRegistry()
-    register(registry, ctx)
+    _ctx, _changed, registry = registered()
     settings = kopf.OperatorSettings()
     assert settings.posting.worker_limit is None  # kopf's default: unbounded
     (configure,) = [

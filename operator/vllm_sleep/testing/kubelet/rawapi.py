@@ -14,26 +14,26 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ...controller.kube import json_answer, unless_absent
+
 
 async def send(call: Awaitable[Any], absent_ok: bool = False) -> bool:
-    """Send and check the status; the body is not read. False: 404 with `absent_ok`."""
-    return await _answer(call, absent_ok, json_body=False) is not None
-
-
-async def read(call: Awaitable[Any], absent_ok: bool = False) -> Any:
-    """The answer's JSON; None for 404 with `absent_ok`."""
-    return await _answer(call, absent_ok, json_body=True)
-
-
-async def _answer(call: Awaitable[Any], absent_ok: bool, json_body: bool) -> Any:
-    """None for a 404 with `absent_ok`; else the JSON body (or True), raising on non-2xx."""
+    """Send and check the status; the body is not read (a written pod's answer is the whole
+    pod). False: 404 with `absent_ok`."""
     resp = await call
     async with resp:
         if absent_ok and resp.status == 404:
-            return None
+            return False
         if not 200 <= resp.status <= 299:
             raise ApiException(status=resp.status, reason=await resp.text())
-        return await resp.json() if json_body else True
+        return True
+
+
+async def read(call: Awaitable[Any], absent_ok: bool = False) -> Any:
+    """The answer's JSON (the operator's reader, `controller.kube.json_answer`); None for 404
+    with `absent_ok`."""
+    answer = json_answer(call)
+    return await (unless_absent(answer) if absent_ok else answer)
 
 
 async def watch_events(call: Awaitable[Any]) -> AsyncIterator[dict[str, Any]]:
