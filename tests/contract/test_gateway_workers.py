@@ -77,6 +77,7 @@ class Supervised:
         self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = tmp / "gateway.log"
+        self.last_error = ""
         argv = [
             sys.executable,
             "-m",
@@ -97,7 +98,8 @@ class Supervised:
         moment for its first answer on a loaded host, and the claim is that it answers."""
         try:
             return httpx.get(f"{self.url}/healthz", timeout=15).status_code
-        except httpx.HTTPError:
+        except httpx.HTTPError as e:
+            self.last_error = f"{time.strftime('%H:%M:%S')} {type(e).__name__}: {e}"
             return 0
 
     def per_worker(self) -> dict[str, float]:
@@ -131,15 +133,22 @@ def two(tmp_path: Path) -> Iterator[Supervised]:
         gw.stop()
 
 
-def test_workers_share_the_port_and_any_worker_answers_metrics_for_all(two: Supervised) -> None:
-    # Connections are spread by the kernel: with enough new ones, both workers answer.
+def both_answer(gw: Supervised) -> dict[str, float]:
+    """Wait until each worker has answered a request: a worker is a child of the supervisor
+    before it listens (its imports take seconds on a loaded host). Connections are spread by the
+    kernel, so with enough new ones both workers answer."""
+
     def both_answered() -> dict[str, float] | None:
         for _ in range(8):
-            assert two.healthz() == 200
-        counts = two.per_worker()
+            assert gw.healthz() == 200, gw.last_error
+        counts = gw.per_worker()
         return counts if len(counts) == 2 and all(v > 0 for v in counts.values()) else None
 
-    counts = wait_for(both_answered, what=f"both workers answering\n{two.tail()}")
+    return wait_for(both_answered, what=f"both workers answering\n{gw.tail()}")
+
+
+def test_workers_share_the_port_and_any_worker_answers_metrics_for_all(two: Supervised) -> None:
+    counts = both_answer(two)
     assert set(counts) == {"0", "1"}
     # One log stream, each worker's lines named (their watches log the unreachable API).
     wait_for(lambda: "[worker 0]" in two.tail() and "[worker 1]" in two.tail(), what="tags")
@@ -149,6 +158,7 @@ def test_workers_share_the_port_and_any_worker_answers_metrics_for_all(two: Supe
 
 
 def test_a_killed_worker_is_restarted_while_the_other_serves(two: Supervised) -> None:
+    both_answer(two)  # "the other serves" needs it listening before the kill
     first = children(two.proc.pid)
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
@@ -158,7 +168,7 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(two: Supervised) ->
     replaced = set[int]()
 
     def restarted() -> bool:
-        assert two.healthz() == 200, two.tail()
+        assert two.healthz() == 200, f"{two.last_error}\n{two.tail()}"
         nonlocal replaced
         replaced = children(two.proc.pid)
         return len(replaced) == 2 and victim not in replaced
