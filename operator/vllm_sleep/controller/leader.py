@@ -27,6 +27,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..api import leader
 from ..api.leader import Decision, Seen, Timings
 from ..api.names import LABEL_MANAGED_BY, MANAGED_BY
+from .kube import json_answer, unless_absent
 
 log = logging.getLogger(__name__)
 
@@ -187,31 +188,32 @@ class LeaderElector:
             body = leader.leader_lease(self.name, self.namespace, {LABEL_MANAGED_BY: MANAGED_BY})
             body["spec"] = spec
             create: Any = self.coord.create_namespaced_lease  # typed for V1Lease; a dict goes as is
-            return await _json(await create(self.namespace, body, _preload_content=False))
+            created: dict[str, Any] = await json_answer(
+                create(self.namespace, body, _preload_content=False)
+            )
+            return created
         return await self._patch(leader.write_patch(self._seen.resource_version, spec))
 
     async def _patch(self, body: dict[str, Any]) -> dict[str, Any]:
         # A merge patch (the typed signature lacks _content_type; a dict would go as JSON patch).
         patch: Any = self.coord.patch_namespaced_lease
-        resp = await patch(
-            self.name,
-            self.namespace,
-            body,
-            _content_type="application/merge-patch+json",
-            _preload_content=False,
+        answer: dict[str, Any] = await json_answer(
+            patch(
+                self.name,
+                self.namespace,
+                body,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
         )
-        return await _json(resp)
+        return answer
 
     async def _read(self) -> dict[str, Any] | None:
-        try:
-            resp: Any = await self.coord.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False
-            )
-            return await _json(resp)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        read: Any = self.coord.read_namespaced_lease
+        lease: dict[str, Any] | None = await unless_absent(
+            json_answer(read(self.name, self.namespace, _preload_content=False))
+        )
+        return lease
 
     async def _event(self, message: str) -> None:
         body = leader.leader_event(
@@ -244,15 +246,6 @@ class LeaderElector:
                 )
                 return
             time.sleep(min(left, 0.25))
-
-
-async def _json(resp: Any) -> dict[str, Any]:
-    """The body of a response read with _preload_content=False, which the client hands back
-    whatever its status: an error status raises ApiException here, as a preloaded call would."""
-    body: dict[str, Any] = await resp.json(content_type=None)
-    if not 200 <= resp.status <= 299:
-        raise ApiException(status=resp.status, reason=str(body.get("message") or resp.reason))
-    return body
 
 
 def _brief(e: BaseException) -> str:

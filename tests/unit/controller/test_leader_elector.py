@@ -29,8 +29,17 @@ class Response:
     async def json(self, content_type: str | None = "application/json") -> dict[str, Any]:
         return copy.deepcopy(self.body)
 
+    async def text(self) -> str:
+        return str(self.body)
+
     def release(self) -> None:
         pass
+
+    async def __aenter__(self) -> Response:  # aiohttp's ClientResponse is a context manager
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Store:
