@@ -37,8 +37,10 @@ EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers o
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Through kubernetes_asyncio, the client the operator itself uses (in-cluster, else the
+        # kubeconfig, exec plugins included): the sync client is not loaded in this process.
+        return await kopf.login_via_async_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

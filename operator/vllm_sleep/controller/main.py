@@ -8,13 +8,13 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import kopf
 from aiohttp import web
 from kubernetes_asyncio import client, config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +27,6 @@ from ..reconcile.node_loss import NODE_LOST_SECONDS
 from .agent_transport import PerAgentTransport
 from .agents import AgentClient
 from .context import Context, Settings
-from .handlers import register
 from .kube import Kube, api_client
 from .leader import LeaderElector
 from .pools import Pools
@@ -173,8 +172,24 @@ async def _act_while_leading(elector: LeaderElector, acting: Awaitable[None]) ->
             await elector.release()
 
 
+def forgo_sync_client() -> None:
+    """Keep the synchronous `kubernetes` client out of this process (~7 MiB of RSS).
+
+    The operator talks to the apiserver with kubernetes_asyncio, and kopf logs in through it
+    (`handlers.register`); kopf imports the sync client only to recognise its objects, which
+    this process never hands it. It is installed for the CLI (`vllm-sleep status`, the demo),
+    so kopf finds it unless told it is absent: a `None` in `sys.modules` makes its import raise
+    ImportError, kopf's "not installed" path. Only before kopf is imported, and never over a
+    client already loaded (an in-process caller that uses it)."""
+    if "kopf" not in sys.modules:
+        sys.modules.setdefault("kubernetes", None)
+
+
 async def run(args: argparse.Namespace) -> None:
+    import kopf  # here, not at the top: `forgo_sync_client` runs first
+
     from .children import Children
+    from .handlers import register
     from .memory import glibc_trim, trim_periodically
     from .parse_memo import ParseMemo
     from .spec import parse_model
@@ -255,5 +270,6 @@ def main(argv: list[str]) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.debug:
         logging.getLogger("vllm_sleep").setLevel(logging.DEBUG)
+    forgo_sync_client()
     asyncio.run(run(args))
     return 0
