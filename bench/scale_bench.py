@@ -101,7 +101,7 @@ def probe_main(argv: list[str]) -> int:
             counts[key] += 1
             if trace is not None and key.split()[0] in WRITE_VERBS:
                 body = kwargs.get("json") if kwargs.get("json") is not None else kwargs.get("data")
-                trace.write(f"{time.time():.3f} {key} {url.path} {str(body)[:600]}\n")
+                trace.write(f"{time.time():.3f} {key} {url.path} {str(body)[:3000]}\n")
         return await original(self, method, str_or_url, **kwargs)
 
     aiohttp.ClientSession._request = counted  # type: ignore[method-assign]
@@ -130,6 +130,11 @@ def probe_main(argv: list[str]) -> int:
                 for s in top
             ]
             Path(f"{counts_file}.mem.{marks['n']}").write_text("\n".join(lines))
+            tracemalloc.take_snapshot().dump(f"{counts_file}.mem.{marks['n']}.snap")  # offline
+            import gc  # live objects by type, for what tracemalloc's C-side frames hide
+
+            types = Counter(type(o).__qualname__ for o in gc.get_objects()).most_common(80)
+            Path(f"{counts_file}.mem.{marks['n']}.types").write_text(json.dumps(types, indent=0))
             marks["n"] += 1
 
         signal.signal(signal.SIGUSR2, snapshot)
@@ -201,6 +206,27 @@ def apiserver_requests(cluster: Any) -> Counter[str]:
             res += "/" + labels["subresource"]
         out[f"{verb} {res}"] += int(float(line.rsplit(" ", 1)[1]))
     return out
+
+
+def apiserver_profile(cluster: Any, seconds: float, results: Path) -> None:
+    """A Go CPU profile of kube-apiserver over the next `seconds` (its /debug/pprof, on by
+    default), written next to the results as `.apiserver.pprof` in the background; read it with
+    `go tool pprof -top <file>`."""
+    import subprocess
+
+    out = results.with_suffix(".apiserver.pprof")
+    url = f"/debug/pprof/profile?seconds={int(seconds)}"
+
+    def fetch() -> None:
+        with out.open("wb") as f:
+            subprocess.run(
+                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "--raw", url],
+                stdout=f,
+                check=False,
+                timeout=seconds + 120,
+            )
+
+    threading.Thread(target=fetch, daemon=True).start()
 
 
 def writes(counts: Counter[str] | dict[str, int]) -> int:
@@ -298,14 +324,56 @@ async def wait_http(http: Any, url: str, timeout: float = 120) -> None:
     raise TimeoutError(url)
 
 
-async def phases(api: Any) -> dict[str, str | None]:
-    from kubernetes_asyncio import client
+class Phases:
+    """Every model's `status.phase`, kept by a watch (a LIST of the whole fleet every second
+    was apiserver CPU and a core's worth of JSON counted against the bring-up at 1,000)."""
 
-    resp = await client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "vllm-sleep.io", "v1alpha1", NS, "modeldeployments", _preload_content=False
-    )
-    items = (await resp.json())["items"]
-    return {i["metadata"]["name"]: (i.get("status") or {}).get("phase") for i in items}
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self.phase: dict[str, str | None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _keep(self, obj: dict[str, Any]) -> None:
+        self.phase[obj["metadata"]["name"]] = (obj.get("status") or {}).get("phase")
+
+    async def _follow(self) -> None:
+        from kubernetes_asyncio import client
+
+        from vllm_sleep.testing.kubelet.rawapi import watch_events
+
+        objs = client.CustomObjectsApi(self._api)
+        args = ("vllm-sleep.io", "v1alpha1", NS, "modeldeployments")
+        while True:
+            try:
+                resp = await objs.list_namespaced_custom_object(*args, _preload_content=False)
+                data = await resp.json()
+                for item in data["items"]:
+                    self._keep(item)
+                watch = objs.list_namespaced_custom_object(
+                    *args,
+                    watch=True,
+                    resource_version=data["metadata"]["resourceVersion"],
+                    timeout_seconds=300,
+                    _preload_content=False,
+                )
+                async for event in watch_events(watch):
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._keep(event["object"])
+                    elif event["type"] == "DELETED":
+                        self.phase.pop(event["object"]["metadata"]["name"], None)
+                    elif event["type"] == "ERROR":
+                        break
+            except Exception as e:  # a bench: relist and go on
+                print(f"phase watch: {e!r}; relisting", flush=True)
+                await asyncio.sleep(1)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def create_models(api: Any, names: list[str], args: argparse.Namespace) -> None:
@@ -385,14 +453,18 @@ async def run(
         srv0 = apiserver_requests(cluster)
         op0 = read_counts(procs.counts["operator"])
         load0 = os.getloadavg()
+        if args.profile_apiserver:
+            apiserver_profile(cluster, args.profile_apiserver, out_path_of(args))
         t0 = time.time()
         await create_models(api, names, args)
         applied = time.time() - t0
         print(f"created {len(names)} models in {applied:.1f} s", flush=True)
         progress: list[tuple[float, int, float]] = []  # (since t0, asleep, operator cpu s)
         last_print = 0.0
+        watch = Phases(api)
+        watch.start()
         while True:
-            ph = await phases(api)
+            ph = watch.phase
             asleep = sum(1 for p in ph.values() if p == "Asleep")
             now = time.time() - t0
             progress.append((round(now, 2), asleep, round(proc_cpu(op) - cpu0["operator"], 2)))
@@ -405,6 +477,7 @@ async def run(
                 raise TimeoutError(f"{asleep}/{len(names)} asleep after {now:.0f} s")
             await asyncio.sleep(1)
         ready = time.time() - t0
+        await watch.stop()
         load_time = args.load_seconds
         cpu1 = {"operator": proc_cpu(op), **{n: proc_cpu(p) for n, p in others.items()}}
         if args.profile or args.profile_kubelet:
@@ -613,6 +686,11 @@ def save(result: dict[str, Any], args: argparse.Namespace, out_path: Path) -> No
     out_path.write_text(json.dumps(result, indent=1) + "\n")
 
 
+def out_path_of(args: argparse.Namespace) -> Path:
+    label = f"{args.models}x{args.nodes}" + (f"-{args.label}" if args.label else "")
+    return Path(args.out or RESULTS / f"scale-{label}.json")
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
@@ -662,6 +740,12 @@ def main() -> int:
     p.add_argument(
         "--trace-writes", action="store_true", help="log the operator's writes (<name>.writes)"
     )
+    p.add_argument(
+        "--profile-apiserver",
+        type=float,
+        default=0,
+        help="seconds of kube-apiserver CPU profile from the first create (.apiserver.pprof)",
+    )
     p.add_argument("--gateway-workers", type=int, default=1, help="0: do not pass --workers")
     p.add_argument("--label", default="", help="suffix of the results file name")
     p.add_argument("--keep-logs", type=Path, help="copy logs and profiles here")
@@ -675,8 +759,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from wake_bench import Cluster
 
-    label = f"{args.models}x{args.nodes}" + (f"-{args.label}" if args.label else "")
-    out_path = args.out or RESULTS / f"scale-{label}.json"
+    out_path = out_path_of(args)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the cluster on `kill`, too
     if args.agent_health_interval:  # read by the sim-kubelet it starts (containers.py)
         os.environ["VLLM_SLEEP_SIM_AGENT_HEALTH_INTERVAL"] = str(args.agent_health_interval)

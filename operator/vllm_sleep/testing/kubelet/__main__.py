@@ -49,7 +49,6 @@ def shard_of(text: str) -> tuple[int, int]:
 
 async def run(args: argparse.Namespace) -> None:
     await config.load_kube_config(config_file=args.kubeconfig)
-    api = client.ApiClient()
     shard, shards = shard_of(args.shard)
     nodes = [
         NodeSpec(
@@ -61,6 +60,11 @@ async def run(args: argparse.Namespace) -> None:
         for i in range(args.gpu_nodes)
         if i % shards == shard
     ]
+    configuration = client.Configuration.get_default_copy()
+    # A pod watch per node holds a connection each (`SimKubelet._watch`); the status writes,
+    # reads and heartbeats need room beside them.
+    configuration.connection_pool_maxsize = len(nodes) + 64
+    api = client.ApiClient(configuration)
     kubelet = SimKubelet(api, nodes, args.time_scale, ip_region=(shard, shards))
     runner = web.AppRunner(kubelet.admin_app(), access_log=None)
     await runner.setup()

@@ -94,28 +94,41 @@ class SimKubelet:
         await self._registrar.register()
         self.ready = True
         self._secret_task = asyncio.create_task(self._secret_loop(), name="secret volumes")
+        # kubelet watches only the pods bound to its own node (`fieldSelector=spec.nodeName=`):
+        # one watch per node, as each real node's kubelet has. A watch of every pod made each
+        # of K processes decode every pod event of the fleet (K times the work, and the
+        # apiserver sent each event K times), most of them pods of other nodes or unbound yet.
+        await asyncio.gather(*(self._follow(node) for node in self._nodes))
+
+    async def _follow(self, node: str) -> None:
         while True:
             try:
-                await self._watch()
+                await self._watch(node)
             except (TimeoutError, ApiException, aiohttp.ClientError) as e:
-                log.warning("pod watch ended (%s); relisting", e)
+                log.warning("pod watch of %s ended (%s); relisting", node, e)
                 await asyncio.sleep(1)
 
-    async def _watch(self) -> None:
-        listing: Any = await self._core.list_pod_for_all_namespaces(_preload_content=False)
+    async def _watch(self, node: str) -> None:
+        """List, then watch, the pods bound to `node`."""
+        selector = f"spec.nodeName={node}"
+        listing: Any = await self._core.list_pod_for_all_namespaces(
+            field_selector=selector, _preload_content=False
+        )
         data = await listing.json()
         seen = set()
         for pod in data.get("items", []):
             seen.add(pod["metadata"]["uid"])
             await self._on_pod(pod)
-        for uid in set(self.workers) - seen:  # deleted while we were not watching
-            await self._forget(uid)
+        for uid, worker in list(self.workers.items()):
+            if worker.pod["spec"].get("nodeName") == node and uid not in seen:
+                await self._forget(uid)  # deleted while we were not watching
         rv = data["metadata"]["resourceVersion"]
         # The events as JSON, not as the generated client's models: building a V1Pod per event
         # (dates parsed by dateutil) was the largest share of this process's CPU in a big
         # fleet's bring-up, and only the raw object is read.
         events = rawapi.watch_events(
             self._core.list_pod_for_all_namespaces(
+                field_selector=selector,
                 watch=True,
                 resource_version=rv,
                 timeout_seconds=300,

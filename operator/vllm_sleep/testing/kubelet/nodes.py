@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,11 +34,12 @@ GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 KUBELET_VERSION = "v1.36.3"
 # Heartbeats go out for all nodes at once, a few in flight: one at a time, 200 nodes on a busy
 # apiserver took longer than the Lease's 40 s and the node lifecycle controller marked healthy
-# nodes Unknown. The Lease is the heartbeat; like kubelet (nodeStatusReportFrequency), an
-# unchanged node status is posted far less often.
+# nodes Unknown. The Lease is the heartbeat (renewed every 10 s); an unchanged node status is
+# posted only every nodeStatusReportFrequency, kubelet's default 5 min (a simulated node's status
+# changes only when a test loses or restores it, and those post at once).
 BEAT_CONCURRENCY = 16
 BEAT_TIMEOUT = 10.0  # seconds per heartbeat request: one stuck request must not stall the rest
-STATUS_EVERY_BEATS = 6
+STATUS_REPORT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,16 @@ class NodeRegistrar:
     """Registers nodes and keeps them alive until stopped."""
 
     def __init__(
-        self, api: client.ApiClient, nodes: list[NodeSpec], heartbeat: float = 10.0
+        self,
+        api: client.ApiClient,
+        nodes: list[NodeSpec],
+        heartbeat: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
         self._nodes = nodes
         self._heartbeat = heartbeat
+        self._clock = clock
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.lost: set[str] = set()  # nodes whose kubelet is gone: no heartbeat, no status
@@ -299,15 +306,15 @@ class NodeRegistrar:
                 )
             )
 
-        beats = 0
+        reported = self._clock()  # register() posted every node's status
         while not self._stopping.is_set():
             await self._pause(self._heartbeat)
-            beats += 1
             try:
                 await self._renew_leases(api)
-                if beats % STATUS_EVERY_BEATS == 0:
+                if self._clock() - reported >= STATUS_REPORT_SECONDS:
                     ts = now()
                     await _each(post_status, [s for s in self._nodes if s.name not in self.lost])
+                    reported = self._clock()  # a failed round is tried again at the next beat
             except Exception:  # the next beat tries again: the heartbeat never stops for good
                 log.warning("node heartbeat failed", exc_info=True)
 
