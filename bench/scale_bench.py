@@ -723,10 +723,10 @@ def main() -> int:
     )
     p.add_argument(
         "--fast-probe-seconds",
-        type=float,
-        default=5.0,
-        help="the sim-kubelet probes a ready container every second this long, then at its "
-        "period (-1: the sim-kubelet's own default, 30)",
+        default="off",
+        help="the sim-kubelet probes a container every second until ready and this long "
+        "after, then at its period; off (the default): every probe at its period, as kubelet; "
+        "-1: the sim-kubelet's own default (30)",
     )
     p.add_argument(
         "--trace-memory", type=int, default=0, help="tracemalloc frames in the operator (0: off)"
@@ -763,10 +763,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the cluster on `kill`, too
     if args.agent_health_interval:  # read by the sim-kubelet it starts (containers.py)
         os.environ["VLLM_SLEEP_SIM_AGENT_HEALTH_INTERVAL"] = str(args.agent_health_interval)
-    if args.fast_probe_seconds >= 0:  # read by the sim-kubelet (kubelet.py FAST_PROBE_ENV)
-        os.environ["VLLM_SLEEP_SIM_FAST_PROBE_SECONDS"] = str(args.fast_probe_seconds)
+    if args.fast_probe_seconds != "-1":  # read by the sim-kubelet (kubelet.py FAST_PROBE_ENV)
+        os.environ["VLLM_SLEEP_SIM_FAST_PROBE_SECONDS"] = args.fast_probe_seconds
     if args.trace_writes:  # read by the probes
         os.environ[TRACE_ENV] = "1"
+    if args.profile_apiserver:  # read by the control plane it starts (controlplane.py)
+        os.environ["VLLM_SLEEP_APISERVER_PROFILING"] = "1"
     if args.profile_kubelet:  # read by the sim-kubelet it starts (testing/kubelet/__main__.py)
         os.environ[KUBELET_PROFILE_ENV] = str(out_path.with_suffix(".kubelet.prof"))
     result: dict[str, Any] = {}

@@ -21,3 +21,16 @@ def test_the_fast_window_after_readiness_can_be_shortened() -> None:
     assert probe_delay(10.0, ready=True, ready_for=4.0, fast_for=5.0) == 1.0
     assert fast_probe_seconds({FAST_PROBE_ENV: "5"}) == 5.0
     assert fast_probe_seconds({}) == FAST_PROBE_SECONDS
+
+
+def test_fast_probing_can_be_off_every_probe_at_the_pods_period() -> None:
+    from vllm_sleep.testing.kubelet.kubelet import (
+        FAST_PROBE_ENV,
+        FAST_PROBE_OFF,
+        fast_probe_seconds,
+    )
+
+    assert fast_probe_seconds({FAST_PROBE_ENV: FAST_PROBE_OFF}) is None
+    assert probe_delay(10.0, ready=False, ready_for=-math.inf, fast_for=None) == 10.0
+    assert probe_delay(10.0, ready=True, ready_for=0.0, fast_for=None) == 10.0
+    assert probe_delay(1.0, ready=False, ready_for=-math.inf, fast_for=None) == 1.0

@@ -167,7 +167,8 @@ def _start(state_dir: Path, bins: dict[str, Path], timeout: float) -> ClusterSta
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
-            "--profiling=false",
+            # /debug/pprof on for a bench that profiles the apiserver (bench/scale_bench.py).
+            f"--profiling={str(bool(os.environ.get('VLLM_SLEEP_APISERVER_PROFILING'))).lower()}",
             "--v=1",
         ],
         f"{api_url}/readyz",

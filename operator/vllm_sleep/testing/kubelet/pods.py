@@ -30,11 +30,14 @@ FAST_PROBE_SECONDS = 30.0  # probe every second this long after readiness settle
 
 
 def probe_delay(
-    period: float, ready: bool, ready_for: float, fast_for: float = FAST_PROBE_SECONDS
+    period: float, ready: bool, ready_for: float, fast_for: float | None = FAST_PROBE_SECONDS
 ) -> float:
     """Seconds to the next probe: faster than kubelet (at most 1 s) until the container is ready
     and for `fast_for` seconds after, so tests wait less; then the pod's own period (a thousand
-    simulated pods probed every second were most of this process's CPU)."""
+    simulated pods probed every second were most of this process's CPU). `fast_for` None: the
+    pod's own period throughout, as kubelet probes."""
+    if fast_for is None:
+        return period
     fast = not ready or ready_for < fast_for
     return min(period, 1.0) if fast else period
 
@@ -57,7 +60,7 @@ class PodWorker:
         now: Callable[[], str],
         restart_backoff: float = 1.0,
         status_batch: float = 0.0,
-        fast_probe_seconds: float = FAST_PROBE_SECONDS,
+        fast_probe_seconds: float | None = FAST_PROBE_SECONDS,
     ) -> None:
         self.pod = pod
         self.pod_ip = pod_ip
