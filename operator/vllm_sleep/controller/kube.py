@@ -21,6 +21,7 @@ from ..api.names import (
 )
 from ..reconcile.status import rfc3339
 from . import coalesce
+from .podcache import slim
 
 T = TypeVar("T")
 
@@ -29,6 +30,8 @@ T = TypeVar("T")
 # 100, filled during a big fleet's bring-up, was tens of MB of the operator's memory. Requests
 # beyond this wait for a connection; the apiserver queues them anyway (priority and fairness).
 API_CONNECTIONS = 32
+# Pods per page of a pod LIST (`Kube.list_pods`): what is decoded at once.
+LIST_PAGE = 100
 
 
 def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
@@ -40,9 +43,13 @@ def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
 
 class Kube:
     def __init__(
-        self, api: client.ApiClient, status_window: float = STATUS_WRITE_WINDOW_SECONDS
+        self,
+        api: client.ApiClient,
+        status_window: float = STATUS_WRITE_WINDOW_SECONDS,
+        list_page: int = LIST_PAGE,
     ) -> None:
         self.api = api
+        self.list_page = list_page
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.objects = client.CustomObjectsApi(api)
@@ -147,14 +154,36 @@ class Kube:
         raw = (secret.data or {}).get(key)
         return base64.b64decode(raw).decode() if raw else None
 
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        data = await json_answer(
-            self.core.list_namespaced_pod(
-                namespace, label_selector=selector, _preload_content=False
+    async def list_pods(
+        self,
+        namespace: str,
+        selector: str,
+        keep: Callable[[dict[str, Any]], dict[str, Any]] = slim,
+    ) -> list[dict[str, Any]]:
+        """The pods, `keep` of each (default: what a reconcile pass reads), read in pages.
+
+        Each page's whole pods (managedFields, spec, every status) are decoded, cut to what is
+        kept and let go before the next page is read: decoded all at once, a thousand whole pods
+        were ~100 MB of short-lived objects, and the kept parts scattered among them held much of
+        that heap for good. The apiserver serves every page of a list from the snapshot of its
+        first page, so the pages add up to one consistent list."""
+        pods: list[dict[str, Any]] = []
+        more: dict[str, Any] = {}
+        while True:
+            page = await json_answer(
+                self.core.list_namespaced_pod(
+                    namespace,
+                    label_selector=selector,
+                    limit=self.list_page,
+                    _preload_content=False,
+                    **more,
+                )
             )
-        )
-        items: list[dict[str, Any]] = data.get("items", [])
-        return items
+            pods.extend(keep(p) for p in page.get("items", []))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return pods
+            more = {"_continue": token}
 
     async def delete_pod(
         self, namespace: str, name: str, uid: str | None = None, *, force: bool = False

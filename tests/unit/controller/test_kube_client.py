@@ -1,9 +1,14 @@
 """The operator's own Kubernetes client keeps few apiserver connections (each TLS connection
-holds a 256 KiB read buffer: the client's default of 100 was tens of MB at scale)."""
+holds a 256 KiB read buffer: the client's default of 100 was tens of MB at scale), and reads a
+pod LIST in pages."""
 
 from __future__ import annotations
 
-from vllm_sleep.controller.kube import API_CONNECTIONS, api_client
+from typing import Any
+
+from vllm_sleep.api.names import LABEL_MODEL
+from vllm_sleep.controller.kube import API_CONNECTIONS, Kube, api_client
+from vllm_sleep.controller.podcache import slim
 
 
 async def test_the_operators_client_keeps_at_most_api_connections() -> None:
@@ -12,3 +17,75 @@ async def test_the_operators_client_keeps_at_most_api_connections() -> None:
         assert api.rest_client.pool_manager.connector.limit == API_CONNECTIONS < 100
     finally:
         await api.close()
+
+
+class Answer:
+    """An unpreloaded answer of the generated client, as `json_answer` reads it."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.status = 200
+        self._data = data
+
+    async def __aenter__(self) -> Answer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def json(self) -> dict[str, Any]:
+        return self._data
+
+
+def whole_pod(i: int) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"m-{i}",
+            "namespace": "ns",
+            "labels": {LABEL_MODEL: "m"},
+            "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}],
+        },
+        "spec": {"nodeName": "n", "containers": [{"name": "vllm", "image": "i"}]},
+        "status": {"phase": "Running", "podIP": f"10.0.0.{i}", "hostIP": "10.1.0.1"},
+    }
+
+
+class PagedPods:
+    """list_namespaced_pod over 250 pods, `limit` a page, continued by token."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.pods = [whole_pod(i) for i in range(250)]
+        self.calls: list[dict[str, Any]] = []
+        self.log = log
+
+    async def list_namespaced_pod(self, namespace: str, **kw: Any) -> Answer:
+        self.calls.append({"namespace": namespace, **kw})
+        start = int(kw.get("_continue") or 0)
+        end = start + kw["limit"]
+        self.log.append(f"page {start}")
+        more = {"continue": str(end)} if end < len(self.pods) else {}
+        return Answer({"items": self.pods[start:end], "metadata": more})
+
+
+async def test_pods_are_listed_in_pages_each_cut_before_the_next_is_read() -> None:
+    log: list[str] = []
+    kube = Kube(api_client(), list_page=100)
+    try:
+        paged = PagedPods(log)
+        kube.core = paged  # type: ignore[assignment]
+
+        def keep(pod: dict[str, Any]) -> dict[str, Any]:
+            log.append(f"keep {pod['metadata']['name']}")
+            return slim(pod)
+
+        pods = await kube.list_pods("ns", LABEL_MODEL, keep=keep)
+        assert pods == [slim(p) for p in paged.pods]
+        assert [c.get("_continue") for c in paged.calls] == [None, "100", "200"]
+        assert all(c["limit"] == 100 and c["label_selector"] == LABEL_MODEL for c in paged.calls)
+        # A page's pods are cut to what is kept before the next page is asked for.
+        assert log.index("keep m-99") < log.index("page 100") < log.index("keep m-100")
+        # By default what a pass reads: no managedFields, no spec beyond the node.
+        default = await kube.list_pods("ns", LABEL_MODEL)
+        assert default == pods and "managedFields" not in default[0]["metadata"]
+        assert default[0]["spec"] == {"nodeName": "n"}
+    finally:
+        await kube.api.close()
