@@ -9,9 +9,12 @@ delay); writes that follow within `window` seconds are coalesced, and the latest
 written when the window ends. So a transient state shorter than the window may never appear in
 the status (the model's Events still say what happened), and the final state always does.
 
-With `defer_first`, the first write of a key this process never wrote waits for the window too:
-a new model's first status ("Pending, no pods yet", written by the pass that creates its pod)
-is superseded by the next pass's within a second or two.
+With `defer_first` (a predicate of the value, or True for every value), the first value of a
+key this process never wrote is held until a second value follows (then written a window after
+the first, or at once if that passed) or, if none does, for `first_hold` seconds: a new model's
+first status ("Pending, no pods yet", from the pass that creates its pod) is superseded by the
+pass that sees the pod, which on a busy operator comes later than one window; written on its own
+it was one write per model for nothing.
 """
 
 from __future__ import annotations
@@ -39,13 +42,16 @@ class Coalescer(Generic[K, V]):
         write: Callable[[K, V], Awaitable[None]],
         window: float,
         clock: Callable[[], float] = time.monotonic,
-        defer_first: bool = False,
+        defer_first: bool | Callable[[V], bool] = False,
+        first_hold: float = 10.0,
     ) -> None:
         self._write = write
         self._window = window
         self._clock = clock
         self._defer_first = defer_first
-        self._known: set[K] = set()  # keys written (or queued) before: `defer_first`
+        self._first_hold = max(first_hold, window)
+        self._known: set[K] = set()  # keys submitted before: `defer_first`
+        self._holding: dict[K, float] = {}  # new keys' first values, held: when submitted
         self._last: dict[K, float] = {}  # when the key's last write started
         self._pending: dict[K, V] = {}  # the value to write when the key's window ends
         self._flushers: dict[K, asyncio.Task[None]] = {}
@@ -60,9 +66,21 @@ class Coalescer(Generic[K, V]):
         if self._submits % PRUNE_EVERY == 0:
             self._prune()
         now = self._clock()
-        if self._defer_first and key not in self._known and self._window > 0:
+        first = self._defer_first and key not in self._known
+        if first:
             self._known.add(key)
-            self._last[key] = now  # as if written now: the window starts here
+        if first and self._window > 0 and self._defers(value):
+            self._holding[key] = now
+            # As if written so that its window ends `first_hold` from now.
+            self._last[key] = now + self._first_hold - self._window
+        elif key in self._holding:
+            # The second value: the hold ends a window after the first (a held flusher is
+            # still asleep, never writing: it stops holding before its write).
+            self._last[key] = self._holding.pop(key)
+            self._pending.pop(key, None)  # superseded by this one
+            held = self._flushers.pop(key, None)
+            if held is not None:
+                held.cancel()
         quiet = now - self._last.get(key, -math.inf) >= self._window
         if self._window <= 0 or (quiet and key not in self._flushers):
             self._last[key] = now
@@ -73,9 +91,13 @@ class Coalescer(Generic[K, V]):
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")
 
+    def _defers(self, value: V) -> bool:
+        return self._defer_first(value) if callable(self._defer_first) else self._defer_first
+
     def forget(self, key: K) -> None:
         """The key's object is gone: a new one of the same name starts afresh."""
         self._known.discard(key)
+        self._holding.pop(key, None)
 
     def pending(self, key: K) -> V | None:
         return self._pending.get(key)
@@ -97,6 +119,7 @@ class Coalescer(Generic[K, V]):
                 delay = self._last.get(key, -math.inf) + self._window - self._clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                self._holding.pop(key, None)  # no second value came: the first is written
                 value = self._pending.pop(key)
                 self._last[key] = self._clock()
                 try:
@@ -111,7 +134,8 @@ class Coalescer(Generic[K, V]):
                     log.warning("write of %s failed; retrying", key, exc_info=True)
                     self._pending.setdefault(key, value)
         finally:
-            self._flushers.pop(key, None)
+            if self._flushers.get(key) is asyncio.current_task():
+                del self._flushers[key]
 
     def _prune(self) -> None:
         now = self._clock()

@@ -19,7 +19,7 @@ from ..api.names import (
     MODEL_DEPLOYMENT_PLURAL,
     VERSION,
 )
-from ..reconcile.status import rfc3339
+from ..reconcile.status import awaits_its_pods, rfc3339
 from . import coalesce
 from .podcache import slim
 
@@ -56,7 +56,7 @@ class Kube:
         # A model's status changes several times a second while it starts: at most one write per
         # model per window, the latest (`controller/coalesce.py`).
         self.model_status: coalesce.Coalescer[tuple[str, str], dict[str, Any]] = coalesce.Coalescer(
-            self._write_model_status, status_window
+            self._write_model_status, status_window, defer_first=awaits_its_pods
         )
 
     async def create_if_missing(self, manifest: dict[str, Any]) -> bool:

@@ -130,6 +130,17 @@ def keep_transition_times(status: Status, last: Status | None) -> Status:
     return {**status, "conditions": conditions} if "conditions" in status else status
 
 
+def awaits_its_pods(status: Status) -> bool:
+    """The status of a model whose pods do not exist yet, with nothing wrong (Pending, no
+    replicas, not Degraded): what the pass that creates its pods computes, from before it did.
+    The next pass, which sees the pods, supersedes it (`controller/coalesce.py`, defer_first)."""
+    degraded = any(
+        c.get("type") == ConditionType.DEGRADED and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return status.get("phase") == Phase.PENDING and not status.get("replicas") and not degraded
+
+
 def replica_state(obs: ReplicaObservation) -> str:
     """The replica's state as `status.replicas[].state` spells it (docs/api.md)."""
     if obs.deleting:

@@ -1,0 +1,48 @@
+"""A new model's first status, from the pass that creates its pods ("Pending, no pods yet"), is
+held until the pass that sees the pods supersedes it: one write per model fewer in a bring-up,
+and nothing a user needs hidden (a model with a problem, or with pods, is written as before)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubernetes_asyncio import client
+from planning import body, pod, report
+from test_status import status_of
+
+from vllm_sleep.api.agent_protocol import AgentState
+from vllm_sleep.controller.kube import Kube
+from vllm_sleep.reconcile.status import StatusFacts, awaits_its_pods
+
+
+def test_only_a_pending_model_without_pods_or_problems_awaits_its_pods() -> None:
+    raw = body()
+    assert awaits_its_pods(status_of(raw, [], {}))
+    problem = status_of(raw, [], {}, facts=StatusFacts(problem="no GPUPool named p"))
+    assert not awaits_its_pods(problem)
+    starting = status_of(raw, [pod(raw)], {"m-0": report(AgentState.UNREACHABLE)})
+    assert not awaits_its_pods(starting)
+
+
+async def test_the_operator_holds_a_new_models_no_pods_status_for_the_next() -> None:
+    kube = Kube(client.ApiClient(), status_window=0.01)
+    written: list[tuple[tuple[str, str], dict[str, Any]]] = []
+
+    async def write(key: tuple[str, str], status: dict[str, Any]) -> None:
+        written.append((key, status))
+
+    kube.model_status._write = write  # type: ignore[method-assign]
+    raw = body()
+    await kube.patch_model_status("ns", "m", status_of(raw, [], {}))
+    await asyncio.sleep(0.05)  # past the window: still held
+    assert written == []
+    loading = status_of(raw, [pod(raw)], {"m-0": report(AgentState.LOADING)})
+    await kube.patch_model_status("ns", "m", loading)
+    await kube.model_status.drain()
+    assert [s["phase"] for _, s in written] == ["Loading"]
+    # A model with a problem and no pods is written at once.
+    problem = status_of(raw, [], {}, facts=StatusFacts(problem="no GPUPool named p"))
+    await kube.patch_model_status("ns", "other", problem)
+    assert written[-1][0] == ("ns", "other")
+    await kube.api.close()
