@@ -1,81 +1,97 @@
-"""One small connection pool per agent, so talking to one agent costs the same at 10 or 1,000.
+"""The operator's HTTP to its pods' agents: httpx requests, carried by one aiohttp session.
 
-httpcore's pool looks at every connection it holds for every request it sends. The operator
-keeps one long-poll open per model pod, so one shared pool over all agents made each request
-cost O(pods), and a fleet's bring-up O(pods²). Each agent (scheme, host, port) gets its own
-transport here, holding only that agent's few connections; a pool idle for IDLE_SECONDS (its pod
-gone, or quiet) is closed. The pools share one TLS context: httpx builds one per transport
-otherwise, loading the CA bundle each time (~0.1 s of CPU and ~1 MB per agent).
+The operator keeps a long-poll open to every model pod's agent (`watchers.py`), so at a
+thousand models a thousand requests are parked at any time, and what each costs is multiplied
+by the fleet. Carried by httpcore, a parked request was ~19 coroutines, a pool, its locks and
+an h11 state machine per agent: ~35 KiB each, most of the operator's memory per model. aiohttp
+(already in the process: kopf's client) parks one in a few coroutines and a parser, and its
+connector finds an agent's connections by key, so a request costs the same at 10 or 1,000
+agents (httpcore's single pool looked at every connection it held for every request: O(pods)).
+Idle connections close on their own after aiohttp's keep-alive time.
+
+The agents' control port is plain HTTP on the pod IP (`AgentClient.url`); each request carries
+its own Authorization header (the model's token), which aiohttp sends as given. Answers are
+small JSON and are read whole. Failures come out as httpx's errors, which `AgentClient` handles.
 """
 
 from __future__ import annotations
 
-import ssl
-import time
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import aiohttp
 import httpx
 
-IDLE_SECONDS = 300.0
-PRUNE_EVERY = 60.0
 # Per agent: the long-poll, a transition, and a state read or two.
-AGENT_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=4)
+PER_AGENT_CONNECTIONS = 16
 
-Origin = tuple[str, str, int | None]
+Session = Callable[[], aiohttp.ClientSession]
 
 
-class PerAgentTransport(httpx.AsyncBaseTransport):
-    def __init__(
-        self,
-        make: Callable[[], httpx.AsyncBaseTransport] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._make = make or self._agent_pool
-        self._tls: ssl.SSLContext | None = None
-        self._clock = clock
-        self._pools: dict[Origin, httpx.AsyncBaseTransport] = {}
-        self._used: dict[Origin, float] = {}
-        self._busy: dict[Origin, int] = {}
-        self._pruned_at = clock()
+def agent_session() -> aiohttp.ClientSession:
+    """No limit over all agents, a few connections to each; bodies passed on as sent (httpx
+    decodes them), no cookies kept between agents, no redirects followed."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=PER_AGENT_CONNECTIONS),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+    )
 
-    def _agent_pool(self) -> httpx.AsyncBaseTransport:
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return httpx.AsyncHTTPTransport(verify=self._tls, limits=AGENT_LIMITS)
 
-    def __len__(self) -> int:
-        return len(self._pools)
+class AgentTransport(httpx.AsyncBaseTransport):
+    def __init__(self, session: Session = agent_session) -> None:
+        self._make = session
+        self._session: aiohttp.ClientSession | None = None  # made in the loop, on first use
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._prune()
-        origin = (request.url.scheme, request.url.host, request.url.port)
-        pool = self._pools.get(origin)
-        if pool is None:
-            pool = self._pools[origin] = self._make()
-        self._busy[origin] = self._busy.get(origin, 0) + 1
-        self._used[origin] = self._clock()
+        if self._session is None:
+            self._session = self._make()
+        timeout = request.extensions.get("timeout") or {}
         try:
-            return await pool.handle_async_request(request)
-        finally:
-            # A response body is read after this returns; IDLE_SECONDS covers that.
-            self._busy[origin] -= 1
-            self._used[origin] = self._clock()
-
-    async def _prune(self) -> None:
-        now = self._clock()
-        if now - self._pruned_at < PRUNE_EVERY:
-            return
-        self._pruned_at = now
-        for origin in [o for o, t in self._used.items() if now - t > IDLE_SECONDS]:
-            if self._busy.get(origin):
-                continue
-            pool = self._pools.pop(origin)
-            del self._used[origin], self._busy[origin]
-            await pool.aclose()
+            async with self._session.request(
+                request.method,
+                str(request.url),
+                headers=[
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                ],
+                data=await request.aread() or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                ),
+            ) as resp:
+                body = await resp.read()
+                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers]
+                status = resp.status
+        except Exception as e:
+            raise _as_httpx(e, request) from e
+        return httpx.Response(
+            status, headers=headers, content=body, extensions={"http_version": b"HTTP/1.1"}
+        )
 
     async def aclose(self) -> None:
-        pools, self._pools = list(self._pools.values()), {}
-        self._used.clear()
-        self._busy.clear()
-        for pool in pools:
-            await pool.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _as_httpx(e: Exception, request: httpx.Request) -> Exception:
+    """aiohttp's failure as the httpx error `AgentClient` expects (any other passes through)."""
+    kind: Any
+    if isinstance(e, aiohttp.ConnectionTimeoutError):
+        kind = httpx.ConnectTimeout
+    elif isinstance(e, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
+        kind = httpx.ReadTimeout
+    elif isinstance(e, aiohttp.ClientConnectorError):
+        kind = httpx.ConnectError
+    elif isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        kind = httpx.RemoteProtocolError
+    elif isinstance(e, aiohttp.ClientError):
+        kind = httpx.ReadError
+    else:
+        return e
+    return kind(f"{type(e).__name__}: {e}", request=request)  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ from ..api.served_names import ExposureError, ExposurePolicy
 from ..logs import configure
 from ..metrics import OperatorMetrics
 from ..reconcile.node_loss import NODE_LOST_SECONDS
-from .agent_transport import PerAgentTransport
+from .agent_transport import AgentTransport
 from .agents import AgentClient
 from .context import Context, Settings
 from .kube import Kube, api_client
@@ -182,7 +182,7 @@ def forgo_sync_client() -> None:
     ImportError, kopf's "not installed" path. Only before kopf is imported, and never over a
     client already loaded (an in-process caller that uses it)."""
     if "kopf" not in sys.modules:
-        sys.modules.setdefault("kubernetes", None)
+        sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # None: absent
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace) -> None:
         node_lost_seconds=args.node_lost_seconds,
     )
     kube = Kube(api)
-    async with httpx.AsyncClient(transport=PerAgentTransport()) as http:
+    async with httpx.AsyncClient(transport=AgentTransport()) as http:
         ctx = Context(
             settings=settings,
             kube=kube,

@@ -1,72 +1,120 @@
-"""Each agent gets its own small connection pool; a pool left idle is closed."""
+"""The agents' transport: httpx requests carried by one aiohttp session, over real loopback HTTP.
+
+Each request reaches its own agent with its own token; a connection to an agent is reused;
+failures come out as the httpx errors AgentClient handles; a parked long-poll stays cheap."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
+from aiohttp import web
 
-from vllm_sleep.controller.agent_transport import IDLE_SECONDS, PRUNE_EVERY, PerAgentTransport
+from vllm_sleep.api.agent_protocol import StateReport
+from vllm_sleep.controller import agents
+from vllm_sleep.controller.agent_transport import AgentTransport
 
 
-class Pool(httpx.AsyncBaseTransport):
-    """An inner transport that records what it carried and whether it was closed."""
+class Agents:
+    """One aiohttp server on every loopback address: it answers with who it was asked as."""
 
     def __init__(self) -> None:
-        self.hosts: list[str] = []
-        self.closed = False
+        self.seen: list[tuple[str, str, str | None, int]] = []  # (agent IP, path, auth, peer port)
+        self.parked = asyncio.Event()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.hosts.append(f"{request.url.host}:{request.url.port}")
-        return httpx.Response(200, json={"state": "asleep"})
+    async def state(self, request: web.Request) -> web.Response:
+        sock = request.transport.get_extra_info("sockname") if request.transport else ("", 0)
+        peer = request.transport.get_extra_info("peername") if request.transport else ("", 0)
+        self.seen.append((sock[0], request.path, request.headers.get("Authorization"), peer[1]))
+        if request.query.get("wait"):
+            self.parked.set()
+            await asyncio.sleep(float(request.query["wait"]) + 60)
+        version = int(request.query.get("version", "0")) + 1
+        return web.json_response({"state": "asleep", "version": version})
 
-    async def aclose(self) -> None:
-        self.closed = True
+    async def sleep(self, request: web.Request) -> web.Response:
+        self.seen.append(("", request.path, request.headers.get("Authorization"), 0))
+        if request.headers.get("Authorization") != "Bearer right":
+            return web.json_response({"error": {"message": "bad token"}}, status=401)
+        return web.json_response({"state": "sleeping", "level": int(request.query["level"])})
 
-
-async def test_each_agent_has_its_own_pool_and_reuses_it() -> None:
-    made: list[Pool] = []
-
-    def make() -> Pool:
-        made.append(Pool())
-        return made[-1]
-
-    async with httpx.AsyncClient(transport=PerAgentTransport(make)) as http:
-        for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.2"):
-            r = await http.get(f"http://{ip}:8002/state")
-            assert r.json() == {"state": "asleep"}
-    assert [p.hosts for p in made] == [["127.0.0.2:8002", "127.0.0.2:8002"], ["127.0.0.3:8002"]]
-    assert all(p.closed for p in made)  # closing the client closes every pool
+    async def slow(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
 
 
-async def test_an_idle_agents_pool_is_closed_and_a_busy_one_kept() -> None:
-    now = [0.0]
-    made: dict[str, Pool] = {}
-
-    def make() -> Pool:
-        pool = Pool()
-        made[f"p{len(made)}"] = pool
-        return pool
-
-    transport = PerAgentTransport(make, clock=lambda: now[0])
-    async with httpx.AsyncClient(transport=transport) as http:
-        await http.get("http://127.0.0.2:8002/state")  # p0: then idle
-        now[0] = IDLE_SECONDS - 1
-        await http.get("http://127.0.0.3:8002/state")  # p1: recent
-        now[0] = IDLE_SECONDS + PRUNE_EVERY
-        await http.get("http://127.0.0.3:8002/state")
-        assert made["p0"].closed and not made["p1"].closed
-        assert len(transport) == 1
-        await http.get("http://127.0.0.2:8002/state")  # the agent is back: a fresh pool
-        assert len(made) == 3 and len(transport) == 2
+@pytest.fixture
+async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Agents]:
+    agents_ = Agents()
+    app = web.Application()
+    app.router.add_get("/state", agents_.state)
+    app.router.add_post("/sleep", agents_.sleep)
+    app.router.add_get("/slow", agents_.slow)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    monkeypatch.setattr(agents, "CONTROL_PORT", port)
+    try:
+        yield agents_
+    finally:
+        await runner.cleanup()
 
 
-async def test_agent_pools_share_one_tls_context() -> None:
-    transport = PerAgentTransport()
-    async with httpx.AsyncClient(transport=transport) as http:
-        for ip in ("127.0.0.2", "127.0.0.3"):
-            with contextlib.suppress(httpx.HTTPError):  # nothing listens: only pools matter
-                await http.get(f"http://{ip}:1/state", timeout=0.5)
-        pools = list(transport._pools.values())
-        contexts = {id(p._pool._ssl_context) for p in pools}  # type: ignore[attr-defined]
-        assert len(pools) == 2 and len(contexts) == 1
+async def test_each_agent_is_reached_with_its_own_token(served: Agents) -> None:
+    async with httpx.AsyncClient(transport=AgentTransport()) as http:
+        client = agents.AgentClient(http)
+        a, b = await asyncio.gather(
+            client.state("127.0.0.2", "token-a"), client.state("127.0.0.3", "token-b")
+        )
+        assert isinstance(a, StateReport) and a.version == 1 and b.version == 1
+        again = await client.state("127.0.0.2", "token-a")
+    by_ip = {(ip, auth) for ip, _path, auth, _port in served.seen}
+    assert by_ip == {("127.0.0.2", "Bearer token-a"), ("127.0.0.3", "Bearer token-b")}
+    assert again.version == 1
+    # The agent's connection was kept and reused for its next request.
+    ports = [port for ip, _path, _auth, port in served.seen if ip == "127.0.0.2"]
+    assert len(ports) == 2 and ports[0] == ports[1]
+
+
+async def test_a_transition_carries_its_query_and_the_agents_refusal(served: Agents) -> None:
+    async with httpx.AsyncClient(transport=AgentTransport()) as http:
+        client = agents.AgentClient(http)
+        report = await client.sleep("127.0.0.2", "right", level=2, drain_timeout=5)
+        assert report.level == 2
+        with pytest.raises(agents.AgentError) as e:
+            await client.sleep("127.0.0.2", "wrong", level=1, drain_timeout=5)
+        assert e.value.status == 401 and "bad token" in e.value.message
+
+
+async def test_failures_are_httpx_errors(served: Agents) -> None:
+    async with httpx.AsyncClient(transport=AgentTransport()) as http:
+        with pytest.raises(httpx.ConnectError):  # nothing listens on port 1
+            await http.get("http://127.0.0.2:1/state")
+        port = agents.CONTROL_PORT
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(f"http://127.0.0.2:{port}/slow", timeout=httpx.Timeout(0.2))
+        # AgentClient reads both as an unreachable agent, as it did with httpx's own transport.
+        client = agents.AgentClient(http)
+        assert (await client.state("127.0.0.9", "t")).version == 1  # still serving after that
+
+
+async def test_a_parked_long_poll_stays_shallow(served: Agents) -> None:
+    # The operator parks one long-poll per model pod; its coroutines (each a frame kept alive)
+    # were ~17 deep through httpcore, ~35 KiB a poll, most of the operator's memory per model.
+    async with httpx.AsyncClient(transport=AgentTransport()) as http:
+        client = agents.AgentClient(http)
+        poll = asyncio.create_task(client.state("127.0.0.2", "t", version=1, wait=30))
+        await asyncio.wait_for(served.parked.wait(), 5)
+        await asyncio.sleep(0.05)
+        depth, link = 0, poll.get_coro()
+        while link is not None and (asyncio.iscoroutine(link) or hasattr(link, "gi_yieldfrom")):
+            depth += 1
+            link = getattr(link, "cr_await", None) or getattr(link, "gi_yieldfrom", None)
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+    assert depth <= 14, depth  # 13 here; 17 through httpcore
