@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -88,6 +89,26 @@ async def test_a_transition_carries_its_query_and_the_agents_refusal(served: Age
         with pytest.raises(agents.AgentError) as e:
             await client.sleep("127.0.0.2", "wrong", level=1, drain_timeout=5)
         assert e.value.status == 401 and "bad token" in e.value.message
+
+
+async def test_a_traced_request_reports_when_it_is_written(served: Agents) -> None:
+    # A transition's caller learns from httpcore's trace event that its request is on the wire.
+    events: list[str] = []
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        events.append(event)
+
+    port = agents.CONTROL_PORT
+    async with httpx.AsyncClient(transport=AgentTransport()) as http:
+        resp = await http.post(
+            f"http://127.0.0.2:{port}/sleep?level=1",
+            headers={"Authorization": "Bearer right"},
+            extensions={"trace": trace},
+        )
+    assert resp.json()["state"] == "sleeping"
+    assert events.index("http11.send_request_body.complete") < events.index(
+        "http11.receive_response_headers.complete"
+    )
 
 
 async def test_failures_are_httpx_errors(served: Agents) -> None:
