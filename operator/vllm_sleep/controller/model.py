@@ -66,6 +66,8 @@ class ModelController:
         self._planning = False
         self._handing_off: asyncio.Task[None] | None = None
         self._hand_off_writes: set[asyncio.Task[None]] = set()  # a hand-off's routes, in flight
+        # Pooled transitions whose agent has not reported since the order (`PoolActor.ordering`).
+        self._ordering: dict[str, Callable[[], None]] = {}
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
@@ -94,6 +96,10 @@ class ModelController:
         timeout = resync if seconds is None else min(seconds, resync)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.kick.wait(), timeout=max(timeout, 0.05))
+        if self._pool_name is not None and self.ctx.pools is not None:
+            # The hand-off that kicked this loop may have started a swap's step: its order
+            # reaches the agent first (kicks meanwhile are this pass's too).
+            await self.ctx.pools.get(self._pool_name).delivered()
         self.kick.clear()
 
     async def reconcile_once(self, body: Body) -> float | None:
@@ -212,9 +218,17 @@ class ModelController:
     def _reported(self, pod: str, report: StateReport) -> None:
         """A pooled replica that is not awake holds requests: the wake they wait for (or the
         eviction it needs first) is on their path, so it is handed off now, not planned at
-        the loop's next pass. Other reports only kick the loop."""
+        the loop's next pass. Other reports only kick the loop. Any new report of a replica
+        ordered to sleep or wake says its agent has the order (or answered something after it):
+        the pool's passes, held back meanwhile, may run."""
+        self._ordered(pod)
         if self._pool_name is not None and report.held and report.state != AgentState.AWAKE:
             self.hand_off()
+
+    def _ordered(self, pod: str) -> None:
+        told = self._ordering.pop(pod, None)
+        if told is not None:
+            told()
 
     async def _pool(self, model: ModelDeployment, observed: Observed) -> PoolActor | None:
         """The model's GPUPool actor (inventory fresh), or None outside a pool."""
@@ -330,6 +344,10 @@ class ModelController:
             return
         kind = Transition.SLEEP if isinstance(action, Sleep) else Transition.WAKE
         drain = model.spec.sleep.drain_timeout.total_seconds()
+        if self._pool_name is not None and self.ctx.pools is not None:
+            # The step may be on a swap's path: the members' passes wait until its agent has
+            # the order, i.e. reports anything new (`_reported`), or the call ended.
+            self._ordering[action.pod] = self.ctx.pools.get(self._pool_name).ordering()
         coro = (
             self._sleep(action, ip, token, drain)
             if isinstance(action, Sleep)
@@ -340,6 +358,7 @@ class ModelController:
         self.transition_kind[action.pod] = kind
 
         def finished(_task: asyncio.Task[None], pod: str = action.pod) -> None:
+            self._ordered(pod)  # ended (or was cancelled) before its agent reported anything
             self.transitions.pop(pod, None)
             self.transition_kind.pop(pod, None)
             # In a pool, its new state is published at once: a neighbour's wake may wait on it.

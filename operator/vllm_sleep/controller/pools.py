@@ -56,6 +56,9 @@ STALE_TURN = 120.0  # a settled holder's turn another member may clear
 # handed to its model at most this often: what made it next may be only time passing (a
 # neighbour's minAwake ending), which publishes nothing and so kicks no one.
 REHAND_SECONDS = 1.0
+# The longest a member's pass waits for the pool's swap orders to reach their agents
+# (`ordering`): a bound, so that an order its agent never reports cannot stall a loop for long.
+ORDER_WAIT_SECONDS = 0.5
 SETTLED = frozenset({EngineState.AWAKE, EngineState.ASLEEP, EngineState.PENDING})
 
 
@@ -83,6 +86,9 @@ class PoolActor:
         self._claim_used: dict[tuple[str, str], float] = {}  # (ns, claim) -> last handed out
         self._status_task: asyncio.Task[None] | None = None
         self._last_status: dict[str, Any] | None = None
+        self._undelivered = 0  # sleep and wake orders their agents have not reported yet
+        self._delivered = asyncio.Event()
+        self._delivered.set()
 
     # --- inventory --------------------------------------------------------------------------
 
@@ -326,6 +332,38 @@ class PoolActor:
         for other, kick in self.members.items():
             if other != key:
                 kick.set()
+
+    # --- sleep and wake orders on a swap's path ------------------------------------------------
+
+    def ordering(self) -> Callable[[], None]:
+        """A member orders a replica's sleep or wake: until the returned callable says its
+        agent has it (the agent reported since, or the call ended; idempotent), members'
+        passes wait (`delivered`). Each pass is CPU on the operator's event loop; the hand-off
+        that starts a swap's step also kicks both members' loops, and their passes ran before
+        the order's request left (the swap's two agent calls each waited for two passes).
+        What passes do (status, events, the rest of the plan) can wait that long."""
+        self._undelivered += 1
+        self._delivered.clear()
+        done = False
+
+        def told() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self._undelivered -= 1
+            if self._undelivered == 0:
+                self._delivered.set()
+
+        return told
+
+    async def delivered(self) -> None:
+        """Return once every member's sleep and wake order reached its agent, or after
+        ORDER_WAIT_SECONDS."""
+        if self._undelivered == 0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._delivered.wait(), ORDER_WAIT_SECONDS)
 
     # --- DRA claims ---------------------------------------------------------------------------
 

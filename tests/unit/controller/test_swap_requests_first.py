@@ -1,0 +1,67 @@
+"""A swap's sleep and wake orders reach their agents before the members' passes run: a pool
+member's loop, kicked by the hand-off that started a step, waits until that step's agent
+reported anything (it has the order) or the call ended; the hand-off's own kicks made both
+members' passes run before the order's request left."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_pool_hand_off import IPS, both_published, controllers, settle
+
+from vllm_sleep.controller import pools as pools_module
+from vllm_sleep.controller.pools import PoolActor
+from vllm_sleep.metrics import OperatorMetrics
+
+pytestmark = pytest.mark.unit
+
+
+async def test_passes_wait_for_every_undelivered_order_and_not_beyond_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    actor = PoolActor("p", None, OperatorMetrics())  # type: ignore[arg-type]
+    first, second = actor.ordering(), actor.ordering()
+    waiting = asyncio.create_task(actor.delivered())
+    await settle()
+    first()
+    first()  # idempotent: one order is told once
+    await settle()
+    assert not waiting.done()  # the second has not reached its agent yet
+    second()
+    await settle()
+    assert waiting.done()
+    # An order its agent never reports holds passes back at most ORDER_WAIT_SECONDS.
+    monkeypatch.setattr(pools_module, "ORDER_WAIT_SECONDS", 0.01)
+    actor.ordering()
+    await asyncio.wait_for(actor.delivered(), 5)
+
+
+async def test_a_kicked_member_passes_only_once_the_evicted_agent_has_its_order() -> None:
+    ctls, agents, _ = controllers()
+    a, b = ctls["a"], ctls["b"]
+    actor = a.ctx.pools.get("p")  # type: ignore[union-attr]
+    try:
+        await both_published(ctls)
+        # A request held at b's agent: the hand-offs order a's eviction and kick both loops.
+        agents.tell(IPS["b"], state="asleep", version=2, level=1, held=1)
+        await settle()
+        assert agents.calls == [("sleep", IPS["a"])]
+        assert b.kick.is_set()
+        waited = asyncio.create_task(b._wait(None))
+        await settle()
+        assert not waited.done()  # a's agent has not said anything since the order
+        # a's agent reports it drains: it has the order, b's pass may run (a still sleeps).
+        agents.tell(IPS["a"], state="draining", version=2)
+        await settle()
+        assert waited.done() and not b.kick.is_set()
+        assert a.transition_kind != {}
+        # The wake that follows the eviction is an order too; its call ended, so it is told.
+        agents.release.set()
+        await settle()
+        assert agents.calls[-1] == ("wake", IPS["b"])
+        await asyncio.wait_for(b._wait(0.01), 5)
+        assert actor._undelivered == 0
+    finally:
+        for c in ctls.values():
+            await c.watchers.close()
