@@ -387,6 +387,9 @@ class ModelController:
             report = await self._order_sleep(action, ip, token, drain_timeout)
             if report is None:
                 return
+            # The sleep's own time, known to the pass that writes the Asleep its agent reports
+            # now (one status write, not a second one after the memory's).
+            seconds = self.last_sleep_seconds = time.monotonic() - started
             await self._remember(name, patch)
         else:
             # A forced sleep (an eviction, the policy, a request) may be on a waking model's
@@ -400,9 +403,8 @@ class ModelController:
             await remember
             if report is None:
                 return
-        seconds = time.monotonic() - started
+            seconds = self.last_sleep_seconds = time.monotonic() - started
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
-        self.last_sleep_seconds = seconds
         self.watchers.set_report(name, ip, report)
         why = f" ({action.reason})" if action.idle else ""
         self.emit(
