@@ -156,3 +156,29 @@ spec: {{model: m, image: i, resources: {{weightsSize: 1Gi}}}}
         "get", "modeldeployment", name, "-n", namespace, "-o", "jsonpath={.status.phase}"
     )
     assert out.stdout.strip() == "Asleep"
+
+
+def test_a_pod_list_is_read_in_pages_that_add_up_to_the_whole(kube: Kube, namespace: str) -> None:
+    pods = "\n---\n".join(
+        f"""
+apiVersion: v1
+kind: Pod
+metadata:
+  name: paged-{i}
+  namespace: {namespace}
+  labels: {{{LABEL_MODEL}: paged}}
+spec:
+  nodeName: nowhere
+  containers: [{{name: c, image: x}}]
+"""
+        for i in range(5)
+    )
+    kube.kubectl("apply", "-f", "-", input=pods)
+
+    async def body(k: OperatorKube) -> Any:
+        k.list_page = 2  # three pages, continued by the apiserver's tokens
+        return await k.list_pods(namespace, f"{LABEL_MODEL}=paged")
+
+    listed = run(kube, body)
+    assert sorted(p["metadata"]["name"] for p in listed) == [f"paged-{i}" for i in range(5)]
+    assert all("managedFields" not in p["metadata"] for p in listed)
