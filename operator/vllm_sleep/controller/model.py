@@ -68,6 +68,8 @@ class ModelController:
         self._hand_off_writes: set[asyncio.Task[None]] = set()  # a hand-off's routes, in flight
         # Pooled transitions whose agent has not reported since the order (`PoolActor.ordering`).
         self._ordering: dict[str, Callable[[], None]] = {}
+        self._closing: dict[str, tuple[str, str]] = {}  # pod -> its finished transition's Event
+        self._later: set[asyncio.Task[None]] = set()  # Events waiting for the pool's orders
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
@@ -302,7 +304,7 @@ class ModelController:
         """Post the plan's Events and start its transitions (tasks of their own) and its
         writes alongside them; the writes' tasks, for the caller to await. Synchronous."""
         for event in the_plan.events:
-            self.emit(event.type, event.reason, event.message)
+            self._emit_after_orders(event.type, event.reason, event.message)
         self.reported = the_plan.reported
         self.watchers.sync(the_plan.watch, token)
         if the_plan.actions:
@@ -321,7 +323,37 @@ class ModelController:
 
     async def _route(self, action: Route) -> None:
         reason = "EngineAwake" if action.routed else "EngineNotAwake"
+        await self._after_orders()
         await self.ctx.kube.set_routed(self.namespace, action.pod, action.routed, reason)
+
+    async def _after_orders(self) -> None:
+        """In a pool, an API write (a readiness gate, a transition's memory, an Event) waits
+        until the pool's sleep and wake orders reached their agents (`PoolActor.delivered`):
+        each write is CPU on the event loop, and a swap's next order is on a request's path."""
+        if self._pool_name is not None and self.ctx.pools is not None:
+            await self.ctx.pools.get(self._pool_name).delivered()
+
+    def _emit_after_orders(self, kind: str, reason: str, message: str) -> None:
+        if self._pool_name is None or self.ctx.pools is None:
+            self.emit(kind, reason, message)
+            return
+
+        async def later() -> None:
+            await self._after_orders()
+            self.emit(kind, reason, message)
+
+        task = asyncio.create_task(later())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    def _close(self, pod: str, reason: str, message: str) -> None:
+        """A transition's closing Event. In a pool it is posted by `finished`, after the
+        hand-off that publishes the result and starts the next step, once that step's order
+        reached its agent: posted from here it would run first."""
+        if self._pool_name is None or self.ctx.pools is None:
+            self.emit("Normal", reason, message)
+        else:
+            self._closing[pod] = (reason, message)
 
     async def _ensure_claim(self, manifest: Mapping[str, Any]) -> None:
         """A pod seated under DRA references its device's claim: make sure it exists first."""
@@ -366,6 +398,9 @@ class ModelController:
                 self.hand_off()
             else:
                 self.kick.set()
+            closing = self._closing.pop(pod, None)
+            if closing is not None:
+                self._emit_after_orders("Normal", *closing)
 
         task.add_done_callback(finished)
 
@@ -398,7 +433,9 @@ class ModelController:
             # write lands, its successor reads the same facts from the agent's report (asleep,
             # and since when: `plan.replica_memory`).
             remember = asyncio.create_task(self._remember(name, patch))
-            self.emit("Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})")
+            self._emit_after_orders(
+                "Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})"
+            )
             report = await self._order_sleep(action, ip, token, drain_timeout)
             await remember
             if report is None:
@@ -407,9 +444,7 @@ class ModelController:
         self.ctx.record_transition(self.namespace, self.name, "sleep", action.level, seconds)
         self.watchers.set_report(name, ip, report)
         why = f" ({action.reason})" if action.idle else ""
-        self.emit(
-            "Normal", "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s{why}"
-        )
+        self._close(name, "Slept", f"{name}: asleep at level {action.level} in {seconds:.2f}s{why}")
 
     async def _order_sleep(
         self, action: Sleep, ip: str, token: str, drain_timeout: float, grant_only: bool = False
@@ -429,20 +464,24 @@ class ModelController:
         except AgentError as e:
             self._failed("sleep", action.pod, e)
             return None
+        finally:
+            self._ordered(action.pod)  # answered: its writes need not wait for a report
 
     async def _wake(self, action: Wake, ip: str, token: str, level: int) -> None:
         name = action.pod
         started = time.monotonic()
-        self.emit("Normal", "Waking", f"{name}: {action.reason}")
+        self._emit_after_orders("Normal", "Waking", f"{name}: {action.reason}")
         # A wake is on a request's path: the memory (when it started; the idle timer counts from
         # it) is written alongside the agent call, not before it.
         remember = asyncio.create_task(self._remember(name, memory_patch(woken_at=time.time())))
         try:
             report = await self.ctx.agents.wake(ip, token)
         except AgentError as e:
+            self._ordered(name)  # answered: its writes need not wait for a report
             await remember
             self._failed("wake", name, e)
             return
+        self._ordered(name)
         seconds = time.monotonic() - started
         # Route at once: requests held by the gateway flow as soon as the gate opens.
         await self.ctx.kube.set_routed(self.namespace, name, True, "EngineAwake")
@@ -452,7 +491,7 @@ class ModelController:
         )
         self.last_wake_seconds = seconds
         self.watchers.set_report(name, ip, report)
-        self.emit("Normal", "Woke", f"{name}: awake in {seconds:.2f}s")
+        self._close(name, "Woke", f"{name}: awake in {seconds:.2f}s")
 
     async def _agent_woke(self, wake: AgentWake, model: ModelDeployment) -> None:
         """A wake its agent ran for a held request (the plan posts the Event): counted as a
@@ -467,6 +506,7 @@ class ModelController:
         """Write a transition's memory on its pod. A failed write is logged, not raised: the
         transition itself happened, and the next pass reads the same facts from the agent's
         report (`plan.replica_memory`) until a later write lands."""
+        await self._after_orders()
         try:
             await self.ctx.kube.annotate_pod(self.namespace, pod, patch)
         except Exception:

@@ -6,6 +6,7 @@ members' passes run before the order's request left."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from test_pool_hand_off import IPS, both_published, controllers, settle
@@ -62,6 +63,44 @@ async def test_a_kicked_member_passes_only_once_the_evicted_agent_has_its_order(
         assert agents.calls[-1] == ("wake", IPS["b"])
         await asyncio.wait_for(b._wait(0.01), 5)
         assert actor._undelivered == 0
+    finally:
+        for c in ctls.values():
+            await c.watchers.close()
+
+
+async def test_a_swaps_writes_and_events_wait_until_its_order_reached_the_agent() -> None:
+    ctls, agents, kube = controllers()
+    a, b = ctls["a"], ctls["b"]
+    events: list[tuple[str, str]] = []
+    a.emit = lambda _kind, reason, message: events.append((reason, message))  # type: ignore[method-assign]
+    b.emit = lambda _kind, reason, message: events.append((reason, message))  # type: ignore[method-assign]
+    emitted_at_wake: list[list[str]] = []
+    wake = agents.wake
+
+    async def wake_and_look(pod_ip: str, token: str) -> Any:
+        emitted_at_wake.append([reason for reason, _ in events])
+        return await wake(pod_ip, token)
+
+    agents.wake = wake_and_look  # type: ignore[method-assign]
+    try:
+        await both_published(ctls)
+        kube.calls.clear()
+        agents.tell(IPS["b"], state="asleep", version=2, level=1, held=1)
+        await settle()
+        assert agents.calls == [("sleep", IPS["a"])]
+        # Ordered, not yet reported by a's agent: its readiness gate, its memory and the
+        # eviction's Events wait (each is CPU on the loop the order's request needs).
+        assert kube.calls == [] and events == []
+        agents.tell(IPS["a"], state="draining", version=2)
+        await settle()
+        assert ("route", "a-0", False) in kube.calls and ("annotate", "a-0") in kube.calls
+        assert {"Evicted", "Sleeping"} <= {reason for reason, _ in events}
+        # The eviction answers: b's wake is ordered before a's closing Event is posted.
+        agents.release.set()
+        await settle()
+        assert agents.calls[-1] == ("wake", IPS["b"])
+        assert "Slept" not in emitted_at_wake[0]
+        assert "Slept" in {reason for reason, _ in events}
     finally:
         for c in ctls.values():
             await c.watchers.close()
