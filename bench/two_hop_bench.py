@@ -59,8 +59,15 @@ TARGETS = {
     "nginx+nginx": ("nginx front", "nginx back"),
     "gateway+agent": ("gateway", "agent"),
     "agent@base": ("agent@base",),  # with --base-tree: another checkout's agent, one hop
+    # with --base-tree: that checkout's gateway and agent, both hops
+    "gateway+agent@base": ("gateway@base", "agent@base"),
 }
-PAIRS = (("agent", "nginx"), ("gateway+agent", "nginx+nginx"), ("agent@base", "nginx"))
+PAIRS = (
+    ("agent", "nginx"),
+    ("gateway+agent", "nginx+nginx"),
+    ("agent@base", "nginx"),
+    ("gateway+agent@base", "nginx+nginx"),
+)
 
 
 def wait_listening(host: str, port: int, proc: subprocess.Popen[Any], what: str) -> None:
@@ -150,8 +157,14 @@ def start_all(
     pids = {"agent": procs[1].pid, "gateway": procs[2].pid}
     pids |= {"nginx back": back.pid, "nginx front": front.pid}
     if base_tree is not None:
-        urls["agent@base"] = start_agent({"PYTHONPATH": str(base_tree / "operator")}) + PATH
+        base_agent = start_agent({"PYTHONPATH": str(base_tree / "operator")})
+        urls["agent@base"] = base_agent + PATH
         pids["agent@base"] = procs[-1].pid
+        base_gw_port = gb.free_port(gb.HOSTS["gateway"])
+        argv = ["--role", "gateway", "--port", str(base_gw_port), "--upstream", base_agent]
+        procs.append(gb.spawn([*argv, "--loop", "uvloop"], proxy_cpus, tree=base_tree))
+        urls["gateway+agent@base"] = f"http://{gb.HOSTS['gateway']}:{base_gw_port}{PATH}"
+        pids["gateway@base"] = procs[-1].pid
     return urls, pids
 
 
@@ -160,7 +173,7 @@ async def cell(
 ) -> dict[str, Any]:
     """One concurrency: every target, interleaved; each hop's CPU charged to the target."""
     per_round = max(1, args.requests // args.rounds)
-    names = [t for t in TARGETS if t in urls]
+    names = [t for t in TARGETS if t in urls and (t == "direct" or t in args.targets)]
     samples: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
     cpu = {t: dict.fromkeys(TARGETS[t], 0.0) for t in names}
     for target in names:
@@ -197,7 +210,7 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
         return round(a / b, 2) if b > 0 else None
 
     out: dict[str, Any] = {}
-    for ours, theirs in [(a, b) for a, b in PAIRS if a in row]:
+    for ours, theirs in [(a, b) for a, b in PAIRS if a in row and b in row]:
         a, b = row[ours], row[theirs]
         out[f"{ours} / {theirs}"] = {
             "added_ttfb_p50": ratio(a["added_ttfb_ms"]["p50"], b["added_ttfb_ms"]["p50"]),
@@ -206,10 +219,11 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
                 sum(a["cpu_us_per_request"].values()), sum(b["cpu_us_per_request"].values())
             ),
         }
-    out["agent hop in two hops / nginx back hop in two"] = ratio(
-        row["gateway+agent"]["cpu_us_per_request"]["agent"],
-        row["nginx+nginx"]["cpu_us_per_request"]["nginx back"],
-    )
+    if "gateway+agent" in row and "nginx+nginx" in row:
+        out["agent hop in two hops / nginx back hop in two"] = ratio(
+            row["gateway+agent"]["cpu_us_per_request"]["agent"],
+            row["nginx+nginx"]["cpu_us_per_request"]["nginx back"],
+        )
     return out
 
 
@@ -290,6 +304,12 @@ def main() -> int:
         "--layouts",
         type=lambda s: [x for x in s.split(",") if x in ("shared", "pinned")],
         default=["shared", "pinned"],
+    )
+    p.add_argument(
+        "--targets",
+        type=lambda s: s.split(","),
+        default=list(TARGETS),
+        help="the targets to measure (direct always): e.g. nginx+nginx,gateway+agent",
     )
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "two_hop.json")
     p.add_argument("--report", type=Path, help="print a results file as a markdown table")

@@ -112,14 +112,24 @@ class Match:
     target: str = ""
 
 
+# The verdicts for the table's own paths, built once: the agent asks on every request.
+_ALLOWED: dict[tuple[str, str], Match] = {
+    (m, p): Match(r, True, r.path) for p, r in ROUTES.items() for m in r.methods
+}
+_NO_ROUTE = Match(None, False)
+
+
 def match(method: str, path: str) -> Match:
+    found = _ALLOWED.get((method, path))
+    if found is not None:
+        return found
     route = ROUTES.get(path)
     if route is None:
-        found = _RESPONSE_ID.fullmatch(path)
-        if found is None:
-            return Match(None, False)
-        route = RESPONSE_CANCEL if found.group(2) else RESPONSE_ITEM
-        target = f"/v1/responses/{found.group(1)}{found.group(2) or ''}"
+        item = _RESPONSE_ID.fullmatch(path)
+        if item is None:
+            return _NO_ROUTE
+        route = RESPONSE_CANCEL if item.group(2) else RESPONSE_ITEM
+        target = f"/v1/responses/{item.group(1)}{item.group(2) or ''}"
         return Match(route, method in route.methods, target)
     return Match(route, method in route.methods, route.path)
 

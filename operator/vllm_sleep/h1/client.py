@@ -71,6 +71,8 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.exchange: Exchange | None = None
         self.poller: select.poll | None = None  # asks the kernel if an idle one was closed
+        self._data = b""  # the read being parsed (where a head ends, for a raw relay)
+        self._fresh = False  # a response began in the read being parsed
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -91,21 +93,65 @@ class _Conn(asyncio.Protocol):
             return
         ex = self.exchange
         ex.answered = True
-        if not ex.complete:  # a finished exchange waits for nothing (see on_message_complete)
+        ended = ex.complete
+        if not ended:  # a finished exchange waits for nothing (see on_message_complete)
             self._rearm()
+        if ex.raw:
+            # A chunked body relayed as it came: llhttp parses it only for its end.
+            try:
+                self._parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+                self._malformed(ex, e, ended)
+                return
+            if not ended:  # after the end: nothing (llhttp skips CR/LF between responses)
+                self._relay_raw(ex, data, 0)
+            return
         if ex.sink is not None:
             ex.sink.cork()  # what this read produces reaches the client in one write
+        self._data, self._fresh = data, False
         try:
             self._parser.feed_data(data)
+            if ex.raw:  # the head ended in this read: the body bytes after it go as they came
+                self._relay_raw(ex, data, ex.raw_from)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             # HttpParserUpgrade (a 101) is not an HttpParserError: uncaught, it escaped
             # data_received and the loop logged a fatal protocol error.
-            ex.fail(UpstreamError(f"malformed response: {e!r}"))
-            self.close()
+            self._malformed(ex, e, ended)
         finally:
+            self._data = b""
             if ex.sink is not None:
                 ex.sink.flush_head()  # a head with no body bytes yet goes out on its own
                 ex.sink.uncork()
+
+    def _malformed(self, ex: Exchange, error: Exception, ended: bool) -> None:
+        ex.fail(UpstreamError(f"malformed response: {error!r}"))
+        if ex.raw and ex.complete and not ended and ex.sink is not None:
+            # Bytes after the end in the read that ended a raw body: where its end lies in
+            # that read is unknown, so the client's answer cannot be completed exactly.
+            ex.sink.abort()
+        self.close()
+
+    def _relay_raw(self, ex: Exchange, data: bytes, start: int) -> None:
+        """Relay the chunked body bytes of this read, from `start`, as the upstream framed
+        them: one write, no re-chunking. The read that ends the body is cut at its end."""
+        piece = data[start:] if start else data
+        sink = ex.sink
+        assert sink is not None
+        if not ex.complete:
+            ex.tail = piece if len(piece) >= 8 else (ex.tail + piece)[-8:]
+            sink.relay(piece, False)
+            return
+        size = len(piece)
+        if not (size >= 5 and piece[-5] not in _CRLF and piece.endswith(b"\r\n\r\n")):
+            # llhttp skips CR/LF after a message: the body ends at the CRLF CRLF after its
+            # last byte that is neither (the last-chunk line's or a trailer's).
+            both = ex.tail + piece
+            last = len(both.rstrip(b"\r\n"))
+            if both[last : last + 4] != b"\r\n\r\n" or len(both) - last - 4 >= size:
+                sink.abort()  # cannot be: llhttp ended the body in this read
+                return
+            piece = piece[: size - (len(both) - last - 4)]
+        sink.relay(piece, True)
 
     def eof_received(self) -> bool:
         return False
@@ -119,6 +165,7 @@ class _Conn(asyncio.Protocol):
     # -- llhttp callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._fresh = True
         ex = self.exchange
         if ex is not None and ex.complete:
             # A second response to one request (or garbage after the first): the
@@ -143,10 +190,23 @@ class _Conn(asyncio.Protocol):
             ex.head_complete(self._parser.get_status_code())
             if ex.complete:  # the answer to a HEAD: see Exchange.head_complete
                 self._cancel_timers()
+            elif (
+                self._fresh  # the head began in this read: it ends at the first CRLF CRLF
+                and not ex.interim
+                and ex.sink is not None
+                and ex.sink.chunked
+                and _chunked(ex.headers)
+            ):
+                # Both sides chunked: the upstream's chunks are already the client's framing.
+                # llhttp requires CRLF line ends (no bare LF), so the head's end is exact.
+                # Before it only CR/LF can come (llhttp skips them between responses).
+                data = self._data
+                ex.raw_from = data.find(b"\r\n\r\n", data.find(b"HTTP/")) + 4
+                ex.raw = True
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
-        if ex is not None:
+        if ex is not None and not ex.raw:  # a raw relay writes whole reads (_relay_raw)
             sink = ex.sink
             if sink is not None:
                 # Spliced (set only once the final head is in): straight to the client, one
@@ -257,9 +317,13 @@ class Exchange:
         "head",
         "head_at",
         "headers",
+        "interim",
+        "raw",
+        "raw_from",
         "reason",
         "sink",
         "status",
+        "tail",
     )
 
     def __init__(
@@ -295,12 +359,19 @@ class Exchange:
         self._reusable = False
         self._error: BaseException | None = None
         self._finished = False
+        self.interim = False  # a 1xx came first
+        # A spliced chunked body relayed as the upstream framed it (both sides chunked):
+        # from `raw_from` in the read its head ended in; `tail`, its last bytes relayed.
+        self.raw = False
+        self.raw_from = 0
+        self.tail = b""
 
     # -- driven by _Conn ---------------------------------------------------------------------
 
     def head_complete(self, status: int) -> None:
         if 100 <= status < 200:  # interim (103 Early Hints...): wait for the real head
             self.headers, self.reason = [], b""
+            self.interim = True
             return
         self.status = status
         self.head_at = time.monotonic()
@@ -349,7 +420,7 @@ class Exchange:
             return  # already ended, or failed (a failed exchange never becomes complete)
         self.complete = True
         self._reusable = keep_alive
-        if self.sink is not None:
+        if self.sink is not None and not self.raw:  # a raw body's end is in its bytes
             self.sink.end()
         if not self.head.done():  # a `whole` exchange
             self.head.set_result(None)
@@ -478,6 +549,19 @@ class Exchange:
         """Abort: the upstream sees the connection close (vLLM aborts the request)."""
         self._reusable = False
         self.release()
+
+
+_CRLF = b"\r\n"
+
+
+def _chunked(headers: RawHeaders) -> bool:
+    """Whether llhttp reads this response's body as chunked: `chunked` is the final transfer
+    coding of the last Transfer-Encoding field (RFC 9112 §6.3)."""
+    last = None
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            last = value
+    return last is not None and last.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
 
 # A reset, reported by a read (ECONNRESET) or by a write after it (EPIPE).

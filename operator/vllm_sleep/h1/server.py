@@ -197,6 +197,11 @@ class Reply:
     def started(self) -> bool:
         return self.status is not None
 
+    @property
+    def chunked(self) -> bool:
+        """The started body goes out in the chunked coding (see `relay`)."""
+        return self._chunked
+
     def send(self, resp: Response) -> None:
         assert self.status is None, "response already started"
         head = status_line(resp.status) + self._conn.date()
@@ -292,6 +297,18 @@ class Reply:
         if not outer:
             self.uncork()
 
+    def relay(self, data: bytes, last: bool) -> None:
+        """Body bytes already in this reply's framing, passed on as they are: a `chunked`
+        reply's chunks as an upstream framed them (llhttp checked them), the last chunk
+        with `last` (which ends the reply, as `end` would). One piece per upstream read."""
+        if self.done:
+            return
+        self.done = last
+        if self._head is not None:
+            self.flush_head()  # corked (the upstream's read): the head and these bytes together
+        if data:
+            self._out(data)
+
     def end(self) -> None:
         if self.done:
             return
@@ -309,6 +326,7 @@ class Reply:
     def abort(self) -> None:
         """Cut the connection: a started response that cannot be completed must look incomplete."""
         self._corked = None
+        self._head = None
         self.aborted = True
         self.done = True
         self._conn.close()
@@ -515,7 +533,10 @@ class _Connection(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
+        # _count_head, inlined: called for every header of every request.
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._limits.max_head:
+            raise _Reject(431, "The request line and headers are too large.")
         if not self._in_head:
             # A trailer field (llhttp reports them after a chunked body with the same
             # callback). Never merge it into the header block the handler checks and
