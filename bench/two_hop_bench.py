@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/two_hop_bench.py [--requests 2000] [--rounds 6]
                                             [--concurrency 1,16,64] [--layouts shared,pinned]
+                                            [--targets nginx+nginx,gateway+agent,...]
+                                            [--base-tree <git worktree>]
                                             [--out bench/results/two_hop.json]
     .venv/bin/python bench/two_hop_bench.py --report bench/results/two_hop.json
 
@@ -23,6 +25,11 @@ and the CPU reading are gateway_bench.py's too: each cell warms every target, th
 spread over all of them. Added = target percentile - direct percentile of the time to first
 chunk. CPU per request is read per hop (each proxy process's utime+stime from /proc, nginx's
 master and worker together) over the timed requests that hop carried.
+
+With `--base-tree` (a `git worktree` of another commit) that checkout's agent is a target of
+its own (`agent@base`, one hop), and its gateway in front of it another
+(`gateway+agent@base`): before and after side by side in one run. `--targets` measures a
+subset (the direct path always).
 
 Layouts as in gateway_bench.py: `shared` lets the OS place everything; `pinned` puts every
 proxy on CPU 0 and the simulator and load generator on the other CPUs.
