@@ -261,13 +261,18 @@ def report(path: Path) -> str:
         return f"{a['p50']:+.2f} / {a['p99']:+.2f}"
 
     base = doc.get("base_commit")
-    if base:
-        lines[0] += f" CPU µs/req agent@{base[:7]} (added p50 / p99) |"
+    cells = [row for layout in doc["results"].values() for row in layout.values()]
+    extra = [t for t in ("agent@base", "gateway+agent@base") if base and cells and t in cells[0]]
+    for t in extra:
+        lines[0] += f" CPU µs/req {t.replace('@base', '@' + base[:7])} (added p50 / p99) |"
         lines[1] += " --- |"
 
-    def base_cpu(row: dict[str, Any]) -> str:
-        r = row["agent@base"]
-        return f"{r['cpu_us_per_request']['agent@base']:.0f} ({added(r)})"
+    def extra_cells(row: dict[str, Any]) -> str:
+        out = ""
+        for t in extra:
+            cpu = " + ".join(f"{v:.0f}" for v in row[t]["cpu_us_per_request"].values())
+            out += f" {cpu} ({added(row[t])}) |"
+        return out
 
     for layout, cells in doc["results"].items():
         for c, row in cells.items():
@@ -284,8 +289,7 @@ def report(path: Path) -> str:
                 f"| {added(two)} · {added(ngx2)} "
                 f"| {row['agent']['cpu_us_per_request']['agent']:.0f} · "
                 f"{row['nginx']['cpu_us_per_request']['nginx back']:.0f} "
-                f"| {g:.0f} + {ag:.0f} · {f:.0f} + {b:.0f} |"
-                + (f" {base_cpu(row)} |" if base else "")
+                f"| {g:.0f} + {ag:.0f} · {f:.0f} + {b:.0f} |" + extra_cells(row)
             )
     return "\n".join(lines)
 
