@@ -61,6 +61,7 @@ class AgentTransport(httpx.AsyncBaseTransport):
         if self._session is None:
             self._session = self._make()
         timeout = request.extensions.get("timeout") or {}
+        pool, connect = timeout.get("pool"), timeout.get("connect")
         try:
             async with self._session.request(
                 request.method,
@@ -72,7 +73,9 @@ class AgentTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
-                    sock_connect=timeout.get("connect"),
+                    # aiohttp's `connect` is the wait for a free connection plus the connect.
+                    connect=None if pool is None or connect is None else pool + connect,
+                    sock_connect=connect,
                     sock_read=timeout.get("read"),
                 ),
             ) as resp:

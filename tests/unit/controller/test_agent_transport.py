@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp import web
@@ -121,6 +122,23 @@ async def test_failures_are_httpx_errors(served: Agents) -> None:
         # AgentClient reads both as an unreachable agent, as it did with httpx's own transport.
         client = agents.AgentClient(http)
         assert (await client.state("127.0.0.9", "t")).version == 1  # still serving after that
+
+
+async def test_a_request_waiting_for_a_busy_agents_connection_times_out(served: Agents) -> None:
+    def one_per_agent() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit_per_host=1))
+
+    port = agents.CONTROL_PORT
+    async with httpx.AsyncClient(transport=AgentTransport(one_per_agent)) as http:
+        parked = asyncio.create_task(http.get(f"http://127.0.0.2:{port}/state?wait=30&version=1"))
+        await asyncio.wait_for(served.parked.wait(), 5)
+        with pytest.raises(httpx.TimeoutException):  # its pool wait is bounded, as httpx's was
+            await http.get(
+                f"http://127.0.0.2:{port}/state", timeout=httpx.Timeout(30, connect=0.1, pool=0.1)
+            )
+        parked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await parked
 
 
 async def test_a_parked_long_poll_stays_shallow(served: Agents) -> None:
