@@ -100,12 +100,16 @@ async def test_a_traced_request_reports_when_it_is_written(served: Agents) -> No
         events.append(event)
 
     port = agents.CONTROL_PORT
-    async with httpx.AsyncClient(transport=AgentTransport()) as http:
+    transport = AgentTransport()
+    async with httpx.AsyncClient(transport=transport) as http:
         resp = await http.post(
             f"http://127.0.0.2:{port}/sleep?level=1",
             headers={"Authorization": "Bearer right"},
             extensions={"trace": trace},
         )
+        traced = transport._traced  # the transport that carried it loaded no CA bundle
+        assert traced is not None
+        assert traced._pool._ssl_context.cert_store_stats()["x509_ca"] == 0  # type: ignore[attr-defined]
     assert resp.json()["state"] == "sleeping"
     assert events.index("http11.send_request_body.complete") < events.index(
         "http11.receive_response_headers.complete"
