@@ -25,6 +25,7 @@ from ..reconcile.lifecycle import Route, Sleep, Wake
 from ..reconcile.node_loss import nodes_to_check
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
+from ..reconcile.pool_engines import demand_protection_left
 from ..reconcile.pool_gate import Gate, PoolRequest
 from ..reconcile.status import Status, keep_transition_times
 from .agents import AgentError
@@ -39,6 +40,7 @@ RELIST_SECONDS = 60.0  # heal the pod cache even if a watch event was missed
 # again this often: a neighbour's protection that ends (minAwake, fresh demand) is an expiry,
 # not an event that kicks anyone, and a missed kick must not cost a whole resync.
 WAITING_RECHECK_SECONDS = 1.0
+PROTECTION_MARGIN = 0.05  # seconds past the end of a protection before its pass looks again
 
 Emit = Callable[[str, str, str], None]  # (type, reason, message) -> posts a k8s Event
 Body = Mapping[str, Any]  # a ModelDeployment as kopf hands it over
@@ -138,6 +140,13 @@ class ModelController:
         finally:
             self._planning = False
         next_in = the_plan.next_check_in
+        if pool is not None:
+            # Fresh demand is published as a held request at an awake replica: publish again
+            # once it is stale (a neighbour's wake may wait for this replica's eviction).
+            left = demand_protection_left(observed.demand_at, observed.now)
+            if left is not None:
+                left += PROTECTION_MARGIN
+                next_in = left if next_in is None else min(next_in, left)
         if waits:
             return (
                 WAITING_RECHECK_SECONDS

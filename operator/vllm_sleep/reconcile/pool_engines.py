@@ -82,6 +82,17 @@ def backup_held(
     return slept_once and spec_level == 1
 
 
+def demand_protection_left(demand_at: float | None, now: float) -> float | None:
+    """Seconds until the model's last demand stops protecting its awake replicas
+    (DEMAND_FRESH), or None when it protects nothing now. The protection is published to the
+    pool as a held request: when it ends nothing else changes, so the model must publish again
+    then, or a neighbour's wake that waits on this eviction waits for the model's resync."""
+    if demand_at is None:
+        return None
+    left = demand_at + DEMAND_FRESH - now
+    return left if left > 0 else None
+
+
 def model_engines(
     model: ModelDeployment,
     request: PoolRequest,

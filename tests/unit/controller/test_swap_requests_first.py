@@ -6,16 +6,30 @@ members' passes run before the order's request left."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
-from test_pool_hand_off import IPS, both_published, controllers, settle
+from test_pool_hand_off import IPS, body, both_published, controllers, settle
 
 from vllm_sleep.controller import pools as pools_module
+from vllm_sleep.controller.model import PROTECTION_MARGIN
 from vllm_sleep.controller.pools import PoolActor
 from vllm_sleep.metrics import OperatorMetrics
+from vllm_sleep.reconcile.pool_engines import DEMAND_FRESH
 
 pytestmark = pytest.mark.unit
+
+
+async def stop(ctls: dict[str, Any]) -> None:
+    """As the loops' end does: watches closed, transitions and deferred writes cancelled."""
+    for c in ctls.values():
+        c._leave_pool()  # a cancelled transition then hands nothing off
+        await c.watchers.close()
+    tasks = [t for c in ctls.values() for t in (*c.transitions.values(), *c._later)]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_passes_wait_for_every_undelivered_order_and_not_beyond_the_bound(
@@ -104,3 +118,28 @@ async def test_a_swaps_writes_and_events_wait_until_its_order_reached_the_agent(
     finally:
         for c in ctls.values():
             await c.watchers.close()
+
+
+async def test_a_replica_protected_by_fresh_demand_publishes_again_when_it_goes_stale() -> None:
+    ctls, agents, _ = controllers()
+    a, b = ctls["a"], ctls["b"]
+    try:
+        await both_published(ctls)
+        # The gateway renewed a's demand after a woke: a counts one held request for the pool
+        # (the requests that woke it may still be on their way), so b's wake waits.
+        a.ctx.signal_demand("ns", "a", time.time())
+        agents.tell(IPS["b"], state="asleep", version=2, level=1, held=1)
+        await settle()
+        next_in = await a.reconcile_once(body("a"))
+        await b.reconcile_once(body("b"))
+        assert agents.calls == []
+        # Nothing is published when that protection ends: a's loop looks again then, not at
+        # its resync (30 s; the swap bench stalled 30.5 s on this, about once in 200 swaps).
+        assert next_in is not None and next_in <= DEMAND_FRESH + PROTECTION_MARGIN
+        assert a.ctx.settings.resync_seconds > DEMAND_FRESH + PROTECTION_MARGIN
+        a.ctx.demand[("ns", "a")] = time.time() - DEMAND_FRESH  # what that pass finds
+        await a.reconcile_once(body("a"))
+        await settle()
+        assert agents.calls == [("sleep", IPS["a"])]
+    finally:
+        await stop(ctls)
