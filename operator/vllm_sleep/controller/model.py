@@ -185,6 +185,8 @@ class ModelController:
         kicked once the transitions started."""
         try:
             self._hand_off()
+            if self._pool_name is not None and self.ctx.pools is not None:
+                self.ctx.pools.get(self._pool_name).run_due()  # the step this one made next
         except Exception:  # never into its caller (an agent's watch, the pool): the pass retries
             log.warning("%s/%s: hand-off failed", self.namespace, self.name, exc_info=True)
         finally:

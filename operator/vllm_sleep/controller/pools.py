@@ -80,6 +80,8 @@ class PoolActor:
         self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
         self.hand_offs: dict[str, Callable[[], None]] = {}  # model key -> runs its step now
         self._handed_at: dict[str, float] = {}  # model key -> when it was last handed a step
+        self._due: list[Callable[[], None]] = []  # hand-offs named by gates, not yet run
+        self._running_due = False
         self._evicting_for: dict[str, float] = {}  # replica -> when its first eviction began
         self._waiting: set[str] = set()
         self._claims: set[tuple[str, str]] = set()
@@ -309,7 +311,26 @@ class PoolActor:
             hand_off = self.hand_offs.get(model)
             if hand_off is not None:
                 self._handed_at[model] = now
-                loop.call_soon(hand_off)
+                self._due.append(hand_off)
+                loop.call_soon(self.run_due)
+
+    def run_due(self) -> None:
+        """Run the hand-offs the last gates named. A hand-off never runs inside a gate (its
+        plan gates too), so the member whose hand-off ran that gate calls this right after it
+        (`ModelController.hand_off`): the next step starts in the same event-loop step, not
+        after whatever else is ready (the long-poll that brought the report re-arming, other
+        members' passes). The event loop calls it too, for gates that ran in a pass."""
+        if self._running_due:
+            return  # the outer call runs what its hand-offs name
+        self._running_due = True
+        try:
+            # Bounded: a step handed back and forth is left to the event loop's next call.
+            for _ in range(2 * len(self.hand_offs) + 2):
+                if not self._due:
+                    break
+                self._due.pop(0)()
+        finally:
+            self._running_due = False
 
     def _count(self, g: Gate, now: float) -> None:
         m = self._metrics

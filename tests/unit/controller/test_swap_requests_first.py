@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from test_pool_hand_off import IPS, body, both_published, controllers, settle
 
+from vllm_sleep.api.agent_protocol import AgentState, StateReport
 from vllm_sleep.controller import pools as pools_module
 from vllm_sleep.controller.model import PROTECTION_MARGIN
 from vllm_sleep.controller.pools import PoolActor
 from vllm_sleep.metrics import OperatorMetrics
+from vllm_sleep.reconcile.plan import Transition
 from vllm_sleep.reconcile.pool_engines import DEMAND_FRESH
 
 pytestmark = pytest.mark.unit
@@ -139,6 +141,24 @@ async def test_a_replica_protected_by_fresh_demand_publishes_again_when_it_goes_
         assert a.ctx.settings.resync_seconds > DEMAND_FRESH + PROTECTION_MARGIN
         a.ctx.demand[("ns", "a")] = time.time() - DEMAND_FRESH  # what that pass finds
         await a.reconcile_once(body("a"))
+        await settle()
+        assert agents.calls == [("sleep", IPS["a"])]
+    finally:
+        await stop(ctls)
+
+
+async def test_a_held_report_starts_the_eviction_in_the_same_event_loop_step() -> None:
+    ctls, agents, _ = controllers()
+    a, b = ctls["a"], ctls["b"]
+    try:
+        await both_published(ctls)
+        # The report's callback (run by b's long-poll task) plans b's wake, which names a's
+        # eviction: a's hand-off runs right after, not after the long-poll re-arms or any
+        # other ready callback.
+        held = StateReport(state=AgentState.ASLEEP, version=2, level=1, held=1)
+        b.watchers.set_report("b-0", IPS["b"], held)
+        b._reported("b-0", held)
+        assert a.transition_kind == {"a-0": Transition.SLEEP}
         await settle()
         assert agents.calls == [("sleep", IPS["a"])]
     finally:
