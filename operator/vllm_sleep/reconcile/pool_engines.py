@@ -108,7 +108,9 @@ def model_engines(
 
     Requests a gateway holds for the model are not at any agent yet: while its demand Lease
     was renewed after a replica's wake (within DEMAND_FRESH), that awake replica counts one
-    request held, so it is not evicted before the requests that woke it arrive.
+    request held, so it is not evicted before the requests that woke it arrive; once it
+    served a request after the renewal (its agent's last activity), they have arrived (the
+    gateway sends its held requests together) and the rest are counted by its agent.
 
     `keeps_backup(report, image)`: whether the replica's vLLM keeps its pinned host backup
     while awake (the operator reads the version from the agent's report, else the image tag)."""
@@ -151,6 +153,7 @@ def model_engines(
             and demand_at is not None
             and demand_at >= (woken_at or 0.0)
             and now - demand_at < DEMAND_FRESH
+            and (report.last_activity is None or report.last_activity < demand_at)
         ):
             held = max(held, 1)
         out.append(

@@ -163,3 +163,26 @@ async def test_a_held_report_starts_the_eviction_in_the_same_event_loop_step() -
         assert agents.calls == [("sleep", IPS["a"])]
     finally:
         await stop(ctls)
+
+
+async def test_fresh_demand_stops_protecting_a_replica_once_it_served_a_request_since() -> None:
+    ctls, agents, _ = controllers()
+    a, b = ctls["a"], ctls["b"]
+    try:
+        await both_published(ctls)
+        # The renewal was stamped after a's wake, but a has served a request since: the
+        # requests that woke it arrived (the swap bench waited up to 2.55 s on this).
+        renewed = time.time()
+        a.ctx.signal_demand("ns", "a", renewed)
+        agents.tell(
+            IPS["a"], state="awake", version=2, since=renewed - 5, last_activity=renewed + 1
+        )
+        await settle()
+        agents.tell(IPS["b"], state="asleep", version=2, level=1, held=1)
+        await settle()
+        await a.reconcile_once(body("a"))
+        await b.reconcile_once(body("b"))
+        await settle()
+        assert agents.calls[:1] == [("sleep", IPS["a"])]
+    finally:
+        await stop(ctls)
