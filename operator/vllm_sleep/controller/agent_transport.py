@@ -12,17 +12,11 @@ Idle connections close on their own after aiohttp's keep-alive time.
 The agents' control port is plain HTTP on the pod IP (`AgentClient.url`); each request carries
 its own Authorization header (the model's token), which aiohttp sends as given. Answers are
 small JSON and are read whole. Failures come out as httpx's errors, which `AgentClient` handles.
-
-A request that asks for httpcore's trace events (`extensions["trace"]`: a transition whose
-caller must know the moment its request is written) goes through httpx's own transport, whose
-events they are: one shared pool, holding only such requests' connections (a few transitions at
-a time, never the parked long-polls), so its per-request scan of them stays short.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +25,6 @@ import httpx
 
 # Per agent: the long-poll, a transition, and a state read or two.
 PER_AGENT_CONNECTIONS = 16
-# Traced requests (transitions): no cap (a mass wake must not queue behind long sleeps).
-TRACED_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=32)
 
 Session = Callable[[], aiohttp.ClientSession]
 
@@ -52,13 +44,8 @@ class AgentTransport(httpx.AsyncBaseTransport):
     def __init__(self, session: Session = agent_session) -> None:
         self._make = session
         self._session: aiohttp.ClientSession | None = None  # made in the loop, on first use
-        self._traced: httpx.AsyncHTTPTransport | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if "trace" in request.extensions:
-            if self._traced is None:
-                self._traced = httpx.AsyncHTTPTransport(verify=_no_ca(), limits=TRACED_LIMITS)
-            return await self._traced.handle_async_request(request)
         if self._session is None:
             self._session = self._make()
         timeout = request.extensions.get("timeout") or {}
@@ -91,17 +78,8 @@ class AgentTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
-        traced, self._traced = self._traced, None
         if session is not None:
             await session.close()
-        if traced is not None:
-            await traced.aclose()
-
-
-def _no_ca() -> ssl.SSLContext:
-    """A verifying TLS context that trusts nothing. The agents' port is plain HTTP, so it is
-    never used; httpx's default would load the system's CA bundle (~3 MiB, ~0.1 s of CPU)."""
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _as_httpx(e: Exception, request: httpx.Request) -> Exception:

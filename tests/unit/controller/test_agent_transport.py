@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import httpx
@@ -90,30 +89,6 @@ async def test_a_transition_carries_its_query_and_the_agents_refusal(served: Age
         with pytest.raises(agents.AgentError) as e:
             await client.sleep("127.0.0.2", "wrong", level=1, drain_timeout=5)
         assert e.value.status == 401 and "bad token" in e.value.message
-
-
-async def test_a_traced_request_reports_when_it_is_written(served: Agents) -> None:
-    # A transition's caller learns from httpcore's trace event that its request is on the wire.
-    events: list[str] = []
-
-    async def trace(event: str, _info: dict[str, Any]) -> None:
-        events.append(event)
-
-    port = agents.CONTROL_PORT
-    transport = AgentTransport()
-    async with httpx.AsyncClient(transport=transport) as http:
-        resp = await http.post(
-            f"http://127.0.0.2:{port}/sleep?level=1",
-            headers={"Authorization": "Bearer right"},
-            extensions={"trace": trace},
-        )
-        traced = transport._traced  # the transport that carried it loaded no CA bundle
-        assert traced is not None
-        assert traced._pool._ssl_context.cert_store_stats()["x509_ca"] == 0  # type: ignore[attr-defined]
-    assert resp.json()["state"] == "sleeping"
-    assert events.index("http11.send_request_body.complete") < events.index(
-        "http11.receive_response_headers.complete"
-    )
 
 
 async def test_failures_are_httpx_errors(served: Agents) -> None:
