@@ -88,9 +88,9 @@ class PoolActor:
         self._claim_used: dict[tuple[str, str], float] = {}  # (ns, claim) -> last handed out
         self._status_task: asyncio.Task[None] | None = None
         self._last_status: dict[str, Any] | None = None
-        self._undelivered = 0  # sleep and wake orders their agents have not reported yet
-        self._delivered = asyncio.Event()
-        self._delivered.set()
+        # Sleep and wake orders their agents have not reported yet: order -> when it was given.
+        self._orders: dict[object, float] = {}
+        self._told = asyncio.Event()  # set when an order is told
 
     # --- inventory --------------------------------------------------------------------------
 
@@ -363,28 +363,32 @@ class PoolActor:
         that starts a swap's step also kicks both members' loops, and their passes ran before
         the order's request left (the swap's two agent calls each waited for two passes).
         What passes do (status, events, the rest of the plan) can wait that long."""
-        self._undelivered += 1
-        self._delivered.clear()
-        done = False
+        order = object()
+        self._orders[order] = time.monotonic()
 
         def told() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            self._undelivered -= 1
-            if self._undelivered == 0:
-                self._delivered.set()
+            if self._orders.pop(order, None) is not None:  # idempotent
+                self._told.set()
 
         return told
 
+    @property
+    def _undelivered(self) -> int:
+        return len(self._orders)
+
     async def delivered(self) -> None:
-        """Return once every member's sleep and wake order reached its agent, or after
-        ORDER_WAIT_SECONDS."""
-        if self._undelivered == 0:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._delivered.wait(), ORDER_WAIT_SECONDS)
+        """Return once every member's sleep and wake order reached its agent, or is older than
+        ORDER_WAIT_SECONDS. The bound is each order's, from when it was given, not each
+        waiter's: an agent that never reports (its watch down, a long drain) holds the pool's
+        passes back once, not 0.5 s more for every pass, write and Event that comes after."""
+        while True:
+            now = time.monotonic()
+            fresh = [t for t in self._orders.values() if now - t < ORDER_WAIT_SECONDS]
+            if not fresh:
+                return
+            self._told.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._told.wait(), min(fresh) + ORDER_WAIT_SECONDS - now)
 
     # --- DRA claims ---------------------------------------------------------------------------
 

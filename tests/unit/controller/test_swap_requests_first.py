@@ -54,6 +54,31 @@ async def test_passes_wait_for_every_undelivered_order_and_not_beyond_the_bound(
     await asyncio.wait_for(actor.delivered(), 5)
 
 
+async def test_an_order_never_reported_holds_passes_back_once_not_for_every_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An agent whose report watch is down is told only when its call ends (a drain can take
+    # minutes): its order counts for ORDER_WAIT_SECONDS from when it was given, after which
+    # a pass (or a write, or an Event) waits for it no more.
+    monkeypatch.setattr(pools_module, "ORDER_WAIT_SECONDS", 0.05)
+    actor = PoolActor("p", None, OperatorMetrics())  # type: ignore[arg-type]
+    silent = actor.ordering()
+    await asyncio.wait_for(actor.delivered(), 5)  # the first waiter waits out the bound
+    later = asyncio.create_task(actor.delivered())
+    await settle()
+    assert later.done()  # a later one does not wait again for the same order
+    # A new order counts again, for its own bound.
+    fresh = actor.ordering()
+    waiting = asyncio.create_task(actor.delivered())
+    await settle()
+    assert not waiting.done()
+    fresh()
+    await settle()
+    assert waiting.done()
+    silent()
+    assert actor._undelivered == 0
+
+
 async def test_a_kicked_member_passes_only_once_the_evicted_agent_has_its_order() -> None:
     ctls, agents, _ = controllers()
     a, b = ctls["a"], ctls["b"]
