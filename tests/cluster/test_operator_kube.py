@@ -177,8 +177,12 @@ spec:
 
     async def body(k: OperatorKube) -> Any:
         k.list_page = 2  # three pages, continued by the apiserver's tokens
-        return await k.list_pods(namespace, f"{LABEL_MODEL}=paged")
+        return await k.list_pods(namespace, f"{LABEL_MODEL}=paged"), await k.list_model_pods()
 
-    listed = run(kube, body)
+    listed, every = run(kube, body)
     assert sorted(p["metadata"]["name"] for p in listed) == [f"paged-{i}" for i in range(5)]
     assert all("managedFields" not in p["metadata"] for p in listed)
+    # The pools' inventory: every model pod of every namespace, whole (its spec is read).
+    mine = [p for p in every if p["metadata"]["namespace"] == namespace]
+    assert sorted(p["metadata"]["name"] for p in mine) == [f"paged-{i}" for i in range(5)]
+    assert all(p["spec"]["nodeName"] == "nowhere" for p in mine)

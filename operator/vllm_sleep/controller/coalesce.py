@@ -9,7 +9,7 @@ delay); writes that follow within `window` seconds are coalesced, and the latest
 written when the window ends. So a transient state shorter than the window may never appear in
 the status (the model's Events still say what happened), and the final state always does.
 
-With `defer_first` (a predicate of the value, or True for every value), the first value of a
+With `defer_first` (a predicate of the value), a first value it accepts of a
 key this process never wrote is held until a second value follows (then written a window after
 the first, or at once if that passed) or, if none does, for `first_hold` seconds: a new model's
 first status ("Pending, no pods yet", from the pass that creates its pod) is superseded by the
@@ -42,7 +42,7 @@ class Coalescer(Generic[K, V]):
         write: Callable[[K, V], Awaitable[None]],
         window: float,
         clock: Callable[[], float] = time.monotonic,
-        defer_first: bool | Callable[[V], bool] = False,
+        defer_first: Callable[[V], bool] | None = None,
         first_hold: float = 10.0,
     ) -> None:
         self._write = write
@@ -66,10 +66,11 @@ class Coalescer(Generic[K, V]):
         if self._submits % PRUNE_EVERY == 0:
             self._prune()
         now = self._clock()
-        first = self._defer_first and key not in self._known
+        defers = self._defer_first
+        first = defers is not None and key not in self._known
         if first:
             self._known.add(key)
-        if first and self._window > 0 and self._defers(value):
+        if first and self._window > 0 and defers is not None and defers(value):
             self._holding[key] = now
             # As if written so that its window ends `first_hold` from now.
             self._last[key] = now + self._first_hold - self._window
@@ -90,9 +91,6 @@ class Coalescer(Generic[K, V]):
         self._pending[key] = value
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")
-
-    def _defers(self, value: V) -> bool:
-        return self._defer_first(value) if callable(self._defer_first) else self._defer_first
 
     def forget(self, key: K) -> None:
         """The key's object is gone: a new one of the same name starts afresh."""

@@ -105,14 +105,10 @@ class Kube:
                 raise
 
     async def list_model_pods(self) -> list[dict[str, Any]]:
-        """Every model pod the operator may see (all namespaces)."""
-        data = await json_answer(
-            self.core.list_pod_for_all_namespaces(
-                label_selector=LABEL_MODEL, _preload_content=False
-            )
+        """Every model pod the operator may see (all namespaces), whole, read in pages."""
+        return await self._pages(
+            self.core.list_pod_for_all_namespaces, _whole, label_selector=LABEL_MODEL
         )
-        items: list[dict[str, Any]] = data.get("items", [])
-        return items
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         data = await json_answer(self.core.list_node(_preload_content=False))
@@ -165,24 +161,30 @@ class Kube:
         Each page's whole pods (managedFields, spec, every status) are decoded, cut to what is
         kept and let go before the next page is read: decoded all at once, a thousand whole pods
         were ~100 MB of short-lived objects, and the kept parts scattered among them held much of
-        that heap for good. The apiserver serves every page of a list from the snapshot of its
-        first page, so the pages add up to one consistent list."""
-        pods: list[dict[str, Any]] = []
+        that heap for good."""
+        return await self._pages(
+            self.core.list_namespaced_pod, keep, namespace, label_selector=selector
+        )
+
+    async def _pages(
+        self,
+        list_call: Callable[..., Awaitable[Any]],
+        keep: Callable[[dict[str, Any]], dict[str, Any]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """A LIST read `list_page` objects at a time, `keep` of each. The apiserver serves
+        every page from the snapshot of the first, so the pages add up to one consistent list."""
+        items: list[dict[str, Any]] = []
         more: dict[str, Any] = {}
         while True:
             page = await json_answer(
-                self.core.list_namespaced_pod(
-                    namespace,
-                    label_selector=selector,
-                    limit=self.list_page,
-                    _preload_content=False,
-                    **more,
-                )
+                list_call(*args, limit=self.list_page, _preload_content=False, **kwargs, **more)
             )
-            pods.extend(keep(p) for p in page.get("items", []))
+            items.extend(keep(p) for p in page.get("items", []))
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return pods
+                return items
             more = {"_continue": token}
 
     async def delete_pod(
@@ -265,6 +267,10 @@ class Kube:
             return None
         renew = lease.spec.renew_time if lease.spec else None
         return renew.timestamp() if renew else None
+
+
+def _whole(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
 
 
 async def json_answer(call: Awaitable[Any]) -> Any:

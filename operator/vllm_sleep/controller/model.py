@@ -488,11 +488,11 @@ class ModelController:
         try:
             report = await self.ctx.agents.wake(ip, token)
         except AgentError as e:
-            self._ordered(name)  # answered: its writes need not wait for a report
             await remember
             self._failed("wake", name, e)
             return
-        self._ordered(name)
+        finally:
+            self._ordered(name)  # answered: its writes need not wait for a report
         seconds = time.monotonic() - started
         # Route at once: requests held by the gateway flow as soon as the gate opens.
         await self.ctx.kube.set_routed(self.namespace, name, True, "EngineAwake")

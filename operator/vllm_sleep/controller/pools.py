@@ -372,10 +372,6 @@ class PoolActor:
 
         return told
 
-    @property
-    def _undelivered(self) -> int:
-        return len(self._orders)
-
     async def delivered(self) -> None:
         """Return once every member's sleep and wake order reached its agent, or is older than
         ORDER_WAIT_SECONDS. The bound is each order's, from when it was given, not each

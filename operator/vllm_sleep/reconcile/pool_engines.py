@@ -109,8 +109,9 @@ def model_engines(
     Requests a gateway holds for the model are not at any agent yet: while its demand Lease
     was renewed after a replica's wake (within DEMAND_FRESH), that awake replica counts one
     request held, so it is not evicted before the requests that woke it arrive; once it
-    served a request after the renewal (its agent's last activity), they have arrived (the
-    gateway sends its held requests together) and the rest are counted by its agent.
+    served a request after the renewal (its agent's last activity), they are taken to have
+    arrived and the rest are counted by its agent (a known limit: docs/scheduler.md, "Fresh
+    demand ends on time").
 
     `keeps_backup(report, image)`: whether the replica's vLLM keeps its pinned host backup
     while awake (the operator reads the version from the agent's report, else the image tag)."""

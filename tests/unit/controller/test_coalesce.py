@@ -102,11 +102,15 @@ async def test_writes_of_one_key_never_overlap() -> None:
     assert seen_overlap == [False, False]
 
 
+def always(_value: int) -> bool:
+    return True
+
+
 async def test_with_defer_first_a_new_keys_first_write_waits_for_the_window() -> None:
     log: list[tuple[str, int]] = []
     clock = Clock()
     c: Coalescer[str, int] = Coalescer(
-        writer(log), window=0.01, clock=clock, defer_first=True, first_hold=0.02
+        writer(log), window=0.01, clock=clock, defer_first=always, first_hold=0.02
     )
     await c.submit("m", 1)  # "Pending, no pods yet"
     await c.submit("m", 2)  # the next pass's, a moment later
@@ -130,7 +134,7 @@ async def test_a_new_keys_first_value_is_held_until_a_second_follows() -> None:
     log: list[tuple[str, int]] = []
     clock = Clock()
     c: Coalescer[str, int] = Coalescer(
-        writer(log), window=0.01, clock=clock, defer_first=True, first_hold=60
+        writer(log), window=0.01, clock=clock, defer_first=always, first_hold=60
     )
     await c.submit("m", 1)  # "Pending, no pods yet", from the pass that creates the pod
     clock.t += 1  # a busy operator: the pass that sees the pod comes windows later
@@ -146,7 +150,7 @@ async def test_a_second_value_within_the_window_is_written_when_it_ends() -> Non
     log: list[tuple[str, int]] = []
     clock = Clock()
     c: Coalescer[str, int] = Coalescer(
-        writer(log), window=0.01, clock=clock, defer_first=True, first_hold=60
+        writer(log), window=0.01, clock=clock, defer_first=always, first_hold=60
     )
     await c.submit("m", 1)
     await c.submit("m", 2)  # at once: within the first's window, the hold ends with it
@@ -158,7 +162,9 @@ async def test_a_second_value_within_the_window_is_written_when_it_ends() -> Non
 
 async def test_a_first_value_nothing_follows_is_written_after_the_hold() -> None:
     log: list[tuple[str, int]] = []
-    c: Coalescer[str, int] = Coalescer(writer(log), window=0.01, defer_first=True, first_hold=0.05)
+    c: Coalescer[str, int] = Coalescer(
+        writer(log), window=0.01, defer_first=always, first_hold=0.05
+    )
     await c.submit("m", 1)
     await asyncio.sleep(0.02)  # past the window, within the hold
     assert log == []

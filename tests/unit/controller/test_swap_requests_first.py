@@ -76,7 +76,7 @@ async def test_an_order_never_reported_holds_passes_back_once_not_for_every_wait
     await settle()
     assert waiting.done()
     silent()
-    assert actor._undelivered == 0
+    assert not actor._orders
 
 
 async def test_a_kicked_member_passes_only_once_the_evicted_agent_has_its_order() -> None:
@@ -103,7 +103,7 @@ async def test_a_kicked_member_passes_only_once_the_evicted_agent_has_its_order(
         await settle()
         assert agents.calls[-1] == ("wake", IPS["b"])
         await asyncio.wait_for(b._wait(0.01), 5)
-        assert actor._undelivered == 0
+        assert not actor._orders
     finally:
         for c in ctls.values():
             await c.watchers.close()

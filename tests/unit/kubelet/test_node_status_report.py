@@ -8,21 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from test_node_heartbeats import Answer  # an unread answer: the status only
 
 from vllm_sleep.testing.kubelet import nodes
 from vllm_sleep.testing.kubelet.nodes import STATUS_REPORT_SECONDS, NodeRegistrar, NodeSpec
 
 BEAT = 10.0
-
-
-class Answer:
-    status = 200
-
-    async def __aenter__(self) -> Answer:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        pass
 
 
 class Calls:
