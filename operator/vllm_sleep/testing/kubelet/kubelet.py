@@ -27,7 +27,7 @@ from ..sim import EngineHost
 from . import rawapi
 from .hostmem import engine_owners, node_report, quantity_bytes
 from .ips import IPPool, address_free
-from .nodes import GPU_RESOURCE, GPU_SHARED_RESOURCE, NodeRegistrar, NodeSpec
+from .nodes import GPU_RESOURCE, GPU_SHARED_RESOURCE, NodeRegistrar, NodeSpec, choose_device
 from .pods import FAST_PROBE_SECONDS, PodWorker
 
 log = logging.getLogger(__name__)
@@ -272,19 +272,35 @@ class SimKubelet:
         )
         if not wants_gpu:
             return None
-        # Device plugin without DRA: pick the device with the fewest pods on it (time slicing),
-        # unless the operator's pool scheduler seated the pod on one (its device annotation).
-        counts = {d: 0 for d in node.device_names()}
+        exclusive = any(
+            GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {})
+            for c in pod["spec"].get("containers") or []
+        )
+        names = node.device_names()
+        pods_on = {d: 0 for d in names}
+        taken: set[str] = set()
         for w in self.workers.values():
-            if w.pod["spec"].get("nodeName") == node.name and w.device_name in counts:
-                counts[w.device_name] += 1
+            if w.pod["spec"].get("nodeName") == node.name and w.device_name in pods_on:
+                pods_on[w.device_name] += 1
+                if w.exclusive:
+                    taken.add(w.device_name)
+        engines_on = {
+            d: len(self.host.devices[f"{node.name}/{d}"].holders)
+            for d in names
+            if f"{node.name}/{d}" in self.host.devices
+        }
         seat = ((pod["metadata"].get("annotations") or {}).get(ANNOTATION_DEVICE) or "").split("/")
-        choice = min(counts, key=lambda d: counts[d])
-        if len(seat) == 2 and seat[0] == node.name and seat[1] in counts:
-            choice = seat[1]
+        choice = choose_device(
+            names,
+            pods_on,
+            engines_on,
+            exclusive=exclusive,
+            taken=frozenset(taken),
+            seat=seat[1] if len(seat) == 2 and seat[0] == node.name else None,
+        )
         worker = self.workers.get(pod["metadata"]["uid"])
         if worker:
-            worker.device_name = choice
+            worker.device_name, worker.exclusive = choice, exclusive
         return self.host.device(f"{node.name}/{choice}", total_bytes=node.gpu_memory_bytes)
 
     async def _claim_devices(self, pod: dict[str, Any]) -> list[str]:

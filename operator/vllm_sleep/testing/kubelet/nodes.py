@@ -55,6 +55,31 @@ class NodeSpec:
         return [f"gpu-{i}" for i in range(self.gpus)]
 
 
+def choose_device(
+    devices: list[str],
+    pods_on: dict[str, int],
+    engines_on: dict[str, int],
+    *,
+    exclusive: bool,
+    taken: frozenset[str] = frozenset(),
+    seat: str | None = None,
+) -> str:
+    """The GPU a device-plugin pod (no DRA claim) gets on its node.
+
+    The operator's pool scheduler seats a time-sliced pod by annotation; that wins. Otherwise a
+    time-sliced pod takes the device with the fewest pods. An exclusive `nvidia.com/gpu` pod
+    gets a device of its own, as NVIDIA's plugin allocates it: one no other exclusive pod has
+    (`taken`), then one where no engine holds memory (a deleted test's engines may still be
+    stopping, and time-sliced engines do not count against `nvidia.com/gpu` in the scheduler),
+    then the fewest pods.
+    """
+    if seat in devices:
+        return seat
+    if exclusive:
+        return min(devices, key=lambda d: (d in taken, engines_on.get(d, 0), pods_on.get(d, 0)))
+    return min(devices, key=lambda d: pods_on.get(d, 0))
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

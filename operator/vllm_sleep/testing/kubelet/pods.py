@@ -93,6 +93,7 @@ class PodWorker:
         self.engines: dict[str, Any] = {}  # container name -> SimEngine, for the admin API
         self.engine_history: list[Any] = []  # every engine this pod ever ran (restarts included)
         self.device_name: str | None = None  # time-slicing slot when the pod has no DRA claim
+        self.exclusive = False  # the slot is a whole `nvidia.com/gpu` (no other exclusive pod)
         # emptyDirs: made before the first container starts, kept across container restarts.
         self.volumes = PodVolumes(pod)
 
