@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes_asyncio import client
@@ -38,7 +41,25 @@ def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
     """The operator's Kubernetes client (after the kubeconfig or in-cluster config is loaded)."""
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = connections
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    if not proxy_or_netrc_set():
+        # The generated client's session trusts the environment: for that, aiohttp looks up
+        # the proxy variables and reads ~/.netrc in a worker thread for every request (two
+        # thread hops, a file open and the GIL handed back and forth, per API request). With
+        # neither set there is nothing to find, and the process's environment does not change.
+        api.rest_client.pool_manager._trust_env = False
+    return api
+
+
+def proxy_or_netrc_set() -> bool:
+    """Whether a session that trusts the environment would find a proxy or a netrc file."""
+    if urllib.request.getproxies():
+        return True
+    netrc = os.environ.get("NETRC")
+    try:
+        return Path(netrc).is_file() if netrc else (Path.home() / ".netrc").is_file()
+    except RuntimeError:  # no home directory to look in
+        return False
 
 
 class Kube:

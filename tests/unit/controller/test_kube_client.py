@@ -4,7 +4,10 @@ pod LIST in pages."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from vllm_sleep.api.names import LABEL_MODEL
 from vllm_sleep.controller.kube import API_CONNECTIONS, Kube, api_client
@@ -15,6 +18,41 @@ async def test_the_operators_client_keeps_at_most_api_connections() -> None:
     api = api_client()
     try:
         assert api.rest_client.pool_manager.connector.limit == API_CONNECTIONS < 100
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+def bare_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No proxy variable, no netrc file."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return monkeypatch
+
+
+async def test_without_proxy_or_netrc_requests_skip_the_environment_lookups(
+    bare_env: pytest.MonkeyPatch,
+) -> None:
+    # Trusting the environment costs two worker-thread lookups per request (aiohttp).
+    api = api_client()
+    try:
+        assert api.rest_client.pool_manager.trust_env is False
+    finally:
+        await api.close()
+
+
+@pytest.mark.parametrize("var", ["HTTPS_PROXY", "NETRC"])
+async def test_a_proxy_or_netrc_in_the_environment_is_still_honoured(
+    bare_env: pytest.MonkeyPatch, tmp_path: Path, var: str
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine proxy login u password p\n")
+    bare_env.setenv(var, "http://proxy:3128" if var == "HTTPS_PROXY" else str(netrc))
+    api = api_client()
+    try:
+        assert api.rest_client.pool_manager.trust_env is True
     finally:
         await api.close()
 
