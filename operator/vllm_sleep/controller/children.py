@@ -8,10 +8,12 @@ may have changed by hand on a child other than through recreation.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
+from ..api.demand import demand_lease_name
 from ..api.model_deployment import ModelDeployment
-from ..api.names import GPU_POOL_PLURAL, GROUP, VERSION
+from ..api.names import GPU_POOL_PLURAL, GROUP, SECRET_TOKEN_KEY, VERSION, token_secret_name
 from ..reconcile.builders import (
     Owner,
     control_token_secret,
@@ -20,6 +22,19 @@ from ..reconcile.builders import (
 )
 from ..reconcile.placement import Placement, place
 from .kube import Kube
+
+
+@dataclass(frozen=True)
+class Ensured:
+    """What making sure of a model's children learnt, so nobody reads it back.
+
+    `token`: the control token, when this call created its Secret (it chose the token); read
+    from the Secret when it was there already. `demand`: the renewTime of a demand Lease that was
+    there already (an operator restart, a takeover): demand the first pass must see. A Lease
+    this call created holds none yet; later renewals come through the Lease watch."""
+
+    token: str | None
+    demand: float | None
 
 
 class Children:
@@ -41,13 +56,20 @@ class Children:
                 self.pools[pool_name] = body
         return place(model, body)
 
-    async def ensure(self, owner: Owner, model: ModelDeployment) -> None:
-        """Make sure the per-model objects exist (once per ModelDeployment uid)."""
+    async def ensure(self, owner: Owner, model: ModelDeployment) -> Ensured | None:
+        """Make sure the per-model objects exist (once per ModelDeployment uid: None after the
+        first time). Each is created, and read only if it existed (409): what this call
+        created it knows already."""
         key = (owner.namespace, owner.name, owner.uid)
-        if key not in self._ensured:
-            await self._kube.create_if_missing(
-                control_token_secret(owner, secrets.token_urlsafe(32))
-            )
-            await self._kube.create_if_missing(demand_lease(owner))
-            await self._kube.create_if_missing(model_service(owner, model.spec))
-            self._ensured.add(key)
+        if key in self._ensured:
+            return None
+        kube, ns = self._kube, owner.namespace
+        token: str | None = secrets.token_urlsafe(32)
+        if not await kube.create_if_missing(control_token_secret(owner, token)):
+            token = await kube.read_secret_key(ns, token_secret_name(owner.name), SECRET_TOKEN_KEY)
+        demand = None
+        if not await kube.create_if_missing(demand_lease(owner)):
+            demand = await kube.read_lease_renew_time(ns, demand_lease_name(owner.name))
+        await kube.create_if_missing(model_service(owner, model.spec))
+        self._ensured.add(key)
+        return Ensured(token, demand)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import kopf
 
-from ..api.demand import demand_lease_name, renew_time
+from ..api.demand import renew_time
 from ..api.names import (
     COMPONENT_DEMAND_LEASE,
     GPU_POOL_PLURAL,
@@ -72,9 +72,6 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
         controller = ModelController(ctx, namespace, name, emit)
         ctx.controllers[(namespace, name)] = controller
-        renew = await ctx.kube.read_lease_renew_time(namespace, demand_lease_name(name))
-        if renew is not None:
-            ctx.signal_demand(namespace, name, renew)
         try:
             await controller.run(lambda: dict(body), lambda: stopped.is_set())
         finally:

@@ -82,6 +82,9 @@ class FakeKube:
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         return "token"
 
+    async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
+        return None
+
     async def set_routed(self, namespace: str, pod: str, routed: bool, reason: str) -> None:
         self.calls.append(("route", pod, routed))
 

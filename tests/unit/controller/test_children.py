@@ -1,0 +1,73 @@
+"""A model's children (Secret, Lease, Service) are created once and read back only when they
+were there already: what the operator created it knows (each read is an API request, and at a
+thousand models a thousand of them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_executor import BODY, FakeKube, controller
+
+from vllm_sleep.api.model_deployment import ModelDeployment
+from vllm_sleep.controller.children import Children, Ensured
+from vllm_sleep.reconcile.builders import owner_from_body
+
+
+class ExistingKube(FakeKube):
+    """An apiserver where some children exist already (an operator restart, a takeover)."""
+
+    def __init__(self, existing: set[str]) -> None:
+        super().__init__()
+        self.existing = existing
+        self.secret_token: dict[str, Any] = {}
+
+    async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
+        await super().create_if_missing(manifest)
+        if manifest["kind"] == "Secret":
+            self.secret_token = manifest["stringData"]
+        return manifest["kind"] not in self.existing
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        self.calls.append(("read", "Secret", name))
+        return "stored-token"
+
+    async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
+        self.calls.append(("read", "Lease", name))
+        return 1234.5
+
+
+def reads(kube: FakeKube) -> list[str]:
+    return [c[1] for c in kube.calls if c[0] == "read"]
+
+
+async def test_children_it_created_are_not_read_back() -> None:
+    kube = ExistingKube(existing=set())
+    children = Children(kube)  # type: ignore[arg-type]
+    model = ModelDeployment.from_body(BODY)
+    ensured = await children.ensure(owner_from_body(BODY), model)
+    assert ensured is not None
+    assert ensured.token == next(iter(kube.secret_token.values()))  # the one it chose
+    assert ensured.demand is None  # a Lease just created holds no demand
+    assert reads(kube) == []
+    assert await children.ensure(owner_from_body(BODY), model) is None  # once per uid
+
+
+async def test_children_that_existed_are_read_once() -> None:
+    kube = ExistingKube(existing={"Secret", "Lease", "Service"})
+    children = Children(kube)  # type: ignore[arg-type]
+    ensured = await children.ensure(owner_from_body(BODY), ModelDeployment.from_body(BODY))
+    assert ensured == Ensured(token="stored-token", demand=1234.5)
+    assert sorted(reads(kube)) == ["Lease", "Secret"]
+
+
+async def test_a_first_pass_uses_the_created_token_and_sees_existing_demand() -> None:
+    for existing, token_reads in ((set(), 0), ({"Secret", "Lease"}, 1)):
+        kube = ExistingKube(existing)
+        ctl, _ = controller(kube)
+        await ctl.reconcile_once(BODY)
+        await ctl.reconcile_once(BODY)
+        assert reads(kube).count("Secret") == token_reads
+        assert ctl._token is not None
+        demand = ctl.ctx.demand.get(("ns", "m"))
+        assert demand == (1234.5 if "Lease" in existing else None)
+        await ctl.watchers.close()
