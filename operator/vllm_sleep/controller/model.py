@@ -109,7 +109,12 @@ class ModelController:
     async def reconcile_once(self, body: Body) -> float | None:
         model = self.ctx.parse(body)  # raises a clear error for what the schema could not catch
         owner = owner_from_body(body)
-        await self.ctx.children.ensure(owner, model)
+        ensured = await self.ctx.children.ensure(owner, model)
+        if ensured is not None:  # this process's first pass of the model
+            if ensured.token is not None:
+                self._token = ensured.token
+            if ensured.demand is not None:
+                self.ctx.signal_demand(self.namespace, self.name, ensured.demand)
         observed = await self.observe(model, owner)
         pool = await self._pool(model, observed)
         waits = False
@@ -418,7 +423,6 @@ class ModelController:
     async def _sleep(self, action: Sleep, ip: str, token: str, drain_timeout: float) -> None:
         name = action.pod
         started = time.monotonic()
-        patch = memory_patch(slept_at=time.time(), prewarmed=True)
         if action.grant_only:
             # A grant taken back: no sleep happens (409 unless asleep), so none is remembered,
             # counted or told; a refusal means the engine woke since, and the next pass sees it.
@@ -428,21 +432,25 @@ class ModelController:
             return
         if action.idle:
             # An idle sleep (timer, pre-warm) is on no request's path, and its agent refuses it
-            # (409) while requests run: the memory is written, and the sleep told, only once it
-            # happened, so a refused one leaves no trace that would say it slept.
+            # (409) while requests run: the sleep is told only once it happened. Its memory is
+            # not written: while asleep the agent's report says so and since when, and once
+            # woken its report names the wake (`woken_by`), which says the replica slept
+            # (`plan.replica_memory`); the wake's own memory is written as before. One pod
+            # write less per idle sleep, a pre-warm included (and its watch event for every
+            # watcher of the pod).
             report = await self._order_sleep(action, ip, token, drain_timeout)
             if report is None:
                 return
             # The sleep's own time, known to the pass that writes the Asleep its agent reports
             # now (one status write, not a second one after the memory's).
             seconds = self.last_sleep_seconds = time.monotonic() - started
-            await self._remember(name, patch)
         else:
             # A forced sleep (an eviction, the policy, a request) may be on a waking model's
             # request path: the memory (pre-warm done; only demand newer than this moment wakes
             # the replica) is written alongside the agent call. If the operator dies before the
             # write lands, its successor reads the same facts from the agent's report (asleep,
             # and since when: `plan.replica_memory`).
+            patch = memory_patch(slept_at=time.time(), prewarmed=True)
             remember = asyncio.create_task(self._remember(name, patch))
             self._emit_after_orders(
                 "Normal", "Sleeping", f"{name}: level {action.level} ({action.reason})"

@@ -368,6 +368,11 @@ def replica_memory(pod: ObservedPod, report: StateReport) -> ReplicaMemory:
         known = [t for t in (mem.slept_at, report.since) if t is not None]
         slept_at = max(known) if known else None
         return ReplicaMemory(woken_at=mem.woken_at, slept_at=slept_at, prewarmed=True)
+    if report.woken_by is not None and not mem.prewarmed:
+        # Awake after a wake (the agent's report names who started it): the replica slept, so
+        # its pre-warm is done, whether or not a sleep's memory is on the pod (an idle sleep
+        # writes none: `ModelController._sleep`).
+        mem = replace(mem, prewarmed=True)
     # Awake by its agent's own wake (granted by the sleep): a wake from its start, for
     # minAwake and the idle timer, before its annotation is written.
     return memory_with_agent_wake(mem, report)

@@ -144,7 +144,14 @@ def model_engines(
         state = _state(pod, obs)
         level = report.level if report.level in (1, 2) else int(spec.sleep.level)
         keeps = keeps_backup(report, spec.image)
-        slept_once = pod.memory.prewarmed or pod.memory.slept_at is not None
+        # An idle sleep leaves no memory on the pod: its agent's report says it slept (asleep,
+        # or awake after a wake it names).
+        slept_once = (
+            pod.memory.prewarmed
+            or pod.memory.slept_at is not None
+            or report.state == AgentState.ASLEEP
+            or report.woken_by is not None
+        )
         woken_at = pod.memory.woken_at
         if woken_at is None and state == EngineState.AWAKE:
             woken_at = report.since

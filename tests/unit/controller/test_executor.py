@@ -223,7 +223,7 @@ class RefusingAgents(FakeAgents):
         raise AgentError(409, "requests in flight")
 
 
-async def test_a_refused_idle_sleep_leaves_no_trace_a_done_one_is_told_and_remembered() -> None:
+async def test_a_refused_idle_sleep_leaves_no_trace_a_done_one_is_told_not_annotated() -> None:
     kube = FakeKube()
     ctl, events = controller(kube)
     ctl.ctx.agents = RefusingAgents()  # type: ignore[assignment]
@@ -236,8 +236,13 @@ async def test_a_refused_idle_sleep_leaves_no_trace_a_done_one_is_told_and_remem
     ctl.ctx.agents = SleepingAgents()  # type: ignore[assignment]
     await ctl.apply(idle, model)
     await asyncio.gather(*ctl.transitions.values())
-    assert [c[:2] for c in kube.calls if c[0] == "annotate"] == [("annotate", "m-0")]
+    # The agent's report carries an idle sleep's memory (`plan.replica_memory`): no pod write.
+    assert [c for c in kube.calls if c[0] == "annotate"] == []
     assert [(e[1], "idle for 300s" in e[2]) for e in events] == [("Slept", True)]
+    forced = empty_plan(actions=(Sleep("m-0", 1, "evicted"),), watch={"m-0": "ip"})
+    await ctl.apply(forced, model)
+    await asyncio.gather(*ctl.transitions.values())
+    assert [c[:2] for c in kube.calls if c[0] == "annotate"] == [("annotate", "m-0")]
     await ctl.watchers.close()
 
 

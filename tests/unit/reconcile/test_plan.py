@@ -203,6 +203,25 @@ def test_an_asleep_engine_without_our_annotations_needs_no_prewarm() -> None:
     assert kept.slept_at == NOW - 600
 
 
+def test_a_replica_awake_after_a_wake_is_not_prewarmed_again_without_any_annotation() -> None:
+    """An idle sleep (the pre-warm) writes no memory on the pod; the wake's memory may not have
+    landed yet (or failed): the agent's report naming the wake says the replica slept."""
+    raw = body()
+    bare = pod(raw)
+    woken = report(
+        AgentState.AWAKE,
+        since=NOW - 2,
+        woken_by="operator",
+        wake_started=NOW - 3,
+        last_activity=NOW - 1,  # the request it woke for
+    )
+    assert replica_memory(bare, woken).prewarmed
+    p = plan(observed(raw, [bare], {"m-0": woken}))
+    assert not [a for a in p.actions if isinstance(a, Sleep)]
+    assert p.actions == (Route("m-0", True),)
+    assert not replica_memory(bare, report(AgentState.AWAKE, since=NOW - 2)).prewarmed
+
+
 def test_demand_answered_by_a_sleep_whose_annotation_lags_does_not_wake_it_again() -> None:
     """The sleep's annotation is written alongside the agent call: the pod cache may still
     hold the previous sleep's time when the agent already reports asleep since later."""

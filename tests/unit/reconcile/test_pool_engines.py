@@ -85,6 +85,15 @@ def test_an_awake_engine_never_slept_or_on_an_older_version_holds_no_backup() ->
     assert not older.holds_backup and not older.keeps_backup
 
 
+def test_an_engine_woken_after_an_idle_sleep_holds_its_backup_without_a_sleep_annotation() -> None:
+    # An idle sleep (the pre-warm) leaves no memory on the pod: the agent's report naming the
+    # wake says the engine slept, and so made its backup.
+    req, _ = request(AgentState.AWAKE, {})
+    woken = StateReport(state=AgentState.AWAKE, version=2, woken_by="operator", since=1.0)
+    (e,) = model_engines(model(), req, {"m-0": woken}, POOL, keeps_backup=keeps)
+    assert e.state == EngineState.AWAKE and e.holds_backup
+
+
 def test_a_level_1_sleeper_holds_its_backup_whatever_the_version() -> None:
     (e,) = engines(AgentState.ASLEEP, SLEPT, keeps_backup=lambda r, i: False)
     assert e.sleep_level == 1 and e.holds_backup
