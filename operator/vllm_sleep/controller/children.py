@@ -64,8 +64,9 @@ class Children:
         if key in self._ensured:
             return None
         kube, ns = self._kube, owner.namespace
-        token: str | None = secrets.token_urlsafe(32)
-        if not await kube.create_if_missing(control_token_secret(owner, token)):
+        chosen = secrets.token_urlsafe(32)
+        token: str | None = chosen
+        if not await kube.create_if_missing(control_token_secret(owner, chosen)):
             token = await kube.read_secret_key(ns, token_secret_name(owner.name), SECRET_TOKEN_KEY)
         demand = None
         if not await kube.create_if_missing(demand_lease(owner)):

@@ -10,11 +10,18 @@ written when the window ends. So a transient state shorter than the window may n
 the status (the model's Events still say what happened), and the final state always does.
 
 With `defer_first` (a predicate of the value), a first value it accepts of a
-key this process never wrote is held until a second value follows (then written a window after
-the first, or at once if that passed) or, if none does, for `first_hold` seconds: a new model's
-first status ("Pending, no pods yet", from the pass that creates its pod) is superseded by the
-pass that sees the pod, which on a busy operator comes later than one window; written on its own
-it was one write per model for nothing.
+key this process never wrote is held until a value it does not accept follows (then written a
+window after the first, or at once if that passed; values it accepts meanwhile replace the held
+one) or, if none does, for `first_hold` seconds: a new model's first statuses ("Pending, no pods
+yet", from the pass that creates its pod; "Starting" on no node yet, from the pass that sees the
+pod before the scheduler placed it) are superseded by the pass that sees the pod placed, which on
+a busy operator comes later than one window; written on their own they were a write per model
+each for nothing.
+
+A value submitted with `held=True` is known to be superseded already (the pass that computed
+it started a transition that changes it): a quiet key does not write it at once but as if it had
+just written, so a value that follows within the window replaces it and only the latest is
+written when the window ends.
 """
 
 from __future__ import annotations
@@ -58,10 +65,11 @@ class Coalescer(Generic[K, V]):
         self._locks: dict[K, asyncio.Lock] = {}  # one write per key at a time, in order
         self._submits = 0
 
-    async def submit(self, key: K, value: V) -> None:
-        """Write `value` now (raising what the write raises) if the key was quiet for a window;
-        otherwise keep it as the key's latest and return: it is written when the window ends
-        (retried after each failed try until it lands or a newer value replaces it)."""
+    async def submit(self, key: K, value: V, *, held: bool = False) -> None:
+        """Write `value` now (raising what the write raises) if the key was quiet for a window
+        and it is not `held`; otherwise keep it as the key's latest and return: it is written
+        when the window ends (retried after each failed try until it lands or a newer value
+        replaces it)."""
         self._submits += 1
         if self._submits % PRUNE_EVERY == 0:
             self._prune()
@@ -75,19 +83,23 @@ class Coalescer(Generic[K, V]):
             # As if written so that its window ends `first_hold` from now.
             self._last[key] = now + self._first_hold - self._window
         elif key in self._holding:
-            # The second value: the hold ends a window after the first (a held flusher is
+            if defers is not None and defers(value):
+                self._pending[key] = value  # no more worth a write than the first: held on
+                return
+            # A value worth writing: the hold ends a window after the first (a held flusher is
             # still asleep, never writing: it stops holding before its write).
             self._last[key] = self._holding.pop(key)
             self._pending.pop(key, None)  # superseded by this one
-            held = self._flushers.pop(key, None)
-            if held is not None:
-                held.cancel()
+            holder = self._flushers.pop(key, None)
+            if holder is not None:
+                holder.cancel()
         quiet = now - self._last.get(key, -math.inf) >= self._window
         if self._window <= 0 or (quiet and key not in self._flushers):
             self._last[key] = now
-            async with self._lock(key):
-                await self._write(key, value)
-            return
+            if not held or self._window <= 0:
+                async with self._lock(key):
+                    await self._write(key, value)
+                return
         self._pending[key] = value
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")

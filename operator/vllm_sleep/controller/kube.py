@@ -252,10 +252,13 @@ class Kube:
             if e.status != 404:
                 raise
 
-    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_model_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, superseded: bool = False
+    ) -> None:
         """Written now, or (another write of this model's status went out less than the
-        window ago) coalesced with any that follow and written when the window ends."""
-        await self.model_status.submit((namespace, name), status)
+        window ago, or the status is `superseded` already by a transition its pass started)
+        coalesced with any that follow and written when the window ends."""
+        await self.model_status.submit((namespace, name), status, held=superseded)
 
     async def _write_model_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
         namespace, name = key

@@ -312,7 +312,7 @@ class ModelController:
             self._planning = False
         await asyncio.gather(*writes)
         if write_status:
-            await self._write_status(the_plan.status)
+            await self._write_status(the_plan.status, superseded=_starts_transitions(the_plan))
 
     def _start(
         self, the_plan: Plan, token: str, model: ModelDeployment
@@ -555,10 +555,21 @@ class ModelController:
             raise RuntimeError(f"control token Secret {token_secret_name(self.name)} is missing")
         return self._token
 
-    async def _write_status(self, status: Status) -> None:
+    async def _write_status(self, status: Status, *, superseded: bool = False) -> None:
+        """`superseded`: the pass that computed it started a sleep or wake, which changes it
+        (the next pass's status says so): written only if nothing follows within the window."""
         status = keep_transition_times(status, self._last_status)
         if status == self._last_status:
             return
-        await self.ctx.kube.patch_model_status(self.namespace, self.name, status)
+        await self.ctx.kube.patch_model_status(
+            self.namespace, self.name, status, superseded=superseded
+        )
         self._last_status = status
         self.ctx.set_phase(self.namespace, self.name, str(status.get("phase")))
+
+
+def _starts_transitions(the_plan: Plan) -> bool:
+    """The plan starts a sleep or a wake (a grant taken back changes no state)."""
+    return any(
+        isinstance(a, Wake) or (isinstance(a, Sleep) and not a.grant_only) for a in the_plan.actions
+    )

@@ -131,14 +131,26 @@ def keep_transition_times(status: Status, last: Status | None) -> Status:
 
 
 def awaits_its_pods(status: Status) -> bool:
-    """The status of a model whose pods do not exist yet, with nothing wrong (Pending, no
-    replicas, not Degraded): what the pass that creates its pods computes, from before it did.
-    The next pass, which sees the pods, supersedes it (`controller/coalesce.py`, defer_first)."""
-    degraded = any(
-        c.get("type") == ConditionType.DEGRADED and c.get("status") == "True"
-        for c in status.get("conditions") or []
+    """The status of a model whose pods do not exist yet, or are not on a node yet, with
+    nothing wrong (Pending, no replicas; or Pending/Loading, each replica Starting on no node;
+    not Degraded, nothing unschedulable): what the pass that creates its pods computes, from
+    before it did, and the pass that sees them before the scheduler placed them. The pass that
+    sees them placed supersedes it (`controller/coalesce.py`, defer_first)."""
+    conditions = status.get("conditions") or []
+    troubled = any(
+        (c.get("type") == ConditionType.DEGRADED and c.get("status") == "True")
+        or (c.get("type") == ConditionType.SCHEDULED and c.get("status") == "False")
+        for c in conditions
     )
-    return status.get("phase") == Phase.PENDING and not status.get("replicas") and not degraded
+    if troubled:
+        return False
+    replicas = status.get("replicas") or []
+    if not replicas:
+        return status.get("phase") == Phase.PENDING
+    return status.get("phase") in (Phase.PENDING, Phase.LOADING) and all(
+        r.get("node") is None and r.get("state") == "Starting" and not r.get("message")
+        for r in replicas
+    )
 
 
 def replica_state(obs: ReplicaObservation) -> str:

@@ -106,6 +106,11 @@ def always(_value: int) -> bool:
     return True
 
 
+def first_kind(value: int) -> bool:
+    """Values 1 and 10 are the kind held for what follows ("no pods yet", "not placed yet")."""
+    return value in (1, 10)
+
+
 async def test_with_defer_first_a_new_keys_first_write_waits_for_the_window() -> None:
     log: list[tuple[str, int]] = []
     clock = Clock()
@@ -134,7 +139,7 @@ async def test_a_new_keys_first_value_is_held_until_a_second_follows() -> None:
     log: list[tuple[str, int]] = []
     clock = Clock()
     c: Coalescer[str, int] = Coalescer(
-        writer(log), window=0.01, clock=clock, defer_first=always, first_hold=60
+        writer(log), window=0.01, clock=clock, defer_first=first_kind, first_hold=60
     )
     await c.submit("m", 1)  # "Pending, no pods yet", from the pass that creates the pod
     clock.t += 1  # a busy operator: the pass that sees the pod comes windows later
@@ -150,7 +155,7 @@ async def test_a_second_value_within_the_window_is_written_when_it_ends() -> Non
     log: list[tuple[str, int]] = []
     clock = Clock()
     c: Coalescer[str, int] = Coalescer(
-        writer(log), window=0.01, clock=clock, defer_first=always, first_hold=60
+        writer(log), window=0.01, clock=clock, defer_first=first_kind, first_hold=60
     )
     await c.submit("m", 1)
     await c.submit("m", 2)  # at once: within the first's window, the hold ends with it
@@ -170,3 +175,52 @@ async def test_a_first_value_nothing_follows_is_written_after_the_hold() -> None
     assert log == []
     await c.drain()
     assert log == [("m", 1)]
+
+
+async def test_values_of_the_held_kind_replace_the_held_one_and_the_hold_goes_on() -> None:
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    c: Coalescer[str, int] = Coalescer(
+        writer(log), window=0.01, clock=clock, defer_first=first_kind, first_hold=60
+    )
+    await c.submit("m", 1)  # "Pending, no pods yet"
+    clock.t += 1
+    await c.submit("m", 10)  # "Starting" on no node: still nothing worth a write
+    assert log == [] and c.pending("m") == 10
+    await c.submit("m", 2)  # placed: written at once (a window passed since the first)
+    assert log == [("m", 2)]
+    await c.drain()
+    assert log == [("m", 2)]
+
+
+async def test_the_hold_ends_first_hold_after_the_first_value_even_if_more_of_its_kind_came() -> (
+    None
+):
+    log: list[tuple[str, int]] = []
+    c: Coalescer[str, int] = Coalescer(
+        writer(log), window=0.01, defer_first=first_kind, first_hold=0.05
+    )
+    await c.submit("m", 1)
+    await c.submit("m", 10)
+    await c.drain()
+    assert log == [("m", 10)]
+
+
+async def test_a_held_value_is_written_only_if_nothing_follows_within_the_window() -> None:
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    c: Coalescer[str, int] = Coalescer(writer(log), window=0.01, clock=clock)
+    await c.submit("m", 1)  # quiet key: at once
+    clock.t += 1
+    await c.submit("m", 2, held=True)  # superseded already by the transition its pass started
+    assert log == [("m", 1)] and c.pending("m") == 2
+    await c.submit("m", 3)  # the next pass's: replaces it
+    clock.t += 1
+    await c.drain()
+    assert log == [("m", 1), ("m", 3)]
+    clock.t += 1
+    await c.submit("m", 4, held=True)  # nothing follows: written when the window ends
+    assert log[-1] == ("m", 3)
+    clock.t += 1
+    await c.drain()
+    assert log[-1] == ("m", 4)

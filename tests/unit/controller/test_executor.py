@@ -36,6 +36,7 @@ class FakeKube:
         self.calls: list[tuple[Any, ...]] = []
         self.pods = pods or []
         self.pools: dict[str, dict[str, Any]] = {}
+        self.superseded: list[bool] = []  # each status write's flag
 
     async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
         self.calls.append(("create", manifest["kind"], manifest["metadata"]["name"]))
@@ -68,7 +69,10 @@ class FakeKube:
     async def annotate_pod(self, namespace: str, pod: str, annotations: dict[str, Any]) -> None:
         self.calls.append(("annotate", pod, tuple(sorted(annotations))))
 
-    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_model_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, superseded: bool = False
+    ) -> None:
+        self.superseded.append(superseded)
         self.calls.append(("status", status["phase"]))
 
     async def get_cluster_object(
@@ -346,4 +350,31 @@ async def test_a_failed_memory_write_does_not_fail_the_transition() -> None:
         )
         await asyncio.gather(*ctl.transitions.values())  # raises if the task did
     assert [e[1] for e in events] == ["Sleeping", "Slept", "Slept"]
+    await ctl.watchers.close()
+
+
+async def test_the_status_of_a_pass_that_starts_a_sleep_or_wake_is_submitted_as_superseded() -> (
+    None
+):
+    # The transition changes the state this status shows: the coalescer writes it only if
+    # nothing follows within the window (the next pass's status supersedes it).
+    kube = FakeKube()
+    ctl, _ = controller(kube)
+    ctl.ctx.agents = SleepingAgents()  # type: ignore[assignment]
+    model = ModelDeployment.from_body(BODY)
+    watch = {"m-0": "10.0.0.1"}
+    plans = [
+        empty_plan(actions=(Sleep("m-0", 1, "pre-warm after load", idle=True),), watch=watch),
+        empty_plan(actions=(Route("m-0", True),), watch=watch, status={"phase": "Awake"}),
+        empty_plan(actions=(Wake("m-0", "demand"),), watch=watch, status={"phase": "Asleep"}),
+        empty_plan(
+            actions=(Sleep("m-0", 1, "grant", grant_only=True),),
+            watch=watch,
+            status={"phase": "Awake"},
+        ),
+    ]
+    for the_plan in plans:
+        await ctl.apply(the_plan, model)
+        await asyncio.gather(*ctl.transitions.values())
+    assert kube.superseded == [True, False, True, False]
     await ctl.watchers.close()

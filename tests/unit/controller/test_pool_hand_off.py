@@ -91,7 +91,9 @@ class FakeKube:
     async def annotate_pod(self, namespace: str, pod: str, annotations: dict[str, Any]) -> None:
         self.calls.append(("annotate", pod))
 
-    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_model_status(
+        self, namespace: str, name: str, status: dict[str, Any], **_: Any
+    ) -> None:
         self.calls.append(("status", name))
 
     async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:

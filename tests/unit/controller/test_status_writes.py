@@ -16,7 +16,9 @@ class CountingKube:
     def __init__(self) -> None:
         self.writes: list[dict[str, Any]] = []
 
-    async def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_model_status(
+        self, namespace: str, name: str, status: dict[str, Any], **_: Any
+    ) -> None:
         self.writes.append(status)
 
 

@@ -5,6 +5,7 @@ and nothing a user needs hidden (a model with a problem, or with pods, is writte
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -16,13 +17,21 @@ from vllm_sleep.controller.kube import Kube
 from vllm_sleep.reconcile.status import StatusFacts, awaits_its_pods
 
 
-def test_only_a_pending_model_without_pods_or_problems_awaits_its_pods() -> None:
+def test_only_a_model_without_pods_on_a_node_or_problems_awaits_its_pods() -> None:
     raw = body()
     assert awaits_its_pods(status_of(raw, [], {}))
     problem = status_of(raw, [], {}, facts=StatusFacts(problem="no GPUPool named p"))
     assert not awaits_its_pods(problem)
-    starting = status_of(raw, [pod(raw)], {"m-0": report(AgentState.UNREACHABLE)})
-    assert not awaits_its_pods(starting)
+    # Seen before the scheduler placed it: the pass that sees it placed supersedes this.
+    unplaced = pod(raw, ip=None)
+    assert unplaced.node is None
+    starting = status_of(raw, [unplaced], {"m-0": report(AgentState.UNREACHABLE)})
+    assert starting["replicas"][0]["state"] == "Starting"
+    assert awaits_its_pods(starting)
+    placed = replace(unplaced, node="gpu-node-0")
+    assert not awaits_its_pods(status_of(raw, [placed], {"m-0": report(AgentState.UNREACHABLE)}))
+    loading = status_of(raw, [placed], {"m-0": report(AgentState.LOADING)})
+    assert not awaits_its_pods(loading)
 
 
 async def test_the_operator_holds_a_new_models_no_pods_status_for_the_next() -> None:
