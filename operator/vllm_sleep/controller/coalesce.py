@@ -13,10 +13,10 @@ With `defer_first` (a predicate of the value), a first value it accepts of a
 key this process never wrote is held until a value it does not accept follows (then written a
 window after the first, or at once if that passed; values it accepts meanwhile replace the held
 one) or, if none does, for `first_hold` seconds: a new model's first statuses ("Pending, no pods
-yet", from the pass that creates its pod; "Starting" on no node yet, from the pass that sees the
-pod before the scheduler placed it) are superseded by the pass that sees the pod placed, which on
-a busy operator comes later than one window; written on their own they were a write per model
-each for nothing.
+yet", from the pass that creates its pod; "Starting", from the passes that see the pod scheduled
+and its containers start) are superseded by the pass that hears its agent, which on a busy
+operator comes later than one window; written on their own they were a write per model each for
+nothing.
 
 A value submitted with `held=True` is known to be superseded already (the pass that computed
 it started a transition that changes it): a quiet key does not write it at once but as if it had

@@ -131,11 +131,12 @@ def keep_transition_times(status: Status, last: Status | None) -> Status:
 
 
 def awaits_its_pods(status: Status) -> bool:
-    """The status of a model whose pods do not exist yet, or are not on a node yet, with
-    nothing wrong (Pending, no replicas; or Pending/Loading, each replica Starting on no node;
+    """The status of a model whose pods do not exist yet, or none of whose agents answered
+    yet, with nothing wrong (Pending, no replicas; or Pending/Loading, each replica Starting;
     not Degraded, nothing unschedulable): what the pass that creates its pods computes, from
-    before it did, and the pass that sees them before the scheduler placed them. The pass that
-    sees them placed supersedes it (`controller/coalesce.py`, defer_first)."""
+    before it did, and the passes that see them scheduled and their containers start (or, after
+    an operator restart, see them before their agents' first reports came). A pass that hears
+    an agent supersedes it (`controller/coalesce.py`, defer_first)."""
     conditions = status.get("conditions") or []
     troubled = any(
         (c.get("type") == ConditionType.DEGRADED and c.get("status") == "True")
@@ -148,8 +149,7 @@ def awaits_its_pods(status: Status) -> bool:
     if not replicas:
         return status.get("phase") == Phase.PENDING
     return status.get("phase") in (Phase.PENDING, Phase.LOADING) and all(
-        r.get("node") is None and r.get("state") == "Starting" and not r.get("message")
-        for r in replicas
+        r.get("state") == "Starting" and not r.get("message") for r in replicas
     )
 
 

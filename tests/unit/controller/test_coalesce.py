@@ -107,7 +107,7 @@ def always(_value: int) -> bool:
 
 
 def first_kind(value: int) -> bool:
-    """Values 1 and 10 are the kind held for what follows ("no pods yet", "not placed yet")."""
+    """Values 1 and 10 are the kind held for what follows ("no pods yet", "Starting")."""
     return value in (1, 10)
 
 
@@ -185,9 +185,9 @@ async def test_values_of_the_held_kind_replace_the_held_one_and_the_hold_goes_on
     )
     await c.submit("m", 1)  # "Pending, no pods yet"
     clock.t += 1
-    await c.submit("m", 10)  # "Starting" on no node: still nothing worth a write
+    await c.submit("m", 10)  # "Starting", no agent heard yet: still nothing worth a write
     assert log == [] and c.pending("m") == 10
-    await c.submit("m", 2)  # placed: written at once (a window passed since the first)
+    await c.submit("m", 2)  # its agent heard: written at once (a window passed since the first)
     assert log == [("m", 2)]
     await c.drain()
     assert log == [("m", 2)]

@@ -14,24 +14,28 @@ from test_status import status_of
 
 from vllm_sleep.api.agent_protocol import AgentState
 from vllm_sleep.controller.kube import Kube
+from vllm_sleep.reconcile.observe import EngineFailure
 from vllm_sleep.reconcile.status import StatusFacts, awaits_its_pods
 
 
-def test_only_a_model_without_pods_on_a_node_or_problems_awaits_its_pods() -> None:
+def test_only_a_model_without_pods_or_agents_heard_or_problems_awaits_its_pods() -> None:
     raw = body()
     assert awaits_its_pods(status_of(raw, [], {}))
     problem = status_of(raw, [], {}, facts=StatusFacts(problem="no GPUPool named p"))
     assert not awaits_its_pods(problem)
-    # Seen before the scheduler placed it: the pass that sees it placed supersedes this.
+    # Seen before the scheduler placed it, or placed with its agent not answering yet: the pass
+    # that hears the agent supersedes this.
     unplaced = pod(raw, ip=None)
     assert unplaced.node is None
     starting = status_of(raw, [unplaced], {"m-0": report(AgentState.UNREACHABLE)})
     assert starting["replicas"][0]["state"] == "Starting"
     assert awaits_its_pods(starting)
     placed = replace(unplaced, node="gpu-node-0")
-    assert not awaits_its_pods(status_of(raw, [placed], {"m-0": report(AgentState.UNREACHABLE)}))
+    assert awaits_its_pods(status_of(raw, [placed], {"m-0": report(AgentState.UNREACHABLE)}))
     loading = status_of(raw, [placed], {"m-0": report(AgentState.LOADING)})
     assert not awaits_its_pods(loading)
+    failing = replace(placed, failure=EngineFailure(2, "vLLM is crash-looping"))
+    assert not awaits_its_pods(status_of(raw, [failing], {"m-0": report(AgentState.UNREACHABLE)}))
 
 
 async def test_the_operator_holds_a_new_models_no_pods_status_for_the_next() -> None:
