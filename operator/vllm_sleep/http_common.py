@@ -31,6 +31,9 @@ MAX_HEADERS: Final = 128
 # Responses with a known length up to this (and not SSE) are relayed in one write.
 SMALL_BODY = 1 << 20
 
+_XFF = b"x-forwarded-for"
+_CHAINED = frozenset({_XFF, b"connection"})  # handled whatever `drop` says (below)
+
 
 def forwarded_header_block(
     headers: Iterable[tuple[bytes, bytes]], peer: str | None, drop: frozenset[bytes]
@@ -39,18 +42,24 @@ def forwarded_header_block(
     the lower-case names in `drop` left out, and those the client named in `Connection`
     (RFC 9110 §7.6.1: for this hop only); `X-Forwarded-For` extended with the client's
     address."""
-    kept: list[tuple[bytes, bytes, bytes]] = []
+    # One pass, each kept line formatted as it is met: a Connection header that names other
+    # fields is rare, so those are taken out afterwards, from the few lines kept.
+    out: list[bytes] = []
     prior = None
-    hop_only: set[bytes] = set()
+    hop_only: set[bytes] | None = None
     for name, value in headers:
         low = name.lower()
-        if low == b"x-forwarded-for":
-            prior = value if prior is None else prior + b", " + value
-        elif low == b"connection":
-            hop_only.update(t.strip().lower() for t in value.split(b","))
+        if low in _CHAINED:
+            if low == _XFF:
+                prior = value if prior is None else prior + b", " + value
+            else:  # Connection
+                if hop_only is None:
+                    hop_only = set()
+                hop_only.update(t.strip().lower() for t in value.split(b","))
         elif low not in drop:
-            kept.append((low, name, value))
-    out = [b"%s: %s\r\n" % (name, value) for low, name, value in kept if low not in hop_only]
+            out.append(b"%s: %s\r\n" % (name, value))
+    if hop_only:  # a field name holds no ":" (a token), so each line's name ends at its first
+        out = [line for line in out if line[: line.index(b":")].lower() not in hop_only]
     if peer:
         chain = peer.encode() if prior is None else prior + b", " + peer.encode()
         out.append(b"x-forwarded-for: %s\r\n" % chain)

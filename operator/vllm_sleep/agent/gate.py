@@ -84,6 +84,16 @@ class Gate:
     def shutdown(self) -> None:
         self.refuse()
 
+    def try_admit(self) -> bool:
+        """The awake engine's case without a coroutine: True when an in-flight slot was taken
+        (the caller must release() it); False when `acquire` must decide (hold or refuse).
+        While OPEN nobody waits (open() admitted every waiter), so no queue is jumped."""
+        if self.mode is not Mode.OPEN:
+            return False
+        self.touch()
+        self._take_slot()
+        return True
+
     async def acquire(self, hold_timeout: float) -> Admission:
         self.touch()
         if self.mode is Mode.OPEN:

@@ -36,7 +36,7 @@ from ..h1.wire import RawHeaders
 from ..http_common import HOP_BY_HOP, MAX_HEAD_BYTES, MAX_HEADERS, forwarded_header_block
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
-from .gate import Admission, Gate, Mode
+from .gate import Admission, Gate
 from .metrics import AgentMetrics
 from .openai_errors import error_body
 from .state import StateBoard
@@ -147,21 +147,21 @@ class PublicProxy:
             self._passthrough.inc()
             return await self._forward(request, reply, m.target, inference=False)
         self._inference.inc()
-        held = self._gate.mode is not Mode.OPEN
-        started = self._clock.monotonic()
-        # A client that leaves while held cancels this wait: the gate drops it at once (a held
-        # request is demand, and must stop counting as soon as nobody wants the answer).
-        admission = await self._gate.acquire(self._config.hold_timeout)
-        if held:
+        gate = self._gate
+        if not gate.try_admit():  # not awake: held (or refused), and the hold is observed
+            started = self._clock.monotonic()
+            # A client that leaves while held cancels this wait: the gate drops it at once (a
+            # held request is demand, and must stop counting as soon as nobody wants the answer).
+            admission = await gate.acquire(self._config.hold_timeout)
             self._metrics.hold_seconds.labels(admission.value).observe(
                 self._clock.monotonic() - started
             )
-        if admission is not Admission.ADMITTED:
-            return self._reject(admission)
+            if admission is not Admission.ADMITTED:
+                return self._reject(admission)
         try:
             return await self._forward(request, reply, m.target, inference=True)
         finally:
-            self._gate.release()
+            gate.release()
 
     def _reject(self, admission: Admission) -> Response:
         self._metrics.rejected.labels(admission.value).inc()
@@ -227,7 +227,8 @@ class PublicProxy:
                 self._metrics.upstream_errors.inc()
                 return error_response(502, f"vLLM failed mid-request: {e}")
             try:
-                await exchange.finished()
+                if not exchange.complete:  # else finished() would return at once
+                    await exchange.finished()
             except UpstreamError as e:
                 # vLLM broke off mid-body: the status line is out, so an incomplete response
                 # is the only honest signal left.

@@ -248,7 +248,8 @@ class Dispatcher:
             latency = result.head_at - sent_at if slot is None else self._clock() - sent_at
             self._metrics.observe_upstream(spec.served_name, latency)
             try:
-                await result.finished()  # the body is spliced into `reply` as it comes
+                if not result.complete:  # else finished() would return at once
+                    await result.finished()  # the body is spliced into `reply` as it comes
             except UpstreamError as e:
                 # The status line is out: an incomplete response is the only honest signal.
                 log.warning("relay from %s broke off: %s", replica.url, e)

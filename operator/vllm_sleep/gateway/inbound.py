@@ -33,12 +33,27 @@ class BadRequest:
     status: int = 400
 
 
+_BRACE = ord("{")
+_JSON_SPACE = " \t\n\r"
+_RAW_DECODE = json.JSONDecoder().raw_decode  # stateless: json.loads' own default decoder
+
+
 def parse_model(body: bytes) -> str | BadRequest:
     """The `model` of an OpenAI request body, or why the body is unusable."""
     if not body:
         return BadRequest("The request body is empty; a JSON object is required.", "invalid_body")
     try:
-        doc = json.loads(body)
+        if body[0] == _BRACE and body[1:2] != b"\x00":
+            # json.loads(body) without its per-call encoding detection and two regex scans:
+            # a body opening with `{` and no NUL after it is UTF-8 by json's own rule
+            # (json.detect_encoding); it is decoded as json.loads would, and what follows
+            # the object may only be JSON whitespace, as json.loads requires.
+            text = body.decode("utf-8", "surrogatepass")
+            doc, end = _RAW_DECODE(text)
+            if end != len(text) and text[end:].strip(_JSON_SPACE):
+                raise ValueError("extra data after the JSON object")
+        else:
+            doc = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return BadRequest("The request body is not valid JSON.", "invalid_json")
     if not isinstance(doc, dict):

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..api.openai_errors import ErrorCode
 from ..api.routes import GATEWAY_ROUTES, ModelField, is_stored_response
 from ..h1 import Reply, Request, Response
+from ..h1.wire import find_header
 from .auth import ApiKeys
 from .dispatch import Dispatcher
 from .errors import error_response
@@ -129,9 +130,9 @@ class GatewayHandler:
         self, request: Request, reply: Reply, path: str, field: ModelField | None
     ) -> tuple[str, Response | None]:
         body = request.body  # the HTTP layer bounded it (413) and charged it to its budget
-        encoding = request.header("Content-Encoding")
+        encoding = find_header(request.headers, b"content-encoding")  # bytes: no per-call encode
         if encoding:
-            decoded = await decode_body_async(body, encoding, self._max_body)
+            decoded = await decode_body_async(body, encoding.decode("latin-1"), self._max_body)
             if isinstance(decoded, BadRequest):
                 return UNKNOWN_MODEL, error_response(decoded.status, decoded.message, decoded.code)
             if decoded is not body and not request.reserve(len(decoded)):

@@ -102,3 +102,22 @@ async def test_wait_idle_bounded() -> None:
     assert await gate.wait_idle(0.01) is False
     asyncio.get_running_loop().call_later(0.01, gate.release)
     assert await gate.wait_idle(5) is True
+
+
+async def test_try_admit_takes_a_slot_only_while_open() -> None:
+    """The proxy's coroutine-free path: an awake engine's request is counted (and the busy
+    edge told) exactly as by acquire; a held or refusing gate leaves the decision to acquire,
+    untouched."""
+    edges: list[int] = []
+    gate = Gate(max_held=10, on_edge=lambda: edges.append(gate.inflight))
+    assert not gate.try_admit()  # HOLD
+    gate.refuse()
+    assert not gate.try_admit()
+    assert gate.inflight == 0 and gate.held == 0 and edges == [] and gate.last_activity is None
+    gate.open()
+    assert gate.try_admit() and gate.try_admit()
+    assert gate.inflight == 2 and edges == [1] and gate.last_activity is not None
+    assert not await gate.wait_idle(0)
+    gate.release()
+    gate.release()
+    assert edges == [1, 0] and await gate.wait_idle(0)

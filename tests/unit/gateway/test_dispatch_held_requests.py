@@ -44,6 +44,7 @@ class FakeReply:
 class FakeExchange:
     def __init__(self, status: int) -> None:
         self.status = status
+        self.complete = False  # the body still to come: the dispatcher awaits finished()
         self.released = self.closed = False
 
     async def finished(self) -> None:

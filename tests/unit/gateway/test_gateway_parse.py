@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from vllm_sleep.api.model_spec import WakeSpec
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
-from vllm_sleep.gateway.inbound import BadRequest, parse_model
+from vllm_sleep.gateway.inbound import _MISSING, BadRequest, check_model, parse_model
 from vllm_sleep.gateway.kube_parse import model_key, model_spec, pod_state
 from vllm_sleep.gateway.routing import ModelKey, WakePolicy
 
@@ -51,6 +51,34 @@ def test_parse_model_never_raises(body: bytes) -> None:
 )
 def test_parse_model_never_raises_on_any_json(doc: Any) -> None:
     parse_model(json.dumps(doc).encode())
+
+
+def _as_json_loads_reads_it(body: bytes) -> str | BadRequest:
+    """parse_model's rule, on json.loads itself: what its fast path must agree with."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return BadRequest("The request body is not valid JSON.", "invalid_json")
+    if not isinstance(doc, dict):
+        return BadRequest("The request body must be a JSON object.", "invalid_body")
+    return check_model(doc.get("model", _MISSING))
+
+
+@given(
+    st.text(max_size=20),
+    st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-32", "utf-8-sig"]),
+    st.binary(max_size=6) | st.sampled_from([b" \r\n\t", b" x", b"{}", b"\x00", b"\xff"]),
+    st.booleans(),
+)
+def test_parse_model_reads_a_body_as_json_loads_does(
+    model: str, encoding: str, tail: bytes, cut: bool
+) -> None:
+    """Any encoding json.loads detects, whitespace or garbage after the object, a truncated
+    body: the same model or the same refusal."""
+    body = json.dumps({"model": model, "n": [1.5, None]}).encode(encoding) + tail
+    if cut:
+        body = body[: len(body) // 2]
+    assert parse_model(body) == _as_json_loads_reads_it(body)
 
 
 def make_pod(**over: Any) -> dict[str, Any]:
