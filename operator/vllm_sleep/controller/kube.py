@@ -41,12 +41,17 @@ def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
     """The operator's Kubernetes client (after the kubeconfig or in-cluster config is loaded)."""
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = connections
-    api = client.ApiClient(configuration)
+    return without_env_lookups(client.ApiClient(configuration))
+
+
+def without_env_lookups(api: client.ApiClient) -> client.ApiClient:
+    """The client, its environment lookups skipped when they can find nothing.
+
+    The generated client's session trusts the environment: for that, aiohttp looks up the
+    proxy variables and reads ~/.netrc in a worker thread for every request (two thread hops, a
+    file open and the GIL handed back and forth, per API request). With neither set there is
+    nothing to find, and a process's environment does not change."""
     if not proxy_or_netrc_set():
-        # The generated client's session trusts the environment: for that, aiohttp looks up
-        # the proxy variables and reads ~/.netrc in a worker thread for every request (two
-        # thread hops, a file open and the GIL handed back and forth, per API request). With
-        # neither set there is nothing to find, and the process's environment does not change.
         api.rest_client.pool_manager._trust_env = False
     return api
 
