@@ -272,7 +272,7 @@ class ModelController:
     async def observe(self, model: ModelDeployment, owner: Owner) -> Observed:
         pods = [observe_pod(p) for p in await self._pods()]
         reports = {p.name: self.watchers.report(p) for p in pods}
-        suspects = nodes_to_check(pods, reports)
+        suspects = nodes_to_check(pods, reports, time.time(), self.ctx.settings.node_lost_seconds)
         return Observed(
             model=model,
             owner=owner,

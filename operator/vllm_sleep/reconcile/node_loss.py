@@ -84,15 +84,28 @@ def node_name(pod: ObservedPod) -> str | None:
     return pod.device.partition("/")[0] if pod.device else None  # "<node>/<name>"
 
 
-def nodes_to_check(pods: Iterable[ObservedPod], reports: Mapping[str, StateReport]) -> set[str]:
+def nodes_to_check(
+    pods: Iterable[ObservedPod],
+    reports: Mapping[str, StateReport],
+    now: float | None = None,
+    bound: float = NODE_LOST_SECONDS,
+) -> set[str]:
     """The nodes worth a look: those of live pods whose agent does not answer (a pod bound to
-    a node whose kubelet is gone stays Pending, or Running, or Terminating, forever)."""
+    a node whose kubelet is gone stays Pending, or Running, or Terminating, forever), once
+    the pod is `bound` seconds old (`now`: unix seconds; None checks every age).
+
+    A younger pod's node cannot have been not Ready for `bound` yet: the scheduler binds no pod
+    to a node that is not Ready (and a pool seats none there), and a node that stops reporting
+    turns not Ready only after the node monitor's grace. So a fleet starting up, every agent
+    silent while its engine loads, reads no Node; a node deleted outright under a new pod is
+    noticed once the pod is `bound` old (the next pass after that: a resync at the latest)."""
     out: set[str] = set()
     for pod in pods:
         report = reports.get(pod.name)
         silent = report is None or report.state is AgentState.UNREACHABLE
         name = node_name(pod)
-        if silent and name and not pod.ended:
+        young = now is not None and pod.created is not None and now - pod.created < bound
+        if silent and name and not pod.ended and not young:
             out.add(name)
     return out
 

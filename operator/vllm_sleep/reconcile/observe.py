@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..api.demand import parse_micro_time
 from ..api.names import (
     ANNOTATION_DEVICE,
     ANNOTATION_SPEC_HASH,
@@ -56,6 +57,7 @@ class ObservedPod:
     failure: EngineFailure | None = None
     unscheduled: str | None = None  # the scheduler's PodScheduled=False message
     device: str | None = None  # pooled pods: the GPU the pool scheduler seated it on
+    created: float | None = None  # unix seconds of its creationTimestamp
 
     @property
     def ended(self) -> bool:
@@ -87,6 +89,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         failure=engine_failure(status),
         unscheduled=_unscheduled(str(meta.get("name", "")), conditions),
         device=annotations.get(ANNOTATION_DEVICE) or None,
+        created=parse_micro_time(meta.get("creationTimestamp")),
     )
 
 

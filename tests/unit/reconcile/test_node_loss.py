@@ -10,6 +10,7 @@ from typing import Any
 from planning import NOW, body, observed, pod, report
 
 from vllm_sleep.api.agent_protocol import AgentState
+from vllm_sleep.api.demand import parse_micro_time
 from vllm_sleep.controller.nodes import NodeCache
 from vllm_sleep.reconcile.node_loss import (
     GONE,
@@ -19,7 +20,7 @@ from vllm_sleep.reconcile.node_loss import (
     node_health,
     nodes_to_check,
 )
-from vllm_sleep.reconcile.observe import ObservedPod
+from vllm_sleep.reconcile.observe import ObservedPod, observe_pod
 from vllm_sleep.reconcile.plan import DeletePod, plan
 
 
@@ -85,6 +86,29 @@ def test_only_nodes_of_live_pods_whose_agent_is_silent_are_checked() -> None:
     reports = {"m-0": report(AgentState.AWAKE)}
     pods = [answering, silent, bound_pending, stuck, ended, unbound]
     assert nodes_to_check(pods, reports) == {"b", "c", "d"}
+
+
+def test_a_pod_younger_than_the_bound_has_its_node_checked_only_once_it_is_older() -> None:
+    # A fleet starting up: every agent silent while its engine loads, no Node read.
+    raw = body(replicas=3)
+    young = replace(on(pod(raw, 0), "a"), created=NOW - 5)
+    old = replace(on(pod(raw, 1), "b"), created=NOW - NODE_LOST_SECONDS - 1)
+    unknown_age = on(pod(raw, 2), "c")
+    assert young.created is not None and unknown_age.created is None
+    pods = [young, old, unknown_age]
+    assert nodes_to_check(pods, {}, NOW) == {"b", "c"}
+    assert nodes_to_check(pods, {}, NOW, bound=4) == {"a", "b", "c"}
+    assert nodes_to_check(pods, {}) == {"a", "b", "c"}  # no clock: every age
+
+
+def test_a_pods_creation_time_is_observed() -> None:
+    raw = body()
+    p = pod(raw)
+    assert p.created is None
+    made = observe_pod(
+        {"metadata": {"name": "m-0", "creationTimestamp": "2026-12-07T16:01:08Z"}, "status": {}}
+    )
+    assert made.created == parse_micro_time("2026-12-07T16:01:08Z")
 
 
 def test_a_pod_on_a_lost_node_is_force_deleted_replaced_and_reported() -> None:
