@@ -25,6 +25,7 @@ from ..reconcile.lifecycle import Route, Sleep, Wake
 from ..reconcile.node_loss import nodes_to_check
 from ..reconcile.observe import memory_patch, observe_pod
 from ..reconcile.plan import Observed, Plan, Reported, Transition, plan
+from ..reconcile.pod_memo import PodMemo
 from ..reconcile.pool_engines import demand_protection_left
 from ..reconcile.pool_gate import Gate, PoolRequest
 from ..reconcile.status import Status, keep_transition_times
@@ -72,6 +73,7 @@ class ModelController:
         self._ordering: dict[str, Callable[[], None]] = {}
         self._closing: dict[str, tuple[str, str]] = {}  # pod -> its finished transition's Event
         self._later: set[asyncio.Task[None]] = set()  # Events waiting for the pool's orders
+        self._pod_memo = PodMemo()  # the pod manifests its passes compare the pods with
 
     async def run(self, get_body: Callable[[], Body], stopped: Callable[[], bool]) -> None:
         try:
@@ -291,6 +293,7 @@ class ModelController:
             last_wake_seconds=self.last_wake_seconds,
             name_refusal=self.ctx.names.refusal(self.namespace, self.name),
             node_lost_seconds=self.ctx.settings.node_lost_seconds,
+            pod_memo=self._pod_memo,
         )
 
     async def apply(

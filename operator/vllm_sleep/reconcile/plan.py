@@ -39,6 +39,7 @@ from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
 from .node_loss import NODE_LOST_SECONDS, NodeHealth, lost, recheck_in
 from .observe import ObservedPod
 from .placement import Placement
+from .pod_memo import PodMemo
 from .policy import policy_from_spec
 from .pool_devices import claim_name, node_of
 from .pool_gate import Gate, PoolRequest
@@ -88,6 +89,8 @@ class Observed:
     # The nodes of pods whose agent does not answer, by name (reconcile.node_loss).
     nodes: Mapping[str, NodeHealth] = field(default_factory=dict)
     node_lost_seconds: float = NODE_LOST_SECONDS
+    # The model's pod manifests kept across its passes (the controller's); None builds each.
+    pod_memo: PodMemo | None = None
 
 
 @dataclass(frozen=True)
@@ -277,8 +280,16 @@ def _pod_manifest(observed: Observed, replica: int, device: str | None) -> Manif
     gpu = observed.placement.gpu or GpuAttachment()
     if device is not None:
         gpu = seated(gpu, device)
-    spec = observed.model.spec
-    return model_pod(observed.owner, spec, replica, agent_image=observed.agent_image, gpu=gpu)
+    spec, owner, image = observed.model.spec, observed.owner, observed.agent_image
+
+    def build() -> Manifest:
+        return model_pod(owner, spec, replica, agent_image=image, gpu=gpu)
+
+    memo = observed.pod_memo
+    if memo is None:
+        return build()
+    generation = observed.model.metadata.generation
+    return memo.manifest(owner.uid, generation, replica, image, gpu, build)
 
 
 def converge(
