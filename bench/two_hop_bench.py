@@ -247,8 +247,12 @@ def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, An
 
 
 def report(path: Path) -> str:
-    """The results file as the table in docs/benchmarks.md."""
+    """The results file as the table in docs/benchmarks.md (with only the two-hop targets
+    measured, `--targets nginx+nginx,gateway+agent,gateway+agent@base`: `ab_report`'s)."""
     doc = json.loads(path.read_text())
+    cells = [row for layout in doc["results"].values() for row in layout.values()]
+    if cells and "agent" not in cells[0]:
+        return ab_report(doc)
     lines = [
         "| layout | streams | direct p50 / p99 | added p50 / p99: agent · nginx | "
         "added p50 / p99: gateway+agent · nginx+nginx | CPU µs/req agent · nginx | "
@@ -290,6 +294,37 @@ def report(path: Path) -> str:
                 f"| {row['agent']['cpu_us_per_request']['agent']:.0f} · "
                 f"{row['nginx']['cpu_us_per_request']['nginx back']:.0f} "
                 f"| {g:.0f} + {ag:.0f} · {f:.0f} + {b:.0f} |" + extra_cells(row)
+            )
+    return "\n".join(lines)
+
+
+def ab_report(doc: dict[str, Any]) -> str:
+    """Two hops now and at the base commit against two nginx hops, per cell: the added time
+    to first chunk, its ratio to nginx's (p50, p99) and both hops' CPU per request."""
+    lines = [
+        "| layout | streams | two hops' added p50 (ms): now · base / two nginx hops' "
+        "| ratio p50: now · base | ratio p99: now · base | CPU µs/req both hops: now · base · "
+        "two nginx |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def ratio(a: dict[str, Any], b: dict[str, Any], p: str) -> str:
+        ours, theirs = a["added_ttfb_ms"][p], b["added_ttfb_ms"][p]
+        return f"{ours / theirs:.2f}" if theirs > 0 else "\u2013"  # nginx added nothing measurable
+
+    def cpu(r: dict[str, Any]) -> str:
+        return f"{sum(r['cpu_us_per_request'].values()):.0f}"
+
+    for layout, cells in doc["results"].items():
+        for c, row in cells.items():
+            now, ngx = row["gateway+agent"], row["nginx+nginx"]
+            base = row.get("gateway+agent@base", now)
+            added = f"{now['added_ttfb_ms']['p50']:.3f} · {base['added_ttfb_ms']['p50']:.3f}"
+            lines.append(
+                f"| {layout} | {c} | {added} / {ngx['added_ttfb_ms']['p50']:.3f} "
+                f"| {ratio(now, ngx, 'p50')} · {ratio(base, ngx, 'p50')} "
+                f"| {ratio(now, ngx, 'p99')} · {ratio(base, ngx, 'p99')} "
+                f"| {cpu(now)} · {cpu(base)} · {cpu(ngx)} |"
             )
     return "\n".join(lines)
 
