@@ -7,6 +7,7 @@ may have changed by hand on a child other than through recreation.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,9 @@ class Ensured:
 class Children:
     def __init__(self, kube: Kube) -> None:
         self._kube = kube
-        # (ns, name, uid) whose Secret, Lease and Service exist
+        # (ns, name, uid) whose Secret and Lease exist; and whose Service does
         self._ensured: set[tuple[str, str, str]] = set()
+        self._services: set[tuple[str, str, str]] = set()
         # GPUPools as kopf's watch last showed them (see handlers): a reconcile pass, the wake
         # pass included, reads pools from here instead of GETting one per pass.
         self.pools: dict[str, dict[str, Any]] = {}
@@ -56,21 +58,37 @@ class Children:
                 self.pools[pool_name] = body
         return place(model, body)
 
-    async def ensure(self, owner: Owner, model: ModelDeployment) -> Ensured | None:
-        """Make sure the per-model objects exist (once per ModelDeployment uid: None after the
-        first time). Each is created, and read only if it existed (409): what this call
-        created it knows already."""
+    async def ensure(self, owner: Owner) -> Ensured | None:
+        """Make sure the Secret and the demand Lease exist (once per ModelDeployment uid: None
+        after the first time), both at once. Each is created, and read only if it existed
+        (409): what this call created it knows already. The pod mounts the Secret, and the
+        first pass must see the demand a Lease already holds; the Service waits for
+        `ensure_service`, after the pod (nothing needs it first, and in a fleet's bring-up
+        every request queued ahead of a pod's create delays that pod's start)."""
         key = (owner.namespace, owner.name, owner.uid)
         if key in self._ensured:
             return None
-        kube, ns = self._kube, owner.namespace
-        chosen = secrets.token_urlsafe(32)
-        token: str | None = chosen
-        if not await kube.create_if_missing(control_token_secret(owner, chosen)):
-            token = await kube.read_secret_key(ns, token_secret_name(owner.name), SECRET_TOKEN_KEY)
-        demand = None
-        if not await kube.create_if_missing(demand_lease(owner)):
-            demand = await kube.read_lease_renew_time(ns, demand_lease_name(owner.name))
-        await kube.create_if_missing(model_service(owner, model.spec))
+        token, demand = await asyncio.gather(self._secret(owner), self._lease(owner))
         self._ensured.add(key)
         return Ensured(token, demand)
+
+    async def ensure_service(self, owner: Owner, model: ModelDeployment) -> None:
+        """Make sure the model's Service exists (once per ModelDeployment uid)."""
+        key = (owner.namespace, owner.name, owner.uid)
+        if key not in self._services:
+            await self._kube.create_if_missing(model_service(owner, model.spec))
+            self._services.add(key)
+
+    async def _secret(self, owner: Owner) -> str | None:
+        chosen = secrets.token_urlsafe(32)
+        if await self._kube.create_if_missing(control_token_secret(owner, chosen)):
+            return chosen
+        name = token_secret_name(owner.name)
+        return await self._kube.read_secret_key(owner.namespace, name, SECRET_TOKEN_KEY)
+
+    async def _lease(self, owner: Owner) -> float | None:
+        if await self._kube.create_if_missing(demand_lease(owner)):
+            return None
+        return await self._kube.read_lease_renew_time(
+            owner.namespace, demand_lease_name(owner.name)
+        )

@@ -111,7 +111,7 @@ class ModelController:
     async def reconcile_once(self, body: Body) -> float | None:
         model = self.ctx.parse(body)  # raises a clear error for what the schema could not catch
         owner = owner_from_body(body)
-        ensured = await self.ctx.children.ensure(owner, model)
+        ensured = await self.ctx.children.ensure(owner)
         if ensured is not None:  # this process's first pass of the model
             if ensured.token is not None:
                 self._token = ensured.token
@@ -146,6 +146,7 @@ class ModelController:
             await self.apply(the_plan, model)
         finally:
             self._planning = False
+        await self.ctx.children.ensure_service(owner, model)  # after the pod (`Children.ensure`)
         next_in = the_plan.next_check_in
         if pool is not None:
             # Fresh demand is published as a held request at an awake replica: publish again

@@ -44,18 +44,21 @@ async def test_children_it_created_are_not_read_back() -> None:
     kube = ExistingKube(existing=set())
     children = Children(kube)  # type: ignore[arg-type]
     model = ModelDeployment.from_body(BODY)
-    ensured = await children.ensure(owner_from_body(BODY), model)
+    ensured = await children.ensure(owner_from_body(BODY))
     assert ensured is not None
     assert ensured.token == next(iter(kube.secret_token.values()))  # the one it chose
     assert ensured.demand is None  # a Lease just created holds no demand
     assert reads(kube) == []
-    assert await children.ensure(owner_from_body(BODY), model) is None  # once per uid
+    assert await children.ensure(owner_from_body(BODY)) is None  # once per uid
+    await children.ensure_service(owner_from_body(BODY), model)
+    await children.ensure_service(owner_from_body(BODY), model)
+    assert [c[1] for c in kube.calls if c[0] == "create"].count("Service") == 1
 
 
 async def test_children_that_existed_are_read_once() -> None:
     kube = ExistingKube(existing={"Secret", "Lease", "Service"})
     children = Children(kube)  # type: ignore[arg-type]
-    ensured = await children.ensure(owner_from_body(BODY), ModelDeployment.from_body(BODY))
+    ensured = await children.ensure(owner_from_body(BODY))
     assert ensured == Ensured(token="stored-token", demand=1234.5)
     assert sorted(reads(kube)) == ["Lease", "Secret"]
 
@@ -71,3 +74,15 @@ async def test_a_first_pass_uses_the_created_token_and_sees_existing_demand() ->
         demand = ctl.ctx.demand.get(("ns", "m"))
         assert demand == (1234.5 if "Lease" in existing else None)
         await ctl.watchers.close()
+
+
+async def test_a_first_pass_creates_the_pod_before_the_service() -> None:
+    # In a fleet's bring-up every request queued ahead of a pod's create delays its start; the
+    # pod needs its Secret, nothing needs the Service first.
+    kube = ExistingKube(existing=set())
+    ctl, _ = controller(kube)
+    await ctl.reconcile_once(BODY)
+    creates = [c[1] for c in kube.calls if c[0] == "create"]
+    assert sorted(creates[:2]) == ["Lease", "Secret"]
+    assert creates[2:] == ["Pod", "Service"]
+    await ctl.watchers.close()

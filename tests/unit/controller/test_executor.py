@@ -274,7 +274,7 @@ async def test_a_pass_observes_plans_and_creates_the_missing_pod() -> None:
     created = [c for c in kube.calls if c[0] == "create"]
     assert ("create", "Pod", "m-0") in created
     assert {c[1] for c in created} == {"Secret", "Lease", "Service", "Pod"}
-    assert kube.calls[-1] == ("status", "Pending")
+    assert ("status", "Pending") in kube.calls
     assert next_in is None and events == []
     await ctl.watchers.close()
 
