@@ -66,10 +66,14 @@ class Coalescer(Generic[K, V]):
         self._submits = 0
 
     async def submit(self, key: K, value: V, *, held: bool = False) -> None:
-        """Write `value` now (raising what the write raises) if the key was quiet for a window
-        and it is not `held`; otherwise keep it as the key's latest and return: it is written
-        when the window ends (retried after each failed try until it lands or a newer value
-        replaces it)."""
+        """Keep `value` as the key's latest and return: its task writes it at once if the key
+        was quiet for a window and it is not `held`, otherwise when the window ends (retried
+        after each failed try until it lands or a newer value replaces it). The caller never
+        waits for the write: a model's pass that waited for its status PATCH held back the
+        pass that follows (a pre-warm's order, once its engine loaded) for as long as the
+        operator's API connections were busy with other writes (14 s in a 500-model bring-up,
+        while the pods were being created). With no window every value is written before
+        `submit` returns."""
         self._submits += 1
         if self._submits % PRUNE_EVERY == 0:
             self._prune()
@@ -93,13 +97,15 @@ class Coalescer(Generic[K, V]):
             holder = self._flushers.pop(key, None)
             if holder is not None:
                 holder.cancel()
+        if self._window <= 0:
+            async with self._lock(key):
+                await self._write(key, value)
+            return
         quiet = now - self._last.get(key, -math.inf) >= self._window
-        if self._window <= 0 or (quiet and key not in self._flushers):
-            self._last[key] = now
-            if not held or self._window <= 0:
-                async with self._lock(key):
-                    await self._write(key, value)
-                return
+        if quiet and key not in self._flushers:
+            # Due at once (its task writes it: the caller does not wait for the apiserver), or,
+            # held, as if written now.
+            self._last[key] = now if held else now - self._window
         self._pending[key] = value
         if key not in self._flushers:
             self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")

@@ -260,9 +260,10 @@ class Kube:
     async def patch_model_status(
         self, namespace: str, name: str, status: dict[str, Any], *, superseded: bool = False
     ) -> None:
-        """Written now, or (another write of this model's status went out less than the
-        window ago, or the status is `superseded` already by a transition its pass started)
-        coalesced with any that follow and written when the window ends."""
+        """Written at once by its own task (the caller does not wait for it), or (another
+        write of this model's status went out less than the window ago, or the status is
+        `superseded` already by a transition its pass started) coalesced with any that follow
+        and written when the window ends."""
         await self.model_status.submit((namespace, name), status, held=superseded)
 
     async def _write_model_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
