@@ -79,6 +79,11 @@ class Children:
             await self._kube.create_if_missing(model_service(owner, model.spec))
             self._services.add(key)
 
+    def forget(self, namespace: str, name: str) -> None:
+        """The model is gone: a new one of the same name (another uid) is ensured afresh."""
+        for keys in (self._ensured, self._services):
+            keys.difference_update({k for k in keys if k[:2] == (namespace, name)})
+
     async def _secret(self, owner: Owner) -> str | None:
         chosen = secrets.token_urlsafe(32)
         if await self._kube.create_if_missing(control_token_secret(owner, chosen)):

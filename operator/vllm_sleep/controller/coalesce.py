@@ -111,9 +111,15 @@ class Coalescer(Generic[K, V]):
             self._flushers[key] = asyncio.create_task(self._flush(key), name=f"write {key}")
 
     def forget(self, key: K) -> None:
-        """The key's object is gone: a new one of the same name starts afresh."""
+        """The key's object is gone: a new one of the same name starts afresh, and nothing
+        queued for the old one is written onto it."""
         self._known.discard(key)
         self._holding.pop(key, None)
+        self._last.pop(key, None)
+        self._pending.pop(key, None)
+        flusher = self._flushers.pop(key, None)
+        if flusher is not None:
+            flusher.cancel()
 
     def pending(self, key: K) -> V | None:
         return self._pending.get(key)

@@ -97,6 +97,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if type == "DELETED" and namespace:
             changes.forget(namespace, name)
             ctx.kube.model_status.forget((namespace, name))
+            ctx.children.forget(namespace, name)
             forget = getattr(ctx.parse, "forget", None)  # the ParseMemo's kept model
             if forget is not None:
                 forget(namespace, name)

@@ -146,7 +146,9 @@ class ModelController:
             await self.apply(the_plan, model)
         finally:
             self._planning = False
-        await self.ctx.children.ensure_service(owner, model)  # after the pod (`Children.ensure`)
+            # After the pods (`Children.ensure`), and whatever their creates did: a replica
+            # whose pod is refused (quota, a webhook) must not keep a serving one's Service away.
+            await self.ctx.children.ensure_service(owner, model)
         next_in = the_plan.next_check_in
         if pool is not None:
             # Fresh demand is published as a held request at an awake replica: publish again

@@ -101,13 +101,38 @@ def nodes_to_check(
     noticed once the pod is `bound` old (the next pass after that: a resync at the latest)."""
     out: set[str] = set()
     for pod in pods:
-        report = reports.get(pod.name)
-        silent = report is None or report.state is AgentState.UNREACHABLE
         name = node_name(pod)
-        young = now is not None and pod.created is not None and now - pod.created < bound
-        if silent and name and not pod.ended and not young:
+        if name and _silent(pod, reports) and _young_for(pod, now, bound) is None:
             out.add(name)
     return out
+
+
+def silent_young_in(
+    pods: Iterable[ObservedPod], reports: Mapping[str, StateReport], now: float, bound: float
+) -> float | None:
+    """Seconds until the first silent pod too young for `nodes_to_check` is old enough (None:
+    none): the pass then looks at its node, instead of waiting for the next resync."""
+    waits = [
+        left
+        for pod in pods
+        if node_name(pod) and _silent(pod, reports)
+        for left in [_young_for(pod, now, bound)]
+        if left is not None
+    ]
+    return min(waits) if waits else None
+
+
+def _silent(pod: ObservedPod, reports: Mapping[str, StateReport]) -> bool:
+    report = reports.get(pod.name)
+    return not pod.ended and (report is None or report.state is AgentState.UNREACHABLE)
+
+
+def _young_for(pod: ObservedPod, now: float | None, bound: float) -> float | None:
+    """Seconds until `pod` is `bound` old, while it is younger (None: it is not, or unknown)."""
+    if now is None or pod.created is None:
+        return None
+    left = pod.created + bound - now
+    return left if left > 0 else None
 
 
 def lost(

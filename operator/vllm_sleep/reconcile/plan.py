@@ -36,7 +36,7 @@ from ..api.served_names import Refusal
 from .agent_wake import AgentWake, agent_wake, memory_with_agent_wake
 from .builders import GpuAttachment, Manifest, Owner, model_pod
 from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
-from .node_loss import NODE_LOST_SECONDS, NodeHealth, lost, recheck_in
+from .node_loss import NODE_LOST_SECONDS, NodeHealth, lost, recheck_in, silent_young_in
 from .observe import ObservedPod
 from .placement import Placement
 from .pod_memo import PodMemo
@@ -237,8 +237,11 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         ),
         status=model_status(model, live, observations, observed.reports, now, facts),
         next_check_in=_sooner(
-            decision.next_check_in,
-            recheck_in(list(live), observed.nodes, now, observed.node_lost_seconds),
+            _sooner(
+                decision.next_check_in,
+                recheck_in(list(live), observed.nodes, now, observed.node_lost_seconds),
+            ),
+            silent_young_in(live, observed.reports, now, observed.node_lost_seconds),
         ),
         agent_wakes=fresh,
     )

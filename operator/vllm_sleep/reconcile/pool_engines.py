@@ -145,10 +145,12 @@ def model_engines(
         level = report.level if report.level in (1, 2) else int(spec.sleep.level)
         keeps = keeps_backup(report, spec.image)
         # An idle sleep leaves no memory on the pod: its agent's report says it slept (asleep,
-        # or awake after a wake it names).
+        # or awake after a wake it names), and a recorded wake followed a sleep (a restarted
+        # agent forgets who woke it; counting no backup then would be the unsafe side).
         slept_once = (
             pod.memory.prewarmed
             or pod.memory.slept_at is not None
+            or pod.memory.woken_at is not None
             or report.state == AgentState.ASLEEP
             or report.woken_by is not None
         )

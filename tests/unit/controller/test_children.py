@@ -86,3 +86,36 @@ async def test_a_first_pass_creates_the_pod_before_the_service() -> None:
     assert sorted(creates[:2]) == ["Lease", "Secret"]
     assert creates[2:] == ["Pod", "Service"]
     await ctl.watchers.close()
+
+
+class RefusedPodKube(ExistingKube):
+    """An apiserver that refuses the model's pod (a ResourceQuota, an admission webhook)."""
+
+    async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
+        if manifest["kind"] == "Pod":
+            raise RuntimeError('pods "m-0" is forbidden: exceeded quota')
+        return await super().create_if_missing(manifest)
+
+
+async def test_a_refused_pod_does_not_keep_the_service_away() -> None:
+    kube = RefusedPodKube(existing=set())
+    ctl, _ = controller(kube)
+    try:
+        await ctl.reconcile_once(BODY)
+    except RuntimeError:
+        pass  # the pass says so (status, Event); the next one tries the pod again
+    creates = [c[1] for c in kube.calls if c[0] == "create"]
+    assert "Service" in creates
+    await ctl.watchers.close()
+
+
+async def test_a_model_made_again_under_its_name_gets_its_children_afresh() -> None:
+    kube = ExistingKube(existing=set())
+    children = Children(kube)  # type: ignore[arg-type]
+    model = ModelDeployment.from_body(BODY)
+    await children.ensure(owner_from_body(BODY))
+    await children.ensure_service(owner_from_body(BODY), model)
+    children.forget("ns", "m")  # DELETED: nothing kept per model it had
+    assert not children._ensured and not children._services
+    again = {**BODY, "metadata": {**BODY["metadata"], "uid": "uid-new"}}
+    assert await children.ensure(owner_from_body(again)) is not None

@@ -246,3 +246,22 @@ async def test_a_held_value_is_written_only_if_nothing_follows_within_the_window
     clock.t += 1
     await c.drain()
     assert log[-1] == ("m", 4)
+
+
+async def test_a_forgotten_keys_queued_value_is_never_written_onto_a_new_object() -> None:
+    # A model deleted and made again under its name within the window: the old one's queued
+    # status ("Awake 1/1") must not be PATCHed onto the new one by name.
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    c: Coalescer[str, int] = Coalescer(writer(log), window=1.0, clock=clock)
+    await c.submit("m", 1)
+    await settle()
+    await c.submit("m", 2)  # queued behind the window
+    assert c.pending("m") == 2
+    c.forget("m")  # DELETED
+    assert c.pending("m") is None
+    await c.submit("m", 7)  # the new object's first status: a quiet key again, at once
+    await settle()
+    clock.t += 5
+    await c.drain()
+    assert log == [("m", 1), ("m", 7)]

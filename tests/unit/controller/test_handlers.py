@@ -93,6 +93,7 @@ def registered() -> tuple[Context, Any, kopf.OperatorRegistry]:
     the `model_changed` handler among them."""
     from types import SimpleNamespace
 
+    from vllm_sleep.controller.children import Children
     from vllm_sleep.controller.coalesce import Coalescer
 
     async def write(key: Any, value: Any) -> None:
@@ -103,7 +104,7 @@ def registered() -> tuple[Context, Any, kopf.OperatorRegistry]:
         kube=SimpleNamespace(model_status=Coalescer(write, window=0)),  # type: ignore[arg-type]
         agents=None,  # type: ignore[arg-type]
         metrics=OperatorMetrics(),
-        children=None,  # type: ignore[arg-type]
+        children=Children(None),  # type: ignore[arg-type]
         parse=lambda body: None,  # type: ignore[arg-type,return-value]
     )
     registry = kopf.OperatorRegistry()

@@ -19,6 +19,7 @@ from vllm_sleep.reconcile.node_loss import (
     lost,
     node_health,
     nodes_to_check,
+    silent_young_in,
 )
 from vllm_sleep.reconcile.observe import ObservedPod, observe_pod
 from vllm_sleep.reconcile.plan import DeletePod, plan
@@ -99,6 +100,19 @@ def test_a_pod_younger_than_the_bound_has_its_node_checked_only_once_it_is_older
     assert nodes_to_check(pods, {}, NOW) == {"b", "c"}
     assert nodes_to_check(pods, {}, NOW, bound=4) == {"a", "b", "c"}
     assert nodes_to_check(pods, {}) == {"a", "b", "c"}  # no clock: every age
+
+
+def test_the_pass_comes_back_when_a_silent_young_pod_is_old_enough_to_check() -> None:
+    # A node deleted under a loading pod: nothing else would bring a pass before the resync.
+    raw = body(replicas=2)
+    young = replace(on(pod(raw, 0), "a"), created=NOW - 5)
+    heard = replace(on(pod(raw, 1), "b"), created=NOW - 1)
+    reports = {heard.name: report(AgentState.ASLEEP)}
+    assert silent_young_in([young, heard], reports, NOW, NODE_LOST_SECONDS) == NODE_LOST_SECONDS - 5
+    assert silent_young_in([heard], reports, NOW, NODE_LOST_SECONDS) is None  # its agent answers
+    the_plan = plan(observed(raw, [young, heard], reports))
+    assert the_plan.next_check_in is not None
+    assert the_plan.next_check_in <= NODE_LOST_SECONDS - 5
 
 
 def test_a_pods_creation_time_is_observed() -> None:

@@ -147,3 +147,12 @@ def test_an_unset_share_counts_the_pools_derived_share() -> None:
     req, rep = request(AgentState.AWAKE, {})
     (e,) = model_engines(m, req, {"m-0": rep}, POOL)
     assert e.share == int(0.92 * DEVICE)
+
+
+def test_an_engine_with_a_recorded_wake_slept_before_it_even_if_its_agent_forgot() -> None:
+    # A restarted agent reports awake with no `woken_by`; the pod's woken-at says a wake (so a
+    # sleep before it) happened: its backup counts (not counting it is the unsafe side).
+    (e,) = engines(
+        AgentState.AWAKE, {"vllm-sleep.io/woken-at": "1800000100.000"}, keeps_backup=keeps
+    )
+    assert e.state == EngineState.AWAKE and e.holds_backup
