@@ -284,15 +284,24 @@ def _pod_manifest(observed: Observed, replica: int, device: str | None) -> Manif
     if device is not None:
         gpu = seated(gpu, device)
     spec, owner, image = observed.model.spec, observed.owner, observed.agent_image
+    return model_pod(owner, spec, replica, agent_image=image, gpu=gpu)
 
-    def build() -> Manifest:
-        return model_pod(owner, spec, replica, agent_image=image, gpu=gpu)
+
+def _want_hash(observed: Observed, replica: int, device: str | None) -> str | None:
+    """The spec hash of the pod `_pod_manifest` would build (kept per generation, replica and
+    GPU in the model's memo: every pass compares, few create)."""
+
+    def build() -> str | None:
+        return _spec_hash(_pod_manifest(observed, replica, device))
 
     memo = observed.pod_memo
+    generation = observed.model.metadata.generation
     if memo is None:
         return build()
-    generation = observed.model.metadata.generation
-    return memo.manifest(owner.uid, generation, replica, image, gpu, build)
+    gpu = observed.placement.gpu or GpuAttachment()
+    if device is not None:
+        gpu = seated(gpu, device)
+    return memo.spec_hash(observed.owner.uid, generation, replica, observed.agent_image, gpu, build)
 
 
 def converge(
@@ -323,7 +332,7 @@ def converge(
         wanted = 0 <= pod.replica < spec.replicas
         want_hash = None
         if wanted and (not pooled or pod.device is not None):
-            want_hash = _spec_hash(_pod_manifest(observed, pod.replica, pod.device))
+            want_hash = _want_hash(observed, pod.replica, pod.device)
         if not wanted:
             delete.append(DeletePod(pod.name, pod.uid, "surplus replica"))
         elif want_hash != pod.spec_hash:
