@@ -318,7 +318,7 @@ class ModelController:
             self._planning = False
         await asyncio.gather(*writes)
         if write_status:
-            await self._write_status(the_plan.status, superseded=_starts_transitions(the_plan))
+            await self._write_status(the_plan.status, superseded=the_plan.starts_transitions)
 
     def _start(
         self, the_plan: Plan, token: str, model: ModelDeployment
@@ -572,10 +572,3 @@ class ModelController:
         )
         self._last_status = status
         self.ctx.set_phase(self.namespace, self.name, str(status.get("phase")))
-
-
-def _starts_transitions(the_plan: Plan) -> bool:
-    """The plan starts a sleep or a wake (a grant taken back changes no state)."""
-    return any(
-        isinstance(a, Wake) or (isinstance(a, Sleep) and not a.grant_only) for a in the_plan.actions
-    )

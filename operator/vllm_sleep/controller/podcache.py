@@ -5,9 +5,9 @@ the agent, not wait for an apiserver round trip first. kopf's pod watch feeds th
 seeded by one LIST per namespace (read in pages, `Kube.list_pods`) before its first model's
 first pass (the watch may not have delivered yet) and re-listed now and then to heal anything
 missed. Per namespace, not per model: a thousand models starting at once make one LIST, not a
-thousand, and an idle fleet's healing costs one LIST per namespace per period. A heal runs in the background (a slow LIST of a big
-namespace must not stall every model's pass, a waking one included), and what the watch brought
-while it ran wins over the LIST's older snapshot.
+thousand, and an idle fleet's healing costs one LIST per namespace per period. A heal runs in
+the background (a slow LIST of a big namespace must not stall every model's pass, a waking one
+included), and what the watch brought while it ran wins over the LIST's older snapshot.
 
 Pods are kept slim: what `reconcile.observe.observe_pod` reads (metadata without managedFields,
 status, spec.nodeName), about 40 % of a whole pod's memory; a thousand whole pods were ~60 MB.

@@ -76,3 +76,17 @@ def agent_wake(pod: str, mem: ReplicaMemory, report: StateReport) -> AgentWake |
     if report.since is not None and report.wake_started is not None:
         seconds = max(0.0, report.since - report.wake_started)
     return AgentWake(pod, started, seconds, report.level)
+
+
+def slept_before(mem: ReplicaMemory, report: StateReport) -> bool:
+    """Whether the replica has slept at least once (its pre-warm is done). The pod's memory says
+    so (pre-warmed, a sleep, or a wake: a wake follows a sleep), or its agent's report does
+    (asleep, or awake after a wake it names): an idle sleep, the pre-warm included, writes no
+    memory (`ModelController._sleep`), and a restarted agent forgets who woke it."""
+    return (
+        mem.prewarmed
+        or mem.slept_at is not None
+        or mem.woken_at is not None
+        or report.state == AgentState.ASLEEP
+        or report.woken_by is not None
+    )

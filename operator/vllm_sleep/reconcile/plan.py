@@ -33,9 +33,9 @@ from ..api.gpu_pool import Sharing
 from ..api.model_deployment import ModelDeployment
 from ..api.names import ANNOTATION_SLEEP_REQUEST, ANNOTATION_SPEC_HASH, pod_name
 from ..api.served_names import Refusal
-from .agent_wake import AgentWake, agent_wake, memory_with_agent_wake
+from .agent_wake import AgentWake, agent_wake, memory_with_agent_wake, slept_before
 from .builders import GpuAttachment, Manifest, Owner, model_pod
-from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, decide
+from .lifecycle import Action, ReplicaMemory, ReplicaObservation, Route, Sleep, Wake, decide
 from .node_loss import NODE_LOST_SECONDS, NodeHealth, lost, recheck_in, silent_young_in
 from .observe import ObservedPod
 from .placement import Placement
@@ -129,6 +129,14 @@ class Plan:
     next_check_in: float | None  # seconds until a timer (idle, minAwake) may fire
     # Wakes the agents ran on their own (reconcile/agent_wake.py), each once: write its memory.
     agent_wakes: tuple[AgentWake, ...] = ()
+
+    @property
+    def starts_transitions(self) -> bool:
+        """It starts a sleep or a wake (a grant taken back changes no state), which changes
+        the status it computed."""
+        return any(
+            isinstance(a, Wake) or (isinstance(a, Sleep) and not a.grant_only) for a in self.actions
+        )
 
 
 # Gate for sleeps and wakes before they run. A device-level scheduler replaces a Wake it cannot
@@ -279,12 +287,15 @@ def seated(gpu: GpuAttachment, device: str) -> GpuAttachment:
     )
 
 
-def _pod_manifest(observed: Observed, replica: int, device: str | None) -> Manifest:
+def _gpu(observed: Observed, device: str | None) -> GpuAttachment:
     gpu = observed.placement.gpu or GpuAttachment()
-    if device is not None:
-        gpu = seated(gpu, device)
-    spec, owner, image = observed.model.spec, observed.owner, observed.agent_image
-    return model_pod(owner, spec, replica, agent_image=image, gpu=gpu)
+    return gpu if device is None else seated(gpu, device)
+
+
+def _pod_manifest(observed: Observed, replica: int, device: str | None) -> Manifest:
+    gpu = _gpu(observed, device)
+    spec = observed.model.spec
+    return model_pod(observed.owner, spec, replica, agent_image=observed.agent_image, gpu=gpu)
 
 
 def _want_hash(observed: Observed, replica: int, device: str | None) -> str | None:
@@ -295,12 +306,9 @@ def _want_hash(observed: Observed, replica: int, device: str | None) -> str | No
         return _spec_hash(_pod_manifest(observed, replica, device))
 
     memo = observed.pod_memo
-    generation = observed.model.metadata.generation
     if memo is None:
         return build()
-    gpu = observed.placement.gpu or GpuAttachment()
-    if device is not None:
-        gpu = seated(gpu, device)
+    generation, gpu = observed.model.metadata.generation, _gpu(observed, device)
     return memo.spec_hash(observed.owner.uid, generation, replica, observed.agent_image, gpu, build)
 
 
@@ -391,11 +399,8 @@ def replica_memory(pod: ObservedPod, report: StateReport) -> ReplicaMemory:
         known = [t for t in (mem.slept_at, report.since) if t is not None]
         slept_at = max(known) if known else None
         return ReplicaMemory(woken_at=mem.woken_at, slept_at=slept_at, prewarmed=True)
-    if report.woken_by is not None and not mem.prewarmed:
-        # Awake after a wake (the agent's report names who started it): the replica slept, so
-        # its pre-warm is done, whether or not a sleep's memory is on the pod (an idle sleep
-        # writes none: `ModelController._sleep`).
-        mem = replace(mem, prewarmed=True)
+    if not mem.prewarmed and slept_before(mem, report):
+        mem = replace(mem, prewarmed=True)  # its pre-warm is done, memory written or not
     # Awake by its agent's own wake (granted by the sleep): a wake from its start, for
     # minAwake and the idle timer, before its annotation is written.
     return memory_with_agent_wake(mem, report)

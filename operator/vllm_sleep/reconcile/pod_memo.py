@@ -4,7 +4,7 @@ model and hands it to `plan` through `Observed`).
 Every pass compares each pod's spec-hash annotation with the hash of the pod it would build now
 (`plan.converge`), and building and hashing a manifest was about a tenth of the operator's CPU in
 a bring-up, for the same answer every pass. Only the hash is kept (a short string): keeping
-whole manifests cost a thousand models ~15 MiB of the operator's 300 MB budget, and a pod is
+whole manifests cost a thousand models ~10 MiB of the operator's 300 MB budget, and a pod is
 built in full only to be created. What shapes a model's pod: its spec (every change of
 which bumps `metadata.generation`), its identity, the agent image, the replica and the GPU it is
 placed on (a GPUPool's spec can change without the model's generation): that is the key.

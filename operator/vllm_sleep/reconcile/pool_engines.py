@@ -15,6 +15,7 @@ from ..api.gpu_pool import GPUPoolSpec
 from ..api.model_deployment import ModelDeployment, ModelDeploymentSpec
 from ..api.model_spec import SleepPolicy
 from ..scheduler import Engine, EngineState
+from .agent_wake import slept_before
 from .lifecycle import ReplicaObservation
 from .observe import ObservedPod
 from .pool_gate import PoolRequest
@@ -144,16 +145,7 @@ def model_engines(
         state = _state(pod, obs)
         level = report.level if report.level in (1, 2) else int(spec.sleep.level)
         keeps = keeps_backup(report, spec.image)
-        # An idle sleep leaves no memory on the pod: its agent's report says it slept (asleep,
-        # or awake after a wake it names), and a recorded wake followed a sleep (a restarted
-        # agent forgets who woke it; counting no backup then would be the unsafe side).
-        slept_once = (
-            pod.memory.prewarmed
-            or pod.memory.slept_at is not None
-            or pod.memory.woken_at is not None
-            or report.state == AgentState.ASLEEP
-            or report.woken_by is not None
-        )
+        slept_once = slept_before(pod.memory, report)
         woken_at = pod.memory.woken_at
         if woken_at is None and state == EngineState.AWAKE:
             woken_at = report.since
@@ -162,7 +154,7 @@ def model_engines(
             state == EngineState.AWAKE
             and demand_at is not None
             and demand_at >= (woken_at or 0.0)
-            and now - demand_at < DEMAND_FRESH
+            and demand_protection_left(demand_at, now) is not None
             and (report.last_activity is None or report.last_activity < demand_at)
         ):
             held = max(held, 1)

@@ -265,17 +265,14 @@ class SimKubelet:
         node = self._nodes[pod["spec"]["nodeName"]]
         for name in await self._claim_devices(pod):
             return self.host.device(f"{node.name}/{name}", total_bytes=node.gpu_memory_bytes)
-        wants_gpu = any(
-            r in ((c.get("resources") or {}).get("limits") or {})
+        limits = {
+            r
             for c in pod["spec"].get("containers") or []
-            for r in (GPU_RESOURCE, GPU_SHARED_RESOURCE)
-        )
-        if not wants_gpu:
+            for r in (c.get("resources") or {}).get("limits") or {}
+        }
+        if not limits & {GPU_RESOURCE, GPU_SHARED_RESOURCE}:
             return None
-        exclusive = any(
-            GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {})
-            for c in pod["spec"].get("containers") or []
-        )
+        exclusive = GPU_RESOURCE in limits
         names = node.device_names()
         pods_on = {d: 0 for d in names}
         taken: set[str] = set()
@@ -284,11 +281,8 @@ class SimKubelet:
                 pods_on[w.device_name] += 1
                 if w.exclusive:
                     taken.add(w.device_name)
-        engines_on = {
-            d: len(self.host.devices[f"{node.name}/{d}"].holders)
-            for d in names
-            if f"{node.name}/{d}" in self.host.devices
-        }
+        devices = {d: self.host.devices.get(f"{node.name}/{d}") for d in names}
+        engines_on = {d: len(dev.holders) for d, dev in devices.items() if dev is not None}
         seat = ((pod["metadata"].get("annotations") or {}).get(ANNOTATION_DEVICE) or "").split("/")
         choice = choose_device(
             names,
