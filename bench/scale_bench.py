@@ -97,12 +97,20 @@ def probe_main(argv: list[str]) -> int:
         if params:
             query += "&" + "&".join(f"{k}={v}" for k, v in dict(params).items())
         key = classify(method.upper(), url.path, query.lower())
-        if key is not None:
-            counts[key] += 1
-            if trace is not None and key.split()[0] in WRITE_VERBS:
-                body = kwargs.get("json") if kwargs.get("json") is not None else kwargs.get("data")
-                trace.write(f"{time.time():.3f} {key} {url.path} {str(body)[:3000]}\n")
-        return await original(self, method, str_or_url, **kwargs)
+        if key is None:
+            return await original(self, method, str_or_url, **kwargs)
+        counts[key] += 1
+        if trace is None or key.split()[0] not in WRITE_VERBS:
+            return await original(self, method, str_or_url, **kwargs)
+        # Issued and answered: the gap is the wait for a connection plus the apiserver's time.
+        # A Secret's body is its token: never logged.
+        body = kwargs.get("json") if kwargs.get("json") is not None else kwargs.get("data")
+        said = "" if key.endswith("secrets") else str(body)[:3000]
+        issued = time.time()
+        try:
+            return await original(self, method, str_or_url, **kwargs)
+        finally:
+            trace.write(f"{issued:.3f} {time.time():.3f} {key} {url.path} {said}\n")
 
     aiohttp.ClientSession._request = counted  # type: ignore[method-assign]
 

@@ -8,6 +8,7 @@ may have changed by hand on a child other than through recreation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from ..reconcile.builders import (
 )
 from ..reconcile.placement import Placement, place
 from .kube import Kube
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Children:
         # (ns, name, uid) whose Secret and Lease exist; and whose Service does
         self._ensured: set[tuple[str, str, str]] = set()
         self._services: set[tuple[str, str, str]] = set()
+        self._creating: dict[tuple[str, str, str], asyncio.Task[None]] = {}  # Services on the way
         # GPUPools as kopf's watch last showed them (see handlers): a reconcile pass, the wake
         # pass included, reads pools from here instead of GETting one per pass.
         self.pools: dict[str, dict[str, Any]] = {}
@@ -64,7 +68,8 @@ class Children:
         (409): what this call created it knows already. The pod mounts the Secret, and the
         first pass must see the demand a Lease already holds; the Service waits for
         `ensure_service`, after the pod (nothing needs it first, and in a fleet's bring-up
-        every request queued ahead of a pod's create delays that pod's start)."""
+        every request queued ahead of a pod's create delays that pod's start; the Service waits
+        for every other request, see `ensure_service`)."""
         key = (owner.namespace, owner.name, owner.uid)
         if key in self._ensured:
             return None
@@ -72,17 +77,42 @@ class Children:
         self._ensured.add(key)
         return Ensured(token, demand)
 
-    async def ensure_service(self, owner: Owner, model: ModelDeployment) -> None:
-        """Make sure the model's Service exists (once per ModelDeployment uid)."""
+    def ensure_service(self, owner: Owner, model: ModelDeployment) -> None:
+        """Make sure the model's Service exists (once per ModelDeployment uid), in a task of its
+        own: its create is the operator's least urgent request (`lanes.Lane.BACKGROUND`), and
+        the pass that asks for it goes on (the pre-warm order comes from the next one). A
+        create that fails is tried again by the next pass that asks."""
         key = (owner.namespace, owner.name, owner.uid)
-        if key not in self._services:
-            await self._kube.create_if_missing(model_service(owner, model.spec))
+        if key in self._services or key in self._creating:
+            return
+        manifest = model_service(owner, model.spec)
+        self._creating[key] = asyncio.create_task(
+            self._create_service(key, manifest), name=f"service {owner.namespace}/{owner.name}"
+        )
+
+    async def _create_service(self, key: tuple[str, str, str], manifest: dict[str, Any]) -> None:
+        try:
+            await self._kube.create_if_missing(manifest)
             self._services.add(key)
+        except Exception as e:
+            log.warning(
+                "creating Service %s/%s failed (%s); the next pass tries again", key[0], key[1], e
+            )
+        finally:
+            if self._creating.get(key) is asyncio.current_task():
+                del self._creating[key]
+
+    async def drain(self) -> None:
+        """Wait for the Services being created (tests; a clean shutdown)."""
+        while self._creating:
+            await asyncio.gather(*list(self._creating.values()), return_exceptions=True)
 
     def forget(self, namespace: str, name: str) -> None:
         """The model is gone: a new one of the same name (another uid) is ensured afresh."""
         for keys in (self._ensured, self._services):
             keys.difference_update({k for k in keys if k[:2] == (namespace, name)})
+        for key in [k for k in self._creating if k[:2] == (namespace, name)]:
+            self._creating.pop(key).cancel()
 
     async def _secret(self, owner: Owner) -> str | None:
         chosen = secrets.token_urlsafe(32)

@@ -24,6 +24,7 @@ from ..api.names import (
 )
 from ..reconcile.status import awaits_its_pods, rfc3339
 from . import coalesce
+from .lanes import Lane, PriorityGate
 from .podcache import slim
 
 T = TypeVar("T")
@@ -31,8 +32,11 @@ T = TypeVar("T")
 # Connections to the apiserver the operator's own client keeps (kopf's watches have their own).
 # Each TLS connection holds a 256 KiB read buffer plus its SSL state: the client's default of
 # 100, filled during a big fleet's bring-up, was tens of MB of the operator's memory. Requests
-# beyond this wait for a connection; the apiserver queues them anyway (priority and fairness).
+# beyond this wait for a connection, the most urgent first (`lanes.py`).
 API_CONNECTIONS = 32
+# The leader Lease's own client: its renewals never wait behind a fleet's creates (a renewal
+# queued past the renew deadline would make the leader step down in the middle of a bring-up).
+LEADER_CONNECTIONS = 1
 # Pods per page of a pod LIST (`Kube.list_pods`): what is decoded at once.
 LIST_PAGE = 100
 
@@ -73,9 +77,13 @@ class Kube:
         api: client.ApiClient,
         status_window: float = STATUS_WRITE_WINDOW_SECONDS,
         list_page: int = LIST_PAGE,
+        connections: int = API_CONNECTIONS,
     ) -> None:
         self.api = api
         self.list_page = list_page
+        # Every request of this client passes the gate, so no more are in flight than it has
+        # connections, and a freed one goes to the most urgent waiting request.
+        self.gate = PriorityGate(connections)
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.objects = client.CustomObjectsApi(api)
@@ -86,7 +94,8 @@ class Kube:
         )
 
     async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
-        """Create a child object; True if created, False if it already existed."""
+        """Create a child object; True if created, False if it already existed. A Service
+        waits for the other requests (`Lane.BACKGROUND`): nothing needs it to start a model."""
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         creators: dict[str, Callable[..., Awaitable[Any]]] = {
@@ -99,7 +108,8 @@ class Kube:
         create = creators[kind]
         try:
             # The answer as JSON, not as a generated model (a V1Pod built per created pod).
-            await json_answer(create(ns, manifest, _preload_content=False))
+            lane = Lane.BACKGROUND if kind == "Service" else Lane.START
+            await self._json(create(ns, manifest, _preload_content=False), lane)
         except ApiException as e:
             if e.status == 409:
                 return False
@@ -108,23 +118,28 @@ class Kube:
             raise
         return True
 
-    async def _create_claim(self, namespace: str, manifest: dict[str, Any], **kw: Any) -> Any:
-        return await self.objects.create_namespaced_custom_object(
+    def _create_claim(self, namespace: str, manifest: dict[str, Any], **kw: Any) -> Any:
+        return self.objects.create_namespaced_custom_object(
             "resource.k8s.io", "v1", namespace, "resourceclaims", manifest, **kw
         )
 
     async def list_claims(self, label_selector: str) -> list[dict[str, Any]]:
         """ResourceClaims with these labels, in every namespace."""
-        data: dict[str, Any] = await self.objects.list_cluster_custom_object(
-            "resource.k8s.io", "v1", "resourceclaims", label_selector=label_selector
+        data: dict[str, Any] = await self._call(
+            self.objects.list_cluster_custom_object(
+                "resource.k8s.io", "v1", "resourceclaims", label_selector=label_selector
+            )
         )
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def delete_claim(self, namespace: str, name: str) -> None:
         try:
-            await self.objects.delete_namespaced_custom_object(
-                "resource.k8s.io", "v1", namespace, "resourceclaims", name
+            await self._call(
+                self.objects.delete_namespaced_custom_object(
+                    "resource.k8s.io", "v1", namespace, "resourceclaims", name
+                ),
+                Lane.START,
             )
         except ApiException as e:
             if e.status != 404:
@@ -137,27 +152,27 @@ class Kube:
         )
 
     async def list_nodes(self) -> list[dict[str, Any]]:
-        data = await json_answer(self.core.list_node(_preload_content=False))
+        data = await self._json(self.core.list_node(_preload_content=False))
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         """The Node as JSON; None when it does not exist."""
         node: dict[str, Any] | None = await unless_absent(
-            json_answer(self.core.read_node(name, _preload_content=False))
+            self._json(self.core.read_node(name, _preload_content=False))
         )
         return node
 
     async def list_resource_slices(self) -> list[dict[str, Any]]:
-        data: dict[str, Any] = await self.objects.list_cluster_custom_object(
-            "resource.k8s.io", "v1", "resourceslices"
+        data: dict[str, Any] = await self._call(
+            self.objects.list_cluster_custom_object("resource.k8s.io", "v1", "resourceslices")
         )
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
     async def patch_pool_status(self, name: str, status: dict[str, Any]) -> None:
         patch: Any = self.objects.patch_cluster_custom_object_status
-        await json_answer(
+        await self._json(
             patch(
                 GROUP,
                 VERSION,
@@ -170,7 +185,9 @@ class Kube:
         )
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        secret = await unless_absent(self.core.read_namespaced_secret(name, namespace))
+        secret = await unless_absent(
+            self._call(self.core.read_namespaced_secret(name, namespace), Lane.START)
+        )
         if secret is None:
             return None
         raw = (secret.data or {}).get(key)
@@ -204,7 +221,7 @@ class Kube:
         items: list[dict[str, Any]] = []
         more: dict[str, Any] = {}
         while True:
-            page = await json_answer(
+            page = await self._json(
                 list_call(*args, limit=self.list_page, _preload_content=False, **kwargs, **more)
             )
             items.extend(keep(p) for p in page.get("items", []))
@@ -222,7 +239,9 @@ class Kube:
             grace_period_seconds=0 if force else None,
         )
         try:
-            await self.core.delete_namespaced_pod(name, namespace, body=body)
+            await self._call(
+                self.core.delete_namespaced_pod(name, namespace, body=body), Lane.START
+            )
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
@@ -235,7 +254,7 @@ class Kube:
             "reason": reason,
             "lastTransitionTime": rfc3339(time.time()),
         }
-        await json_answer(
+        await self._json(
             self.core.patch_namespaced_pod_status(
                 pod, namespace, {"status": {"conditions": [cond]}}, _preload_content=False
             )
@@ -245,7 +264,7 @@ class Kube:
         self, namespace: str, pod: str, annotations: dict[str, str | None]
     ) -> None:
         try:
-            await json_answer(
+            await self._json(
                 self.core.patch_namespaced_pod(
                     pod,
                     namespace,
@@ -270,7 +289,7 @@ class Kube:
         namespace, name = key
         # The generated client would send a dict as a JSON patch; status wants a merge patch.
         patch: Any = self.objects.patch_namespaced_custom_object_status
-        await json_answer(
+        await self._json(
             patch(
                 GROUP,
                 VERSION,
@@ -287,16 +306,40 @@ class Kube:
         self, group: str, version: str, plural: str, name: str
     ) -> dict[str, Any] | None:
         obj: dict[str, Any] | None = await unless_absent(
-            self.objects.get_cluster_custom_object(group, version, plural, name)
+            self._call(self.objects.get_cluster_custom_object(group, version, plural, name))
         )
         return obj
 
     async def read_lease_renew_time(self, namespace: str, name: str) -> float | None:
-        lease = await unless_absent(self.coord.read_namespaced_lease(name, namespace))
+        lease = await unless_absent(
+            self._call(self.coord.read_namespaced_lease(name, namespace), Lane.START)
+        )
         if lease is None:
             return None
         renew = lease.spec.renew_time if lease.spec else None
         return renew.timestamp() if renew else None
+
+    async def _call(self, call: Awaitable[T], lane: Lane = Lane.NORMAL) -> T:
+        """The request, once the gate gives it a connection."""
+        try:
+            async with self.gate.slot(lane):
+                return await call
+        finally:
+            _close(call)  # never started if the wait was cancelled: no "never awaited" warning
+
+    async def _json(self, call: Awaitable[Any], lane: Lane = Lane.NORMAL) -> Any:
+        """`json_answer` of the request, once the gate gives it a connection."""
+        try:
+            async with self.gate.slot(lane):
+                return await json_answer(call)
+        finally:
+            _close(call)
+
+
+def _close(call: Awaitable[Any]) -> None:
+    close = getattr(call, "close", None)
+    if close is not None:
+        close()  # a no-op on a coroutine that ran
 
 
 def _whole(obj: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..reconcile.node_loss import NODE_LOST_SECONDS
 from .agent_transport import AgentTransport
 from .agents import AgentClient
 from .context import Context, Settings
-from .kube import Kube, api_client
+from .kube import LEADER_CONNECTIONS, Kube, api_client
 from .leader import LeaderElector
 from .pools import Pools
 from .served_names import ServedNames
@@ -220,17 +220,12 @@ async def run(args: argparse.Namespace) -> None:
         trim = glibc_trim()
         trimming = asyncio.create_task(trim_periodically(trim)) if trim is not None else None
         kwargs: dict[str, Any] = {"clusterwide": not args.namespace, "namespaces": args.namespace}
+        leader_api = api_client(LEADER_CONNECTIONS) if args.leader_elect else None
         try:
             elector = None
-            if args.leader_elect:
-                elector = LeaderElector(
-                    client.CoordinationV1Api(api),
-                    client.CoreV1Api(api),
-                    args.leader_lease_namespace or _own_namespace(),
-                    args.leader_lease_name,
-                    args.leader_identity or _identity(),
-                    args.timings,
-                    on_leading=lambda leading: metrics.leader.set(1 if leading else 0),
+            if leader_api is not None:
+                elector = leader_elector(
+                    leader_api, args, lambda leading: metrics.leader.set(1 if leading else 0)
                 )
                 metrics.leader.set(0)
                 await _lead(elector, args.health_bind)
@@ -247,6 +242,25 @@ async def run(args: argparse.Namespace) -> None:
                 trimming.cancel()
             await runner.cleanup()
             await api.close()
+            if leader_api is not None:
+                await leader_api.close()
+
+
+def leader_elector(
+    leader_api: client.ApiClient, args: argparse.Namespace, on_leading: Callable[[bool], None]
+) -> LeaderElector:
+    """The elector, on a client of its own (`leader_api`, not the one `Kube` shares out): a
+    fleet's bring-up queues thousands of requests for the operator's connections, and a renewal
+    waiting behind them past the renew deadline would make the leader step down."""
+    return LeaderElector(
+        client.CoordinationV1Api(leader_api),
+        client.CoreV1Api(leader_api),
+        args.leader_lease_namespace or _own_namespace(),
+        args.leader_lease_name,
+        args.leader_identity or _identity(),
+        args.timings,
+        on_leading=on_leading,
+    )
 
 
 def main(argv: list[str]) -> int:

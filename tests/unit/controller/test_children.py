@@ -4,6 +4,7 @@ thousand models a thousand of them)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from test_executor import BODY, FakeKube, controller
@@ -50,8 +51,11 @@ async def test_children_it_created_are_not_read_back() -> None:
     assert ensured.demand is None  # a Lease just created holds no demand
     assert reads(kube) == []
     assert await children.ensure(owner_from_body(BODY)) is None  # once per uid
-    await children.ensure_service(owner_from_body(BODY), model)
-    await children.ensure_service(owner_from_body(BODY), model)
+    children.ensure_service(owner_from_body(BODY), model)
+    children.ensure_service(owner_from_body(BODY), model)  # on the way: not twice
+    await children.drain()
+    children.ensure_service(owner_from_body(BODY), model)  # made: not again
+    await children.drain()
     assert [c[1] for c in kube.calls if c[0] == "create"].count("Service") == 1
 
 
@@ -82,10 +86,61 @@ async def test_a_first_pass_creates_the_pod_before_the_service() -> None:
     kube = ExistingKube(existing=set())
     ctl, _ = controller(kube)
     await ctl.reconcile_once(BODY)
+    await ctl.ctx.children.drain()
     creates = [c[1] for c in kube.calls if c[0] == "create"]
     assert sorted(creates[:2]) == ["Lease", "Secret"]
     assert creates[2:] == ["Pod", "Service"]
     await ctl.watchers.close()
+
+
+class StuckServiceKube(ExistingKube):
+    """An apiserver whose Service create does not answer (its connection is busy elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__(existing=set())
+        self.service_may_go = asyncio.Event()
+
+    async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
+        if manifest["kind"] == "Service":
+            await self.service_may_go.wait()
+        return await super().create_if_missing(manifest)
+
+
+async def test_a_pass_does_not_wait_for_its_service() -> None:
+    # The Service is the least urgent request (lanes.Lane.BACKGROUND): in a fleet's bring-up it
+    # waits for every other one, and a pass that waited with it would hold back the pre-warm.
+    kube = StuckServiceKube()
+    ctl, _ = controller(kube)
+    await asyncio.wait_for(ctl.reconcile_once(BODY), timeout=30)
+    assert "Service" not in [c[1] for c in kube.calls if c[0] == "create"]
+    kube.service_may_go.set()
+    await ctl.ctx.children.drain()
+    assert "Service" in [c[1] for c in kube.calls if c[0] == "create"]
+    await ctl.watchers.close()
+
+
+class FailingServiceKube(ExistingKube):
+    def __init__(self) -> None:
+        super().__init__(existing=set())
+        self.refusals = 1
+
+    async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
+        if manifest["kind"] == "Service" and self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("apiserver unavailable")
+        return await super().create_if_missing(manifest)
+
+
+async def test_a_failed_service_create_is_tried_again_by_the_next_pass() -> None:
+    kube = FailingServiceKube()
+    children = Children(kube)  # type: ignore[arg-type]
+    model = ModelDeployment.from_body(BODY)
+    children.ensure_service(owner_from_body(BODY), model)
+    await children.drain()
+    assert "Service" not in [c[1] for c in kube.calls if c[0] == "create"]
+    children.ensure_service(owner_from_body(BODY), model)
+    await children.drain()
+    assert [c[1] for c in kube.calls if c[0] == "create"].count("Service") == 1
 
 
 class RefusedPodKube(ExistingKube):
@@ -104,6 +159,7 @@ async def test_a_refused_pod_does_not_keep_the_service_away() -> None:
         await ctl.reconcile_once(BODY)
     except RuntimeError:
         pass  # the pass says so (status, Event); the next one tries the pod again
+    await ctl.ctx.children.drain()
     creates = [c[1] for c in kube.calls if c[0] == "create"]
     assert "Service" in creates
     await ctl.watchers.close()
@@ -114,8 +170,21 @@ async def test_a_model_made_again_under_its_name_gets_its_children_afresh() -> N
     children = Children(kube)  # type: ignore[arg-type]
     model = ModelDeployment.from_body(BODY)
     await children.ensure(owner_from_body(BODY))
-    await children.ensure_service(owner_from_body(BODY), model)
+    children.ensure_service(owner_from_body(BODY), model)
+    await children.drain()
     children.forget("ns", "m")  # DELETED: nothing kept per model it had
     assert not children._ensured and not children._services
     again = {**BODY, "metadata": {**BODY["metadata"], "uid": "uid-new"}}
     assert await children.ensure(owner_from_body(again)) is not None
+
+
+async def test_a_deleted_models_service_on_the_way_is_not_created() -> None:
+    kube = StuckServiceKube()
+    children = Children(kube)  # type: ignore[arg-type]
+    children.ensure_service(owner_from_body(BODY), ModelDeployment.from_body(BODY))
+    await asyncio.sleep(0)  # its create is waiting
+    children.forget("ns", "m")
+    kube.service_may_go.set()
+    await children.drain()
+    await asyncio.sleep(0)
+    assert "Service" not in [c[1] for c in kube.calls if c[0] == "create"]

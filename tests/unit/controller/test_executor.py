@@ -271,6 +271,7 @@ async def test_a_pass_observes_plans_and_creates_the_missing_pod() -> None:
     kube = FakeKube()
     ctl, events = controller(kube)
     next_in = await ctl.reconcile_once(BODY)
+    await ctl.ctx.children.drain()  # the Service is created by a task of its own
     created = [c for c in kube.calls if c[0] == "create"]
     assert ("create", "Pod", "m-0") in created
     assert {c[1] for c in created} == {"Secret", "Lease", "Service", "Pod"}
