@@ -216,6 +216,54 @@ def apiserver_requests(cluster: Any) -> Counter[str]:
     return out
 
 
+def apiserver_timings(cluster: Any) -> Counter[str]:
+    """Sums and counts so far of the apiserver's own latency histograms: each request kind's
+    time in the apiserver (`apiserver_request_duration_seconds`, watches excluded) and each
+    priority level's queueing before it ran (`apiserver_flowcontrol_request_wait_duration_seconds`,
+    API Priority and Fairness). Keys: `dur_sum|verb resource`, `fcwait_count|level`, ..."""
+    import re
+
+    out: Counter[str] = Counter()
+    try:
+        text = cluster.kubectl("get", "--raw", "/metrics")
+    except Exception:
+        return out
+    for line in text.splitlines():
+        for metric, kind in (
+            ("apiserver_request_duration_seconds_sum{", "dur_sum"),
+            ("apiserver_request_duration_seconds_count{", "dur_count"),
+            ("apiserver_flowcontrol_request_wait_duration_seconds_sum{", "fcwait_sum"),
+            ("apiserver_flowcontrol_request_wait_duration_seconds_count{", "fcwait_count"),
+        ):
+            if not line.startswith(metric):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if kind.startswith("dur"):
+                verb = labels.get("verb", "").lower()
+                if verb in ("watch", "connect"):
+                    continue
+                verb = {"post": "create", "put": "update"}.get(verb, verb)
+                res = labels.get("resource", "")
+                if labels.get("subresource"):
+                    res += "/" + labels["subresource"]
+                key = f"{verb} {res}"
+            else:
+                key = labels.get("priority_level", "?")
+            out[f"{kind}|{key}"] += float(line.rsplit(" ", 1)[1])  # type: ignore[assignment]
+    return out
+
+
+def mean_ms(diff: Counter[str], kind: str, least: int = 100) -> dict[str, list[float]]:
+    """{key: [mean ms, count]} of a timings difference, for keys seen at least `least` times."""
+    out: dict[str, list[float]] = {}
+    for k, n in diff.items():
+        if not k.startswith(f"{kind}_count|") or n < least:
+            continue
+        key = k.split("|", 1)[1]
+        out[key] = [round(1000 * diff[f"{kind}_sum|{key}"] / n, 1), int(n)]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][0] * kv[1][1]))
+
+
 def apiserver_profile(cluster: Any, seconds: float, results: Path) -> None:
     """A Go CPU profile of kube-apiserver over the next `seconds` (its /debug/pprof, on by
     default), written next to the results as `.apiserver.pprof` in the background; read it with
@@ -459,6 +507,7 @@ async def run(
         # --- 1. bring-up
         cpu0 = {"operator": proc_cpu(op), **{n: proc_cpu(p) for n, p in others.items()}}
         srv0 = apiserver_requests(cluster)
+        tim0 = apiserver_timings(cluster)
         op0 = read_counts(procs.counts["operator"])
         load0 = os.getloadavg()
         if args.profile_apiserver:
@@ -492,6 +541,8 @@ async def run(
             procs.signal_profile()
         await asyncio.sleep(1)  # the probes write their counts every 0.5 s
         srv = dict(sorted((apiserver_requests(cluster) - srv0).items()))
+        tim = apiserver_timings(cluster)
+        tim.subtract(tim0)
         op_req = dict(sorted((read_counts(procs.counts["operator"]) - op0).items()))
         out["bringup"] = {
             "create_seconds": round(applied, 2),
@@ -501,6 +552,10 @@ async def run(
             "cpu_seconds": {n: round(cpu1[n] - cpu0[n], 2) for n in cpu1},
             "operator_rss_mib": round(proc_rss_mib(op), 1),
             "api_requests": {"apiserver (all clients)": srv, "operator": op_req},
+            # Mean ms in the apiserver and count, by request kind, and by priority level the
+            # mean wait in API Priority and Fairness's queues before a request ran.
+            "apiserver_ms": mean_ms(tim, "dur"),
+            "flowcontrol_wait_ms": mean_ms(tim, "fcwait", least=1),
             "api_writes_per_model": {
                 "apiserver (all clients)": round(writes(srv) / len(names), 2),
                 "operator": round(writes(op_req) / len(names), 2),

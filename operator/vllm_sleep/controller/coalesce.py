@@ -18,6 +18,11 @@ and its containers start) are superseded by the pass that hears its agent, which
 operator comes later than one window; written on their own they were a write per model each for
 nothing.
 
+With `slot` (a connection's turn, `lanes.PriorityGate.slot`), a write waits for its turn
+before it takes the key's latest value: a status queued behind a fleet's creates goes out as
+the newest by the time it is sent (a model that went from Loading to Asleep meanwhile is written
+once, Asleep), not as the value it queued with followed by each one after it.
+
 A value submitted with `held=True` is known to be superseded already (the pass that computed
 it started a transition that changes it): a quiet key does not write it at once but as if it had
 just written, so a value that follows within the window replaces it and only the latest is
@@ -27,10 +32,12 @@ written when the window ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -51,8 +58,10 @@ class Coalescer(Generic[K, V]):
         clock: Callable[[], float] = time.monotonic,
         defer_first: Callable[[V], bool] | None = None,
         first_hold: float = 10.0,
+        slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self._write = write
+        self._slot = slot or contextlib.nullcontext
         self._window = window
         self._clock = clock
         self._defer_first = defer_first
@@ -98,7 +107,7 @@ class Coalescer(Generic[K, V]):
             if holder is not None:
                 holder.cancel()
         if self._window <= 0:
-            async with self._lock(key):
+            async with self._lock(key), self._slot():
                 await self._write(key, value)
             return
         quiet = now - self._last.get(key, -math.inf) >= self._window
@@ -142,19 +151,24 @@ class Coalescer(Generic[K, V]):
                 if delay > 0:
                     await asyncio.sleep(delay)
                 self._holding.pop(key, None)  # no second value came: the first is written
-                value = self._pending.pop(key)
                 self._last[key] = self._clock()
+                value = None
                 try:
-                    async with self._lock(key):
+                    async with self._lock(key), self._slot():
+                        if key not in self._pending:  # forgotten while it waited for its turn
+                            break
+                        value = self._pending.pop(key)  # the latest, now that it is its turn
                         await self._write(key, value)
                 except ApiException as e:
                     if e.status == 404:  # the object is gone: nothing to say about it
                         continue
                     log.warning("write of %s failed (%s); retrying", key, e.status)
-                    self._pending.setdefault(key, value)
+                    if value is not None:
+                        self._pending.setdefault(key, value)
                 except Exception:
                     log.warning("write of %s failed; retrying", key, exc_info=True)
-                    self._pending.setdefault(key, value)
+                    if value is not None:
+                        self._pending.setdefault(key, value)
         finally:
             if self._flushers.get(key) is asyncio.current_task():
                 del self._flushers[key]

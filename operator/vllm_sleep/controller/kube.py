@@ -90,12 +90,15 @@ class Kube:
         # A model's status changes several times a second while it starts: at most one write per
         # model per window, the latest (`controller/coalesce.py`).
         self.model_status: coalesce.Coalescer[tuple[str, str], dict[str, Any]] = coalesce.Coalescer(
-            self._write_model_status, status_window, defer_first=awaits_its_pods
+            self._write_model_status,
+            status_window,
+            defer_first=awaits_its_pods,
+            slot=lambda: self.gate.slot(Lane.NORMAL),
         )
 
     async def create_if_missing(self, manifest: dict[str, Any]) -> bool:
-        """Create a child object; True if created, False if it already existed. A Service
-        waits for the other requests (`Lane.BACKGROUND`): nothing needs it to start a model."""
+        """Create a child object; True if created, False if it already existed. Pods (and
+        claims) go first, a Service after every other request (`lanes.Lane`)."""
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         creators: dict[str, Callable[..., Awaitable[Any]]] = {
@@ -108,7 +111,9 @@ class Kube:
         create = creators[kind]
         try:
             # The answer as JSON, not as a generated model (a V1Pod built per created pod).
-            lane = Lane.BACKGROUND if kind == "Service" else Lane.START
+            lane = {"Service": Lane.BACKGROUND, "Secret": Lane.START, "Lease": Lane.START}.get(
+                kind, Lane.PODS
+            )
             await self._json(create(ns, manifest, _preload_content=False), lane)
         except ApiException as e:
             if e.status == 409:
@@ -139,7 +144,7 @@ class Kube:
                 self.objects.delete_namespaced_custom_object(
                     "resource.k8s.io", "v1", namespace, "resourceclaims", name
                 ),
-                Lane.START,
+                Lane.PODS,
             )
         except ApiException as e:
             if e.status != 404:
@@ -239,9 +244,7 @@ class Kube:
             grace_period_seconds=0 if force else None,
         )
         try:
-            await self._call(
-                self.core.delete_namespaced_pod(name, namespace, body=body), Lane.START
-            )
+            await self._call(self.core.delete_namespaced_pod(name, namespace, body=body), Lane.PODS)
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
@@ -286,10 +289,11 @@ class Kube:
         await self.model_status.submit((namespace, name), status, held=superseded)
 
     async def _write_model_status(self, key: tuple[str, str], status: dict[str, Any]) -> None:
+        """Sent in the coalescer's slot (its turn at the gate), so not through it again."""
         namespace, name = key
         # The generated client would send a dict as a JSON patch; status wants a merge patch.
         patch: Any = self.objects.patch_namespaced_custom_object_status
-        await self._json(
+        await json_answer(
             patch(
                 GROUP,
                 VERSION,

@@ -265,3 +265,51 @@ async def test_a_forgotten_keys_queued_value_is_never_written_onto_a_new_object(
     clock.t += 5
     await c.drain()
     assert log == [("m", 1), ("m", 7)]
+
+
+async def test_a_write_waiting_for_its_turn_sends_the_latest_value_once() -> None:
+    # A status queued behind a fleet's creates (no free connection): by the time it is sent
+    # the model went on (Loading -> Asleep); only the latest goes, once.
+    from vllm_sleep.controller.lanes import Lane, PriorityGate
+
+    log: list[tuple[str, int]] = []
+    gate = PriorityGate(1)
+    clock = Clock()
+    c: Coalescer[str, int] = Coalescer(
+        writer(log), window=2.0, clock=clock, slot=lambda: gate.slot(Lane.NORMAL)
+    )
+    busy = asyncio.Event()
+
+    async def other_request() -> None:
+        async with gate.slot(Lane.START):
+            await busy.wait()
+
+    other = asyncio.create_task(other_request())
+    await settle()
+    await c.submit("m", 1)  # due at once: its task waits for the connection
+    await settle()
+    clock.t += 0.5
+    await c.submit("m", 2)  # within the window: replaces the value still waiting
+    await settle()
+    assert log == []
+    busy.set()
+    await other
+    await asyncio.wait_for(c.drain(), timeout=10)
+    assert log == [("m", 2)]
+
+
+async def test_a_key_forgotten_while_its_write_waits_for_its_turn_is_not_written() -> None:
+    from vllm_sleep.controller.lanes import Lane, PriorityGate
+
+    log: list[tuple[str, int]] = []
+    gate = PriorityGate(1)
+    c: Coalescer[str, int] = Coalescer(
+        writer(log), window=2.0, clock=Clock(), slot=lambda: gate.slot(Lane.NORMAL)
+    )
+    async with gate.slot(Lane.START):
+        await c.submit("m", 1)
+        await settle()
+        c.forget("m")
+    await asyncio.wait_for(c.drain(), timeout=10)
+    await settle()
+    assert log == []

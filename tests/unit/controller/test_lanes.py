@@ -39,16 +39,17 @@ async def test_a_freed_slot_goes_to_the_most_urgent_waiter_first_come_first_serv
         for lane, name in (
             (Lane.BACKGROUND, "service"),
             (Lane.NORMAL, "status 1"),
-            (Lane.START, "pod 1"),
+            (Lane.START, "secret"),
+            (Lane.PODS, "pod 1"),
             (Lane.NORMAL, "status 2"),
-            (Lane.START, "pod 2"),
+            (Lane.PODS, "pod 2"),
         )
     ]
     await _settle()
-    assert order == ["holder"] and gate.waiting == 5
+    assert order == ["holder"] and gate.waiting == 6
     go.set()
     await asyncio.gather(first, *waiters)
-    assert order == ["holder", "pod 1", "pod 2", "status 1", "status 2", "service"]
+    assert order == ["holder", "pod 1", "pod 2", "secret", "status 1", "status 2", "service"]
 
 
 async def test_without_waiters_a_request_goes_at_once_up_to_capacity() -> None:
@@ -170,12 +171,14 @@ async def test_the_operators_requests_wait_for_a_connection_in_lane_order() -> N
         queued = [
             asyncio.create_task(kube.create_if_missing(_manifest("Service"))),
             asyncio.create_task(kube.patch_model_status("ns", "m", {"phase": "Asleep"})),
+            asyncio.create_task(kube.create_if_missing(_manifest("Secret"))),
             asyncio.create_task(kube.create_if_missing(_manifest("Pod"))),
         ]
         await _settle()
         assert order == ["Secret"]  # one connection: the others wait at the gate
         fake.answer.set()
         await asyncio.gather(first, *queued)
-        assert order == ["Secret", "Pod", "status", "Service"]
+        await asyncio.wait_for(kube.model_status.drain(), timeout=10)
+        assert order == ["Secret", "Pod", "Secret", "status", "Service"]
     finally:
         await kube.api.close()
