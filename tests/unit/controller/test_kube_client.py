@@ -63,6 +63,7 @@ class Answer:
     def __init__(self, data: dict[str, Any]) -> None:
         self.status = 200
         self._data = data
+        self.decoded = False
 
     async def __aenter__(self) -> Answer:
         return self
@@ -71,7 +72,11 @@ class Answer:
         return None
 
     async def json(self) -> dict[str, Any]:
+        self.decoded = True
         return self._data
+
+    async def read(self) -> bytes:
+        return b"{}"
 
 
 def whole_pod(i: int) -> dict[str, Any]:
@@ -127,3 +132,49 @@ async def test_pods_are_listed_in_pages_each_cut_before_the_next_is_read() -> No
         assert default[0]["spec"] == {"nodeName": "n"}
     finally:
         await kube.api.close()
+
+
+class Writes:
+    """The generated client's write calls; the answers they gave."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+
+    async def _answer(self, *_: Any, **__: Any) -> Answer:
+        answer = Answer({"kind": "Pod", "metadata": {"managedFields": [{}] * 50}})
+        self.answers.append(answer)
+        return answer
+
+    create_namespaced_pod = create_namespaced_service = create_namespaced_secret = _answer
+    create_namespaced_lease = _answer
+    patch_namespaced_pod_status = patch_namespaced_pod = _answer
+    patch_namespaced_custom_object_status = patch_cluster_custom_object_status = _answer
+
+
+async def test_the_answers_of_writes_are_not_decoded() -> None:
+    # A write's answer is the whole object written; the operator never reads it.
+    kube = Kube(api_client(), status_window=0)
+    try:
+        writes = Writes()
+        kube.core = kube.objects = kube.coord = writes  # type: ignore[assignment]
+        manifest = {"kind": "Pod", "metadata": {"name": "m-0", "namespace": "ns"}}
+        assert await kube.create_if_missing(manifest) is True
+        await kube.set_routed("ns", "m-0", True, "EngineAwake")
+        await kube.annotate_pod("ns", "m-0", {"a": "b"})
+        await kube.patch_model_status("ns", "m", {"phase": "Asleep"})
+        await kube.patch_pool_status("pool", {"devices": []})
+        assert len(writes.answers) == 5
+        assert not any(a.decoded for a in writes.answers)
+    finally:
+        await kube.api.close()
+
+
+async def test_the_operators_client_keeps_no_cookies() -> None:
+    # The apiserver sets none (client-go keeps none); a real jar is filtered on every request.
+    import aiohttp
+
+    api = api_client()
+    try:
+        assert isinstance(api.rest_client.pool_manager.cookie_jar, aiohttp.DummyCookieJar)
+    finally:
+        await api.close()

@@ -12,7 +12,7 @@ import sys
 from aiohttp import web
 from kubernetes_asyncio import client, config
 
-from ...controller.kube import without_env_lookups
+from ...controller.kube import lean_client
 from ...logs import configure
 from ...serve import stop_on_signals
 from ..sim.units import parse_bytes
@@ -65,7 +65,7 @@ async def run(args: argparse.Namespace) -> None:
     # A pod watch per node holds a connection each (`SimKubelet._watch`); the status writes,
     # reads and heartbeats need room beside them.
     configuration.connection_pool_maxsize = len(nodes) + 64
-    api = without_env_lookups(client.ApiClient(configuration))
+    api = lean_client(client.ApiClient(configuration))
     kubelet = SimKubelet(api, nodes, args.time_scale, ip_region=(shard, shards))
     runner = web.AppRunner(kubelet.admin_app(), access_log=None)
     await runner.setup()

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ...controller.kube import without_env_lookups
+from ...controller.kube import lean_client
 from . import rawapi
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class NodeRegistrar:
 
     def _beat_thread(self) -> None:
         async def run() -> None:
-            api = without_env_lookups(client.ApiClient(configuration=self._api.configuration))
+            api = lean_client(client.ApiClient(configuration=self._api.configuration))
             try:
                 await self._beat(api)
             finally:
