@@ -1,15 +1,17 @@
 """kopf handlers: short adapters from Kubernetes events to the per-model controllers.
 
-Nothing here decides anything. A daemon per ModelDeployment runs its ModelController; events on
-the objects it depends on (its pods, its demand Lease, its own spec) just kick that controller.
+Nothing here decides anything. A loop per ModelDeployment runs its ModelController (`runners`,
+started and stopped by the object's own events); events on the objects it depends on (its pods,
+its demand Lease, its own spec) just kick that controller.
 The event handlers are coroutines: kopf runs a plain function in a thread pool, which costs a
 thread hop per event and would set the controllers' asyncio Events from outside their loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -21,11 +23,13 @@ from ..api.names import (
     GROUP,
     LABEL_COMPONENT,
     LABEL_MODEL,
+    LEGACY_FINALIZER,
     MODEL_DEPLOYMENT_PLURAL,
     VERSION,
 )
 from .context import Context
-from .model import ModelController
+from .model import Body, ModelController
+from .runners import ModelRunners
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,10 @@ EVENT_POSTER_IDLE_SECONDS = 0.05
 EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers only
 
 
-def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> ModelRunners:
+    """Register the handlers; the model loops they start, for the caller to close when the
+    operator stops acting."""
+
     @kopf.on.login(registry=registry)
     async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # Through kubernetes_asyncio, the client the operator itself uses (in-cluster, else the
@@ -59,26 +66,29 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         settings.watching.server_timeout = 270
         settings.peering.standalone = True
 
-    @kopf.daemon(
-        GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry, cancellation_timeout=15
-    )
-    async def model_daemon(
-        body: kopf.Body, name: str, namespace: str | None, stopped: kopf.DaemonStopped, **_: Any
+    async def run_model(
+        namespace: str, name: str, get_body: Callable[[], Body], stopped: Callable[[], bool]
     ) -> None:
-        assert namespace is not None  # ModelDeployment is namespaced
-
         def emit(kind: str, reason: str, message: str) -> None:
+            body = kopf.Body(cast(kopf.RawBody, get_body()))
             kopf.event(body, type=kind, reason=reason, message=message)
 
         controller = ModelController(ctx, namespace, name, emit)
         ctx.controllers[(namespace, name)] = controller
         try:
-            await controller.run(lambda: dict(body), lambda: stopped.is_set())
+            await controller.run(get_body, stopped)
         finally:
             if ctx.controllers.get((namespace, name)) is controller:
                 del ctx.controllers[(namespace, name)]
 
+    runners = ModelRunners(run_model, lambda key: _kick(ctx, *key))
     changes = ModelChanges()
+    unfinalizing: set[str] = set()  # uids whose legacy finalizer is being removed
+    background: set[asyncio.Task[None]] = set()  # those removals
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_models(**_: Any) -> None:
+        await runners.close()
 
     @kopf.on.event(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL, registry=registry)
     async def model_changed(
@@ -89,7 +99,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         event: Mapping[str, Any],
         **_: Any,
     ) -> None:
-        drop_managed_fields(event.get("object"))
+        raw = event.get("object")
+        drop_managed_fields(raw)
+        if isinstance(raw, dict):
+            runners.observe(type, raw)
+            if LEGACY_FINALIZER in ((raw.get("metadata") or {}).get("finalizers") or ()):
+                _unfinalize(ctx, raw, unfinalizing, background)
         if changes.needs_pass(type, body):
             _kick(ctx, namespace, name)
         for other_ns, other in ctx.names.observe(type, body):  # a name owner came or went
@@ -138,11 +153,13 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if renew is not None and namespace:
             ctx.signal_demand(namespace, labels[LABEL_MODEL], renew)
 
+    return runners
+
 
 def drop_managed_fields(raw: Any) -> None:
     """Drop the object's managedFields, in place.
 
-    kopf keeps each ModelDeployment's latest body for its daemon (the very dict of the event),
+    The model's loop keeps its latest body (the very dict of the event, `runners`),
     and managedFields (a field tree per writer: spec, finalizers, status) was the largest part
     of it, which nothing here reads: tens of KB per model for the life of the model."""
     meta = raw.get("metadata") if isinstance(raw, dict) else None
@@ -157,7 +174,7 @@ class ModelChanges:
     it already acted on everything else in the body, and a pass for it (a kick) would compute
     the same plan again. Its spec (generation), labels, annotations and deletion are what a
     pass reads from the body beyond its own status, so a change of those kicks; an event that
-    changed none of them does not (the daemon's body is kopf's live one: the next pass reads it
+    changed none of them does not (the loop's body is the latest event's: the next pass reads it
     as it is then)."""
 
     def __init__(self) -> None:
@@ -204,6 +221,38 @@ class LeanDiffBase(kopf.AnnotationsDiffBaseStorage):
             k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
         }
         return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
+
+
+def _unfinalize(
+    ctx: Context, raw: Mapping[str, Any], busy: set[str], tasks: set[asyncio.Task[None]]
+) -> None:
+    """Remove the finalizer an earlier version of the operator (a kopf daemon per model) put on
+    the object: nothing blocks its deletion now, and kopf removes it only for handlers that need
+    none, which this operator no longer has. Once per object at a time; a failed try is made
+    again on the object's next event."""
+    meta = raw.get("metadata") or {}
+    uid = meta.get("uid") or ""
+    if uid in busy:
+        return
+    busy.add(uid)
+
+    async def remove() -> None:
+        try:
+            await ctx.kube.remove_finalizer(
+                meta.get("namespace") or "",
+                meta.get("name") or "",
+                LEGACY_FINALIZER,
+                list(meta.get("finalizers") or ()),
+                meta.get("resourceVersion") or "",
+            )
+        except Exception as e:
+            log.info("removing the legacy finalizer of %s failed (%s)", meta.get("name"), e)
+        finally:
+            busy.discard(uid)
+
+    task = asyncio.create_task(remove())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def _kick(ctx: Context, namespace: str | None, name: str) -> None:

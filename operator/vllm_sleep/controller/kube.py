@@ -269,6 +269,35 @@ class Kube:
             read=False,
         )
 
+    async def remove_finalizer(
+        self, namespace: str, name: str, finalizer: str, finalizers: list[str], version: str
+    ) -> None:
+        """Remove `finalizer` from the ModelDeployment, if it is still where `finalizers` (its
+        list at `version`) has it: a JSON patch that tests the entry first, so a list changed
+        meanwhile is refused (422) rather than losing another writer's finalizer."""
+        if finalizer not in finalizers:
+            return
+        at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+        ops = [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
+        patch: Any = self.objects.patch_namespaced_custom_object
+        try:
+            await self._json(
+                patch(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    MODEL_DEPLOYMENT_PLURAL,
+                    name,
+                    ops,
+                    _content_type="application/json-patch+json",
+                    _preload_content=False,
+                ),
+                read=False,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     async def annotate_pod(
         self, namespace: str, pod: str, annotations: dict[str, str | None]
     ) -> None:

@@ -215,7 +215,7 @@ async def run(args: argparse.Namespace) -> None:
             names=ServedNames(args.exposure),
         )
         registry = kopf.OperatorRegistry()
-        register(registry, ctx)
+        runners = register(registry, ctx)
         runner = await _serve_metrics(metrics, args.metrics_bind)
         trim = glibc_trim()
         trimming = asyncio.create_task(trim_periodically(trim)) if trim is not None else None
@@ -238,6 +238,7 @@ async def run(args: argparse.Namespace) -> None:
             )
             await (acting if elector is None else _act_while_leading(elector, acting))
         finally:
+            await runners.close()  # kopf's cleanup handler did, unless it was cancelled
             if trimming is not None:
                 trimming.cancel()
             await runner.cleanup()

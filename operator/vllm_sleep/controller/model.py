@@ -1,6 +1,6 @@
 """One ModelDeployment's control loop: observe into typed values, plan (pure), apply, repeat.
 
-Run as a kopf daemon per ModelDeployment, so each model is one actor: its transitions are
+Run as one loop per ModelDeployment (`runners`), so each model is one actor: its transitions are
 serialised per replica by construction, and a slow wake of one model never delays another.
 Every decision is in `reconcile.plan`; this module only reads (`observe`) and writes (`apply`).
 Sleeps and wakes run as tasks so the loop keeps observing (and reporting) while an agent drains.
