@@ -31,6 +31,7 @@ import asyncio
 import select
 import time
 from collections.abc import Callable
+from types import EllipsisType
 from typing import cast
 
 import httptools
@@ -67,6 +68,7 @@ class _Conn(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.read_timeout = pool.read_timeout  # the current exchange's (UpstreamPool.request)
         self._progress = 0.0  # loop time of the last read (or write) the read timeout counts from
         self.idle_since = 0.0
         self.exchange: Exchange | None = None
@@ -224,9 +226,12 @@ class _Conn(asyncio.Protocol):
 
     # -- used by the pool and Exchange ----------------------------------------------------------
 
-    def send(self, exchange: Exchange, data: bytes, body: bytes) -> None:
+    def send(
+        self, exchange: Exchange, data: bytes, body: bytes, read_timeout: float | None
+    ) -> None:
         assert self.transport is not None
         self.exchange = exchange
+        self.read_timeout = read_timeout
         if len(body) > 1 << 16:
             self.transport.writelines((data, body))
         else:
@@ -236,7 +241,7 @@ class _Conn(asyncio.Protocol):
     def _rearm(self) -> None:
         """Restart the read timeout's clock. One timer per period, not one per read: a read
         only notes the time, and the timer, when due, re-arms itself for what is left."""
-        timeout = self.pool.read_timeout
+        timeout = self.read_timeout
         if timeout is None:
             return
         self._progress = self.loop.time()
@@ -245,7 +250,7 @@ class _Conn(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        timeout = self.pool.read_timeout
+        timeout = self.read_timeout
         if timeout is not None:
             left = self._progress + timeout - self.loop.time()
             if left > 0:  # a byte came since the timer was armed
@@ -618,26 +623,29 @@ class UpstreamPool:
         header_filter: Callable[[RawHeaders], RawHeaders] = lambda h: h,
         buffered: frozenset[int] = frozenset({503}),
         whole: bool = False,
+        read_timeout: float | EllipsisType | None = ...,
     ) -> Exchange:
         """Send one request; returns once the response head is in (see Exchange for `sink`
         and `buffered`), or with `whole`, for a response spliced into `sink`, once it is
         complete or broke off (then `finished()` raises at once): for a caller that only
         waits for the end, one wake-up per request instead of two. Sent a second time only
-        when the first copy provably was not read (the module's docstring)."""
+        when the first copy provably was not read (the module's docstring). `read_timeout`,
+        when given, replaces the pool's for this request (None: no read timeout)."""
+        timeout = self.read_timeout if read_timeout is ... else read_timeout
         conn = self._take(host, port)
         reused = conn is not None
         if conn is None:
             conn = await self._connect(host, port)
         head_only = head.startswith(b"HEAD ")
         exchange = Exchange(conn, sink, header_filter, head_only, buffered, reused, whole)
-        conn.send(exchange, head, body)
+        conn.send(exchange, head, body, timeout)
         try:
             await exchange.head  # awaited here, not in a coroutine of its own: one per request
         except _Unread:
             exchange.close()
             conn = await self._connect(host, port)
             exchange = Exchange(conn, sink, header_filter, head_only, buffered, False, whole)
-            conn.send(exchange, head, body)
+            conn.send(exchange, head, body, timeout)
             try:
                 await exchange.head
             except BaseException:

@@ -30,6 +30,7 @@ from .errors import (
     VLLMUnsupported,
 )
 from .sleep_gauge import SleepGauge, parse_sleep_gauge
+from .transport import Answer, H1Transport, HttpxTransport, Params, Transport
 from .versions import Features, VLLMVersion
 
 SleepMode = Literal["abort", "wait", "keep"]
@@ -41,7 +42,9 @@ DEFAULT_TRANSITION_TIMEOUT = 900.0
 
 
 class VLLMClient:
-    """One vLLM API server. Not tied to an event loop until the first call."""
+    """One vLLM API server at a plain `http://` base URL, over keep-alive HTTP/1.1
+    (`transport.H1Transport`), or through the given `http` client (tests; other schemes).
+    Not tied to an event loop until the first call."""
 
     def __init__(
         self,
@@ -53,20 +56,21 @@ class VLLMClient:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
-        self._long = httpx.Timeout(transition_timeout, connect=connect_timeout)
-        # trust_env=False: a cluster-wide HTTP(S)_PROXY must never capture pod-local traffic.
-        # Plain http (vLLM in the pod) needs no TLS context: building the default one loads the
-        # CA bundle, ~0.15 s of CPU per agent start (a thousand simulated agents share a process).
-        tls = base_url.startswith("https://")
-        self._http = http or httpx.AsyncClient(trust_env=False, verify=tls)
-        self._owns_http = http is None
+        self._timeout = timeout
+        self._long = transition_timeout
+        # Neither path reads proxy settings from the environment (h1 has none; an injected
+        # httpx client is the caller's): a cluster-wide HTTP(S)_PROXY must never capture
+        # pod-local traffic.
+        self._transport: Transport = (
+            H1Transport(base_url, connect_timeout=connect_timeout)
+            if http is None
+            else HttpxTransport(http, base_url, connect_timeout=connect_timeout)
+        )
         self._version: VLLMVersion | None = None
         self._version_known = False
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> VLLMClient:
         return self
@@ -155,10 +159,9 @@ class VLLMClient:
             raise VLLMUnsupported(
                 "/sleep", f"a drain needs vLLM ≥0.17 (engine: {features.version})"
             )
-        timeout = httpx.Timeout(bound, connect=self._long.connect)
         try:
             await self._call(
-                "POST", "/sleep", params=[("level", "0"), ("mode", "wait")], timeout=timeout
+                "POST", "/sleep", params=[("level", "0"), ("mode", "wait")], timeout=bound
             )
         except VLLMTimeout:
             return False
@@ -206,28 +209,21 @@ class VLLMClient:
         method: str,
         path: str,
         *,
-        params: list[tuple[str, str]] | None = None,
+        params: Params | None = None,
         json: Any = None,
-        timeout: httpx.Timeout | None = None,
-    ) -> httpx.Response:
-        try:
-            resp = await self._http.request(
-                method,
-                self.base_url + path,
-                params=tuple(params or ()),  # tuples: repeated keys stay repeated
-                json=json,
-                timeout=timeout or self._timeout,
-            )
-        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as e:
-            raise VLLMTimeout(path, f"no answer within the timeout ({type(e).__name__})") from e
-        except httpx.HTTPError as e:
-            raise VLLMUnreachable(path, f"{type(e).__name__}: {e}") from e
-        if not 200 <= resp.status_code < 300:
-            raise VLLMHTTPError(path, resp.status_code, resp.text)
+        timeout: float | None = None,
+    ) -> Answer:
+        """One call; VLLMUnreachable / VLLMTimeout from the transport, VLLMHTTPError (with
+        the body) for a non-2xx answer."""
+        resp = await self._transport.request(
+            method, path, params, json, self._timeout if timeout is None else timeout
+        )
+        if not 200 <= resp.status < 300:
+            raise VLLMHTTPError(path, resp.status, resp.text)
         return resp
 
 
-def _json_field(resp: httpx.Response, path: str, field: str) -> Any:
+def _json_field(resp: Answer, path: str, field: str) -> Any:
     try:
         data = resp.json()
     except ValueError as e:

@@ -1,4 +1,9 @@
-"""VLLMClient against an in-memory transport: what goes on the wire, and typed failures."""
+"""VLLMClient: what goes on the wire, and typed failures.
+
+The `client` fixture runs each test twice: through an injected httpx client on an in-memory
+transport, and over the production path (h1, keep-alive HTTP/1.1) against a real loopback
+server that hands each request, as it arrived on the wire, to the same fake.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from aiohttp import web
 
 from vllm_sleep.vllm import (
     VLLMClient,
@@ -48,11 +54,42 @@ def fake() -> FakeVLLM:
     return FakeVLLM()
 
 
-@pytest.fixture
-async def client(fake: FakeVLLM) -> AsyncIterator[VLLMClient]:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
-    yield VLLMClient("http://vllm:8001/", http=http)
-    await http.aclose()
+async def serve(fake: FakeVLLM) -> web.AppRunner:
+    """A loopback server answering with `fake`, which sees each request as it came on the wire
+    (raw target, headers, body)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        sent = httpx.Request(
+            request.method,
+            "http://vllm:8001" + request.raw_path,
+            headers=list(request.raw_headers),
+            content=await request.read(),
+        )
+        answer = fake(sent)
+        await answer.aread()
+        headers = {"content-type": answer.headers.get("content-type", "application/octet-stream")}
+        return web.Response(status=answer.status_code, body=answer.content, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.fixture(params=["httpx-mock", "h1"])
+async def client(fake: FakeVLLM, request: pytest.FixtureRequest) -> AsyncIterator[VLLMClient]:
+    if request.param == "httpx-mock":
+        http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+        yield VLLMClient("http://vllm:8001/", http=http)
+        await http.aclose()
+        return
+    runner = await serve(fake)
+    port = runner.addresses[0][1]
+    async with VLLMClient(f"http://127.0.0.1:{port}/") as c:
+        yield c
+    await runner.cleanup()
 
 
 async def test_sleep_sends_level_and_mode_in_the_query_and_no_body(
@@ -180,15 +217,18 @@ async def test_sleep_state_from_metrics(client: VLLMClient, fake: FakeVLLM) -> N
     assert await client.sleep_state_from_metrics() is None
 
 
-def test_plain_http_builds_no_verifying_tls_context_https_keeps_one() -> None:
-    # Loading the CA bundle cost ~0.15 s of CPU per agent; vLLM in the pod is plain http.
-    import ssl
+@pytest.mark.parametrize(
+    "url", ["https://vllm.example:8001", "vllm:8001", "http://", "http://v:8001/?x=1"]
+)
+def test_a_base_url_the_pod_path_cannot_reach_is_refused_at_once(url: str) -> None:
+    # vLLM listens on the pod's loopback in plain http; anything else goes through an
+    # injected client, never silently through the wrong one.
+    with pytest.raises(ValueError, match="vLLM base URL"):
+        VLLMClient(url)
 
-    from vllm_sleep.vllm.client import VLLMClient
 
-    def mode(url: str) -> ssl.VerifyMode:
-        pool = VLLMClient(url)._http._transport._pool  # type: ignore[attr-defined]
-        return pool._ssl_context.verify_mode  # type: ignore[no-any-return]
-
-    assert mode("http://127.0.0.1:8001") == ssl.CERT_NONE
-    assert mode("https://vllm.example:8001") == ssl.CERT_REQUIRED
+async def test_an_injected_client_takes_any_scheme(fake: FakeVLLM) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as http:
+        c = VLLMClient("https://vllm.example:8001", http=http)
+        assert await c.is_sleeping() is False
+    assert str(fake.calls[0].url) == "https://vllm.example:8001/is_sleeping"
