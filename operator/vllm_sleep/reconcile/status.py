@@ -131,12 +131,14 @@ def keep_transition_times(status: Status, last: Status | None) -> Status:
 
 
 def awaits_its_pods(status: Status) -> bool:
-    """The status of a model whose pods do not exist yet, or none of whose agents answered
-    yet, with nothing wrong (Pending, no replicas; or Pending/Loading, each replica Starting;
-    not Degraded, nothing unschedulable): what the pass that creates its pods computes, from
-    before it did, and the passes that see them scheduled and their containers start (or, after
-    an operator restart, see them before their agents' first reports came). A pass that hears
-    an agent supersedes it (`controller/coalesce.py`, defer_first)."""
+    """The status of a model still starting with nothing wrong: its pods do not exist yet, or
+    each replica is Starting (no agent answered yet) or Loading (its engine loads), with no
+    message (Pending, no replicas; or Pending/Loading; not Degraded, nothing unschedulable).
+    What the pass that creates its pods computes, and the passes that see them scheduled,
+    their containers start and their engines load. A new model's such statuses are held
+    (`controller/coalesce.py`, defer_first, at most its first hold of 10 s) until one that says
+    more supersedes them: in a bring-up the pre-warm's Asleep, one write instead of three; with a
+    slow load (minutes on a real GPU), the Loading status 10 s after the model's creation."""
     conditions = status.get("conditions") or []
     troubled = any(
         (c.get("type") == ConditionType.DEGRADED and c.get("status") == "True")
@@ -149,7 +151,7 @@ def awaits_its_pods(status: Status) -> bool:
     if not replicas:
         return status.get("phase") == Phase.PENDING
     return status.get("phase") in (Phase.PENDING, Phase.LOADING) and all(
-        r.get("state") == "Starting" and not r.get("message") for r in replicas
+        r.get("state") in ("Starting", "Loading") and not r.get("message") for r in replicas
     )
 
 

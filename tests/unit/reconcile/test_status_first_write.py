@@ -32,8 +32,11 @@ def test_only_a_model_without_pods_or_agents_heard_or_problems_awaits_its_pods()
     assert awaits_its_pods(starting)
     placed = replace(unplaced, node="gpu-node-0")
     assert awaits_its_pods(status_of(raw, [placed], {"m-0": report(AgentState.UNREACHABLE)}))
+    # Its engine loading is start-up progress too: a pre-warm's Asleep supersedes it.
     loading = status_of(raw, [placed], {"m-0": report(AgentState.LOADING)})
-    assert not awaits_its_pods(loading)
+    assert awaits_its_pods(loading)
+    asleep = status_of(raw, [placed], {"m-0": report(AgentState.ASLEEP)})
+    assert not awaits_its_pods(asleep)
     failing = replace(placed, failure=EngineFailure(2, "vLLM is crash-looping"))
     assert not awaits_its_pods(status_of(raw, [failing], {"m-0": report(AgentState.UNREACHABLE)}))
 
@@ -52,8 +55,12 @@ async def test_the_operator_holds_a_new_models_no_pods_status_for_the_next() -> 
     assert written == []
     loading = status_of(raw, [pod(raw)], {"m-0": report(AgentState.LOADING)})
     await kube.patch_model_status("ns", "m", loading)
+    await asyncio.sleep(0.05)  # start-up progress: held with the first
+    assert written == []
+    asleep = status_of(raw, [pod(raw)], {"m-0": report(AgentState.ASLEEP)})
+    await kube.patch_model_status("ns", "m", asleep)
     await kube.model_status.drain()
-    assert [s["phase"] for _, s in written] == ["Loading"]
+    assert [s["phase"] for _, s in written] == ["Asleep"]
     # A model with a problem and no pods is written at once.
     problem = status_of(raw, [], {}, facts=StatusFacts(problem="no GPUPool named p"))
     await kube.patch_model_status("ns", "other", problem)
