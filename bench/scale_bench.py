@@ -603,6 +603,9 @@ async def run(
                 for n, r in api_rates.items()
             },
             "loadavg": os.getloadavg(),
+            # Services are the operator's least urgent creates (docs/operator.md): made after
+            # the bring-up's other requests, each model's must exist by now.
+            "services": len(cluster.kubectl("get", "services", "-n", NS, "-o", "name").split()),
         }
         print(json.dumps(out["steady"]), flush=True)
         # --- 3. concurrent wakes, 4. idle sleeps
