@@ -686,17 +686,17 @@ async def run(
     await api.close()
 
 
-def plot() -> int:
+def plot(pattern: str) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = []
-    for f in sorted(RESULTS.glob("scale-*.json")):
+    for f in sorted(RESULTS.glob(pattern)):
         runs.append((f.stem.removeprefix("scale-"), json.loads(f.read_text())))
     if not runs:
-        print("no bench/results/scale-*.json", file=sys.stderr)
+        print(f"no bench/results/{pattern}", file=sys.stderr)
         return 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, r in runs:
@@ -816,10 +816,15 @@ def main() -> int:
     p.add_argument("--label", default="", help="suffix of the results file name")
     p.add_argument("--keep-logs", type=Path, help="copy logs and profiles here")
     p.add_argument("--out", type=Path)
-    p.add_argument("--plot", action="store_true", help="plot bench/results/scale-*.json")
+    p.add_argument("--plot", action="store_true", help="plot bench/results/<--plot-glob>")
+    p.add_argument(
+        "--plot-glob",
+        default="scale-1000x200-session*lead*.json",
+        help="which results --plot draws (default: the lead's 1,000-model runs of each session)",
+    )
     args = p.parse_args()
     if args.plot:
-        return plot()
+        return plot(args.plot_glob)
     if args.models > args.nodes * args.gpus_per_node:
         p.error("each model takes a whole GPU: --models must be <= --nodes x --gpus-per-node")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
