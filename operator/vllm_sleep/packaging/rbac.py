@@ -16,7 +16,7 @@ Rule = dict[str, list[str]]
 def operator_rules() -> list[Rule]:
     return [
         # ModelDeployments and GPUPools: read and watch; status is the operator's memory; the
-        # metadata patch is kopf's progress annotations (never spec).
+        # metadata patch removes the finalizer earlier builds left (never spec).
         {
             "apiGroups": [GROUP],
             "resources": ["modeldeployments", "gpupools"],
