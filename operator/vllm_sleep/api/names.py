@@ -40,9 +40,6 @@ ANNOTATION_DEVICE: Final = f"{GROUP}/device"
 # Pod condition used as readiness gate: True only while the engine is awake and admitting.
 CONDITION_AWAKE: Final = f"{GROUP}/awake"
 
-# The finalizer earlier builds had kopf put on every ModelDeployment (a kopf daemon per model);
-# the operator removes it where it finds it (controller/handlers.py `_unfinalize`).
-LEGACY_FINALIZER: Final = "kopf.zalando.org/KopfFinalizerMarker"
 
 # Ports inside every model pod. vLLM binds 127.0.0.1:VLLM_PORT, so only the agent is reachable.
 PUBLIC_PORT: Final = 8000  # agent: OpenAI allowlist

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ class Children:
         self._ensured: set[tuple[str, str, str]] = set()
         self._services: set[tuple[str, str, str]] = set()
         self._creating: dict[tuple[str, str, str], asyncio.Task[None]] = {}  # Services on the way
+        self._refused: dict[tuple[str, str, str], str] = {}  # the last refusal said, per model
         # GPUPools as kopf's watch last showed them (see handlers): a reconcile pass, the wake
         # pass included, reads pools from here instead of GETting one per pass.
         self.pools: dict[str, dict[str, Any]] = {}
@@ -77,27 +79,41 @@ class Children:
         self._ensured.add(key)
         return Ensured(token, demand)
 
-    def ensure_service(self, owner: Owner, model: ModelDeployment) -> None:
+    def ensure_service(
+        self,
+        owner: Owner,
+        model: ModelDeployment,
+        refused: Callable[[str], None] = lambda _message: None,
+    ) -> None:
         """Make sure the model's Service exists (once per ModelDeployment uid), in a task of its
         own: its create is the operator's least urgent request (`lanes.Lane.BACKGROUND`), and
         the pass that asks for it goes on (the pre-warm order comes from the next one). A
-        create that fails is tried again by the next pass that asks."""
+        create that fails is tried again by the next pass that asks; `refused` is told why
+        (an Event), once per distinct reason."""
         key = (owner.namespace, owner.name, owner.uid)
         if key in self._services or key in self._creating:
             return
         manifest = model_service(owner, model.spec)
         self._creating[key] = asyncio.create_task(
-            self._create_service(key, manifest), name=f"service {owner.namespace}/{owner.name}"
+            self._create_service(key, manifest, refused),
+            name=f"service {owner.namespace}/{owner.name}",
         )
 
-    async def _create_service(self, key: tuple[str, str, str], manifest: dict[str, Any]) -> None:
+    async def _create_service(
+        self, key: tuple[str, str, str], manifest: dict[str, Any], refused: Callable[[str], None]
+    ) -> None:
         try:
             await self._kube.create_if_missing(manifest)
             self._services.add(key)
+            self._refused.pop(key, None)
         except Exception as e:
             log.warning(
                 "creating Service %s/%s failed (%s); the next pass tries again", key[0], key[1], e
             )
+            message = f"creating the Service {key[1]} failed: {type(e).__name__}: {e}"[:1000]
+            if self._refused.get(key) != message:
+                self._refused[key] = message
+                refused(message)
         finally:
             if self._creating.get(key) is asyncio.current_task():
                 del self._creating[key]
@@ -111,6 +127,8 @@ class Children:
         """The model is gone: a new one of the same name (another uid) is ensured afresh."""
         for keys in (self._ensured, self._services):
             keys.difference_update({k for k in keys if k[:2] == (namespace, name)})
+        for key in [k for k in self._refused if k[:2] == (namespace, name)]:
+            del self._refused[key]
         for key in [k for k in self._creating if k[:2] == (namespace, name)]:
             self._creating.pop(key).cancel()
 

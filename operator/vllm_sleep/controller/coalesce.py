@@ -62,6 +62,8 @@ class Coalescer(Generic[K, V]):
     ) -> None:
         self._write = write
         self._slot = slot or contextlib.nullcontext
+        # Told of a key whose write found no object (404): it may be gone unseen (a watch gap).
+        self.gone: Callable[[K], None] | None = None
         self._window = window
         self._clock = clock
         self._defer_first = defer_first
@@ -151,16 +153,17 @@ class Coalescer(Generic[K, V]):
                 if delay > 0:
                     await asyncio.sleep(delay)
                 self._holding.pop(key, None)  # no second value came: the first is written
-                self._last[key] = self._clock()
                 value = None
                 try:
                     async with self._lock(key), self._slot():
-                        if key not in self._pending:  # forgotten while it waited for its turn
-                            break
+                        # The window counts from the write, not from the wait for its turn.
+                        self._last[key] = self._clock()
                         value = self._pending.pop(key)  # the latest, now that it is its turn
                         await self._write(key, value)
                 except ApiException as e:
                     if e.status == 404:  # the object is gone: nothing to say about it
+                        if self.gone is not None:
+                            self.gone(key)
                         continue
                     log.warning("write of %s failed (%s); retrying", key, e.status)
                     if value is not None:

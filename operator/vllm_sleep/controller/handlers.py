@@ -9,7 +9,6 @@ thread hop per event and would set the controllers' asyncio Events from outside 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
@@ -23,7 +22,6 @@ from ..api.names import (
     GROUP,
     LABEL_COMPONENT,
     LABEL_MODEL,
-    LEGACY_FINALIZER,
     MODEL_DEPLOYMENT_PLURAL,
     VERSION,
 )
@@ -81,10 +79,32 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> ModelRunners:
             if ctx.controllers.get((namespace, name)) is controller:
                 del ctx.controllers[(namespace, name)]
 
-    runners = ModelRunners(run_model, lambda key: _kick(ctx, *key))
     changes = ModelChanges()
-    unfinalizing: set[str] = set()  # uids whose legacy finalizer is being removed
-    background: set[asyncio.Task[None]] = set()  # those removals
+
+    def ended(key: tuple[str, str]) -> None:
+        """A model's loop has ended (its object was deleted): drop what is kept by its name."""
+        namespace, name = key
+        changes.forget(namespace, name)
+        ctx.kube.model_status.forget(key)
+        ctx.children.forget(namespace, name)
+        forget = getattr(ctx.parse, "forget", None)  # the ParseMemo's kept model
+        if forget is not None:
+            forget(namespace, name)
+        ctx.demand.pop(key, None)
+        ctx.pods.forget(namespace, name)
+        ctx.forget_model(namespace, name)  # no stale per-model metric series
+
+    runners = ModelRunners(
+        run_model,
+        lambda key: _kick(ctx, *key),
+        ended=ended,
+        lookup=lambda key: ctx.kube.model_uid(*key),
+    )
+
+    @kopf.on.startup(registry=registry)
+    def watch_for_gone_models(**_: Any) -> None:
+        # A status write that finds no object: the model may be gone without its DELETED seen.
+        ctx.kube.model_status.gone = runners.verify
 
     @kopf.on.cleanup(registry=registry)
     async def stop_models(**_: Any) -> None:
@@ -101,24 +121,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> ModelRunners:
     ) -> None:
         raw = event.get("object")
         drop_managed_fields(raw)
-        if isinstance(raw, dict):
-            runners.observe(type, raw)
-            if LEGACY_FINALIZER in ((raw.get("metadata") or {}).get("finalizers") or ()):
-                _unfinalize(ctx, raw, unfinalizing, background)
         if changes.needs_pass(type, body):
             _kick(ctx, namespace, name)
+        if isinstance(raw, dict):  # after the kick: a deletion's stop kicks the loop itself
+            runners.observe(type, raw)
         for other_ns, other in ctx.names.observe(type, body):  # a name owner came or went
             _kick(ctx, other_ns, other)
-        if type == "DELETED" and namespace:
-            changes.forget(namespace, name)
-            ctx.kube.model_status.forget((namespace, name))
-            ctx.children.forget(namespace, name)
-            forget = getattr(ctx.parse, "forget", None)  # the ParseMemo's kept model
-            if forget is not None:
-                forget(namespace, name)
-            ctx.demand.pop((namespace, name), None)
-            ctx.pods.forget(namespace, name)
-            ctx.forget_model(namespace, name)  # no stale per-model metric series
 
     @kopf.on.event(GROUP, VERSION, GPU_POOL_PLURAL, registry=registry)
     async def pool_changed(name: str, type: str, event: Mapping[str, Any], **_: Any) -> None:
@@ -221,38 +229,6 @@ class LeanDiffBase(kopf.AnnotationsDiffBaseStorage):
             k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
         }
         return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
-
-
-def _unfinalize(
-    ctx: Context, raw: Mapping[str, Any], busy: set[str], tasks: set[asyncio.Task[None]]
-) -> None:
-    """Remove the finalizer an earlier version of the operator (a kopf daemon per model) put on
-    the object: nothing blocks its deletion now, and kopf removes it only for handlers that need
-    none, which this operator no longer has. Once per object at a time; a failed try is made
-    again on the object's next event."""
-    meta = raw.get("metadata") or {}
-    uid = meta.get("uid") or ""
-    if uid in busy:
-        return
-    busy.add(uid)
-
-    async def remove() -> None:
-        try:
-            await ctx.kube.remove_finalizer(
-                meta.get("namespace") or "",
-                meta.get("name") or "",
-                LEGACY_FINALIZER,
-                list(meta.get("finalizers") or ()),
-                meta.get("resourceVersion") or "",
-            )
-        except Exception as e:
-            log.info("removing the legacy finalizer of %s failed (%s)", meta.get("name"), e)
-        finally:
-            busy.discard(uid)
-
-    task = asyncio.create_task(remove())
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
 
 
 def _kick(ctx: Context, namespace: str | None, name: str) -> None:

@@ -269,34 +269,17 @@ class Kube:
             read=False,
         )
 
-    async def remove_finalizer(
-        self, namespace: str, name: str, finalizer: str, finalizers: list[str], version: str
-    ) -> None:
-        """Remove `finalizer` from the ModelDeployment, if it is still where `finalizers` (its
-        list at `version`) has it: a JSON patch that tests the entry first, so a list changed
-        meanwhile is refused (422) rather than losing another writer's finalizer."""
-        if finalizer not in finalizers:
-            return
-        at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
-        ops = [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
-        patch: Any = self.objects.patch_namespaced_custom_object
-        try:
-            await self._json(
-                patch(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    MODEL_DEPLOYMENT_PLURAL,
-                    name,
-                    ops,
-                    _content_type="application/json-patch+json",
-                    _preload_content=False,
-                ),
-                read=False,
+    async def model_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of the ModelDeployment under that name now; None when there is none."""
+        body = await unless_absent(
+            self._json(
+                self.objects.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, MODEL_DEPLOYMENT_PLURAL, name, _preload_content=False
+                )
             )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        )
+        uid = ((body or {}).get("metadata") or {}).get("uid")
+        return str(uid) if uid else None
 
     async def annotate_pod(
         self, namespace: str, pod: str, annotations: dict[str, str | None]

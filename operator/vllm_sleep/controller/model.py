@@ -148,7 +148,9 @@ class ModelController:
             self._planning = False
             # After the pods (`Children.ensure`), and whatever their creates did: a replica
             # whose pod is refused (quota, a webhook) must not keep a serving one's Service away.
-            self.ctx.children.ensure_service(owner, model)
+            self.ctx.children.ensure_service(
+                owner, model, lambda why: self.emit("Warning", "ServiceFailed", why)
+            )
         next_in = the_plan.next_check_in
         if pool is not None:
             # Fresh demand is published as a held request at an awake replica: publish again

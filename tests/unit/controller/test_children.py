@@ -188,3 +188,18 @@ async def test_a_deleted_models_service_on_the_way_is_not_created() -> None:
     await children.drain()
     await asyncio.sleep(0)
     assert "Service" not in [c[1] for c in kube.calls if c[0] == "create"]
+
+
+async def test_a_refused_service_is_told_once_per_reason() -> None:
+    kube = FailingServiceKube()
+    kube.refusals = 3
+    children = Children(kube)  # type: ignore[arg-type]
+    model = ModelDeployment.from_body(BODY)
+    said: list[str] = []
+    for _ in range(3):  # three passes, the same refusal
+        children.ensure_service(owner_from_body(BODY), model, said.append)
+        await children.drain()
+    assert len(said) == 1 and "apiserver unavailable" in said[0]
+    children.ensure_service(owner_from_body(BODY), model, said.append)
+    await children.drain()
+    assert [c[1] for c in kube.calls if c[0] == "create"].count("Service") == 1

@@ -298,18 +298,35 @@ async def test_a_write_waiting_for_its_turn_sends_the_latest_value_once() -> Non
     assert log == [("m", 2)]
 
 
-async def test_a_key_forgotten_while_its_write_waits_for_its_turn_is_not_written() -> None:
+async def test_after_a_long_wait_for_its_turn_the_window_counts_from_the_write() -> None:
+    # A value submitted while a delayed write runs waits out a window from that write, not
+    # from when the write queued: the next write is not due at once, when writes are dearest.
     from vllm_sleep.controller.lanes import Lane, PriorityGate
 
     log: list[tuple[str, int]] = []
     gate = PriorityGate(1)
+    clock = Clock()
     c: Coalescer[str, int] = Coalescer(
-        writer(log), window=2.0, clock=Clock(), slot=lambda: gate.slot(Lane.NORMAL)
+        writer(log), window=2.0, clock=clock, slot=lambda: gate.slot(Lane.NORMAL)
     )
-    async with gate.slot(Lane.START):
-        await c.submit("m", 1)
-        await settle()
-        c.forget("m")
-    await asyncio.wait_for(c.drain(), timeout=10)
+    busy = asyncio.Event()
+
+    async def other_request() -> None:
+        async with gate.slot(Lane.START):
+            await busy.wait()
+
+    other = asyncio.create_task(other_request())
     await settle()
-    assert log == []
+    await c.submit("m", 1)
+    await settle()
+    clock.t += 30.0  # the connection stays busy for 30 s
+    busy.set()
+    await other
+    await settle()
+    assert log == [("m", 1)]
+    await c.submit("m", 2)  # just after that write
+    await settle()
+    assert log == [("m", 1)]  # held for the window, not written at once
+    clock.t += 2.0
+    await asyncio.wait_for(c.drain(), timeout=10)
+    assert log == [("m", 1), ("m", 2)]

@@ -10,13 +10,14 @@ import kopf
 
 from vllm_sleep.controller.context import Context, Settings
 from vllm_sleep.controller.handlers import LeanDiffBase, register
+from vllm_sleep.controller.runners import ModelRunners
 from vllm_sleep.metrics import OperatorMetrics
 
 
 def test_event_handlers_are_coroutines() -> None:
     # A plain function would run in kopf's thread pool: a thread hop per event, and the
     # controllers' asyncio Events set from outside their loop.
-    _ctx, _changed, registry = registered()
+    _ctx, _changed, registry, _runners = registered()
     handlers = registry._watching.get_all_handlers()
     assert len(handlers) == 4
     assert all(inspect.iscoroutinefunction(h.fn) for h in handlers)
@@ -84,11 +85,11 @@ def md(generation: int, status: str, annotations: dict[str, str] | None = None) 
 
 def model_changed_handler() -> tuple[Context, Any]:
     """A Context whose status writes go nowhere, and its registered `model_changed` handler."""
-    ctx, changed, _registry = registered()
+    ctx, changed, _registry, _runners = registered()
     return ctx, changed
 
 
-def registered() -> tuple[Context, Any, kopf.OperatorRegistry]:
+def registered() -> tuple[Context, Any, kopf.OperatorRegistry, ModelRunners]:
     """The operator's handlers registered on a Context whose status writes go nowhere, and
     the `model_changed` handler among them."""
     from types import SimpleNamespace
@@ -108,11 +109,11 @@ def registered() -> tuple[Context, Any, kopf.OperatorRegistry]:
         parse=lambda body: None,  # type: ignore[arg-type,return-value]
     )
     registry = kopf.OperatorRegistry()
-    register(registry, ctx)
+    runners = register(registry, ctx)
     changed = next(
         h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "model_changed"
     )
-    return ctx, changed, registry
+    return ctx, changed, registry, runners
 
 
 async def test_the_echo_of_a_status_write_does_not_kick_a_pass_a_spec_change_does() -> None:
@@ -149,7 +150,7 @@ async def test_the_kept_body_of_a_model_loses_its_managed_fields() -> None:
 def test_kopf_posts_events_with_a_few_workers() -> None:
     from vllm_sleep.controller.handlers import EVENT_POSTER_IDLE_SECONDS, EVENT_POSTERS
 
-    _ctx, _changed, registry = registered()
+    _ctx, _changed, registry, _runners = registered()
     settings = kopf.OperatorSettings()
     assert settings.posting.worker_limit is None  # kopf's default: unbounded
     (configure,) = [

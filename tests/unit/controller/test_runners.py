@@ -7,9 +7,6 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import kopf
-
-from vllm_sleep.api.names import LEGACY_FINALIZER
 from vllm_sleep.controller.runners import Key, ModelRunners
 
 
@@ -127,36 +124,160 @@ async def test_the_operator_puts_no_finalizer_on_a_model() -> None:
     # PATCH per model at its start and its end, and a deletion that hangs without the operator.
     from test_handlers import registered
 
-    _ctx, _changed, registry = registered()
+    _ctx, _changed, registry, runners = registered()
     assert not registry._spawning.get_all_handlers()
     assert not any(h.requires_finalizer for h in registry._changing.get_all_handlers())
+    await runners.close()
 
 
-class FinalizerKube:
-    def __init__(self) -> None:
-        self.removed: list[tuple[str, str, str, list[str], str]] = []
-        self.model_status = None
+async def test_kopf_itself_removes_the_finalizer_an_earlier_build_left() -> None:
+    # Builds with a kopf daemon per model left kopf's finalizer on every ModelDeployment; with
+    # no handler needing one, kopf's processing of the object's next event removes it.
+    import logging
 
-    async def remove_finalizer(
-        self, namespace: str, name: str, finalizer: str, finalizers: list[str], version: str
-    ) -> None:
-        self.removed.append((namespace, name, finalizer, finalizers, version))
-
-
-async def test_a_finalizer_an_earlier_operator_left_is_removed() -> None:
+    from kopf._cogs.configs import configuration
+    from kopf._cogs.structs import bodies, patches, references
+    from kopf._core.actions import lifecycles
+    from kopf._core.engines import indexing
+    from kopf._core.reactor import inventory, processing
     from test_handlers import registered
 
-    ctx, changed, _registry = registered()
-    kube = FinalizerKube()
-    kube.model_status = ctx.kube.model_status  # type: ignore[assignment]
-    ctx.kube = kube  # type: ignore[assignment]
-    body = md(finalizers=["other/keep", LEGACY_FINALIZER], resourceVersion="7")
-    event = {"type": "MODIFIED", "object": body}
-    await changed(name="m", namespace="ns", type="MODIFIED", body=kopf.Body(body), event=event)
+    _ctx, _changed, registry, runners = registered()
+    finalizer = configuration.OperatorSettings().persistence.finalizer
+    assert finalizer == "kopf.zalando.org/KopfFinalizerMarker"  # what earlier builds wrote
+    raw = md(finalizers=[finalizer], resourceVersion="5")
+    body = bodies.Body(raw)
+    patch = patches.Patch(body=body)
+    memory = await inventory.ResourceMemories().recall(raw)
+    log = logging.getLogger(__name__)
+    await processing.process_resource_causes(
+        lifecycle=lifecycles.all_at_once,
+        indexers=indexing.OperatorIndexers(),
+        registry=registry,
+        settings=configuration.OperatorSettings(),
+        resource=references.Resource(
+            group="vllm-sleep.io", version="v1alpha1", plural="modeldeployments", namespaced=True
+        ),
+        raw_event={"type": "MODIFIED", "object": raw},
+        body=body,
+        patch=patch,
+        memory=memory,
+        local_logger=log,  # type: ignore[arg-type]
+        event_logger=log,  # type: ignore[arg-type]
+        stream_pressure=None,
+        operator_paused=None,
+        consistency_time=None,
+    )
+    assert patch.as_json_patch() == [{"op": "remove", "path": "/metadata/finalizers"}]
+    await runners.close()
+
+
+async def test_a_late_deleted_of_the_old_object_does_not_stop_the_new_one() -> None:
+    # kopf works per uid: the new object's first event may come before the old one's DELETED.
+    ended: list[Key] = []
+    loops = Loops()
+    runners = ModelRunners(loops.run, loops.kicked.append, ended=ended.append)
+    runners.observe("ADDED", md(uid="u1"))
     await settle()
-    assert kube.removed == [("ns", "m", LEGACY_FINALIZER, ["other/keep", LEGACY_FINALIZER], "7")]
-    plain = md(finalizers=["other/keep"])
-    event = {"type": "MODIFIED", "object": plain}
-    await changed(name="m", namespace="ns", type="MODIFIED", body=kopf.Body(plain), event=event)
+    runners.observe("ADDED", md(uid="u2"))
+    await asyncio.sleep(0.05)
+    runners.observe("DELETED", md(uid="u1"))
+    await asyncio.sleep(0.05)
+    assert ("ns", "m") in runners and loops.ended == ["u1"]
+    assert ended == [("ns", "m")]  # once, when u1's loop ended, before u2's started
+    await runners.close()
+    assert loops.ended == ["u1", "u2"]
+
+
+async def test_a_models_state_is_dropped_once_its_loop_has_ended() -> None:
+    # A pass still running when the DELETED comes would put back what was dropped before it.
+    order: list[str] = []
+    loops = Loops(linger=0.05)
+    runners = ModelRunners(
+        loops.run, loops.kicked.append, ended=lambda key: order.append(f"ended {loops.ended}")
+    )
+    runners.observe("ADDED", md())
     await settle()
-    assert len(kube.removed) == 1
+    runners.observe("DELETED", md())
+    assert order == []  # not while its pass may run
+    await asyncio.wait_for(runners.close(), timeout=10)
+    assert order == ["ended ['u1']"]
+
+
+async def test_a_deleted_object_without_a_loop_has_its_state_dropped_at_once() -> None:
+    ended: list[Key] = []
+    runners = ModelRunners(Loops().run, lambda key: None, ended=ended.append)
+    runners.observe("DELETED", md())
+    assert ended == [("ns", "m")]
+
+
+async def test_a_recreated_models_loop_starts_after_the_old_one_ended() -> None:
+    events: list[str] = []
+    loops = Loops(linger=0.05)
+
+    async def run(ns: str, name: str, get_body: Any, stopped: Any) -> None:
+        events.append(f"start {get_body()['metadata']['uid']}")
+        await loops.run(ns, name, get_body, stopped)
+        events.append(f"end {get_body()['metadata']['uid']}")
+
+    runners = ModelRunners(run, loops.kicked.append, ended=lambda key: events.append("ended"))
+    runners.observe("ADDED", md(uid="u1"))
+    await settle()
+    runners.observe("ADDED", md(uid="u2"))
+    await asyncio.sleep(0.2)
+    assert events == ["start u1", "end u1", "ended", "start u2"]
+    await runners.close()
+
+
+async def test_a_model_gone_without_an_event_is_found_and_stopped() -> None:
+    # A watch gap: kopf's re-list shows only what exists; a status write that finds nothing
+    # (404) makes the runners ask.
+    now: dict[Key, str | None] = {("ns", "m"): "u1"}
+
+    async def lookup(key: Key) -> str | None:
+        return now[key]
+
+    loops = Loops()
+    runners = ModelRunners(loops.run, loops.kicked.append, lookup=lookup)
+    runners.observe("ADDED", md())
+    await settle()
+    runners.verify(("ns", "m"))  # still there: nothing happens
+    await asyncio.sleep(0.05)
+    assert ("ns", "m") in runners
+    now[("ns", "m")] = None  # deleted, its DELETED never seen
+    runners.verify(("ns", "m"))
+    await asyncio.sleep(0.05)
+    assert ("ns", "m") not in runners
+    await asyncio.wait_for(runners.close(), timeout=10)
+    assert loops.ended == ["u1"]
+
+
+async def test_a_status_write_that_finds_no_object_asks_whether_it_is_gone() -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from vllm_sleep.controller.coalesce import Coalescer
+
+    async def write(key: Key, value: int) -> None:
+        raise ApiException(status=404, reason="not found")
+
+    gone: list[Key] = []
+    c: Coalescer[Key, int] = Coalescer(write, window=0.01)
+    c.gone = gone.append
+    await c.submit(("ns", "m"), 1)
+    await asyncio.wait_for(c.drain(), timeout=10)
+    assert gone == [("ns", "m")]
+
+
+async def test_the_operator_wires_a_404_status_write_to_verify_the_model() -> None:
+    from test_handlers import registered
+
+    ctx, _changed, registry, runners = registered()
+    startup = [
+        h.fn
+        for h in registry._activities.get_all_handlers()
+        if h.fn.__name__ == "watch_for_gone_models"
+    ]
+    assert len(startup) == 1
+    startup[0]()
+    assert ctx.kube.model_status.gone == runners.verify
+    await runners.close()
