@@ -43,6 +43,7 @@ from .pod_memo import PodMemo
 from .policy import policy_from_spec
 from .pool_devices import claim_name, node_of
 from .pool_gate import Gate, PoolRequest
+from .rollout import replace_now
 from .status import Status, StatusFacts, model_status
 
 
@@ -328,6 +329,7 @@ def converge(
     live: list[ObservedPod] = []
     have: set[int] = set()
     delete: list[DeletePod] = []
+    outdated: list[ObservedPod] = []
     for pod in observed.pods:
         gone = lost(pod, observed.nodes, observed.now, observed.node_lost_seconds)
         if gone is not None:  # even while terminating: its kubelet will never finish that
@@ -343,6 +345,8 @@ def converge(
             want_hash = _want_hash(observed, pod.replica, pod.device)
         if not wanted:
             delete.append(DeletePod(pod.name, pod.uid, "surplus replica"))
+        elif want_hash != pod.spec_hash and not pod.ended:
+            outdated.append(pod)  # replaced one at a time while the others serve (`rollout`)
         elif want_hash != pod.spec_hash:
             delete.append(DeletePod(pod.name, pod.uid, "spec changed"))
         elif pod.ended:
@@ -350,6 +354,11 @@ def converge(
         else:
             live.append(pod)
             have.add(pod.replica)
+    going, staying = replace_now(outdated, live, observed.reports, spec.replicas)
+    delete += [DeletePod(p.name, p.uid, "spec changed") for p in going]
+    kept = {p.name for p in live} | {p.name for p in staying}
+    live = [p for p in observed.pods if p.name in kept]  # in the observed order
+    have.update(p.replica for p in staying)
     if pooled:
         return live, tuple(delete), ()
     create = tuple(
