@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import httpx
 import pytest
@@ -202,3 +203,62 @@ def test_an_engine_that_cannot_start_makes_the_model_failed_with_the_reason(
     )
     assert "EngineFailed" in [e.reason for e in events(kube, namespace, "huge")]
     assert operator.proc is not None and operator.proc.poll() is None
+
+
+def test_a_spec_change_replaces_one_replica_at_a_time(
+    kube: Kube, namespace: str, operator: Proc, kubelet_admin: httpx.Client
+) -> None:
+    """A new image or new arguments replace every pod, but never all replicas at once: while
+    one is replaced the other can serve (docs/operator.md, reconcile/rollout.py)."""
+    import time
+
+    from kubernetes import client
+
+    from .helpers import get_model
+
+    name = "rolling"
+    apply(kube, model_manifest(name, namespace, replicas=2))
+
+    def states() -> dict[str, str]:
+        status = get_model(kube, namespace, name).get("status") or {}
+        return {r["pod"]: r.get("state", "") for r in status.get("replicas") or []}
+
+    wait_for(
+        lambda: len(states()) == 2 and set(states().values()) == {"Asleep"},
+        timeout=120,
+        what="both replicas pre-warmed",
+    )
+    old = {p.metadata.uid for p in model_pods(kube, namespace, name)}
+    assert len(old) == 2
+    env = [{"name": "VLLM_SIM_PROFILE", "value": "legacy"}, {"name": "ROLLOUT", "value": "2"}]
+    apply(kube, model_manifest(name, namespace, replicas=2, env=env))
+
+    core = client.CoreV1Api(kube.api_client)
+    deadline = time.monotonic() + 180
+    fewest_serving = 2
+    while True:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"vllm-sleep.io/model={name}"
+        ).items
+        by_name: dict[str, list[Any]] = {}
+        for p in pods:
+            by_name.setdefault(p.metadata.name, []).append(p)
+        seen = states()
+        serving = 0
+        for pod_name in ("rolling-0", "rolling-1"):
+            present = by_name.get(pod_name, [])
+            old_live = [
+                p for p in present if p.metadata.uid in old and not p.metadata.deletion_timestamp
+            ]
+            new = [p for p in present if p.metadata.uid not in old]
+            if old_live or (new and seen.get(pod_name) in ("Asleep", "Awake")):
+                serving += 1
+        fewest_serving = min(fewest_serving, serving)
+        assert serving >= 1, (seen, [(p.metadata.name, p.metadata.uid) for p in pods])
+        replaced = {p.metadata.uid for p in pods} & old == set() and len(pods) == 2
+        if replaced and set(seen.values()) == {"Asleep"} and len(seen) == 2:
+            break
+        assert time.monotonic() < deadline, f"not replaced in 180 s: {seen}"
+        time.sleep(0.2)
+    assert fewest_serving == 1  # the replacement happened, one replica at a time
+    assert violations(kubelet_admin, namespace) == []
