@@ -251,7 +251,7 @@ def test_a_spec_change_replaces_one_replica_at_a_time(
                 p for p in present if p.metadata.uid in old and not p.metadata.deletion_timestamp
             ]
             new = [p for p in present if p.metadata.uid not in old]
-            if old_live or (new and seen.get(pod_name) in ("Asleep", "Awake")):
+            if old_live or any(_engine_loaded(p) for p in new):
                 serving += 1
         fewest_serving = min(fewest_serving, serving)
         assert serving >= 1, (seen, [(p.metadata.name, p.metadata.uid) for p in pods])
@@ -262,3 +262,19 @@ def test_a_spec_change_replaces_one_replica_at_a_time(
         time.sleep(0.2)
     assert fewest_serving == 1  # the replacement happened, one replica at a time
     assert violations(kubelet_admin, namespace) == []
+
+
+def _engine_loaded(pod: Any) -> bool:
+    """The pod's engine has loaded (awake or asleep: it can serve, after a wake if asleep), as
+    the engine itself says at its loopback port (the status lags by its write window)."""
+    from vllm_sleep.api import names
+    from vllm_sleep.testing.kubelet.ips import private_twin
+
+    ip = pod.status.pod_ip
+    if not ip or pod.metadata.deletion_timestamp:
+        return False
+    try:
+        r = httpx.get(f"http://{private_twin(ip)}:{names.VLLM_PORT}/_sim/state", timeout=2)
+        return r.status_code == 200 and r.json().get("state") in ("awake", "sleeping")
+    except httpx.HTTPError:
+        return False
