@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,7 +108,13 @@ class ModelRunners:
         self._stopping.add(runner.ending)
         runner.ending.add_done_callback(self._stopping.discard)
         self._endings[key] = runner.ending
+        runner.ending.add_done_callback(functools.partial(self._forget_ending, key))
         return runner.ending
+
+    def _forget_ending(self, key: Key, done: asyncio.Task[None]) -> None:
+        """An ended loop's end is not kept (a fleet's deleted models would pile up)."""
+        if self._endings.get(key) is done:
+            del self._endings[key]
 
     def verify(self, key: Key) -> None:
         """The key's object may be gone without an event saying so (its status write found
@@ -145,10 +152,7 @@ class ModelRunners:
     def _ending(self, key: Key) -> asyncio.Task[None] | None:
         """The end of the key's last stopped loop, while it is still ending."""
         ending = self._endings.get(key)
-        if ending is not None and ending.done():
-            del self._endings[key]
-            return None
-        return ending
+        return None if ending is None or ending.done() else ending
 
     def _start(self, key: Key, uid: str, body: Body, after: asyncio.Task[None] | None) -> None:
         runner = _Runner(uid, body)

@@ -281,3 +281,17 @@ async def test_the_operator_wires_a_404_status_write_to_verify_the_model() -> No
     startup[0]()
     assert ctx.kube.model_status.gone == runners.verify
     await runners.close()
+
+
+async def test_nothing_is_kept_of_a_deleted_models_loop() -> None:
+    # A fleet's deleted models, each under a name of its own, must not pile up.
+    loops = Loops()
+    runners = ModelRunners(loops.run, loops.kicked.append)
+    for i in range(20):
+        runners.observe("ADDED", md(name=f"m{i}", uid=f"u{i}"))
+    await settle()
+    for i in range(20):
+        runners.observe("DELETED", md(name=f"m{i}", uid=f"u{i}"))
+    await asyncio.wait_for(runners.close(), timeout=10)
+    await settle()
+    assert runners._runners == {} and runners._endings == {} and runners._stopping == set()
