@@ -40,3 +40,13 @@ def test_two_exclusive_pods_never_share_while_a_device_is_not_taken() -> None:
         GPUS, {"gpu-0": 1, "gpu-1": 1}, {"gpu-1": 1}, exclusive=True, taken=frozenset({first})
     )
     assert second == "gpu-1"
+
+
+def test_an_exclusive_pod_waits_while_every_gpu_is_held() -> None:
+    from vllm_sleep.testing.kubelet.nodes import exclusive_free
+
+    # A time-sliced test's engines still stopping on both GPUs: none is free for an exclusive
+    # pod; once one GPU's engines are gone, it is.
+    assert not exclusive_free(GPUS, {"gpu-0": 2, "gpu-1": 1}, frozenset())
+    assert not exclusive_free(GPUS, {"gpu-1": 1}, frozenset({"gpu-0"}))  # gpu-0: a pod's
+    assert exclusive_free(GPUS, {"gpu-0": 2, "gpu-1": 0}, frozenset())

@@ -27,7 +27,15 @@ from ..sim import EngineHost
 from . import rawapi
 from .hostmem import engine_owners, node_report, quantity_bytes
 from .ips import IPPool, address_free
-from .nodes import GPU_RESOURCE, GPU_SHARED_RESOURCE, NodeRegistrar, NodeSpec, choose_device
+from .nodes import (
+    EXCLUSIVE_WAIT_SECONDS,
+    GPU_RESOURCE,
+    GPU_SHARED_RESOURCE,
+    NodeRegistrar,
+    NodeSpec,
+    choose_device,
+    exclusive_free,
+)
 from .pods import FAST_PROBE_SECONDS, PodWorker
 
 log = logging.getLogger(__name__)
@@ -274,15 +282,23 @@ class SimKubelet:
             return None
         exclusive = GPU_RESOURCE in limits
         names = node.device_names()
-        pods_on = {d: 0 for d in names}
-        taken: set[str] = set()
-        for w in self.workers.values():
-            if w.pod["spec"].get("nodeName") == node.name and w.device_name in pods_on:
-                pods_on[w.device_name] += 1
-                if w.exclusive:
-                    taken.add(w.device_name)
-        devices = {d: self.host.devices.get(f"{node.name}/{d}") for d in names}
-        engines_on = {d: len(dev.holders) for d, dev in devices.items() if dev is not None}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXCLUSIVE_WAIT_SECONDS
+        while True:
+            pods_on = {d: 0 for d in names}
+            taken: set[str] = set()
+            for w in self.workers.values():
+                if w.pod["spec"].get("nodeName") == node.name and w.device_name in pods_on:
+                    pods_on[w.device_name] += 1
+                    if w.exclusive:
+                        taken.add(w.device_name)
+            devices = {d: self.host.devices.get(f"{node.name}/{d}") for d in names}
+            engines_on = {d: len(dev.holders) for d, dev in devices.items() if dev is not None}
+            if not exclusive or exclusive_free(names, engines_on, frozenset(taken)):
+                break
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.2)
         seat = ((pod["metadata"].get("annotations") or {}).get(ANNOTATION_DEVICE) or "").split("/")
         choice = choose_device(
             names,

@@ -56,6 +56,20 @@ class NodeSpec:
         return [f"gpu-{i}" for i in range(self.gpus)]
 
 
+# How long an exclusive pod waits for a GPU no engine holds (`exclusive_free`) before it takes
+# the best there is: the engines of a pod just deleted may still be stopping.
+EXCLUSIVE_WAIT_SECONDS = 30.0
+
+
+def exclusive_free(devices: list[str], engines_on: dict[str, int], taken: frozenset[str]) -> bool:
+    """Whether an exclusive pod can have a GPU of its own now: one no exclusive pod has and no
+    engine holds memory on. NVIDIA's plugin never hands out a GPU a container still holds; the
+    simulated nodes advertise `nvidia.com/gpu` and `nvidia.com/gpu.shared` over the same GPUs
+    (docs/local-cluster.md), so a time-sliced test's engines, still stopping after its pods
+    were deleted, can be on every GPU when an exclusive pod arrives: it waits for one."""
+    return any(d not in taken and not engines_on.get(d, 0) for d in devices)
+
+
 def choose_device(
     devices: list[str],
     pods_on: dict[str, int],
