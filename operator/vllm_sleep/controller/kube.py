@@ -38,6 +38,8 @@ API_CONNECTIONS = 32
 # The leader Lease's own client: its renewals never wait behind a fleet's creates (a renewal
 # queued past the renew deadline would make the leader step down in the middle of a bring-up).
 LEADER_CONNECTIONS = 1
+# The lane of a child's create (`lanes.Lane`); pods and ResourceClaims are `PODS`.
+CREATE_LANES = {"Service": Lane.BACKGROUND, "Secret": Lane.START, "Lease": Lane.START}
 # Pods per page of a pod LIST (`Kube.list_pods`): what is decoded at once.
 LIST_PAGE = 100
 
@@ -115,9 +117,7 @@ class Kube:
         create = creators[kind]
         try:
             # The answer as JSON, not as a generated model (a V1Pod built per created pod).
-            lane = {"Service": Lane.BACKGROUND, "Secret": Lane.START, "Lease": Lane.START}.get(
-                kind, Lane.PODS
-            )
+            lane = CREATE_LANES.get(kind, Lane.PODS)
             await self._json(create(ns, manifest, _preload_content=False), lane, read=False)
         except ApiException as e:
             if e.status == 409:

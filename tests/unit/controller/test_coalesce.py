@@ -267,14 +267,14 @@ async def test_a_forgotten_keys_queued_value_is_never_written_onto_a_new_object(
     assert log == [("m", 1), ("m", 7)]
 
 
-async def test_a_write_waiting_for_its_turn_sends_the_latest_value_once() -> None:
-    # A status queued behind a fleet's creates (no free connection): by the time it is sent
-    # the model went on (Loading -> Asleep); only the latest goes, once.
+async def behind_a_busy_connection(
+    log: list[tuple[str, int]], clock: Clock
+) -> tuple[Coalescer[str, int], asyncio.Event, asyncio.Task[None]]:
+    """A coalescer whose writes take a turn at a one-connection gate another request holds
+    until the returned event is set (the task is that request)."""
     from vllm_sleep.controller.lanes import Lane, PriorityGate
 
-    log: list[tuple[str, int]] = []
     gate = PriorityGate(1)
-    clock = Clock()
     c: Coalescer[str, int] = Coalescer(
         writer(log), window=2.0, clock=clock, slot=lambda: gate.slot(Lane.NORMAL)
     )
@@ -286,6 +286,15 @@ async def test_a_write_waiting_for_its_turn_sends_the_latest_value_once() -> Non
 
     other = asyncio.create_task(other_request())
     await settle()
+    return c, busy, other
+
+
+async def test_a_write_waiting_for_its_turn_sends_the_latest_value_once() -> None:
+    # A status queued behind a fleet's creates (no free connection): by the time it is sent
+    # the model went on (Loading -> Asleep); only the latest goes, once.
+    log: list[tuple[str, int]] = []
+    clock = Clock()
+    c, busy, other = await behind_a_busy_connection(log, clock)
     await c.submit("m", 1)  # due at once: its task waits for the connection
     await settle()
     clock.t += 0.5
@@ -301,22 +310,9 @@ async def test_a_write_waiting_for_its_turn_sends_the_latest_value_once() -> Non
 async def test_after_a_long_wait_for_its_turn_the_window_counts_from_the_write() -> None:
     # A value submitted while a delayed write runs waits out a window from that write, not
     # from when the write queued: the next write is not due at once, when writes are dearest.
-    from vllm_sleep.controller.lanes import Lane, PriorityGate
-
     log: list[tuple[str, int]] = []
-    gate = PriorityGate(1)
     clock = Clock()
-    c: Coalescer[str, int] = Coalescer(
-        writer(log), window=2.0, clock=clock, slot=lambda: gate.slot(Lane.NORMAL)
-    )
-    busy = asyncio.Event()
-
-    async def other_request() -> None:
-        async with gate.slot(Lane.START):
-            await busy.wait()
-
-    other = asyncio.create_task(other_request())
-    await settle()
+    c, busy, other = await behind_a_busy_connection(log, clock)
     await c.submit("m", 1)
     await settle()
     clock.t += 30.0  # the connection stays busy for 30 s
