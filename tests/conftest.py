@@ -103,14 +103,56 @@ class Kube:
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+        # A cache of the cluster's own (kubectl's default, ~/.kube/cache, is keyed by host:port
+        # and outlives clusters: a new cluster on an old port would read another's discovery).
+        cache = (
+            [f"--cache-dir={self.own_state_dir / 'kubectl-cache'}"] if self.own_state_dir else []
+        )
+        done = subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *cache, *args],
             capture_output=True,
             text=True,
-            check=check,
             input=input,
             timeout=120,
         )
+        if check and done.returncode != 0:
+            # kubectl's own words, which a bare CalledProcessError would leave out of the report.
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {done.returncode}: "
+                f"{done.stderr.strip() or done.stdout.strip()}"
+            )
+        return done
+
+    def apply_crds(self, folder: Path, timeout: float = 120.0) -> None:
+        """Apply the CRDs in `folder` and wait until the apiserver serves both kinds: Established,
+        read by polling (no watch to miss), then the kinds' discovery, which can lag a moment."""
+        from vllm_sleep.api import names
+
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder))
+        plurals = (names.MODEL_DEPLOYMENT_PLURAL, names.GPU_POOL_PLURAL)
+        crds = [f"crd/{plural}.{names.GROUP}" for plural in plurals]
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.kubectl(
+                "get",
+                *crds,
+                "-o",
+                'jsonpath={range .items[*]}{.metadata.name}{" "}'
+                '{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}',
+                check=False,
+            )
+            established = got.returncode == 0 and got.stdout.split().count("True") == len(crds)
+            if established and self.kubectl("get", "mdep,gpool", "-A", check=False).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                conditions = self.kubectl(
+                    "get", *crds, "-o", "jsonpath={..conditions}", check=False
+                )
+                raise AssertionError(
+                    f"CRDs not served after {timeout:.0f} s: {got.stdout!r} {got.stderr!r}; "
+                    f"conditions: {conditions.stdout or conditions.stderr}"
+                )
+            time.sleep(0.5)
 
 
 def _start_own(tmp_root: Path) -> tuple[Kube, object]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +157,7 @@ def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def crds(kube: Any) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for plural in (names.MODEL_DEPLOYMENT_PLURAL, names.GPU_POOL_PLURAL):
-        kube.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.{names.GROUP}"
-        )
-    # Discovery of the new kinds can lag Established by a moment.
-    deadline = time.monotonic() + 30
-    while kube.kubectl("get", "mdep", "-A", check=False).returncode != 0:
-        assert time.monotonic() < deadline, "ModelDeployment kind not served"
-        time.sleep(0.5)
+    kube.apply_crds(ROOT / "crds")
 
 
 @pytest.fixture

@@ -400,10 +400,7 @@ def test_optional_objects_render_from_the_generated_files(helm_bin: str, kube: K
     assert agents["selector"]["matchLabels"] == names.MODEL_POD_SELECTOR
     assert agents["namespaceSelector"] == {"matchNames": ["default"]}
     # The example objects are what the apiserver accepts (CRDs from the chart's crds/).
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    kube.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/gpupools.vllm-sleep.io"
-    )
+    kube.apply_crds(CHART / "crds")
     examples = [d for k, d in out.items() if k[0] in {"GPUPool", "ModelDeployment"}]
     assert len(examples) == 2
     dry = kube.kubectl(

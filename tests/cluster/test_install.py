@@ -28,10 +28,7 @@ def test_kustomize_base_applies_server_side(kube: Kube) -> None:
 
 
 def test_examples_are_valid_objects(kube: Kube, namespace: str) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kube.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.vllm-sleep.io"
-    )
+    kube.apply_crds(ROOT / "crds")
     paths = sorted((ROOT / "deploy" / "examples").rglob("*.yaml"))
     assert len(paths) >= 3
     for path in paths:

@@ -130,8 +130,7 @@ def test_status_writes_of_one_model_within_the_window_end_with_the_latest(
 ) -> None:
     name = "coalesced"
     crds = Path(__file__).resolve().parents[2] / "crds"
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    kube.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.vllm-sleep.io")
+    kube.apply_crds(crds)
     applied = kube.kubectl(
         "apply",
         "-f",

@@ -25,10 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def crds(kube: Kube) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kube.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.vllm-sleep.io"
-    )
+    kube.apply_crds(ROOT / "crds")
 
 
 class Proc:
