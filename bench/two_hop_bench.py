@@ -1,7 +1,7 @@
 """Two hops against two nginx: the gateway and the pod agent in front of one simulated vLLM.
 
     .venv/bin/python bench/two_hop_bench.py [--requests 2000] [--rounds 6]
-                                            [--concurrency 1,16,64] [--layouts shared,pinned]
+                                            [--concurrency 1,16,64] [--layouts shared,pinned,split]
                                             [--targets nginx+nginx,gateway+agent,...]
                                             [--base-tree <git worktree>]
                                             [--out bench/results/two_hop.json]
@@ -31,14 +31,18 @@ its own (`agent@base`, one hop), and its gateway in front of it another
 (`gateway+agent@base`): before and after side by side in one run. `--targets` measures a
 subset (the direct path always).
 
-Layouts as in gateway_bench.py: `shared` lets the OS place everything; `pinned` puts every
-proxy on CPU 0 and the simulator and load generator on the other CPUs.
+Layouts: `shared` and `pinned` as in gateway_bench.py (`shared` lets the OS place everything;
+`pinned` puts all four proxies on CPU 0 and the simulator and load generator on the others);
+`split` gives each hop a CPU of its own, as production does (the gateway's pods and a model's pod
+never share a core): the front hop (gateway, front nginx) and the load generator on CPU 0, the
+back hop (agent, back nginx) and the simulator on CPU 1, like an agent beside vLLM in its pod.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -49,6 +53,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +119,39 @@ def agent_awake(control: str) -> None:
     raise RuntimeError("the agent never reported the engine awake")
 
 
+LAYOUTS = ("shared", "pinned", "split")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The CPUs of each role in a layout (None: the OS places it)."""
+
+    front: set[int] | None  # the gateway, the front nginx
+    back: set[int] | None  # the agent, the back nginx, and a lone nginx
+    upstream: set[int] | None  # the simulator
+
+
+@contextlib.contextmanager
+def placed(layout: str) -> Iterator[tuple[Placement, list[subprocess.Popen[Any]]]]:
+    """gateway_bench's placement, plus `split`: this process (the load generator) on CPU 0 with
+    the front hop, the back hop and the simulator on CPU 1."""
+    if layout != "split":
+        with gb.placed(layout) as (proxy_cpus, rest, procs):
+            yield Placement(proxy_cpus, proxy_cpus, rest), procs
+        return
+    mine = os.sched_getaffinity(0)
+    with gb.placed("shared") as (_, _, procs):
+        os.sched_setaffinity(0, {0})
+        try:
+            yield Placement({0}, {1}, {1}), procs
+        finally:
+            os.sched_setaffinity(0, mine)
+
+
 def start_all(
     tmp: Path,
     procs: list[subprocess.Popen[Any]],
-    proxy_cpus: set[int] | None,
-    rest: set[int] | None,
+    where: Placement,
     base_tree: Path | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Every process of one layout, appended to `procs` as started (the caller stops them):
@@ -125,7 +159,7 @@ def start_all(
     sim_port = gb.free_port(SIM_HOST)
     sim_argv = ["sim", gb.MODEL, "--host", SIM_HOST, "--port", str(sim_port)]
     sim_argv += ["--time-scale", "0", "--default-max-tokens", "8"]
-    procs.append(start_cli(sim_argv, rest, {"VLLM_SERVER_DEV_MODE": "1"}))  # as in a pod
+    procs.append(start_cli(sim_argv, where.upstream, {"VLLM_SERVER_DEV_MODE": "1"}))  # as in a pod
     wait_listening(SIM_HOST, sim_port, procs[-1], "the simulator")
     sim = f"{SIM_HOST}:{sim_port}"
 
@@ -133,7 +167,7 @@ def start_all(
         public, control = gb.free_port(AGENT_HOST), gb.free_port(AGENT_HOST)
         argv = ["agent", "--listen-host", AGENT_HOST, "--upstream", f"http://{sim}"]
         argv += ["--public-port", str(public), "--control-port", str(control)]
-        procs.append(start_cli(argv, proxy_cpus, {"VLLM_SLEEP_CONTROL_TOKEN": TOKEN, **env}))
+        procs.append(start_cli(argv, where.back, {"VLLM_SLEEP_CONTROL_TOKEN": TOKEN, **env}))
         wait_listening(AGENT_HOST, control, procs[-1], "the agent")
         agent_awake(f"http://{AGENT_HOST}:{control}")
         return f"http://{AGENT_HOST}:{public}"
@@ -142,15 +176,15 @@ def start_all(
 
     gw_port = gb.free_port(gb.HOSTS["gateway"])
     gw_argv = ["--role", "gateway", "--port", str(gw_port), "--upstream", agent]
-    procs.append(gb.spawn([*gw_argv, "--loop", "uvloop"], proxy_cpus))
+    procs.append(gb.spawn([*gw_argv, "--loop", "uvloop"], where.front))
 
     back_port, front_port = gb.free_port(gb.HOSTS["nginx"]), gb.free_port(gb.HOSTS["nginx"])
     (tmp / "back").mkdir()
     (tmp / "front").mkdir()
-    back = gb.start_nginx(tmp / "back", sim, back_port, proxy_cpus)
+    back = gb.start_nginx(tmp / "back", sim, back_port, where.back)
     procs.append(back)
     front_upstream = f"{gb.HOSTS['nginx']}:{back_port}"
-    front = gb.start_nginx(tmp / "front", front_upstream, front_port, proxy_cpus)
+    front = gb.start_nginx(tmp / "front", front_upstream, front_port, where.front)
     procs.append(front)
 
     nginx = f"http://{gb.HOSTS['nginx']}"
@@ -169,7 +203,7 @@ def start_all(
         pids["agent@base"] = procs[-1].pid
         base_gw_port = gb.free_port(gb.HOSTS["gateway"])
         argv = ["--role", "gateway", "--port", str(base_gw_port), "--upstream", base_agent]
-        procs.append(gb.spawn([*argv, "--loop", "uvloop"], proxy_cpus, tree=base_tree))
+        procs.append(gb.spawn([*argv, "--loop", "uvloop"], where.front, tree=base_tree))
         urls["gateway+agent@base"] = f"http://{gb.HOSTS['gateway']}:{base_gw_port}{PATH}"
         pids["gateway@base"] = procs[-1].pid
     return urls, pids
@@ -236,8 +270,8 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 
 def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
     tmp.mkdir()
-    with gb.placed(layout) as (proxy_cpus, rest, procs):
-        urls, pids = start_all(tmp, procs, proxy_cpus, rest, args.base_tree)
+    with placed(layout) as (where, procs):
+        urls, pids = start_all(tmp, procs, where, args.base_tree)
         print(f"-- layout {layout}", flush=True)
 
         async def every_cell() -> dict[str, Any]:
@@ -348,7 +382,7 @@ def main() -> int:
     )
     p.add_argument(
         "--layouts",
-        type=lambda s: [x for x in s.split(",") if x in ("shared", "pinned")],
+        type=lambda s: [x for x in s.split(",") if x in LAYOUTS],
         default=["shared", "pinned"],
     )
     p.add_argument(
@@ -370,7 +404,7 @@ def main() -> int:
         return 0
     load_before = os.getloadavg()
     # Pinning needs a CPU for the proxies and another for the rest.
-    usable = [x for x in args.layouts if x != "pinned" or len(os.sched_getaffinity(0)) > 1]
+    usable = [x for x in args.layouts if x == "shared" or len(os.sched_getaffinity(0)) > 1]
     with tempfile.TemporaryDirectory(prefix="two-hop-") as tmp:
         layouts = {x: run_layout(args, x, Path(tmp) / x) for x in usable}
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
