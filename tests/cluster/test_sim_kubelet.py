@@ -331,3 +331,21 @@ def test_an_operator_built_pod_reports_its_engines_residual_after_its_first_slee
     share = int(0.3 * device_mib * 2**20)
     assert abs(report["residual_bytes"] - residual) <= 6 << 20  # two decimals of GiB
     assert abs(report["freed_bytes"] + report["residual_bytes"] - share) <= 6 << 20
+
+
+def test_a_pods_volumes_live_under_the_clusters_state_directory(kube: Kube, namespace: str) -> None:
+    """So stopping the cluster removes them, though its pods are never stopped one by one (a
+    scale run's thousands of pods left as many directories in the system's temp directory)."""
+    if kube.own_state_dir is None:
+        pytest.skip("needs a cluster this session started")
+    core = client.CoreV1Api(kube.api_client)
+    pod = engine_pod("vols")
+    pod["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "scratch", "mountPath": "/scratch"}]
+    core.create_namespaced_pod(namespace, pod)
+    wait_for(
+        lambda: core.read_namespaced_pod("vols", namespace).status.phase == "Running",
+        what="Running",
+    )
+    [root] = (kube.own_state_dir / "pods").glob(f"sim-pod-{namespace}-vols-*")
+    assert (root / "scratch").is_dir()

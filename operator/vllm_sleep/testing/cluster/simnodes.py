@@ -47,6 +47,7 @@ def _start_one(
         f"--gpu-memory={gpu_memory}",
         f"--time-scale={time_scale}",
         f"--admin-port={port}",
+        f"--pod-dir={state.state_dir}/pods",
     ]
     if shards > 1:
         argv.append(f"--shard={shard}/{shards}")

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from kubernetes_asyncio import client, config
@@ -30,6 +31,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-prefix", default="gpu-node")
     p.add_argument("--time-scale", type=float, default=0.05)
     p.add_argument("--admin-port", type=int, required=True)
+    p.add_argument(
+        "--pod-dir",
+        type=Path,
+        help="where pods' emptyDir and secret volumes live (kubelet's /var/lib/kubelet/pods); "
+        "under the cluster's state directory, so that stopping the cluster removes them even "
+        "when the pods were never stopped one by one (default: the system's temp directory)",
+    )
     p.add_argument(
         "--shard",
         default="0/1",
@@ -66,7 +74,11 @@ async def run(args: argparse.Namespace) -> None:
     # reads and heartbeats need room beside them.
     configuration.connection_pool_maxsize = len(nodes) + 64
     api = lean_client(client.ApiClient(configuration))
-    kubelet = SimKubelet(api, nodes, args.time_scale, ip_region=(shard, shards))
+    if args.pod_dir is not None:
+        args.pod_dir.mkdir(parents=True, exist_ok=True)
+    kubelet = SimKubelet(
+        api, nodes, args.time_scale, ip_region=(shard, shards), pod_dir=args.pod_dir
+    )
     runner = web.AppRunner(kubelet.admin_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.admin_port).start()

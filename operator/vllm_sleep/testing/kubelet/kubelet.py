@@ -15,6 +15,7 @@ import os
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -77,8 +78,10 @@ class SimKubelet:
         nodes: list[NodeSpec],
         time_scale: float,
         ip_region: tuple[int, int] = (0, 1),
+        pod_dir: Path | None = None,
     ) -> None:
         self._api = api
+        self._pod_dir = pod_dir
         self._core = client.CoreV1Api(api)
         self._nodes = {n.name: n for n in nodes}
         self._registrar = NodeRegistrar(api, nodes)
@@ -191,6 +194,7 @@ class SimKubelet:
             restart_backoff=max(0.2, 2.0 * self._time_scale),
             status_batch=status_batch(self._time_scale),
             fast_probe_seconds=fast_probe_seconds(os.environ),
+            pod_dir=self._pod_dir,
         )
         self.workers[uid] = worker
         self._worker_tasks[uid] = asyncio.create_task(worker.run(), name=f"pod {worker.key}")

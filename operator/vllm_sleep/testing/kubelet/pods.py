@@ -15,6 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -61,6 +62,7 @@ class PodWorker:
         restart_backoff: float = 1.0,
         status_batch: float = 0.0,
         fast_probe_seconds: float | None = FAST_PROBE_SECONDS,
+        pod_dir: Path | None = None,
     ) -> None:
         self.pod = pod
         self.pod_ip = pod_ip
@@ -95,7 +97,7 @@ class PodWorker:
         self.device_name: str | None = None  # time-slicing slot when the pod has no DRA claim
         self.exclusive = False  # the slot is a whole `nvidia.com/gpu` (no other exclusive pod)
         # emptyDirs: made before the first container starts, kept across container restarts.
-        self.volumes = PodVolumes(pod)
+        self.volumes = PodVolumes(pod, pod_dir)
 
     @property
     def key(self) -> str:
