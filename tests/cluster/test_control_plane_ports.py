@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -42,3 +43,4 @@ def test_a_port_taken_before_the_bind_is_retried_on_fresh_ports(
             controlplane.stop(state)
     finally:
         taken.close()
+        shutil.rmtree(state_dir, ignore_errors=True)  # on tmpfs: RAM until removed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -37,9 +38,8 @@ def test_each_shard_is_kubelet_for_its_own_nodes(kube: Kube, tmp_path: Path) -> 
     if kube.kubelet_admin_url is None:
         pytest.skip("external cluster")
     bins = build.ensure_all()
-    state = controlplane.start(
-        Path("/dev/shm") / f"vso-shard-test-{os.getpid()}-{tmp_path.name}", bins
-    )
+    state_dir = Path("/dev/shm") / f"vso-shard-test-{os.getpid()}-{tmp_path.name}"
+    state = controlplane.start(state_dir, bins)
     try:
         start_sim_kubelet(state, gpu_nodes=3, gpus_per_node=1, shards=2)
         assert {"sim-kubelet", "sim-kubelet-1"} <= set(state.pids)
@@ -68,3 +68,4 @@ def test_each_shard_is_kubelet_for_its_own_nodes(kube: Kube, tmp_path: Path) -> 
         assert ready == {f"gpu-node-{i}": "True" for i in range(3)}
     finally:
         controlplane.stop(state)
+        shutil.rmtree(state_dir, ignore_errors=True)  # on tmpfs: RAM until removed
