@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +22,12 @@ import pytest
 from conftest import Kube
 
 ROOT = Path(__file__).resolve().parents[2]
+# The processes' logs a failed test's report carries (their lines written during the test):
+# the project's processes (operator, gateway, test replicas) and the sim-kubelet, whose state dir
+# (and so its log) is gone once the session ends. The control plane's own logs are left out.
+REPORTED_LOGS = ("*.log",)
+CLUSTER_LOGS = ("sim-kubelet*.log",)
+REPORT_LINES = 120
 
 
 @pytest.fixture(scope="session")
@@ -166,3 +173,44 @@ def gateway(
     yield proc.url
     proc.stop()
     print(f"--- gateway log tail ---\n{proc.tail(100)}")
+
+
+def _log_files(kube: Kube | None, basetemp: Path) -> list[Path]:
+    files = [f for pattern in REPORTED_LOGS for f in basetemp.rglob(pattern)]
+    if kube is not None and kube.own_state_dir is not None:
+        logs = kube.own_state_dir / "logs"
+        files += [f for pattern in CLUSTER_LOGS for f in logs.glob(pattern)]
+    return sorted(set(files))
+
+
+@pytest.fixture(autouse=True)
+def _log_offsets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where each log ended when the test began, so a failure reports only its own lines."""
+    kube = request.getfixturevalue("kube") if "kube" in request.fixturenames else None
+    basetemp = tmp_path_factory.getbasetemp()
+    request.node.stash[_OFFSETS] = (
+        kube,
+        basetemp,
+        {f: f.stat().st_size for f in _log_files(kube, basetemp)},
+    )
+
+
+_OFFSETS = pytest.StashKey[tuple[Any, Path, dict[Path, int]]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and _OFFSETS in item.stash:
+        kube, basetemp, offsets = item.stash[_OFFSETS]
+        for f in _log_files(kube, basetemp):
+            try:
+                with f.open("rb") as fh:
+                    fh.seek(offsets.get(f, 0))
+                    lines = fh.read().decode(errors="replace").splitlines()
+            except OSError:
+                continue
+            if lines:
+                shown = "\n".join(lines[-REPORT_LINES:])
+                report.sections.append((f"{f.relative_to(f.parents[1])} (during the test)", shown))
+    return report
