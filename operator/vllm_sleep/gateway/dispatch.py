@@ -226,9 +226,17 @@ class Dispatcher:
                 # the head and again at the end); the head's time is kept for the metric.
                 result = await send(self._pool, replica.url, target, block, body, reply, whole=True)
             else:
-                sending = asyncio.create_task(
-                    send(self._pool, replica.url, target, block, body, reply)
+                # Held at the agent, the replica is silent until its engine is awake, for up
+                # to the wake deadline: the read timeout bounds the wait only past it, and the
+                # answer's reads again once it came (below).
+                timeout = self._pool.read_timeout
+                if timeout is not None:
+                    assert slot.deadline is not None
+                    timeout += max(0.0, slot.deadline - self._clock())
+                sent = send(
+                    self._pool, replica.url, target, block, body, reply, read_timeout=timeout
                 )
+                sending = asyncio.create_task(sent)
                 try:
                     released = await self._until_released(spec.key, replica, sending, slot, reply)
                     sent_at = self._clock()  # for a held request: from its release, not the hold
@@ -245,6 +253,8 @@ class Dispatcher:
                 slot.leave("forwarded")  # the agent answered: the request is no longer held
             if isinstance(result, Failed):
                 return result.response
+            if slot is not None and self._pool.read_timeout is not None:
+                result.set_read_timeout(self._pool.read_timeout)  # released: reads as usual
             latency = result.head_at - sent_at if slot is None else self._clock() - sent_at
             self._metrics.observe_upstream(spec.served_name, latency)
             try:

@@ -260,6 +260,18 @@ class _Conn(asyncio.Protocol):
             self.exchange.fail(UpstreamTimeout("the model server did not answer in time"))
         self.close()
 
+    def retime(self, timeout: float | None) -> None:
+        """The current exchange's read timeout from now on, counted from the last read."""
+        self.read_timeout = timeout
+        timer = self._timer
+        if timer is None:  # none armed: paused (a slow client) or finished; resume re-arms
+            return
+        timer.cancel()
+        self._timer = None
+        if timeout is not None:
+            left = max(0.0, self._progress + timeout - self.loop.time())
+            self._timer = self.loop.call_later(left, self._timed_out)
+
     def idle(self) -> None:
         self.exchange = None
         self._cancel_timers()
@@ -476,6 +488,12 @@ class Exchange:
 
     async def wait_head(self) -> None:
         await self.head
+
+    def set_read_timeout(self, timeout: float | None) -> None:
+        """Bound the rest of this exchange by `timeout` between reads, replacing the one it
+        was sent with (a request that first waited, held, for longer than reads may pause)."""
+        if self._conn.exchange is self and not self.complete:
+            self._conn.retime(timeout)
 
     @property
     def content_length(self) -> int | None:

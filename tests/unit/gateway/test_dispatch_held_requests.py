@@ -64,6 +64,7 @@ class FakePool:
     def __init__(self, behaviour: Callable[[FakeReply], Awaitable[FakeExchange]]) -> None:
         self.behaviour = behaviour
         self.calls = 0
+        self.read_timeout: float | None = None  # UpstreamPool's: none
 
     async def request(self, host: str, port: int, head: bytes, body: bytes, **kw: Any) -> Any:
         self.calls += 1
