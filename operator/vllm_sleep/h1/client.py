@@ -386,8 +386,12 @@ class Exchange:
     # -- driven by _Conn ---------------------------------------------------------------------
 
     def head_complete(self, status: int) -> None:
-        if 100 <= status < 200:  # interim (103 Early Hints...): wait for the real head
-            self.headers, self.reason = [], b""
+        if status < 200:
+            if status < 100:
+                # llhttp takes any three digits; below 100 is no HTTP status, and 0 here
+                # means "no final head yet": such an answer could never end.
+                raise UpstreamError(f"malformed response: status {status:03d}")
+            self.headers, self.reason = [], b""  # interim (103 Early Hints...): wait for more
             self.interim = True
             return
         self.status = status
