@@ -40,6 +40,10 @@ from .server import Reply
 from .wire import RawHeaders, find_header
 
 _HIGH_WATER = 1 << 20  # buffered upstream body (nobody reading yet) before reading pauses
+# A response's head (interim ones included) may not pass this: httptools keeps a header line
+# that has not ended in memory (copied again at every read), so an upstream that never ends its
+# head would otherwise grow the proxy's memory for as long as it sends.
+MAX_RESPONSE_HEAD = 64 << 10
 
 
 class ConnectError(Exception):
@@ -115,6 +119,10 @@ class _Conn(asyncio.Protocol):
             self._parser.feed_data(data)
             if ex.raw:  # the head ended in this read: the body bytes after it go as they came
                 self._relay_raw(ex, data, ex.raw_from)
+            elif not ex.status:  # no final head yet: all read so far is head
+                ex.head_bytes += len(data)
+                if ex.head_bytes > MAX_RESPONSE_HEAD:
+                    raise httptools.HttpParserError("the response head is too large")
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             # HttpParserUpgrade (a 101) is not an HttpParserError: uncaught, it escaped
             # data_received and the loop logged a fatal protocol error.
@@ -333,6 +341,7 @@ class Exchange:
         "complete",
         "head",
         "head_at",
+        "head_bytes",
         "headers",
         "interim",
         "raw",
@@ -377,6 +386,7 @@ class Exchange:
         self._error: BaseException | None = None
         self._finished = False
         self.interim = False  # a 1xx came first
+        self.head_bytes = 0  # read before the final head was in (MAX_RESPONSE_HEAD)
         # A spliced chunked body relayed as the upstream framed it (both sides chunked):
         # from `raw_from` in the read its head ended in; `tail`, its last bytes relayed.
         self.raw = False
