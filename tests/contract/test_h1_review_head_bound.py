@@ -1,7 +1,8 @@
-"""h1's upstream pool bounds a response head: a replica that never ends its head (one endless
-header line, or interim responses without end) is an UpstreamError once the head passes
-MAX_RESPONSE_HEAD, not memory that grows for as long as it sends. httptools keeps a header
-line that has not ended in memory, and re-copies it at every read. The helpers are test_h1's.
+"""h1's upstream pool bounds a response head and trailer section: a replica that never ends
+its head (one endless header line, or interim responses without end) or its trailers is an
+UpstreamError once they pass MAX_RESPONSE_HEAD, not memory that grows for as long as it sends.
+httptools keeps a header line that has not ended in memory, and re-copies it at every read.
+The helpers are test_h1's.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from vllm_sleep.h1.client import MAX_RESPONSE_HEAD
 
 from .test_h1 import (
     UPSTREAM,
+    IncompleteResponse,
     Relay,
     Requests,
     Upstream,
     connect,
+    get,
     pooled,
     post,
     serving,
@@ -96,3 +99,38 @@ async def test_a_large_head_under_the_bound_and_a_body_in_the_same_read_pass() -
         data, complete = await exchange.read(len(body))
         assert complete and data == body
         exchange.release()
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+
+
+@pytest.mark.parametrize("line", [b"x-big: ", b""], ids=["one line", "many lines"])
+async def test_a_trailer_section_that_never_ends_is_an_upstream_error(line: bytes) -> None:
+    repeat = b"a" * 4096 if line else b"x-many: " + b"a" * 4086 + b"\r\n"
+    async with endless(CHUNKED + line, repeat) as up, pooled(read_timeout=None) as pool:
+        exchange = await pool.request(UPSTREAM, up.port, upstream_head(), b"")
+        with pytest.raises(UpstreamError, match="trailers"):
+            await asyncio.wait_for(exchange.read(1 << 20), 10)
+        exchange.release()
+        await wait_for(up.eof)
+        assert not up.gate.is_set()
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"], ids=["raw relay", "decoded"])
+async def test_a_client_is_cut_off_by_trailers_that_never_end(version: str) -> None:
+    async with (
+        endless(CHUNKED + b"x-big: ", b"a" * 4096) as up,
+        pooled() as pool,
+        serving(Relay(pool, up.port)) as (_, port),
+        connect(port) as w,
+    ):
+        if version == "1.1":
+            await w.send(post("/v1/x", b"{}"))
+            with pytest.raises(IncompleteResponse) as info:
+                await w.response()
+            assert info.value.partial is not None and info.value.partial.body == b"hello"
+        else:
+            await w.send(get("/v1/x", version="1.0"))
+            assert (await w.eof()).endswith(b"hello")  # cut: no way to say more to 1.0
+        await wait_for(up.eof)
+        assert not up.gate.is_set()

@@ -40,10 +40,12 @@ from .server import Reply
 from .wire import RawHeaders, find_header
 
 _HIGH_WATER = 1 << 20  # buffered upstream body (nobody reading yet) before reading pauses
-# A response's head (interim ones included) may not pass this: httptools keeps a header line
-# that has not ended in memory (copied again at every read), so an upstream that never ends its
-# head would otherwise grow the proxy's memory for as long as it sends.
+# A response's head (interim ones included), and its trailer section, may not pass this:
+# httptools keeps a header line that has not ended in memory (copied again at every read), so
+# an upstream that never ends one would otherwise grow the proxy's memory for as long as it
+# sends. Counted over consecutive reads that bring neither the final head nor body bytes.
 MAX_RESPONSE_HEAD = 64 << 10
+_TOO_LARGE = "the response head or trailers are too large"
 
 
 class ConnectError(Exception):
@@ -79,6 +81,7 @@ class _Conn(asyncio.Protocol):
         self.poller: select.poll | None = None  # asks the kernel if an idle one was closed
         self._data = b""  # the read being parsed (where a head ends, for a raw relay)
         self._fresh = False  # a response began in the read being parsed
+        self._bodied = False  # the read being parsed brought body bytes
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -102,6 +105,7 @@ class _Conn(asyncio.Protocol):
         ended = ex.complete
         if not ended:  # a finished exchange waits for nothing (see on_message_complete)
             self._rearm()
+        self._bodied = False
         if ex.raw:
             # A chunked body relayed as it came: llhttp parses it only for its end.
             try:
@@ -110,19 +114,30 @@ class _Conn(asyncio.Protocol):
                 self._malformed(ex, e, ended)
                 return
             if not ended:  # after the end: nothing (llhttp skips CR/LF between responses)
+                if not (self._bodied or ex.complete):  # a trailer section, most likely
+                    ex.held += len(data)
+                    if ex.held > MAX_RESPONSE_HEAD:
+                        self._malformed(ex, httptools.HttpParserError(_TOO_LARGE), ended)
+                        return
+                elif ex.held:
+                    ex.held = 0
                 self._relay_raw(ex, data, 0)
             return
         if ex.sink is not None:
             ex.sink.cork()  # what this read produces reaches the client in one write
         self._data, self._fresh = data, False
+        status = ex.status
         try:
             self._parser.feed_data(data)
             if ex.raw:  # the head ended in this read: the body bytes after it go as they came
                 self._relay_raw(ex, data, ex.raw_from)
-            elif not ex.status:  # no final head yet: all read so far is head
-                ex.head_bytes += len(data)
-                if ex.head_bytes > MAX_RESPONSE_HEAD:
-                    raise httptools.HttpParserError("the response head is too large")
+            elif not (self._bodied or ex.complete or ex.status != status):
+                # Nothing handed over: a head (or trailers) still arriving, held by httptools.
+                ex.held += len(data)
+                if ex.held > MAX_RESPONSE_HEAD:
+                    raise httptools.HttpParserError(_TOO_LARGE)
+            elif ex.held:
+                ex.held = 0
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             # HttpParserUpgrade (a 101) is not an HttpParserError: uncaught, it escaped
             # data_received and the loop logged a fatal protocol error.
@@ -215,6 +230,7 @@ class _Conn(asyncio.Protocol):
                 ex.raw = True
 
     def on_body(self, body: bytes) -> None:
+        self._bodied = True  # (see data_received: reads that bring none are bounded)
         ex = self.exchange
         if ex is not None and not ex.raw:  # a raw relay writes whole reads (_relay_raw)
             sink = ex.sink
@@ -341,8 +357,8 @@ class Exchange:
         "complete",
         "head",
         "head_at",
-        "head_bytes",
         "headers",
+        "held",
         "interim",
         "raw",
         "raw_from",
@@ -386,7 +402,7 @@ class Exchange:
         self._error: BaseException | None = None
         self._finished = False
         self.interim = False  # a 1xx came first
-        self.head_bytes = 0  # read before the final head was in (MAX_RESPONSE_HEAD)
+        self.held = 0  # bytes of consecutive reads that handed nothing over (MAX_RESPONSE_HEAD)
         # A spliced chunked body relayed as the upstream framed it (both sides chunked):
         # from `raw_from` in the read its head ended in; `tail`, its last bytes relayed.
         self.raw = False
