@@ -8,8 +8,10 @@ The helpers are test_h1's.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
+import uvloop
 
 from vllm_sleep.h1 import UpstreamError
 from vllm_sleep.h1.client import MAX_RESPONSE_HEAD
@@ -134,3 +136,18 @@ async def test_a_client_is_cut_off_by_trailers_that_never_end(version: str) -> N
             assert (await w.eof()).endswith(b"hello")  # cut: no way to say more to 1.0
         await wait_for(up.eof)
         assert not up.gate.is_set()
+
+
+async def _uvloop_head() -> None:
+    await test_a_response_head_that_never_ends_is_an_upstream_error("header line", True)
+
+
+async def _uvloop_trailers() -> None:
+    await test_a_client_is_cut_off_by_trailers_that_never_end("1.1")
+
+
+@pytest.mark.parametrize("case", [_uvloop_head, _uvloop_trailers], ids=["head", "trailers"])
+def test_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+    # The gateway's and the agent's event loop.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(case())
