@@ -194,11 +194,16 @@ async def test_sleep_mode_wait_drains_inflight_first(
 async def test_sleep_mode_keep_freezes_and_resumes(
     client: httpx.AsyncClient, engine: SimEngine
 ) -> None:
-    task = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3}))
+    # 100 tokens at 10 ms each (itl 5 s at the host's time scale): the request cannot finish
+    # before the sleep lands, even on a starved host (3 tokens, 30 ms, could).
+    task = asyncio.create_task(
+        client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100})
+    )
     await until(lambda: engine.sched.running == 1)
     await client.post("/sleep?level=1&mode=keep")
+    frozen = engine.sched.running
     await asyncio.sleep(0.05)
-    assert not task.done()
+    assert not task.done() and frozen == 1
     await client.post("/wake_up")
     assert (await task).json()["choices"][0]["finish_reason"] == "length"
 
