@@ -274,7 +274,8 @@ def _engine_loaded(pod: Any) -> bool:
     if not ip or pod.metadata.deletion_timestamp:
         return False
     try:
-        r = httpx.get(f"http://{private_twin(ip)}:{names.VLLM_PORT}/_sim/state", timeout=2)
+        # A slow answer on a starved host still says the state: only no answer means "no".
+        r = httpx.get(f"http://{private_twin(ip)}:{names.VLLM_PORT}/_sim/state", timeout=10)
         return r.status_code == 200 and r.json().get("state") in ("awake", "sleeping")
     except httpx.HTTPError:
         return False
