@@ -170,6 +170,11 @@ def test_pods_sharing_a_named_claim_share_node_and_device(kube: Kube, namespace:
     pods = httpx.get(f"{kube.kubelet_admin_url}/pods", timeout=5).json()["pods"]
     mine = [p for p in pods if p["pod"].startswith(f"{namespace}/")]
     assert len(mine) == 2
+    # Two engines started at once on one device crash on each other's profiling (as vLLM's
+    # do) and restart: stopped now, not over the namespace's graceful deletion, so the
+    # worker's next tests do not share a node with their restarts.
+    for name in ("a", "b"):
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
 
 def test_an_engine_that_dies_is_restarted(kube: Kube, namespace: str) -> None:
