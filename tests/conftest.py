@@ -124,35 +124,16 @@ class Kube:
         return done
 
     def apply_crds(self, folder: Path, timeout: float = 120.0) -> None:
-        """Apply the CRDs in `folder` and wait until the apiserver serves both kinds: Established,
-        read by polling (no watch to miss), then the kinds' discovery, which can lag a moment."""
+        """Apply the CRDs in `folder` and wait until the apiserver serves both kinds (as the
+        demo does: `crds_established`, polled, not `kubectl wait`)."""
         from vllm_sleep.api import names
+        from vllm_sleep.demo.kube import crds_established
 
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder))
         plurals = (names.MODEL_DEPLOYMENT_PLURAL, names.GPU_POOL_PLURAL)
         crds = [f"crd/{plural}.{names.GROUP}" for plural in plurals]
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.kubectl(
-                "get",
-                *crds,
-                "-o",
-                'jsonpath={range .items[*]}{.metadata.name}{" "}'
-                '{.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}',
-                check=False,
-            )
-            established = got.returncode == 0 and got.stdout.split().count("True") == len(crds)
-            if established and self.kubectl("get", "mdep,gpool", "-A", check=False).returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                conditions = self.kubectl(
-                    "get", *crds, "-o", "jsonpath={..conditions}", check=False
-                )
-                raise AssertionError(
-                    f"CRDs not served after {timeout:.0f} s: {got.stdout!r} {got.stderr!r}; "
-                    f"conditions: {conditions.stdout or conditions.stderr}"
-                )
-            time.sleep(0.5)
+        missing = crds_established(self.kubectl, crds, timeout)
+        assert missing is None, f"CRDs not served after {timeout:.0f} s: {missing}"
 
 
 def _start_own(tmp_root: Path) -> tuple[Kube, object]:

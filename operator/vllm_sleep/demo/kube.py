@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,34 @@ from ..api.names import GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 
 class DemoError(RuntimeError):
     """A step failed; the message says what and where to look."""
+
+
+Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]  # (*args, check=...)
+_ESTABLISHED = (
+    'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Established")].status}{" "}{end}'
+)
+
+
+def crds_established(kubectl: Kubectl, crds: list[str], timeout: float = 120.0) -> str | None:
+    """Wait until every CRD in `crds` (`crd/<name>`) is Established and its kind served: None,
+    or what was last seen when `timeout` passed. Polled with GETs rather than `kubectl wait`,
+    whose watch a starved apiserver can refuse (it then exits at once) and which fails on a CRD
+    that has no conditions yet; on a loaded host establishing can also take over a minute."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = kubectl("get", *crds, "-o", _ESTABLISHED, check=False)
+        seen = got.stdout.split().count("True") if got.returncode == 0 else 0
+        if seen == len(crds):
+            kinds = ",".join(crd.removeprefix("crd/").split(".", 1)[0] for crd in crds)
+            served = kubectl("get", kinds, "-A", check=False)
+            if served.returncode == 0:
+                return None
+            got = served
+        if time.monotonic() > deadline:
+            conditions = kubectl("get", *crds, "-o", "jsonpath={..conditions}", check=False)
+            said = (got.stderr or got.stdout).strip()
+            return f"{said or 'not Established'}; conditions: {conditions.stdout or '-'}"
+        time.sleep(0.5)
 
 
 @dataclass

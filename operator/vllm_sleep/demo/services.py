@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 
+from ..api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL
 from ..testing.cluster.controlplane import ClusterState
 from ..testing.cluster.processes import free_port, log_tail, pid_alive, spawn, stop_pids
 from ..testing.cluster.tokens import kubeconfig_with_token
-from .kube import Cluster, DemoError
+from .kube import Cluster, DemoError, crds_established
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout: crds/ and deploy/ live there
 SYSTEM_NAMESPACE = "vllm-sleep-system"
@@ -73,13 +74,10 @@ def install(cluster: Cluster) -> list[str]:
     """What `kubectl apply` a user would run; returns the commands, for the screen."""
     crds, namespace, rbac = manifest_paths()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modeldeployments.vllm-sleep.io",
-        "crd/gpupools.vllm-sleep.io",
-    )
+    plurals = (MODEL_DEPLOYMENT_PLURAL, GPU_POOL_PLURAL)
+    missing = crds_established(cluster.kubectl, [f"crd/{p}.{GROUP}" for p in plurals])
+    if missing is not None:
+        raise DemoError(f"the CRDs were applied but are not served: {missing}")
     cluster.kubectl("apply", "-f", str(namespace))
     cluster.kubectl("apply", "-f", str(rbac))
     rel = [p.relative_to(ROOT) for p in (crds, namespace, rbac)]
