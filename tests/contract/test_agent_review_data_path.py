@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 import httptools
 import pytest
 
-from vllm_sleep.agent import Agent, AgentConfig
+from vllm_sleep.agent import Agent
+
+from .test_agent_upstream import awake_agent
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(60)]
 
@@ -92,19 +94,7 @@ async def vllm() -> AsyncIterator[RawVllm]:
 
 @pytest.fixture
 async def agent(vllm: RawVllm) -> AsyncIterator[Agent]:
-    config = AgentConfig(
-        listen_host=AGENT_HOST,
-        public_port=0,
-        control_port=0,
-        upstream=f"http://{UPSTREAM_HOST}:{vllm.port}",
-        control_token="t",
-        poll_interval=0.01,
-        health_interval=0.05,
-    )
-    async with Agent(config) as a:
-        async with asyncio.timeout(10):
-            while a.board.state.value != "awake":
-                await a.board.wait_change(a.board.version, 1.0)
+    async with awake_agent(f"http://{UPSTREAM_HOST}:{vllm.port}", AGENT_HOST) as a:
         yield a
 
 

@@ -7,6 +7,7 @@ controls when the answer comes; the client speaks raw HTTP/1.1 so its header byt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -60,13 +61,14 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def agent(upstream: Upstream) -> AsyncIterator[Agent]:
+@contextlib.asynccontextmanager
+async def awake_agent(upstream: str, host: str) -> AsyncIterator[Agent]:
+    """An agent in front of `upstream`, once it has seen the engine awake."""
     config = AgentConfig(
-        listen_host="127.0.2.3",
+        listen_host=host,
         public_port=0,
         control_port=0,
-        upstream=upstream.url,
+        upstream=upstream,
         control_token="t",
         poll_interval=0.01,
         health_interval=0.05,
@@ -75,6 +77,12 @@ async def agent(upstream: Upstream) -> AsyncIterator[Agent]:
         async with asyncio.timeout(10):
             while a.board.state.value != "awake":
                 await a.board.wait_change(a.board.version, 1.0)
+        yield a
+
+
+@pytest.fixture
+async def agent(upstream: Upstream) -> AsyncIterator[Agent]:
+    async with awake_agent(upstream.url, "127.0.2.3") as a:
         yield a
 
 

@@ -44,12 +44,6 @@ async def gateway(source: StaticSource) -> AsyncIterator[Gateway]:
         yield g
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
-        yield c
-
-
 async def test_a_request_held_at_an_agent_longer_than_the_read_timeout_is_served(
     gateway: Gateway, source: StaticSource, upstream: Upstream, http: httpx.AsyncClient
 ) -> None:
