@@ -114,13 +114,10 @@ class _Conn(asyncio.Protocol):
                 self._malformed(ex, e, ended)
                 return
             if not ended:  # after the end: nothing (llhttp skips CR/LF between responses)
-                if not (self._bodied or ex.complete):  # a trailer section, most likely
-                    ex.held += len(data)
-                    if ex.held > MAX_RESPONSE_HEAD:
-                        self._malformed(ex, httptools.HttpParserError(_TOO_LARGE), ended)
-                        return
-                elif ex.held:
-                    ex.held = 0
+                # A read with no body bytes that did not end it: a trailer section, most likely.
+                if self._held_too_long(ex, self._bodied or ex.complete, len(data)):
+                    self._malformed(ex, httptools.HttpParserError(_TOO_LARGE), ended)
+                    return
                 self._relay_raw(ex, data, 0)
             return
         if ex.sink is not None:
@@ -131,13 +128,10 @@ class _Conn(asyncio.Protocol):
             self._parser.feed_data(data)
             if ex.raw:  # the head ended in this read: the body bytes after it go as they came
                 self._relay_raw(ex, data, ex.raw_from)
-            elif not (self._bodied or ex.complete or ex.status != status):
-                # Nothing handed over: a head (or trailers) still arriving, held by httptools.
-                ex.held += len(data)
-                if ex.held > MAX_RESPONSE_HEAD:
-                    raise httptools.HttpParserError(_TOO_LARGE)
-            elif ex.held:
-                ex.held = 0
+            elif self._held_too_long(
+                ex, self._bodied or ex.complete or ex.status != status, len(data)
+            ):
+                raise httptools.HttpParserError(_TOO_LARGE)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             # HttpParserUpgrade (a 101) is not an HttpParserError: uncaught, it escaped
             # data_received and the loop logged a fatal protocol error.
@@ -147,6 +141,16 @@ class _Conn(asyncio.Protocol):
             if ex.sink is not None:
                 ex.sink.flush_head()  # a head with no body bytes yet goes out on its own
                 ex.sink.uncork()
+
+    def _held_too_long(self, ex: Exchange, handed_over: bool, size: int) -> bool:
+        """Whether the reads since something was last handed over (a final head, body bytes,
+        the end), which httptools holds as a head or trailers still arriving, passed
+        MAX_RESPONSE_HEAD; this read's `size` counted unless it `handed_over`."""
+        if handed_over:
+            ex.held = 0
+            return False
+        ex.held += size
+        return ex.held > MAX_RESPONSE_HEAD
 
     def _malformed(self, ex: Exchange, error: Exception, ended: bool) -> None:
         ex.fail(UpstreamError(f"malformed response: {error!r}"))
