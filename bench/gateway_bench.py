@@ -191,6 +191,21 @@ def cpu_seconds(pid: int) -> float:
     return one(pid) + sum(one(int(k)) for k in kids)
 
 
+def context_switches(pid: int) -> int:
+    """Times a process and its direct children (nginx's worker) were switched out: at one stream,
+    about one per event the proxy waits for (it sleeps in epoll between them)."""
+
+    def one(p: int) -> int:
+        status = Path(f"/proc/{p}/status").read_text().splitlines()
+        return sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return one(pid) + sum(one(int(k)) for k in kids)
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(p / 100 * len(s)))]

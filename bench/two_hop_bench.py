@@ -217,15 +217,18 @@ async def cell(
     names = [t for t in TARGETS if t in urls and (t == "direct" or t in args.targets)]
     samples: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
     cpu = {t: dict.fromkeys(TARGETS[t], 0.0) for t in names}
+    switches = {t: dict.fromkeys(TARGETS[t], 0) for t in names}
     for target in names:
         await gb.run_cell(urls[target], streams, 0, args.warmup)
     for rnd in range(args.rounds):
         k = rnd % len(names)
         for target in names[k:] + names[:k]:
             before = {hop: gb.cpu_seconds(pids[hop]) for hop in TARGETS[target]}
+            switched = {hop: gb.context_switches(pids[hop]) for hop in TARGETS[target]}
             samples[target].append(await gb.run_cell(urls[target], streams, per_round, 0))
             for hop, then in before.items():
                 cpu[target][hop] += gb.cpu_seconds(pids[hop]) - then
+                switches[target][hop] += gb.context_switches(pids[hop]) - switched[hop]
     row: dict[str, Any] = {}
     timed = per_round * args.rounds
     for target in names:
@@ -234,6 +237,11 @@ async def cell(
             hop: round(seconds / timed * 1e6, 1) for hop, seconds in cpu[target].items()
         }
         direct = row["direct"]["ttfb_ms"]
+        # Per-event cost, not only per-request: at one stream each hop sleeps between events,
+        # so CPU per switch is what one wake-up of the proxy costs.
+        row[target]["switches_per_request"] = {
+            hop: round(n / timed, 2) for hop, n in switches[target].items()
+        }
         row[target]["added_ttfb_ms"] = {
             p: round(row[target]["ttfb_ms"][p] - direct[p], 3) for p in ("p50", "p99")
         }
@@ -338,8 +346,8 @@ def ab_report(doc: dict[str, Any]) -> str:
     lines = [
         "| layout | streams | two hops' added p50 (ms): now · base / two nginx hops' "
         "| ratio p50: now · base | ratio p99: now · base | CPU µs/req both hops: now · base · "
-        "two nginx |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "two nginx | switches/req both hops: now · two nginx |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def ratio(a: dict[str, Any], b: dict[str, Any], p: str) -> str:
@@ -348,6 +356,10 @@ def ab_report(doc: dict[str, Any]) -> str:
 
     def cpu(r: dict[str, Any]) -> str:
         return f"{sum(r['cpu_us_per_request'].values()):.0f}"
+
+    def switches(r: dict[str, Any]) -> str:
+        per = r.get("switches_per_request")  # results before this column have none
+        return f"{sum(per.values()):.1f}" if per else "\u2013"
 
     for layout, cells in doc["results"].items():
         for c, row in cells.items():
@@ -358,7 +370,7 @@ def ab_report(doc: dict[str, Any]) -> str:
                 f"| {layout} | {c} | {added} / {ngx['added_ttfb_ms']['p50']:.3f} "
                 f"| {ratio(now, ngx, 'p50')} · {ratio(base, ngx, 'p50')} "
                 f"| {ratio(now, ngx, 'p99')} · {ratio(base, ngx, 'p99')} "
-                f"| {cpu(now)} · {cpu(base)} · {cpu(ngx)} |"
+                f"| {cpu(now)} · {cpu(base)} · {cpu(ngx)} | {switches(now)} · {switches(ngx)} |"
             )
     return "\n".join(lines)
 
