@@ -219,23 +219,30 @@ class Dispatcher:
         request held at an agent (`slot`) ran into its deadline."""
         table = self._table
         table.acquire(replica)
+        # The agent holds an inference request while its engine is not awake (every routed
+        # request is one): no byte comes until it releases it, so the first byte may take
+        # the hold on top of the read timeout; the reads after it, the read timeout.
+        first = self._pool.read_timeout
         try:
             if slot is None:
+                # Sent to a replica seen awake: its engine may have gone to sleep since (the
+                # watch lags), and the agent then holds it for up to its hold timeout, which
+                # is the model's wake timeout.
+                if first is not None:
+                    first += spec.wake.timeout
                 sent_at = time.monotonic()  # Exchange.head_at's clock
                 # `whole`: back once the answer was relayed (the handler wakes once, not at
                 # the head and again at the end); the head's time is kept for the metric.
-                result = await send(self._pool, replica.url, target, block, body, reply, whole=True)
-            else:
-                # Held at the agent, the replica is silent until its engine is awake, for up
-                # to the wake deadline: the read timeout bounds the wait only past it, and the
-                # answer's reads again once it came (below).
-                timeout = self._pool.read_timeout
-                if timeout is not None:
-                    assert slot.deadline is not None
-                    timeout += max(0.0, slot.deadline - self._clock())
-                sent = send(
-                    self._pool, replica.url, target, block, body, reply, read_timeout=timeout
+                result = await send(
+                    self._pool, replica.url, target, block, body, reply, whole=True, first=first
                 )
+            else:
+                # Held at the agent for the gateway: until the wake deadline (which the
+                # gateway enforces itself, _until_released).
+                if first is not None:
+                    assert slot.deadline is not None
+                    first += max(0.0, slot.deadline - self._clock())
+                sent = send(self._pool, replica.url, target, block, body, reply, first=first)
                 sending = asyncio.create_task(sent)
                 try:
                     released = await self._until_released(spec.key, replica, sending, slot, reply)
@@ -253,8 +260,6 @@ class Dispatcher:
                 slot.leave("forwarded")  # the agent answered: the request is no longer held
             if isinstance(result, Failed):
                 return result.response
-            if slot is not None and self._pool.read_timeout is not None:
-                result.set_read_timeout(self._pool.read_timeout)  # released: reads as usual
             latency = result.head_at - sent_at if slot is None else self._clock() - sent_at
             self._metrics.observe_upstream(spec.served_name, latency)
             try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from types import EllipsisType
 from urllib.parse import urlsplit
 
 from ..api.openai_errors import AGENT_REFUSAL_STATUSES, AGENT_REFUSALS, ErrorCode, error_code
@@ -109,11 +108,12 @@ async def send(
     reply: Reply,
     *,
     whole: bool = False,
-    read_timeout: float | EllipsisType | None = ...,
+    first: float | None = None,
 ) -> SendResult:
     """Send once; an Exchange returned is already being relayed into `reply` (with `whole`,
     already relayed, unless it is a refusal-sized answer spliced after the peek: see
-    UpstreamPool.request). `read_timeout`, when given, replaces the pool's."""
+    UpstreamPool.request). `first`, when given, bounds the wait for the answer's first byte
+    instead of the pool's read timeout (which bounds the reads after it)."""
     host, port = host_port(url)
     head = request_head(target, host_header(url), len(body), block)
     try:
@@ -126,7 +126,7 @@ async def send(
             header_filter=response_headers,
             buffered=AGENT_REFUSAL_STATUSES,
             whole=whole,
-            read_timeout=read_timeout,
+            first_read_timeout=first,
         )
     except ConnectError:
         return Retry("connect")

@@ -76,6 +76,7 @@ class _Conn(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.read_timeout = pool.read_timeout  # the current exchange's (UpstreamPool.request)
         self._progress = 0.0  # loop time of the last read (or write) the read timeout counts from
+        self._first = False  # the exchange's first byte has a bound of its own (send)
         self.idle_since = 0.0
         self.exchange: Exchange | None = None
         self.poller: select.poll | None = None  # asks the kernel if an idle one was closed
@@ -101,7 +102,11 @@ class _Conn(asyncio.Protocol):
             self.close()
             return
         ex = self.exchange
-        ex.answered = True
+        if not ex.answered:
+            ex.answered = True
+            if self._first:  # the first byte's own bound is over: the read timeout from here
+                self._first = False
+                self._cancel_timers()
         ended = ex.complete
         if not ended:  # a finished exchange waits for nothing (see on_message_complete)
             self._rearm()
@@ -255,7 +260,12 @@ class _Conn(asyncio.Protocol):
     # -- used by the pool and Exchange ----------------------------------------------------------
 
     def send(
-        self, exchange: Exchange, data: bytes, body: bytes, read_timeout: float | None
+        self,
+        exchange: Exchange,
+        data: bytes,
+        body: bytes,
+        read_timeout: float | None,
+        first_read_timeout: float | None = None,
     ) -> None:
         assert self.transport is not None
         self.exchange = exchange
@@ -264,7 +274,15 @@ class _Conn(asyncio.Protocol):
             self.transport.writelines((data, body))
         else:
             self.transport.write(data + body)
-        self._rearm()
+        if first_read_timeout is None:
+            self._rearm()
+            return
+        # Its own timer until the first byte (data_received); when due, _timed_out finds no
+        # read since the write, and the read timeout (shorter, or none) has passed too.
+        self._first = True
+        self._cancel_timers()
+        self._progress = self.loop.time()
+        self._timer = self.loop.call_later(first_read_timeout, self._timed_out)
 
     def _rearm(self) -> None:
         """Restart the read timeout's clock. One timer per period, not one per read: a read
@@ -287,18 +305,6 @@ class _Conn(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.fail(UpstreamTimeout("the model server did not answer in time"))
         self.close()
-
-    def retime(self, timeout: float | None) -> None:
-        """The current exchange's read timeout from now on, counted from the last read."""
-        self.read_timeout = timeout
-        timer = self._timer
-        if timer is None:  # none armed: paused (a slow client) or finished; resume re-arms
-            return
-        timer.cancel()
-        self._timer = None
-        if timeout is not None:
-            left = max(0.0, self._progress + timeout - self.loop.time())
-            self._timer = self.loop.call_later(left, self._timed_out)
 
     def idle(self) -> None:
         self.exchange = None
@@ -523,12 +529,6 @@ class Exchange:
     async def wait_head(self) -> None:
         await self.head
 
-    def set_read_timeout(self, timeout: float | None) -> None:
-        """Bound the rest of this exchange by `timeout` between reads, replacing the one it
-        was sent with (a request that first waited, held, for longer than reads may pause)."""
-        if self._conn.exchange is self and not self.complete:
-            self._conn.retime(timeout)
-
     @property
     def content_length(self) -> int | None:
         value = find_header(self.headers, b"content-length")
@@ -676,13 +676,17 @@ class UpstreamPool:
         buffered: frozenset[int] = frozenset({503}),
         whole: bool = False,
         read_timeout: float | EllipsisType | None = ...,
+        first_read_timeout: float | None = None,
     ) -> Exchange:
         """Send one request; returns once the response head is in (see Exchange for `sink`
         and `buffered`), or with `whole`, for a response spliced into `sink`, once it is
         complete or broke off (then `finished()` raises at once): for a caller that only
         waits for the end, one wake-up per request instead of two. Sent a second time only
         when the first copy provably was not read (the module's docstring). `read_timeout`,
-        when given, replaces the pool's for this request (None: no read timeout)."""
+        when given, replaces the pool's for this request (None: no read timeout).
+        `first_read_timeout` bounds the wait for the response's first byte instead, when that
+        may take longer than the reads after it (a request an upstream may hold before it
+        works on it); from that byte on, the read timeout."""
         timeout = self.read_timeout if read_timeout is ... else read_timeout
         conn = self._take(host, port)
         reused = conn is not None
@@ -690,14 +694,14 @@ class UpstreamPool:
             conn = await self._connect(host, port)
         head_only = head.startswith(b"HEAD ")
         exchange = Exchange(conn, sink, header_filter, head_only, buffered, reused, whole)
-        conn.send(exchange, head, body, timeout)
+        conn.send(exchange, head, body, timeout, first_read_timeout)
         try:
             await exchange.head  # awaited here, not in a coroutine of its own: one per request
         except _Unread:
             exchange.close()
             conn = await self._connect(host, port)
             exchange = Exchange(conn, sink, header_filter, head_only, buffered, False, whole)
-            conn.send(exchange, head, body, timeout)
+            conn.send(exchange, head, body, timeout, first_read_timeout)
             try:
                 await exchange.head
             except BaseException:
