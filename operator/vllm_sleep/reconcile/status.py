@@ -215,8 +215,11 @@ def _conditions(
         degraded = ("ReplicasFailed", f"{failed} replica(s) failed")
     else:
         degraded = ("AsExpected", "no problems")
+    # Not Ready for a problem or a refused name, whatever the phase: Ready's reason says that,
+    # not "Asleep: all replicas asleep", which reads as healthy.
+    why_not = degraded if (problem or name_refusal is not None) else None
     return [
-        cond(ConditionType.READY, ready, phase.value, reason),
+        cond(ConditionType.READY, ready, *(why_not or (phase.value, reason))),
         cond(
             ConditionType.AWAKE,
             awake > 0,

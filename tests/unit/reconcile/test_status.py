@@ -128,3 +128,31 @@ def test_the_agents_last_error_says_why_a_replica_is_not_awake() -> None:
     assert s["replicas"][0]["state"] == "Asleep" and s["replicas"][0]["message"] == why
     assert conditions(s)["Degraded"]["status"] == "False"  # the operator retries; not failed
     ModelDeploymentStatus.model_validate(s)
+
+
+def test_not_ready_for_a_problem_says_the_problem_not_the_phase() -> None:
+    # An asleep model is Ready; one that cannot run is not, and Ready's reason must say why
+    # (kubectl wait and GitOps health checks show Ready's reason, not Degraded's).
+    raw = body()
+    problem = "GPUPool 'p' does not exist"
+    s = status_of(
+        raw, [pod(raw)], {"m-0": report(AgentState.ASLEEP)}, facts=StatusFacts(problem=problem)
+    )
+    ready = conditions(s)["Ready"]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "Problem", problem)
+
+
+def test_not_ready_for_a_refused_name_says_so() -> None:
+    raw = body()
+    refusal = ("ServedNameConflict", "served name 'm' belongs to the older ModelDeployment a/m")
+    s = status_of(
+        raw, [pod(raw)], {"m-0": report(AgentState.ASLEEP)}, facts=StatusFacts(name_refusal=refusal)
+    )
+    ready = conditions(s)["Ready"]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", *refusal)
+
+
+def test_ready_while_asleep_gives_the_phase_as_its_reason() -> None:
+    raw = body()
+    s = status_of(raw, [pod(raw)], {"m-0": report(AgentState.ASLEEP)})
+    assert conditions(s)["Ready"]["reason"] == "Asleep"
