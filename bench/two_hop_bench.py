@@ -1,7 +1,7 @@
 """Two hops against two nginx: the gateway and the pod agent in front of one simulated vLLM.
 
     .venv/bin/python bench/two_hop_bench.py [--requests 2000] [--rounds 6]
-                                            [--concurrency 1,16,64] [--layouts shared,pinned,split]
+                                            [--concurrency 1,16,64] [--layouts shared,pinned,split,alone]
                                             [--targets nginx+nginx,gateway+agent,...]
                                             [--base-tree <git worktree>]
                                             [--out bench/results/two_hop.json]
@@ -36,6 +36,8 @@ Layouts: `shared` and `pinned` as in gateway_bench.py (`shared` lets the OS plac
 `split` gives each hop a CPU of its own, as production does (the gateway's pods and a model's pod
 never share a core): the front hop (gateway, front nginx) and the load generator on CPU 0, the
 back hop (agent, back nginx) and the simulator on CPU 1, like an agent beside vLLM in its pod.
+`alone` is `split` with the load generator moved to CPU 1: the front hop has CPU 0 to itself, so
+nothing else runs on its core between its events (a diagnostic of what a wake-up costs).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def agent_awake(control: str) -> None:
     raise RuntimeError("the agent never reported the engine awake")
 
 
-LAYOUTS = ("shared", "pinned", "split")
+LAYOUTS = ("shared", "pinned", "split", "alone")
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,15 @@ class Placement:
 @contextlib.contextmanager
 def placed(layout: str) -> Iterator[tuple[Placement, list[subprocess.Popen[Any]]]]:
     """gateway_bench's placement, plus `split`: this process (the load generator) on CPU 0 with
-    the front hop, the back hop and the simulator on CPU 1."""
-    if layout != "split":
+    the front hop, the back hop and the simulator on CPU 1; and `alone`: split with the load
+    generator moved to CPU 1, so the front hop has a core to itself."""
+    if layout not in ("split", "alone"):
         with gb.placed(layout) as (proxy_cpus, rest, procs):
             yield Placement(proxy_cpus, proxy_cpus, rest), procs
         return
     mine = os.sched_getaffinity(0)
     with gb.placed("shared") as (_, _, procs):
-        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(0, {0} if layout == "split" else {1})
         try:
             yield Placement({0}, {1}, {1}), procs
         finally:
