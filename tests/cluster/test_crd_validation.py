@@ -203,6 +203,26 @@ def test_bad_pool_is_rejected_naming_the_field(
     assert needle in message, message
 
 
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"spec": {"sleep": {"idleTimeout": "5 minutes"}}},
+        {"spec": {"sleep": {"idleTimeout": "-5m"}}},
+        {"spec": {"wake": {"timeout": "2 m"}}},
+    ],
+    ids=["idle-words", "idle-negative", "wake-timeout-space"],
+)
+def test_a_malformed_duration_gets_only_the_format_error(
+    objects: client.CustomObjectsApi, namespace: str, patch: dict[str, Any]
+) -> None:
+    """The field's CEL bound is checked only on a well-formed duration: the apiserver runs the
+    rules even when the pattern failed, and `duration()` of a malformed string added a second,
+    baffling error ("type conversion error from 'string' to 'google.protobuf.Duration')."""
+    message = rejection(objects, merged(GOOD, patch), namespace)
+    assert "should match" in message, message
+    assert "type conversion error" not in message, message
+
+
 @pytest.mark.parametrize("patch", [c[1] for c in GOOD_MODELS], ids=[c[0] for c in GOOD_MODELS])
 def test_good_model_is_accepted(
     objects: client.CustomObjectsApi, namespace: str, patch: dict[str, Any]

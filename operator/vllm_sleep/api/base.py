@@ -53,6 +53,14 @@ def cel(
     return out
 
 
+def duration_rule(check: str, message: str) -> JsonDict:
+    """A CEL bound on a Duration field (`check` compares `duration(self)`), checked only when the
+    value is well-formed: the apiserver runs a field's rules even when its pattern failed, and
+    `duration()` of a malformed string added a second error to the pattern's ("type conversion
+    error from 'string' to 'google.protobuf.Duration'")."""
+    return cel(f"!self.matches(r'{DURATION_PATTERN}') || {check}", message)
+
+
 def list_map(*keys: str) -> JsonDict:
     """Schema marks for a list Kubernetes merges item by item, each item known by `keys`."""
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}

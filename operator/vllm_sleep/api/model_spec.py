@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import ApiModel, Duration, ObjectName, cel, duration_field
+from .base import ApiModel, Duration, ObjectName, cel, duration_field, duration_rule
 from .quantity import Quantity
 
 
@@ -92,7 +92,7 @@ class SleepSpec(ApiModel):
     idle_timeout: Duration = duration_field(
         timedelta(minutes=10),
         "Sleep a replica after this long without a request (policy Auto).",
-        cel("duration(self) >= duration('1s')", "must be at least 1s"),
+        duration_rule("duration(self) >= duration('1s')", "must be at least 1s"),
     )
     policy: SleepPolicy = Field(default=SleepPolicy.AUTO)
     drain_timeout: Duration = duration_field(
@@ -108,7 +108,7 @@ class WakeSpec(ApiModel):
     timeout: Duration = duration_field(
         timedelta(minutes=2),
         "How long a request is held while the model wakes; then 503 + Retry-After.",
-        cel("duration(self) > duration('0s')", "must be greater than zero"),
+        duration_rule("duration(self) > duration('0s')", "must be greater than zero"),
     )
     max_queued: int = Field(
         default=256,
