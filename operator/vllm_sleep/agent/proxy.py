@@ -17,8 +17,8 @@ data path: no coroutine switch per chunk, one write per upstream read, vLLM paus
 client's socket buffer is full. An inference request holds its in-flight slot until vLLM's
 last byte was read or the client went away, so `inflight` counts exactly what the engine is
 working on. A client that leaves cancels its handler (h1), which closes the upstream request
-(vLLM aborts it; the abandon is noted for the sleep's settle pause) or drops a held request
-at once.
+(vLLM aborts it; the abandon is noted for the sleep's settle pause; not once vLLM's answer was
+whole) or drops a held request at once.
 """
 
 from __future__ import annotations
@@ -241,8 +241,10 @@ class PublicProxy:
             # The client left before vLLM's last byte: before its head too (a non-streamed
             # answer comes whole, at the end). The closed connection makes vLLM abort the
             # request a moment later; a sleep must wait for that (<=0.16 crashes on work
-            # still running).
-            if inference:
+            # still running). Not when the answer was whole: the client's leaving can be
+            # seen in the loop turn that relayed vLLM's last byte, and cancel this handler
+            # before it resumes, but vLLM has nothing left to abort.
+            if inference and (not reply.done or reply.aborted):
                 self._gate.note_abandoned()
             raise
         return None

@@ -705,10 +705,13 @@ class UpstreamPool:
             try:
                 await exchange.head
             except BaseException:
-                exchange.close()
+                exchange.release()  # see below
                 raise
         except BaseException:
-            exchange.close()
+            # Closed (the upstream aborts the request), unless the answer was whole: a
+            # `whole` exchange's caller can be cancelled (its client left) in the turn that
+            # completed it, and the connection is as clean as after any answer.
+            exchange.release()
             raise
         return exchange
 
