@@ -9,6 +9,7 @@ demand arrived.
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import sys
 import time
@@ -34,33 +35,64 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("model", help="ModelDeployment name")
         c.add_argument("-n", "--namespace", default=None)
         c.add_argument("--wait", action="store_true", help="wait until the model reaches the state")
-        c.add_argument("--timeout", type=float, default=300.0)
+        c.add_argument(
+            "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
+        )
     return p
+
+
+class NoCredentials(Exception):
+    """No kubeconfig to read: the command cannot reach a cluster."""
 
 
 def _clients() -> tuple[Any, Any, Any, str]:
     from kubernetes import client, config
 
-    config.load_kube_config()
-    _, active = config.list_kube_config_contexts()
+    try:
+        config.load_kube_config()
+        _, active = config.list_kube_config_contexts()
+    except config.ConfigException as e:
+        raise NoCredentials(str(e)) from e
     ns = active.get("context", {}).get("namespace", "default")
     api = client.ApiClient()
     return client.CustomObjectsApi(api), client.CoordinationV1Api(api), client, ns
 
 
+def api_error(e: Any) -> str:
+    """One line for an ApiException: the apiserver's own message (its Status body says what and
+    which object), not the raw JSON."""
+    try:
+        message = json.loads(e.body).get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return f"error: {message or f'{e.status} {e.reason}'}"
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    objs, coord, client, default_ns = _clients()
+    try:
+        objs, coord, client, default_ns = _clients()
+    except NoCredentials as e:
+        print(
+            f"error: no Kubernetes credentials ({e}); set KUBECONFIG (for the local cluster: "
+            'eval "$(vllm-sleep dev env)")',
+            file=sys.stderr,
+        )
+        return 1
     ns = getattr(args, "namespace", None) or default_ns
     try:
-        if args.cmd == "status":
-            return _status(objs, None if args.all_namespaces else ns)
-        mdep = objs.get_namespaced_custom_object(
-            GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model
-        )
+        return _run(args, objs, coord, client, ns)
     except client.ApiException as e:
-        print(f"error: {e.status} {e.reason}: {getattr(e, 'body', '')}", file=sys.stderr)
+        print(api_error(e), file=sys.stderr)
         return 1
+
+
+def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) -> int:
+    if args.cmd == "status":
+        return _status(objs, None if args.all_namespaces else ns)
+    mdep = objs.get_namespaced_custom_object(
+        GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model
+    )
     if args.cmd == "wake":
         renew_demand(coord, client, ns, mdep, holder=f"vllm-sleep-cli@{socket.gethostname()}")
         print(f"demand signalled for {ns}/{args.model}")
@@ -115,9 +147,17 @@ def _wait(objs: Any, ns: str, name: str, phase: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         obj = objs.get_namespaced_custom_object(GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, name)
-        if (obj.get("status") or {}).get("phase") == phase:
+        status = obj.get("status") or {}
+        if status.get("phase") == phase:
             print(f"{ns}/{name} is {phase}")
             return 0
+        if status.get("phase") == "Failed":  # every replica failed: say why, not wait it out
+            degraded = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Degraded"), {}
+            )
+            why = degraded.get("message") or "see kubectl describe mdep"
+            print(f"{ns}/{name} is Failed: {why}", file=sys.stderr)
+            return 1
         time.sleep(0.5)
     print(f"timed out waiting for {ns}/{name} to be {phase}", file=sys.stderr)
     return 1

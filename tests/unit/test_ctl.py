@@ -83,3 +83,69 @@ def test_status_shows_each_pool_device_with_its_memory() -> None:
         ("h100", "n/gpu-0", "2", "ns/a-0", "66.0 / 80 GiB"),
         ("h100", "n/gpu-1", "0", "-", "0.0 / 80 GiB"),
     ]
+
+
+def test_without_a_kubeconfig_the_cli_says_what_to_set(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    from vllm_sleep.ctl import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "no Kubernetes credentials" in err and "KUBECONFIG" in err
+
+
+class Objects:
+    """CustomObjectsApi: serves `bodies` in turn (an exception is raised)."""
+
+    def __init__(self, *bodies: Any) -> None:
+        self.bodies = list(bodies)
+
+    def get_namespaced_custom_object(self, *args: Any) -> Any:
+        body = self.bodies.pop(0)
+        if isinstance(body, Exception):
+            raise body
+        return body
+
+
+class StatusError(ApiException):
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        super().__init__(status)
+        self.reason, self.body = reason, body
+
+
+def test_an_api_error_is_the_apiservers_message_not_its_json(monkeypatch: Any, capsys: Any) -> None:
+    import vllm_sleep.ctl as ctl
+
+    body = (
+        '{"kind":"Status","apiVersion":"v1","status":"Failure","message":'
+        '"modeldeployments.vllm-sleep.io \\"nope\\" not found","reason":"NotFound","code":404}'
+    )
+    objs = Objects(StatusError(404, "Not Found", body))
+    monkeypatch.setattr(ctl, "_clients", lambda: (objs, Coord(), CLIENT, "default"))
+    assert ctl.main(["wake", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == 'error: modeldeployments.vllm-sleep.io "nope" not found'
+
+
+def test_an_api_error_without_a_status_body_gives_its_code() -> None:
+    from vllm_sleep.ctl import api_error
+
+    assert api_error(StatusError(503, "Service Unavailable", "")) == (
+        "error: 503 Service Unavailable"
+    )
+
+
+def test_wait_stops_at_failed_with_the_reason(capsys: Any) -> None:
+    from vllm_sleep.ctl import _wait
+
+    failed = {
+        "status": {
+            "phase": "Failed",
+            "conditions": [{"type": "Degraded", "message": "m-0: CUDA out of memory"}],
+        }
+    }
+    assert _wait(Objects(failed), "ns", "m", "Awake", timeout=60) == 1
+    assert "ns/m is Failed: m-0: CUDA out of memory" in capsys.readouterr().err
