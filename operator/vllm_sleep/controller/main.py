@@ -53,6 +53,17 @@ def _identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def host_port(value: str) -> str:
+    """An argparse type: "host:port", port 0..65535 (kopf's liveness URL is built from it)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not host:port (e.g. 0.0.0.0:8080)")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-sleep operator", description="Run the operator.")
     p.add_argument("--namespace", action="append", default=[], help="watch only these (repeatable)")
@@ -64,11 +75,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-bind",
         default=os.environ.get("VLLM_SLEEP_METRICS_BIND", "127.0.0.1:8080"),
+        type=host_port,
         help="host:port for /metrics (0.0.0.0:8080 in a pod)",
     )
     p.add_argument(
         "--health-bind",
         default=os.environ.get("VLLM_SLEEP_HEALTH_BIND", "127.0.0.1:8081"),
+        type=host_port,
         help="host:port for kopf's /healthz liveness endpoint",
     )
     p.add_argument(
@@ -100,7 +113,12 @@ def parser() -> argparse.ArgumentParser:
     lead.add_argument("--leader-lease-duration", type=float, default=t.lease_duration)
     lead.add_argument("--leader-renew-deadline", type=float, default=t.renew_deadline)
     lead.add_argument("--leader-retry-period", type=float, default=t.retry_period)
-    p.add_argument("--log-level", default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("VLLM_SLEEP_LOG_LEVEL", "INFO"),
+        type=str.upper,
+        choices=LOG_LEVELS,
+    )
     p.add_argument(
         "--debug", action="store_true", help="debug logs of the operator's own decisions"
     )
@@ -286,5 +304,13 @@ def main(argv: list[str]) -> int:
     if args.debug:
         logging.getLogger("vllm_sleep").setLevel(logging.DEBUG)
     forgo_sync_client()
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
+        print(
+            f"vllm-sleep operator: no Kubernetes credentials ({e}): run it in a pod with its "
+            "ServiceAccount, or set KUBECONFIG",
+            file=sys.stderr,
+        )
+        return 1
     return 0
