@@ -152,7 +152,7 @@ def _wait(objs: Any, ns: str, name: str, phase: str, timeout: float) -> int:
             print(f"{ns}/{name} is {phase}")
             return 0
         if status.get("phase") == "Failed":  # every replica failed: say why, not wait it out
-            degraded = next(
+            degraded: dict[str, Any] = next(
                 (c for c in status.get("conditions") or [] if c.get("type") == "Degraded"), {}
             )
             why = degraded.get("message") or "see kubectl describe mdep"
