@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..api.agent_protocol import StateReport
@@ -35,6 +36,7 @@ from ..reconcile.pool_devices import (
     PoolDevice,
     claim_manifest,
     claim_name,
+    no_devices,
     pool_devices,
     unused_claims,
 )
@@ -235,6 +237,9 @@ class PoolActor:
                 wants=frozenset().union(*self.wants.values()),
             )
             g = gate(view, ns, request, now)
+            if g.never and not self.devices:  # say why there are none, not only "none"
+                why = no_devices(self.name, spec)
+                g = replace(g, never={r: f"{r} cannot be placed: {why}" for r in g.never})
             self.turns.update(g.turns)
             self._turn_since.update({d: time.monotonic() for d in g.turns})
             for i, device in g.seats.items():

@@ -144,6 +144,21 @@ def pool_devices(
     return plugin_devices(spec, nodes)
 
 
+def no_devices(pool: str, spec: GPUPoolSpec) -> str:
+    """Why `pool_devices` found none, in the terms of the pool's spec: the message of a model
+    that cannot be placed in it (a typo in the nodeSelector, the resource or the DeviceClass)."""
+    nodes = "Ready node"
+    if spec.node_selector:
+        nodes += f" matching nodeSelector {dict(spec.node_selector)}"
+    if spec.sharing == Sharing.DRA:
+        offers = (
+            f"publishes a ResourceSlice of the driver of DeviceClass {spec.device_class_name!r}"
+        )
+    else:
+        offers = f"advertises {spec.device_resource_name}"
+    return f"GPUPool {pool!r} has no devices: no {nodes} {offers}"
+
+
 def claim_name(device: str) -> str:
     """The namespace's ResourceClaim for `device`: readable, a DNS label, unique per device."""
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")[:40].strip("-")

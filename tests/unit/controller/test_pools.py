@@ -369,3 +369,40 @@ def test_the_periodic_re_read_of_the_devices_never_holds_a_members_pass() -> Non
         await a.close()
 
     asyncio.run(run())
+
+
+def test_a_pool_without_devices_says_what_it_looks_for() -> None:
+    """A GPUPool whose nodeSelector or resource matches no node: the member's problem names the
+    pool and what it looks for, not only "a pool without devices"."""
+
+    async def run() -> None:
+        a = actor()
+        a.spec = GPUPoolSpec.model_validate(
+            {
+                "sharing": "TimeSlicing",
+                "deviceMemory": "80Gi",
+                "deviceResourceName": "nvidia.com/gpu.shared",
+                "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"},
+            }
+        )
+        a.devices = ()
+        m, req, reps = member("a", AgentState.UNREACHABLE)
+        req = PoolRequest([], {}, {0: "a-0"}, ())
+        never = a.gatekeeper("ns", m, reps, NOW)(req).never
+        assert never == {
+            "ns/a-0": "ns/a-0 cannot be placed: GPUPool 'p' has no devices: no Ready node "
+            "matching nodeSelector {'nvidia.com/gpu.product': 'NVIDIA-A100'} advertises "
+            "nvidia.com/gpu.shared"
+        }
+
+    asyncio.run(run())
+
+
+def test_a_dra_pool_without_devices_names_its_device_class() -> None:
+    from vllm_sleep.reconcile.pool_devices import no_devices
+
+    spec = GPUPoolSpec.model_validate({"deviceMemory": "80Gi"})
+    assert no_devices("p", spec) == (
+        "GPUPool 'p' has no devices: no Ready node publishes a ResourceSlice of the driver "
+        "of DeviceClass 'gpu.nvidia.com'"
+    )
