@@ -42,6 +42,7 @@ from .placement import Placement
 from .pod_memo import PodMemo
 from .policy import policy_from_spec
 from .pool_devices import claim_name, node_of
+from .pool_engines import replica_key
 from .pool_gate import Gate, PoolRequest
 from .rollout import replace_now
 from .status import Status, StatusFacts, model_status
@@ -192,6 +193,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     )
     waiting: frozenset[str] = frozenset()
     waiting_text: str | None = None
+    unseated_text: str | None = None
     if pooled and observed.gatekeeper is not None:
         going = {d.name for d in delete}
         # Pods deleted this pass still hold their memory until kubelet stopped them.
@@ -219,6 +221,11 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         why = {**g.queued, **g.waiting}
         if why:
             waiting_text = "; ".join(why[r] for r in sorted(why))
+        # A replica the pool has no seat for has no pod: not every replica is placed.
+        placed = {replica_key(observed.owner.namespace, p.name) for p in live}
+        unseated = sorted(r for r in g.waiting if r not in placed)
+        if unseated:
+            unseated_text = "; ".join(g.waiting[r] for r in unseated)
     if problem and problem != observed.reported.problem:
         events.append(Event("Warning", "CannotPlace", problem))
     refusal = observed.name_refusal
@@ -230,6 +237,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         observed.last_wake_seconds,
         waiting_text,
         (refusal.reason.value, refusal.message) if refusal else None,
+        unseated_text,
     )
     return Plan(
         delete=delete,

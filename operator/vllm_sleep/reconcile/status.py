@@ -34,6 +34,8 @@ class StatusFacts:
     waiting: str | None = None  # pooled: why a wanted replica waits for room on its device
     # Why the gateway serves this model no traffic (api.served_names): (reason, message).
     name_refusal: tuple[str, str] | None = None
+    # pooled: why replicas without a pod have no seat yet (their pool is full for now)
+    unseated: str | None = None
 
 
 def rfc3339(ts: float) -> str:
@@ -93,6 +95,7 @@ def model_status(
             now,
             facts.waiting,
             facts.name_refusal,
+            facts.unseated,
         ),
     }
     if activity:
@@ -183,6 +186,7 @@ def _conditions(
     now: float,
     waiting: str | None = None,
     name_refusal: tuple[str, str] | None = None,
+    unseated: str | None = None,
 ) -> list[dict[str, Any]]:
     # lastTransitionTime moves only when a condition's status flips (metav1.Condition).
     old = {c.type: c for c in previous}
@@ -228,9 +232,9 @@ def _conditions(
         ),
         cond(
             ConditionType.SCHEDULED,
-            not unscheduled,
-            "PodsScheduled" if not unscheduled else "Unschedulable",
-            unscheduled or "all pods placed",
+            not (unscheduled or unseated),
+            "Unschedulable" if unscheduled else "WaitingForDevice" if unseated else "PodsScheduled",
+            unscheduled or unseated or "all pods placed",
         ),
         cond(ConditionType.DEGRADED, degraded[0] != "AsExpected", *degraded),
     ]

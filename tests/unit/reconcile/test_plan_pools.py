@@ -11,6 +11,7 @@ from vllm_sleep.api.gpu_pool import GPUPoolSpec
 from vllm_sleep.api.names import ANNOTATION_DEVICE
 from vllm_sleep.reconcile.builders import GpuAttachment
 from vllm_sleep.reconcile.lifecycle import Sleep
+from vllm_sleep.reconcile.observe import observe_pod
 from vllm_sleep.reconcile.placement import Placement
 from vllm_sleep.reconcile.plan import plan
 from vllm_sleep.reconcile.pool_devices import claim_name
@@ -98,3 +99,43 @@ def test_a_model_that_can_never_fit_is_degraded_with_a_cannot_place_event() -> N
     assert [e.reason for e in out.events] == ["CannotPlace"]
     degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and "92.0 GiB" in degraded["message"]
+
+
+def _condition(out: Any, ctype: str) -> dict[str, Any]:
+    return next(c for c in out.status["conditions"] if c["type"] == ctype)
+
+
+def seated_pod(raw: dict[str, Any]) -> Any:
+    """Replica 0's pod as its pool seated it on n/gpu-0 (any other pod would be replaced)."""
+    made = plan(
+        observed(raw, placement=pooled("TimeSlicing"), gatekeeper=keeper(seats={0: "n/gpu-0"})[1])
+    )
+    manifest = made.create[0].manifest
+    manifest["metadata"]["uid"] = "uid-m-0"
+    manifest["spec"]["nodeName"] = "n"
+    manifest["status"] = {"phase": "Running", "podIP": "10.0.0.1"}
+    return observe_pod(manifest)
+
+
+def test_a_replica_the_pool_cannot_seat_yet_makes_the_model_not_scheduled() -> None:
+    """Scaled to more replicas than the pool has room for: the replica without a pod is not
+    placed, and Scheduled says so (it said "all pods placed")."""
+    why = "no device can take ns/m-1 now: 1 full (4 replicas)"
+    _, gk = keeper(waiting={"ns/m-1": why})
+    raw = body(replicas=2)
+    out = plan(
+        observed(raw, pods=[seated_pod(raw)], placement=pooled("TimeSlicing"), gatekeeper=gk)
+    )
+    scheduled = _condition(out, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "WaitingForDevice")
+    assert why in scheduled["message"]
+    assert _condition(out, "Degraded")["status"] == "False"  # it may fit later: not a problem
+
+
+def test_a_placed_replica_waiting_to_wake_keeps_the_model_scheduled() -> None:
+    _, gk = keeper(waiting={"ns/m-0": "device n/gpu-0 is busy: ns/b-0 is waking"})
+    raw = body()
+    out = plan(
+        observed(raw, pods=[seated_pod(raw)], placement=pooled("TimeSlicing"), gatekeeper=gk)
+    )
+    assert _condition(out, "Scheduled")["status"] == "True"
