@@ -16,12 +16,14 @@ ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 
 class EnvVar(ApiModel):
-    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
-    value: str = Field(default="", max_length=32768)
+    name: str = Field(
+        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Variable name."
+    )
+    value: str = Field(default="", max_length=32768, description="Its value.")
 
 
 class LocalObjectReference(ApiModel):
-    name: ObjectName = Field(min_length=1)
+    name: ObjectName = Field(min_length=1, description="Name of an object in the namespace.")
 
 
 class TolerationOperator(StrEnum):
@@ -84,6 +86,6 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
-def conditions_field() -> Any:
+def conditions_field(description: str) -> Any:
     """A status's `conditions`: one entry per type, merged by type (as metav1.Condition lists)."""
-    return Field(default_factory=list, json_schema_extra=list_map("type"))
+    return Field(default_factory=list, description=description, json_schema_extra=list_map("type"))

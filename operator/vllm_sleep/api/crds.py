@@ -70,8 +70,14 @@ class Resource:
                 "apiVersion": {"type": "string"},
                 "kind": {"type": "string"},
                 "metadata": {"type": "object"},
-                "spec": structural_schema(self.spec),
-                "status": structural_schema(self.status),
+                "spec": {
+                    **structural_schema(self.spec),
+                    "description": "Desired state: yours (or your GitOps tool's) to write.",
+                },
+                "status": {
+                    **structural_schema(self.status),
+                    "description": "Observed state, written by the operator only.",
+                },
             },
         }
         if self.rules:

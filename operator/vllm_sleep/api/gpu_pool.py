@@ -36,7 +36,9 @@ class GPUPoolSpec(ApiModel):
         description="Nodes of this pool; copied into every model pod placed in it.",
         json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 4096}},
     )
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Copied into every model pod."
+    )
     device_memory: Quantity = Field(
         description="Memory of one device (e.g. 80Gi); gpuMemoryUtilization is a share of it.",
         json_schema_extra={
@@ -55,7 +57,13 @@ class GPUPoolSpec(ApiModel):
             "sleep at level 2. Unset: no limit beyond the pods' memory requests."
         ),
     )
-    sharing: Sharing = Sharing.DRA
+    sharing: Sharing = Field(
+        default=Sharing.DRA,
+        description=(
+            "DRA: one ResourceClaim per device, shared by the pods placed there. TimeSlicing: "
+            "the device plugin's shared resource. Exclusive: one model per device."
+        ),
+    )
     device_class_name: ObjectName = Field(
         default="gpu.nvidia.com", description="DRA DeviceClass of the pool's devices (sharing DRA)."
     )
@@ -83,27 +91,39 @@ class GPUPoolSpec(ApiModel):
 
 
 class DeviceStatus(ApiModel):
-    node: str
-    device: str
-    claim: str | None = None  # ResourceClaim name (DRA)
-    models: list[str] = Field(default_factory=list)  # namespace/name of replicas placed here
-    awake: list[str] = Field(default_factory=list)
-    committed_bytes: int | None = Field(default=None, ge=0)
+    node: str = Field(description="The device's node.")
+    device: str = Field(description="Device id, <node>/<device>.")
+    claim: str | None = Field(default=None, description="Its ResourceClaim (sharing DRA).")
+    models: list[str] = Field(
+        default_factory=list, description="Replicas placed on it (namespace/pod)."
+    )
+    awake: list[str] = Field(default_factory=list, description="Those of them awake.")
+    committed_bytes: int | None = Field(
+        default=None, ge=0, description="Awake shares plus sleeping residuals, in bytes."
+    )
 
 
 class GPUPoolStatus(ApiModel):
-    nodes: int | None = Field(default=None, ge=0)
-    devices: int | None = Field(default=None, ge=0)
-    models: int | None = Field(default=None, ge=0)
+    nodes: int | None = Field(default=None, ge=0, description="Nodes with devices of the pool.")
+    devices: int | None = Field(default=None, ge=0, description="Devices of the pool.")
+    models: int | None = Field(default=None, ge=0, description="ModelDeployments placed in it.")
     # Summed over devices: replicas placed, replicas awake, and device bytes committed (also as
     # a share of the pool's device memory, for `kubectl get gpupools`).
-    replicas: int | None = Field(default=None, ge=0)
-    awake: int | None = Field(default=None, ge=0)
-    committed_bytes: int | None = Field(default=None, ge=0)
-    committed_percent: int | None = Field(default=None, ge=0)
-    device_states: list[DeviceStatus] = Field(default_factory=list)
-    observed_generation: int | None = None
-    conditions: list[Condition] = conditions_field()
+    replicas: int | None = Field(default=None, ge=0, description="Replicas placed on devices.")
+    awake: int | None = Field(default=None, ge=0, description="Replicas awake.")
+    committed_bytes: int | None = Field(
+        default=None, ge=0, description="Device bytes committed over all devices."
+    )
+    committed_percent: int | None = Field(
+        default=None, ge=0, description="committedBytes as a percentage of the pool's memory."
+    )
+    device_states: list[DeviceStatus] = Field(
+        default_factory=list, description="Per device: who is placed, who is awake, bytes."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="Reserved: not written by the operator yet."
+    )
+    conditions: list[Condition] = conditions_field("Reserved: not written by the operator yet.")
 
 
 class GPUPool(KubeObject):

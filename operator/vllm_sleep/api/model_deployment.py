@@ -70,7 +70,9 @@ class ModelDeploymentSpec(ApiModel):
     image: str = Field(
         min_length=1, max_length=1024, description="vLLM image (>= 0.10.2 for level 2)."
     )
-    image_pull_policy: ImagePullPolicy | None = None
+    image_pull_policy: ImagePullPolicy | None = Field(
+        default=None, description="Of the vLLM container (default: Kubernetes')."
+    )
     args: list[str] = Field(
         default_factory=list,
         max_length=128,
@@ -108,24 +110,59 @@ class ModelDeploymentSpec(ApiModel):
             ],
         },
     )
-    replicas: int = Field(default=1, ge=0, le=64)
-    resources: ModelResources = Field(
-        default_factory=ModelResources, json_schema_extra={"default": {}}
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Pods, each with its own sleep state; 0 unloads the model.",
     )
-    sleep: SleepSpec = Field(default_factory=SleepSpec, json_schema_extra={"default": {}})
-    wake: WakeSpec = Field(default_factory=WakeSpec, json_schema_extra={"default": {}})
-    placement: Placement = Field(default_factory=Placement, json_schema_extra={"default": {}})
-    node_selector: dict[str, str] | None = Field(default=None, json_schema_extra=_MAP_STR)
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
-    service_account_name: ObjectName | None = None
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
-    priority_class_name: ObjectName | None = None
+    resources: ModelResources = Field(
+        default_factory=ModelResources,
+        description="The engine's GPU memory share, weights size, GPUs, CPU and host memory.",
+        json_schema_extra={"default": {}},
+    )
+    sleep: SleepSpec = Field(
+        default_factory=SleepSpec,
+        description="When and how replicas sleep: level, idle timeout, policy, drain timeout.",
+        json_schema_extra={"default": {}},
+    )
+    wake: WakeSpec = Field(
+        default_factory=WakeSpec,
+        description="Waking on a request: whether, how long a request is held, how many.",
+        json_schema_extra={"default": {}},
+    )
+    placement: Placement = Field(
+        default_factory=Placement,
+        description="GPUPool, priority among its models, minimum time awake.",
+        json_schema_extra={"default": {}},
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        description="Merged with the pool's (the pool wins on a conflict).",
+        json_schema_extra=_MAP_STR,
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Added to the pool's."
+    )
+    service_account_name: ObjectName | None = Field(
+        default=None,
+        description="Of the pods (default: the namespace's); its token is never mounted.",
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets to pull the images with."
+    )
+    priority_class_name: ObjectName | None = Field(
+        default=None,
+        description="Kubernetes pod priority (preemption); unrelated to placement.priority.",
+    )
     pod_labels: dict[str, str] | None = Field(
         default=None,
         description="Extra pod labels (the operator's own vllm-sleep.io/ labels win).",
         json_schema_extra=_MAP_STR,
     )
-    pod_annotations: dict[str, str] | None = Field(default=None, json_schema_extra=_MAP_STR)
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, description="Extra pod annotations.", json_schema_extra=_MAP_STR
+    )
     agent_image: str | None = Field(
         default=None,
         max_length=1024,

@@ -94,7 +94,13 @@ class SleepSpec(ApiModel):
         "Sleep a replica after this long without a request (policy Auto).",
         duration_rule("duration(self) >= duration('1s')", "must be at least 1s"),
     )
-    policy: SleepPolicy = Field(default=SleepPolicy.AUTO)
+    policy: SleepPolicy = Field(
+        default=SleepPolicy.AUTO,
+        description=(
+            "Auto: sleep when idle, wake on demand. AlwaysAwake: never sleep. Asleep: keep "
+            "loaded but asleep, never woken by demand."
+        ),
+    )
     drain_timeout: Duration = duration_field(
         timedelta(minutes=2),
         "How long in-flight requests may run before a sleep gives up and stays awake.",

@@ -36,14 +36,22 @@ class ConditionType(StrEnum):
 
 
 class ReplicaStatus(ApiModel):
-    pod: str
-    node: str | None = None
-    device: str | None = None
+    pod: str = Field(description="The replica's pod (<name>-<replica>).")
+    node: str | None = Field(default=None, description="Node the pod runs on.")
+    device: str | None = Field(
+        default=None, description="In a GPUPool: the device it is seated on (<node>/<device>)."
+    )
     # Starting | Loading | Loaded | Awake | Draining | Sleeping | Asleep | Waking | Failed |
     # Terminating. A string, not an enum, so a newer operator can add states.
-    state: str = Field(max_length=64)
-    since: datetime | None = None
-    level: int | None = Field(default=None, ge=0, le=2)
+    state: str = Field(
+        max_length=64,
+        description=(
+            "Starting, Loading, Loaded, Awake, Draining, Sleeping, Asleep, Waking, Failed or "
+            "Terminating."
+        ),
+    )
+    since: datetime | None = Field(default=None, description="When it entered that state.")
+    level: int | None = Field(default=None, ge=0, le=2, description="Sleep level, while asleep.")
     message: str | None = Field(
         default=None, max_length=1024, description="Why the replica is failing, when it is."
     )
@@ -54,9 +62,21 @@ class ModelDeploymentStatus(ApiModel):
     awake: str | None = Field(
         default=None, max_length=32, description='Awake replicas over desired, e.g. "1/2".'
     )
-    replicas: list[ReplicaStatus] = Field(default_factory=list)
-    last_activity_time: datetime | None = None
-    last_sleep_seconds: float | None = Field(default=None, ge=0)
-    last_wake_seconds: float | None = Field(default=None, ge=0)
-    observed_generation: int | None = None
-    conditions: list[Condition] = conditions_field()
+    replicas: list[ReplicaStatus] = Field(
+        default_factory=list, description="Each replica's state, as its agent reports it."
+    )
+    last_activity_time: datetime | None = Field(
+        default=None, description="Newest inference request seen by any replica's agent."
+    )
+    last_sleep_seconds: float | None = Field(
+        default=None, ge=0, description="Duration of the last sleep transition."
+    )
+    last_wake_seconds: float | None = Field(
+        default=None, ge=0, description="Duration of the last wake transition."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation this status describes."
+    )
+    conditions: list[Condition] = conditions_field(
+        "Ready (can serve now or after a wake), Awake, Scheduled, Degraded."
+    )
