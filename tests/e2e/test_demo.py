@@ -76,7 +76,10 @@ def test_demo_steps_prewarm_wake_stream_swap_and_sleep_again_without_violations(
     timeline = Timeline(cfg.names, int(DEVICE_GIB * 2**30))
     recorder = Recorder(cluster, node.admin_url, namespace, cfg.pool, timeline, time.monotonic())
     try:
-        assert services.install(cluster)[0] == "kubectl apply -f crds"  # idempotent re-apply
+        # idempotent re-apply
+        assert (
+            services.install(cluster)[0] == "kubectl apply --server-side --force-conflicts -f crds"
+        )
         applied = deploy(cluster, cfg, host_scale=node.time_scale)
         assert len(applied) == len(MODELS) + 1, applied  # the pool and the models
 

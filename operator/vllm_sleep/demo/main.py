@@ -286,6 +286,7 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
             cfg.chat_model,
             lc.cluster.kubectl_bin,
             cli_command(),
+            svc.operator_metrics_url,
         )
     )
     return 1 if report.violations else 0

@@ -38,6 +38,7 @@ class DemoState:
     operator_pid: int
     gateway_pid: int
     token_created: float
+    operator_metrics_url: str = ""  # absent from the files of older demos
 
     @classmethod
     def load(cls, state_dir: Path) -> DemoState | None:
@@ -56,6 +57,7 @@ class Services:
     operator_log: Path
     gateway_log: Path
     reused: bool
+    operator_metrics_url: str = ""
 
 
 def manifest_paths() -> list[Path]:
@@ -81,7 +83,10 @@ def install(cluster: Cluster) -> list[str]:
     cluster.kubectl("apply", "-f", str(namespace))
     cluster.kubectl("apply", "-f", str(rbac))
     rel = [p.relative_to(ROOT) for p in (crds, namespace, rbac)]
-    return [f"kubectl apply -f {p}" for p in rel]
+    return [
+        f"kubectl apply --server-side --force-conflicts -f {rel[0]}",
+        *(f"kubectl apply -f {p}" for p in rel[1:]),
+    ]
 
 
 def service_account_kubeconfig(cluster: Cluster, sa: str, path: Path) -> Path:
@@ -100,7 +105,12 @@ def ensure(
     paths = (logs / f"{OPERATOR}.log", logs / f"{GATEWAY}.log")
     previous = DemoState.load(state_dir)
     if previous and not restart and _reusable(previous, state):
-        return Services(previous.gateway_url, *paths, reused=True)
+        return Services(
+            previous.gateway_url,
+            *paths,
+            reused=True,
+            operator_metrics_url=previous.operator_metrics_url,
+        )
     # Stop leftovers of an earlier run (one of the two died, or tokens are old) before starting
     # fresh: two operators on one cluster would both act on every model.
     _stop_recorded(state)
@@ -112,6 +122,7 @@ def ensure(
     )
     token_created = time.time()
     health = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
     operator = spawn(
         OPERATOR,
         [
@@ -119,7 +130,7 @@ def ensure(
             "-m",
             "vllm_sleep.cli",
             "operator",
-            f"--metrics-bind=127.0.0.1:{free_port()}",
+            f"--metrics-bind={metrics}",
             f"--health-bind={health}",
             "--resync-seconds=5",
         ],
@@ -149,9 +160,10 @@ def ensure(
     url = f"http://127.0.0.1:{port}"
     _wait_http(OPERATOR, operator.pid, f"http://{health}/healthz", paths[0])
     _wait_http(GATEWAY, gateway.pid, f"{url}/readyz", paths[1])
-    DemoState(url, operator.pid, gateway.pid, token_created).save(state_dir)
+    metrics_url = f"http://{metrics}"
+    DemoState(url, operator.pid, gateway.pid, token_created, metrics_url).save(state_dir)
     log(f"operator pid {operator.pid}, gateway pid {gateway.pid} (logs in {logs})")
-    return Services(url, *paths, reused=False)
+    return Services(url, *paths, reused=False, operator_metrics_url=metrics_url)
 
 
 def _reusable(previous: DemoState, state: ClusterState) -> bool:

@@ -174,7 +174,13 @@ def timing_model_table(scale: float, models: tuple[DemoModel, ...] = MODELS) -> 
 
 
 def next_steps(
-    gateway_url: str, kubeconfig: str, namespace: str, model: str, kubectl: str, cli: str
+    gateway_url: str,
+    kubeconfig: str,
+    namespace: str,
+    model: str,
+    kubectl: str,
+    cli: str,
+    operator_metrics_url: str = "",
 ) -> Panel:
     curl = (
         f"curl -N {gateway_url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -191,6 +197,16 @@ def next_steps(
         (f"{cli} wake qwen-7b -n {namespace} --wait", "or just send it a request"),
         (f"{cli} sleep {model} -n {namespace} --wait", ""),
         (curl, ""),
+        (f"curl -s {gateway_url}/metrics | grep ^vllm_sleep", "the gateway's metrics"),
+    ]
+    if operator_metrics_url:
+        rows.append(
+            (
+                f"curl -s {operator_metrics_url}/metrics | grep ^vllm_sleep",
+                "the operator's: transitions, phases, pool swaps",
+            )
+        )
+    rows += [
         ("cat deploy/examples/demo/*.yaml", "what the demo applied"),
         (f"{cli} dev down", "stops the cluster, the operator and the gateway"),
     ]

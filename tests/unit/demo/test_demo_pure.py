@@ -196,3 +196,27 @@ def test_where_shows_a_pooled_replicas_device_once() -> None:
     plain = Replica("a-0", "gpu-node-1", "gpu-1", "Awake", None)
     assert where(plain) == "gpu-node-1/gpu-1"
     assert where(Replica("a-0", "gpu-node-1", "-", "Pending", None)) == "gpu-node-1"
+
+
+def test_try_next_shows_both_metrics_endpoints() -> None:
+    from rich.console import Console
+
+    from vllm_sleep.demo.view import next_steps
+
+    panel = next_steps(
+        "http://127.0.0.1:5000", "kc", "demo", "llama-8b", "kubectl", "vllm-sleep",
+        operator_metrics_url="http://127.0.0.1:6000",
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(panel)
+    text = console.export_text()
+    assert "curl -s http://127.0.0.1:5000/metrics" in text
+    assert "curl -s http://127.0.0.1:6000/metrics" in text
+
+
+def test_an_older_demos_state_file_still_loads(tmp_path: Path) -> None:
+    (tmp_path / services.STATE_FILE).write_text(
+        '{"gateway_url": "http://g", "operator_pid": 1, "gateway_pid": 2, "token_created": 3.0}'
+    )
+    state = services.DemoState.load(tmp_path)
+    assert state is not None and state.operator_metrics_url == ""
