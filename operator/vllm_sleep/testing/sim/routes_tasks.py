@@ -12,10 +12,12 @@ VLLM_ENABLE_RESPONSES_API_STORE is set, so every id is 404) never touch the GPU.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 import zlib
+from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -164,8 +166,14 @@ def _inputs(body: dict[str, Any], name: str) -> list[str]:
 async def _embeddings(
     engine: SimEngine, _req: web.BaseRequest, model: str, body: dict[str, Any]
 ) -> web.StreamResponse:
+    # encoding_format "base64" (what the OpenAI SDKs ask for by default): the float32 values'
+    # bytes in the machine's order (vLLM's default embed_dtype and endianness), base64-encoded.
+    b64 = body.get("encoding_format") == "base64"
+
     def item(i: int, t: str) -> dict[str, Any]:
-        return {"object": "embedding", "index": i, "embedding": _vector(t)}
+        vec = _vector(t)
+        data = base64.b64encode(array("f", vec).tobytes()).decode() if b64 else vec
+        return {"object": "embedding", "index": i, "embedding": data}
 
     return await _listed(engine, _inputs(body, "input"), model, "embd", item)
 
