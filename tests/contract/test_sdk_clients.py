@@ -102,6 +102,7 @@ async def chain(http: httpx.AsyncClient) -> AsyncIterator[Chain]:
     source.add_model("s", [agent_s.public_url], awake=False, can_hold=True)
     source.add_model("q", [], awake=False, wake=WakePolicy(max_queued=0))
     source.add_model("n", [], awake=False, wake=WakePolicy(on_request=False))
+    source.add_model("t", [], awake=False, wake=WakePolicy(timeout=0.3))
     config = GatewayConfig(listen_host="127.0.46.100", port=0)
     async with Gateway(config, source, MemoryDemand()) as g:
         yield Chain(g, source, pairs[0], pairs[1])
@@ -146,6 +147,7 @@ async def _stream(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> ht
         ),
         ("POST", "/v1/chat/completions", {"model": "q", "messages": HELLO}, 429, "queue_full"),
         ("POST", "/v1/messages", {"model": "n", "messages": HELLO}, 503, "model_asleep"),
+        ("POST", "/v1/completions", {"model": "t", "prompt": "hi"}, 503, "wake_timeout"),
         # responses.retrieve(id), models.retrieve(name): not served here (docs/gateway.md)
         ("GET", "/v1/responses/resp_abc", None, 404, "not_routed"),
         ("GET", "/v1/models/m", None, 404, "not_found"),
@@ -162,8 +164,9 @@ async def test_the_gateways_refusals_are_errors_the_sdks_parse_and_back_off_on(
 ) -> None:
     # Both SDKs raise their error class from the status and take `.message`/`.code` from the
     # JSON body's `error` object (the Anthropic SDK finds `message` there too). On 429 and 5xx
-    # they retry, waiting what Retry-After says only when it is in (0, 60] seconds
-    # (openai `_calculate_retry_timeout`); past 60 they fall back to their own 0.5-8 s backoff.
+    # they retry after the Retry-After they are sent, within bounds that differ by version:
+    # openai 1.x honours (0, 60] s and backs off on its own past it, openai 3.x (0, 120] and
+    # gives up past it, anthropic 2.x any positive value. Within 60 s all of them wait it.
     resp = await http.request(method, chain.url + path, json=body, headers=SDK_HEADERS)
     assert resp.status_code == status
     assert resp.headers["content-type"].startswith("application/json")
