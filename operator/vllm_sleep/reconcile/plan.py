@@ -191,6 +191,11 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         for a in decision.actions
         if isinstance(a, Route) or (by_name[a.pod].ip and a.pod not in observed.transitions)
     )
+    if model.spec.placement.pool and observed.placement.gpu is None:
+        # Its GPUPool is gone or unusable while its pods run: a wake may need room on a shared
+        # device that only the pool's plan knows (the neighbours' memory); unsupervised, the
+        # engines ran out of device memory. Sleeps and routes still run: they free memory.
+        runnable = tuple(a for a in runnable if not isinstance(a, Wake))
     waiting: frozenset[str] = frozenset()
     waiting_text: str | None = None
     unseated_text: str | None = None

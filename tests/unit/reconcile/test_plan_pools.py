@@ -139,3 +139,24 @@ def test_a_placed_replica_waiting_to_wake_keeps_the_model_scheduled() -> None:
         observed(raw, pods=[seated_pod(raw)], placement=pooled("TimeSlicing"), gatekeeper=gk)
     )
     assert _condition(out, "Scheduled")["status"] == "True"
+
+
+def test_a_model_whose_pool_is_gone_wakes_nothing() -> None:
+    """Its GPUPool deleted (a GitOps prune, a rename) while its pods run: a wake would need room
+    on the shared device that only the pool's plan knows (the neighbours' memory), and woken
+    unsupervised the engines ran out of device memory. Sleeps still run: they free memory."""
+    from planning import NOW, report
+
+    from vllm_sleep.api.agent_protocol import AgentState
+    from vllm_sleep.reconcile.lifecycle import Wake
+
+    raw = body()
+    raw["spec"]["placement"] = {"pool": "gone"}
+    gone = Placement(None, "GPUPool 'gone' does not exist; create it or fix spec.placement.pool")
+    asleep = [pod(raw, annotations={"vllm-sleep.io/prewarmed": "true"})]
+    held = {"m-0": report(AgentState.ASLEEP, held=2)}
+    out = plan(observed(raw, asleep, held, placement=gone, demand_at=NOW - 1))
+    assert not [a for a in out.actions if isinstance(a, Wake)]
+    assert out.delete == () and out.create == ()  # nothing lost either
+    degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
+    assert "does not exist" in degraded["message"]
