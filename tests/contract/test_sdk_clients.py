@@ -225,6 +225,31 @@ async def test_typed_event_streams_reach_the_sdks_whole(
     assert events[0][0] == first and events[-1][0] == last
 
 
+async def test_a_responses_stream_opens_its_item_before_its_deltas(
+    chain: Chain, http: httpx.AsyncClient
+) -> None:
+    # openai's responses.stream() builds a snapshot from the events: a delta for an output item
+    # or content part it was not told of (output_item.added, content_part.added) raises
+    # RuntimeError. vLLM opens both first and numbers its events from 0.
+    body = {"model": "m", "input": "hi", "max_output_tokens": 3, "stream": True}
+    resp = await _stream(http, chain.url + "/v1/responses", body)
+    events = [json.loads(data) for _, data in sse_events(resp.content)]
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 3,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
+
+
 async def test_a_routed_path_with_a_query_is_routed(chain: Chain, http: httpx.AsyncClient) -> None:
     # OpenAI(default_query=...) and Azure-style clients add `?api-version=...` to every call.
     body = {"model": "m", "messages": HELLO, "max_tokens": 2}

@@ -193,7 +193,11 @@ def events(raw: bytes) -> list[str]:
         ),
         (
             "/v1/responses",
-            ["response.created"] + ["response.output_text.delta"] * 2 + ["response.completed"],
+            ["response.created", "response.in_progress"]
+            + ["response.output_item.added", "response.content_part.added"]
+            + ["response.output_text.delta"] * 2
+            + ["response.output_text.done", "response.content_part.done"]
+            + ["response.output_item.done", "response.completed"],
         ),
     ],
 )

@@ -13,6 +13,7 @@ VLLM_ENABLE_RESPONSES_API_STORE is set, so every id is 404) never touch the GPU.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import time
 import uuid
@@ -299,22 +300,46 @@ async def _responses(
         }
 
     if body.get("stream") is True:
+        # vLLM's order (responses/serving.py, streaming_events.py): created, in_progress, the
+        # message item and its text part opened, the deltas, the text, part and item closed,
+        # completed; `sequence_number` counts from 0. The OpenAI SDK's responses.stream()
+        # refuses a delta for an item it was not told of.
+        seq = itertools.count()
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        item = {"type": "message", "id": mid, "role": "assistant", "content": []}
+        at = {"output_index": 0, "item_id": mid, "content_index": 0}
+
+        def ev(kind: str, **fields: Any) -> dict[str, Any]:
+            return {"type": f"response.{kind}", "sequence_number": next(seq), **fields}
+
+        def done(pieces: list[str]) -> list[dict[str, Any]]:
+            text = "".join(pieces)
+            full = {"type": "output_text", "text": text, "annotations": []}
+            return [
+                ev("output_text.done", **at, text=text, logprobs=[]),
+                ev("content_part.done", **at, part=full),
+                ev(
+                    "output_item.done",
+                    output_index=0,
+                    item={**item, "content": [full], "status": "completed"},
+                ),
+                ev("completed", response=response("completed", pieces)),
+            ]
+
+        started = response("in_progress", [])
         return await _stream(
             engine,
             request,
             prompt,
             max_tokens,
-            [{"type": "response.created", "response": response("in_progress", [])}],
-            lambda tok: {
-                "type": "response.output_text.delta",
-                "item_id": mid,
-                "output_index": 0,
-                "content_index": 0,
-                "delta": tok,
-            },
-            lambda pieces: [
-                {"type": "response.completed", "response": response("completed", pieces)}
+            [
+                ev("created", response=started),
+                ev("in_progress", response=started),
+                ev("output_item.added", output_index=0, item={**item, "status": "in_progress"}),
+                ev("content_part.added", **at, part=part),
             ],
+            lambda tok: ev("output_text.delta", **at, delta=tok, logprobs=[]),
+            done,
         )
     pieces, err = await run_once(engine, prompt, max_tokens)
     if err is not None:
