@@ -164,6 +164,7 @@ def _wait(objs: Any, ns: str, name: str, phase: str, timeout: float) -> int:
 
 
 def _status(objs: Any, ns: str | None) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -173,18 +174,64 @@ def _status(objs: Any, ns: str | None) -> int:
         ]
     else:
         items = objs.list_cluster_custom_object(GROUP, VERSION, MODEL_DEPLOYMENT_PLURAL)["items"]
-    table = Table(title="ModelDeployments")
-    for col in (
-        "NAMESPACE",
-        "NAME",
-        "MODEL",
-        "STATE",
-        "AWAKE",
-        "POOL",
-        "LAST-ACTIVITY",
-        "LAST WAKE",
-    ):
-        table.add_column(col)
+    rows = model_rows(items, datetime.now(UTC))
+    table = Table(title="ModelDeployments", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(MODEL_COLUMNS):
+        # Names (what a reader types next) and the state are never cut; the rest give way.
+        whole = max([len(col), *(len(r[i]) for r in rows)]) if col in WHOLE else None
+        table.add_column(col, no_wrap=True, min_width=whole)
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for line in problems(items):
+        console.print(line, markup=False, highlight=False)
+    try:
+        pools = objs.list_cluster_custom_object(GROUP, VERSION, GPU_POOL_PLURAL)["items"]
+    except Exception:  # GPUPools are cluster-scoped: a namespaced user may not list them
+        pools = []
+    device_list = device_rows(pools)
+    if device_list:
+        devices = Table(title="GPU devices", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("POOL", "DEVICE", "MODELS", "AWAKE", "COMMITTED"):
+            devices.add_column(col)
+        for row in device_list:
+            devices.add_row(*row)
+        console.print(devices)
+    return 0
+
+
+WHOLE = ("NAMESPACE", "NAME", "STATE", "AWAKE")
+MODEL_COLUMNS = (
+    "NAMESPACE",
+    "NAME",
+    "MODEL",
+    "STATE",
+    "AWAKE",
+    "POOL",
+    "LAST-ACTIVITY",
+    "LAST WAKE",
+)
+
+
+def age(ts: str | None, now: datetime) -> str:
+    """An RFC 3339 time as kubectl shows ages ("45s", "12m", "3h", "2d"); "-" when unset."""
+    if not ts:
+        return "-"
+    try:
+        then = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def model_rows(items: list[dict[str, Any]], now: datetime) -> list[tuple[str, ...]]:
+    """One row per ModelDeployment, in MODEL_COLUMNS' order."""
+    rows: list[tuple[str, ...]] = []
     for it in items:
         status = it.get("status") or {}
         wake = status.get("lastWakeSeconds")
@@ -193,31 +240,33 @@ def _status(objs: Any, ns: str | None) -> int:
             served, pool = md.served_model_name, md.spec.placement.pool or "-"
         except ValidationError as e:  # shown, not fatal: one bad object must not hide the rest
             served, pool = f"(invalid: {e.error_count()} errors)", "-"
-        table.add_row(
-            it["metadata"]["namespace"],
-            it["metadata"]["name"],
-            served,
-            status.get("phase", "-"),
-            status.get("awake", "-"),
-            pool,
-            status.get("lastActivityTime") or "-",
-            f"{wake:.2f}s" if isinstance(wake, int | float) else "-",
+        rows.append(
+            (
+                it["metadata"]["namespace"],
+                it["metadata"]["name"],
+                served,
+                status.get("phase", "-"),
+                status.get("awake", "-"),
+                pool,
+                age(status.get("lastActivityTime"), now),
+                f"{wake:.2f}s" if isinstance(wake, int | float) else "-",
+            )
         )
-    console = Console()
-    console.print(table)
-    try:
-        pools = objs.list_cluster_custom_object(GROUP, VERSION, GPU_POOL_PLURAL)["items"]
-    except Exception:  # GPUPools are cluster-scoped: a namespaced user may not list them
-        pools = []
-    rows = device_rows(pools)
-    if rows:
-        devices = Table(title="GPU devices")
-        for col in ("POOL", "DEVICE", "MODELS", "AWAKE", "COMMITTED"):
-            devices.add_column(col)
-        for row in rows:
-            devices.add_row(*row)
-        console.print(devices)
-    return 0
+    return rows
+
+
+def problems(items: list[dict[str, Any]]) -> list[str]:
+    """ "ns/name: message" of each Degraded model: why a model is not serving, without a
+    `kubectl describe` per model."""
+    out = []
+    for it in items:
+        for c in (it.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Degraded" and c.get("status") == "True":
+                meta = it["metadata"]
+                out.append(
+                    f"{meta['namespace']}/{meta['name']}: {c.get('message') or c.get('reason')}"
+                )
+    return out
 
 
 def device_rows(pools: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:

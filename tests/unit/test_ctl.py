@@ -149,3 +149,44 @@ def test_wait_stops_at_failed_with_the_reason(capsys: Any) -> None:
     }
     assert _wait(Objects(failed), "ns", "m", "Awake", timeout=60) == 1
     assert "ns/m is Failed: m-0: CUDA out of memory" in capsys.readouterr().err
+
+
+def test_status_shows_activity_as_an_age_like_kubectl() -> None:
+    from vllm_sleep.ctl import age
+
+    assert age("2026-05-01T07:59:15Z", NOW) == "45s"
+    assert age("2026-05-01T07:58:01Z", NOW) == "119s"
+    assert age("2026-05-01T07:57:00Z", NOW) == "3m"
+    assert age("2026-05-01T07:48:00Z", NOW) == "12m"
+    assert age("2026-04-29T08:00:00Z", NOW) == "2d"
+    assert age(None, NOW) == "-"
+
+
+def test_status_lists_why_each_degraded_model_is_not_serving() -> None:
+    from vllm_sleep.ctl import model_rows, problems
+
+    degraded = {
+        "metadata": {"name": "phi", "namespace": "team"},
+        "spec": {"model": "m", "image": "i", "resources": {"weightsSize": "1Gi"}},
+        "status": {
+            "phase": "Pending",
+            "awake": "0/1",
+            "conditions": [
+                {
+                    "type": "Degraded",
+                    "status": "True",
+                    "reason": "Problem",
+                    "message": "GPUPool 'p' does not exist",
+                    "lastTransitionTime": "2026-05-01T07:00:00Z",
+                }
+            ],
+        },
+    }
+    healthy = {
+        "metadata": {"name": "ok", "namespace": "team"},
+        "spec": {"model": "m", "image": "i", "resources": {"weightsSize": "1Gi"}},
+        "status": {"conditions": [{"type": "Degraded", "status": "False", "message": "none"}]},
+    }
+    assert problems([degraded, healthy]) == ["team/phi: GPUPool 'p' does not exist"]
+    row = model_rows([degraded], NOW)[0]
+    assert row[:5] == ("team", "phi", "phi", "Pending", "0/1")
