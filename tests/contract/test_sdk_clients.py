@@ -15,6 +15,7 @@ import json
 from array import array
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -379,3 +380,32 @@ async def test_request_ids_pass_both_ways(http: httpx.AsyncClient) -> None:
     assert resp.headers["x-request-id"] == "req-123"
     assert seen["x-request-id"] == "req-123"
     assert seen["x-stainless-retry-count"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "status", "code"),
+    [
+        ("/v1/chat/completions", "wrong", 401, "invalid_api_key"),
+        ("/v1/files", "good", 404, "not_found"),
+    ],
+)
+async def test_an_upload_over_the_body_bound_is_answered_for_its_head_first(
+    http: httpx.AsyncClient, tmp_path: Path, path: str, key: str, status: int, code: str
+) -> None:
+    # An SDK call with a wrong key (AuthenticationError, not retried), or one vLLM does not
+    # serve (files.create: NotFoundError), that uploads more than --max-body-bytes: the answer
+    # is about its head, as docs/gateway.md says (head first, then the body) and as vLLM,
+    # which bounds no body, answers it; a 413 would send the user to shrink the upload first.
+    keys = tmp_path / "keys"
+    keys.write_text("good\n")
+    source = StaticSource("team")
+    source.add_model("m", ["http://127.0.46.60:9"])
+    config = GatewayConfig(
+        listen_host="127.0.46.102", port=0, api_keys_file=str(keys), max_body_bytes=1024
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 4096}]}
+    async with Gateway(config, source, MemoryDemand()) as g:
+        headers = {**SDK_HEADERS, "Authorization": f"Bearer {key}"}
+        resp = await http.post(g.url + path, json=body, headers=headers)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["code"] == code

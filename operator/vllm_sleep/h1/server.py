@@ -577,10 +577,6 @@ class _Connection(asyncio.Protocol):
             # decode it as chunked.
             raise _Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0.")
         chunked = codings is not None and _check_codings(codings)
-        if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
-            raise _Reject(413, "The request body is too large.")
-        # Decided after this read (data_received): only a client still waiting needs it.
-        self._expect = expect is not None and expect.lower() == b"100-continue"
         url = httptools.parse_url(self._url)
         query = url.query
         request = self._request = Request(
@@ -596,10 +592,16 @@ class _Connection(asyncio.Protocol):
         )
         self._cancel_timer()  # the head's; the body's is armed if this read leaves it short
         if self._on_head is not None and (chunked or (length is not None and int(length) > 0)):
+            # Before the body's own bound: a request refused for its head (a wrong key, a path
+            # not served) is told so whatever its size, as the origin would tell it.
             answer = self._on_head(request)
             if answer is not None:
                 self._expect = False  # the body is not wanted
                 raise _Reject(answer.status, "", answer)
+        if length is not None and int(length) > self._limits.max_body:  # llhttp checked digits
+            raise _Reject(413, "The request body is too large.")
+        # Decided after this read (data_received): only a client still waiting needs it.
+        self._expect = expect is not None and expect.lower() == b"100-continue"
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
