@@ -10,6 +10,8 @@ thread hop per event and would set the controllers' asyncio Events from outside 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
@@ -26,6 +28,7 @@ from ..api.names import (
     VERSION,
 )
 from .context import Context
+from .leader import COMPONENT
 from .model import Body, ModelController
 from .runners import ModelRunners
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEMAND_COMPONENT = COMPONENT_DEMAND_LEASE
 EVENT_POSTERS = 16
+EVENT_COMPONENT = COMPONENT  # the leader election's Events say the same
 EVENT_POSTER_IDLE_SECONDS = 0.05
 EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers only
 
@@ -63,6 +67,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> ModelRunners:
         settings.posting.idle_timeout = EVENT_POSTER_IDLE_SECONDS
         settings.watching.server_timeout = 270
         settings.peering.standalone = True
+        # Events say who posted them (`kubectl describe`'s From, `kubectl get events
+        # --field-selector reportingComponent=...`): this operator and its pod, not kopf's
+        # defaults ("kopf", instance "dev", names "kopf-event-...").
+        settings.posting.reporting_component = EVENT_COMPONENT
+        settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+        settings.posting.event_name_prefix = f"{EVENT_COMPONENT}-"
 
     async def run_model(
         namespace: str, name: str, get_body: Callable[[], Body], stopped: Callable[[], bool]

@@ -159,3 +159,19 @@ def test_kopf_posts_events_with_a_few_workers() -> None:
     configure(settings=settings)
     assert settings.posting.worker_limit == EVENT_POSTERS
     assert settings.posting.idle_timeout == EVENT_POSTER_IDLE_SECONDS < 1.0  # kopf's: 1 s
+
+
+def test_events_say_they_come_from_this_operator_and_its_pod(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("POD_NAME", "vllm-sleep-operator-7d9f-abcde")
+    _ctx, _changed, registry, _runners = registered()
+    settings = kopf.OperatorSettings()
+    (configure,) = [
+        h.fn for h in registry._activities.get_all_handlers() if h.fn.__name__ == "configure"
+    ]
+    configure(settings=settings)
+    posting = settings.posting
+    assert posting.reporting_component == "vllm-sleep-operator"  # was kopf's "kopf"
+    assert posting.reporting_instance == "vllm-sleep-operator-7d9f-abcde"  # was "dev"
+    assert posting.event_name_prefix == "vllm-sleep-operator-"
