@@ -93,6 +93,10 @@ def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) 
     mdep = objs.get_namespaced_custom_object(
         GROUP, VERSION, ns, MODEL_DEPLOYMENT_PLURAL, args.model
     )
+    why_not = ignored(args.cmd, mdep)
+    if why_not:
+        print(f"error: {ns}/{args.model}: {why_not}", file=sys.stderr)
+        return 1
     if args.cmd == "wake":
         renew_demand(coord, client, ns, mdep, holder=f"vllm-sleep-cli@{socket.gethostname()}")
         print(f"demand signalled for {ns}/{args.model}")
@@ -107,6 +111,20 @@ def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) 
     )
     print(f"sleep requested for {ns}/{args.model}")
     return _wait(objs, ns, args.model, "Asleep", args.timeout) if args.wait else 0
+
+
+def ignored(cmd: str, mdep: dict[str, Any]) -> str | None:
+    """Why the operator would ignore `cmd` ("wake" or "sleep") for this model, by its spec (the
+    lifecycle's rules, reconcile/lifecycle.py); None when it would act on it."""
+    spec = mdep.get("spec") or {}
+    policy = (spec.get("sleep") or {}).get("policy", "Auto")
+    if cmd == "sleep" and policy == "AlwaysAwake":
+        return "sleep.policy is AlwaysAwake: it is never put to sleep (set policy Auto or Asleep)"
+    if cmd == "wake" and policy == "Asleep":
+        return "sleep.policy is Asleep: demand never wakes it (set policy Auto or AlwaysAwake)"
+    if cmd == "wake" and (spec.get("wake") or {}).get("onRequest") is False:
+        return "wake.onRequest is false: demand never wakes it (set it true, or policy AlwaysAwake)"
+    return None
 
 
 def renew_demand(

@@ -190,3 +190,26 @@ def test_status_lists_why_each_degraded_model_is_not_serving() -> None:
     assert problems([degraded, healthy]) == ["team/phi: GPUPool 'p' does not exist"]
     row = model_rows([degraded], NOW)[0]
     assert row[:5] == ("team", "phi", "phi", "Pending", "0/1")
+
+
+def test_a_wake_or_sleep_the_operator_would_ignore_is_refused_saying_why(
+    monkeypatch: Any, capsys: Any
+) -> None:
+    import vllm_sleep.ctl as ctl
+
+    def model(sleep: dict[str, Any], wake: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**MDEP, "spec": {"sleep": sleep, "wake": wake or {}}}
+
+    always = model({"policy": "AlwaysAwake"})
+    assert "AlwaysAwake" in (ctl.ignored("sleep", always) or "")
+    assert ctl.ignored("wake", always) is None
+    assert "policy is Asleep" in (ctl.ignored("wake", model({"policy": "Asleep"})) or "")
+    no_wake = model({"policy": "Auto"}, {"onRequest": False})
+    assert "wake.onRequest is false" in (ctl.ignored("wake", no_wake) or "")
+    assert ctl.ignored("sleep", no_wake) is None
+    assert ctl.ignored("wake", model({})) is None
+
+    coord = Coord()
+    monkeypatch.setattr(ctl, "_clients", lambda: (Objects(always), coord, CLIENT, "team"))
+    assert ctl.main(["sleep", "llama", "--wait"]) == 1  # at once, not after --timeout
+    assert "team/llama: sleep.policy is AlwaysAwake" in capsys.readouterr().err
