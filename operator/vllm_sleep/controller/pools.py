@@ -71,6 +71,7 @@ class PoolActor:
         self._metrics = metrics
         self.spec: GPUPoolSpec | None = None
         self.devices: tuple[PoolDevice, ...] = ()
+        self.class_found = True  # DRA: whether the pool's DeviceClass exists (last read)
         self._inventory_at = -math.inf
         self._rereading: asyncio.Task[None] | None = None
         self.engines: dict[str, tuple[Engine, ...]] = {}  # model key -> its replicas
@@ -130,6 +131,7 @@ class PoolActor:
                 "resource.k8s.io", "v1", "deviceclasses", spec.device_class_name
             )
         devices = pool_devices(spec, nodes, slices, device_class)
+        class_found = spec.sharing != Sharing.DRA or device_class is not None
         try:
             pods = await self._kube.list_model_pods()
         except Exception:
@@ -143,6 +145,7 @@ class PoolActor:
         if devices != self.devices or spec != self.spec:
             log.info("GPUPool %s: %d device(s)", self.name, len(devices))
         self.spec, self.devices, self._inventory_at = spec, devices, now
+        self.class_found = class_found
 
     def unknown(self) -> dict[str, str]:
         """Devices held by pods of models that have not published yet (as turns)."""
@@ -238,7 +241,7 @@ class PoolActor:
             )
             g = gate(view, ns, request, now)
             if g.never and not self.devices:  # say why there are none, not only "none"
-                why = no_devices(self.name, spec)
+                why = no_devices(self.name, spec, self.class_found)
                 g = replace(g, never={r: f"{r} cannot be placed: {why}" for r in g.never})
             self.turns.update(g.turns)
             self._turn_since.update({d: time.monotonic() for d in g.turns})

@@ -144,9 +144,15 @@ def pool_devices(
     return plugin_devices(spec, nodes)
 
 
-def no_devices(pool: str, spec: GPUPoolSpec) -> str:
+def no_devices(pool: str, spec: GPUPoolSpec, class_found: bool = True) -> str:
     """Why `pool_devices` found none, in the terms of the pool's spec: the message of a model
-    that cannot be placed in it (a typo in the nodeSelector, the resource or the DeviceClass)."""
+    that cannot be placed in it (a typo in the nodeSelector, the resource or the DeviceClass).
+    `class_found`: whether the DRA DeviceClass exists (it does not without its driver)."""
+    if spec.sharing == Sharing.DRA and not class_found:
+        return (
+            f"GPUPool {pool!r} has no devices: DeviceClass {spec.device_class_name!r} does not "
+            "exist (is its DRA driver installed? or fix spec.deviceClassName)"
+        )
     nodes = "Ready node"
     if spec.node_selector:
         nodes += f" matching nodeSelector {dict(spec.node_selector)}"

@@ -406,3 +406,41 @@ def test_a_dra_pool_without_devices_names_its_device_class() -> None:
         "GPUPool 'p' has no devices: no Ready node publishes a ResourceSlice of the driver "
         "of DeviceClass 'gpu.nvidia.com'"
     )
+
+
+def test_a_dra_pool_whose_device_class_is_missing_says_so() -> None:
+    from vllm_sleep.reconcile.pool_devices import no_devices
+
+    spec = GPUPoolSpec.model_validate({"deviceMemory": "80Gi"})
+    assert no_devices("p", spec, class_found=False) == (
+        "GPUPool 'p' has no devices: DeviceClass 'gpu.nvidia.com' does not exist (is its DRA "
+        "driver installed? or fix spec.deviceClassName)"
+    )
+
+
+def test_the_actor_remembers_whether_the_device_class_exists() -> None:
+    class Kube(FakeKube):
+        async def list_nodes(self) -> list[Any]:
+            return []
+
+        async def list_resource_slices(self) -> list[Any]:
+            return []
+
+        async def get_cluster_object(self, *args: Any) -> Any:
+            return None  # no such DeviceClass
+
+        async def list_model_pods(self) -> list[Any]:
+            return []
+
+        async def list_claims(self, selector: str) -> list[Any]:
+            return []
+
+    async def run() -> None:
+        a = PoolActor("p", Kube(), OperatorMetrics())  # type: ignore[arg-type]
+        await a.refresh(GPUPoolSpec.model_validate({"deviceMemory": "80Gi"}))
+        assert a.devices == () and a.class_found is False
+        m, _, reps = member("a", AgentState.UNREACHABLE)
+        never = a.gatekeeper("ns", m, reps, NOW)(PoolRequest([], {}, {0: "a-0"}, ())).never
+        assert "DeviceClass 'gpu.nvidia.com' does not exist" in never["ns/a-0"]
+
+    asyncio.run(run())
