@@ -251,7 +251,9 @@ async def test_pause_rejects_new_requests_with_503(
 
 
 async def test_request_during_wake_is_a_violation(host: EngineHost) -> None:
-    engine = await start(host, "m", "--wake-seconds", "20", "--weights-size", "16Gi")
+    # A 1 s wake at the host's time scale: the request must land while it runs, even on a
+    # starved host (a 40 ms wake could end before the request's first byte arrived).
+    engine = await start(host, "m", "--wake-seconds", "500", "--weights-size", "16Gi")
     async with httpx.AsyncClient(base_url=engine.url, timeout=30) as c:
         await c.post("/sleep?level=1")
         wake = asyncio.create_task(c.post("/wake_up"))
