@@ -178,7 +178,7 @@ def test_cli_wake_sleep_and_status(kube: Kube, namespace: str, operator: Proc) -
     assert status.returncode == 0, status.stderr
     assert "cli" in status.stdout and "Asleep" in status.stdout
     missing = cli("wake", "nope", "-n", namespace)
-    assert missing.returncode == 1 and "404" in missing.stderr
+    assert missing.returncode == 1 and '"nope" not found' in missing.stderr
 
 
 def test_an_engine_that_cannot_start_makes_the_model_failed_with_the_reason(
