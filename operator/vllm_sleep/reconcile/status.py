@@ -220,8 +220,15 @@ def _conditions(
     else:
         degraded = ("AsExpected", "no problems")
     # Not Ready for a problem or a refused name, whatever the phase: Ready's reason says that,
-    # not "Asleep: all replicas asleep", which reads as healthy.
+    # not "Asleep: all replicas asleep", which reads as healthy. Scaled to zero, nothing is
+    # loaded, so no request can wake it.
     why_not = degraded if (problem or name_refusal is not None) else None
+    if desired == 0 and why_not is None:
+        ready = False
+        why_not = (
+            "ScaledToZero",
+            "replicas is 0: nothing is loaded; requests wait for wake.timeout, then 503",
+        )
     return [
         cond(ConditionType.READY, ready, *(why_not or (phase.value, reason))),
         cond(

@@ -121,6 +121,13 @@ def test_scaled_to_zero_is_asleep() -> None:
     assert (s["phase"], s["awake"]) == ("Asleep", "0/0")
 
 
+def test_scaled_to_zero_is_not_ready() -> None:
+    # Nothing is loaded, so nothing can wake for a request: "Ready (asleep)" would promise one.
+    ready = conditions(status_of(body(replicas=0), [], {}))["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "ScaledToZero")
+    assert "replicas is 0" in ready["message"]
+
+
 def test_the_agents_last_error_says_why_a_replica_is_not_awake() -> None:
     raw = body()
     why = "wake: /collective_rpc: vLLM /collective_rpc: HTTP 500: reload failed"
