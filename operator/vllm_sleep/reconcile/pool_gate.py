@@ -118,14 +118,17 @@ def pool_plans(
     pool = view.pool
     options = list(wake_options(view, now)[0] if wakes is None else wakes)
     pending = [e for e in pool.engines if e.state == EngineState.PENDING and e.device is None]
+    # A device whose turn is taken runs a step already (perhaps of a model outside the pool,
+    # which none of its engines shows): no start-up there now, another device if one fits.
+    held = frozenset(view.turns)
     if view.sharing == Sharing.DRA:
         # A namespace's pods reference its own claim of a device, and a device is allocated to
         # one claim: a device serves one namespace at a time.
         for ns in sorted({namespace_of(e.replica) for e in pending}):
-            placed = place(_for_namespace(pool, ns), now)
+            placed = place(_for_namespace(pool, ns), now, held)
             options += [*placed.plans, *placed.refusals]
     elif pending:
-        placed = place(pool, now)
+        placed = place(pool, now, held)
         options += [*placed.plans, *placed.refusals]
     engines = pool.engine_by_replica
     plans = sorted(

@@ -68,8 +68,10 @@ class _Load:
         return self.floor + e.share + self.widest
 
 
-def place(pool: Pool, now: float) -> Placement:
-    loads = [_Load(i, d) for i, d in enumerate(pool.devices)]
+def place(pool: Pool, now: float, busy: frozenset[str] = frozenset()) -> Placement:
+    """`busy`: devices where a step outside `pool`'s engines runs (another model's turn): they
+    take no replica now, like a device with a start-up or transition of its own."""
+    loads = [_Load(i, d, busy=d.id in busy) for i, d in enumerate(pool.devices)]
     by_id = {ld.device.id: ld for ld in loads}
     for e in pool.engines:
         if e.device is not None:

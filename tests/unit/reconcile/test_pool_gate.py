@@ -242,3 +242,24 @@ def test_the_gate_names_the_other_models_step_that_is_next_on_a_free_device() ->
     assert (
         gate(view, "ns", request(pod("a-0"), actions=(Wake("a-0", "held"),)), NOW).next_steps == ()
     )
+
+
+def test_a_new_replica_is_seated_beside_a_device_held_by_a_model_outside_the_pool() -> None:
+    """A device whose turn another model holds (a model not yet observed, or one of an
+    overlapping pool that never will be) is busy for placement: the replica goes to another
+    empty device. It was planned onto the held device (the first of the empty ones alike) and
+    never seated, silently, for as long as the holder stayed."""
+    pool = one_gpu(engine("ns/m-0", EngineState.PENDING, device=None), devices=2)
+    view = PoolView(pool, Sharing.TIME_SLICING, turns={"n/gpu-0": "(a model not yet observed)"})
+    req = PoolRequest(live=(), observations={}, indexes={0: "m-0"}, actions=())
+    g = gate(view, "ns", req, NOW)
+    assert g.seats == {0: "n/gpu-1"}
+
+
+def test_with_every_device_held_the_replica_waits_saying_so() -> None:
+    pool = one_gpu(engine("ns/m-0", EngineState.PENDING, device=None), devices=1)
+    view = PoolView(pool, Sharing.TIME_SLICING, turns={"n/gpu-0": "(a model not yet observed)"})
+    req = PoolRequest(live=(), observations={}, indexes={0: "m-0"}, actions=())
+    g = gate(view, "ns", req, NOW)
+    assert g.seats == {} and g.never == {}
+    assert "busy" in {**g.queued, **g.waiting}["ns/m-0"]
