@@ -26,8 +26,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed package's version (what the operator's image was built from)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("vllm-sleep-operator")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
+
+
 def usage() -> str:
-    lines = ["usage: vllm-sleep <command> [args]", "", "commands:"]
+    lines = ["usage: vllm-sleep <command> [args] | --version", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
@@ -36,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if args[0] in ("--version", "version"):
+        print(f"vllm-sleep {version()}")
         return 0
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
