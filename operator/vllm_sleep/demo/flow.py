@@ -332,18 +332,32 @@ def back_to_sleep(
 
 
 def check_violations(
-    cluster: Cluster, cfg: DemoConfig, report: Report, recorder: Recorder | None = None
+    cluster: Cluster,
+    cfg: DemoConfig,
+    report: Report,
+    recorder: Recorder | None = None,
+    since: float | None = None,
 ) -> None:
     """Contract violations of the demo's engines: those on the demo node (the recorder's
-    sim-kubelet) and any on the cluster's own nodes."""
+    sim-kubelet) and any on the cluster's own nodes; with `since` (unix seconds), only those
+    recorded from then on (a sim-kubelet keeps every violation since it started, so a rerun on
+    a reused cluster would report an earlier run's, or the user's own experiments', as its own)."""
     found = recorder.violations() if recorder else []
     if cluster.kubelet_admin_url:
         found += cluster.violations(cfg.namespace)
-    report.violations = found
+    report.violations = recorded_since(found, since)
     if recorder is not None:
         report.summary, report.swaps = summarize(
             recorder.timeline, report.requests, report.violations
         )
+
+
+def recorded_since(violations: list[dict[str, Any]], since: float | None) -> list[dict[str, Any]]:
+    """The violations recorded at or after `since` (all of them when None; one without a time
+    is kept: it cannot be shown to be older)."""
+    if since is None:
+        return violations
+    return [v for v in violations if not isinstance(v.get("at"), int | float) or v["at"] >= since]
 
 
 def _mark(recorder: Recorder | None, label: str) -> None:

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
     started = time.monotonic()
+    started_at = time.time()  # the violations this run reports are those recorded since
     console.print(Rule("[bold]vllm-sleep-operator demo[/]"))
     console.print(
         "Many vLLM models on few GPUs: idle models sleep (GPU memory free, weights in host RAM)\n"
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
         "Back to sleep" + ("" if cfg.wait_idle else " (`vllm-sleep sleep`, --fast)"),
     )
     back_to_sleep(lc.cluster, cfg, console, report, recorder)
-    check_violations(lc.cluster, cfg, report, recorder)
+    check_violations(lc.cluster, cfg, report, recorder, since=started_at)
     recorder.close()
     if report.violations:
         console.print(

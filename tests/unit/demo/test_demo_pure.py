@@ -220,3 +220,13 @@ def test_an_older_demos_state_file_still_loads(tmp_path: Path) -> None:
     )
     state = services.DemoState.load(tmp_path)
     assert state is not None and state.operator_metrics_url == ""
+
+
+def test_a_rerun_reports_only_the_violations_recorded_since_it_started() -> None:
+    from vllm_sleep.demo.flow import recorded_since
+
+    old = {"kind": "wake_oom", "at": 100.0}
+    new = {"kind": "request_to_sleeping", "at": 200.0}
+    undated = {"kind": "host_oom"}
+    assert recorded_since([old, new, undated], 150.0) == [new, undated]
+    assert recorded_since([old, new], None) == [old, new]
