@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from .api.demand import demand_lease, demand_lease_name, renew_patch, sleep_request_patch
 from .api.model_deployment import ModelDeployment
+from .api.model_spec import SleepPolicy
 from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 from .api.quantity import Quantity
 
@@ -116,13 +117,16 @@ def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) 
 def ignored(cmd: str, mdep: dict[str, Any]) -> str | None:
     """Why the operator would ignore `cmd` ("wake" or "sleep") for this model, by its spec (the
     lifecycle's rules, reconcile/lifecycle.py); None when it would act on it."""
-    spec = mdep.get("spec") or {}
-    policy = (spec.get("sleep") or {}).get("policy", "Auto")
-    if cmd == "sleep" and policy == "AlwaysAwake":
+    try:
+        spec = ModelDeployment.from_body(mdep).spec
+    except ValidationError:
+        return None  # the operator reports what is wrong with it (its status)
+    policy = spec.sleep.policy
+    if cmd == "sleep" and policy == SleepPolicy.ALWAYS_AWAKE:
         return "sleep.policy is AlwaysAwake: it is never put to sleep (set policy Auto or Asleep)"
-    if cmd == "wake" and policy == "Asleep":
+    if cmd == "wake" and policy == SleepPolicy.ASLEEP:
         return "sleep.policy is Asleep: demand never wakes it (set policy Auto or AlwaysAwake)"
-    if cmd == "wake" and (spec.get("wake") or {}).get("onRequest") is False:
+    if cmd == "wake" and not spec.wake.on_request:
         return "wake.onRequest is false: demand never wakes it (set it true, or policy AlwaysAwake)"
     return None
 

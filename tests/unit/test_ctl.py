@@ -198,7 +198,8 @@ def test_a_wake_or_sleep_the_operator_would_ignore_is_refused_saying_why(
     import vllm_sleep.ctl as ctl
 
     def model(sleep: dict[str, Any], wake: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {**MDEP, "spec": {"sleep": sleep, "wake": wake or {}}}
+        spec = {"model": "m", "image": "i", "resources": {"weightsSize": "1Gi"}}
+        return {**MDEP, "spec": {**spec, "sleep": sleep, "wake": wake or {}}}
 
     always = model({"policy": "AlwaysAwake"})
     assert "AlwaysAwake" in (ctl.ignored("sleep", always) or "")
