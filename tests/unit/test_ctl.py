@@ -88,10 +88,13 @@ def test_status_shows_each_pool_device_with_its_memory() -> None:
 def test_without_a_kubeconfig_the_cli_says_what_to_set(
     tmp_path: Any, monkeypatch: Any, capsys: Any
 ) -> None:
+    from kubernetes.config import kube_config
+
     from vllm_sleep.ctl import main
 
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
-    monkeypatch.setenv("HOME", str(tmp_path))
+    # The client reads $KUBECONFIG once, at import: point its default location at no file.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
     assert main(["status"]) == 1
     err = capsys.readouterr().err
     assert "no Kubernetes credentials" in err and "KUBECONFIG" in err

@@ -3,6 +3,9 @@ never a traceback (a pod's crash loop shows only the log's tail)."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from vllm_sleep.controller import main
@@ -30,19 +33,32 @@ def test_the_log_level_is_case_insensitive() -> None:
     assert main.parser().parse_args(["--metrics-bind=0.0.0.0:8080"]).metrics_bind == "0.0.0.0:8080"
 
 
-@pytest.mark.parametrize("kubeconfig", ["missing", "empty"])
 def test_without_credentials_it_says_so_and_exits_1(
-    kubeconfig: str,
-    tmp_path: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / kubeconfig  # type: ignore[operator]
-    if kubeconfig == "empty":
-        path.write_text("")
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    from kubernetes_asyncio.config import ConfigException
+
+    async def run(args: object) -> None:  # what _load_kube_config raises without credentials
+        raise ConfigException("Invalid kube-config file. No configuration found.")
+
+    # Never the real run: with credentials at hand it would start an operator on that cluster.
+    monkeypatch.setattr(main, "run", run)
     monkeypatch.setattr(main, "forgo_sync_client", lambda: None)  # keep this process' modules
     monkeypatch.setattr(main, "configure", lambda level: None)  # and its logging
-    assert main.main(["--metrics-bind=127.0.0.1:0", "--health-bind=127.0.0.1:0"]) == 1
-    assert "no Kubernetes credentials" in capsys.readouterr().err
+    assert main.main([]) == 1
+    err = capsys.readouterr().err
+    assert "no Kubernetes credentials (Invalid kube-config file" in err and "KUBECONFIG" in err
+
+
+def test_a_missing_kubeconfig_is_a_config_exception(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `main` catches. The client reads $KUBECONFIG once, at import: the test points its
+    default location at no file instead of setting the variable."""
+    from kubernetes_asyncio.config import ConfigException, kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with pytest.raises(ConfigException):
+        asyncio.run(main._load_kube_config())
