@@ -3,7 +3,9 @@
 - crds/: byte copies of the repository's crds/ (made from the pydantic models);
 - templates/_generated.tpl: the ClusterRoles' rules (rbac.py), model pods' ports and label;
 - values.yaml and values.schema.json: from values.py;
-- files/: the Grafana dashboard and the alert rules, from monitoring.py.
+- files/: the Grafana dashboard and the alert rules, from monitoring.py;
+- README.md (`helm show readme`): what the chart installs and its values, the same table as
+  docs/install.md's (reference.py), since a packaged chart travels without the docs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..api.names import CONTROL_PORT, PUBLIC_PORT
-from . import monitoring, values
+from . import monitoring, reference, values
 from .names import MODEL_POD_SELECTOR
 from .rbac import gateway_rules, operator_rules
 
@@ -57,6 +59,35 @@ def values_yaml() -> str:
     )
 
 
+def readme() -> str:
+    return f"""<!-- {GENERATED} From operator/vllm_sleep/packaging/chart.py and values.py. -->
+# vllm-sleep-operator
+
+Runs many vLLM models on few GPUs: idle models sleep (weights in host RAM or dropped, GPU memory
+free) and wake in about a second when a request arrives. Installs the CRDs (`ModelDeployment`,
+`GPUPool`), least-privilege RBAC, the operator, the OpenAI gateway (Service
+`vllm-sleep-gateway`), PodDisruptionBudgets and NetworkPolicies; optionally ServiceMonitor,
+PodMonitor, alert rules and a Grafana dashboard. Needs Kubernetes 1.34 or later.
+
+```console
+$ helm install vllm-sleep charts/vllm-sleep-operator -n vllm-sleep-system --create-namespace \\
+    --set networkPolicy.modelNamespaces='{{team-a,team-b}}'
+```
+
+One release per cluster (the CRDs and ClusterRoles are cluster-wide, the names fixed). Helm
+installs `crds/` on the first install only: before `helm upgrade`, apply the new chart's
+`kubectl apply --server-side --force-conflicts -f charts/vllm-sleep-operator/crds/`.
+The project's docs/install.md (NetworkPolicy, upgrades, uninstalling, GitOps) and docs/api.md
+(the CRDs' fields) say more.
+
+## Values
+
+Every map merges with its default; set a key to `null` to drop it. `values.schema.json` refuses
+an unknown or ill-typed value, naming it.
+
+{reference.table()}"""
+
+
 def files(root: Path) -> dict[Path, bytes]:
     """path relative to the repository root -> bytes."""
     text = {
@@ -66,5 +97,6 @@ def files(root: Path) -> dict[Path, bytes]:
         CHART / "files" / "grafana-dashboard.json": json.dumps(monitoring.dashboard(), indent=2)
         + "\n",
         CHART / "files" / "alerts.yaml": f"# {GENERATED}\n" + _dump(monitoring.alerts()),
+        CHART / "README.md": readme(),
     }
     return {**{p: t.encode() for p, t in text.items()}, **crd_copies(root)}

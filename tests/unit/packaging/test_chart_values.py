@@ -70,3 +70,15 @@ def test_reference_describes_every_value() -> None:
     assert len(rows) > 40
     undocumented = [r.split("|")[1].strip() for r in rows if not r.split("|")[4].strip()]
     assert undocumented == []
+
+
+def test_the_charts_readme_carries_every_value() -> None:
+    """`helm show readme`: a packaged chart travels without docs/, so its README has the values
+    reference itself (the same table as docs/install.md's)."""
+    from pathlib import Path
+
+    from vllm_sleep.packaging import chart, reference
+
+    readme = chart.files(Path(__file__).resolve().parents[3])[chart.CHART / "README.md"].decode()
+    assert reference.table() in readme
+    assert "helm install vllm-sleep charts/vllm-sleep-operator" in readme
