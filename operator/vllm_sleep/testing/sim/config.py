@@ -186,7 +186,8 @@ def _setting(
     return None
 
 
-def _env_name(flag: str) -> str:
+def sim_env_name(flag: str) -> str:
+    """The VLLM_SIM_* twin of a simulator flag: --time-scale -> VLLM_SIM_TIME_SCALE."""
     return "VLLM_SIM_" + flag.removeprefix("--").replace("-", "_").upper()
 
 
@@ -200,7 +201,7 @@ def _from_cli(argv: list[str], env: Mapping[str, str]) -> SimConfig:
     model = model or env.get("VLLM_SIM_MODEL") or "sim-model"
 
     def sim(flag: str, *extra_env: str) -> str | None:
-        return _setting(flag, p.last(flag), env, _env_name(flag), *extra_env)
+        return _setting(flag, p.last(flag), env, sim_env_name(flag), *extra_env)
 
     profile = sim("--profile") or DEFAULT_PROFILE
     if profile not in PROFILES:

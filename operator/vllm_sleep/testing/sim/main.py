@@ -14,21 +14,11 @@ import os
 import sys
 
 from ...serve import stop_on_signals
-from .args import SIM_FLAGS
 from .config import SimConfig, SimConfigError
 from .host import EngineHost
+from .usage import usage
 
 log = logging.getLogger("vllm_sleep.sim")
-
-
-def usage() -> str:
-    sim = " ".join(sorted(SIM_FLAGS))
-    return (
-        "usage: vllm-sleep sim MODEL [--host H] [--port P] [--served-model-name N ...]\n"
-        "       [--enable-sleep-mode] [--gpu-memory-utilization U] [--max-model-len L] [--api-key K]\n"
-        f"simulator flags (also VLLM_SIM_<FLAG> env): {sim}\n"
-        "other vLLM flags are accepted and ignored. Docs: docs/simulator.md"
-    )
 
 
 async def _serve(cfg: SimConfig) -> int:
