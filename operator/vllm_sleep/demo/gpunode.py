@@ -71,7 +71,7 @@ def ensure(
     state_dir: Path,
     time_scale: float,
     *,
-    record: Callable[[int], None] = lambda _pid: None,
+    record: Callable[[int, str], None] = lambda _pid, _admin_url: None,
     timeout: float = 60.0,
 ) -> DemoNode:
     """Reuse the running demo node, or start its sim-kubelet and wait until it is Ready."""
@@ -94,8 +94,8 @@ def ensure(
         f"--admin-port={port}",
     ]
     proc = spawn(PROCESS, argv, logs)
-    record(proc.pid)  # before waiting, so `dev down` also stops one that hangs
     node = DemoNode(NODE, f"http://127.0.0.1:{port}", proc.pid, time_scale)
+    record(proc.pid, node.admin_url)  # before waiting, so `dev down` also stops one that hangs
     try:
         wait_process(PROCESS, proc, http_ok(f"{node.admin_url}/healthz"), logs, timeout)
     except ClusterError as e:

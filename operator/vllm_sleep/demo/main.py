@@ -178,7 +178,7 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
             lc.cluster,
             Path(lc.state.state_dir),
             cfg.time_scale,
-            record=lambda pid: _record(lc, pid),
+            record=lambda pid, admin_url: _record(lc, pid, admin_url),
         )
     console.print(
         f"  GPU node {node.name}: one simulated H100, {DEVICE_GIB:.0f} GiB "
@@ -293,9 +293,10 @@ def run(args: argparse.Namespace, cfg: DemoConfig, console: Console) -> int:
     return 1 if report.violations else 0
 
 
-def _record(lc: local.LocalCluster, pid: int) -> None:
+def _record(lc: local.LocalCluster, pid: int, admin_url: str) -> None:
     """The demo node's sim-kubelet stops with the cluster (`vllm-sleep dev down`)."""
     lc.state.pids[gpunode.PROCESS] = pid
+    lc.state.endpoints[gpunode.PROCESS] = admin_url
     lc.state.save()
 
 

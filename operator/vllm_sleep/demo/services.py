@@ -137,7 +137,7 @@ def ensure(
         logs,
         env={"KUBECONFIG": str(operator_cfg), "PYTHONUNBUFFERED": "1"},
     )
-    _record(state, OPERATOR, operator.pid)
+    _record(state, OPERATOR, operator.pid, f"http://{metrics}/metrics")
     port = free_port()
     gateway = spawn(
         GATEWAY,
@@ -156,8 +156,8 @@ def ensure(
         logs,
         env={"PYTHONUNBUFFERED": "1"},
     )
-    _record(state, GATEWAY, gateway.pid)
     url = f"http://127.0.0.1:{port}"
+    _record(state, GATEWAY, gateway.pid, url)
     _wait_http(OPERATOR, operator.pid, f"http://{health}/healthz", paths[0])
     _wait_http(GATEWAY, gateway.pid, f"{url}/readyz", paths[1])
     metrics_url = f"http://{metrics}"
@@ -178,13 +178,16 @@ def _reusable(previous: DemoState, state: ClusterState) -> bool:
 
 def _stop_recorded(state: ClusterState) -> None:
     pids = [state.pids.pop(name) for name in (GATEWAY, OPERATOR) if name in state.pids]
+    for name in (GATEWAY, OPERATOR):
+        state.endpoints.pop(name, None)
     stop_pids([p for p in pids if pid_alive(p)])
     state.save()
 
 
-def _record(state: ClusterState, name: str, pid: int) -> None:
+def _record(state: ClusterState, name: str, pid: int, url: str) -> None:
     # Recorded before waiting for readiness, so `dev down` also stops a process that hangs.
     state.pids[name] = pid
+    state.endpoints[name] = url
     state.save()
 
 

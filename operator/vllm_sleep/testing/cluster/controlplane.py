@@ -47,6 +47,9 @@ class ClusterState:
     # How each process was started and is probed, so `restart` can start it again: name ->
     # {"argv": [...], "probe": url, "token": bearer or None, "expect": text or None}.
     launches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where processes started beside the cluster (the demo's operator, gateway and node) answer:
+    # name -> URL, for `dev status`. The control plane's own are its launches' probes.
+    endpoints: dict[str, str] = field(default_factory=dict)
 
     def save(self) -> None:
         Path(self.state_dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import build, controlplane
 from .processes import ClusterError
@@ -25,7 +26,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--time-scale", type=float, default=0.05, help="simulated vLLM time scale")
     up.add_argument("--no-kubelet", action="store_true", help="control plane only")
     sub.add_parser("down", help="stop every process of the cluster")
-    sub.add_parser("status", help="show processes and endpoints")
+    sub.add_parser(
+        "status",
+        help="show each process (pid, running, URL), the apiserver URL and the kubeconfig path",
+    )
     sub.add_parser("env", help="print `export KUBECONFIG=...`")
     return p
 
@@ -104,6 +108,20 @@ def _down(state_dir: Path) -> int:
     return 0
 
 
+def endpoint(state: controlplane.ClusterState, name: str) -> str:
+    """Where process `name` answers: the apiserver's URL, the URL recorded for a process started
+    beside the cluster, else the scheme and address of the probe the control plane waits on."""
+    if name == "apiserver":
+        return state.api_url
+    if name in state.endpoints:
+        return state.endpoints[name]
+    probe = state.launches.get(name, {}).get("probe")
+    if not probe:
+        return ""
+    url = urlsplit(probe)
+    return f"{url.scheme}://{url.netloc}"
+
+
 def _status(state_dir: Path) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -111,12 +129,17 @@ def _status(state_dir: Path) -> int:
     state = _load(state_dir)
     if state is None:
         return 1
-    table = Table(title=f"vllm-sleep dev cluster ({state.api_url})")
-    for col in ("process", "pid", "running"):
-        table.add_column(col)
+    table = Table(title=f"vllm-sleep dev cluster ({state_dir})")
+    for col in ("process", "pid", "running", "endpoint"):
+        table.add_column(col, no_wrap=True)
     alive = state.alive()
     for name, pid in state.pids.items():
-        table.add_row(name, str(pid), "yes" if alive[name] else "[red]no[/red]")
+        running = "yes" if alive[name] else "[red]no[/red]"
+        table.add_row(name, str(pid), running, endpoint(state, name))
     Console().print(table)
+    print(f"apiserver:   {state.api_url}")
+    print(f"kubeconfig:  {state.kubeconfig}")
+    if state.kubelet_admin_url:
+        print(f"sim-kubelet: {state.kubelet_admin_url} (admin API: /nodes, /pods, /violations)")
     print(f"export KUBECONFIG={state.kubeconfig}")
     return 0 if all(alive.values()) else 1
