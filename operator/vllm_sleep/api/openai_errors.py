@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"  # 404
     MODEL_ASLEEP = "model_asleep"  # 503: wake.onRequest is false
     WAKE_TIMEOUT = "wake_timeout"  # 503: no replica awake within wake.timeout
+    MODEL_UNAVAILABLE = "model_unavailable"  # 503 at once: the operator says no wake can serve it
     UPSTREAM_TIMEOUT = "upstream_timeout"  # 504
     UPSTREAM_ERROR = "upstream_error"  # 502
     SHUTTING_DOWN = "shutting_down"  # 503

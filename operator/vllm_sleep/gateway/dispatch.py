@@ -1,7 +1,9 @@
 """One inference request: route, or hold until a replica is awake, then forward once.
 
 The loop: pick the least-loaded awake replica; if there is none, join the model's bounded hold
-queue (429 when full) and make sure demand is signalled. Then, if a pod's agent can hold the
+queue (429 when full) and make sure demand is signalled. A model the operator reports no wake
+can serve (`ModelSpec.cannot_wake`: replicas 0, no device for it) is answered 503 at once
+instead, when no pod can hold the request: checked only where a hold would start. Then, if a pod's agent can hold the
 request (asleep or waking, agent and engine loaded), the request is sent there and waits at the
 agent, which releases it the instant its engine is confirmed awake: no wait for the operator's
 awake condition and the pod watch. Otherwise it waits here for the model to change. Either way
@@ -26,7 +28,7 @@ from .errors import error_response
 from .metrics import GatewayMetrics
 from .proxy import Failed, Retry, SendResult, send
 from .router import Router, ShuttingDown
-from .routing import ModelKey, ModelSpec, ModelTable, Replica
+from .routing import CannotWake, ModelKey, ModelSpec, ModelTable, Replica
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,11 @@ class Dispatcher:
                             param="model",
                         )
                     spec = fresh
+                    if spec.cannot_wake is not None and not table.holding_replicas(key):
+                        # The operator says no wake can serve it (replicas 0, no device):
+                        # holding would only wait out wake.timeout for the same answer.
+                        slot.leave("rejected")
+                        return self._cannot_wake(spec, spec.cannot_wake)
                     if not spec.wake.on_request:
                         slot.leave("rejected")  # wake on request turned off while held
                         return self._unavailable(
@@ -319,6 +326,14 @@ class Dispatcher:
         slot.leave("timeout")
         return self._unavailable(
             spec, ErrorCode.WAKE_TIMEOUT, f"did not wake within {spec.wake.timeout:g}s"
+        )
+
+    def _cannot_wake(self, spec: ModelSpec, why: CannotWake) -> Response:
+        return error_response(
+            503,
+            f"The model `{spec.served_name}` cannot be woken ({why.reason}): {why.message}",
+            ErrorCode.MODEL_UNAVAILABLE,
+            retry_after=self._retry_after,
         )
 
     def _unavailable(self, spec: ModelSpec, code: str, why: str) -> Response:

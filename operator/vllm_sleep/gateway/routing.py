@@ -41,6 +41,15 @@ class WakePolicy:
 
 
 @dataclass(frozen=True)
+class CannotWake:
+    """The operator reports, for the model's current spec, that no wake can serve it (e.g.
+    `spec.replicas` is 0, or its GPUPool has no device it could ever be placed on)."""
+
+    reason: str  # the operator's condition reason (docs/api.md)
+    message: str  # what the client is told, quoting the operator
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     key: ModelKey
     served_name: str  # what clients send as "model"
@@ -48,6 +57,8 @@ class ModelSpec:
     wake: WakePolicy = field(default_factory=WakePolicy)
     uid: str = ""  # owner of the demand Lease
     created: int = 0  # unix seconds, for /v1/models
+    # Set: a request no replica is awake for or can hold is refused at once, not held.
+    cannot_wake: CannotWake | None = None
 
 
 @dataclass(frozen=True)

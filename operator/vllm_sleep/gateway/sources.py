@@ -8,9 +8,10 @@ into a `BackendSink` (the Router), so the data path cannot tell them apart.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
-from .routing import ModelKey, ModelSpec, PodState, WakePolicy
+from .routing import CannotWake, ModelKey, ModelSpec, PodState, WakePolicy
 
 
 class BackendSink(Protocol):
@@ -55,6 +56,7 @@ class StaticSource:
         wake: WakePolicy | None = None,
         phase: str | None = None,
         can_hold: bool = False,
+        cannot_wake: CannotWake | None = None,
     ) -> ModelKey:
         key = ModelKey(self.namespace, name)
         spec = ModelSpec(
@@ -62,6 +64,7 @@ class StaticSource:
             served_name or name,
             phase or ("Awake" if awake else "Asleep"),
             wake or WakePolicy(),
+            cannot_wake=cannot_wake,
         )
         self._specs[name] = spec
         if self._sink is not None:
@@ -78,10 +81,13 @@ class StaticSource:
         for pod in list(self._pods.values()):
             if pod.model == name and (replica is None or pod.name == f"{name}-{replica}"):
                 self._put(self._with_awake(pod, awake))
-        spec = self._specs[name]
-        self._specs[name] = ModelSpec(
-            spec.key, spec.served_name, "Awake" if awake else "Asleep", spec.wake
-        )
+        self._specs[name] = replace(self._specs[name], phase="Awake" if awake else "Asleep")
+        if self._sink is not None:
+            self._sink.upsert_model(self._specs[name])
+
+    def set_cannot_wake(self, name: str, why: CannotWake | None) -> None:
+        """What the operator's status says, as a status write of the ModelDeployment would."""
+        self._specs[name] = replace(self._specs[name], cannot_wake=why)
         if self._sink is not None:
             self._sink.upsert_model(self._specs[name])
 
