@@ -23,6 +23,7 @@ from .api.model_deployment import ModelDeployment
 from .api.model_spec import SleepPolicy
 from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 from .api.quantity import Quantity
+from .kubeconfig import KubeconfigError, check_kubeconfig
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +50,7 @@ class NoCredentials(Exception):
 def _clients() -> tuple[Any, Any, Any, str]:
     from kubernetes import client, config
 
+    check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)  # the file it reads
     try:
         config.load_kube_config()
         _, active = config.list_kube_config_contexts()
@@ -79,6 +81,9 @@ def main(argv: list[str]) -> int:
             'eval "$(vllm-sleep dev env)")',
             file=sys.stderr,
         )
+        return 1
+    except KubeconfigError as e:  # there, but empty or not a kubeconfig
+        print(f"error: {e}", file=sys.stderr)
         return 1
     ns = getattr(args, "namespace", None) or default_ns
     try:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..api.leader import LEADER_LEASE_NAME, Timings
 from ..api.served_names import ExposureError, ExposurePolicy
+from ..kubeconfig import KubeconfigError, check_kubeconfig
 from ..logs import configure
 from ..metrics import OperatorMetrics
 from ..reconcile.node_loss import NODE_LOST_SECONDS
@@ -129,6 +130,7 @@ async def _load_kube_config() -> None:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config()
     else:
+        check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)  # what it reads
         await config.load_kube_config()
 
 
@@ -312,5 +314,8 @@ def main(argv: list[str]) -> int:
             "ServiceAccount, or set KUBECONFIG",
             file=sys.stderr,
         )
+        return 1
+    except KubeconfigError as e:  # a kubeconfig that is there but empty or not one
+        print(f"vllm-sleep operator: {e}", file=sys.stderr)
         return 1
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from vllm_sleep.api.names import GROUP, LABEL_MODEL, MODEL_DEPLOYMENT_PLURAL, VERSION
 
+from ..kubeconfig import KubeconfigError, check_kubeconfig
 from .kube_parse import model_key, model_spec, pod_state
 from .metrics import GatewayMetrics
 from .routing import ModelSpec, PodState
@@ -55,13 +56,21 @@ async def kube_client(kubeconfig: str | None) -> Any:
     """An ApiClient from the kubeconfig, else in-cluster, else ~/.kube/config."""
     from kubernetes_asyncio import client, config
 
-    if kubeconfig:
-        await config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            await config.load_kube_config()
+    try:
+        if kubeconfig:
+            check_kubeconfig(kubeconfig)
+            await config.load_kube_config(config_file=kubeconfig)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)
+                await config.load_kube_config()
+    except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
+        raise KubeconfigError(
+            f"no Kubernetes credentials ({e}): run it in a pod with its ServiceAccount, "
+            "or pass --kubeconfig (or set KUBECONFIG)"
+        ) from e
     return client.ApiClient()
 
 

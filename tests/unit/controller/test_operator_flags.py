@@ -62,3 +62,36 @@ def test_a_missing_kubeconfig_is_a_config_exception(
     monkeypatch.delenv("KUBECONFIG", raising=False)
     with pytest.raises(ConfigException):
         asyncio.run(main._load_kube_config())
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty"),
+        (b"apiVersion: v1\nclusters: [unclosed\n", "is not valid YAML at line 3"),
+        (b"- just\n- a list\n", "is not a kubeconfig (a YAML list, not a mapping)"),
+        (b"\xff\xfe\x00", "is not a text file"),
+    ],
+)
+def test_a_kubeconfig_that_is_not_one_is_one_line_naming_it_and_exits_1(
+    content: bytes,
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real start-up: the file cannot be loaded, so it never reaches a cluster. The client
+    read $KUBECONFIG at import: the test points its default location at the file."""
+    from kubernetes_asyncio.config import kube_config
+
+    path = tmp_path / "config"
+    path.write_bytes(content)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setattr(main, "forgo_sync_client", lambda: None)
+    monkeypatch.setattr(main, "configure", lambda level: None)
+    assert main.main([]) == 1  # as without credentials
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"vllm-sleep operator: kubeconfig {path}: {problem}" in err
