@@ -21,11 +21,11 @@ def _state(tmp_path: Path) -> ClusterState:
         kubeconfig=str(tmp_path / "admin.kubeconfig"),
         api_url="https://127.0.0.1:40001",
         ports={"etcd": 40002, "apiserver": 40001},
-        pids={"etcd": me, "apiserver": me, "sim-kubelet": me},
+        pids={"etcd": me, "kube-apiserver": me, "sim-kubelet": me},
         kubelet_admin_url="http://127.0.0.1:40003",
         launches={
             "etcd": {"argv": [], "probe": "http://127.0.0.1:40002/health"},
-            "apiserver": {"argv": [], "probe": "https://127.0.0.1:40001/readyz"},
+            "kube-apiserver": {"argv": [], "probe": "https://127.0.0.1:40001/readyz"},
             "sim-kubelet": {"argv": [], "probe": "http://127.0.0.1:40003/healthz"},
         },
     )
@@ -51,7 +51,7 @@ def test_status_shows_the_control_planes_endpoints(
     assert rc == 0
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
     assert "http://127.0.0.1:40002" in rows["etcd"]
-    assert "https://127.0.0.1:40001" in rows["apiserver"]
+    assert "https://127.0.0.1:40001" in rows["kube-apiserver"]
     assert "http://127.0.0.1:40003" in rows["sim-kubelet"]
     assert f"kubeconfig:  {tmp_path / 'admin.kubeconfig'}" in out
     assert "apiserver:   https://127.0.0.1:40001" in out

@@ -109,10 +109,8 @@ def _down(state_dir: Path) -> int:
 
 
 def endpoint(state: controlplane.ClusterState, name: str) -> str:
-    """Where process `name` answers: the apiserver's URL, the URL recorded for a process started
-    beside the cluster, else the scheme and address of the probe the control plane waits on."""
-    if name == "apiserver":
-        return state.api_url
+    """Where process `name` answers: the URL recorded for a process started beside the cluster,
+    else the scheme and address of the probe the control plane waits on."""
     if name in state.endpoints:
         return state.endpoints[name]
     probe = state.launches.get(name, {}).get("probe")
