@@ -11,7 +11,10 @@ from .config import sim_env_name
 
 # vLLM `serve` flags the simulator honours: (flag with its value, what it does here).
 VLLM_FLAG_HELP: tuple[tuple[str, str], ...] = (
-    ("MODEL, --model M", "model name; the weight size is guessed from it (...-8B... = 16 GB)"),
+    (
+        "MODEL, --model M",
+        "model name; weights guessed from it (...-8B... = 16 GB) unless --weights-size",
+    ),
     ("--host H", "address to bind (default: all interfaces, as vLLM)"),
     ("--port P", "port to listen on (default 8000; 0: any free port)"),
     ("--served-model-name N [N ...]", "names accepted in `model`; the first labels metrics"),
@@ -42,9 +45,15 @@ VLLM_FLAG_HELP: tuple[tuple[str, str], ...] = (
 # Simulator-only flags, each also settable as VLLM_SIM_<FLAG> (the flag wins).
 _SIM_HELP: dict[str, tuple[str, str]] = {
     "--profile": ("0.34|0.33|legacy", "vLLM version family to behave as (default 0.34)"),
-    "--weights-size": ("Q", "weight bytes (env also VLLM_SIM_WEIGHTS_BYTES; default: from MODEL)"),
+    "--weights-size": (
+        "Q",
+        "weight bytes (default: from MODEL, else 16Gi; env also VLLM_SIM_WEIGHTS_BYTES)",
+    ),
     "--device-memory": ("Q", "GPU memory of an engine without a shared device (default 80Gi)"),
-    "--residual-memory": ("Q", "memory kept while asleep (env also VLLM_SIM_RESIDUAL_BYTES)"),
+    "--residual-memory": (
+        "Q",
+        "memory kept while asleep (default 1.4 GiB; env also VLLM_SIM_RESIDUAL_BYTES)",
+    ),
     "--kv-cache-margin": ("Q", "what 0.34's extensible KV cache leaves free (default 1Gi)"),
     "--weight-allocations": ("N", "weight allocations to map/unmap (default 300)"),
     "--vllm-version": ("V", "what /version says (default: the profile's release)"),
