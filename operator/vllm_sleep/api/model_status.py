@@ -35,6 +35,19 @@ class ConditionType(StrEnum):
     DEGRADED = "Degraded"  # something needs a human: failed replicas, spec problems
 
 
+class ConditionReason(StrEnum):
+    """Condition reasons another process acts on (the gateway answers a request for a model no
+    wake can serve at once): written by the operator, read by the gateway, spelled here."""
+
+    SCALED_TO_ZERO = "ScaledToZero"  # Ready=False: replicas is 0, nothing is loaded
+    # Scheduled=False, a spec or GPUPool problem (the pool is missing or invalid, has no devices,
+    # none the model fits on): no pod is placed until someone changes the model, pool or nodes.
+    CANNOT_PLACE = "CannotPlace"
+    UNSCHEDULABLE = "Unschedulable"  # Scheduled=False: the Kubernetes scheduler's (a node may come)
+    WAITING_FOR_DEVICE = "WaitingForDevice"  # Scheduled=False: a full pool; the model's turn comes
+    PODS_SCHEDULED = "PodsScheduled"
+
+
 class ReplicaStatus(ApiModel):
     pod: str = Field(description="The replica's pod (<name>-<replica>).")
     node: str | None = Field(default=None, description="Node the pod runs on.")

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from vllm_sleep.api.demand import parse_micro_time
 from vllm_sleep.api.model_deployment import ModelDeployment
-from vllm_sleep.api.model_status import ConditionType, ModelPhase
+from vllm_sleep.api.model_status import ConditionReason, ConditionType, ModelPhase
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
 
 from .routing import CannotWake, ModelKey, ModelSpec, PodState, WakePolicy
@@ -102,11 +102,6 @@ def model_spec(obj: Mapping[str, Any]) -> ModelSpec | None:
     )
 
 
-# The operator's condition reasons (docs/api.md, ModelDeployment status) that say no wake can
-# serve the model until someone changes a spec.
-SCALED_TO_ZERO = "ScaledToZero"  # Ready=False: spec.replicas is 0, nothing is loaded
-UNSCHEDULABLE = "Unschedulable"  # Scheduled=False: a placement problem, or the scheduler's word
-PROBLEM = "Problem"  # Degraded=True: a placement problem, or a failed replica
 # Phases in which nothing loads, wakes or runs: any other one may be about to serve.
 _IDLE = frozenset({ModelPhase.PENDING, ModelPhase.ASLEEP})
 
@@ -114,13 +109,13 @@ _IDLE = frozenset({ModelPhase.PENDING, ModelPhase.ASLEEP})
 def cannot_wake(md: ModelDeployment) -> CannotWake | None:
     """Why no wake can serve this model, when its status says so for its current spec.
 
-    Only two states qualify. `spec.replicas` 0 (Ready=False, ScaledToZero): nothing is loaded.
-    A placement problem (its GPUPool does not exist, is invalid, has no device the model could
-    ever fit on): the operator then reports the same message as Scheduled=False
-    (Unschedulable) and Degraded=True (Problem), and places no pod. A Scheduled=False of the
-    Kubernetes scheduler's own (a node may come) or WaitingForDevice (a full pool: the model's
-    turn comes) is not one. Anything uncertain holds, as before: no status, a status of an
-    older generation (just scaled up, the operator has not written yet), a phase in which a
+    Only two states qualify (docs/api.md, the condition reasons of api.model_status).
+    `spec.replicas` 0 (Ready=False, ScaledToZero): nothing is loaded. A placement problem
+    (Scheduled=False, CannotPlace: its GPUPool does not exist, is invalid, has no device the
+    model could ever fit on): the operator places no pod until someone changes something. The
+    Kubernetes scheduler's Unschedulable (a node may come) and WaitingForDevice (a full pool:
+    the model's turn comes) are not. Anything uncertain holds, as before: no status, a status of
+    an older generation (just scaled up, the operator has not written yet), a phase in which a
     replica loads, wakes or runs.
     """
     status = md.status
@@ -134,20 +129,16 @@ def cannot_wake(md: ModelDeployment) -> CannotWake | None:
     if (
         md.spec.replicas == 0
         and ready is not None
-        and (ready.status, ready.reason) == ("False", SCALED_TO_ZERO)
+        and (ready.status, ready.reason) == ("False", ConditionReason.SCALED_TO_ZERO)
     ):
-        return CannotWake(SCALED_TO_ZERO, "it has 0 replicas (spec.replicas is 0)")
+        return CannotWake(ConditionReason.SCALED_TO_ZERO, "it has 0 replicas (spec.replicas is 0)")
     scheduled = conds.get(ConditionType.SCHEDULED)
-    degraded = conds.get(ConditionType.DEGRADED)
     if (
         scheduled is not None
-        and degraded is not None
-        and (scheduled.status, scheduled.reason) == ("False", UNSCHEDULABLE)
-        and (degraded.status, degraded.reason) == ("True", PROBLEM)
+        and (scheduled.status, scheduled.reason) == ("False", ConditionReason.CANNOT_PLACE)
         and scheduled.message
-        and scheduled.message == degraded.message
     ):
-        return CannotWake(UNSCHEDULABLE, scheduled.message)
+        return CannotWake(ConditionReason.CANNOT_PLACE, scheduled.message)
     return None
 
 

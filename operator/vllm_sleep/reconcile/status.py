@@ -15,7 +15,7 @@ from typing import Any
 from ..api.agent_protocol import AgentState, StateReport
 from ..api.common import Condition
 from ..api.model_deployment import ModelDeployment
-from ..api.model_status import ConditionType, ModelDeploymentStatus
+from ..api.model_status import ConditionReason, ConditionType, ModelDeploymentStatus
 from ..api.model_status import ModelPhase as Phase
 from .lifecycle import ReplicaObservation
 from .observe import ObservedPod
@@ -96,6 +96,7 @@ def model_status(
             facts.waiting,
             facts.name_refusal,
             facts.unseated,
+            cannot_place=facts.problem is not None,
         ),
     }
     if activity:
@@ -187,6 +188,8 @@ def _conditions(
     waiting: str | None = None,
     name_refusal: tuple[str, str] | None = None,
     unseated: str | None = None,
+    *,
+    cannot_place: bool = False,
 ) -> list[dict[str, Any]]:
     # lastTransitionTime moves only when a condition's status flips (metav1.Condition).
     old = {c.type: c for c in previous}
@@ -226,22 +229,36 @@ def _conditions(
     if desired == 0 and why_not is None:
         ready = False
         why_not = (
-            "ScaledToZero",
-            "replicas is 0: nothing is loaded; requests wait for wake.timeout, then 503",
+            ConditionReason.SCALED_TO_ZERO,
+            "replicas is 0: nothing is loaded; the gateway answers its requests 503 at once",
         )
     return [
         cond(ConditionType.READY, ready, *(why_not or (phase.value, reason))),
         cond(
             ConditionType.AWAKE,
             awake > 0,
-            "ReplicasAwake" if awake else ("WaitingForDevice" if waiting else "NoReplicaAwake"),
+            "ReplicasAwake"
+            if awake
+            else (ConditionReason.WAITING_FOR_DEVICE if waiting else "NoReplicaAwake"),
             f"{awake}/{desired} replicas awake" + (f"; waiting: {waiting}" if waiting else ""),
         ),
         cond(
             ConditionType.SCHEDULED,
             not (unscheduled or unseated),
-            "Unschedulable" if unscheduled else "WaitingForDevice" if unseated else "PodsScheduled",
+            _scheduled_reason(cannot_place, unscheduled, unseated),
             unscheduled or unseated or "all pods placed",
         ),
         cond(ConditionType.DEGRADED, degraded[0] != "AsExpected", *degraded),
     ]
+
+
+def _scheduled_reason(cannot_place: bool, unscheduled: str | None, unseated: str | None) -> str:
+    # CannotPlace, not Unschedulable, for a spec or GPUPool problem: the gateway answers at
+    # once for it (no wake can help), and holds for the Kubernetes scheduler's, which may clear.
+    if cannot_place:
+        return ConditionReason.CANNOT_PLACE
+    if unscheduled:
+        return ConditionReason.UNSCHEDULABLE
+    if unseated:
+        return ConditionReason.WAITING_FOR_DEVICE
+    return ConditionReason.PODS_SCHEDULED

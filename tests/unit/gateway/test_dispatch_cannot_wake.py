@@ -27,7 +27,7 @@ KEY = ModelKey("team", "m")
 WAKE = WakePolicy(timeout=30.0)  # far longer than any test runs: a hold shows as a queued request
 ZERO = CannotWake("ScaledToZero", "it has 0 replicas (spec.replicas is 0)")
 NO_POOL = CannotWake(
-    "Unschedulable", "GPUPool 'gpus' does not exist; create it or fix spec.placement.pool"
+    "CannotPlace", "GPUPool 'gpus' does not exist; create it or fix spec.placement.pool"
 )
 
 

@@ -83,7 +83,20 @@ def test_scaled_to_zero_cannot_wake() -> None:
 
 def test_a_missing_gpu_pool_cannot_wake_and_quotes_the_operator() -> None:
     why = cannot_wake(with_status(mdep(pool="gpus"), StatusFacts(problem=NO_POOL)))
-    assert why == CannotWake("Unschedulable", NO_POOL)
+    assert why == CannotWake("CannotPlace", NO_POOL)
+
+
+def test_a_placement_problem_is_scheduled_false_cannot_place() -> None:
+    # The reason the gateway acts on is the operator's, not inferred from matching messages.
+    conditions = with_status(mdep(pool="gpus"), StatusFacts(problem=NO_POOL))["status"][
+        "conditions"
+    ]
+    scheduled = next(c for c in conditions if c["type"] == "Scheduled")
+    assert (scheduled["status"], scheduled["reason"], scheduled["message"]) == (
+        "False",
+        "CannotPlace",
+        NO_POOL,
+    )
 
 
 def test_a_pool_without_devices_cannot_wake() -> None:
