@@ -268,7 +268,7 @@ def test_printer_columns(kube: Any, crds: None, namespace: str) -> None:
     )
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
     out = kube.kubectl("get", "mdep", "-n", namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"]
+    assert out[0].split() == ["NAME", "STATE", "READY", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"]
     assert out[1].split()[:2] == ["cols", "h100-shared"]  # no status yet: empty STATE/AWAKE
     wide = kube.kubectl("get", "modeldeployments.vllm-sleep.io", "-n", namespace, "-o", "wide")
     assert "MODEL" in wide.stdout.splitlines()[0]

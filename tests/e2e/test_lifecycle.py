@@ -118,12 +118,14 @@ def test_many_requests_with_sleeps_and_wakes_interleaved_never_reach_a_sleeping_
 
 
 def test_kubectl_get_shows_state_columns(kube: Kube, namespace: str, operator: Proc) -> None:
-    apply(kube, model_manifest("cols", namespace))
+    # A served name of its own: another test's model in this cluster may claim the default one
+    # first, and a model refused its served name is not Ready.
+    apply(kube, model_manifest("cols", namespace, servedModelName=f"cols-{namespace}"))
     wait_phase(kube, namespace, "cols", "Asleep", timeout=120)
     out = kube.kubectl("get", "mdep", "-n", namespace).stdout
     header = out.splitlines()[0].split()
-    assert header[:6] == ["NAME", "STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"], out
-    assert "Asleep" in out.splitlines()[1]
+    assert header[:7] == ["NAME", "STATE", "READY", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"], out
+    assert out.splitlines()[1].split()[1:3] == ["Asleep", "True"], out
 
 
 def test_unfulfillable_model_reports_a_condition_and_the_operator_keeps_running(

@@ -132,6 +132,14 @@ MODEL_DEPLOYMENT = Resource(
     rules=(_NAME_RULE,),
     columns=(
         Column("State", "string", ".status.phase"),
+        # Ready=False beside a calm State (Asleep, Pending) is a model that needs a human:
+        # replicas 0, a placement problem, a refused served name (the condition says why).
+        Column(
+            "Ready",
+            "string",
+            '.status.conditions[?(@.type=="Ready")].status',
+            description="the Ready condition: True when it can serve now or after a wake",
+        ),
         Column("Awake", "string", ".status.awake", description="awake replicas / desired replicas"),
         Column("Pool", "string", ".spec.placement.pool"),
         Column("Last-Activity", "date", ".status.lastActivityTime"),

@@ -54,7 +54,7 @@ def test_schema_is_structural(filename: str) -> None:
 def test_printer_columns_match_the_design() -> None:
     version = model_deployment_crd()["spec"]["versions"][0]
     main = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert [n.upper() for n in main] == ["STATE", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"]
+    assert [n.upper() for n in main] == ["STATE", "READY", "AWAKE", "POOL", "LAST-ACTIVITY", "AGE"]
     assert version["subresources"] == {"status": {}}
     names = model_deployment_crd()["spec"]["names"]
     assert names["shortNames"] == ["mdep"]
