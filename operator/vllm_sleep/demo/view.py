@@ -191,7 +191,7 @@ def next_steps(
     if shutil.which("kubectl") is None:  # the build cache's kubectl is not on PATH
         rows.append((f"alias kubectl={kubectl}", ""))
     rows += [
-        ("kubectl get mdep -A", "STATE / AWAKE columns"),
+        ("kubectl get mdep -A", "STATE / READY / AWAKE columns"),
         (f"{cli} status -A", "models, and the GPU's devices and memory"),
         ("kubectl get gpupool demo-gpu -o yaml", "status.deviceStates: who is awake"),
         (f"{cli} wake qwen-7b -n {namespace} --wait", "or just send it a request"),
