@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 DEMAND_COMPONENT = COMPONENT_DEMAND_LEASE
 EVENT_POSTERS = 16
-EVENT_COMPONENT = COMPONENT  # the leader election's Events say the same
 EVENT_POSTER_IDLE_SECONDS = 0.05
 EVENT_ONLY_KINDS = frozenset({"Pod", "Lease"})  # watched by on.event handlers only
 
@@ -69,10 +68,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> ModelRunners:
         settings.peering.standalone = True
         # Events say who posted them (`kubectl describe`'s From, `kubectl get events
         # --field-selector reportingComponent=...`): this operator and its pod, not kopf's
-        # defaults ("kopf", instance "dev", names "kopf-event-...").
-        settings.posting.reporting_component = EVENT_COMPONENT
+        # defaults ("kopf", instance "dev", names "kopf-event-..."), as the leader election's do.
+        settings.posting.reporting_component = COMPONENT
         settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
-        settings.posting.event_name_prefix = f"{EVENT_COMPONENT}-"
+        settings.posting.event_name_prefix = f"{COMPONENT}-"
 
     async def run_model(
         namespace: str, name: str, get_body: Callable[[], Body], stopped: Callable[[], bool]

@@ -3,13 +3,14 @@
 The loop: pick the least-loaded awake replica; if there is none, join the model's bounded hold
 queue (429 when full) and make sure demand is signalled. A model the operator reports no wake
 can serve (`ModelSpec.cannot_wake`: replicas 0, no device for it) is answered 503 at once
-instead, when no pod can hold the request: checked only where a hold would start. Then, if a pod's agent can hold the
-request (asleep or waking, agent and engine loaded), the request is sent there and waits at the
-agent, which releases it the instant its engine is confirmed awake: no wait for the operator's
-awake condition and the pod watch. Otherwise it waits here for the model to change. Either way
-the wake timeout (503) is the gateway's, and the request keeps its queue slot until it is
-released. A `Retry` from the proxy (see proxy.py for the exact rule) excludes that replica and
-loops, back into the queue without a second admission check (it keeps its place); when every candidate has refused, the request waits briefly for the watch to catch up
+instead, when no pod can hold the request: checked only where a hold would start. Then, if a
+pod's agent can hold the request (asleep or waking, agent and engine loaded), it is sent there
+and waits at the agent, which releases it the instant its engine is confirmed awake: no wait
+for the operator's awake condition and the pod watch. Otherwise it waits here for the model to
+change. Either way the wake timeout (503) is the gateway's, and the request keeps its queue
+slot until it is released. A `Retry` from the proxy (see proxy.py for the exact rule) excludes
+that replica and loops, back into the queue without a second admission check (it keeps its
+place); when every candidate has refused, the request waits briefly for the watch to catch up
 and tries them again, still within the same deadline. A client that disconnects cancels the
 handler (the h1 server cancels it), and `finally` frees its queue slot.
 """
