@@ -300,7 +300,7 @@ async def _responses(
         }
 
     if body.get("stream") is True:
-        # vLLM's order (responses/serving.py, streaming_events.py): created, in_progress, the
+        # vLLM's order (docs/simulator.md, "Client routes besides chat"): created, in_progress, the
         # message item and its text part opened, the deltas, the text, part and item closed,
         # completed; `sequence_number` counts from 0. The OpenAI SDK's responses.stream()
         # refuses a delta for an item it was not told of.
