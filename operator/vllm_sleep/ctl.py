@@ -23,7 +23,7 @@ from .api.model_deployment import ModelDeployment
 from .api.model_spec import SleepPolicy
 from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 from .api.quantity import Quantity
-from .kubeconfig import KubeconfigError, check_kubeconfig
+from .kubeconfig import KubeconfigError, check_kubeconfig, no_credentials
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,10 +43,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-class NoCredentials(Exception):
-    """No kubeconfig to read: the command cannot reach a cluster."""
-
-
 def _clients() -> tuple[Any, Any, Any, str]:
     from kubernetes import client, config
 
@@ -55,7 +51,9 @@ def _clients() -> tuple[Any, Any, Any, str]:
         config.load_kube_config()
         _, active = config.list_kube_config_contexts()
     except config.ConfigException as e:
-        raise NoCredentials(str(e)) from e
+        raise no_credentials(
+            e, 'set KUBECONFIG (for the local cluster: eval "$(vllm-sleep dev env)")'
+        ) from e
     ns = active.get("context", {}).get("namespace", "default")
     api = client.ApiClient()
     return client.CustomObjectsApi(api), client.CoordinationV1Api(api), client, ns
@@ -75,14 +73,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         objs, coord, client, default_ns = _clients()
-    except NoCredentials as e:
-        print(
-            f"error: no Kubernetes credentials ({e}); set KUBECONFIG (for the local cluster: "
-            'eval "$(vllm-sleep dev env)")',
-            file=sys.stderr,
-        )
-        return 1
-    except KubeconfigError as e:  # there, but empty or not a kubeconfig
+    except KubeconfigError as e:  # none, or one that is empty or not a kubeconfig
         print(f"error: {e}", file=sys.stderr)
         return 1
     ns = getattr(args, "namespace", None) or default_ns

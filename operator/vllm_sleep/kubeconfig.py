@@ -21,6 +21,12 @@ class KubeconfigError(OSError):
     cannot read: the servers' `cli_main` prints it in one line and exits 1."""
 
 
+def no_credentials(error: Exception, how: str) -> KubeconfigError:
+    """Neither a pod's ServiceAccount nor a kubeconfig (the client's ConfigException `error`):
+    the one line every process prints, ending with `how` that process is given credentials."""
+    return KubeconfigError(f"no Kubernetes credentials ({error}): {how}")
+
+
 def check_kubeconfig(paths: str) -> None:
     """Raise KubeconfigError for the first file of `paths` (a KUBECONFIG value: one path or a
     list joined by os.pathsep, as the clients split it) that exists and is not a kubeconfig.

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..api.leader import LEADER_LEASE_NAME, Timings
 from ..api.served_names import ExposureError, ExposurePolicy
-from ..kubeconfig import KubeconfigError, check_kubeconfig
+from ..kubeconfig import KubeconfigError, check_kubeconfig, no_credentials
 from ..logs import configure
 from ..metrics import OperatorMetrics
 from ..reconcile.node_loss import NODE_LOST_SECONDS
@@ -127,11 +127,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _load_kube_config() -> None:
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-    else:
-        check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)  # what it reads
-        await config.load_kube_config()
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config()
+        else:
+            check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)  # what it reads
+            await config.load_kube_config()
+    except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
+        raise no_credentials(e, "run it in a pod with its ServiceAccount, or set KUBECONFIG") from e
 
 
 async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:
@@ -308,14 +311,7 @@ def main(argv: list[str]) -> int:
     forgo_sync_client()
     try:
         asyncio.run(run(args))
-    except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
-        print(
-            f"vllm-sleep operator: no Kubernetes credentials ({e}): run it in a pod with its "
-            "ServiceAccount, or set KUBECONFIG",
-            file=sys.stderr,
-        )
-        return 1
-    except KubeconfigError as e:  # a kubeconfig that is there but empty or not one
+    except KubeconfigError as e:  # no credentials, or a kubeconfig that is empty or not one
         print(f"vllm-sleep operator: {e}", file=sys.stderr)
         return 1
     return 0

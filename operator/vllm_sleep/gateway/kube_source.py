@@ -17,7 +17,7 @@ from typing import Any
 
 from vllm_sleep.api.names import GROUP, LABEL_MODEL, MODEL_DEPLOYMENT_PLURAL, VERSION
 
-from ..kubeconfig import KubeconfigError, check_kubeconfig
+from ..kubeconfig import check_kubeconfig, no_credentials
 from .kube_parse import model_key, model_spec, pod_state
 from .metrics import GatewayMetrics
 from .routing import ModelSpec, PodState
@@ -67,9 +67,8 @@ async def kube_client(kubeconfig: str | None) -> Any:
                 check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)
                 await config.load_kube_config()
     except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
-        raise KubeconfigError(
-            f"no Kubernetes credentials ({e}): run it in a pod with its ServiceAccount, "
-            "or pass --kubeconfig (or set KUBECONFIG)"
+        raise no_credentials(
+            e, "run it in a pod with its ServiceAccount, or pass --kubeconfig (or set KUBECONFIG)"
         ) from e
     return client.ApiClient()
 
