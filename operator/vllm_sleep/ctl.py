@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from .api.demand import demand_lease, demand_lease_name, renew_patch, sleep_request_patch
 from .api.model_deployment import ModelDeployment
 from .api.model_spec import SleepPolicy
+from .api.model_status import ConditionType, ModelPhase
 from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 from .api.quantity import Quantity
 from .kubeconfig import KubeconfigError, check_kubeconfig, no_credentials
@@ -97,7 +98,7 @@ def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) 
     if args.cmd == "wake":
         renew_demand(coord, client, ns, mdep, holder=f"vllm-sleep-cli@{socket.gethostname()}")
         print(f"demand signalled for {ns}/{args.model}")
-        return _wait(objs, ns, args.model, "Awake", args.timeout) if args.wait else 0
+        return _wait(objs, ns, args.model, ModelPhase.AWAKE, args.timeout) if args.wait else 0
     objs.patch_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) 
         sleep_request_patch(datetime.now(UTC)),
     )
     print(f"sleep requested for {ns}/{args.model}")
-    return _wait(objs, ns, args.model, "Asleep", args.timeout) if args.wait else 0
+    return _wait(objs, ns, args.model, ModelPhase.ASLEEP, args.timeout) if args.wait else 0
 
 
 def ignored(cmd: str, mdep: dict[str, Any]) -> str | None:
@@ -169,9 +170,10 @@ def _wait(objs: Any, ns: str, name: str, phase: str, timeout: float) -> int:
         if status.get("phase") == phase:
             print(f"{ns}/{name} is {phase}")
             return 0
-        if status.get("phase") == "Failed":  # every replica failed: say why, not wait it out
+        if status.get("phase") == ModelPhase.FAILED:  # every replica failed: say why, not wait
+            conditions = status.get("conditions") or []
             degraded: dict[str, Any] = next(
-                (c for c in status.get("conditions") or [] if c.get("type") == "Degraded"), {}
+                (c for c in conditions if c.get("type") == ConditionType.DEGRADED), {}
             )
             why = degraded.get("message") or "see kubectl describe mdep"
             print(f"{ns}/{name} is Failed: {why}", file=sys.stderr)
@@ -279,7 +281,7 @@ def problems(items: list[dict[str, Any]]) -> list[str]:
     out = []
     for it in items:
         for c in (it.get("status") or {}).get("conditions") or []:
-            if c.get("type") == "Degraded" and c.get("status") == "True":
+            if c.get("type") == ConditionType.DEGRADED and c.get("status") == "True":
                 meta = it["metadata"]
                 out.append(
                     f"{meta['namespace']}/{meta['name']}: {c.get('message') or c.get('reason')}"
