@@ -158,13 +158,13 @@ async def _serve_standby_health(bind: str) -> web.AppRunner:
 async def _serve_get(
     bind: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.AppRunner:
-    """One GET route on `bind` ("host:port"; host defaults to loopback)."""
+    """One GET route on `bind` ("host:port", as `host_port` checked it)."""
     app = web.Application()
     app.router.add_get(path, handler)
     runner = web.AppRunner(app)
     await runner.setup()
     host, _, port = bind.rpartition(":")
-    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    await web.TCPSite(runner, host, int(port)).start()
     return runner
 
 

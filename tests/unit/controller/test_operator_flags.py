@@ -15,6 +15,7 @@ from vllm_sleep.controller import main
     [
         (["--log-level=bogus"], "--log-level: invalid choice: 'BOGUS'"),
         (["--metrics-bind=8080"], "'8080' is not host:port"),
+        (["--metrics-bind=:8080"], "':8080' is not host:port"),  # kopf's URL needs the host
         (["--health-bind=0.0.0.0:http"], "'0.0.0.0:http' is not host:port"),
     ],
 )
