@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vllm_sleep.testing.sim import args
+from vllm_sleep.testing.sim.config import SimConfig
 from vllm_sleep.testing.sim.main import main
 from vllm_sleep.testing.sim.usage import usage
 
@@ -96,3 +97,19 @@ def test_help_says_what_happens_to_other_flags() -> None:
 def test_help_prints_and_exits_0(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["org/m-8B", flag]) == 0
     assert capsys.readouterr().out.strip() == usage()
+
+
+def test_help_states_the_defaults_the_parser_applies() -> None:
+    cfg = SimConfig.from_cli(["m"], {})
+    lines = usage().splitlines()
+    for flag, value in [
+        ("--port", cfg.port),
+        ("--max-model-len", cfg.max_model_len),
+        ("--max-num-seqs", cfg.max_num_seqs),
+        ("--profile", cfg.profile),
+        ("--weight-allocations", cfg.weight_allocations),
+        ("--time-scale", cfg.time_scale),
+        ("--default-max-tokens", cfg.default_max_tokens),
+    ]:
+        line = next(x for x in lines if x.strip().startswith(f"{flag} "))
+        assert f"default {value}" in line, line

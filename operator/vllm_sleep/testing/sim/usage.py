@@ -7,21 +7,34 @@ from drifting apart.
 from __future__ import annotations
 
 from .args import SIM_FLAGS
-from .config import sim_env_name
+from .config import (
+    DEFAULT_DEVICE_MEMORY,
+    DEFAULT_KV_MARGIN,
+    DEFAULT_PROFILE,
+    DEFAULT_RESIDUAL,
+    DEFAULT_UTIL,
+    DEFAULT_WEIGHTS,
+    PROFILES,
+    SimConfig,
+    sim_env_name,
+)
+from .units import GiB
 
-# vLLM `serve` flags the simulator honours: (flag with its value, what it does here).
+# vLLM `serve` flags the simulator honours: (flag with its value, what it does here). The
+# defaults stated here and below are SimConfig's and config.py's, not a second spelling of them.
 VLLM_FLAG_HELP: tuple[tuple[str, str], ...] = (
     (
         "MODEL, --model M",
         "model name; weights guessed from it (...-8B... = 16 GB) unless --weights-size",
     ),
     ("--host H", "address to bind (default: all interfaces, as vLLM)"),
-    ("--port P", "port to listen on (default 8000; 0: any free port)"),
+    ("--port P", f"port to listen on (default {SimConfig.port}; 0: any free port)"),
     ("--served-model-name N [N ...]", "names accepted in `model`; the first labels metrics"),
     ("--enable-sleep-mode", "recorded (sleep works without it); 0.34: registers /checkpoint/*"),
     (
         "--gpu-memory-utilization U",
-        "share of the device (default 0.92; legacy 0.9; 0.34 without a KV size 1.0)",
+        f"share of the device (default {DEFAULT_UTIL['0.34']}; legacy {DEFAULT_UTIL['legacy']}; "
+        "0.34 without a KV size 1.0)",
     ),
     (
         "--kv-cache-memory-bytes Q",
@@ -36,31 +49,58 @@ VLLM_FLAG_HELP: tuple[tuple[str, str], ...] = (
         "--sleep-preserve-parameter-names P [P ...]",
         "glob/regex patterns kept through level 2 (draft.* keeps the draft)",
     ),
-    ("--max-model-len L", "context limit (8k = 8000, 8K = 8192; default 8192)"),
-    ("--max-num-seqs N", "requests running at once (default 256); the rest wait"),
+    (
+        "--max-model-len L",
+        f"context limit (8k = 8000, 8K = 8192; default {SimConfig.max_model_len})",
+    ),
+    (
+        "--max-num-seqs N",
+        f"requests running at once (default {SimConfig.max_num_seqs}); the rest wait",
+    ),
     ("--api-key K [K ...]", "Bearer key for /v1, /v2, /inference, /cohere (also VLLM_API_KEY)"),
     ("--enable-server-load-tracking", "/load counts in-flight requests (else always 0)"),
 )
 
 # Simulator-only flags, each also settable as VLLM_SIM_<FLAG> (the flag wins).
 _SIM_HELP: dict[str, tuple[str, str]] = {
-    "--profile": ("0.34|0.33|legacy", "vLLM version family to behave as (default 0.34)"),
+    "--profile": (
+        "|".join(PROFILES),
+        f"vLLM version family to behave as (default {DEFAULT_PROFILE})",
+    ),
     "--weights-size": (
         "Q",
-        "weight bytes (default: from MODEL, else 16Gi; env also VLLM_SIM_WEIGHTS_BYTES)",
+        f"weight bytes (default: from MODEL, else {DEFAULT_WEIGHTS // GiB}Gi; env also VLLM_SIM_WEIGHTS_BYTES)",
     ),
-    "--device-memory": ("Q", "GPU memory of an engine without a shared device (default 80Gi)"),
+    "--device-memory": (
+        "Q",
+        f"GPU memory of an engine without a shared device (default {DEFAULT_DEVICE_MEMORY // GiB}Gi)",
+    ),
     "--residual-memory": (
         "Q",
-        "memory kept while asleep (default 1.4 GiB; env also VLLM_SIM_RESIDUAL_BYTES)",
+        f"memory kept while asleep (default {DEFAULT_RESIDUAL / GiB:.1f} GiB; env also VLLM_SIM_RESIDUAL_BYTES)",
     ),
-    "--kv-cache-margin": ("Q", "what 0.34's extensible KV cache leaves free (default 1Gi)"),
-    "--weight-allocations": ("N", "weight allocations to map/unmap (default 300)"),
+    "--kv-cache-margin": (
+        "Q",
+        f"what 0.34's extensible KV cache leaves free (default {DEFAULT_KV_MARGIN // GiB}Gi)",
+    ),
+    "--weight-allocations": (
+        "N",
+        f"weight allocations to map/unmap (default {SimConfig.weight_allocations})",
+    ),
     "--vllm-version": ("V", "what /version says (default: the profile's release)"),
     "--fail-sleeps": ("N", "the first N memory-releasing sleeps fail vLLM's memory assertion"),
-    "--time-scale": ("F", "multiplies every duration (default 1.0; 0.01 = 100x faster)"),
-    "--default-max-tokens": ("N", "max_tokens when a request gives none (default 16)"),
-    "--profiling-fraction": ("F", "last fraction of the load that is memory profiling (0.3)"),
+    "--time-scale": (
+        "F",
+        f"multiplies every duration (default {SimConfig.time_scale}; 0.01 = 100x faster)",
+    ),
+    "--default-max-tokens": (
+        "N",
+        f"max_tokens when a request gives none (default {SimConfig.default_max_tokens})",
+    ),
+    "--profiling-fraction": (
+        "F",
+        f"last fraction of the load that is memory profiling ({SimConfig.profiling_fraction})",
+    ),
     "--load-seconds": ("S", "startup (load) duration"),
     "--first-sleep-seconds": ("S", "first level-1 sleep (pins the host backup)"),
     "--sleep-seconds": ("S", "later level-1 sleeps"),
