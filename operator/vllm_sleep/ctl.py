@@ -20,11 +20,12 @@ from pydantic import ValidationError
 
 from .api.demand import demand_lease, demand_lease_name, renew_patch, sleep_request_patch
 from .api.model_deployment import ModelDeployment
-from .api.model_spec import SleepPolicy
 from .api.model_status import ConditionType, ModelPhase
 from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 from .api.quantity import Quantity
 from .kubeconfig import KubeconfigError, check_kubeconfig, no_credentials
+from .reconcile.lifecycle import demand_ignored, sleep_request_ignored
+from .reconcile.policy import policy_from_spec
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,19 +114,12 @@ def _run(args: argparse.Namespace, objs: Any, coord: Any, client: Any, ns: str) 
 
 def ignored(cmd: str, mdep: dict[str, Any]) -> str | None:
     """Why the operator would ignore `cmd` ("wake" or "sleep") for this model, by its spec (the
-    lifecycle's rules, reconcile/lifecycle.py); None when it would act on it."""
+    lifecycle's own rules); None when it would act on it."""
     try:
-        spec = ModelDeployment.from_body(mdep).spec
+        policy = policy_from_spec(ModelDeployment.from_body(mdep).spec)
     except ValidationError:
         return None  # the operator reports what is wrong with it (its status)
-    policy = spec.sleep.policy
-    if cmd == "sleep" and policy == SleepPolicy.ALWAYS_AWAKE:
-        return "sleep.policy is AlwaysAwake: it is never put to sleep (set policy Auto or Asleep)"
-    if cmd == "wake" and policy == SleepPolicy.ASLEEP:
-        return "sleep.policy is Asleep: demand never wakes it (set policy Auto or AlwaysAwake)"
-    if cmd == "wake" and not spec.wake.on_request:
-        return "wake.onRequest is false: demand never wakes it (set it true, or policy AlwaysAwake)"
-    return None
+    return sleep_request_ignored(policy) if cmd == "sleep" else demand_ignored(policy)
 
 
 def renew_demand(

@@ -180,6 +180,24 @@ def _awake(
     return route, due - now
 
 
+def sleep_request_ignored(policy: ModelPolicy) -> str | None:
+    """Why a request to sleep (`vllm-sleep sleep`, the sleep-request annotation) changes
+    nothing under `policy`; None when it is honoured."""
+    if policy.policy == Policy.ALWAYS_AWAKE:
+        return "sleep.policy is AlwaysAwake: it is never put to sleep (set policy Auto or Asleep)"
+    return None
+
+
+def demand_ignored(policy: ModelPolicy) -> str | None:
+    """Why demand (a held request, `vllm-sleep wake`) wakes nothing under `policy`; None when
+    it wakes the model."""
+    if policy.policy == Policy.ASLEEP:
+        return "sleep.policy is Asleep: demand never wakes it (set policy Auto or AlwaysAwake)"
+    if not policy.wake_on_request:
+        return "wake.onRequest is false: demand never wakes it (set it true, or policy AlwaysAwake)"
+    return None
+
+
 def _asked_to_sleep(
     policy: ModelPolicy,
     r: ReplicaObservation,
@@ -187,7 +205,7 @@ def _asked_to_sleep(
     demand_at: float | None,
     sleep_request: float | None,
 ) -> bool:
-    if sleep_request is None or policy.policy == Policy.ALWAYS_AWAKE:
+    if sleep_request is None or sleep_request_ignored(policy) is not None:
         return False
     if r.inflight or r.held:
         return False  # the request is honoured once the work in progress is done
@@ -208,7 +226,7 @@ def _wants_wake(
 ) -> bool:
     if policy.policy == Policy.ALWAYS_AWAKE:
         return True
-    if policy.policy == Policy.ASLEEP or not policy.wake_on_request:
+    if demand_ignored(policy) is not None:
         return False
     return r.held > 0 or _demand_since(demand_at, mem.slept_at)
 
