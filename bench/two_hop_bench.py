@@ -17,6 +17,11 @@ the same upstream, the vLLM simulator (`vllm-sleep sim`, time scale 0: no simula
     nginx+nginx     -> nginx (front) -> nginx (back) -> simulator
     gateway+agent   -> gateway -> agent -> simulator
 
+and two mixed pairs, which say which of our hops the gap is in (one of them swapped for nginx):
+
+    gateway+nginx   -> gateway (a second one) -> nginx (back) -> simulator
+    nginx+agent     -> nginx (a second front) -> agent -> simulator
+
 The agent is `vllm-sleep agent` as shipped (its public port, its own process); the gateway is
 gateway_bench.py's (StaticSource, uvloop); nginx is gateway_bench.py's configuration (one
 worker, upstream keepalive, `proxy_buffering off`). The load generator, the interleaved rounds
@@ -73,6 +78,10 @@ TARGETS = {
     "agent": ("agent",),
     "nginx+nginx": ("nginx front", "nginx back"),
     "gateway+agent": ("gateway", "agent"),
+    # the mixed pairs: a gateway of their own in front of the back nginx, a front nginx of
+    # their own in front of the agent (the back nginx and the agent are the same processes)
+    "gateway+nginx": ("gateway to nginx", "nginx back"),
+    "nginx+agent": ("nginx front to agent", "agent"),
     "agent@base": ("agent@base",),  # with --base-tree: another checkout's agent, one hop
     # with --base-tree: that checkout's gateway and agent, both hops
     "gateway+agent@base": ("gateway@base", "agent@base"),
@@ -80,6 +89,8 @@ TARGETS = {
 PAIRS = (
     ("agent", "nginx"),
     ("gateway+agent", "nginx+nginx"),
+    ("gateway+nginx", "nginx+nginx"),
+    ("nginx+agent", "nginx+nginx"),
     ("agent@base", "nginx"),
     ("gateway+agent@base", "nginx+nginx"),
 )
@@ -156,6 +167,7 @@ def start_all(
     procs: list[subprocess.Popen[Any]],
     where: Placement,
     base_tree: Path | None = None,
+    targets: tuple[str, ...] = (),
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Every process of one layout, appended to `procs` as started (the caller stops them):
     the URL of each target and the pid of each hop."""
@@ -209,6 +221,19 @@ def start_all(
         procs.append(gb.spawn([*argv, "--loop", "uvloop"], where.front, tree=base_tree))
         urls["gateway+agent@base"] = f"http://{gb.HOSTS['gateway']}:{base_gw_port}{PATH}"
         pids["gateway@base"] = procs[-1].pid
+    if "gateway+nginx" in targets:
+        port = gb.free_port(gb.HOSTS["gateway"])
+        argv = ["--role", "gateway", "--port", str(port), "--upstream", f"{nginx}:{back_port}"]
+        procs.append(gb.spawn([*argv, "--loop", "uvloop"], where.front))
+        urls["gateway+nginx"] = f"http://{gb.HOSTS['gateway']}:{port}{PATH}"
+        pids["gateway to nginx"] = procs[-1].pid
+    if "nginx+agent" in targets:
+        port = gb.free_port(gb.HOSTS["nginx"])
+        (tmp / "front-agent").mkdir()
+        agent_addr = agent.removeprefix("http://")
+        procs.append(gb.start_nginx(tmp / "front-agent", agent_addr, port, where.front))
+        urls["nginx+agent"] = f"{nginx}:{port}{PATH}"
+        pids["nginx front to agent"] = procs[-1].pid
     return urls, pids
 
 
@@ -282,7 +307,7 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
 def run_layout(args: argparse.Namespace, layout: str, tmp: Path) -> dict[str, Any]:
     tmp.mkdir()
     with placed(layout) as (where, procs):
-        urls, pids = start_all(tmp, procs, where, args.base_tree)
+        urls, pids = start_all(tmp, procs, where, args.base_tree, tuple(args.targets))
         print(f"-- layout {layout}", flush=True)
 
         async def every_cell() -> dict[str, Any]:
@@ -296,6 +321,8 @@ def report(path: Path) -> str:
     measured, `--targets nginx+nginx,gateway+agent,gateway+agent@base`: `ab_report`'s)."""
     doc = json.loads(path.read_text())
     cells = [row for layout in doc["results"].values() for row in layout.values()]
+    if cells and ("gateway+nginx" in cells[0] or "nginx+agent" in cells[0]):
+        return hop_report(doc) + "\n\n" + first_chunk_report(doc)
     if cells and "agent" not in cells[0]:
         return ab_report(doc)
     lines = [
@@ -340,6 +367,81 @@ def report(path: Path) -> str:
                 f"{row['nginx']['cpu_us_per_request']['nginx back']:.0f} "
                 f"| {g:.0f} + {ag:.0f} · {f:.0f} + {b:.0f} |" + extra_cells(row)
             )
+    return "\n".join(lines)
+
+
+MIXED = ("gateway+agent", "gateway+nginx", "nginx+agent")
+
+
+def hop_report(doc: dict[str, Any]) -> str:
+    """Which hop: each pair with one or both of our hops against two nginx hops, per cell: the
+    added time to first chunk (p50 / p99), its ratio to two nginx hops', and each hop's CPU and
+    context switches per request (front hop first)."""
+    pairs = [t for t in MIXED if t in next(iter(next(iter(doc["results"].values())).values()))]
+    lines = [
+        "| layout | streams | added p50 / p99 (ms): nginx+nginx · "
+        + " · ".join(pairs)
+        + " | ratio p50: "
+        + " · ".join(pairs)
+        + " | ratio p99: "
+        + " · ".join(pairs)
+        + " | CPU µs/req front + back: nginx+nginx · "
+        + " · ".join(pairs)
+        + " | switches/req front + back: nginx+nginx · "
+        + " · ".join(pairs)
+        + " |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def added(r: dict[str, Any]) -> str:
+        a = r["added_ttfb_ms"]
+        return f"{a['p50']:.2f} / {a['p99']:.2f}"
+
+    def ratio(a: dict[str, Any], b: dict[str, Any], p: str) -> str:
+        ours, theirs = a["added_ttfb_ms"][p], b["added_ttfb_ms"][p]
+        return f"{ours / theirs:.2f}" if theirs > 0 else "\u2013"
+
+    def per_hop(r: dict[str, Any], key: str, fmt: str) -> str:
+        return " + ".join(format(v, fmt) for v in r[key].values())
+
+    for layout, cells in doc["results"].items():
+        for c, row in cells.items():
+            ngx = row["nginx+nginx"]
+            rows = [ngx] + [row[t] for t in pairs]
+            lines.append(
+                f"| {layout} | {c} | "
+                + " · ".join(added(r) for r in rows)
+                + " | "
+                + " · ".join(ratio(row[t], ngx, "p50") for t in pairs)
+                + " | "
+                + " · ".join(ratio(row[t], ngx, "p99") for t in pairs)
+                + " | "
+                + " · ".join(per_hop(r, "cpu_us_per_request", ".0f") for r in rows)
+                + " | "
+                + " · ".join(per_hop(r, "switches_per_request", ".1f") for r in rows)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def first_chunk_report(doc: dict[str, Any]) -> str:
+    """Time to first chunk against the whole answer's time and throughput, per target."""
+    lines = [
+        "| layout | streams | target | first chunk p50 / p99 (ms) | whole answer p50 / p99 (ms) "
+        "| after the first chunk, p50 (ms) | req/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for layout, cells in doc["results"].items():
+        for c, row in cells.items():
+            for target, r in row.items():
+                if target == "ratios":
+                    continue
+                f, w = r["ttfb_ms"], r["total_ms"]
+                lines.append(
+                    f"| {layout} | {c} | {target} | {f['p50']:.2f} / {f['p99']:.2f} "
+                    f"| {w['p50']:.2f} / {w['p99']:.2f} | {w['p50'] - f['p50']:.2f} "
+                    f"| {r['rps']:.0f} |"
+                )
     return "\n".join(lines)
 
 
