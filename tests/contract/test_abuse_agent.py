@@ -31,6 +31,8 @@ from aiohttp import web
 
 from vllm_sleep.agent import Agent, AgentConfig
 
+from .agent_wait import wait_state
+
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(60)]
 
 AGENT = "127.0.15.1"
@@ -130,9 +132,7 @@ async def agent(vllm: FakeVLLM) -> AsyncIterator[Agent]:
         max_buffered_bytes=8 << 20,
     )
     async with Agent(config) as a:
-        async with asyncio.timeout(WAIT):
-            while a.board.state.value != "awake":
-                await a.board.wait_change(a.board.version, 1.0)
+        await wait_state(a, "awake", timeout=WAIT)
         yield a
 
 

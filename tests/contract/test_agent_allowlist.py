@@ -19,6 +19,7 @@ from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.server import ROUTES as SIM_ROUTES
 from vllm_sleep.testing.sim.testkit import start
 
+from .agent_wait import wait_state
 from .test_agent_field import Recorder
 
 pytestmark = pytest.mark.contract
@@ -93,9 +94,7 @@ async def guarded(engine: SimEngine) -> AsyncIterator[tuple[Agent, Recorder]]:
             }
         )
         async with Agent(config) as agent:
-            async with asyncio.timeout(10):
-                while agent.board.state.value != "awake":
-                    await agent.board.wait_change(agent.board.version, 1.0)
+            await wait_state(agent, "awake")
             yield agent, rec
 
 

@@ -22,6 +22,8 @@ from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.testkit import start, until
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 TOKEN = "field-s3cret"
@@ -104,12 +106,6 @@ async def agent_before(
     async with Recorder(engine.url) as rec, Agent(config(rec.url, **overrides)) as agent:
         await wait_state(agent, "awake")
         yield agent, rec
-
-
-async def wait_state(agent: Agent, *states: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while agent.board.state.value not in states:
-            await agent.board.wait_change(agent.board.version, 1.0)
 
 
 async def control(http: httpx.AsyncClient, agent: Agent, path: str) -> httpx.Response:

@@ -18,6 +18,8 @@ from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.testkit import start
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 TOKEN = "s3cret-token"
@@ -58,12 +60,6 @@ def config_for(upstream: str, **overrides: object) -> AgentConfig:
         **overrides,
     }
     return AgentConfig.model_validate(values)
-
-
-async def wait_state(agent: Agent, *states: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while agent.board.state.value not in states:
-            await agent.board.wait_change(agent.board.version, 1.0)
 
 
 async def wait_held(agent: Agent, n: int, timeout: float = 10.0) -> None:

@@ -18,6 +18,8 @@ from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.testing.sim import EngineHost, GiB, SimEngine
 from vllm_sleep.testing.sim.testkit import start
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 TOKEN = "residual-s3cret"
@@ -85,8 +87,7 @@ async def test_the_agent_reports_the_engines_own_residual_next_to_an_awake_neigh
     )
     log_file = tmp_path / "log" / "vllm.log"
     async with Agent(agent_config(e, log_file, e.share)) as agent:
-        while agent.board.state.value != "awake":
-            await agent.board.wait_change(agent.board.version, 1.0)
+        await wait_state(agent, "awake")
         assert (await state(http, agent))["residual_bytes"] is None  # nothing measured yet
         for _ in range(3):  # later sleeps measure again; the 4 KiB log rotates meanwhile
             assert (
@@ -112,8 +113,7 @@ async def test_without_the_engines_footprint_only_freed_bytes_are_reported(
     env = {"VLLM_LOGGING_CONFIG_PATH": str(logging_config(tmp_path))}
     e = await start(host, "m", "--gpu-memory-utilization", "0.5", "--host", "127.0.4.12", env=env)
     async with Agent(agent_config(e, tmp_path / "log" / "vllm.log", None)) as agent:
-        while agent.board.state.value != "awake":
-            await agent.board.wait_change(agent.board.version, 1.0)
+        await wait_state(agent, "awake")
         assert (
             await http.post(agent.control_url + "/sleep?level=2", headers=AUTH)
         ).status_code == 200

@@ -17,6 +17,8 @@ from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.testkit import start
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 TOKEN = "another-s3cret"
@@ -70,12 +72,6 @@ def config(engine: SimEngine, **overrides: object) -> AgentConfig:
         **overrides,
     }
     return AgentConfig.model_validate(values)
-
-
-async def wait_state(agent: Agent, *states: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while agent.board.state.value not in states:
-            await agent.board.wait_change(agent.board.version, 1.0)
 
 
 async def control(http: httpx.AsyncClient, agent: Agent, path: str) -> httpx.Response:

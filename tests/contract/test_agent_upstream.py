@@ -16,6 +16,8 @@ from aiohttp import web
 
 from vllm_sleep.agent import Agent, AgentConfig
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 
@@ -74,9 +76,7 @@ async def awake_agent(upstream: str, host: str) -> AsyncIterator[Agent]:
         health_interval=0.05,
     )
     async with Agent(config) as a:
-        async with asyncio.timeout(10):
-            while a.board.state.value != "awake":
-                await a.board.wait_change(a.board.version, 1.0)
+        await wait_state(a, "awake")
         yield a
 
 

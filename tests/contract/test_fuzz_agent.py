@@ -18,7 +18,6 @@ engine's record holds only allowlisted routes (and the operator's calls the test
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -38,6 +37,7 @@ from vllm_sleep.testing.sim import EngineHost
 from vllm_sleep.testing.sim.server import ROUTES as SIM_ROUTES
 from vllm_sleep.testing.sim.testkit import start
 
+from .agent_wait import wait_state
 from .test_agent_field import Recorder
 from .test_gateway_fuzz import LoopThread
 
@@ -126,9 +126,7 @@ def rig() -> Iterator[Rig]:
         )
         agent = Agent(config)
         await agent.start()
-        async with asyncio.timeout(10):
-            while agent.board.state.value != "awake":
-                await agent.board.wait_change(agent.board.version, 1.0)
+        await wait_state(agent, "awake")
         return Rig(agent, recorder, engine), recorder
 
     the_rig, recorder = lt.run(setup())

@@ -20,6 +20,8 @@ from vllm_sleep.gateway.routing import ModelKey, WakePolicy
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.testkit import start
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 TOKEN = "gw-test-token"
@@ -43,9 +45,7 @@ async def agent_for(engine: SimEngine, host: str, **over: object) -> Agent:
     )
     agent = Agent(cfg)
     await agent.start()
-    async with asyncio.timeout(10):
-        while agent.board.state.value != "awake":
-            await agent.board.wait_change(agent.board.version, 1.0)
+    await wait_state(agent, "awake")
     return agent
 
 

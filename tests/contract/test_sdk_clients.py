@@ -28,6 +28,8 @@ from vllm_sleep.gateway.routing import WakePolicy
 from vllm_sleep.testing.sim import EngineHost, SimEngine
 from vllm_sleep.testing.sim.testkit import start, until
 
+from .agent_wait import wait_state
+
 pytestmark = pytest.mark.contract
 
 TOKEN = "sdk-test-token"
@@ -70,9 +72,7 @@ async def _agent(engine: SimEngine, host: str) -> Agent:
     )
     agent = Agent(cfg)
     await agent.start()
-    async with asyncio.timeout(10):
-        while agent.board.state.value != "awake":
-            await agent.board.wait_change(agent.board.version, 1.0)
+    await wait_state(agent, "awake")
     return agent
 
 
