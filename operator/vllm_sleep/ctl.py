@@ -23,7 +23,7 @@ from .api.model_deployment import ModelDeployment
 from .api.model_status import ConditionType, ModelPhase
 from .api.names import GPU_POOL_PLURAL, GROUP, MODEL_DEPLOYMENT_PLURAL, VERSION
 from .api.quantity import Quantity
-from .kubeconfig import KubeconfigError, check_kubeconfig, no_credentials
+from .kubeconfig import NO_KUBECONFIG, KubeconfigError, check_kubeconfig, no_credentials
 from .reconcile.lifecycle import demand_ignored, sleep_request_ignored
 from .reconcile.policy import policy_from_spec
 
@@ -48,14 +48,14 @@ def parser() -> argparse.ArgumentParser:
 def _clients() -> tuple[Any, Any, Any, str]:
     from kubernetes import client, config
 
-    check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)  # the file it reads
+    how = 'set KUBECONFIG (for the local cluster: eval "$(vllm-sleep dev env)")'
+    if not check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION):  # the file it reads
+        raise no_credentials(NO_KUBECONFIG, how)
     try:
         config.load_kube_config()
         _, active = config.list_kube_config_contexts()
     except config.ConfigException as e:
-        raise no_credentials(
-            e, 'set KUBECONFIG (for the local cluster: eval "$(vllm-sleep dev env)")'
-        ) from e
+        raise no_credentials(e, how) from e
     ns = active.get("context", {}).get("namespace", "default")
     api = client.ApiClient()
     return client.CustomObjectsApi(api), client.CoordinationV1Api(api), client, ns

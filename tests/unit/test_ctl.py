@@ -8,6 +8,7 @@ from typing import Any
 
 from vllm_sleep.api.demand import demand_lease, renew_patch
 from vllm_sleep.ctl import renew_demand
+from vllm_sleep.kubeconfig import DEFAULT_LOCATION
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 MDEP = {"metadata": {"name": "llama", "namespace": "team", "uid": "uid-1"}}
@@ -92,8 +93,9 @@ def test_without_a_kubeconfig_the_cli_says_what_to_set(
 
     from vllm_sleep.ctl import main
 
-    # The client reads $KUBECONFIG once, at import: point its default location at no file.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "missing"))
+    # The client reads $KUBECONFIG once, at import: its default location, and no such file.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", DEFAULT_LOCATION)
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)
     assert main(["status"]) == 1
     err = capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_sleep.kubeconfig import KubeconfigError, check_kubeconfig
+from vllm_sleep.kubeconfig import DEFAULT_LOCATION, KubeconfigError, check_kubeconfig
 
 VALID = b"""apiVersion: v1
 kind: Config
@@ -45,12 +45,23 @@ def test_a_file_that_is_not_a_kubeconfig_is_named_with_its_problem(
     assert str(e.value).startswith(f"kubeconfig {path}: {problem}")
 
 
-def test_a_kubeconfig_passes_and_a_missing_file_is_left_to_the_client(tmp_path: Path) -> None:
+def test_a_kubeconfig_passes_and_the_missing_default_is_left_to_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "config"
     path.write_bytes(VALID)
-    check_kubeconfig(str(path))
-    check_kubeconfig(str(tmp_path / "missing"))
-    check_kubeconfig("")
+    assert check_kubeconfig(str(path))
+    assert check_kubeconfig(os.pathsep.join([str(tmp_path / "missing"), str(path)]))  # merged
+    assert not check_kubeconfig("")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config: in-cluster or no credentials
+    assert not check_kubeconfig(DEFAULT_LOCATION)
+    assert not check_kubeconfig(str(tmp_path / ".kube" / "config"))  # as the asyncio client has it
+
+
+def test_a_named_kubeconfig_none_of_whose_files_exist_is_refused(tmp_path: Path) -> None:
+    missing = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(KubeconfigError, match=re.escape(f"kubeconfig {missing}: no such file")):
+        check_kubeconfig(missing)
 
 
 def test_every_file_of_a_kubeconfig_list_is_checked(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..api.leader import LEADER_LEASE_NAME, Timings
 from ..api.served_names import ExposureError, ExposurePolicy
-from ..kubeconfig import KubeconfigError, check_kubeconfig, no_credentials
+from ..kubeconfig import NO_KUBECONFIG, KubeconfigError, check_kubeconfig, no_credentials
 from ..logs import configure
 from ..metrics import OperatorMetrics
 from ..reconcile.node_loss import NODE_LOST_SECONDS
@@ -127,14 +127,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _load_kube_config() -> None:
+    how = "run it in a pod with its ServiceAccount, or set KUBECONFIG"
     try:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
             config.load_incluster_config()
-        else:
-            check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)  # what it reads
+        elif check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION):  # what it reads
             await config.load_kube_config()
+        else:
+            raise no_credentials(NO_KUBECONFIG, how)
     except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
-        raise no_credentials(e, "run it in a pod with its ServiceAccount, or set KUBECONFIG") from e
+        raise no_credentials(e, how) from e
 
 
 async def _serve_metrics(metrics: OperatorMetrics, bind: str) -> web.AppRunner:

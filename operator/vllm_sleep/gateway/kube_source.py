@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from vllm_sleep.api.names import GROUP, LABEL_MODEL, MODEL_DEPLOYMENT_PLURAL, VERSION
 
-from ..kubeconfig import check_kubeconfig, no_credentials
+from ..kubeconfig import NO_KUBECONFIG, check_kubeconfig, no_credentials
 from .kube_parse import model_key, model_spec, pod_state
 from .metrics import GatewayMetrics
 from .routing import ModelSpec, PodState
@@ -52,6 +53,23 @@ def _check_status(status: int, raw: bytes) -> None:
         raise RuntimeError(f"HTTP {status}: {message}")
 
 
+_HOW = "run it in a pod with its ServiceAccount, or pass --kubeconfig (or set KUBECONFIG)"
+
+
+def check_credentials(kubeconfig: str | None) -> None:
+    """Refuse what `kube_client` would refuse before reading anything: a bad or missing named
+    kubeconfig, or none at all outside a pod. The supervisor checks once, so N workers do not
+    each print it and crash-loop."""
+    from kubernetes_asyncio.config import kube_config
+
+    if kubeconfig:
+        check_kubeconfig(kubeconfig)
+    elif not os.environ.get("KUBERNETES_SERVICE_HOST") and not check_kubeconfig(
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    ):
+        raise no_credentials(NO_KUBECONFIG, _HOW)
+
+
 async def kube_client(kubeconfig: str | None) -> Any:
     """An ApiClient from the kubeconfig, else in-cluster, else ~/.kube/config."""
     from kubernetes_asyncio import client, config
@@ -64,12 +82,10 @@ async def kube_client(kubeconfig: str | None) -> Any:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                check_kubeconfig(config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)
+                check_credentials(None)
                 await config.load_kube_config()
     except config.ConfigException as e:  # neither in a pod nor given a kubeconfig
-        raise no_credentials(
-            e, "run it in a pod with its ServiceAccount, or pass --kubeconfig (or set KUBECONFIG)"
-        ) from e
+        raise no_credentials(e, _HOW) from e
     return client.ApiClient()
 
 

@@ -12,12 +12,11 @@ import os
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from ..kubeconfig import check_kubeconfig
 from ..serve import cli_main, event_loop_runner, serve_until, stop_on_signals
 from .config import GatewayConfig, build_parser
 from .demand import LeaseDemand
 from .gateway import Gateway
-from .kube_source import KubernetesSource, kube_client
+from .kube_source import KubernetesSource, check_credentials, kube_client
 from .metrics import GatewayMetrics
 from .workers import (
     WorkerRole,
@@ -84,8 +83,7 @@ def _as_worker(config: GatewayConfig, role: WorkerRole) -> GatewayConfig:
 
 
 async def _supervise(argv: list[str], config: GatewayConfig, chosen: dict[str, int]) -> None:
-    if config.kubeconfig:  # once, here, rather than in each worker's crash loop
-        check_kubeconfig(config.kubeconfig)
+    check_credentials(config.kubeconfig)  # once, here, rather than in each worker's crash loop
     chosen["exit"] = await supervise(
         argv, config.listen_host, config.port, config.identity, chosen["workers"]
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vllm_sleep.controller import main
+from vllm_sleep.kubeconfig import DEFAULT_LOCATION
 
 
 @pytest.mark.parametrize(
@@ -36,11 +37,12 @@ def test_the_log_level_is_case_insensitive() -> None:
 def test_without_credentials_it_says_so_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The real start-up, not in a pod and with no kubeconfig file. The client read $KUBECONFIG
-    at import: the test points its default location at no file instead of setting it."""
+    """The real start-up, not in a pod and with no kubeconfig file (no ~/.kube/config). The
+    client read $KUBECONFIG at import: the test sets its default location instead."""
     from kubernetes_asyncio.config import kube_config
 
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "missing"))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", DEFAULT_LOCATION)
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setattr(main, "forgo_sync_client", lambda: None)  # keep this process' modules
@@ -50,6 +52,22 @@ def test_without_credentials_it_says_so_and_exits_1(
     assert err.count("\n") == 1, err
     assert err.startswith("vllm-sleep operator: no Kubernetes credentials (")
     assert err.rstrip().endswith("run it in a pod with its ServiceAccount, or set KUBECONFIG")
+
+
+def test_a_kubeconfig_named_but_missing_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """KUBECONFIG names a file that does not exist: the one line names it (the client would log
+    a warning, then report an invalid kubeconfig naming nothing)."""
+    from kubernetes_asyncio.config import kube_config
+
+    missing = str(tmp_path / "missing")
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", missing)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(main, "forgo_sync_client", lambda: None)
+    monkeypatch.setattr(main, "configure", lambda level: None)
+    assert main.main([]) == 1
+    assert capsys.readouterr().err == f"vllm-sleep operator: kubeconfig {missing}: no such file\n"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from vllm_sleep import serve
 from vllm_sleep.gateway import main as gateway_main
 from vllm_sleep.gateway.config import GatewayConfig
 from vllm_sleep.gateway.kube_source import kube_client
-from vllm_sleep.kubeconfig import KubeconfigError
+from vllm_sleep.kubeconfig import DEFAULT_LOCATION, KubeconfigError
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +46,11 @@ def test_no_credentials_is_one_line_saying_what_to_set(
 
     # Not in a pod, and the client's default kubeconfig (read from $KUBECONFIG at import) absent.
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "missing"))
-    with pytest.raises(KubeconfigError, match=r"no Kubernetes credentials .*--kubeconfig"):
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", DEFAULT_LOCATION)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(
+        KubeconfigError, match=r"no Kubernetes credentials \(no kubeconfig at .*--kubeconfig"
+    ):
         asyncio.run(kube_client(None))
 
 
@@ -67,3 +70,27 @@ def test_the_supervisor_checks_once_instead_of_starting_workers(
     with pytest.raises(KubeconfigError, match="is empty"):
         asyncio.run(gateway_main._supervise([], config, {"workers": 2}))
     assert started == []
+
+
+def test_without_credentials_the_supervisor_says_so_once_instead_of_starting_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubernetes_asyncio.config import kube_config
+
+    started: list[object] = []
+
+    async def supervise(*args: object) -> int:
+        started.append(args)
+        return 0
+
+    monkeypatch.setattr(gateway_main, "supervise", supervise)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", DEFAULT_LOCATION)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    config = GatewayConfig.from_cli(["--workers=2"], {})
+    with pytest.raises(KubeconfigError, match=r"no Kubernetes credentials \(no kubeconfig at"):
+        asyncio.run(gateway_main._supervise([], config, {"workers": 2}))
+    assert started == []
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")  # in a pod: the workers load it
+    asyncio.run(gateway_main._supervise([], config, {"workers": 2}))
+    assert len(started) == 1
