@@ -17,8 +17,10 @@ port").
 INFERENCE routes run on the GPU: the agent counts them in flight and holds them while the
 engine is not awake; the gateway routes them by the model their body names (`model_field`).
 PASSTHROUGH routes are answered by vLLM's frontend without touching the GPU (docs/vllm.md,
-"Requests while asleep"), so the agent always lets them through; the gateway does not route
-them (they name no model, or are per-pod utilities like /tokenize): docs/gateway.md.
+"Requests while asleep"), so the agent always lets them through. The gateway routes the ones
+with a `model_field` too (the tokenizer's and `count_tokens`), by the model named, to any
+replica whose agent is up, asleep or not, never holding them or asking for a wake; the rest
+name no model and are not routed (docs/gateway.md, "Routes").
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class RouteKind(Enum):
 
 
 class ModelField(Enum):
-    """Where an inference request names its model (how the gateway routes it)."""
+    """Where a request names its model (how the gateway routes it)."""
 
     JSON = "json"  # the top-level `model` of a JSON object
     FORM = "form"  # the `model` field of a multipart/form-data body (audio uploads)
@@ -45,7 +47,7 @@ class Route:
     path: str
     kind: RouteKind
     methods: frozenset[str]
-    model_field: ModelField | None = None  # inference routes only
+    model_field: ModelField | None = None  # set: the gateway routes it by this model
 
 
 def _routes(
@@ -84,8 +86,14 @@ ROUTES: dict[str, Route] = {
         "/v1/audio/translations",
     ),
     **_routes(_PASSTHROUGH, ("GET",), None, "/v1/models", "/health", "/metrics", "/version"),
+    # Per-pod utilities: the engine's tokenizer, answered asleep or awake.
     **_routes(
-        _PASSTHROUGH, ("POST",), None, "/tokenize", "/detokenize", "/v1/messages/count_tokens"
+        _PASSTHROUGH,
+        ("POST",),
+        ModelField.JSON,
+        "/tokenize",
+        "/detokenize",
+        "/v1/messages/count_tokens",
     ),
 }
 
@@ -95,10 +103,9 @@ RESPONSE_ITEM = Route("/v1/responses/{id}", _PASSTHROUGH, frozenset({"GET"}))
 RESPONSE_CANCEL = Route("/v1/responses/{id}/cancel", _PASSTHROUGH, frozenset({"POST"}))
 _RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_-]{1,256})(/cancel)?")
 
-# What the gateway routes: inference routes, by the model they name.
-GATEWAY_ROUTES: dict[str, Route] = {
-    p: r for p, r in ROUTES.items() if r.kind is RouteKind.INFERENCE and r.model_field
-}
+# What the gateway routes by the model they name: inference routes (held, woken) and the
+# per-pod utilities (never held, never a wake).
+GATEWAY_ROUTES: dict[str, Route] = {p: r for p, r in ROUTES.items() if r.model_field}
 
 
 @dataclass(frozen=True)

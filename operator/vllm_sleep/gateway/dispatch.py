@@ -122,6 +122,43 @@ class Dispatcher:
             exclude.add(replica.pod)
         return await self._dispatch(reply, spec, target, block, body, started, exclude)
 
+    async def utility(
+        self, reply: Reply, spec: ModelSpec, target: bytes, block: bytes, body: bytes
+    ) -> Response | None:
+        """A per-pod utility (/tokenize, /detokenize, count_tokens): vLLM's frontend answers it
+        asleep or awake, so it goes to any replica whose agent is up (awake preferred), and is
+        never held, never counted in a hold queue and never asks for a wake. A replica that
+        refuses the connection (or whose agent refuses it) is skipped; no replica up: 503."""
+        exclude: set[tuple[str, str]] = set()
+        while (replica := self._table.choose_up(spec.key, frozenset(exclude))) is not None:
+            self._table.acquire(replica)
+            try:
+                result = await send(self._pool, replica.url, target, block, body, reply, whole=True)
+                if isinstance(result, Retry):
+                    self._metrics.upstream_retries.labels(result.reason).inc()
+                    exclude.add(replica.pod)
+                    continue
+                if isinstance(result, Failed):
+                    return result.response
+                try:
+                    if not result.complete:
+                        await result.finished()
+                except UpstreamError as e:
+                    log.warning("relay from %s broke off: %s", replica.url, e)
+                    reply.abort()
+                finally:
+                    result.release()
+                return None
+            finally:
+                self._table.release(replica)
+        return error_response(
+            503,
+            f"No replica of `{spec.served_name}` is running to answer this; it is answered by "
+            "a running replica, asleep or awake, and does not wake the model. Retry later.",
+            ErrorCode.MODEL_UNAVAILABLE,
+            retry_after=self._retry_after,
+        )
+
     async def _dispatch(
         self,
         reply: Reply,

@@ -145,9 +145,12 @@ _MISSING = _Marker()
 _NOT_A_STRING = _Marker()
 
 
+MISSING_MODEL = "missing_model"  # the `code` of a body that names no model
+
+
 def check_model(model: object) -> str | BadRequest:
     if model is _MISSING or model is None:
-        return BadRequest("you must provide a model parameter", "missing_model", "model")
+        return BadRequest("you must provide a model parameter", MISSING_MODEL, "model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:
         return BadRequest("`model` must be a non-empty string.", "invalid_model", "model")
     return model

@@ -16,6 +16,7 @@ from vllm_sleep.api.demand import parse_micro_time
 from vllm_sleep.api.model_deployment import ModelDeployment
 from vllm_sleep.api.model_status import ConditionReason, ConditionType, ModelPhase
 from vllm_sleep.api.names import CONDITION_AWAKE, LABEL_MODEL
+from vllm_sleep.api.vllm_args import max_model_len
 
 from .routing import CannotWake, ModelKey, ModelSpec, PodState, WakePolicy
 
@@ -58,7 +59,7 @@ def pod_state(pod: Mapping[str, Any], port: int) -> PodState | None:
     can_hold = loaded and conds.get(CONDITION_AWAKE) == "False"
     host = f"[{ip}]" if ":" in ip else ip
     url = f"http://{host}:{port}" if ip else ""
-    return PodState(meta["namespace"], meta["name"], model, url, awake, can_hold)
+    return PodState(meta["namespace"], meta["name"], model, url, awake, can_hold, up=loaded)
 
 
 def model_key(obj: Mapping[str, Any]) -> ModelKey | None:
@@ -99,6 +100,8 @@ def model_spec(obj: Mapping[str, Any]) -> ModelSpec | None:
         uid=md.metadata.uid or "",
         created=_unix(meta.get("creationTimestamp")),
         cannot_wake=cannot_wake(md),
+        root=md.spec.model,
+        max_model_len=max_model_len(md.spec.args),
     )
 
 

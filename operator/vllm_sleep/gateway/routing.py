@@ -59,6 +59,10 @@ class ModelSpec:
     created: int = 0  # unix seconds, for /v1/models
     # Set: a request no replica is awake for or can hold is refused at once, not held.
     cannot_wake: CannotWake | None = None
+    # For /v1/models, as vLLM reports them: what it loads (`spec.model`), and its context
+    # length when the spec says it (`--max-model-len` in its args); None: unknown here.
+    root: str = ""
+    max_model_len: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class PodState:
     engine is awake (never forwarding it to a sleeping engine). Such a pod is a target for a
     request that would otherwise wait in the gateway's queue: the agent releases it the moment
     its engine is confirmed awake, without the condition -> pod watch round trip.
+
+    `up`: its agent and engine are loaded (Running, containers ready, an IP, not terminating),
+    whatever its sleep state: vLLM's frontend answers the per-pod utilities (/tokenize, ...)
+    asleep or awake. An awake or holding pod is up whatever this says.
     """
 
     namespace: str
@@ -77,6 +85,7 @@ class PodState:
     url: str  # http://<podIP>:8000, "" when the pod has no IP yet
     awake: bool
     can_hold: bool = False
+    up: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -300,6 +309,27 @@ class ModelTable:
         spread by in-flight count alone, and every gateway replica orders ties the same way.
         """
         candidates = [r for r in self.holding_replicas(key) if r.pod not in exclude]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (self._inflight.get(r.pod, 0), r.pod))
+
+    def choose_up(
+        self, key: ModelKey, exclude: frozenset[tuple[str, str]] = frozenset()
+    ) -> Replica | None:
+        """Where a per-pod utility (/tokenize, ...) goes: an awake replica (as `choose`), else
+        any pod whose agent is up, asleep or not (least in flight, then by name). Such a
+        request never waits and never asks for a wake: no replica up, None."""
+        replica = self.choose(key, exclude)
+        if replica is not None:
+            return replica
+        entry = self._models.get(key)
+        if entry is None:
+            return None
+        candidates = [
+            Replica(p.key, p.url)
+            for p in entry.pods.values()
+            if p.url and (p.up or p.can_hold) and p.key not in exclude
+        ]
         if not candidates:
             return None
         return min(candidates, key=lambda r: (self._inflight.get(r.pod, 0), r.pod))

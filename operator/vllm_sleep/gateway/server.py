@@ -17,14 +17,14 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..api.openai_errors import ErrorCode
-from ..api.routes import GATEWAY_ROUTES, ModelField, is_stored_response
+from ..api.routes import GATEWAY_ROUTES, ModelField, Route, RouteKind, is_stored_response
 from ..h1 import Reply, Request, Response
 from ..h1.wire import find_header
 from .auth import ApiKeys
 from .dispatch import Dispatcher
 from .errors import error_response
 from .form import read_form_model
-from .inbound import BadRequest, JsonLimits, decode_body_async, read_model
+from .inbound import MISSING_MODEL, BadRequest, JsonLimits, decode_body_async, read_model
 from .metrics import CLIENT_CLOSED, UNKNOWN_MODEL, GatewayMetrics
 from .proxy import forwarded_headers
 from .router import ShuttingDown
@@ -63,9 +63,7 @@ class GatewayHandler:
             if resp is None:
                 route = GATEWAY_ROUTES.get(request.path)
                 if route is not None:
-                    model, resp = await self._inference(
-                        request, reply, request.path, route.model_field
-                    )
+                    model, resp = await self._inference(request, reply, route)
                 else:
                     resp = _SIMPLE[request.path](self)
             if resp is not None:
@@ -127,8 +125,10 @@ class GatewayHandler:
         return None
 
     async def _inference(
-        self, request: Request, reply: Reply, path: str, field: ModelField | None
+        self, request: Request, reply: Reply, route: Route
     ) -> tuple[str, Response | None]:
+        """A request routed by the model it names: an inference route (held, woken) or a
+        per-pod utility (any replica up, never held, never a wake)."""
         body = request.body  # the HTTP layer bounded it (413) and charged it to its budget
         encoding = find_header(request.headers, b"content-encoding")  # bytes: no per-call encode
         if encoding:
@@ -141,13 +141,22 @@ class GatewayHandler:
                     503, "The gateway holds too many request bodies; retry.", "busy", retry_after=1
                 )
             body = decoded
-        if field is ModelField.FORM:
+        utility = route.kind is RouteKind.PASSTHROUGH
+        if route.model_field is ModelField.FORM:
             model = await read_form_model(body, request.header("Content-Type"))
         else:
             model = await read_model(body, self._json_limits)
         if isinstance(model, BadRequest):
+            message = model.message
+            if utility and model.code == MISSING_MODEL:
+                # vLLM's own /tokenize and /detokenize default to the pod's one model; the
+                # gateway serves many and cannot pick one for the client.
+                message = (
+                    f"`model` is required: the gateway serves several models and routes "
+                    f"{route.path} by the one its body names."
+                )
             return UNKNOWN_MODEL, error_response(
-                model.status, model.message, model.code, param=model.param
+                model.status, message, model.code, param=model.param
             )
         spec = self._table.lookup(model)
         if spec is None and not self._is_ready():
@@ -162,11 +171,14 @@ class GatewayHandler:
             )
         block = forwarded_headers(request, strip_auth=self._keys is not None)
         # Forwarded exactly as matched: what the upstream sees is the path that was checked.
-        target = f"{path}?{request.query}" if request.query else path
-        try:
-            resp = await self._dispatcher.dispatch(
-                reply, spec, target.encode("latin-1"), block, body
+        path = route.path
+        target = (f"{path}?{request.query}" if request.query else path).encode("latin-1")
+        if utility:
+            return spec.served_name, await self._dispatcher.utility(
+                reply, spec, target, block, body
             )
+        try:
+            resp = await self._dispatcher.dispatch(reply, spec, target, block, body)
         except ShuttingDown:
             # Held (never forwarded) when the gateway began to stop: a clean 503 the client
             # can retry on another replica, not a connection cut at the end of the grace.
@@ -220,16 +232,23 @@ def _json(doc: object, status: int = 200) -> Response:
 
 
 def _model_entry(spec: ModelSpec, awake: int) -> dict[str, object]:
-    return {
+    entry: dict[str, object] = {
         "id": spec.served_name,
         "object": "model",
         "created": spec.created or int(time.time()),
         "owned_by": "vllm-sleep",
-        # Extensions (OpenAI clients ignore unknown fields): the sleep state at a glance.
-        "state": spec.phase,
-        "awake_replicas": awake,
-        "wake_on_request": spec.wake.on_request,
+        # vLLM's own fields, as its /v1/models reports them (clients read `root` and
+        # `max_model_len`); a context length the spec does not state is left out, not guessed.
+        "root": spec.root or spec.served_name,
+        "parent": None,
     }
+    if spec.max_model_len is not None:
+        entry["max_model_len"] = spec.max_model_len
+    # Extensions (OpenAI clients ignore unknown fields): the sleep state at a glance.
+    entry["state"] = spec.phase
+    entry["awake_replicas"] = awake
+    entry["wake_on_request"] = spec.wake.on_request
+    return entry
 
 
 def _not_ready() -> Response:

@@ -98,9 +98,10 @@ class StaticSource:
             self._sink.remove_pod(pod.namespace, pod.name)
 
     def _with_awake(self, pod: PodState, awake: bool) -> PodState:
-        # An agent holds only while its engine is not awake, as kube_parse derives it.
+        # An agent holds only while its engine is not awake, as kube_parse derives it. Every
+        # static replica is up: its URL was given, asleep or not.
         can_hold = not awake and pod.key in self._agents
-        return PodState(pod.namespace, pod.name, pod.model, pod.url, awake, can_hold)
+        return PodState(pod.namespace, pod.name, pod.model, pod.url, awake, can_hold, up=True)
 
     def _put(self, pod: PodState) -> None:
         self._pods[pod.key] = pod

@@ -31,10 +31,17 @@ def test_inference_routes(path: str) -> None:
     assert m.target == path
 
 
+# Per-pod utilities the gateway routes by model too, to a replica asleep or awake.
+UTILITIES = ["/tokenize", "/detokenize", "/v1/messages/count_tokens"]
+
+
 def test_the_gateway_routes_every_inference_route_by_the_model_it_names() -> None:
-    assert sorted(GATEWAY_ROUTES) == sorted(INFERENCE)
+    assert sorted(GATEWAY_ROUTES) == sorted(INFERENCE + UTILITIES)
     forms = {p for p, r in GATEWAY_ROUTES.items() if r.model_field is ModelField.FORM}
     assert forms == {"/v1/audio/transcriptions", "/v1/audio/translations"}
+    utilities = {p for p, r in GATEWAY_ROUTES.items() if r.kind is RouteKind.PASSTHROUGH}
+    assert utilities == set(UTILITIES)
+    assert all(GATEWAY_ROUTES[p].model_field is ModelField.JSON for p in UTILITIES)
 
 
 @pytest.mark.parametrize(
