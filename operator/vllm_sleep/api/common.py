@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -67,6 +68,31 @@ class Toleration(ApiModel):
     value: str | None = Field(default=None, max_length=63)
     effect: TaintEffect | None = None
     toleration_seconds: int | None = None
+
+    def tolerates(self, taint: Mapping[str, Any]) -> bool:
+        """Whether this toleration matches a node's taint (core/v1's rule: an empty key with
+        Exists matches every key, an empty effect every effect, Equal compares values)."""
+        if self.effect is not None and self.effect != taint.get("effect"):
+            return False
+        if self.key and self.key != taint.get("key"):
+            return False
+        if self.operator == TolerationOperator.EXISTS:
+            return True
+        return (self.value or "") == (taint.get("value") or "")
+
+
+def untolerated(
+    taints: Iterable[Mapping[str, Any]], tolerations: Iterable[Toleration]
+) -> list[Mapping[str, Any]]:
+    """The taints that keep a pod with `tolerations` off a node: NoSchedule and NoExecute ones
+    none of them tolerates (PreferNoSchedule only steers the scheduler)."""
+    tolerations = list(tolerations)
+    return [
+        t
+        for t in taints
+        if t.get("effect") != TaintEffect.PREFER_NO_SCHEDULE
+        and not any(tol.tolerates(t) for tol in tolerations)
+    ]
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -7,6 +7,13 @@
   resource; one device per physical GPU (GPU feature discovery's `nvidia.com/gpu.count` label,
   else the resource's capacity), named `gpu-<i>` as the device plugin numbers them.
 
+Only devices a model pod of the pool may run on count: on Ready nodes, and (`schedulable`) not
+on a node with a NoSchedule or NoExecute taint the pool's tolerations (and, under TimeSlicing
+and Exclusive, the operator's toleration of the device resource the pod requests) leave
+untolerated, unless a pod is seated there already. A free device on a node the pod cannot go to
+would take a model's seat and leave it Pending; one whose pods run keeps them counted and
+wakeable (a cordon or a NoSchedule taint does not evict them).
+
 A device's id is "<node>/<name>": unique in the cluster, and what pods carry in their
 `vllm-sleep.io/device` annotation.
 """
@@ -15,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..api.common import TaintEffect, Toleration, TolerationOperator, untolerated
 from ..api.gpu_pool import GPUPoolSpec, Sharing
 from ..api.names import ANNOTATION_DEVICE, GROUP, LABEL_MANAGED_BY, MANAGED_BY
 from .node_loss import not_ready
@@ -132,6 +140,28 @@ def plugin_devices(spec: GPUPoolSpec, nodes: Iterable[Mapping[str, Any]]) -> tup
     return tuple(sorted(out, key=lambda d: d.id))
 
 
+def pod_tolerations(spec: GPUPoolSpec) -> list[Toleration]:
+    """What every model pod of the pool tolerates whatever its model adds: the pool's
+    tolerations and, when the pod requests the device resource (not under DRA), that resource's
+    NoSchedule taint, as builders_pod adds it."""
+    out = list(spec.tolerations)
+    if spec.sharing != Sharing.DRA:
+        out.append(
+            Toleration(
+                key=spec.device_resource_name,
+                operator=TolerationOperator.EXISTS,
+                effect=TaintEffect.NO_SCHEDULE,
+            )
+        )
+    return out
+
+
+def blocking_taints(spec: GPUPoolSpec, node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The node's taints that keep the pool's model pods off it."""
+    taints = (node.get("spec") or {}).get("taints") or []
+    return untolerated(taints, pod_tolerations(spec))
+
+
 def pool_devices(
     spec: GPUPoolSpec,
     nodes: Iterable[Mapping[str, Any]],
@@ -144,10 +174,48 @@ def pool_devices(
     return plugin_devices(spec, nodes)
 
 
-def no_devices(pool: str, spec: GPUPoolSpec, class_found: bool = True) -> str:
+def schedulable(
+    spec: GPUPoolSpec,
+    devices: tuple[PoolDevice, ...],
+    nodes: Iterable[Mapping[str, Any]],
+    seated: Collection[str] | None,
+) -> tuple[PoolDevice, ...]:
+    """`devices` without those on a node whose taints keep the pool's pods off it, except the
+    ones in `seated` (a pod is there: it runs, and must stay counted and wakeable). `seated`
+    None: the pods are not known, so every device stays."""
+    if seated is None:
+        return devices
+    tainted = {
+        str((n.get("metadata") or {}).get("name")) for n in nodes if blocking_taints(spec, n)
+    }
+    return tuple(d for d in devices if d.node not in tainted or d.id in seated)
+
+
+def tainted_nodes(spec: GPUPoolSpec, nodes: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The Ready nodes matching the pool's selector that `pool_devices` leaves out for their
+    taints, each as "<node> (<key>[=<value>]:<effect>, ...)": what `no_devices` names."""
+    out: list[str] = []
+    for n in nodes:
+        meta = n.get("metadata") or {}
+        if not_ready(n) or not selector_matches(spec.node_selector, meta.get("labels") or {}):
+            continue
+        blocking = blocking_taints(spec, n)
+        if blocking:
+            shown = ", ".join(
+                f"{t.get('key')}{'=' + str(t['value']) if t.get('value') else ''}:{t.get('effect')}"
+                for t in blocking
+            )
+            out.append(f"{meta.get('name')} ({shown})")
+    return tuple(sorted(out))
+
+
+def no_devices(
+    pool: str, spec: GPUPoolSpec, class_found: bool = True, tainted: tuple[str, ...] = ()
+) -> str:
     """Why `pool_devices` found none, in the terms of the pool's spec: the message of a model
-    that cannot be placed in it (a typo in the nodeSelector, the resource or the DeviceClass).
-    `class_found`: whether the DRA DeviceClass exists (it does not without its driver)."""
+    that cannot be placed in it (a typo in the nodeSelector, the resource or the DeviceClass,
+    taints the pool does not tolerate). `class_found`: whether the DRA DeviceClass exists (it
+    does not without its driver); `tainted`: `tainted_nodes`."""
     if spec.sharing == Sharing.DRA and not class_found:
         return (
             f"GPUPool {pool!r} has no devices: DeviceClass {spec.device_class_name!r} does not "
@@ -162,7 +230,10 @@ def no_devices(pool: str, spec: GPUPoolSpec, class_found: bool = True) -> str:
         )
     else:
         offers = f"advertises {spec.device_resource_name}"
-    return f"GPUPool {pool!r} has no devices: no {nodes} {offers}"
+    why = f"GPUPool {pool!r} has no devices: no {nodes} {offers}"
+    if tainted:
+        why += f" that the pool's pods may run on; left out for taints spec.tolerations does not tolerate: {'; '.join(tainted)}"
+    return why
 
 
 def claim_name(device: str) -> str:

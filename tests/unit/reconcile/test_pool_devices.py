@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_sleep.api.gpu_pool import GPUPoolSpec
-from vllm_sleep.reconcile.pool_devices import claim_manifest, claim_name, pool_devices
+from vllm_sleep.reconcile.pool_devices import (
+    claim_manifest,
+    claim_name,
+    no_devices,
+    pool_devices,
+    schedulable,
+    tainted_nodes,
+)
 
 DRIVER = "gpu.sim.vllm-sleep.io"
 
@@ -92,3 +99,74 @@ def test_a_claim_no_pod_of_its_namespace_references_is_unused() -> None:
     # b's copy of gpu-x and a's gpu-y: a pod of another namespace does not keep them; another
     # pool's claim is never this pool's business.
     assert unused_claims("p", claims, pods) == [("a", "gpu-y"), ("b", "gpu-x")]
+
+
+def tainted(n: dict[str, Any], *taints: dict[str, str]) -> dict[str, Any]:
+    return {**n, "spec": {"taints": list(taints)}}
+
+
+def usable(
+    pool: GPUPoolSpec, nodes: list[dict[str, Any]], seated: set[str] | None = None, *rest: Any
+) -> list[str]:
+    devices = pool_devices(pool, nodes, *rest)
+    return [d.node for d in schedulable(pool, devices, nodes, set() if seated is None else seated)]
+
+
+def test_a_free_device_on_a_node_whose_taints_the_pool_does_not_tolerate_is_left_out() -> None:
+    """Its seat would go to a pod the scheduler never binds (Pending forever)."""
+    resource = {"nvidia.com/gpu": "1"}
+    nodes = [
+        tainted(node("plain", **resource)),
+        tainted(node("gpu", **resource), {"key": "nvidia.com/gpu", "effect": "NoSchedule"}),
+        tainted(node("team", **resource), {"key": "team", "value": "a", "effect": "NoSchedule"}),
+        tainted(node("evict", **resource), {"key": "team", "value": "b", "effect": "NoExecute"}),
+        tainted(node("soft", **resource), {"key": "x", "effect": "PreferNoSchedule"}),
+    ]
+    plugin = spec("TimeSlicing", deviceResourceName="nvidia.com/gpu")
+    # The operator's toleration of the requested resource lets "gpu" in; PreferNoSchedule only
+    # steers the scheduler.
+    assert usable(plugin, nodes) == ["gpu", "plain", "soft"]
+    team_a = spec(
+        "TimeSlicing",
+        deviceResourceName="nvidia.com/gpu",
+        tolerations=[{"key": "team", "operator": "Equal", "value": "a"}],
+    )
+    assert usable(team_a, nodes) == ["gpu", "plain", "soft", "team"]
+    everything = spec("Exclusive", tolerations=[{"operator": "Exists"}])
+    assert len(usable(everything, nodes)) == 5
+    assert tainted_nodes(plugin, nodes) == (
+        "evict (team=b:NoExecute)",
+        "team (team=a:NoSchedule)",
+    )
+
+
+def test_a_device_whose_pod_runs_stays_when_its_node_is_tainted_or_cordoned() -> None:
+    """A cordon (or any NoSchedule taint) evicts nothing: the engines there stay counted, so
+    their memory is not handed out twice and they can still be woken."""
+    cordoned = tainted(
+        node("a", **{"nvidia.com/gpu": "2", "nvidia.com/gpu.count": "2"}),
+        {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+    )
+    plugin = spec("TimeSlicing", deviceResourceName="nvidia.com/gpu")
+    devices = pool_devices(plugin, [cordoned])
+    assert [d.id for d in schedulable(plugin, devices, [cordoned], {"a/gpu-1"})] == ["a/gpu-1"]
+    assert schedulable(plugin, devices, [cordoned], None) == devices  # pods not known: all stay
+
+
+def test_under_dra_the_device_resource_taint_needs_the_pools_toleration() -> None:
+    """A DRA pod requests no extended resource, so nothing adds that toleration for it."""
+    nodes = [tainted(node("a"), {"key": "nvidia.com/gpu", "effect": "NoSchedule"})]
+    slices = [slice_("a", DRIVER, ("gpu-0", 0))]
+    dra = spec("DRA", deviceClassName="sim")
+    assert usable(dra, nodes, None, slices, CLASS) == []
+    assert tainted_nodes(dra, nodes) == ("a (nvidia.com/gpu:NoSchedule)",)
+    why = no_devices("p", dra, True, tainted_nodes(dra, nodes))
+    assert why.endswith(
+        "left out for taints spec.tolerations does not tolerate: a (nvidia.com/gpu:NoSchedule)"
+    )
+    tolerant = spec(
+        "DRA",
+        deviceClassName="sim",
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    assert usable(tolerant, nodes, None, slices, CLASS) == ["a"]
