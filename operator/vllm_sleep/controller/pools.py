@@ -38,6 +38,8 @@ from ..reconcile.pool_devices import (
     claim_name,
     no_devices,
     pool_devices,
+    schedulable,
+    tainted_nodes,
     unused_claims,
 )
 from ..reconcile.pool_engines import model_engines, model_key, replica_key
@@ -53,6 +55,9 @@ INVENTORY_SECONDS = 30.0  # devices change rarely (nodes join or leave)
 STARTING_SECONDS = 120.0  # a seated pod not observed by then was never created
 STATUS_DELAY = 1.0  # status writes are coalesced
 REREAD_RETRY = 5.0  # seconds before a failed background re-read of the devices is tried again
+# While a model that left the pool (deleted, moved out, its GPUPool deleted) may still have pods
+# on its devices, they are re-read this often: those devices run nothing new until it is gone.
+DEPARTED_REREAD = 2.0
 STALE_TURN = 120.0  # a settled holder's turn another member may clear
 # A step named next again by a gate whose inputs did not change (a waiting wake's recheck) is
 # handed to its model at most this often: what made it next may be only time passing (a
@@ -72,12 +77,14 @@ class PoolActor:
         self.spec: GPUPoolSpec | None = None
         self.devices: tuple[PoolDevice, ...] = ()
         self.class_found = True  # DRA: whether the pool's DeviceClass exists (last read)
+        self.tainted: tuple[str, ...] = ()  # nodes left out for their taints (last read)
         self._inventory_at = -math.inf
         self._rereading: asyncio.Task[None] | None = None
         self.engines: dict[str, tuple[Engine, ...]] = {}  # model key -> its replicas
         self.wants: dict[str, frozenset[str]] = {}  # model key -> replicas it wants awake
         self.turns: dict[str, str] = {}  # device -> replica whose step runs there
         self.occupants: dict[str, set[str]] = {}  # device -> models with a pod there
+        self._departed: set[str] = set()  # models that left while they had pods on devices
         self._turn_since: dict[str, float] = {}  # device -> when its turn was taken
         self.starting: dict[str, tuple[str, float]] = {}  # replica -> (device, seated at)
         self.members: dict[str, asyncio.Event] = {}  # model key -> its loop's kick
@@ -102,9 +109,10 @@ class PoolActor:
         read is old, in the background: a member's pass (on a swap's path) never waits for
         the periodic re-read, and the devices it changes change rarely (nodes join or leave)."""
         now = time.monotonic()
+        due = DEPARTED_REREAD if self._departed else INVENTORY_SECONDS
         if spec != self.spec:
             await self._read(spec, now)
-        elif now - self._inventory_at >= INVENTORY_SECONDS and (
+        elif now - self._inventory_at >= due and (
             self._rereading is None or self._rereading.done()  # one re-read at a time
         ):
             self._inventory_at = now
@@ -132,20 +140,25 @@ class PoolActor:
             )
         devices = pool_devices(spec, nodes, slices, device_class)
         class_found = spec.sharing != Sharing.DRA or device_class is not None
+        seated: set[str] | None = None  # pods not listed: no device is left out for taints
         try:
             pods = await self._kube.list_model_pods()
         except Exception:
             log.warning("GPUPool %s: model pods not listed", self.name, exc_info=True)
         else:
             self.occupants = _occupants(pods, {d.id for d in devices})
+            seated = set(self.occupants) | {device for device, _ in self.starting.values()}
+            self._departed &= {m for models in self.occupants.values() for m in models}
             if spec.sharing == Sharing.DRA:
                 await self.collect_claims(pods)
+        devices = schedulable(spec, devices, nodes, seated)
         if current_only and spec != self.spec:
             return
         if devices != self.devices or spec != self.spec:
             log.info("GPUPool %s: %d device(s)", self.name, len(devices))
         self.spec, self.devices, self._inventory_at = spec, devices, now
         self.class_found = class_found
+        self.tainted = tainted_nodes(spec, nodes)
 
     def unknown(self) -> dict[str, str]:
         """Devices held by pods of models that have not published yet (as turns)."""
@@ -182,16 +195,25 @@ class PoolActor:
         loop has cached (`ModelController.hand_off`); called when the step is the next one on
         a device, so a swap's sleep and wake follow each other without waiting for passes."""
         self.members[key] = kick
+        self._departed.discard(key)
         if hand_off is not None:
             self.hand_offs[key] = hand_off
 
     def leave(self, key: str) -> None:
+        """The model no longer publishes here. Its pods may outlive it on the devices (a
+        deleted model's pods drain for up to their grace period; a model moved out of the pool,
+        or whose GPUPool was deleted, keeps them until they are replaced): until a re-read of
+        the pods shows them gone, its devices count as held by a model not observed (`unknown`),
+        so nothing starts or wakes in memory they may still hold."""
         self.members.pop(key, None)
         self.hand_offs.pop(key, None)
         self._handed_at.pop(key, None)
-        for models in self.occupants.values():
-            models.discard(key)
-        gone = {e.replica for e in self.engines.pop(key, ())}
+        engines = self.engines.pop(key, ())
+        for e in engines:
+            if e.device is not None and e.state != EngineState.PENDING:
+                self.occupants.setdefault(e.device, set()).add(key)
+                self._departed.add(key)
+        gone = {e.replica for e in engines}
         self.wants.pop(key, None)
         for device, holder in list(self.turns.items()):
             if holder in gone:
@@ -241,7 +263,7 @@ class PoolActor:
             )
             g = gate(view, ns, request, now)
             if g.never and not self.devices:  # say why there are none, not only "none"
-                why = no_devices(self.name, spec, self.class_found)
+                why = no_devices(self.name, spec, self.class_found, self.tainted)
                 g = replace(g, never={r: f"{r} cannot be placed: {why}" for r in g.never})
             self.turns.update(g.turns)
             self._turn_since.update({d: time.monotonic() for d in g.turns})

@@ -444,3 +444,37 @@ def test_the_actor_remembers_whether_the_device_class_exists() -> None:
         assert "DeviceClass 'gpu.nvidia.com' does not exist" in never["ns/a-0"]
 
     asyncio.run(run())
+
+
+def test_a_member_that_leaves_holds_its_devices_until_a_re_read_shows_its_pods_gone() -> None:
+    """A model deleted, moved out of the pool, or whose GPUPool was deleted stops publishing,
+    but its pods hold their memory until they are gone (a drain of up to the grace period):
+    a neighbour woken into that memory runs out of it (seen as a wake OOM in the e2e edits
+    test). Its device runs nothing new until the pods are re-read, which happens within
+    DEPARTED_REREAD rather than the 30 s inventory period."""
+    import time
+
+    from vllm_sleep.controller.pools import DEPARTED_REREAD
+    from vllm_sleep.reconcile.lifecycle import Wake
+
+    async def run() -> None:
+        a = actor()
+        kube = SlowNodesKube()  # lists no model pods: a's pod is gone by then
+        kube.answer.set()
+        a._kube = kube  # type: ignore[assignment]
+        ma, ra, rep_a = member("a", AgentState.AWAKE, util=0.8)
+        a.gatekeeper("ns", ma, rep_a, NOW)(ra)
+        a.leave("ns/a")
+        mb, rb, rep_b = member("b", AgentState.ASLEEP, util=0.8)
+        rb = PoolRequest(rb.live, rb.observations, rb.indexes, (Wake("b-0", "held"),))
+        assert a.gatekeeper("ns", mb, rep_b, NOW)(rb).actions == ()
+        a._inventory_at = time.monotonic() - DEPARTED_REREAD - 0.1  # well within 30 s
+        spec = a.spec
+        assert spec is not None
+        await a.refresh(spec)
+        assert a._rereading is not None
+        await a._rereading
+        assert a.gatekeeper("ns", mb, rep_b, NOW)(rb).actions == (Wake("b-0", "held"),)
+        await a.close()
+
+    asyncio.run(run())
