@@ -36,6 +36,9 @@ ANNOTATION_SLEEP_REQUEST: Final = f"{GROUP}/sleep-request"
 # On a pooled model pod: the GPU the scheduler placed it on, "<node>/<device>" (the sim-kubelet
 # maps a time-sliced pod to that device; DRA pods also reference the device's claim).
 ANNOTATION_DEVICE: Final = f"{GROUP}/device"
+# On a pooled model pod: the device bytes its engine takes awake (its share) as the pod was
+# built. A pod of an older spec (being replaced) holds its own share, not the spec's current one.
+ANNOTATION_DEVICE_BYTES: Final = f"{GROUP}/device-bytes"
 
 # Pod condition used as readiness gate: True only while the engine is awake and admitting.
 CONDITION_AWAKE: Final = f"{GROUP}/awake"

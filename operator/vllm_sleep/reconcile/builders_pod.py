@@ -93,19 +93,24 @@ def model_pod(
         "spec": pod_spec,
     }
     annotations[names.ANNOTATION_SPEC_HASH] = spec_hash(pod)
+    if gpu.pool is not None:
+        annotations[names.ANNOTATION_DEVICE_BYTES] = str(share_bytes(spec, gpu.pool))
     return pod
 
 
+# Derived from what is hashed (the share from the utilization argument), so never hashed: a pod
+# built before the annotation existed keeps its hash, and is not replaced for lack of it.
+_UNHASHED = frozenset({names.ANNOTATION_SPEC_HASH, names.ANNOTATION_DEVICE_BYTES})
+
+
 def spec_hash(pod: dict[str, Any]) -> str:
-    """Hash of everything that shapes the pod (spec, labels, annotations but the hash itself).
+    """Hash of everything that shapes the pod (spec, labels, annotations but `_UNHASHED`).
 
     Hashing the built manifest rather than chosen spec fields means nothing can be forgotten:
     whatever changes the pod changes the hash; what does not (idleTimeout, replicas) does not.
     """
     meta = pod["metadata"]
-    annotations = {
-        k: v for k, v in (meta.get("annotations") or {}).items() if k != names.ANNOTATION_SPEC_HASH
-    }
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _UNHASHED}
     shape = {"labels": meta.get("labels") or {}, "annotations": annotations, "spec": pod["spec"]}
     canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -19,6 +19,7 @@ from typing import Any, Final
 from ..api.demand import parse_micro_time
 from ..api.names import (
     ANNOTATION_DEVICE,
+    ANNOTATION_DEVICE_BYTES,
     ANNOTATION_SPEC_HASH,
     CONDITION_AWAKE,
     CONTAINER_VLLM,
@@ -57,6 +58,7 @@ class ObservedPod:
     failure: EngineFailure | None = None
     unscheduled: str | None = None  # the scheduler's PodScheduled=False message
     device: str | None = None  # pooled pods: the GPU the pool scheduler seated it on
+    device_bytes: int | None = None  # pooled pods: the share it was built with
     created: float | None = None  # unix seconds of its creationTimestamp
 
     @property
@@ -89,6 +91,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         failure=engine_failure(status),
         unscheduled=_unscheduled(str(meta.get("name", "")), conditions),
         device=annotations.get(ANNOTATION_DEVICE) or None,
+        device_bytes=_positive_int(annotations.get(ANNOTATION_DEVICE_BYTES)),
         created=parse_micro_time(meta.get("creationTimestamp")),
     )
 
@@ -138,6 +141,12 @@ def _int(value: object) -> int:
         return int(str(value))
     except ValueError:
         return -1
+
+
+def _positive_int(value: str | None) -> int | None:
+    """A count of bytes someone may have edited: anything but a positive integer is unknown."""
+    number = _int(value) if value is not None else -1
+    return number if number > 0 else None
 
 
 def _float(value: str | None) -> float | None:

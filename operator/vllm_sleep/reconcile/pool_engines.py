@@ -143,6 +143,9 @@ def model_engines(
         have.add(key)
         report = reports.get(pod.name, StateReport(state=AgentState.UNREACHABLE))
         state = _state(pod, obs)
+        # A pod of an older spec (replaced one at a time, or draining on its deletion) holds
+        # the share it was built with until it is gone, not the share the spec asks for now.
+        pod_share = pod.device_bytes or share
         level = report.level if report.level in (1, 2) else int(spec.sleep.level)
         keeps = keeps_backup(report, spec.image)
         slept_once = slept_before(pod.memory, report)
@@ -162,6 +165,8 @@ def model_engines(
             replace(
                 base,
                 replica=key,
+                share=pod_share,
+                kv=kv_bytes(spec, pod_share),
                 device=device,
                 state=state,
                 sleep_level=level if state in _SLEEPY else None,

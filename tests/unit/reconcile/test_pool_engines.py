@@ -156,3 +156,25 @@ def test_an_engine_with_a_recorded_wake_slept_before_it_even_if_its_agent_forgot
         AgentState.AWAKE, {"vllm-sleep.io/woken-at": "1800000100.000"}, keeps_backup=keeps
     )
     assert e.state == EngineState.AWAKE and e.holds_backup
+
+
+@pytest.mark.parametrize("state", [AgentState.AWAKE, AgentState.ASLEEP])
+def test_a_pod_of_an_older_spec_counts_the_share_it_was_built_with(state: AgentState) -> None:
+    """A share edited from 0.8 to 0.3: until the old pod is replaced (or, being deleted, has
+    drained) its engine holds 0.8 of the device. Counted at 0.3, a neighbour woke into memory
+    it still held (the e2e edits test saw the pool's accounting disagree with the engines)."""
+    owner = owner_from_body({"metadata": {"name": "m", "namespace": "ns", "uid": "uid-m"}})
+    old = model(gpuMemoryUtilization=0.8)
+    pod = model_pod(
+        owner, old.spec, 0, agent_image="agent:dev", gpu=GpuAttachment(pool=POOL, node="n")
+    )
+    built = pod["metadata"]["annotations"]["vllm-sleep.io/device-bytes"]
+    assert int(built) == share_bytes(old.spec, POOL)
+    req, rep = request(state, {"vllm-sleep.io/device-bytes": built})
+    (engine,) = model_engines(model(gpuMemoryUtilization=0.3), req, {"m-0": rep}, POOL)
+    assert engine.share == share_bytes(old.spec, POOL) == int(0.8 * DEVICE)
+    # A pod built before the annotation existed (or with an edited value) counts the spec's.
+    for annotations in ({}, {"vllm-sleep.io/device-bytes": "lots"}):
+        req, rep = request(state, annotations)
+        (engine,) = model_engines(model(gpuMemoryUtilization=0.3), req, {"m-0": rep}, POOL)
+        assert engine.share == int(0.3 * DEVICE)
