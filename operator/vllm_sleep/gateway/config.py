@@ -15,6 +15,9 @@ from vllm_sleep.api.served_names import ExposureError, ExposurePolicy
 
 MIB = 1 << 20
 MAX_WORKERS = 64
+# The longest Retry-After the OpenAI SDKs obey: openai 1.x falls back to its own short backoff
+# past it (a retry storm instead of a pause), openai 3.x stops retrying past 120 s.
+MAX_RETRY_AFTER = 60
 
 
 class GatewayConfigError(ValueError):
@@ -84,8 +87,11 @@ class GatewayConfig:
         # Every flag is range-checked and named in its refusal: a port outside 0-65535 would
         # fail in bind(), a backend port of 0 would make every replica "refuse the
         # connection", and "nan" passes a `<= 0` check (a NaN deadline never expires).
-        if ns.retry_after < 0:
-            raise GatewayConfigError("--retry-after must be >= 0")
+        if not 0 <= ns.retry_after <= MAX_RETRY_AFTER:
+            raise GatewayConfigError(
+                f"--retry-after must be 0-{MAX_RETRY_AFTER} seconds: the OpenAI SDKs ignore a "
+                "longer Retry-After (docs/gateway.md, Clients)"
+            )
         if not 0 <= ns.port <= 65535:
             raise GatewayConfigError("--port must be 0-65535")
         if not 0 < ns.backend_port <= 65535:
@@ -156,7 +162,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="keys and values of one JSON body over 64 KiB (413)",
     )
     a("--max-json-depth", type=int, default=128, help="nesting of one JSON body over 64 KiB (400)")
-    a("--retry-after", type=int, default=10, help="seconds, sent with every 429/503")
+    a(
+        "--retry-after",
+        type=int,
+        default=10,
+        help=f"seconds, sent with every 429/503 (0-{MAX_RETRY_AFTER}: the SDKs' bound)",
+    )
     a("--demand-interval", type=float, default=10.0, help="min seconds between Lease renewals")
     a("--backend-port", type=int, default=PUBLIC_PORT, help="the agent's public port on pods")
     a("--connect-timeout", type=float, default=3.0)

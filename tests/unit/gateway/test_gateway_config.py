@@ -43,6 +43,7 @@ def test_invalid_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
     "argv",
     [
         ["--retry-after", "-1"],
+        ["--retry-after", "61"],
         ["--port", "70000"],
         ["--port", "-1"],
         ["--backend-port", "0"],
@@ -56,6 +57,17 @@ def test_invalid_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
 def test_out_of_range_flags_are_refused_with_the_flag_named(argv: list[str]) -> None:
     with pytest.raises(GatewayConfigError, match=argv[0]):
         GatewayConfig.from_cli(argv, {})
+
+
+def test_retry_after_up_to_what_the_sdks_obey_passes() -> None:
+    assert GatewayConfig.from_cli(["--retry-after", "60"], {}).retry_after == 60
+    assert GatewayConfig.from_cli(["--retry-after", "0"], {}).retry_after == 0
+
+
+def test_a_refused_retry_after_is_one_line_naming_the_flag() -> None:
+    with pytest.raises(GatewayConfigError) as e:
+        GatewayConfig.from_cli(["--retry-after", "120"], {})
+    assert str(e.value).startswith("--retry-after must be 0-60") and "\n" not in str(e.value)
 
 
 def test_valid_ports_still_pass() -> None:
