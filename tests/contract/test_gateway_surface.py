@@ -7,6 +7,7 @@ Gateway -> real pod agent -> simulated vLLM over loopback, as in production.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -194,3 +195,19 @@ async def test_models_entries_carry_vllms_root_and_max_model_len_when_the_spec_s
         assert ours[field] == vllm[field], field
     assert by_id["other"]["root"] == "/models/other"
     assert "max_model_len" not in by_id["other"]  # the model's config decides: not invented
+
+
+async def test_a_utility_needs_the_api_key_like_every_routed_request(
+    agent: Agent, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("sk-one\n")
+    source = StaticSource("team")
+    source.add_model("m", [agent.public_url])
+    cfg = GatewayConfig(listen_host="127.0.51.4", port=0, api_keys_file=str(keys))
+    async with Gateway(cfg, source, MemoryDemand()) as g:
+        body = {"model": "m", "prompt": "x"}
+        refused = await http.post(g.url + "/tokenize", json=body)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        good = {"Authorization": "Bearer sk-one"}
+        assert (await http.post(g.url + "/tokenize", json=body, headers=good)).status_code == 200
