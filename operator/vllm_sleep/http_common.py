@@ -66,3 +66,18 @@ def forwarded_header_block(
     elif prior is not None:
         out.append(b"x-forwarded-for: %s\r\n" % prior)
     return b"".join(out)
+
+
+_CONNECTION = b"connection"
+
+
+def response_header_fields(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """An upstream answer's header fields as the client gets them: the lower-case names in
+    `drop` left out, and those the upstream named in its `Connection` field (RFC 9110 §7.6.1:
+    they describe its connection to us, and a proxy must not pass them on)."""
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == _CONNECTION:
+            drop = drop | {t.strip().lower() for t in value.split(b",")}
+    return [(n, v) for n, v in headers if n.lower() not in drop]

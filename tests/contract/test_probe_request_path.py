@@ -655,3 +655,266 @@ async def test_a_client_that_leaves_mid_stream_frees_its_slot_and_the_operator_h
     answer = await pod.control_call("/sleep?level=1&reason=idle")
     assert answer.status == 200, answer
     pod.assert_engine_safe()
+
+
+# -- path tricks at the gateway ---------------------------------------------------------------
+
+# Each is either refused (404/405/400, OpenAI's shape) or, when it is the chat route itself,
+# forwarded to the table's path: nothing else, and nothing to the agent's control port.
+GATEWAY_TARGETS = [
+    "/v1/chat%2Fcompletions",
+    "/v1%2Fchat%2Fcompletions",
+    "/%761/chat/completions",
+    "/v1/chat/completions;x=1",
+    "/v1/chat/completions;/../../sleep",
+    "/v1/chat/completions/",
+    "//v1/chat/completions",
+    "/v1//chat/completions",
+    "/v1/./chat/completions",
+    "/v1/x/../chat/completions",
+    "/v1\\chat\\completions",
+    "/V1/CHAT/COMPLETIONS",
+    "/v1/chat/completions%00",
+    "/v1/chat/completions%20",
+    "/v1/chat/completions/..%2f..%2fsleep",
+    "/v1/chat/completions/../../sleep",
+    "/v1/../sleep",
+    "/sleep",
+    "/wake_up",
+    "/collective_rpc",
+    "/state",
+    "/wake",
+    "/metrics/../sleep",
+    "/healthz/../wake_up",
+    "/v1/models/../../collective_rpc",
+    "/v1/responses/../../sleep",
+    "/v1/responses/%2e%2e%2fsleep",
+    "*",
+    "http://127.0.0.1:{control}/sleep?level=1",
+    "http://127.0.0.1:{control}/v1/chat/completions",
+    "http://127.0.0.1:8001/sleep",
+    "/v1/chat/completions?/../../sleep",
+    "/v1/chat/completions?x=1#/../../sleep",
+    "/v1/chat/completions#/../../sleep",
+    "/v1/chat/completions??level=1",
+]
+
+
+async def test_no_gateway_target_reaches_more_than_the_chat_route(
+    pod: Pod, gateway: Gateway
+) -> None:
+    control = pod.control[1]
+    for target in GATEWAY_TARGETS:
+        raw = post(target.format(control=control), CHAT, "Connection: close")
+        answer = await roundtrip(gw_addr(gateway), raw)
+        if answer.status == 200:
+            seen = pod.tap.client_requests()[-1].line.split(b" ")[1]
+            assert seen.split(b"?")[0] == b"/v1/chat/completions", (target, seen)
+        else:
+            assert answer.status in (400, 404, 405), (target, answer)
+            assert answer.error()["message"], target
+    assert {line.split("?")[0] for line in pod.forwarded()} <= {"POST /v1/chat/completions"}
+    assert pod.agent.board.state.value == "awake" and pod.engine.state == "awake"
+    pod.assert_engine_safe()
+
+
+# -- a hostile pod behind the gateway ---------------------------------------------------------
+
+
+class FakePod:
+    """A raw server standing where an agent (or vLLM) should: reads each request, answers
+    with what `script(n, request)` returns (n counts requests across connections), then
+    keeps the connection as the script left it. Records when a peer closed a connection."""
+
+    def __init__(self, script: object) -> None:
+        self.script = script
+        self.requests = 0
+        self.closed_by_peer = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.52.4", 0)
+        self.url = f"http://127.0.52.4:{self._server.sockets[0].getsockname()[1]}"
+        return self.url
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen: list[Seen] = []
+        parser = _SeenParser(seen)
+        try:
+            while data := await reader.read(65536):
+                parser.parser.feed_data(data)
+                while seen:
+                    request = seen.pop(0)
+                    self.requests += 1
+                    answer = self.script(self.requests, request)  # type: ignore[operator]
+                    if isinstance(answer, bytes):
+                        writer.write(answer)
+                    else:  # an async generator: a stream that lasts as long as it likes
+                        async for piece in answer:
+                            writer.write(piece)
+                            await writer.drain()
+                    await writer.drain()
+            self.closed_by_peer += 1
+        except ConnectionError:
+            self.closed_by_peer += 1
+        except asyncio.CancelledError:
+            pass  # the test's loop is closing
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@contextlib.asynccontextmanager
+async def gateway_before(fake: FakePod) -> AsyncIterator[Gateway]:
+    source = StaticSource("team")
+    source.add_model("m", [await fake.start()])
+    config = GatewayConfig(listen_host=GATEWAY, port=0, read_timeout=5.0)
+    try:
+        async with Gateway(config, source, MemoryDemand()) as gw:
+            yield gw
+    finally:
+        await fake.stop()
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+MALFORMED_ANSWERS = {
+    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    "status-2000": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+    "nul-in-header": b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
+    "cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}",
+    "switching-protocols": b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+    b"Upgrade: h2c\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00",
+    "endless-head": b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * (1 << 20),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_ANSWERS))
+async def test_a_malformed_answer_from_a_pod_is_a_clean_502(case: str) -> None:
+    async with gateway_before(FakePod(lambda n, _: MALFORMED_ANSWERS[case])) as gw:
+        answer = await roundtrip(
+            gw_addr(gw), post("/v1/chat/completions", CHAT, "Connection: close")
+        )
+        assert answer.status == 502, answer
+        assert answer.error()["code"] == "upstream_error"
+        assert _gateway_idle(gw)
+        still = await roundtrip(gw_addr(gw), get("/healthz", "Connection: close"))
+        assert still.status == 200
+
+
+async def test_a_second_response_from_a_pod_never_reaches_another_client() -> None:
+    """A pod that answers one request twice (response splitting, or a desynchronised
+    connection): the extra bytes are dropped with the connection, and the next request,
+    from another client, gets its own answer."""
+
+    def script(n: int, _: Seen) -> bytes:
+        own = b'{"n":%d}' % n
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(own), own)
+        smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+        return answer + smuggled if n == 1 else answer
+
+    fake = FakePod(script)
+    async with gateway_before(fake) as gw:
+        first = await roundtrip(
+            gw_addr(gw), post("/v1/chat/completions", CHAT, "Connection: close")
+        )
+        assert first.status == 200 and first.body == b'{"n":1}', first
+        await until(lambda: fake.closed_by_peer == 1)
+        second = await roundtrip(
+            gw_addr(gw), post("/v1/chat/completions", CHAT, "Connection: close")
+        )
+        assert second.status == 200 and second.body == b'{"n":2}', second
+
+
+async def test_an_endless_stream_stops_when_its_client_leaves() -> None:
+    """A pod that streams forever: the client that leaves closes the gateway's connection
+    to the pod (vLLM would abort the request), and the gateway counts nothing in flight."""
+
+    async def forever() -> AsyncIterator[bytes]:
+        yield b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        yield b"Transfer-Encoding: chunked\r\n\r\n"
+        while True:
+            yield b"c\r\ndata: tick\n\n\r\n"
+            await asyncio.sleep(0.01)
+
+    fake = FakePod(lambda n, _: forever())
+    async with gateway_before(fake) as gw:
+        conn = await Conn.open(*gw_addr(gw))
+        await conn.send(post("/v1/chat/completions"))
+        await asyncio.wait_for(conn.reader.readuntil(b"data: tick"), 10)
+        assert not _gateway_idle(gw)
+        conn.close()
+        await until(lambda: fake.closed_by_peer == 1)
+        await until(lambda: _gateway_idle(gw))
+
+
+async def test_a_pod_that_promises_more_than_it_sends_cuts_the_client() -> None:
+    """A Content-Length the pod does not honour before closing: the client's connection is
+    cut, so its answer is visibly incomplete, never a short body passed off as whole."""
+    lie = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+
+    async def then_close() -> AsyncIterator[bytes]:
+        yield lie
+        raise ConnectionResetError  # FakePod closes the connection
+
+    async with gateway_before(FakePod(lambda n, _: then_close())) as gw:
+        conn = await Conn.open(*gw_addr(gw))
+        await conn.send(post("/v1/chat/completions"))
+        got = await conn.answers(1)
+        assert got == [] and conn.closed
+
+
+_HOP_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    b"Connection: keep-alive, X-Pod-Internal\r\nX-Pod-Internal: secret\r\n"
+    b"Keep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\n"
+    b"Trailer: X-T\r\nContent-Length: 2\r\n\r\n{}"
+)
+_HOP_FIELDS = {"x-pod-internal", "keep-alive", "proxy-authenticate", "upgrade", "trailer"}
+
+
+async def test_hop_by_hop_fields_of_a_pods_answer_stop_at_the_gateway() -> None:
+    """Including those the pod named in its Connection field (RFC 9110 §7.6.1)."""
+    async with gateway_before(FakePod(lambda n, _: _HOP_ANSWER)) as gw:
+        got = await roundtrip(gw_addr(gw), post("/v1/chat/completions", CHAT, "Connection: close"))
+    assert got.status == 200 and got.body == b"{}"
+    assert _HOP_FIELDS.isdisjoint(got.headers), got.headers
+
+
+def _fake_vllm(n: int, request: Seen) -> bytes:
+    """Enough of vLLM for the agent to find it awake; anything else gets _HOP_ANSWER."""
+    path = request.line.split(b" ")[1]
+    if path == b"/is_sleeping":
+        body = b'{"is_sleeping":false}'
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    if path in (b"/health", b"/version", b"/metrics"):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    return _HOP_ANSWER
+
+
+async def test_hop_by_hop_fields_of_vllms_answer_stop_at_the_agent() -> None:
+    fake = FakePod(_fake_vllm)
+    config = AgentConfig(
+        listen_host=AGENT,
+        public_port=0,
+        control_port=0,
+        upstream=await fake.start(),
+        control_token=TOKEN,
+        poll_interval=0.01,
+        health_interval=3600,
+    )
+    try:
+        async with Agent(config) as agent:
+            await wait_state(agent, "awake")
+            raw = post("/v1/chat/completions", CHAT, "Connection: close")
+            got = await roundtrip((AGENT, agent.public_port or 0), raw)
+    finally:
+        await fake.stop()
+    assert got.status == 200 and got.body == b"{}"
+    assert _HOP_FIELDS.isdisjoint(got.headers), got.headers

@@ -33,7 +33,13 @@ from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
 from ..api.routes import RouteKind, match
 from ..h1 import ConnectError, Limits, Reply, Request, Response, Server, UpstreamError, UpstreamPool
 from ..h1.wire import RawHeaders
-from ..http_common import HOP_BY_HOP, MAX_HEAD_BYTES, MAX_HEADERS, forwarded_header_block
+from ..http_common import (
+    HOP_BY_HOP,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    forwarded_header_block,
+    response_header_fields,
+)
 from .clock import SYSTEM, Clock
 from .config import AgentConfig
 from .gate import Admission, Gate
@@ -251,4 +257,4 @@ class PublicProxy:
 
 
 def _response_headers(headers: RawHeaders) -> RawHeaders:
-    return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
+    return response_header_fields(headers, _DROP_RESPONSE)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from ..api.openai_errors import AGENT_REFUSAL_STATUSES, AGENT_REFUSALS, ErrorCode, error_code
 from ..h1 import ConnectError, Exchange, Reply, Request, Response, UpstreamError, UpstreamPool
 from ..h1 import UpstreamTimeout as _UpstreamTimeout
-from ..http_common import HOP_BY_HOP, forwarded_header_block
+from ..http_common import HOP_BY_HOP, forwarded_header_block, response_header_fields
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def host_header(url: str) -> bytes:
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE]
+    return response_header_fields(headers, _DROP_RESPONSE)
 
 
 async def send(
