@@ -92,13 +92,12 @@ class Scheduling(_Values):
 
 class Operator(_Values):
     # More than one replica needs leader election, or two would act at once (schema: if/then).
+    # The rule is on leaderElection, so helm's error points there: "at
+    # '/operator/leaderElection': value must be true".
     model_config = ConfigDict(
         json_schema_extra={
-            "if": {
-                "properties": {"leaderElection": {"const": False}},
-                "required": ["leaderElection"],
-            },
-            "then": {"properties": {"replicas": {"maximum": 1}}},
+            "if": {"properties": {"replicas": {"minimum": 2}}, "required": ["replicas"]},
+            "then": {"properties": {"leaderElection": {"const": True}}},
         }
     )
 
