@@ -597,6 +597,32 @@ async def test_vllm_gets_one_clean_head_whatever_the_client_sent(
     assert hops[0] == b"6.6.6.6" and len(hops) == (2 if hop == "agent" else 3), xff
 
 
+# Request lines llhttp accepts but no HTTP/1.1 client sends: a request line without a version
+# (HTTP/0.9, whose answer has no status line), an explicit 0.9, and HTTP/2.0 as text.
+OTHER_VERSIONS = {
+    "http09-get": b"GET /health\r\n\r\n",
+    "http09-with-headers": b"GET /v1/models\r\nHost: x\r\n\r\n",
+    "http09-post": b"POST /v1/chat/completions\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT),
+    "explicit-0.9": b"GET /health HTTP/0.9\r\nHost: x\r\n\r\n",
+    "text-http2": post("/v1/chat/completions", version="2.0"),
+}
+
+
+@pytest.mark.parametrize("hop", ["agent", "gateway"])
+@pytest.mark.parametrize("case", sorted(OTHER_VERSIONS))
+async def test_requests_in_other_http_versions_are_refused(
+    pod: Pod, gateway: Gateway, hop: str, case: str
+) -> None:
+    addr = pod.public if hop == "agent" else gw_addr(gateway)
+    conn = await Conn.open(*addr)
+    await conn.send(OTHER_VERSIONS[case])
+    answer = await conn.answer()
+    assert answer.status == 400, answer
+    assert "not supported" in str(answer.error()["message"])
+    assert await conn.is_closed()
+    assert pod.forwarded() == []
+
+
 # -- clients that leave -----------------------------------------------------------------------
 
 
@@ -918,3 +944,30 @@ async def test_hop_by_hop_fields_of_vllms_answer_stop_at_the_agent() -> None:
         await fake.stop()
     assert got.status == 200 and got.body == b"{}"
     assert _HOP_FIELDS.isdisjoint(got.headers), got.headers
+
+
+
+async def test_scratch_limits() -> None:
+    from vllm_sleep.http_common import MAX_HEAD_BYTES, MAX_HEADERS
+    fake = FakePod(_fake_vllm)
+    config = AgentConfig(listen_host=AGENT, public_port=0, control_port=0, upstream=await fake.start(), control_token=TOKEN, poll_interval=0.01, health_interval=3600)
+    async with Agent(config) as agent:
+        await wait_state(agent, "awake")
+        source = StaticSource("team")
+        source.add_model("m", [agent.public_url])
+        async with Gateway(GatewayConfig(listen_host=GATEWAY, port=0), source, MemoryDemand()) as gw:
+            for n in (MAX_HEADERS - 2, MAX_HEADERS - 3):
+                many = [f"X-{i}: v" for i in range(n)]
+                for addr in ((AGENT, agent.public_port), gw_addr(gw)):
+                    a = await roundtrip(addr, post("/v1/chat/completions", CHAT, *many))
+                    print("many", n, addr, a.status, a.body[:200])
+            line = len(b"/v1/chat/completions")
+            fixed = (4 + 4 + 1) + (14 + 4 + len(str(len(CHAT))))
+            for slack in (0, 5, 20, 40, 60):
+                filler = MAX_HEAD_BYTES - line - fixed - (6 + 4) - slack
+                big = "X-Big: " + "a" * (filler - 5)
+                for addr in ((AGENT, agent.public_port), gw_addr(gw)):
+                    a = await roundtrip(addr, post("/v1/chat/completions", CHAT, big))
+                    print("big", slack, addr, a.status, a.body[:150])
+    await fake.stop()
+    assert 0

@@ -55,6 +55,7 @@ HeadCheck = Callable[["Request"], "Response | None"]
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _NO_BODY = frozenset({204, 304})
+_VERSIONS = frozenset({"1.0", "1.1"})  # what a request line may name (llhttp takes more)
 _COPY_LIMIT = 1 << 16  # larger chunks go out by writelines, not copied into one buffer
 
 
@@ -571,6 +572,11 @@ class _Connection(asyncio.Protocol):
             elif size == 6 and expect is None and name.lower() == b"expect":
                 expect = value
         version = parser.get_http_version()
+        if version not in _VERSIONS:
+            # llhttp takes a request line without a version as HTTP/0.9 (whose answer is a
+            # bare body, no status line) and "HTTP/2.0" as text: neither client could read
+            # an HTTP/1.1 answer, and neither request would pass on to the next hop as sent.
+            raise _Reject(400, f"HTTP/{version} is not supported; send HTTP/1.1.")
         if version == "1.0" and codings is not None:
             # RFC 9112 §6.1: HTTP/1.0 has no chunked framing; such a message's framing is
             # faulty (a classic smuggling vector between hops that disagree). llhttp would
