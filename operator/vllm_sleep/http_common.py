@@ -22,11 +22,17 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
-# One bound on a request's head for both proxies, so a head the gateway forwards is never one
-# the agent refuses: request line and headers together (and so any single field) at most
-# MAX_HEAD_BYTES, at most MAX_HEADERS fields. Past it: 431 in OpenAI's error shape.
+# One bound on a client's request head for both proxies: request line and headers together
+# (and so any single field) at most MAX_HEAD_BYTES, at most MAX_HEADERS fields. Past it: 431 in
+# OpenAI's error shape.
 MAX_HEAD_BYTES: Final = 64 << 10
 MAX_HEADERS: Final = 128
+# What a proxy adds to a head it forwards: its own Host and Content-Length (where the client
+# may have sent neither), and X-Forwarded-For (a new field, or the client's longer by one
+# address): at most 3 fields and ~160 bytes. The agent, the gateway's next hop, accepts this
+# much more, so a head the gateway accepted is never one the agent refuses.
+HOP_ADDED_BYTES: Final = 512
+HOP_ADDED_HEADERS: Final = 3
 
 # Responses with a known length up to this (and not SSE) are relayed in one write.
 SMALL_BODY = 1 << 20

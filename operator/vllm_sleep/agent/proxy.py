@@ -3,9 +3,9 @@
 Served by vllm_sleep.h1, the gateway's HTTP layer, with the same bounds (docs/security.md): a
 request head must arrive within `header_timeout`, a body may not stall for `body_timeout`
 (408), bodies are bounded one by one and in total, unknown transfer codings are refused, and
-the head limit is the gateway's (http_common.MAX_HEAD_BYTES), so whatever the gateway
-forwards the agent accepts. Every refusal is in OpenAI's error shape and logged as the
-client's error, not the agent's.
+the head limit is the gateway's plus what the gateway adds to a head it forwards
+(http_common.HOP_ADDED_*), so whatever the gateway forwards the agent accepts. Every refusal
+is in OpenAI's error shape and logged as the client's error, not the agent's.
 
 A request reaches the handler only once its body is complete, so an inference request is
 counted in flight only from then: a client that sends a head and then nothing holds no slot
@@ -34,6 +34,8 @@ from ..api.routes import RouteKind, match
 from ..h1 import ConnectError, Limits, Reply, Request, Response, Server, UpstreamError, UpstreamPool
 from ..h1.wire import RawHeaders
 from ..http_common import (
+    HOP_ADDED_BYTES,
+    HOP_ADDED_HEADERS,
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
@@ -103,8 +105,8 @@ class PublicProxy:
         cfg = self._config
         limits = Limits(
             max_body=cfg.max_body_bytes,
-            max_head=MAX_HEAD_BYTES,
-            max_headers=MAX_HEADERS,
+            max_head=MAX_HEAD_BYTES + HOP_ADDED_BYTES,
+            max_headers=MAX_HEADERS + HOP_ADDED_HEADERS,
             header_timeout=cfg.header_timeout or None,
             body_timeout=cfg.body_timeout or None,
             max_buffered=cfg.max_buffered_bytes,
