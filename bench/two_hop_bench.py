@@ -96,6 +96,21 @@ PAIRS = (
 )
 
 
+def run_delay(pid: int) -> float:
+    """Seconds a process (and its direct children: nginx's worker) spent runnable but not
+    running, waiting for a CPU (/proc/<pid>/schedstat; its main thread, the event loop's): what
+    a hop waits for its core after each wake-up, while another process runs there."""
+
+    def one(p: int) -> int:
+        return int(Path(f"/proc/{p}/schedstat").read_text().split()[1])
+
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return (one(pid) + sum(one(int(k)) for k in kids)) / 1e9
+
+
 def wait_listening(host: str, port: int, proc: subprocess.Popen[Any], what: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -246,6 +261,7 @@ async def cell(
     samples: dict[str, list[dict[str, Any]]] = {t: [] for t in names}
     cpu = {t: dict.fromkeys(TARGETS[t], 0.0) for t in names}
     switches = {t: dict.fromkeys(TARGETS[t], 0) for t in names}
+    waited = {t: dict.fromkeys(TARGETS[t], 0.0) for t in names}
     for target in names:
         await gb.run_cell(urls[target], streams, 0, args.warmup)
     for rnd in range(args.rounds):
@@ -253,10 +269,12 @@ async def cell(
         for target in names[k:] + names[:k]:
             before = {hop: gb.cpu_seconds(pids[hop]) for hop in TARGETS[target]}
             switched = {hop: gb.context_switches(pids[hop]) for hop in TARGETS[target]}
+            delayed = {hop: run_delay(pids[hop]) for hop in TARGETS[target]}
             samples[target].append(await gb.run_cell(urls[target], streams, per_round, 0))
             for hop, then in before.items():
                 cpu[target][hop] += gb.cpu_seconds(pids[hop]) - then
                 switches[target][hop] += gb.context_switches(pids[hop]) - switched[hop]
+                waited[target][hop] += run_delay(pids[hop]) - delayed[hop]
     row: dict[str, Any] = {}
     timed = per_round * args.rounds
     for target in names:
@@ -269,6 +287,11 @@ async def cell(
         # so CPU per switch is what one wake-up of the proxy costs.
         row[target]["switches_per_request"] = {
             hop: round(n / timed, 2) for hop, n in switches[target].items()
+        }
+        # Time runnable but not running: a woken hop waiting for its core while another
+        # process (the load generator, the simulator, another hop) has it.
+        row[target]["run_delay_us_per_request"] = {
+            hop: round(seconds / timed * 1e6, 1) for hop, seconds in waited[target].items()
         }
         row[target]["added_ttfb_ms"] = {
             p: round(row[target]["ttfb_ms"][p] - direct[p], 3) for p in ("p50", "p99")
@@ -389,8 +412,10 @@ def hop_report(doc: dict[str, Any]) -> str:
         + " · ".join(pairs)
         + " | switches/req front + back: nginx+nginx · "
         + " · ".join(pairs)
+        + " | waiting for a CPU, µs/req front + back: nginx+nginx · "
+        + " · ".join(pairs)
         + " |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def added(r: dict[str, Any]) -> str:
@@ -419,6 +444,13 @@ def hop_report(doc: dict[str, Any]) -> str:
                 + " · ".join(per_hop(r, "cpu_us_per_request", ".0f") for r in rows)
                 + " | "
                 + " · ".join(per_hop(r, "switches_per_request", ".1f") for r in rows)
+                + " | "
+                + " · ".join(
+                    per_hop(r, "run_delay_us_per_request", ".0f")
+                    if "run_delay_us_per_request" in r
+                    else "\u2013"  # results before this column have none
+                    for r in rows
+                )
                 + " |"
             )
     return "\n".join(lines)
