@@ -64,12 +64,25 @@ class _Reader:
     def on_body(self, body: bytes) -> None:
         self._body += body
 
+    _open: bool = False  # a head is in, its body not ended
+
+    def on_headers_complete(self) -> None:
+        self._open = True
+
     def on_message_complete(self) -> None:
+        self._open = False
         if self.parser.get_status_code() < 200:  # an interim answer (100 Continue)
             self._headers, self._body = {}, bytearray()
             return
         self.answers.append(Answer(self.parser.get_status_code(), self._headers, bytes(self._body)))
         self._headers, self._body = {}, bytearray()
+
+    def closed(self) -> None:
+        """The connection closed: a body without a length or chunks ends here (httptools
+        cannot be told about the EOF)."""
+        framed = "content-length" in self._headers or "transfer-encoding" in self._headers
+        if self._open and not framed:
+            self.on_message_complete()
 
     parser: httptools.HttpResponseParser = field(init=False)
 
@@ -100,8 +113,7 @@ class Conn:
                 data = await self.reader.read(65536)
                 if not data:
                     self.closed = True
-                    with contextlib.suppress(httptools.HttpParserError):
-                        self._parsed.parser.feed_data(b"")  # a close-delimited body ends
+                    self._parsed.closed()
                     break
                 self._parsed.parser.feed_data(data)
         return self._parsed.answers[:n]
@@ -247,6 +259,12 @@ class Pod:
         assert self.agent.control_port is not None
         return AGENT, self.agent.control_port
 
+    def budget(self) -> int:
+        """Request-body bytes the public port holds (received, queued or held)."""
+        server = self.agent._public
+        assert server is not None
+        return server.budget.used
+
     def forwarded(self) -> list[str]:
         """What the agent forwarded to vLLM for clients, as `METHOD /path?query`."""
         return [seen.line.rsplit(b" ", 1)[0].decode() for seen in self.tap.client_requests()]
@@ -291,8 +309,9 @@ async def until(predicate: object, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-async def pod() -> AsyncIterator[Pod]:
+@contextlib.asynccontextmanager
+async def make_pod(**overrides: object) -> AsyncIterator[Pod]:
+    """Agent -> Tap -> legacy vLLM; `overrides` are AgentConfig fields."""
     host = EngineHost(time_scale=0.002)
     engine = await start(
         host,
@@ -305,19 +324,19 @@ async def pod() -> AsyncIterator[Pod]:
         env={"VLLM_SIM_PROFILE": "legacy"},
     )
     tap = Tap((ENGINE, int(engine.url.rsplit(":", 1)[1])))
-    config = AgentConfig(
-        listen_host=AGENT,
-        public_port=0,
-        control_port=0,
-        upstream=await tap.start("127.0.52.3"),
-        control_token=TOKEN,
-        poll_interval=0.01,
-        health_interval=3600,
-        hold_timeout=5.0,
-        header_timeout=2.0,
-        body_timeout=2.0,
-    )
-    agent = Agent(config)
+    values: dict[str, object] = {
+        "listen_host": AGENT,
+        "public_port": 0,
+        "control_port": 0,
+        "upstream": await tap.start("127.0.52.3"),
+        "control_token": TOKEN,
+        "poll_interval": 0.01,
+        "health_interval": 3600,
+        "hold_timeout": 5.0,
+        "header_timeout": 2.0,
+        "body_timeout": 2.0,
+    }
+    agent = Agent(AgentConfig.model_validate(values | overrides))
     await agent.start()
     try:
         await wait_state(agent, "awake")
@@ -329,10 +348,22 @@ async def pod() -> AsyncIterator[Pod]:
 
 
 @pytest.fixture
-async def gateway(pod: Pod) -> AsyncIterator[Gateway]:
+async def pod() -> AsyncIterator[Pod]:
+    async with make_pod() as p:
+        yield p
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(pod: Pod) -> AsyncIterator[Gateway]:
     source = StaticSource("team")
     source.add_model("m", [pod.agent.public_url])
     async with Gateway(GatewayConfig(listen_host=GATEWAY, port=0), source, MemoryDemand()) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def gateway(pod: Pod) -> AsyncIterator[Gateway]:
+    async with gateway_for(pod) as gw:
         yield gw
 
 
@@ -380,6 +411,30 @@ async def test_a_request_pipelined_behind_a_held_one_waits_its_turn_and_never_me
         "POST /v1/completions",
         "POST /v1/chat/completions",
     ]
+    pod.assert_engine_safe()
+
+
+async def test_a_pipeline_longer_than_a_head_behind_a_held_request_is_answered_whole(
+    pod: Pod,
+) -> None:
+    """What a client pipelines behind a held request is read ahead only up to a head's
+    worth; the rest waits in the kernel. All of it is answered, in order, after the wake."""
+    await pod.sleep()
+    padding = "X-Pad: " + "p" * 2048
+    n = (MAX_HEAD_BYTES // 2048) + 8
+    conn = await Conn.open(*pod.public)
+    await conn.send(post("/v1/chat/completions"))
+    await until(lambda: pod.agent.gate.held == 1)
+    for i in range(n):  # one read each, mostly: read ahead, unparsed, past the bound
+        await conn.send(get(f"/health?n={i}", padding))
+        await asyncio.sleep(0.001)
+    await conn.send(post("/v1/chat/completions"))
+    await pod.wake()
+    answers = await conn.answers(n + 2)
+    conn.close()
+    assert [a.status for a in answers] == [200] * (n + 2)
+    health = [f"GET /health?n={i}" for i in range(n)]
+    assert pod.forwarded() == ["POST /v1/chat/completions", *health, "POST /v1/chat/completions"]
     pod.assert_engine_safe()
 
 
@@ -643,6 +698,30 @@ async def test_a_client_that_leaves_while_held_at_the_agent_is_never_run(pod: Po
     assert pod.forwarded() == ["POST /v1/chat/completions"]
     assert pod.agent.gate.inflight == 0
     pod.assert_engine_safe()
+
+
+@pytest.mark.parametrize("hop", ["agent", "gateway"])
+@pytest.mark.parametrize("behind", ["request", "garbage"])
+async def test_a_client_that_leaves_with_requests_queued_behind_a_held_one_is_seen_at_once(
+    behind: str, hop: str
+) -> None:
+    """A request pipelined behind a held one is not parsed until that one is answered, but
+    the connection is still read: the client's leaving drops both at once. Otherwise a gone
+    client stays demand (the operator wakes the model for it) until the hold times out, and
+    a wake in between runs its requests on the engine for nobody."""
+    async with make_pod(hold_timeout=30.0) as pod, gateway_for(pod) as gw:
+        await pod.sleep()
+        conn = await Conn.open(*(pod.public if hop == "agent" else gw_addr(gw)))
+        second = post("/v1/chat/completions") if behind == "request" else b"\x16\x03\x01junk\r\n"
+        await conn.send(post("/v1/chat/completions") + second)
+        await until(lambda: pod.agent.gate.held == 1)
+        conn.close()
+        await until(lambda: pod.agent.gate.held == 0 and pod.budget() == 0, timeout=5)
+        await pod.wake()
+        ok = await roundtrip(pod.public, post("/v1/chat/completions", CHAT, "Connection: close"))
+        assert ok.status == 200
+        assert pod.forwarded() == ["POST /v1/chat/completions"]  # only the last client's
+        pod.assert_engine_safe()
 
 
 async def test_a_client_that_leaves_while_held_behind_the_gateway_is_never_run(
@@ -945,6 +1024,64 @@ async def test_hop_by_hop_fields_of_vllms_answer_stop_at_the_agent() -> None:
         await fake.stop()
     assert got.status == 200 and got.body == b"{}"
     assert _HOP_FIELDS.isdisjoint(got.headers), got.headers
+
+
+# -- what held requests may cost --------------------------------------------------------------
+
+
+async def test_held_bodies_are_charged_to_the_budget_and_freed_when_their_clients_leave() -> None:
+    """Many held requests from one client cost their bodies, against one budget: past it
+    the next is refused (503, Retry-After) before it is held, and the bytes come back when
+    the clients leave, or a pipelined request queued behind a held one leaves with it."""
+    body = b'{"model":"m","prompt":"%s","max_tokens":2}' % (b"a" * (300 << 10))
+    async with make_pod(max_buffered_bytes=1 << 20) as pod:
+        await pod.sleep()
+        conns = [await Conn.open(*pod.public) for _ in range(3)]
+        for conn in conns:
+            await conn.send(post("/v1/completions", body))
+        await until(lambda: pod.agent.gate.held == 3)
+        assert pod.budget() == 3 * len(body)
+        refused = await roundtrip(pod.public, post("/v1/completions", body))
+        assert refused.status == 503 and refused.headers.get("retry-after"), refused
+        refused.error()
+        assert pod.agent.gate.held == 3
+        # A request pipelined behind a held one is read (and charged) but not held.
+        await conns[0].send(post("/v1/completions", b'{"model":"m","prompt":"b"}'))
+        await until(lambda: pod.budget() == 3 * len(body) + 26)
+        assert pod.agent.gate.held == 3
+        for conn in conns:
+            conn.close()
+        await until(lambda: pod.agent.gate.held == 0 and pod.budget() == 0)
+        await pod.wake()
+        assert pod.forwarded() == []
+        pod.assert_engine_safe()
+
+
+# -- HTTP/1.0 keep-alive ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hop", ["agent", "gateway"])
+async def test_http10_keep_alive_is_served_and_a_close_delimited_answer_ends_the_connection(
+    pod: Pod, gateway: Gateway, hop: str
+) -> None:
+    """HTTP/1.0 with keep-alive: plain answers keep the connection (they say so); a streamed
+    answer has no length for a 1.0 client, so the close ends it, and a request pipelined
+    behind it never runs."""
+    addr = pod.public if hop == "agent" else gw_addr(gateway)
+    conn = await Conn.open(*addr)
+    alive = "Connection: keep-alive"
+    await conn.send(post("/v1/chat/completions", CHAT, alive, version="1.0"))
+    first = await conn.answer()
+    assert first.status == 200 and first.headers.get("connection") == "keep-alive", first
+    stream = b'{"model":"m","prompt":"a","max_tokens":3,"stream":true}'
+    await conn.send(
+        post("/v1/completions", stream, alive, version="1.0")
+        + post("/v1/chat/completions", CHAT, alive, version="1.0")
+    )
+    answers = await conn.answers(3)
+    assert [a.status for a in answers] == [200, 200], answers
+    assert answers[1].body.rstrip().endswith(b"data: [DONE]") and conn.closed
+    assert pod.forwarded() == ["POST /v1/chat/completions", "POST /v1/completions"]
 
 
 # -- head bounds across the two hops ----------------------------------------------------------

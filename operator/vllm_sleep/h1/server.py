@@ -1,9 +1,11 @@
 """The HTTP/1.1 server side: one protocol per connection, one handler task per request.
 
 Semantics a proxy needs:
-  - requests on a connection are answered in order (pipelined ones wait, reading pauses);
+  - requests on a connection are answered in order (pipelined ones wait unparsed; the
+    connection is still read, up to a head's worth, so that a client that leaves is seen);
   - a client that disconnects (or half-closes: like nginx, EOF means the client left) cancels
-    its handler, so a held request leaves its queue and an upstream request is aborted;
+    its handler, so a held request leaves its queue and an upstream request is aborted, also
+    with more requests pipelined behind it;
   - the body is bounded while it arrives (413 from Content-Length alone, before reading it),
     the request line and headers too (431), malformed framing is a 400 and the connection is
     closed, `Expect: 100-continue` is answered;
@@ -390,7 +392,11 @@ class _Connection(asyncio.Protocol):
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self.last_active = self._loop.time()
+        # A request is being answered and others wait behind it: what the client sends meanwhile
+        # is read but not parsed (_read_ahead); `_reading` is False once reading has stopped.
         self._paused_reading = False
+        self._reading = True
+        self._backlog = bytearray()
         self.write_paused = False
         self._stall: asyncio.TimerHandle | None = None  # the send_timeout while paused
         self._stall_left = 0  # bytes buffered when that timer was armed
@@ -487,6 +493,9 @@ class _Connection(asyncio.Protocol):
         self.last_active = self._loop.time()
         if self._discard:
             return  # refused: the rest of the upload is dropped until the connection closes
+        if self._paused_reading:
+            self._read_ahead(data)
+            return
         in_head, heads = self._in_head, self._heads
         in_body, ends, body_size = self._in_body, self._ends, self._body_size
         try:
@@ -643,9 +652,20 @@ class _Connection(asyncio.Protocol):
         self._pending.append(request)
         if self._task is None:
             self._next()
-        elif not self._paused_reading and self._transport is not None:
-            self._paused_reading = True  # pipelined: read no further until it is answered
-            self._transport.pause_reading()
+        else:
+            self._paused_reading = True  # pipelined: parse no further until it is answered
+
+    def _read_ahead(self, data: bytes) -> None:
+        """Bytes that came while a request is answered with more behind it: kept, unparsed,
+        until it is answered. The connection is still read so that a client that leaves is
+        seen at once (eof_received) and its handler cancelled: a held request of a client
+        that is gone must stop counting as demand at once, not at its hold timeout, and
+        never run. Past a head's worth, reading stops (the kernel holds the rest)."""
+        self._backlog += data
+        if self._reading and len(self._backlog) > self._limits.max_head:
+            self._reading = False
+            if self._transport is not None:
+                self._transport.pause_reading()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -665,12 +685,11 @@ class _Connection(asyncio.Protocol):
         if self._task is not None:
             # Bad bytes pipelined behind a request still being answered: closing now would
             # cut that response (and drop the good requests queued before the bad one).
-            # Read nothing more (the parser is dead), answer those in order, then this
-            # error, then close (_answered).
+            # Parse nothing more (the parser is dead; what still comes is only read, to see
+            # the client leave), answer those in order, then this error, then close
+            # (_answered).
             self._refused = reject
-            if not self._paused_reading:
-                self._paused_reading = True
-                transport.pause_reading()
+            self._paused_reading = True
             return
         self._send_refusal(reject)
 
@@ -699,8 +718,10 @@ class _Connection(asyncio.Protocol):
             return
         self._discard = True
         transport.write_eof()
-        if self._paused_reading:
-            self._paused_reading = False
+        self._paused_reading = False
+        self._backlog = bytearray()
+        if not self._reading:
+            self._reading = True
             transport.resume_reading()
         self._timer = self._loop.call_later(self._limits.linger, self.close, True)
 
@@ -796,7 +817,16 @@ class _Connection(asyncio.Protocol):
         if self._paused_reading:
             self._paused_reading = False
             self._head_started = self._loop.time()  # a head that waited on us starts now
-            transport.resume_reading()
+            backlog, self._backlog = self._backlog, bytearray()
+            if backlog:
+                self.data_received(bytes(backlog))  # may pause again, or refuse and close
+            if (
+                not self._reading
+                and len(self._backlog) <= self._limits.max_head
+                and not transport.is_closing()
+            ):
+                self._reading = True
+                transport.resume_reading()
 
     # -- used by Reply -----------------------------------------------------------------------
 
