@@ -16,6 +16,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httptools
 import pytest
@@ -679,6 +680,73 @@ async def test_requests_in_other_http_versions_are_refused(
     assert pod.forwarded() == []
 
 
+# -- API keys at the gateway ------------------------------------------------------------------
+
+KEY = "probe-key"
+
+
+def _keyed(*headers: str, body: bytes = CHAT, target: str = "/v1/chat/completions") -> bytes:
+    return post(target, body, *headers, "Connection: close")
+
+
+# (request, status): the key is read from the first Authorization header field of the head,
+# never from a trailer, the query or the target; it opens nothing but the routes.
+KEY_CASES = {
+    "no-key": (_keyed(), 401),
+    "key": (_keyed(f"Authorization: Bearer {KEY}"), 200),
+    "scheme-in-any-case": (_keyed(f"authorization: bEaReR   {KEY}  "), 200),
+    "wrong-key-first": (
+        _keyed("Authorization: Bearer nope", f"Authorization: Bearer {KEY}"),
+        401,
+    ),
+    "right-key-first": (
+        _keyed(f"Authorization: Bearer {KEY}", "Authorization: Bearer nope"),
+        200,
+    ),
+    "key-named-hop-by-hop": (
+        _keyed(f"Authorization: Bearer {KEY}", "Connection: authorization"),
+        200,
+    ),
+    "key-in-trailer": (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + _chunked(CHAT)[:-2]
+        + f"Authorization: Bearer {KEY}\r\n\r\n".encode(),
+        401,
+    ),
+    "key-in-query": (_keyed(target=f"/v1/chat/completions?api_key={KEY}"), 401),
+    "key-in-proxy-authorization": (_keyed(f"Proxy-Authorization: Bearer {KEY}"), 401),
+    "key-as-basic": (_keyed(f"Authorization: Basic {KEY}"), 401),
+    "absolute-form-no-key": (
+        b"POST http://127.0.0.1/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT), CHAT),
+        401,
+    ),
+    "dev-route-with-key": (_keyed(f"Authorization: Bearer {KEY}", target="/sleep"), 404),
+    "encoded-route-no-key": (_keyed(target="/v1%2Fchat%2Fcompletions"), 404),
+}
+
+
+async def test_the_api_key_is_read_from_the_head_only_and_never_reaches_vllm(
+    pod: Pod, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(KEY + "\n")
+    source = StaticSource("team")
+    source.add_model("m", [pod.agent.public_url])
+    config = GatewayConfig(listen_host=GATEWAY, port=0, api_keys_file=str(keys))
+    async with Gateway(config, source, MemoryDemand()) as gw:
+        for case, (raw, status) in KEY_CASES.items():
+            answer = await roundtrip(gw_addr(gw), raw)
+            assert answer.status == status, (case, answer)
+            if status != 200:
+                answer.error()
+    admitted = sum(status == 200 for _, status in KEY_CASES.values())
+    assert pod.forwarded() == ["POST /v1/chat/completions"] * admitted
+    for seen in pod.tap.client_requests():
+        assert seen.all(b"authorization") == [] and seen.all(b"proxy-authorization") == []
+
+
 # -- clients that leave -----------------------------------------------------------------------
 
 
@@ -722,6 +790,28 @@ async def test_a_client_that_leaves_with_requests_queued_behind_a_held_one_is_se
         assert ok.status == 200
         assert pod.forwarded() == ["POST /v1/chat/completions"]  # only the last client's
         pod.assert_engine_safe()
+
+
+async def test_a_client_that_leaves_with_a_request_queued_behind_one_held_by_the_gateway() -> None:
+    """The gateway's own hold queue (no pod awake or able to hold): the same, its slot is
+    freed at once, not at the wake timeout."""
+    fake = FakePod(lambda n, _: _OK)
+    source = StaticSource("team")
+    source.add_model("m", [await fake.start()], awake=False)
+    try:
+        async with Gateway(
+            GatewayConfig(listen_host=GATEWAY, port=0), source, MemoryDemand()
+        ) as gw:
+            table = gw.router.table
+            key = table.specs()[0].key
+            conn = await Conn.open(*gw_addr(gw))
+            await conn.send(post("/v1/chat/completions") + post("/v1/chat/completions"))
+            await until(lambda: table.queued(key) == 1)
+            conn.close()
+            await until(lambda: table.queued(key) == 0, timeout=5)
+            assert fake.requests == 0
+    finally:
+        await fake.stop()
 
 
 async def test_a_client_that_leaves_while_held_behind_the_gateway_is_never_run(
