@@ -40,8 +40,14 @@ class ConditionReason(StrEnum):
     wake can serve at once): written by the operator, read by the gateway, spelled here."""
 
     SCALED_TO_ZERO = "ScaledToZero"  # Ready=False: replicas is 0, nothing is loaded
-    # Scheduled=False, a spec or GPUPool problem (the pool is missing or invalid, has no devices,
-    # none the model fits on): no pod is placed until someone changes the model, pool or nodes.
+    # Scheduled=False, the whole model's placement problem (its GPUPool does not exist or is
+    # invalid, or its spec cannot run in a pool): no replica is placed or woken, whatever pods it
+    # still has, until someone changes the model or the pool. The gateway refuses its requests
+    # even when a sleeping pod's agent could hold them.
+    NO_PLACEMENT = "NoPlacement"
+    # Scheduled=False, a replica's placement problem (its pool has no devices, none the replica
+    # fits on): that replica gets no pod until someone changes the model, pool or nodes; the
+    # model's placed replicas, if any, still wake.
     CANNOT_PLACE = "CannotPlace"
     UNSCHEDULABLE = "Unschedulable"  # Scheduled=False: the Kubernetes scheduler's (a node may come)
     WAITING_FOR_DEVICE = "WaitingForDevice"  # Scheduled=False: a full pool; the model's turn comes

@@ -3,7 +3,10 @@
 The loop: pick the least-loaded awake replica; if there is none, join the model's bounded hold
 queue (429 when full) and make sure demand is signalled. A model the operator reports no wake
 can serve (`ModelSpec.cannot_wake`: replicas 0, no device for it) is answered 503 at once
-instead, when no pod can hold the request: checked only where a hold would start. Then, if a
+instead, when no replica is awake and no pod can hold the request: checked where a hold would
+start. When the problem is the whole model's (its GPUPool is gone: no replica wakes), a pod that
+could hold is no reason to hold, and a request already held, in the queue or at an agent (whose
+upstream request is then closed: the agent drops it), gets the same answer. Then, if a
 pod's agent can hold the request (asleep or waking, agent and engine loaded), it is sent there
 and waits at the agent, which releases it the instant its engine is confirmed awake: no wait
 for the operator's awake condition and the pod watch. Otherwise it waits here for the model to
@@ -191,11 +194,12 @@ class Dispatcher:
                             param="model",
                         )
                     spec = fresh
-                    if spec.cannot_wake is not None and not table.holding_replicas(key):
+                    why = self._refusal(spec)
+                    if why is not None:
                         # The operator says no wake can serve it (replicas 0, no device):
                         # holding would only wait out wake.timeout for the same answer.
                         slot.leave("rejected")
-                        return self._cannot_wake(spec, spec.cannot_wake)
+                        return self._cannot_wake(spec, why)
                     if not spec.wake.on_request:
                         slot.leave("rejected")  # wake on request turned off while held
                         return self._unavailable(
@@ -221,6 +225,9 @@ class Dispatcher:
                     result = await self._forward(reply, spec, replica, target, block, body, slot)
                 if result is _TIMED_OUT:  # held at an agent until the deadline
                     return self._wake_timeout(spec, slot)
+                if isinstance(result, CannotWake):  # held at an agent when the status said so
+                    slot.leave("rejected")
+                    return self._cannot_wake(spec, result)
                 if isinstance(result, Retry):
                     self._metrics.upstream_retries.labels(result.reason).inc()
                     exclude.add(replica.pod)
@@ -233,6 +240,24 @@ class Dispatcher:
             if slot.active and slot.deadline is not None and self._clock() < slot.deadline:
                 slot.leave("abandoned")
             slot.close()
+
+    def _refusal(self, spec: ModelSpec) -> CannotWake | None:
+        """Why a request for `spec`'s model is refused rather than held, if it is: the operator
+        says no wake can serve the model, no replica is awake, and no pod can hold the request
+        or, when the problem is the whole model's, whatever the pods (none of them wakes)."""
+        why, table = spec.cannot_wake, self._table
+        if why is None or table.awake_replicas(spec.key):
+            return None
+        if not why.whole_model and table.holding_replicas(spec.key):
+            return None  # a replica's problem: the placed ones still wake
+        return why
+
+    def _held_refusal(self, key: ModelKey) -> CannotWake | None:
+        """`_refusal` for a request already held at an agent: only a problem of the whole
+        model's ends that hold (for a replica's, the agent's pod is placed and may wake)."""
+        spec = self._table.lookup_key(key)
+        why = None if spec is None else self._refusal(spec)
+        return why if why is not None and why.whole_model else None
 
     async def _wait(self, key: ModelKey, deadline: float, exclude: set[tuple[str, str]]) -> None:
         """Wait in the gateway's queue for the model's pods or spec to change.
@@ -259,9 +284,10 @@ class Dispatcher:
         block: bytes,
         body: bytes,
         slot: _Slot | None = None,
-    ) -> Response | Retry | object:
-        """Send and relay: a Response to send, a Retry, _RELAYED, or _TIMED_OUT when a
-        request held at an agent (`slot`) ran into its deadline."""
+    ) -> Response | Retry | CannotWake | object:
+        """Send and relay: a Response to send, a Retry, _RELAYED, or, for a request held at an
+        agent (`slot`), _TIMED_OUT when it ran into its deadline and a CannotWake when the
+        model's status said meanwhile that no replica of it wakes."""
         table = self._table
         table.acquire(replica)
         # The agent holds an inference request while its engine is not awake (every routed
@@ -290,15 +316,15 @@ class Dispatcher:
                 sent = send(self._pool, replica.url, target, block, body, reply, first=first)
                 sending = asyncio.create_task(sent)
                 try:
-                    released = await self._until_released(spec.key, replica, sending, slot, reply)
+                    stopped = await self._until_released(spec.key, replica, sending, slot, reply)
                     sent_at = self._clock()  # for a held request: from its release, not the hold
-                    if released:
+                    if stopped is None:
                         result = await sending
                 except BaseException:
                     await _cancel(sending)  # an answer that came in meanwhile is closed
                     raise
-                if not released:
-                    return _TIMED_OUT
+                if stopped is not None:
+                    return stopped
             if isinstance(result, Retry):
                 return result
             if slot is not None:
@@ -327,38 +353,40 @@ class Dispatcher:
         sending: asyncio.Task[SendResult],
         slot: _Slot,
         reply: Reply,
-    ) -> bool:
+    ) -> CannotWake | object | None:
         """Enforce the gateway's wake timeout on a request held at an agent.
 
         The request counts as held (queue slot, deadline) until the agent answers or the pod
         watch shows the pod awake, i.e. the agent has released it to its engine; from then on
-        it is running, and a long answer is not cut by the wake deadline. False when the
-        deadline passed first: the connection is closed, and the agent drops the held request
-        without forwarding it.
+        it is running, and a long answer is not cut by the wake deadline: None. _TIMED_OUT when
+        the deadline passed first, and the operator's CannotWake when the model's status says
+        no replica of it wakes (a problem of the whole model's) while none is awake: the
+        connection is closed, and the agent drops the held request without forwarding it.
         """
         deadline = slot.deadline
         assert deadline is not None
         while not sending.done():
             if self._table.is_awake(key, replica.pod):
                 slot.leave("forwarded")
-                return True
+                return None
             remaining = deadline - self._clock()
-            if remaining <= 0:
+            stop = _TIMED_OUT if remaining <= 0 else self._held_refusal(key)
+            if stop is not None:
                 if reply.started:
                     # The agent's answer head is already spliced into the reply (from the
                     # upstream's callback; the send task finishes a loop turn later): the
                     # request is released and being answered. A started reply gets no
                     # second response.
                     slot.leave("forwarded")
-                    return True
+                    return None
                 await _cancel(sending)
-                return False
+                return stop
             change = asyncio.ensure_future(self._router.wait_change(key, remaining))
             try:
                 await asyncio.wait((sending, change), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 await _cancel(change)
-        return True
+        return None
 
     def _wake_timeout(self, spec: ModelSpec, slot: _Slot) -> Response:
         slot.leave("timeout")

@@ -112,14 +112,17 @@ _IDLE = frozenset({ModelPhase.PENDING, ModelPhase.ASLEEP})
 def cannot_wake(md: ModelDeployment) -> CannotWake | None:
     """Why no wake can serve this model, when its status says so for its current spec.
 
-    Only two states qualify (docs/api.md, the condition reasons of api.model_status).
-    `spec.replicas` 0 (Ready=False, ScaledToZero): nothing is loaded. A placement problem
-    (Scheduled=False, CannotPlace: its GPUPool does not exist, is invalid, has no device the
-    model could ever fit on): the operator places no pod until someone changes something. The
-    Kubernetes scheduler's Unschedulable (a node may come) and WaitingForDevice (a full pool:
-    the model's turn comes) are not. Anything uncertain holds, as before: no status, a status of
-    an older generation (just scaled up, the operator has not written yet), a phase in which a
-    replica loads, wakes or runs.
+    Only these states qualify (docs/api.md, the condition reasons of api.model_status).
+    `spec.replicas` 0 (Ready=False, ScaledToZero): nothing is loaded. A placement problem of the
+    whole model (Scheduled=False, NoPlacement: its GPUPool does not exist or is invalid, or its
+    spec cannot run in a pool): the operator places and wakes no replica, so a sleeping pod
+    whose agent could hold the request is no reason to hold it either (`whole_model`). A
+    replica's placement problem (Scheduled=False, CannotPlace: its pool has no devices, none it
+    fits on): refused only where no pod can hold, since the model's placed replicas still wake.
+    The Kubernetes scheduler's Unschedulable (a node may come) and WaitingForDevice (a full
+    pool: the model's turn comes) are not. Anything uncertain holds, as before: no status, a
+    status of an older generation (just scaled up, the operator has not written yet), a phase in
+    which a replica loads, wakes or runs.
     """
     status = md.status
     generation = md.metadata.generation
@@ -136,11 +139,11 @@ def cannot_wake(md: ModelDeployment) -> CannotWake | None:
     ):
         return CannotWake(ConditionReason.SCALED_TO_ZERO, "it has 0 replicas (spec.replicas is 0)")
     scheduled = conds.get(ConditionType.SCHEDULED)
-    if (
-        scheduled is not None
-        and (scheduled.status, scheduled.reason) == ("False", ConditionReason.CANNOT_PLACE)
-        and scheduled.message
-    ):
+    if scheduled is None or scheduled.status != "False" or not scheduled.message:
+        return None
+    if scheduled.reason == ConditionReason.NO_PLACEMENT:
+        return CannotWake(ConditionReason.NO_PLACEMENT, scheduled.message, whole_model=True)
+    if scheduled.reason == ConditionReason.CANNOT_PLACE:
         return CannotWake(ConditionReason.CANNOT_PLACE, scheduled.message)
     return None
 

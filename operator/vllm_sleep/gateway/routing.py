@@ -47,6 +47,9 @@ class CannotWake:
 
     reason: str  # the operator's condition reason (docs/api.md)
     message: str  # what the client is told, quoting the operator
+    # The problem is the whole model's (NoPlacement: no replica is placed or woken): a pod whose
+    # agent could hold the request is no reason to hold it, and a held request is answered too.
+    whole_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class ModelSpec:
     wake: WakePolicy = field(default_factory=WakePolicy)
     uid: str = ""  # owner of the demand Lease
     created: int = 0  # unix seconds, for /v1/models
-    # Set: a request no replica is awake for or can hold is refused at once, not held.
+    # Set: a request no replica is awake for or can hold (whatever the pods, when the problem
+    # is the whole model's) is refused at once, not held.
     cannot_wake: CannotWake | None = None
     # For /v1/models, as vLLM reports them: what it loads (`spec.model`), and its context
     # length when the spec says it (`--max-model-len` in its args); None: unknown here.

@@ -238,11 +238,12 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         events.append(Event("Warning", refusal.reason.value, refusal.message))
     facts = StatusFacts(
         problem,
-        observed.last_sleep_seconds,
-        observed.last_wake_seconds,
-        waiting_text,
-        (refusal.reason.value, refusal.message) if refusal else None,
-        unseated_text,
+        last_sleep_seconds=observed.last_sleep_seconds,
+        last_wake_seconds=observed.last_wake_seconds,
+        waiting=waiting_text,
+        name_refusal=(refusal.reason.value, refusal.message) if refusal else None,
+        unseated=unseated_text,
+        whole_model=observed.placement.problem is not None,
     )
     return Plan(
         delete=delete,

@@ -29,6 +29,9 @@ class StatusFacts:
     """What the status says beyond pods and reports."""
 
     problem: str | None = None  # why the model cannot be placed (a spec or GPUPool problem)
+    # `problem` is the whole model's (`reconcile.placement.place`: no pool, an invalid one, a
+    # spec a pool cannot run): no replica is placed or woken, not only the ones without a seat.
+    whole_model: bool = False
     last_sleep_seconds: float | None = None  # duration of this operator's last sleep
     last_wake_seconds: float | None = None
     waiting: str | None = None  # pooled: why a wanted replica waits for room on its device
@@ -97,6 +100,7 @@ def model_status(
             facts.name_refusal,
             facts.unseated,
             cannot_place=facts.problem is not None,
+            whole_model=facts.whole_model,
         ),
     }
     if activity:
@@ -190,6 +194,7 @@ def _conditions(
     unseated: str | None = None,
     *,
     cannot_place: bool = False,
+    whole_model: bool = False,
 ) -> list[dict[str, Any]]:
     # lastTransitionTime moves only when a condition's status flips (metav1.Condition).
     old = {c.type: c for c in previous}
@@ -245,18 +250,23 @@ def _conditions(
         cond(
             ConditionType.SCHEDULED,
             not (unscheduled or unseated),
-            _scheduled_reason(cannot_place, unscheduled, unseated),
+            _scheduled_reason(cannot_place, whole_model, unscheduled, unseated),
             unscheduled or unseated or "all pods placed",
         ),
         cond(ConditionType.DEGRADED, degraded[0] != "AsExpected", *degraded),
     ]
 
 
-def _scheduled_reason(cannot_place: bool, unscheduled: str | None, unseated: str | None) -> str:
-    # CannotPlace, not Unschedulable, for a spec or GPUPool problem: the gateway answers at
-    # once for it (no wake can help), and holds for the Kubernetes scheduler's, which may clear.
+def _scheduled_reason(
+    cannot_place: bool, whole_model: bool, unscheduled: str | None, unseated: str | None
+) -> str:
+    # NoPlacement or CannotPlace, not Unschedulable, for a spec or GPUPool problem: the gateway
+    # answers at once for it (no wake can help), and holds for the Kubernetes scheduler's, which
+    # may clear. NoPlacement when the problem is the whole model's: no replica wakes, so even a
+    # sleeping pod's agent that could hold a request is not sent one; CannotPlace when it is
+    # some replicas' (no device fits them), which must not refuse the placed ones' requests.
     if cannot_place:
-        return ConditionReason.CANNOT_PLACE
+        return ConditionReason.NO_PLACEMENT if whole_model else ConditionReason.CANNOT_PLACE
     if unscheduled:
         return ConditionReason.UNSCHEDULABLE
     if unseated:

@@ -1,8 +1,10 @@
 """A model the operator says no wake can serve is answered at once, not held for wake.timeout.
 
-Only when no replica is awake or can hold the request: the refusal is decided where the gateway
-would otherwise start holding. Everything else (asleep, a pod whose agent holds) is held as
-before. Which statuses set `cannot_wake` is test_kube_parse_cannot_wake.py's subject.
+Only when no replica is awake and none can hold the request (the refusal is decided where the
+gateway would otherwise start holding), or, when the problem is the whole model's (its GPUPool
+is gone: no replica wakes), whatever the pods, and then a request already held at an agent is
+answered too. Everything else (asleep, a pod whose agent holds) is held as before. Which
+statuses set `cannot_wake` is test_kube_parse_cannot_wake.py's subject.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ KEY = ModelKey("team", "m")
 WAKE = WakePolicy(timeout=30.0)  # far longer than any test runs: a hold shows as a queued request
 ZERO = CannotWake("ScaledToZero", "it has 0 replicas (spec.replicas is 0)")
 NO_POOL = CannotWake(
-    "CannotPlace", "GPUPool 'gpus' does not exist; create it or fix spec.placement.pool"
+    "NoPlacement",
+    "GPUPool 'gpus' does not exist; create it or fix spec.placement.pool",
+    whole_model=True,
 )
+NO_DEVICE = CannotWake("CannotPlace", "team/m-1 needs 92.0 GiB: the largest device (80.0 GiB)")
 
 
 class FakeReply:
@@ -76,6 +81,21 @@ class FakePool:
 async def answer_200(sink: FakeReply) -> FakeExchange:
     sink.start(200)
     return FakeExchange(200)
+
+
+class HeldAtAgent:
+    """An agent holding the request (its engine asleep) until the gateway closes it."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def __call__(self, sink: FakeReply) -> FakeExchange:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.closed += 1
+            raise
+        raise AssertionError("unreachable")
 
 
 class World:
@@ -135,7 +155,9 @@ def refusal(response: Response | None) -> dict[str, Any]:
     return dict(error)
 
 
-@pytest.mark.parametrize("why", [ZERO, NO_POOL], ids=["replicas-0", "no-pool"])
+@pytest.mark.parametrize(
+    "why", [ZERO, NO_POOL, NO_DEVICE], ids=["replicas-0", "no-pool", "no-device"]
+)
 async def test_a_model_that_cannot_wake_is_answered_at_once_with_the_operators_reason(
     world: World, why: CannotWake
 ) -> None:
@@ -164,12 +186,12 @@ async def test_an_asleep_model_is_still_held(world: World) -> None:
         await cancelled(task)
 
 
-async def test_a_pod_whose_agent_can_hold_takes_the_request_whatever_the_status(
+async def test_a_pod_whose_agent_can_hold_takes_the_request_despite_a_replicas_problem(
     world: World,
 ) -> None:
-    # The pool went away while the pod sleeps: its agent still holds the request, as before.
+    # One replica fits no device; the placed one sleeps and its agent holds the request.
     world.source.add_model(
-        "m", ["http://127.0.0.1:9"], awake=False, can_hold=True, wake=WAKE, cannot_wake=NO_POOL
+        "m", ["http://127.0.0.1:9"], awake=False, can_hold=True, wake=WAKE, cannot_wake=NO_DEVICE
     )
     task = world.dispatch()
     try:
@@ -185,21 +207,85 @@ async def test_an_awake_replica_serves_whatever_the_status(world: World) -> None
     assert world.pool.calls == 1
 
 
+async def test_a_pool_gone_refuses_even_where_a_pod_could_hold(world: World) -> None:
+    # The GPUPool was deleted while the replica sleeps: its agent could hold the request, but
+    # the operator wakes no replica of the model, so holding only waits out wake.timeout.
+    world.source.add_model(
+        "m", ["http://127.0.0.1:9"], awake=False, can_hold=True, wake=WAKE, cannot_wake=NO_POOL
+    )
+    task = world.dispatch()
+    try:
+        await settled(task, lambda: world.pool.calls > 0 or world.held())
+        assert task.done(), "sent to the agent to wait for a wake that never comes"
+        error = refusal(task.result())
+    finally:
+        await cancelled(task)
+    assert NO_POOL.reason in error["message"] and NO_POOL.message in error["message"]
+    assert world.pool.calls == 0 and world.demand.count("m") == 0
+
+
+async def test_an_awake_replica_serves_whatever_the_pool(world: World) -> None:
+    world.source.add_model("m", ["http://127.0.0.1:9"], awake=True, wake=WAKE, cannot_wake=NO_POOL)
+    assert await world.dispatch() is None  # relayed
+    assert world.pool.calls == 1
+
+
+async def test_a_request_held_at_an_agent_is_answered_when_the_pool_goes(world: World) -> None:
+    agent = HeldAtAgent()
+    world.pool.behaviour = agent
+    world.source.add_model("m", ["http://127.0.0.1:9"], awake=False, can_hold=True, wake=WAKE)
+    task = world.dispatch()
+    try:
+        await settled(task, lambda: world.pool.calls > 0)
+        # A replica's problem arriving leaves it held: its agent's pod is placed and may wake.
+        world.source.set_cannot_wake("m", NO_DEVICE)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done() and agent.closed == 0
+        world.source.set_cannot_wake("m", NO_POOL)
+        await settled(task, lambda: False)
+        error = refusal(task.result())
+    finally:
+        await cancelled(task)
+    assert NO_POOL.message in error["message"]
+    assert agent.closed == 1  # the upstream request is closed: the agent drops it
+    assert world.router.table.queued(KEY) == 0
+    assert world.hold_outcomes("rejected") == 1
+
+
+async def test_a_recreated_pool_holds_again(world: World) -> None:
+    agent = HeldAtAgent()
+    world.pool.behaviour = agent
+    world.source.add_model(
+        "m", ["http://127.0.0.1:9"], awake=False, can_hold=True, wake=WAKE, cannot_wake=NO_POOL
+    )
+    refusal(await world.dispatch())
+    world.source.set_cannot_wake("m", None)  # the operator's status once the pool is back
+    task = world.dispatch()
+    try:
+        await settled(task, lambda: world.pool.calls > 0)
+        assert not task.done() and world.pool.calls == 1 and world.held()
+        assert world.demand.count("m") == 1  # a wake is asked for again
+    finally:
+        await cancelled(task)
+
+
+@pytest.mark.parametrize("why", [ZERO, NO_POOL], ids=["replicas-0", "no-pool"])
 async def test_a_held_request_is_answered_when_the_status_says_it_cannot_wake(
-    world: World,
+    world: World, why: CannotWake
 ) -> None:
-    # Scaled to zero while a request waits in the gateway's queue: the operator's status write
-    # ends the hold at once, not at the deadline.
+    # Scaled to zero, or its pool deleted, while a request waits in the gateway's queue: the
+    # operator's status write ends the hold at once, not at the deadline.
     world.source.add_model("m", [], awake=False, wake=WAKE)
     task = world.dispatch()
     try:
         await settled(task, world.held)
         assert world.held()
-        world.source.set_cannot_wake("m", ZERO)
+        world.source.set_cannot_wake("m", why)
         await settled(task, lambda: False)
         error = refusal(task.result())
     finally:
         await cancelled(task)
-    assert ZERO.message in error["message"]
+    assert why.message in error["message"]
     assert world.router.table.queued(KEY) == 0
     assert world.hold_outcomes("rejected") == 1

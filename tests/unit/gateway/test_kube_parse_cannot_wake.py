@@ -81,28 +81,44 @@ def test_scaled_to_zero_cannot_wake() -> None:
     assert why.reason == "ScaledToZero" and "0 replicas" in why.message
 
 
+GONE = StatusFacts(problem=NO_POOL, whole_model=True)  # as plan() says it for a deleted pool
+
+
 def test_a_missing_gpu_pool_cannot_wake_and_quotes_the_operator() -> None:
-    why = cannot_wake(with_status(mdep(pool="gpus"), StatusFacts(problem=NO_POOL)))
-    assert why == CannotWake("CannotPlace", NO_POOL)
+    why = cannot_wake(with_status(mdep(pool="gpus"), GONE))
+    assert why == CannotWake("NoPlacement", NO_POOL, whole_model=True)
 
 
-def test_a_placement_problem_is_scheduled_false_cannot_place() -> None:
-    # The reason the gateway acts on is the operator's, not inferred from matching messages.
-    conditions = with_status(mdep(pool="gpus"), StatusFacts(problem=NO_POOL))["status"][
-        "conditions"
-    ]
-    scheduled = next(c for c in conditions if c["type"] == "Scheduled")
-    assert (scheduled["status"], scheduled["reason"], scheduled["message"]) == (
-        "False",
-        "CannotPlace",
-        NO_POOL,
+def test_a_pool_deleted_while_the_replicas_sleep_cannot_wake_whatever_the_pods() -> None:
+    # Their agents could hold a request, but no replica of the model is woken without its pool:
+    # the whole model's problem, which the gateway answers even where a pod can hold.
+    obj = with_status(
+        mdep(pool="gpus", replicas=2), GONE, (pod("m-0"), pod("m-1")), (AgentState.ASLEEP,) * 2
     )
+    assert obj["status"]["phase"] == "Asleep"
+    why = cannot_wake(obj)
+    assert why is not None and why.whole_model and why.message == NO_POOL
 
 
-def test_a_pool_without_devices_cannot_wake() -> None:
+def test_a_placement_problem_is_scheduled_false_with_the_operators_reason() -> None:
+    # The reason the gateway acts on is the operator's, not inferred from matching messages.
+    text = "ns/m-1 needs 92.0 GiB: the largest device (80.0 GiB)"
+    for facts, reason in ((GONE, "NoPlacement"), (StatusFacts(problem=text), "CannotPlace")):
+        conditions = with_status(mdep(pool="gpus"), facts)["status"]["conditions"]
+        scheduled = next(c for c in conditions if c["type"] == "Scheduled")
+        assert (scheduled["status"], scheduled["reason"], scheduled["message"]) == (
+            "False",
+            reason,
+            facts.problem,
+        )
+
+
+def test_a_pool_without_devices_cannot_wake_where_no_pod_can_hold() -> None:
+    # A replica's problem (the pool has no device for it): a placed replica's pod, if any,
+    # still wakes, so the gateway refuses only where no pod can hold.
     text = "ns/m-0 cannot be placed: GPUPool 'gpus' has no devices: no node advertises x/gpu"
     why = cannot_wake(with_status(mdep(pool="gpus"), StatusFacts(problem=text)))
-    assert why is not None and why.message == text
+    assert why == CannotWake("CannotPlace", text, whole_model=False)
 
 
 def test_a_full_pool_waiting_its_turn_is_held() -> None:
@@ -166,9 +182,7 @@ def test_asleep_and_no_status_are_held() -> None:
 def test_a_problem_while_a_replica_wakes_or_loads_is_held() -> None:
     # The pool went away mid-wake: the replica may still come up; hold as before.
     for state in (AgentState.WAKING, AgentState.LOADING):
-        obj = with_status(
-            mdep(pool="gpus"), StatusFacts(problem=NO_POOL), pods=(pod(),), agents=(state,)
-        )
+        obj = with_status(mdep(pool="gpus"), GONE, pods=(pod(),), agents=(state,))
         assert obj["status"]["phase"] in ("Waking", "Loading")
         assert obj["status"]["conditions"][3]["reason"] == "Problem"  # what else would refuse
         assert cannot_wake(obj) is None, state

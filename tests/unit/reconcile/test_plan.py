@@ -82,6 +82,9 @@ def test_a_model_that_cannot_be_placed_keeps_its_pods_and_creates_none() -> None
     conditions = {c["type"]: c for c in p.status["conditions"]}
     assert conditions["Scheduled"]["status"] == "False"
     assert conditions["Scheduled"]["message"] == "GPUPool 'p' does not exist"
+    # No replica of it is placed or woken: the whole model's problem (the gateway then refuses
+    # its requests even where a sleeping pod's agent could hold them).
+    assert conditions["Scheduled"]["reason"] == "NoPlacement"
     assert conditions["Degraded"]["status"] == "True"
     assert conditions["Ready"]["status"] == "False"
     # The same problem on the next pass is not reported again; a new one is.

@@ -99,6 +99,8 @@ def test_a_model_that_can_never_fit_is_degraded_with_a_cannot_place_event() -> N
     assert [e.reason for e in out.events] == ["CannotPlace"]
     degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and "92.0 GiB" in degraded["message"]
+    # A replica's problem, not the whole model's: its placed replicas, if any, still wake.
+    assert _condition(out, "Scheduled")["reason"] == "CannotPlace"
 
 
 def _condition(out: Any, ctype: str) -> dict[str, Any]:

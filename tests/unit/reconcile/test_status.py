@@ -7,7 +7,7 @@ from typing import Any
 from planning import NOW, body, model, pod, report
 
 from vllm_sleep.api.agent_protocol import AgentState
-from vllm_sleep.api.model_status import ModelDeploymentStatus
+from vllm_sleep.api.model_status import ConditionReason, ModelDeploymentStatus
 from vllm_sleep.reconcile.observe import ObservedPod, observe_pod
 from vllm_sleep.reconcile.plan import observe_replica
 from vllm_sleep.reconcile.status import Status, StatusFacts, model_status, rfc3339
@@ -114,6 +114,22 @@ def test_a_placement_problem_is_the_degraded_and_scheduled_message() -> None:
     assert s["phase"] == "Pending"
     c = conditions(s)
     assert c["Degraded"]["message"] == c["Scheduled"]["message"] == "GPUPool 'p' does not exist"
+
+
+def test_a_problem_of_the_whole_model_is_scheduled_false_no_placement() -> None:
+    # The gateway refuses such a model's requests even where a sleeping pod's agent could hold
+    # them (no replica wakes); a replica's problem keeps CannotPlace, which it does not.
+    gone = "GPUPool 'p' does not exist; create it or fix spec.placement.pool"
+    asleep = {"m-0": report(AgentState.ASLEEP)}
+    raw = body()
+    whole = status_of(raw, [pod(raw)], asleep, facts=StatusFacts(problem=gone, whole_model=True))
+    one = status_of(raw, [pod(raw)], asleep, facts=StatusFacts(problem="m-1 fits no device"))
+    assert (conditions(whole)["Scheduled"]["status"], conditions(whole)["Scheduled"]["reason"]) == (
+        "False",
+        ConditionReason.NO_PLACEMENT,
+    )
+    assert conditions(whole)["Scheduled"]["message"] == gone
+    assert conditions(one)["Scheduled"]["reason"] == ConditionReason.CANNOT_PLACE
 
 
 def test_scaled_to_zero_is_asleep() -> None:
