@@ -29,7 +29,8 @@ and the CPU reading are gateway_bench.py's too: each cell warms every target, th
 `--rounds` rounds of every target in turn, the order rotated per round, so the host's drift is
 spread over all of them. Added = target percentile - direct percentile of the time to first
 chunk. CPU per request is read per hop (each proxy process's utime+stime from /proc, nginx's
-master and worker together) over the timed requests that hop carried.
+master and worker together) over the timed requests that hop carried, and so are its context
+switches and its time runnable but waiting for a CPU (schedstat's run delay).
 
 With `--base-tree` (a `git worktree` of another commit) that checkout's agent is a target of
 its own (`agent@base`, one hop), and its gateway in front of it another
