@@ -641,3 +641,40 @@ async def test_http10_keep_alive_is_served_and_a_close_delimited_answer_ends_the
     assert [a.status for a in answers] == [200, 200], answers
     assert answers[1].body.rstrip().endswith(b"data: [DONE]") and conn.closed
     assert pod.forwarded() == ["POST /v1/chat/completions", "POST /v1/completions"]
+
+
+# -- what passes while the engine sleeps ------------------------------------------------------
+
+PASSTHROUGH = [
+    get("/health"),
+    get("/metrics?name=vllm"),
+    get("/version"),
+    get("/v1/models"),
+    get("/v1/responses/resp_0123?stream=true"),
+    post("/v1/responses/resp_0123/cancel", b""),
+    post("/tokenize", b'{"model":"m","prompt":"hello"}'),
+    post("/tokenize", b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'),
+    post("/detokenize", b'{"model":"m","tokens":[1,2,3]}'),
+    post("/v1/messages/count_tokens", b'{"model":"m","messages":[{"role":"user","content":"a"}]}'),
+]
+
+
+async def test_what_the_agent_forwards_while_the_engine_sleeps_never_touches_it(pod: Pod) -> None:
+    """The passthrough routes are forwarded asleep (vLLM's frontend answers them): pipelined
+    on one connection, with a held inference request among them, none reaches the engine
+    as work, and the engine is still asleep and alive afterwards."""
+    await pod.sleep()
+    conn = await Conn.open(*pod.public)
+    await conn.send(b"".join(PASSTHROUGH))
+    answers = await conn.answers(len(PASSTHROUGH))
+    assert len(answers) == len(PASSTHROUGH)
+    assert all(a.status < 500 for a in answers), [(a.status, a.body[:100]) for a in answers]
+    assert pod.agent.gate.held == 0 and pod.agent.gate.inflight == 0
+    assert pod.engine.state == "sleeping"
+    pod.assert_engine_safe()
+    await conn.send(post("/v1/chat/completions") + get("/health"))
+    await until(lambda: pod.agent.gate.held == 1)
+    await pod.wake()
+    assert [a.status for a in await conn.answers(len(PASSTHROUGH) + 2)][-2:] == [200, 200]
+    conn.close()
+    pod.assert_engine_safe()
