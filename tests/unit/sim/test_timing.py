@@ -92,3 +92,11 @@ def test_parse_bytes_rejects(text: str) -> None:
 
 def test_parse_token_count() -> None:
     assert [parse_token_count(x) for x in ("4096", "8k", "8K", "1m")] == [4096, 8000, 8192, 10**6]
+    assert [parse_token_count(x) for x in ("1.5k", "2M", " 32768 ")] == [1500, 2 * 2**20, 32768]
+
+
+@pytest.mark.parametrize("text", ["1.5K", "0.5M", "2.0G", "8 k", "", "16 gigs", "-1"])
+def test_parse_token_count_refuses_what_vllm_refuses(text: str) -> None:
+    # vLLM's human_readable_int allows no decimals with a binary suffix ("did you mean 1.5k?").
+    with pytest.raises(ValueError, match="not a token count"):
+        parse_token_count(text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ...api.vllm_args import human_readable_int
+
 GiB = 2**30
 
 _UNITS = {
@@ -41,12 +43,16 @@ def parse_bytes(text: str) -> int:
 
 
 def parse_token_count(text: str) -> int:
-    """vLLM's human-readable --max-model-len: 4096, 8k (=8000), 8K (=8192), 1m, 1M."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", text)
-    if not m:
-        raise ValueError(f"not a token count: {text!r}")
-    mult = {"": 1, "k": 10**3, "K": 2**10, "m": 10**6, "M": 2**20, "g": 10**9, "G": 2**30}
-    return int(float(m.group(1)) * mult[m.group(2)])
+    """A positive --max-model-len as vLLM's `human_readable_int` parses it (its rule lives in
+    api.vllm_args): 4096, 8k (=8000), 8K (=8192), 1.5k; a decimal with a binary suffix (1.5K)
+    is refused, as vLLM refuses it."""
+    n = human_readable_int(text)
+    if n is None or n < 1:
+        raise ValueError(
+            f"not a token count: {text!r} (e.g. 4096, 8k = 8000, 8K = 8192; "
+            "no decimals with a binary suffix K, M, G, T)"
+        )
+    return n
 
 
 def gib(n_bytes: float) -> float:
