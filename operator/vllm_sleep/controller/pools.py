@@ -255,11 +255,13 @@ class PoolActor:
                 replica_key(ns, a.pod) for a in request.actions if isinstance(a, Wake)
             )
             moved = self._publish(key, engines, wants, now)
+            mono = time.monotonic()
             view = PoolView(
                 pool=self.snapshot(),
                 sharing=spec.sharing,
                 turns={**self.unknown(), **self.turns},
                 wants=frozenset().union(*self.wants.values()),
+                turn_ages={d: mono - self._turn_since.get(d, mono) for d in self.turns},
             )
             g = gate(view, ns, request, now)
             if g.never and not self.devices:  # say why there are none, not only "none"

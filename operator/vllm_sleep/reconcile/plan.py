@@ -210,8 +210,10 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
                 | {p.name: observe_replica(p, UNREACHABLE_REPORT) for p in leaving},
                 indexes=_indexes(observed, live, going),
                 actions=runnable,
+                deletes=frozenset(d.name for d in delete if not d.force),
             )
         )
+        delete = tuple(d for d in delete if d.name not in g.deferred)
         runnable = g.actions
         create = tuple(
             CreatePod(_pod_manifest(observed, i, device)) for i, device in sorted(g.seats.items())

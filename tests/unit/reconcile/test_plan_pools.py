@@ -162,3 +162,11 @@ def test_a_model_whose_pool_is_gone_wakes_nothing() -> None:
     assert out.delete == () and out.create == ()  # nothing lost either
     degraded = next(c for c in out.status["conditions"] if c["type"] == "Degraded")
     assert "does not exist" in degraded["message"]
+
+
+def test_a_deletion_the_pool_defers_is_not_made_this_pass() -> None:
+    raw = body()
+    seen, gk = keeper(deferred=frozenset({"m-0"}))
+    out = plan(observed(raw, pods=[pod(raw)], placement=pooled("TimeSlicing"), gatekeeper=gk))
+    assert seen[0].deletes == {"m-0"}  # the outdated pod, asked about
+    assert out.delete == ()

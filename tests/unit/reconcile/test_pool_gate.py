@@ -263,3 +263,30 @@ def test_with_every_device_held_the_replica_waits_saying_so() -> None:
     g = gate(view, "ns", req, NOW)
     assert g.seats == {} and g.never == {}
     assert "busy" in {**g.queued, **g.waiting}["ns/m-0"]
+
+
+def test_a_pods_deletion_waits_while_a_neighbour_starts_up_on_its_device() -> None:
+    """An outdated or surplus pod's engine releases its memory when it exits, which fails a
+    neighbour's start-up profiling (vLLM's "Error in memory profiling"): its deletion waits
+    while the device's turn is a start-up's, but not for ever."""
+    from dataclasses import replace
+
+    from vllm_sleep.reconcile.pool_gate import START_UP_WAIT
+
+    def view(b: EngineState, age: float = 5.0, turn: bool = True) -> PoolView:
+        pool = one_gpu(
+            engine("ns/a-0", EngineState.ASLEEP, share=30 * GIB),
+            engine("ns/b-0", b, share=30 * GIB),
+        )
+        turns = {"n/gpu-0": "ns/b-0"} if turn else {}
+        return PoolView(pool, Sharing.TIME_SLICING, turns=turns, turn_ages={"n/gpu-0": age})
+
+    going = replace(pod("a-0"), deleting=True)
+    req = PoolRequest(
+        live=(going,), observations={}, indexes={}, actions=(), deletes=frozenset({"a-0"})
+    )
+    assert gate(view(EngineState.LOADING), "ns", req, NOW).deferred == {"a-0"}
+    assert gate(view(EngineState.LOADING, turn=False), "ns", req, NOW).deferred == set()
+    assert gate(view(EngineState.SLEEPING), "ns", req, NOW).deferred == set()  # frees, no profile
+    stuck = view(EngineState.LOADING, age=START_UP_WAIT + 1)  # a start that never loads
+    assert gate(stuck, "ns", req, NOW).deferred == set()
