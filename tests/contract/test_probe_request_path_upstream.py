@@ -1,21 +1,27 @@
-"""Adversarial probes of the request path from the other side: what a hostile pod (or vLLM)
-answers reaches clients only as a clean answer or a visible cut, and head bounds hold across
-the two hops. Raw sockets on 127.0.52.x; the rig is request_path_rig.py, the client-side
-probes test_probe_request_path.py.
+"""Adversarial probes of the request path from the other side and of its bounds: what a
+hostile pod (or vLLM) answers reaches clients only as a clean answer or a visible cut, head
+bounds hold across the two hops, and a client that pipelines without reading costs a bounded
+amount. Raw sockets on 127.0.52.x; the rig is request_path_rig.py, the client-side probes
+test_probe_request_path.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from vllm_sleep.agent import Agent
+from vllm_sleep.gateway import Gateway
 from vllm_sleep.http_common import MAX_HEAD_BYTES, MAX_HEADERS
 
 from .request_path_rig import (
     AGENT,
     CHAT,
+    OK_ANSWER,
     Conn,
     FakePod,
     Seen,
@@ -33,7 +39,6 @@ from .request_path_rig import (
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(60)]
 
 
-OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 MALFORMED_ANSWERS = {
     "not-http": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
     "status-2000": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\n{}",
@@ -163,7 +168,7 @@ async def test_a_head_the_gateway_accepts_the_agent_accepts_too(case: str) -> No
     """What the gateway adds (Host, Content-Length, X-Forwarded-For) must not push a head it
     accepted past the agent's bound: the client would get the agent's 431 for a request
     the gateway took."""
-    fake = FakePod(fake_vllm(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    fake = FakePod(fake_vllm(OK_ANSWER))
     async with two_hops(fake) as (_, gw):
         # At the client bound: every field it allows; every byte but a few (a head that
         # arrives in several reads is also bounded by its raw bytes, a few more).
@@ -179,3 +184,56 @@ async def test_a_head_the_gateway_accepts_the_agent_accepts_too(case: str) -> No
         answer = await roundtrip(gw_addr(gw), post("/v1/chat/completions", CHAT, *over))
         assert answer.status == 431 and answer.error()["code"] == "headers_too_large", answer
         assert fake.requests == served
+
+
+# -- clients that pipeline and do not read ----------------------------------------------------
+
+
+def _connections(hop: str, agent: Agent, gw: Gateway) -> list[Any]:
+    server = agent._public if hop == "agent" else gw._server
+    assert server is not None
+    return list(server.connections)
+
+
+@pytest.mark.parametrize("hop", ["agent", "gateway"])
+async def test_a_client_that_pipelines_and_reads_nothing_costs_a_bounded_amount(hop: str) -> None:
+    """Requests answered from the proxy itself (a 404 at the agent, /healthz at the gateway),
+    pipelined without end by a client that reads no answer: the proxy stops taking the next
+    request while the client's socket buffer is full, so what it holds stays a socket
+    buffer's worth, not every answer made as fast as it can make them."""
+    async with two_hops(FakePod(fake_vllm(OK_ANSWER))) as (agent, gw):
+        addr = (AGENT, agent.public_port or 0) if hop == "agent" else gw_addr(gw)
+        one = get("/nope" if hop == "agent" else "/healthz")
+        batch = one * 64  # below the pipelining bound: every batch is answered
+        conn = await Conn.open(*addr)
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            while sent < (8 << 20):  # until the proxy stops reading (or 8 MiB)
+                conn.writer.write(batch)
+                await asyncio.wait_for(conn.writer.drain(), 1.0)
+                sent += len(batch)
+                await asyncio.sleep(0)  # a read each, at most: the batches stay batches
+        [server_side] = _connections(hop, agent, gw)
+        held = server_side._transport.get_write_buffer_size()
+        assert held < (1 << 20), (held, sent)
+        assert len(server_side._pending) <= 128
+        conn.close()
+
+
+@pytest.mark.parametrize("hop", ["agent", "gateway"])
+async def test_a_pipeline_deeper_than_the_bound_is_answered_then_refused(hop: str) -> None:
+    async with two_hops(FakePod(fake_vllm(OK_ANSWER))) as (agent, gw):
+        addr = (AGENT, agent.public_port or 0) if hop == "agent" else gw_addr(gw)
+        one = get("/nope" if hop == "agent" else "/healthz")
+        conn = await Conn.open(*addr)
+        await conn.send(one * 300)
+        answers = await conn.answers(300)
+        assert await conn.is_closed()
+        assert len(answers) < 300 and answers[-1].status == 400, len(answers)
+        assert "pipelined" in str(answers[-1].error()["message"])
+        assert {a.status for a in answers[:-1]} == {404 if hop == "agent" else 200}
+        # Whoever pipelines within the bound is served whole.
+        conn = await Conn.open(*addr)
+        await conn.send(one * 100)
+        assert len(await conn.answers(100)) == 100
+        conn.close()

@@ -72,6 +72,10 @@ class Limits:
     header_timeout: float | None = 60.0
     body_timeout: float | None = 60.0
     max_chunks: int = 1 << 17  # chunks of one body, the last (empty) one included
+    # Requests parsed and waiting behind the one being answered (llhttp parses a whole read:
+    # one read of tiny pipelined requests would otherwise be thousands of Request objects).
+    # Past it: 400 after the answers to those before, then close.
+    max_pipelined: int = 128
     # Bytes of request bodies held at once across every connection (received, queued or being
     # handled); a body that would pass it is refused 503. None = no budget.
     max_buffered: int | None = 256 << 20
@@ -398,6 +402,7 @@ class _Connection(asyncio.Protocol):
         self._reading = True
         self._backlog = bytearray()
         self.write_paused = False
+        self._write_blocked = False  # answered, the next step waits for resume_writing
         self._stall: asyncio.TimerHandle | None = None  # the send_timeout while paused
         self._stall_left = 0  # bytes buffered when that timer was armed
         self.flow: tuple[Callable[[], None], Callable[[], None]] | None = None
@@ -463,6 +468,9 @@ class _Connection(asyncio.Protocol):
         self._cancel_stall()
         if self.flow is not None:
             self.flow[1]()
+        if self._write_blocked:
+            self._write_blocked = False
+            self._proceed()
 
     def _arm_stall(self) -> None:
         timeout = self._limits.send_timeout
@@ -654,6 +662,8 @@ class _Connection(asyncio.Protocol):
             self._next()
         else:
             self._paused_reading = True  # pipelined: parse no further until it is answered
+            if len(self._pending) > self._limits.max_pipelined:
+                raise _Reject(400, "Too many pipelined requests.")
 
     def _read_ahead(self, data: bytes) -> None:
         """Bytes that came while a request is answered with more behind it: kept, unparsed,
@@ -801,6 +811,20 @@ class _Connection(asyncio.Protocol):
             return
         if reply.close_after or reply.aborted:
             transport.close()
+            return
+        self._proceed()
+
+    def _proceed(self) -> None:
+        """After an answer: the next pipelined request, a refusal queued behind, or reading
+        on. Not while the client's socket buffer is full (resume_writing proceeds): a client
+        that pipelines requests and reads no answers would otherwise have every answer to
+        them buffered here, as fast as they are made, until the send timeout."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self.write_paused:
+            self._write_blocked = True
+            self._paused_reading = True  # meanwhile read ahead, unparsed (_read_ahead)
             return
         if self._pending:
             self._next()
