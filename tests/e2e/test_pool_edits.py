@@ -9,9 +9,11 @@ re-spelled, its slots, its host offload budget, a typo in its device resource (n
 its fix, and deleting and re-creating the GPUPool.
 
 After every step: no simulator violation (no request reached a sleeping engine, no OOM at start-up
-or wake, no two transitions on one GPU at once), the pool's accounting never commits a device
-beyond its memory, and every answer so far is a 200 or a documented refusal. After the edits
-stop, every model converges to its spec within a bounded time and serves.
+or wake, no two transitions on one GPU at once; one known limit excepted, `unexpected`), the
+awake replicas of each device (by the pool's status) fit its memory, and every answer so far is a
+200 or a documented refusal. After the edits stop, every model converges to its spec within a
+bounded time, the pool's status lists exactly its pods, and every model with replicas serves.
+What the runs found and measured: docs/reliability.md, "Edits while traffic flows".
 
 `VLLM_SLEEP_EDIT_STEPS` sets the number of edits (12 in `make test`, under a minute of edits),
 `VLLM_SLEEP_EDIT_SEED` the seed (printed, with the steps, so a failing sequence can be replayed).
