@@ -439,6 +439,27 @@ async def test_a_client_that_leaves_while_held_at_the_agent_is_never_run(pod: Po
     pod.assert_engine_safe()
 
 
+async def test_the_operator_hears_the_last_held_request_leave(pod: Pod) -> None:
+    """Held requests are demand (the operator wakes, or evicts another model, for them): the
+    long-poll hears them appear and hears the last one leave, so the operator never acts on
+    demand whose clients are gone."""
+    await pod.sleep()
+    before = await pod.control_call_json("/state")
+    conns = [await Conn.open(*pod.public) for _ in range(2)]
+    for conn in conns:
+        await conn.send(post("/v1/chat/completions"))
+    demand = await pod.control_call_json(f"/state?version={before['version']}&wait=10")
+    assert demand["version"] > before["version"]
+    await until(lambda: pod.agent.gate.held == 2)
+    conns[0].close()
+    await until(lambda: pod.agent.gate.held == 1)
+    one_left = await pod.control_call_json("/state")
+    conns[1].close()
+    gone = await pod.control_call_json(f"/state?version={one_left['version']}&wait=10")
+    assert gone["held"] == 0 and gone["version"] > one_left["version"], gone
+    assert gone["state"] == "asleep"
+
+
 @pytest.mark.parametrize("hop", ["agent", "gateway"])
 @pytest.mark.parametrize("behind", ["request", "garbage"])
 async def test_a_client_that_leaves_with_requests_queued_behind_a_held_one_is_seen_at_once(

@@ -42,7 +42,8 @@ class Gate:
     ) -> None:
         self._max_held = max_held
         # Called on each edge the operator must hear of at once (agent/state.py): the first
-        # held request, the busy edge and the idle edge; once per burst, not per request.
+        # held request and the last one leaving unadmitted, the busy edge and the idle edge;
+        # once per burst, not per request.
         self._on_edge = on_edge
         # Called for every request that starts to wait (after the demand edge): the agent's
         # own wake on request (agent/transitions.py) starts from here when the sleep granted it.
@@ -154,7 +155,12 @@ class Gate:
         try:
             self._waiters.remove(fut)
         except ValueError:
-            pass
+            return
+        if not self._waiters:
+            # The demand edge's twin: the last held request left (its client hung up, or
+            # its hold timed out). The operator must hear it at once, or it may still wake
+            # (or evict for) a model nobody is waiting for any more.
+            self._on_edge()
 
     def _fail_waiters(self, outcome: Admission) -> None:
         while self._waiters:

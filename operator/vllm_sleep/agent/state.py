@@ -1,7 +1,8 @@
 """The agent's view of its engine, with a version number for the operator's long-poll.
 
 Every change the operator must react to bumps `version` and wakes long-pollers: a state change,
-held requests appearing (that is demand: the operator should wake the engine), work starting
+held requests appearing (that is demand: the operator should wake the engine) or all leaving
+unadmitted (their clients hung up or their holds timed out: the demand is gone), work starting
 (in-flight leaving zero: the engine is no longer idle) and the engine going idle (in-flight back
 to zero: the idle timer starts). Other activity and in-flight changes do not bump it; they
 would turn the long-poll into a busy loop.
