@@ -1,8 +1,10 @@
 """The HTTP/1.1 server side: one protocol per connection, one handler task per request.
 
 Semantics a proxy needs:
-  - requests on a connection are answered in order (pipelined ones wait unparsed; the
-    connection is still read, up to a head's worth, so that a client that leaves is seen);
+  - requests on a connection are answered in order: at most `max_pipelined` wait parsed
+    behind the one answered, the next is taken only once the client's socket buffer has
+    room (a client that reads no answers costs a buffer's worth), and what comes meanwhile
+    is read ahead unparsed, up to a head's worth, so that a client that leaves is seen;
   - a client that disconnects (or half-closes: like nginx, EOF means the client left) cancels
     its handler, so a held request leaves its queue and an upstream request is aborted, also
     with more requests pipelined behind it;
