@@ -294,6 +294,7 @@ class ModelController:
             demand_at=self.ctx.demand.get((self.namespace, self.name)),
             transitions=dict(self.transition_kind),
             reported=self.reported,
+            start_up_beside=self.ctx.pools.start_up_beside if self.ctx.pools else None,
             last_sleep_seconds=self.last_sleep_seconds,
             last_wake_seconds=self.last_wake_seconds,
             name_refusal=self.ctx.names.refusal(self.namespace, self.name),

@@ -43,7 +43,7 @@ from ..reconcile.pool_devices import (
     unused_claims,
 )
 from ..reconcile.pool_engines import model_engines, model_key, replica_key
-from ..reconcile.pool_gate import Gate, PoolRequest, PoolView, gate
+from ..reconcile.pool_gate import Gate, PoolRequest, PoolView, gate, starting_up
 from ..reconcile.pool_status import pool_status
 from ..scheduler import Device, Engine, EngineState, Node, Pool
 from ..vllm.versions import Features, VLLMVersion
@@ -255,13 +255,11 @@ class PoolActor:
                 replica_key(ns, a.pod) for a in request.actions if isinstance(a, Wake)
             )
             moved = self._publish(key, engines, wants, now)
-            mono = time.monotonic()
             view = PoolView(
                 pool=self.snapshot(),
                 sharing=spec.sharing,
                 turns={**self.unknown(), **self.turns},
                 wants=frozenset().union(*self.wants.values()),
-                turn_ages={d: mono - self._turn_since.get(d, mono) for d in self.turns},
             )
             g = gate(view, ns, request, now)
             if g.never and not self.devices:  # say why there are none, not only "none"
@@ -276,6 +274,18 @@ class PoolActor:
             return g
 
         return keeper
+
+    def start_up_beside(self, device: str, replica: str) -> bool:
+        """Whether another replica starts up on `device` now (`pool_gate.starting_up`)."""
+        holder = self.turns.get(device)
+        if holder is None or holder == replica:
+            return False
+        engine = next((e for es in self.engines.values() for e in es if e.replica == holder), None)
+        # Seated by a gate whose model has not published the replica as loading yet.
+        state = EngineState.LOADING if holder in self.starting else None
+        state = state or (engine.state if engine is not None else None)
+        mono = time.monotonic()
+        return starting_up(state, mono - self._turn_since.get(device, mono))
 
     def _forget_started(self, ns: str, request: PoolRequest) -> None:
         """A seated replica is its pod's business once the pod is seen (or never will be)."""
@@ -532,3 +542,9 @@ class Pools:
         if actor is None:
             actor = self.actors[name] = PoolActor(name, self._kube, self._metrics)
         return actor
+
+    def start_up_beside(self, device: str, replica: str) -> bool:
+        """Whether another replica starts up on `device` in any pool: asked before a seated pod
+        is deleted, also by a model no longer in that pool (moved out of it, or the GPUPool was
+        deleted), whose old pod is still on the device."""
+        return any(actor.start_up_beside(device, replica) for actor in self.actors.values())

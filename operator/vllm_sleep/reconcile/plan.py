@@ -86,6 +86,9 @@ class Observed:
     last_sleep_seconds: float | None = None
     last_wake_seconds: float | None = None
     gatekeeper: Gatekeeper | None = None  # set for a model in a GPUPool
+    # (device, replica) -> whether another replica starts up on that device now: a pod seated
+    # there is not deleted meanwhile, whether or not its model is still in the pool (the GPUPools').
+    start_up_beside: Callable[[str, str], bool] | None = None
     # Why the gateway serves this model nothing (api.served_names), or None.
     name_refusal: Refusal | None = None
     # The nodes of pods whose agent does not answer, by name (reconcile.node_loss).
@@ -154,6 +157,7 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     model, now = observed.model, observed.now
     pooled = observed.gatekeeper is not None and observed.placement.gpu is not None
     live, delete, create = converge(observed, pooled)
+    delete, deferred = _beside_a_start_up(observed, delete)
     events: list[Event] = [Event("Warning", "NodeLost", d.why) for d in delete if d.force]
     problem = observed.placement.problem
 
@@ -200,8 +204,9 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     waiting_text: str | None = None
     unseated_text: str | None = None
     if pooled and observed.gatekeeper is not None:
-        going = {d.name for d in delete}
-        # Pods deleted this pass still hold their memory until kubelet stopped them.
+        # Pods deleted this pass (or whose deletion waits) hold their memory until kubelet
+        # stopped them.
+        going = {d.name for d in (*delete, *deferred)}
         leaving = [replace(p, deleting=True) for p in observed.pods if p.name in going]
         g = observed.gatekeeper(
             PoolRequest(
@@ -210,10 +215,8 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
                 | {p.name: observe_replica(p, UNREACHABLE_REPORT) for p in leaving},
                 indexes=_indexes(observed, live, going),
                 actions=runnable,
-                deletes=frozenset(d.name for d in delete if not d.force),
             )
         )
-        delete = tuple(d for d in delete if d.name not in g.deferred)
         runnable = g.actions
         create = tuple(
             CreatePod(_pod_manifest(observed, i, device)) for i, device in sorted(g.seats.items())
@@ -270,6 +273,27 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         ),
         agent_wakes=fresh,
     )
+
+
+def _beside_a_start_up(
+    observed: Observed, delete: tuple[DeletePod, ...]
+) -> tuple[tuple[DeletePod, ...], tuple[DeletePod, ...]]:
+    """The deletions that may run now, and those that wait: a seated pod's engine releases its
+    memory when it exits, which fails a neighbour's start-up profiling on that device (vLLM's
+    "Error in memory profiling"), so its deletion waits for the start-up (this pass leaves the
+    pod as it is). A lost node's pods go at once (their engines are gone already)."""
+    beside = observed.start_up_beside
+    if beside is None:
+        return delete, ()
+    seats = {p.name: p.device for p in observed.pods}
+    ns = observed.owner.namespace
+    now: list[DeletePod] = []
+    later: list[DeletePod] = []
+    for d in delete:
+        device = seats.get(d.name)
+        waits = not d.force and device is not None and beside(device, f"{ns}/{d.name}")
+        (later if waits else now).append(d)
+    return tuple(now), tuple(later)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

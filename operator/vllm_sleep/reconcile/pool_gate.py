@@ -50,7 +50,6 @@ class PoolView:
     sharing: Sharing = Sharing.DRA
     turns: Mapping[str, str] = field(default_factory=dict)  # device -> replica whose step runs
     wants: frozenset[str] = frozenset()  # replicas their models want awake now
-    turn_ages: Mapping[str, float] = field(default_factory=dict)  # device -> seconds its turn ran
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ class PoolRequest:
     observations: Mapping[str, ReplicaObservation]  # pod name -> replica as observed
     indexes: Mapping[int, str]  # replica index -> pod name: replicas the pool may act on
     actions: tuple[Action, ...]  # the lifecycle's sleeps, wakes and routes that could run
-    deletes: frozenset[str] = frozenset()  # pods it deletes this pass (outdated, surplus)
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,6 @@ class Gate:
     # pass's wake waits on, a wake a settled neighbour made room for): the pool hands the turn
     # to their models at once instead of waiting for their next pass.
     next_steps: tuple[str, ...] = ()
-    deferred: frozenset[str] = frozenset()  # of `deletes`: wait, a neighbour is starting up
 
 
 # A start-up's profiling fails when a neighbour releases memory meanwhile (vLLM's "Error in
@@ -85,6 +82,13 @@ class Gate:
 # the device's turn is a start-up's, but no longer than this (a start that never loads, e.g. a
 # crash loop, must not hold a rollout on its device for good).
 START_UP_WAIT = 120.0
+
+
+def starting_up(holder: EngineState | None, turn_held_for: float) -> bool:
+    """Whether the holder of a device's turn, in state `holder` (None: not a replica the pool
+    knows), is starting up there (seated, loading) and a pod deleted beside it should wait: see
+    START_UP_WAIT."""
+    return holder == EngineState.LOADING and turn_held_for < START_UP_WAIT
 
 
 def namespace_of(replica: str) -> str:
@@ -277,35 +281,7 @@ def gate(view: PoolView, namespace: str, request: PoolRequest, now: float) -> Ga
         for r in refusals
         if r.kind == RefusalKind.NEVER and r.replica in indexes
     }
-    deferred = frozenset(
-        name for name in request.deletes if _starting_beside(view, pods, f"{namespace}/{name}")
-    )
-    return Gate(
-        tuple(out),
-        seats,
-        turns,
-        waiting,
-        never,
-        tuple(evictions),
-        queued,
-        tuple(others),
-        deferred,
-    )
-
-
-def _starting_beside(view: PoolView, pods: Mapping[str, ObservedPod], replica: str) -> bool:
-    """Another replica starts up on `replica`'s device (its turn, still loading, not for long)."""
-    pod = pods.get(replica)
-    device = pod.device if pod is not None else None
-    holder = view.turns.get(device) if device is not None else None
-    if device is None or holder is None or holder == replica:
-        return False
-    starting = view.pool.engine_by_replica.get(holder)
-    return (
-        starting is not None
-        and starting.state == EngineState.LOADING
-        and view.turn_ages.get(device, 0.0) < START_UP_WAIT
-    )
+    return Gate(tuple(out), seats, turns, waiting, never, tuple(evictions), queued, tuple(others))
 
 
 def _device(pool: Pool, replica: str) -> str | None:

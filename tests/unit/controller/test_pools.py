@@ -478,3 +478,25 @@ def test_a_member_that_leaves_holds_its_devices_until_a_re_read_shows_its_pods_g
         await a.close()
 
     asyncio.run(run())
+
+
+def test_a_start_up_on_a_device_is_known_to_any_pod_deleted_beside_it() -> None:
+    """`Pools.start_up_beside`: the replica seated on a device holds its turn while it loads; a
+    pod of another model on that device (still a member, or one that left the pool) waits."""
+    from vllm_sleep.controller.pools import Pools
+
+    async def run() -> None:
+        pools = Pools(FakeKube(), OperatorMetrics())  # type: ignore[arg-type]
+        a = pools.actors["p"] = actor()
+        mb, rb, rep_b = member("b", AgentState.ASLEEP)
+        a.gatekeeper("ns", mb, rep_b, NOW)(rb)
+        pending = PoolRequest(live=[], observations={}, indexes={0: "c-0"}, actions=())
+        seated = a.gatekeeper("ns", model("c"), {}, NOW)(pending)
+        assert seated.seats == {0: "n/gpu-0"}  # c-0 starts there: the turn is its
+        assert pools.start_up_beside("n/gpu-0", "ns/b-0")
+        assert not pools.start_up_beside("n/gpu-0", "ns/c-0")  # its own
+        assert not pools.start_up_beside("m/gpu-0", "ns/b-0")  # another device
+        a.leave("ns/b")  # b moved out of the pool: its pod there still waits
+        assert pools.start_up_beside("n/gpu-0", "ns/b-0")
+
+    asyncio.run(run())

@@ -164,9 +164,30 @@ def test_a_model_whose_pool_is_gone_wakes_nothing() -> None:
     assert "does not exist" in degraded["message"]
 
 
-def test_a_deletion_the_pool_defers_is_not_made_this_pass() -> None:
+def test_a_seated_pods_deletion_waits_while_a_neighbour_starts_up_beside_it() -> None:
+    """Its engine's exit would release memory in the middle of the neighbour's start-up
+    profiling. In the pool (an outdated pod) or out of it (the model moved out: its pod on
+    the pool's device is replaced) alike; meanwhile the pool still counts the pod."""
+    from dataclasses import replace
+
     raw = body()
-    seen, gk = keeper(deferred=frozenset({"m-0"}))
-    out = plan(observed(raw, pods=[pod(raw)], placement=pooled("TimeSlicing"), gatekeeper=gk))
-    assert seen[0].deletes == {"m-0"}  # the outdated pod, asked about
-    assert out.delete == ()
+    seated = seated_pod(raw)
+    asked: list[tuple[str, str]] = []
+
+    def starting(device: str, replica: str) -> bool:
+        asked.append((device, replica))
+        return True
+
+    seen, gk = keeper()
+    outdated = body(sleep={"level": 2})  # reshapes the pod (no pinned host memory)
+    cases = (
+        observed(outdated, pods=[seated], placement=pooled("TimeSlicing"), gatekeeper=gk),
+        observed(raw, pods=[seated], placement=Placement(GpuAttachment())),  # moved out
+    )
+    for case in cases:
+        assert plan(replace(case, start_up_beside=starting)).delete == ()
+        assert [d.name for d in plan(replace(case, start_up_beside=lambda d, r: False)).delete] == [
+            "m-0"
+        ]
+    assert set(asked) == {("n/gpu-0", "ns/m-0")}
+    assert [p.deleting for p in seen[0].live] == [True]  # still counted, whole, by its pool

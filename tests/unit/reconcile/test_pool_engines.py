@@ -174,7 +174,7 @@ def test_a_pod_of_an_older_spec_counts_the_share_it_was_built_with(state: AgentS
     (engine,) = model_engines(model(gpuMemoryUtilization=0.3), req, {"m-0": rep}, POOL)
     assert engine.share == share_bytes(old.spec, POOL) == int(0.8 * DEVICE)
     # A pod built before the annotation existed (or with an edited value) counts the spec's.
-    for annotations in ({}, {"vllm-sleep.io/device-bytes": "lots"}):
-        req, rep = request(state, annotations)
+    for extra in ({}, {"vllm-sleep.io/device-bytes": "lots"}):
+        req, rep = request(state, extra)
         (engine,) = model_engines(model(gpuMemoryUtilization=0.3), req, {"m-0": rep}, POOL)
         assert engine.share == int(0.3 * DEVICE)

@@ -265,28 +265,14 @@ def test_with_every_device_held_the_replica_waits_saying_so() -> None:
     assert "busy" in {**g.queued, **g.waiting}["ns/m-0"]
 
 
-def test_a_pods_deletion_waits_while_a_neighbour_starts_up_on_its_device() -> None:
+def test_a_start_up_holds_deletions_beside_it_but_not_for_ever() -> None:
     """An outdated or surplus pod's engine releases its memory when it exits, which fails a
-    neighbour's start-up profiling (vLLM's "Error in memory profiling"): its deletion waits
-    while the device's turn is a start-up's, but not for ever."""
-    from dataclasses import replace
+    neighbour's start-up profiling (vLLM's "Error in memory profiling"): a deletion waits while
+    the device's turn is held by a replica still loading, at most START_UP_WAIT."""
+    from vllm_sleep.reconcile.pool_gate import START_UP_WAIT, starting_up
 
-    from vllm_sleep.reconcile.pool_gate import START_UP_WAIT
-
-    def view(b: EngineState, age: float = 5.0, turn: bool = True) -> PoolView:
-        pool = one_gpu(
-            engine("ns/a-0", EngineState.ASLEEP, share=30 * GIB),
-            engine("ns/b-0", b, share=30 * GIB),
-        )
-        turns = {"n/gpu-0": "ns/b-0"} if turn else {}
-        return PoolView(pool, Sharing.TIME_SLICING, turns=turns, turn_ages={"n/gpu-0": age})
-
-    going = replace(pod("a-0"), deleting=True)
-    req = PoolRequest(
-        live=(going,), observations={}, indexes={}, actions=(), deletes=frozenset({"a-0"})
-    )
-    assert gate(view(EngineState.LOADING), "ns", req, NOW).deferred == {"a-0"}
-    assert gate(view(EngineState.LOADING, turn=False), "ns", req, NOW).deferred == set()
-    assert gate(view(EngineState.SLEEPING), "ns", req, NOW).deferred == set()  # frees, no profile
-    stuck = view(EngineState.LOADING, age=START_UP_WAIT + 1)  # a start that never loads
-    assert gate(stuck, "ns", req, NOW).deferred == set()
+    assert starting_up(EngineState.LOADING, 5.0)
+    assert not starting_up(EngineState.SLEEPING, 5.0)  # frees memory: no profiling to break
+    assert not starting_up(EngineState.AWAKE, 5.0)
+    assert not starting_up(None, 5.0)  # a turn of a model not observed
+    assert not starting_up(EngineState.LOADING, START_UP_WAIT + 1)  # a start that never loads
