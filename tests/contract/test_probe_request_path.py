@@ -110,19 +110,45 @@ async def test_a_pipeline_longer_than_a_head_behind_a_held_request_is_answered_w
     pod.assert_engine_safe()
 
 
+@pytest.mark.parametrize(
+    ("method", "target", "status"),
+    [("POST", "/sleep?level=1", 404), ("POST", "/collective_rpc", 404), ("PUT", "/v1/models", 405)],
+)
+async def test_a_route_outside_the_table_is_refused_before_its_body_is_read(
+    pod: Pod, method: str, target: str, status: int
+) -> None:
+    """Answered from the head: no `100 Continue` invites the body, and nothing is buffered
+    for a request that can only be refused (the gateway's rule, at the agent too)."""
+    conn = await Conn.open(*pod.public)
+    head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+    await conn.send(head.encode() + b"Content-Length: %d\r\n\r\n" % (16 << 20))
+    await conn.send(b"{" * (1 << 16))  # a client that does not wait for 100 Continue
+    answer = await conn.answer()
+    assert answer.status == status, answer
+    answer.error()
+    assert pod.budget() == 0
+    conn.close()
+    assert pod.forwarded() == []
+
+
 async def test_dev_routes_pipelined_after_allowed_requests_are_refused_in_turn(pod: Pod) -> None:
+    """Each pipelined request is judged on its own; one refused from its head (a dev route
+    with a body) is answered in its turn and ends the connection, so what follows it never
+    runs."""
     conn = await Conn.open(*pod.public)
     await conn.send(
         get("/health")
         + post("/sleep?level=1", b"")
         + post("/v1/chat/completions")
-        + post("/collective_rpc", b'{"method":"sleep"}')
         + get("/is_sleeping")
         + post("/v1/chat/completions")
+        + post("/collective_rpc", b'{"method":"sleep"}')
+        + post("/v1/chat/completions")
     )
-    answers = await conn.answers(6)
-    conn.close()
-    assert [a.status for a in answers] == [200, 404, 200, 404, 404, 200], answers
+    answers = await conn.answers(7)
+    assert await conn.is_closed()
+    assert [a.status for a in answers] == [200, 404, 200, 404, 200, 404], answers
+    assert answers[-1].headers.get("connection") == "close"
     assert pod.forwarded() == [
         "GET /health",
         "POST /v1/chat/completions",

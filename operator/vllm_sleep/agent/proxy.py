@@ -30,7 +30,7 @@ from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from ..api.openai_errors import AGENT_REFUSALS, ErrorCode
-from ..api.routes import RouteKind, match
+from ..api.routes import Match, RouteKind, match
 from ..h1 import ConnectError, Limits, Reply, Request, Response, Server, UpstreamError, UpstreamPool
 from ..h1.wire import RawHeaders
 from ..http_common import (
@@ -111,7 +111,20 @@ class PublicProxy:
             body_timeout=cfg.body_timeout or None,
             max_buffered=cfg.max_buffered_bytes,
         )
-        return Server(self.handle, limits, on_reject=self.rejected, make_error=server_error)
+        return Server(
+            self.handle,
+            limits,
+            on_reject=self.rejected,
+            make_error=server_error,
+            on_head=self.head_check,
+        )
+
+    def head_check(self, request: Request) -> Response | None:
+        """A request the table refuses is answered from its head (the h1 server asks before
+        reading a body): nothing invites, reads or buffers the body of a request that can
+        only be refused. None: read on."""
+        path = unquote(request.path, errors="replace")
+        return self._refusal(request.method, path, match(request.method, path))
 
     def rejected(self, path: str, status: int) -> None:
         """A request the HTTP layer refused (malformed, too large, too slow): the client's
@@ -142,15 +155,10 @@ class PublicProxy:
         # table's own path is what is forwarded.
         path = unquote(request.path, errors="replace")
         m = match(request.method, path)
-        if m.route is None:
-            self._denied.inc()
-            return error_response(404, f"{path[:200]} is not served on this port")
-        if not m.allowed:
-            self._denied.inc()
-            allow = ", ".join(sorted(m.route.methods))
-            return error_response(
-                405, f"{request.method} not allowed on {m.route.path}", headers={"Allow": allow}
-            )
+        refusal = self._refusal(request.method, path, m)
+        if refusal is not None:
+            return refusal
+        assert m.route is not None
         if m.route.kind is RouteKind.PASSTHROUGH:
             self._passthrough.inc()
             return await self._forward(request, reply, m.target, inference=False)
@@ -170,6 +178,19 @@ class PublicProxy:
             return await self._forward(request, reply, m.target, inference=True)
         finally:
             gate.release()
+
+    def _refusal(self, method: str, path: str, m: Match) -> Response | None:
+        """404 for a path outside the table, 405 for a method it does not take, else None."""
+        if m.route is None:
+            self._denied.inc()
+            return error_response(404, f"{path[:200]} is not served on this port")
+        if not m.allowed:
+            self._denied.inc()
+            allow = ", ".join(sorted(m.route.methods))
+            return error_response(
+                405, f"{method} not allowed on {m.route.path}", headers={"Allow": allow}
+            )
+        return None
 
     def _reject(self, admission: Admission) -> Response:
         self._metrics.rejected.labels(admission.value).inc()
