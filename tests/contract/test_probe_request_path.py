@@ -447,6 +447,31 @@ async def test_the_api_key_is_read_from_the_head_only_and_never_reaches_vllm(
 # -- clients that leave -----------------------------------------------------------------------
 
 
+async def test_a_held_request_dripped_slowly_is_demand_only_once_it_has_arrived(
+    pod: Pod,
+) -> None:
+    """A body dripped a few bytes at a time, each gap within the body timeout: not held (not
+    demand, no slot) until its last byte, then held like any other, and run after the wake."""
+    await pod.sleep()
+    before = await pod.control_call_json("/state")
+    conn = await Conn.open(*pod.public)
+    raw = post("/v1/chat/completions")
+    head, body = raw[: raw.index(b"\r\n\r\n") + 4], raw[raw.index(b"\r\n\r\n") + 4 :]
+    await conn.send(head)
+    for i in range(0, len(body) - 1, 8):
+        await conn.send(body[i : min(i + 8, len(body) - 1)])
+        await asyncio.sleep(0.02)
+        assert pod.agent.gate.held == 0
+    assert (await pod.control_call_json("/state"))["version"] == before["version"]
+    await conn.send(body[-1:])
+    await until(lambda: pod.agent.gate.held == 1)
+    await pod.wake()
+    assert (await conn.answer()).status == 200
+    conn.close()
+    assert pod.forwarded() == ["POST /v1/chat/completions"]
+    pod.assert_engine_safe()
+
+
 async def test_a_client_that_leaves_while_held_at_the_agent_is_never_run(pod: Pod) -> None:
     await pod.sleep()
     conns = [await Conn.open(*pod.public) for _ in range(3)]
