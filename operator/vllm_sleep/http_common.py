@@ -81,9 +81,16 @@ def response_header_fields(
     headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
     """An upstream answer's header fields as the client gets them: the lower-case names in
-    `drop` left out, and those the upstream named in its `Connection` field (RFC 9110 §7.6.1:
+    `drop` left out, and `Connection` with those the upstream named in it (RFC 9110 §7.6.1:
     they describe its connection to us, and a proxy must not pass them on)."""
+    out = []
+    named: set[bytes] | None = None
     for name, value in headers:
-        if len(name) == 10 and name.lower() == _CONNECTION:
-            drop = drop | {t.strip().lower() for t in value.split(b",")}
-    return [(n, v) for n, v in headers if n.lower() not in drop]
+        low = name.lower()
+        if low == _CONNECTION:
+            named = (named or set()) | {t.strip().lower() for t in value.split(b",")}
+        elif low not in drop:
+            out.append((name, value))
+    if named:
+        out = [(n, v) for n, v in out if n.lower() not in named]
+    return out
