@@ -659,13 +659,15 @@ class _Connection(asyncio.Protocol):
         request.body = body if isinstance(body, bytes) else bytes(body)
         request.charged, self._charged = self._charged, 0
         self._reset()
-        self._pending.append(request)
         if self._task is None:
+            self._pending.append(request)
             self._next()
-        else:
-            self._paused_reading = True  # pipelined: parse no further until it is answered
-            if len(self._pending) > self._limits.max_pipelined:
-                raise _Reject(400, "Too many pipelined requests.")
+            return
+        self._paused_reading = True  # pipelined: parse no further until it is answered
+        if len(self._pending) >= self._limits.max_pipelined:
+            request.release()  # refused in its turn (after those before it), never run
+            raise _Reject(400, "Too many pipelined requests.")
+        self._pending.append(request)
 
     def _read_ahead(self, data: bytes) -> None:
         """Bytes that came while a request is answered with more behind it: kept, unparsed,
