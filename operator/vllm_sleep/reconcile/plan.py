@@ -196,10 +196,12 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
         if isinstance(a, Route) or (by_name[a.pod].ip and a.pod not in observed.transitions)
     )
     if model.spec.placement.pool and observed.placement.gpu is None:
-        # Its GPUPool is gone or unusable while its pods run: a wake may need room on a shared
-        # device that only the pool's plan knows (the neighbours' memory); unsupervised, the
-        # engines ran out of device memory. Sleeps and routes still run: they free memory.
-        runnable = tuple(a for a in runnable if not isinstance(a, Wake))
+        # Its GPUPool is gone or unusable while its pods run: only the pool's plan knows the
+        # neighbours on a shared device and takes one step there at a time. A wake may need
+        # room only it knows of (unsupervised, the engines ran out of device memory); a sleep
+        # may run beside a neighbour's start-up or wake (vLLM's start-up profiling and its
+        # sleep check fail). Nothing changes device memory until the pool is back: routes run.
+        runnable = _routes_only(runnable)
     waiting: frozenset[str] = frozenset()
     waiting_text: str | None = None
     unseated_text: str | None = None
@@ -294,6 +296,21 @@ def _beside_a_start_up(
         waits = not d.force and device is not None and beside(device, f"{ns}/{d.name}")
         (later if waits else now).append(d)
     return tuple(now), tuple(later)
+
+
+def _routes_only(actions: tuple[Action, ...]) -> tuple[Action, ...]:
+    """The routes of `actions` (and grant-only sleeps, which change no memory), but the unroute
+    that prepares a sleep left out: that replica stays routed while its sleep waits."""
+    out: list[Action] = []
+    for i, a in enumerate(actions):
+        nxt = actions[i + 1] if i + 1 < len(actions) else None
+        prepares = (
+            isinstance(nxt, Sleep) and not nxt.grant_only and nxt.pod == getattr(a, "pod", None)
+        )
+        unroute = isinstance(a, Route) and not a.routed and prepares
+        if (isinstance(a, Route) and not unroute) or (isinstance(a, Sleep) and a.grant_only):
+            out.append(a)
+    return tuple(out)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

@@ -146,7 +146,7 @@ def test_a_placed_replica_waiting_to_wake_keeps_the_model_scheduled() -> None:
 def test_a_model_whose_pool_is_gone_wakes_nothing() -> None:
     """Its GPUPool deleted (a GitOps prune, a rename) while its pods run: a wake would need room
     on the shared device that only the pool's plan knows (the neighbours' memory), and woken
-    unsupervised the engines ran out of device memory. Sleeps still run: they free memory."""
+    unsupervised the engines ran out of device memory."""
     from planning import NOW, report
 
     from vllm_sleep.api.agent_protocol import AgentState
@@ -191,3 +191,26 @@ def test_a_seated_pods_deletion_waits_while_a_neighbour_starts_up_beside_it() ->
         ]
     assert set(asked) == {("n/gpu-0", "ns/m-0")}
     assert [p.deleting for p in seen[0].live] == [True]  # still counted, whole, by its pool
+
+
+def test_a_model_whose_pool_is_gone_sleeps_nothing_and_stays_routed() -> None:
+    """Without its pool nothing serialises the steps on the shared device: an idle sleep (or a
+    pre-warm) ran beside a neighbour's start-up on it (the e2e edits test: two transitions on
+    one GPU). The replica stays awake and routed until the pool is back."""
+    from planning import NOW, report
+
+    from vllm_sleep.api.agent_protocol import AgentState
+    from vllm_sleep.reconcile.lifecycle import Route, Sleep
+
+    memory = {"vllm-sleep.io/prewarmed": "true", "vllm-sleep.io/woken-at": f"{NOW - 600:.3f}"}
+    idle = {"m-0": report(AgentState.AWAKE, last_activity=NOW - 600)}
+    unpooled = body(sleep={"idleTimeout": "1s"})
+    control = plan(observed(unpooled, [pod(unpooled, annotations=memory, routed=True)], idle))
+    assert [type(a) for a in control.actions] == [Route, Sleep]  # idle: it would sleep
+    raw = body(sleep={"idleTimeout": "1s"})
+    raw["spec"]["placement"] = {"pool": "gone"}
+    gone = Placement(None, "GPUPool 'gone' does not exist; create it or fix spec.placement.pool")
+    awake = [pod(raw, annotations=memory, routed=True)]
+    out = plan(observed(raw, awake, idle, placement=gone))
+    assert not [a for a in out.actions if isinstance(a, Sleep)]
+    assert Route("m-0", False) not in out.actions
