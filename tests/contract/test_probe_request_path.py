@@ -376,6 +376,37 @@ async def test_requests_in_other_http_versions_are_refused(
     assert pod.forwarded() == []
 
 
+# Request targets that are no path (asterisk-form), or name another port (absolute-form): each
+# is judged by its path alone, refused in OpenAI's shape, and the connection goes on serving.
+ODD_TARGETS = [
+    "OPTIONS *",
+    "GET *",
+    "GET http://127.0.0.1:{control}/state",
+    "POST http://127.0.0.1:{control}/sleep?level=1",
+    "GET http://127.0.0.1:8001/is_sleeping",
+]
+
+
+@pytest.mark.parametrize("hop", ["agent", "gateway"])
+async def test_odd_request_targets_are_judged_by_their_path(
+    pod: Pod, gateway: Gateway, hop: str
+) -> None:
+    addr = pod.public if hop == "agent" else gw_addr(gateway)
+    conn = await Conn.open(*addr)
+    for line in ODD_TARGETS:
+        await conn.send(
+            f"{line.format(control=pod.control[1])} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        answer = await conn.answer()
+        assert answer.status in (404, 405), (line, answer)
+        answer.error()
+    await conn.send(post("/v1/chat/completions"))
+    assert (await conn.answer()).status == 200
+    conn.close()
+    assert pod.forwarded() == ["POST /v1/chat/completions"]
+    assert pod.agent.board.state.value == "awake"
+
+
 # -- API keys at the gateway ------------------------------------------------------------------
 
 KEY = "probe-key"
