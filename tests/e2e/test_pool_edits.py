@@ -61,6 +61,11 @@ ALLOWED = {
     (503, "wake_timeout"),
     (503, "model_unavailable"),
 }
+# A request running on a pod the operator deletes (replaced by an edit, or surplus) is cut: the
+# engine exits under it (vLLM's empty 500 at the pod, or the gateway's 502). A known defect
+# (docs/reliability.md, "Edits while traffic flows"): allowed only while a pod of that model
+# was being deleted (`Deletions`), anything else fails the test.
+CUT = {(500, "(no error body) ''"), (502, "upstream_error")}
 
 
 def pool_spec(pool_selector: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -270,11 +275,40 @@ def plan_edits(rng: random.Random, steps: int) -> list[tuple[Callable[..., str],
 # -- traffic ------------------------------------------------------------------------------------
 
 
+Outcome = tuple[str, int, str | None, float, float]  # model, status, code, sent, answered
+
+
+@dataclass
+class Deletions:
+    """When each model had a pod being deleted, sampled from the API every 0.5 s."""
+
+    kube: Kube
+    namespace: str
+    seen: list[tuple[str, float]] = field(default_factory=list)  # (model, monotonic time)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        core = client.CoreV1Api(self.kube.api_client)
+        while not self.stop.wait(0.5):
+            try:
+                pods = core.list_namespaced_pod(self.namespace).items
+            except Exception:  # a transient API error: the next sample
+                continue
+            now = time.monotonic()
+            for p in pods:
+                if p.metadata.deletion_timestamp:
+                    self.seen.append(((p.metadata.labels or {}).get("vllm-sleep.io/model"), now))
+
+    def during(self, model: str, sent: float, answered: float) -> bool:
+        return any(m == model and sent - 1 <= t <= answered + 1 for m, t in self.seen)
+
+
 @dataclass
 class Traffic:
     gateway: str
     seed: int
-    outcomes: list[tuple[str, int, str | None, float]] = field(default_factory=list)
+    deletions: Deletions
+    outcomes: list[Outcome] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -295,19 +329,22 @@ class Traffic:
                             json=chat(model, f"w{k} r{i}", max_tokens=2),
                         )
                         code = _code(r)
-                        self.outcomes.append((model, r.status_code, code, time.monotonic() - t))
+                        self.outcomes.append((model, r.status_code, code, t, time.monotonic()))
                     except httpx.HTTPError as e:
-                        self.outcomes.append((model, -1, type(e).__name__, time.monotonic() - t))
+                        self.outcomes.append((model, -1, type(e).__name__, t, time.monotonic()))
                     i += 1
                     await asyncio.sleep(rng.uniform(0.05, 0.6))
 
             await asyncio.gather(*(worker(k) for k in range(6)))
 
-    def bad(self) -> list[tuple[str, int, str | None, float]]:
-        return [o for o in self.outcomes if (o[1], o[2]) not in ALLOWED]
+    def cut(self, o: Outcome) -> bool:
+        return (o[1], o[2]) in CUT and self.deletions.during(o[0], o[3], o[4])
+
+    def bad(self) -> list[Outcome]:
+        return [o for o in self.outcomes if (o[1], o[2]) not in ALLOWED and not self.cut(o)]
 
     def summary(self) -> dict[str, int]:
-        return dict(Counter(f"{s} {c}" if c else str(s) for _, s, c, _ in self.outcomes))
+        return dict(Counter(f"{s} {c}" if c else str(s) for _, s, c, _, _ in self.outcomes))
 
 
 def _code(r: httpx.Response) -> str | None:
@@ -471,7 +508,10 @@ def test_pool_edits_under_traffic(
         apply(kube, w.manifest(name))
     wait_converged(kube, w, 240)
 
-    traffic = Traffic(gateway, SEED)
+    deletions = Deletions(kube, namespace)
+    watcher = threading.Thread(target=deletions.run, daemon=True)
+    watcher.start()
+    traffic = Traffic(gateway, SEED, deletions)
     thread = threading.Thread(target=traffic.run, daemon=True)
     thread.start()
     started = time.monotonic()
@@ -494,6 +534,8 @@ def test_pool_edits_under_traffic(
     finally:
         traffic.stop.set()
         thread.join(WAKE_TIMEOUT_S * 3 + 90)
+        deletions.stop.set()
+        watcher.join(10)
     print(f"edits took {edits_took:.1f}s; answers {traffic.summary()}")
     print(f"load average {Path('/proc/loadavg').read_text().split()[:3]}")
     assert traffic.bad() == [], (w.done, traffic.bad())
