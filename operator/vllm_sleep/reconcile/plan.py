@@ -271,10 +271,18 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
                 decision.next_check_in,
                 recheck_in(list(live), observed.nodes, now, observed.node_lost_seconds),
             ),
-            silent_young_in(live, observed.reports, now, observed.node_lost_seconds),
+            _sooner(
+                silent_young_in(live, observed.reports, now, observed.node_lost_seconds),
+                # A start-up takes seconds, and nothing kicks a model no longer in the pool
+                # when it ends: the deletion that waits on it is looked at again soon.
+                START_UP_RECHECK if deferred else None,
+            ),
         ),
         agent_wakes=fresh,
     )
+
+
+START_UP_RECHECK = 1.0  # seconds until a deletion that waits on a start-up is looked at again
 
 
 def _beside_a_start_up(

@@ -170,6 +170,8 @@ def test_a_seated_pods_deletion_waits_while_a_neighbour_starts_up_beside_it() ->
     the pool's device is replaced) alike; meanwhile the pool still counts the pod."""
     from dataclasses import replace
 
+    from vllm_sleep.reconcile.plan import START_UP_RECHECK
+
     raw = body()
     seated = seated_pod(raw)
     asked: list[tuple[str, str]] = []
@@ -185,7 +187,8 @@ def test_a_seated_pods_deletion_waits_while_a_neighbour_starts_up_beside_it() ->
         observed(raw, pods=[seated], placement=Placement(GpuAttachment())),  # moved out
     )
     for case in cases:
-        assert plan(replace(case, start_up_beside=starting)).delete == ()
+        waits = plan(replace(case, start_up_beside=starting))
+        assert waits.delete == () and waits.next_check_in == START_UP_RECHECK
         assert [d.name for d in plan(replace(case, start_up_beside=lambda d, r: False)).delete] == [
             "m-0"
         ]
