@@ -61,10 +61,11 @@ ALLOWED = {
     (503, "wake_timeout"),
     (503, "model_unavailable"),
 }
-# A request running on a pod the operator deletes (replaced by an edit, or surplus) is cut: the
-# engine exits under it (vLLM's 500 at the pod: empty up to 0.16, code 500 after; or the
-# gateway's 502). A known defect (docs/reliability.md, "Edits while traffic flows"): allowed
-# only while a pod of that model was being deleted (`Deletions`), anything else fails the test.
+# A request running on a pod Kubernetes deletes (its model deleted) is cut: the engine exits
+# under it (vLLM's 500 at the pod: empty up to 0.16, code 500 after; or the gateway's 502).
+# The operator's own deletions sleep the replica first. A known limit (docs/reliability.md,
+# "Edits while traffic flows"): allowed only while a pod of that model was being deleted
+# (`Deletions`), anything else fails the test.
 CUT = {(500, "(no error body) ''"), (500, "500"), (502, "upstream_error")}
 
 

@@ -46,6 +46,9 @@ class ReplicaObservation:
     last_activity: float | None = None  # unix seconds of the last inference request
     deleting: bool = False
     wake_grant: bool = False  # asleep, and its agent may wake it for a held request
+    # Its pod is to be deleted (outdated by a spec change, or surplus): it is put to sleep
+    # first, which drains the requests running on it and holds what arrives, and never woken.
+    retiring: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,12 @@ def _decide_replica(
     now: float,
     sleep_request: float | None,
 ) -> tuple[list[Action], float | None]:
+    if r.retiring:
+        unrouted: list[Action] = [Route(r.pod, False)] if r.routed else []
+        if r.agent == AgentState.AWAKE:
+            # Level 2: nothing to pin on the host for an engine about to exit.
+            return [*unrouted, Sleep(r.pod, 2, "to be replaced: drains first")], None
+        return unrouted, None
     if r.agent == AgentState.AWAKE:
         if _asked_to_sleep(policy, r, mem, demand_at, sleep_request):
             return _sleep(r, policy, "sleep requested"), None

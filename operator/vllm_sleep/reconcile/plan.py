@@ -157,6 +157,10 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     model, now = observed.model, observed.now
     pooled = observed.gatekeeper is not None and observed.placement.gpu is not None
     live, delete, create = converge(observed, pooled)
+    delete, retiring = _retire_first(observed, delete)
+    if retiring:
+        live = [*live, *(p for p in observed.pods if p.name in retiring)]
+        create = tuple(c for c in create if c.name not in retiring)  # the name is still taken
     delete, deferred = _beside_a_start_up(observed, delete)
     events: list[Event] = [Event("Warning", "NodeLost", d.why) for d in delete if d.force]
     problem = observed.placement.problem
@@ -168,6 +172,8 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
     for pod in live:
         report = observed.reports.get(pod.name, UNREACHABLE_REPORT)
         obs = observe_replica(pod, report, observed.transitions.get(pod.name))
+        if pod.name in retiring:
+            obs = replace(obs, retiring=True)
         failure = pod.failure
         if obs.agent == AgentState.FAILED and failure is not None:
             key = pod.uid or pod.name
@@ -283,6 +289,39 @@ def plan(observed: Observed, admit: Admit = admit_all) -> Plan:
 
 
 START_UP_RECHECK = 1.0  # seconds until a deletion that waits on a start-up is looked at again
+# An engine in these states may be running requests (or about to): deleting its pod would cut
+# them, since vLLM exits under them. It sleeps first (a sleep drains), and goes once asleep.
+_SERVING = frozenset(
+    {AgentState.AWAKE, AgentState.WAKING, AgentState.DRAINING, AgentState.SLEEPING}
+)
+
+
+def _retire_first(
+    observed: Observed, delete: tuple[DeletePod, ...]
+) -> tuple[tuple[DeletePod, ...], frozenset[str]]:
+    """The deletions to make now, and the pods (outdated or surplus) whose engine may be
+    serving: those are kept this pass and put to sleep first (`ReplicaObservation.retiring`),
+    then deleted once asleep. A lost node's, an ended or a terminating pod goes as planned."""
+    pods = {p.name: p for p in observed.pods}
+    now: list[DeletePod] = []
+    retiring: set[str] = set()
+    for d in delete:
+        pod = pods.get(d.name)
+        report = observed.reports.get(d.name)
+        serving = (
+            not d.force
+            and pod is not None
+            and not pod.ended
+            and not pod.deleting
+            and pod.failure is None
+            and report is not None
+            and report.state in _SERVING
+        )
+        if serving:
+            retiring.add(d.name)
+        else:
+            now.append(d)
+    return tuple(now), frozenset(retiring)
 
 
 def _beside_a_start_up(

@@ -8,6 +8,7 @@ from typing import Any
 
 from planning import body, observed, pod, report
 
+from vllm_sleep.api.agent_protocol import AgentState
 from vllm_sleep.api.gpu_pool import GPUPoolSpec
 from vllm_sleep.reconcile import plan as plan_module
 from vllm_sleep.reconcile.builders import GpuAttachment
@@ -48,7 +49,8 @@ def test_a_new_generation_or_placement_builds_again_and_a_changed_spec_is_still_
     assert plan(observed(raw, pods, {"m-0": report()}, pod_memo=memo)).delete == ()
     changed = body(generation=4)
     changed["spec"]["image"] = "vllm/vllm-openai:v0.34.0"
-    replaced = plan(observed(changed, pods, {"m-0": report()}, pod_memo=memo))
+    asleep = {"m-0": report(AgentState.ASLEEP)}  # awake, it would sleep before it goes
+    replaced = plan(observed(changed, pods, asleep, pod_memo=memo))
     assert [d.why for d in replaced.delete] == ["spec changed"]
     pool = GPUPoolSpec.model_validate({"sharing": "TimeSlicing", "deviceMemory": "80Gi"})
     placed = Placement(GpuAttachment(pool=pool))
