@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+import pytest
 
 from vllm_sleep.agent import Agent, AgentConfig
 from vllm_sleep.gateway import Gateway, GatewayConfig, MemoryDemand, StaticSource
@@ -461,3 +462,17 @@ async def two_hops(fake: FakePod) -> AsyncIterator[tuple[Agent, Gateway]]:
                 yield agent, gw
     finally:
         await fake.stop()
+
+
+# The probe files' fixtures (imported there by name): a pod (agent + simulator) and a gateway
+# in front of it.
+@pytest.fixture
+async def pod() -> AsyncIterator[Pod]:
+    async with make_pod() as p:
+        yield p
+
+
+@pytest.fixture
+async def gateway(pod: Pod) -> AsyncIterator[Gateway]:
+    async with gateway_for(pod) as gw:
+        yield gw

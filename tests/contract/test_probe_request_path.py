@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,28 +27,16 @@ from .request_path_rig import (
     GATEWAY,
     Conn,
     Pod,
-    gateway_for,
     get,
     gw_addr,
-    make_pod,
     post,
     roundtrip,
     until,
 )
+from .request_path_rig import gateway as gateway  # the fixtures
+from .request_path_rig import pod as pod
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def pod() -> AsyncIterator[Pod]:
-    async with make_pod() as p:
-        yield p
-
-
-@pytest.fixture
-async def gateway(pod: Pod) -> AsyncIterator[Gateway]:
-    async with gateway_for(pod) as gw:
-        yield gw
 
 
 # -- pipelining -------------------------------------------------------------------------------

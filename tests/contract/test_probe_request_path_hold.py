@@ -8,7 +8,6 @@ vLLM, which dies when a request reaches it asleep, behind the rig's tap
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -30,20 +29,10 @@ from .request_path_rig import (
     roundtrip,
     until,
 )
+from .request_path_rig import gateway as gateway  # the fixtures
+from .request_path_rig import pod as pod
 
 pytestmark = [pytest.mark.contract, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def pod() -> AsyncIterator[Pod]:
-    async with make_pod() as p:
-        yield p
-
-
-@pytest.fixture
-async def gateway(pod: Pod) -> AsyncIterator[Gateway]:
-    async with gateway_for(pod) as gw:
-        yield gw
 
 
 # -- clients that leave -----------------------------------------------------------------------
