@@ -280,10 +280,12 @@ class PoolActor:
         holder = self.turns.get(device)
         if holder is None or holder == replica:
             return False
-        engine = next((e for es in self.engines.values() for e in es if e.replica == holder), None)
-        # Seated by a gate whose model has not published the replica as loading yet.
-        state = EngineState.LOADING if holder in self.starting else None
-        state = state or (engine.state if engine is not None else None)
+        state: EngineState | None
+        if holder in self.starting:  # seated by a gate; its model has not published it yet
+            state = EngineState.LOADING
+        else:
+            engines = (e for es in self.engines.values() for e in es if e.replica == holder)
+            state = next((e.state for e in engines), None)
         mono = time.monotonic()
         return starting_up(state, mono - self._turn_since.get(device, mono))
 

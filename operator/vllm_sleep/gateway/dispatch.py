@@ -143,14 +143,7 @@ class Dispatcher:
                     continue
                 if isinstance(result, Failed):
                     return result.response
-                try:
-                    if not result.complete:
-                        await result.finished()
-                except UpstreamError as e:
-                    log.warning("relay from %s broke off: %s", replica.url, e)
-                    reply.abort()
-                finally:
-                    result.release()
+                await _relay(replica, result, reply)
                 return None
             finally:
                 self._table.release(replica)
@@ -333,15 +326,7 @@ class Dispatcher:
                 return result.response
             latency = result.head_at - sent_at if slot is None else self._clock() - sent_at
             self._metrics.observe_upstream(spec.served_name, latency)
-            try:
-                if not result.complete:  # else finished() would return at once
-                    await result.finished()  # the body is spliced into `reply` as it comes
-            except UpstreamError as e:
-                # The status line is out: an incomplete response is the only honest signal.
-                log.warning("relay from %s broke off: %s", replica.url, e)
-                reply.abort()
-            finally:
-                result.release()  # not complete (the client left, the upstream broke): closed
+            await _relay(replica, result, reply)
             return _RELAYED
         finally:
             table.release(replica)
@@ -409,6 +394,20 @@ class Dispatcher:
             code,
             retry_after=self._retry_after,
         )
+
+
+async def _relay(replica: Replica, result: Exchange, reply: Reply) -> None:
+    """The rest of an answer whose head went to the client: its body is spliced into `reply`
+    as it comes; a break after the status line cuts the reply (an incomplete response is the
+    only honest signal), and an exchange left incomplete (the client left) is closed."""
+    try:
+        if not result.complete:  # else finished() would return at once
+            await result.finished()
+    except UpstreamError as e:
+        log.warning("relay from %s broke off: %s", replica.url, e)
+        reply.abort()
+    finally:
+        result.release()
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:

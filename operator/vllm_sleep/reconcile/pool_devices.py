@@ -174,6 +174,20 @@ def pool_devices(
     return plugin_devices(spec, nodes)
 
 
+def _blocked(spec: GPUPoolSpec, nodes: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The Ready nodes matching the pool's selector whose taints keep its pods off, by name,
+    with those taints (the only nodes `pool_devices` finds devices on)."""
+    out: dict[str, list[Any]] = {}
+    for n in nodes:
+        meta = n.get("metadata") or {}
+        if not_ready(n) or not selector_matches(spec.node_selector, meta.get("labels") or {}):
+            continue
+        blocking = blocking_taints(spec, n)
+        if blocking:
+            out[str(meta.get("name"))] = blocking
+    return out
+
+
 def schedulable(
     spec: GPUPoolSpec,
     devices: tuple[PoolDevice, ...],
@@ -185,28 +199,22 @@ def schedulable(
     None: the pods are not known, so every device stays."""
     if seated is None:
         return devices
-    tainted = {
-        str((n.get("metadata") or {}).get("name")) for n in nodes if blocking_taints(spec, n)
-    }
+    tainted = _blocked(spec, nodes)
     return tuple(d for d in devices if d.node not in tainted or d.id in seated)
 
 
 def tainted_nodes(spec: GPUPoolSpec, nodes: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The Ready nodes matching the pool's selector that `pool_devices` leaves out for their
-    taints, each as "<node> (<key>[=<value>]:<effect>, ...)": what `no_devices` names."""
-    out: list[str] = []
-    for n in nodes:
-        meta = n.get("metadata") or {}
-        if not_ready(n) or not selector_matches(spec.node_selector, meta.get("labels") or {}):
-            continue
-        blocking = blocking_taints(spec, n)
-        if blocking:
-            shown = ", ".join(
-                f"{t.get('key')}{'=' + str(t['value']) if t.get('value') else ''}:{t.get('effect')}"
-                for t in blocking
-            )
-            out.append(f"{meta.get('name')} ({shown})")
-    return tuple(sorted(out))
+    """The nodes `schedulable` leaves out for their taints, each as "<node> (<key>[=<value>]:
+    <effect>, ...)": what `no_devices` names."""
+    return tuple(
+        f"{name} ({', '.join(_taint_text(t) for t in taints)})"
+        for name, taints in sorted(_blocked(spec, nodes).items())
+    )
+
+
+def _taint_text(taint: Mapping[str, Any]) -> str:
+    value = f"={taint['value']}" if taint.get("value") else ""
+    return f"{taint.get('key')}{value}:{taint.get('effect')}"
 
 
 def no_devices(
